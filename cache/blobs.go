@@ -1,0 +1,107 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/storage"
+)
+
+// authorize makes sure repo of upstream u is known to hold dgst before the
+// store serves it there: either a manifest cached for repo listed it, or
+// upstream says so now. Without this, anyone could read a private blob
+// through any repository by guessing its digest.
+func (c *Cache) authorize(ctx context.Context, u Upstream, repo string, dgst digest.Digest, manifest bool) error {
+	ok, err := c.store.IsMember(u.Name, repo, dgst)
+	if err != nil || ok {
+		return err
+	}
+	if manifest {
+		_, _, err = u.Source.Manifest(ctx, repo, dgst.String(), true)
+	} else {
+		_, err = u.Source.StatBlob(ctx, repo, dgst)
+	}
+	if err != nil {
+		return classify(err)
+	}
+	return c.store.AddMembers(u.Name, repo, dgst)
+}
+
+// StatBlob describes blob dgst of repo without transferring it. A blob that
+// is neither stored nor being filled is asked about upstream with a HEAD.
+func (c *Cache) StatBlob(ctx context.Context, up, repo string, dgst digest.Digest) (ocispec.Descriptor, error) {
+	u, err := c.upstream(up)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if bi, err := c.store.Blob(dgst); err == nil {
+		if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		return ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}, nil
+	}
+	desc, err := u.Source.StatBlob(ctx, repo, dgst)
+	if err != nil {
+		return ocispec.Descriptor{}, classify(err)
+	}
+	if err := c.store.AddMembers(u.Name, repo, dgst); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return desc, nil
+}
+
+// Blob is an open blob: a stored file or a fill in progress. Reading a fill
+// blocks until the bytes land, and its last byte is only released once the
+// whole blob has verified, so a complete read is always a correct one.
+type Blob struct {
+	ocispec.Descriptor
+	io.ReadSeekCloser
+}
+
+// Blob opens blob dgst of repo, starting or joining its fill on a miss.
+func (c *Cache) Blob(ctx context.Context, up, repo string, dgst digest.Digest) (*Blob, error) {
+	u, err := c.upstream(up)
+	if err != nil {
+		return nil, err
+	}
+	if b, err := c.openStored(ctx, u, repo, dgst); !errors.Is(err, storage.ErrNotFound) {
+		return b, err
+	}
+	c.metrics.result(u.Name, "blob", false)
+	f, started := c.startFill(u, repo, dgst)
+	if f == nil { // committed since we looked
+		return c.openStored(ctx, u, repo, dgst)
+	}
+	if !started {
+		// Someone else's fill proves nothing about this repository.
+		if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
+			return nil, err
+		}
+	}
+	r, err := f.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &Blob{Descriptor: ocispec.Descriptor{MediaType: f.mediaType, Digest: dgst, Size: f.size}, ReadSeekCloser: r}, nil
+}
+
+func (c *Cache) openStored(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (*Blob, error) {
+	bi, err := c.store.Blob(dgst)
+	if err != nil {
+		return nil, err
+	}
+	file, size, err := c.store.Open(dgst)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
+		file.Close()
+		return nil, err
+	}
+	c.metrics.result(u.Name, "blob", true)
+	return &Blob{Descriptor: ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: size}, ReadSeekCloser: file}, nil
+}

@@ -1,0 +1,138 @@
+// Package cache is Wharf's read-through logic: it answers from the store when
+// it can, asks the upstream when it must, fills each blob once however many
+// clients want it, and decides how fresh a tag has to be.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wharf-registry/wharf/storage"
+)
+
+// Source is what the cache needs from a remote registry; upstream.Client is
+// one. Errors may implement StatusCode() int (the upstream HTTP status, 0 for
+// a transport failure) and RetryAfter() time.Duration.
+type Source interface {
+	// Manifest fetches ref (tag or digest). With head set rc is nil.
+	Manifest(ctx context.Context, repo, ref string, head bool) (desc ocispec.Descriptor, rc io.ReadCloser, err error)
+	// Blob opens dgst from offset on; size is what rc yields, -1 if unknown.
+	Blob(ctx context.Context, repo string, dgst digest.Digest, offset int64) (rc io.ReadCloser, size int64, err error)
+	// StatBlob asks whether repo holds dgst without downloading it.
+	StatBlob(ctx context.Context, repo string, dgst digest.Digest) (ocispec.Descriptor, error)
+	// Tags lists every tag of repo.
+	Tags(ctx context.Context, repo string) ([]string, error)
+	// Referrers returns the referrers list of dgst and its media type.
+	Referrers(ctx context.Context, repo string, dgst digest.Digest, artifactType string) (mediaType string, body []byte, err error)
+}
+
+// Upstream is one configured remote registry as the cache sees it: a key and
+// how long its tags are trusted.
+type Upstream struct {
+	Name   string
+	Source Source
+	TagTTL time.Duration
+}
+
+// Config holds the cache's settings.
+type Config struct {
+	Upstreams   []Upstream
+	FillTimeout time.Duration         // longest a single blob fill may take; default 1h
+	Registerer  prometheus.Registerer // nil: metrics are not registered
+}
+
+// Errors the proxy maps to OCI error codes. Upstream errors are wrapped, so
+// errors.As still finds the upstream's RetryAfter.
+var (
+	ErrNotFound    = errors.New("not found upstream")
+	ErrDenied      = errors.New("upstream denied access")
+	ErrUnavailable = errors.New("upstream unavailable")
+	ErrBadUpstream = errors.New("upstream sent invalid content")
+	ErrUnknown     = errors.New("unknown upstream")
+)
+
+// Cache answers registry reads for every configured upstream.
+type Cache struct {
+	store       *storage.Store
+	upstreams   map[string]Upstream
+	fillTimeout time.Duration
+	metrics     *metrics
+	now         func() time.Time
+
+	mu    sync.Mutex
+	fills map[digest.Digest]*fill
+}
+
+// New returns a cache over store. It starts no goroutines.
+func New(store *storage.Store, cfg Config) (*Cache, error) {
+	c := &Cache{
+		store:       store,
+		upstreams:   map[string]Upstream{},
+		fillTimeout: cfg.FillTimeout,
+		now:         time.Now,
+		fills:       map[digest.Digest]*fill{},
+	}
+	if c.fillTimeout <= 0 {
+		c.fillTimeout = time.Hour
+	}
+	for _, u := range cfg.Upstreams {
+		if u.Name == "" || u.Source == nil {
+			return nil, errors.New("cache: upstream needs a name and a source")
+		}
+		if _, dup := c.upstreams[u.Name]; dup {
+			return nil, fmt.Errorf("cache: upstream %q configured twice", u.Name)
+		}
+		c.upstreams[u.Name] = u
+	}
+	m, err := newMetrics(cfg.Registerer, store)
+	if err != nil {
+		return nil, err
+	}
+	c.metrics = m
+	return c, nil
+}
+
+func (c *Cache) upstream(name string) (Upstream, error) {
+	u, ok := c.upstreams[name]
+	if !ok {
+		return Upstream{}, fmt.Errorf("%w %q", ErrUnknown, name)
+	}
+	return u, nil
+}
+
+// classify wraps an upstream error in the sentinel that says what a client
+// should be told. Only an explicit upstream 404 means "not found".
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var sc interface{ StatusCode() int }
+	status := 0
+	if errors.As(err, &sc) {
+		status = sc.StatusCode()
+	}
+	switch {
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrDenied), errors.Is(err, ErrUnavailable), errors.Is(err, ErrBadUpstream):
+		return err
+	case status == http.StatusNotFound:
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		return fmt.Errorf("%w: %w", ErrDenied, err)
+	case status >= 400 && status < 500 && status != http.StatusTooManyRequests && status != http.StatusRequestTimeout:
+		return fmt.Errorf("%w: %w", ErrBadUpstream, err)
+	default:
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+}
+
+// Repositories lists what the store holds, for the catalog.
+func (c *Cache) Repositories() ([]storage.Repository, error) { return c.store.Repositories() }

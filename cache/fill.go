@@ -1,0 +1,274 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/storage"
+)
+
+// fillBuffer is the size of each read from upstream; every write wakes the
+// readers, so it trades wake-ups against latency.
+const fillBuffer = 128 << 10
+
+// fill is one blob being copied from upstream into the store. It belongs to
+// no client: it runs on its own context until the blob is stored or fails,
+// while any number of readers follow the temporary file from their own
+// offsets, woken as bytes land.
+type fill struct {
+	dgst  digest.Digest
+	ready chan struct{} // closed when size/mediaType/file are set, or err
+
+	// Set before ready is closed, read-only after.
+	size      int64 // -1 if upstream did not say
+	mediaType string
+	file      *os.File // read side of the temporary file, shared via ReadAt
+
+	mu      sync.Mutex
+	written int64
+	done    bool
+	err     error
+	wake    chan struct{} // closed and replaced on every change
+	refs    int           // holders of file: the fill itself and each reader
+}
+
+// startFill returns the fill for dgst, starting it unless one is running.
+// It returns nil if the blob was committed meanwhile.
+func (c *Cache) startFill(u Upstream, repo string, dgst digest.Digest) (f *fill, started bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.fills[dgst]; f != nil {
+		return f, false
+	}
+	if _, err := c.store.Blob(dgst); err == nil {
+		return nil, false
+	}
+	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1}
+	c.fills[dgst] = f
+	c.metrics.fills.Inc()
+	go c.run(f, u, repo)
+	return f, true
+}
+
+// run copies the blob and ends the fill. The store entry is committed before
+// the fill leaves c.fills, so a reader either joins it or finds the blob.
+func (c *Cache) run(f *fill, u Upstream, repo string) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
+	defer cancel()
+	err := c.copyBlob(ctx, f, u, repo)
+	c.mu.Lock()
+	delete(c.fills, f.dgst)
+	c.mu.Unlock()
+	c.metrics.fills.Dec()
+	f.finish(err)
+}
+
+func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) error {
+	rc, size, err := u.Source.Blob(ctx, repo, f.dgst, 0)
+	if err != nil {
+		c.metrics.failed.WithLabelValues("upstream").Inc()
+		return classify(err)
+	}
+	defer rc.Close()
+	w, err := c.store.Create(f.dgst, "")
+	if err != nil {
+		c.metrics.failed.WithLabelValues("storage").Inc()
+		return err
+	}
+	defer w.Cancel()
+	file, err := os.Open(w.Name())
+	if err != nil {
+		c.metrics.failed.WithLabelValues("storage").Inc()
+		return err
+	}
+	f.size, f.mediaType, f.file = size, "application/octet-stream", file
+	close(f.ready)
+
+	buf := make([]byte, fillBuffer)
+	for {
+		n, rerr := rc.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				c.metrics.failed.WithLabelValues("storage").Inc()
+				return fmt.Errorf("store blob %s: %w", f.dgst, err)
+			}
+			c.metrics.fetched.WithLabelValues(u.Name).Add(float64(n))
+			f.progress(int64(n))
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			c.metrics.failed.WithLabelValues("upstream").Inc()
+			return fmt.Errorf("%w: blob %s: %w", ErrUnavailable, f.dgst, rerr)
+		}
+	}
+	if err := w.Commit(size); err != nil {
+		reason := "storage"
+		if errors.Is(err, storage.ErrDigestMismatch) {
+			reason = "digest"
+			err = fmt.Errorf("%w: %w", ErrBadUpstream, err)
+		}
+		c.metrics.failed.WithLabelValues(reason).Inc()
+		return err
+	}
+	return c.store.AddMembers(u.Name, repo, f.dgst)
+}
+
+func (f *fill) progress(n int64) {
+	f.mu.Lock()
+	f.written += n
+	close(f.wake)
+	f.wake = make(chan struct{})
+	f.mu.Unlock()
+}
+
+func (f *fill) finish(err error) {
+	select {
+	case <-f.ready:
+	default:
+		f.err = err // nobody reads err before ready is closed
+		close(f.ready)
+	}
+	f.mu.Lock()
+	f.done = true
+	if f.err == nil {
+		f.err = err
+	}
+	close(f.wake)
+	f.wake = make(chan struct{})
+	f.mu.Unlock()
+	f.release()
+}
+
+func (f *fill) release() {
+	f.mu.Lock()
+	f.refs--
+	last := f.refs == 0
+	f.mu.Unlock()
+	if last && f.file != nil {
+		f.file.Close()
+	}
+}
+
+// open waits until the fill has started and returns a reader at offset 0.
+func (f *fill) open(ctx context.Context) (*fillReader, error) {
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.file == nil || (f.done && f.err != nil) {
+		return nil, f.err
+	}
+	f.refs++
+	return &fillReader{f: f, ctx: ctx}, nil
+}
+
+// fillReader follows a fill from its own offset. It is an io.ReadSeeker so
+// http.ServeContent can answer Range requests on a blob still arriving.
+type fillReader struct {
+	f      *fill
+	ctx    context.Context // the client's: a gone client stops reading, not the fill
+	off    int64
+	closed bool
+}
+
+// state returns how far a reader may go, whether the blob is final, and a
+// channel that is closed on the next change. The last byte is held back
+// until the blob verifies, so no client completes a read of wrong bytes.
+func (r *fillReader) state() (avail int64, done bool, err error, wake <-chan struct{}) {
+	f := r.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	avail = f.written
+	if !f.done {
+		avail--
+	}
+	return avail, f.done, f.err, f.wake
+}
+
+func (r *fillReader) Read(p []byte) (int, error) {
+	for {
+		avail, done, err, wake := r.state()
+		if err != nil {
+			return 0, err
+		}
+		if r.off < avail {
+			n, rerr := r.f.file.ReadAt(p[:min(int64(len(p)), avail-r.off)], r.off)
+			r.off += int64(n)
+			if rerr == io.EOF && n > 0 {
+				rerr = nil
+			}
+			return n, rerr
+		}
+		if done {
+			return 0, io.EOF
+		}
+		select {
+		case <-wake:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+}
+
+func (r *fillReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.off
+	case io.SeekEnd:
+		size, err := r.size()
+		if err != nil {
+			return 0, err
+		}
+		offset += size
+	default:
+		return 0, errors.New("seek: invalid whence")
+	}
+	if offset < 0 {
+		return 0, errors.New("seek: negative position")
+	}
+	r.off = offset
+	return offset, nil
+}
+
+// size is the blob's length, waiting for the end of the fill if upstream
+// did not announce it.
+func (r *fillReader) size() (int64, error) {
+	for r.f.size < 0 {
+		_, done, err, wake := r.state()
+		if err != nil {
+			return 0, err
+		}
+		if done {
+			r.f.mu.Lock()
+			n := r.f.written
+			r.f.mu.Unlock()
+			return n, nil
+		}
+		select {
+		case <-wake:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+	return r.f.size, nil
+}
+
+func (r *fillReader) Close() error {
+	if !r.closed {
+		r.closed = true
+		r.f.release()
+	}
+	return nil
+}

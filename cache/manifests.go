@@ -1,0 +1,215 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/storage"
+)
+
+// MaxManifestSize is the largest manifest Wharf stores or serves; clients
+// reject anything larger.
+const MaxManifestSize = 4 << 20
+
+// Manifest returns the manifest ref (tag or digest) of repo, exactly the
+// bytes upstream sent, with its descriptor.
+func (c *Cache) Manifest(ctx context.Context, up, repo, ref string) (ocispec.Descriptor, []byte, error) {
+	u, err := c.upstream(up)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	if dgst, err := digest.Parse(ref); err == nil {
+		return c.manifestByDigest(ctx, u, repo, dgst)
+	}
+	return c.manifestByTag(ctx, u, repo, ref)
+}
+
+func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (ocispec.Descriptor, []byte, error) {
+	desc, body, err := c.storedManifest(dgst)
+	if errors.Is(err, storage.ErrNotFound) {
+		c.metrics.result(u.Name, "manifest", false)
+		return c.fetchManifest(ctx, u, repo, dgst.String(), dgst)
+	}
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	if err := c.authorize(ctx, u, repo, dgst, true); err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	c.metrics.result(u.Name, "manifest", true)
+	return desc, body, nil
+}
+
+func (c *Cache) manifestByTag(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, []byte, error) {
+	ti, err := c.store.Tag(u.Name, repo, tag)
+	if errors.Is(err, storage.ErrNotFound) {
+		c.metrics.result(u.Name, "manifest", false)
+		return c.fetchManifest(ctx, u, repo, tag, "")
+	}
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	desc, body, err := c.storedManifest(ti.Digest)
+	if errors.Is(err, storage.ErrNotFound) {
+		c.metrics.result(u.Name, "manifest", false)
+		return c.fetchManifest(ctx, u, repo, tag, "")
+	}
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	if c.now().Sub(ti.Checked) < u.TagTTL {
+		c.metrics.result(u.Name, "manifest", true)
+		return desc, body, nil
+	}
+	// Stale: ask upstream cheaply whether the tag still points here.
+	head, _, err := u.Source.Manifest(ctx, repo, tag, true)
+	switch err := classify(err); {
+	case errors.Is(err, ErrNotFound):
+		return ocispec.Descriptor{}, nil, err
+	case err != nil:
+		// Serve what we have rather than fail a rollout on a flaky upstream.
+		c.metrics.result(u.Name, "manifest", true)
+		return desc, body, nil
+	case head.Digest == ti.Digest:
+		ti.Checked = c.now()
+		if err := c.store.PutTag(u.Name, repo, tag, ti); err != nil {
+			return ocispec.Descriptor{}, nil, err
+		}
+		c.metrics.result(u.Name, "manifest", true)
+		return desc, body, nil
+	}
+	c.metrics.result(u.Name, "manifest", false)
+	if head.Digest.Validate() == nil && head.Digest.Algorithm() == digest.SHA256 {
+		return c.fetchManifest(ctx, u, repo, head.Digest.String(), head.Digest, tag)
+	}
+	return c.fetchManifest(ctx, u, repo, tag, "")
+}
+
+// storedManifest reads a manifest from the store; it is small by contract.
+func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, error) {
+	bi, err := c.store.Blob(dgst)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	f, _, err := c.store.Open(dgst)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	defer f.Close()
+	body, err := io.ReadAll(io.LimitReader(f, MaxManifestSize+1))
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	if int64(len(body)) != bi.Size {
+		return ocispec.Descriptor{}, nil, fmt.Errorf("stored manifest %s: size %d, index says %d: %w", dgst, len(body), bi.Size, storage.ErrNotFound)
+	}
+	return ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}, body, nil
+}
+
+// fetchManifest GETs ref from upstream, verifies it, stores it, records which
+// digests it shows the repository to hold and, for a tag, what the tag
+// resolves to. want is the digest the bytes must hash to, if known; tags
+// lists extra tags to point at the result (a revalidated tag fetched by
+// digest).
+func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string, want digest.Digest, tags ...string) (ocispec.Descriptor, []byte, error) {
+	desc, rc, err := u.Source.Manifest(ctx, repo, ref, false)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, classify(err)
+	}
+	body, err := io.ReadAll(io.LimitReader(rc, MaxManifestSize+1))
+	rc.Close()
+	if err != nil {
+		return ocispec.Descriptor{}, nil, classify(err)
+	}
+	if len(body) > MaxManifestSize {
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s is larger than 4 MiB", ErrBadUpstream, ref, repo)
+	}
+	got := digest.FromBytes(body)
+	if (want != "" && got != want) || (desc.Digest != "" && desc.Digest != got) {
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s hashes to %s", ErrBadUpstream, ref, repo, got)
+	}
+	c.metrics.fetched.WithLabelValues(u.Name).Add(float64(len(body)))
+	refs := parseManifest(body)
+	mt := desc.MediaType
+	if mt == "" || mt == "application/octet-stream" || mt == "text/plain" {
+		mt = refs.MediaType
+	}
+	if mt == "" {
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s has no media type", ErrBadUpstream, ref, repo)
+	}
+	desc = ocispec.Descriptor{MediaType: mt, Digest: got, Size: int64(len(body))}
+	if err := c.putBlob(got, mt, body); err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	if err := c.store.AddMembers(u.Name, repo, append(refs.digests(), got)...); err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	if want == "" {
+		tags = append(tags, ref)
+	}
+	for _, tag := range tags {
+		ti := storage.TagInfo{Digest: got, MediaType: mt, Size: desc.Size, Checked: c.now()}
+		if err := c.store.PutTag(u.Name, repo, tag, ti); err != nil {
+			return ocispec.Descriptor{}, nil, err
+		}
+	}
+	return desc, body, nil
+}
+
+func (c *Cache) putBlob(dgst digest.Digest, mediaType string, body []byte) error {
+	if _, err := c.store.Blob(dgst); err == nil {
+		return nil
+	}
+	w, err := c.store.Create(dgst, mediaType)
+	if err != nil {
+		return err
+	}
+	defer w.Cancel()
+	if _, err := w.Write(body); err != nil {
+		return err
+	}
+	return w.Commit(int64(len(body)))
+}
+
+// manifestRefs is the union of the fields of every manifest kind that point
+// at other content.
+type manifestRefs struct {
+	MediaType string               `json:"mediaType"`
+	Config    *ocispec.Descriptor  `json:"config"`
+	Layers    []ocispec.Descriptor `json:"layers"`
+	Manifests []ocispec.Descriptor `json:"manifests"`
+	Blobs     []ocispec.Descriptor `json:"blobs"`
+	Subject   *ocispec.Descriptor  `json:"subject"`
+}
+
+func parseManifest(body []byte) manifestRefs {
+	var m manifestRefs
+	dec := json.NewDecoder(bytes.NewReader(body))
+	_ = dec.Decode(&m) // an unparseable manifest refers to nothing
+	return m
+}
+
+// digests lists the valid digests the manifest refers to.
+func (m manifestRefs) digests() []digest.Digest {
+	descs := append(append(append([]ocispec.Descriptor{}, m.Layers...), m.Manifests...), m.Blobs...)
+	if m.Config != nil {
+		descs = append(descs, *m.Config)
+	}
+	if m.Subject != nil {
+		descs = append(descs, *m.Subject)
+	}
+	var out []digest.Digest
+	for _, d := range descs {
+		if d.Digest.Validate() == nil {
+			out = append(out, d.Digest)
+		}
+	}
+	return out
+}

@@ -1,0 +1,60 @@
+package cache
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wharf-registry/wharf/storage"
+)
+
+type metrics struct {
+	requests *prometheus.CounterVec // upstream, kind, result
+	fetched  *prometheus.CounterVec // upstream
+	fills    prometheus.Gauge
+	failed   *prometheus.CounterVec // reason
+}
+
+func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_cache_requests_total",
+			Help: "Manifest and blob reads by upstream, kind (manifest, blob) and result (hit, miss).",
+		}, []string{"upstream", "kind", "result"}),
+		fetched: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_upstream_fetched_bytes_total",
+			Help: "Bytes of blobs and manifests read from each upstream.",
+		}, []string{"upstream"}),
+		fills: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wharf_fills_in_flight",
+			Help: "Blob fills from upstream in progress.",
+		}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_fill_failures_total",
+			Help: "Blob fills that did not enter the store, by reason (upstream, digest, storage).",
+		}, []string{"reason"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wharf_store_bytes",
+		Help: "Bytes of blobs in the store.",
+	}, func() float64 { b, _ := store.Size(); return float64(b) })
+	count := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wharf_store_blobs",
+		Help: "Blobs in the store.",
+	}, func() float64 { _, n := store.Size(); return float64(n) })
+	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.failed, size, count} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) result(up, kind string, hit bool) {
+	r := "miss"
+	if hit {
+		r = "hit"
+	}
+	m.requests.WithLabelValues(up, kind, r).Inc()
+}

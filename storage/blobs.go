@@ -1,0 +1,128 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// ErrNotFound is returned when a blob or index entry does not exist; callers
+// test for it with errors.Is to tell "absent" from "broken".
+var ErrNotFound = errors.New("not found")
+
+// ErrDigestMismatch is returned by Commit when the bytes written do not hash
+// to the expected digest or do not have the expected size.
+var ErrDigestMismatch = errors.New("content does not match digest")
+
+// blobPath validates dgst before it becomes a path: only canonical sha256
+// digests are stored, so nothing a client sends can escape the root.
+func (s *Store) blobPath(dgst digest.Digest) (string, error) {
+	if err := dgst.Validate(); err != nil || dgst.Algorithm() != digest.SHA256 {
+		return "", fmt.Errorf("invalid digest %q: %w", dgst, ErrNotFound)
+	}
+	hex := dgst.Encoded()
+	return filepath.Join(s.root, "docker", "registry", "v2", "blobs", "sha256", hex[:2], hex, "data"), nil
+}
+
+// Open returns the stored blob and its size. The file stays readable even if
+// the blob is later evicted, so callers may stream it at leisure.
+func (s *Store) Open(dgst digest.Digest) (*os.File, int64, error) {
+	p, err := s.blobPath(dgst)
+	if err != nil {
+		return nil, 0, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, 0, fmt.Errorf("blob %s: %w", dgst, ErrNotFound)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, fi.Size(), nil
+}
+
+// Writer receives the bytes of one blob into a temporary file, hashing them
+// as they arrive. Nothing is visible in the store until Commit succeeds.
+type Writer struct {
+	s         *Store
+	f         *os.File
+	dgst      digest.Digest
+	mediaType string
+	h         hash.Hash
+	n         int64
+}
+
+// Create starts writing the blob dgst. The caller must end with Commit or
+// Cancel; Cancel after Commit is a no-op, so `defer w.Cancel()` is safe.
+func (s *Store) Create(dgst digest.Digest, mediaType string) (*Writer, error) {
+	if _, err := s.blobPath(dgst); err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(s.tmpDir(), "fill-")
+	if err != nil {
+		return nil, fmt.Errorf("create temp blob: %w", err)
+	}
+	return &Writer{s: s, f: f, dgst: dgst, mediaType: mediaType, h: digest.SHA256.Hash()}, nil
+}
+
+// Name is the temporary file's path: readers of a fill in progress open it to
+// follow the bytes as they land.
+func (w *Writer) Name() string { return w.f.Name() }
+
+// Write appends p to the blob. It writes to the file before hashing so the
+// hash only ever covers bytes that reached the disk.
+func (w *Writer) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.n += int64(n)
+	return n, err
+}
+
+// Size is the number of bytes written so far.
+func (w *Writer) Size() int64 { return w.n }
+
+// Commit verifies digest and size (size < 0 skips the size check), makes the
+// bytes durable and moves them into place, then records the blob in the
+// index. On any failure the temporary file is removed.
+func (w *Writer) Commit(size int64) error {
+	if w.f == nil {
+		return errors.New("blob writer already closed")
+	}
+	defer w.Cancel()
+	got := digest.NewDigest(digest.SHA256, w.h)
+	if got != w.dgst || (size >= 0 && size != w.n) {
+		return fmt.Errorf("%w: want %s (%d bytes), got %s (%d bytes)", ErrDigestMismatch, w.dgst, size, got, w.n)
+	}
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("sync blob: %w", err)
+	}
+	p, _ := w.s.blobPath(w.dgst)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(w.f.Name(), p); err != nil {
+		return fmt.Errorf("commit blob: %w", err)
+	}
+	w.f.Close()
+	w.f = nil
+	return w.s.recordBlob(w.dgst, w.n, w.mediaType)
+}
+
+// Cancel discards the temporary file.
+func (w *Writer) Cancel() {
+	if w.f == nil {
+		return
+	}
+	w.f.Close()
+	os.Remove(w.f.Name())
+	w.f = nil
+}

@@ -1,0 +1,173 @@
+package storage
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+)
+
+// Index keys. Parts are joined with NUL, which no upstream name, repository,
+// tag or digest can contain, so prefixes never collide.
+const (
+	prefixBlob      = "b\x00" // b <digest>                      → BlobInfo
+	prefixTag       = "t\x00" // t <up> <repo> <tag>             → TagInfo
+	prefixMember    = "m\x00" // m <up> <repo> <digest>          → (empty)
+	prefixRepo      = "r\x00" // r <up> <repo>                   → (empty)
+	prefixTagList   = "l\x00" // l <up> <repo>                   → []string
+	prefixReferrers = "f\x00" // f <up> <repo> <digest> <filter> → Document
+)
+
+func key(prefix string, parts ...string) []byte {
+	return []byte(prefix + strings.Join(parts, "\x00"))
+}
+
+func blobKey(dgst digest.Digest) []byte { return key(prefixBlob, dgst.String()) }
+
+// TagInfo is what a tag resolved to upstream, and when that was last checked.
+type TagInfo struct {
+	Digest    digest.Digest `json:"digest"`
+	MediaType string        `json:"mediaType"`
+	Size      int64         `json:"size"`
+	Checked   time.Time     `json:"checked"`
+}
+
+// Tag returns the cached resolution of up/repo:tag, or ErrNotFound.
+func (s *Store) Tag(up, repo, tag string) (TagInfo, error) {
+	var ti TagInfo
+	err := s.get(key(prefixTag, up, repo, tag), &ti)
+	return ti, err
+}
+
+// PutTag records what up/repo:tag resolved to.
+func (s *Store) PutTag(up, repo, tag string, ti TagInfo) error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		return setJSON(txn, key(prefixTag, up, repo, tag), ti)
+	})
+}
+
+// CachedTags lists the tags of up/repo that resolved at least once, sorted;
+// the fallback when upstream cannot list them.
+func (s *Store) CachedTags(up, repo string) ([]string, error) {
+	prefix := key(prefixTag, up, repo, "")
+	var tags []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			tags = append(tags, string(it.Item().Key()[len(prefix):]))
+		}
+		return nil
+	})
+	return tags, err
+}
+
+// AddMembers records that upstream up showed repository repo to hold the
+// digests, and that the repository exists. Blobs are only served under a
+// repository that is a member, so content cannot leak across repositories.
+func (s *Store) AddMembers(up, repo string, dgsts ...digest.Digest) error {
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	if err := wb.Set(key(prefixRepo, up, repo), nil); err != nil {
+		return err
+	}
+	for _, d := range dgsts {
+		if err := wb.Set(key(prefixMember, up, repo, d.String()), nil); err != nil {
+			return err
+		}
+	}
+	return wb.Flush()
+}
+
+// IsMember reports whether repo of upstream up is known to hold dgst.
+func (s *Store) IsMember(up, repo string, dgst digest.Digest) (bool, error) {
+	err := s.db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get(key(prefixMember, up, repo, dgst.String()))
+		return err
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Repository is one cached repository of one upstream.
+type Repository struct{ Upstream, Name string }
+
+// Repositories lists every cached repository, ordered by upstream then name.
+func (s *Store) Repositories() ([]Repository, error) {
+	var repos []Repository
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixRepo)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			up, name, _ := strings.Cut(string(it.Item().Key()[len(prefixRepo):]), "\x00")
+			repos = append(repos, Repository{Upstream: up, Name: name})
+		}
+		return nil
+	})
+	return repos, err
+}
+
+// TagList returns the last tag list fetched from upstream for up/repo.
+func (s *Store) TagList(up, repo string) ([]string, error) {
+	var tags []string
+	err := s.get(key(prefixTagList, up, repo), &tags)
+	return tags, err
+}
+
+// PutTagList remembers the tag list upstream gave for up/repo.
+func (s *Store) PutTagList(up, repo string, tags []string) error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		return setJSON(txn, key(prefixTagList, up, repo), tags)
+	})
+}
+
+// Document is a small response kept verbatim in the index, such as a
+// referrers list; blobs never go here.
+type Document struct {
+	MediaType string    `json:"mediaType"`
+	Body      []byte    `json:"body"`
+	Checked   time.Time `json:"checked"`
+}
+
+// Referrers returns the cached referrers answer for up/repo@dgst with the
+// given artifactType filter ("" for none).
+func (s *Store) Referrers(up, repo string, dgst digest.Digest, filter string) (Document, error) {
+	var doc Document
+	err := s.get(key(prefixReferrers, up, repo, dgst.String(), filter), &doc)
+	return doc, err
+}
+
+// PutReferrers caches a referrers answer.
+func (s *Store) PutReferrers(up, repo string, dgst digest.Digest, filter string, doc Document) error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		return setJSON(txn, key(prefixReferrers, up, repo, dgst.String(), filter), doc)
+	})
+}
+
+func (s *Store) get(k []byte, v any) error {
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(k)
+		if err != nil {
+			return err
+		}
+		return item.Value(func(b []byte) error { return json.Unmarshal(b, v) })
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return fmt.Errorf("index %q: %w", strings.ReplaceAll(string(k[2:]), "\x00", " "), ErrNotFound)
+	}
+	return err
+}
+
+func setJSON(txn *badger.Txn, k []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return txn.Set(k, b)
+}

@@ -1,0 +1,108 @@
+package storage
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+)
+
+// Store is the content-addressed blob store plus its Badger index. It is safe
+// for concurrent use.
+type Store struct {
+	root  string
+	db    *badger.DB
+	size  atomic.Int64
+	blobs atomic.Int64
+}
+
+// Open opens (creating if needed) the store under root. Leftover temporary
+// files from an earlier run are removed: a fill that did not commit is never
+// served.
+func Open(root string) (*Store, error) {
+	s := &Store{root: root}
+	if err := os.RemoveAll(s.tmpDir()); err != nil {
+		return nil, fmt.Errorf("clean temp dir: %w", err)
+	}
+	if err := os.MkdirAll(s.tmpDir(), 0o755); err != nil {
+		return nil, fmt.Errorf("create store: %w", err)
+	}
+	opts := badger.DefaultOptions(filepath.Join(root, "index")).
+		WithLogger(nil).
+		WithMemTableSize(8 << 20).
+		WithNumMemtables(2).
+		WithBlockCacheSize(8 << 20).
+		WithIndexCacheSize(4 << 20).
+		WithValueLogFileSize(64 << 20).
+		WithNumCompactors(2)
+	db, err := badger.Open(opts)
+	if err != nil {
+		return nil, fmt.Errorf("open index: %w", err)
+	}
+	s.db = db
+	if err := s.countBlobs(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close flushes and closes the index.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Size reports the bytes and number of blobs recorded in the store, for
+// metrics; it is kept as a running total rather than walked.
+func (s *Store) Size() (bytes, blobs int64) { return s.size.Load(), s.blobs.Load() }
+
+func (s *Store) tmpDir() string { return filepath.Join(s.root, "docker", "registry", "v2", "tmp") }
+
+// BlobInfo is the index record of a stored blob.
+type BlobInfo struct {
+	Size      int64     `json:"size"`
+	MediaType string    `json:"mediaType,omitempty"`
+	Accessed  time.Time `json:"accessed"`
+}
+
+// Blob returns the index record for dgst, or ErrNotFound.
+func (s *Store) Blob(dgst digest.Digest) (BlobInfo, error) {
+	var bi BlobInfo
+	err := s.get(blobKey(dgst), &bi)
+	return bi, err
+}
+
+func (s *Store) recordBlob(dgst digest.Digest, size int64, mediaType string) error {
+	key := blobKey(dgst)
+	fresh := false
+	err := s.db.Update(func(txn *badger.Txn) error {
+		_, err := txn.Get(key)
+		fresh = errors.Is(err, badger.ErrKeyNotFound)
+		return setJSON(txn, key, BlobInfo{Size: size, MediaType: mediaType, Accessed: time.Now()})
+	})
+	if err == nil && fresh {
+		s.size.Add(size)
+		s.blobs.Add(1)
+	}
+	return err
+}
+
+func (s *Store) countBlobs() error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixBlob)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var bi BlobInfo
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
+				return fmt.Errorf("read index: %w", err)
+			}
+			s.size.Add(bi.Size)
+			s.blobs.Add(1)
+		}
+		return nil
+	})
+}

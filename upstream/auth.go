@@ -1,0 +1,146 @@
+package upstream
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+	"oras.land/oras-go/v2/errdef"
+	"oras.land/oras-go/v2/registry/remote/auth"
+)
+
+// defaultTokenLifetime is how long a token without a readable expiry is
+// trusted: the distribution token spec's default expires_in.
+const defaultTokenLifetime = 60 * time.Second
+
+// tokenCache is an auth.Cache whose tokens expire. oras-go's own cache keeps
+// a token until upstream refuses it, which costs a 401 round trip on every
+// expiry; this one drops it a little before its JWT "exp" instead.
+type tokenCache struct {
+	mu     sync.Mutex
+	scheme map[string]auth.Scheme
+	tokens map[string]cachedToken
+	group  singleflight.Group
+	now    func() time.Time
+}
+
+type cachedToken struct {
+	token   string
+	expires time.Time
+}
+
+func newTokenCache() *tokenCache {
+	return &tokenCache{scheme: map[string]auth.Scheme{}, tokens: map[string]cachedToken{}, now: time.Now}
+}
+
+func (c *tokenCache) GetScheme(_ context.Context, registry string) (auth.Scheme, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.scheme[registry]
+	if !ok {
+		return auth.SchemeUnknown, errdef.ErrNotFound
+	}
+	return s, nil
+}
+
+func (c *tokenCache) GetToken(_ context.Context, registry string, scheme auth.Scheme, key string) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.tokens[registry+" "+scheme.String()+" "+key]
+	if !ok || !c.now().Before(t.expires) {
+		return "", errdef.ErrNotFound
+	}
+	return t.token, nil
+}
+
+func (c *tokenCache) Set(ctx context.Context, registry string, scheme auth.Scheme, key string, fetch func(context.Context) (string, error)) (string, error) {
+	k := registry + " " + scheme.String() + " " + key
+	v, err, _ := c.group.Do(k, func() (any, error) {
+		token, err := fetch(ctx)
+		if err != nil {
+			return "", err
+		}
+		expires := c.now().Add(defaultTokenLifetime)
+		if scheme == auth.SchemeBasic {
+			expires = c.now().Add(24 * time.Hour)
+		} else if exp, ok := jwtExpiry(token); ok {
+			expires = exp.Add(-5 * time.Second)
+		}
+		c.mu.Lock()
+		c.scheme[registry] = scheme
+		c.tokens[k] = cachedToken{token: token, expires: expires}
+		c.mu.Unlock()
+		return token, nil
+	})
+	return v.(string), err
+}
+
+// jwtExpiry reads the exp claim of a JWT without verifying it: the token is
+// only ever sent back to the service that issued it, so a wrong value costs
+// one extra round trip at most.
+func jwtExpiry(token string) (time.Time, bool) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return time.Time{}, false
+	}
+	var claims struct {
+		Exp int64 `json:"exp"`
+	}
+	if json.Unmarshal(payload, &claims) != nil || claims.Exp == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(claims.Exp, 0), true
+}
+
+var realmRE = regexp.MustCompile(`(?i)\brealm="([^"]+)"`)
+
+// credentialGuard sits under the auth client and removes Authorization from
+// any request that is not for the upstream host itself or the token realm
+// that host announced in its first challenge. Whatever a later challenge or a
+// redirect says, credentials go nowhere else.
+type credentialGuard struct {
+	next  http.RoundTripper
+	host  string
+	mu    sync.Mutex
+	realm string // host of the pinned realm, once known
+}
+
+func (g *credentialGuard) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Header.Get("Authorization") != "" && !g.allowed(req.URL.Host) {
+		req = req.Clone(req.Context())
+		req.Header.Del("Authorization")
+	}
+	resp, err := g.next.RoundTrip(req)
+	if err == nil && resp.StatusCode == http.StatusUnauthorized && req.URL.Host == g.host {
+		if m := realmRE.FindStringSubmatch(resp.Header.Get("WWW-Authenticate")); m != nil {
+			if i := strings.Index(m[1], "://"); i >= 0 {
+				host, _, _ := strings.Cut(m[1][i+3:], "/")
+				g.mu.Lock()
+				if g.realm == "" {
+					g.realm = host
+				}
+				g.mu.Unlock()
+			}
+		}
+	}
+	return resp, err
+}
+
+func (g *credentialGuard) allowed(host string) bool {
+	if host == g.host {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.realm != "" && host == g.realm
+}

@@ -1,0 +1,322 @@
+// Package upstream is the client Wharf uses to read from remote registries:
+// the token dance (through oras-go's auth client), timeouts, error decoding
+// and request metrics. It imports no other Wharf package.
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/distribution/distribution/v3/manifest/manifestlist"
+	"github.com/distribution/distribution/v3/manifest/schema2"
+	v2 "github.com/distribution/distribution/v3/registry/api/v2"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/registry"
+	"oras.land/oras-go/v2/registry/remote/auth"
+)
+
+// MaxManifestSize is the largest manifest (or referrers list) read from
+// upstream; clients reject larger ones, and the read is cut off there.
+const MaxManifestSize = 4 << 20
+
+// manifestAccept lists every manifest type Wharf stores, so upstream answers
+// with its native representation and the digest never changes.
+var manifestAccept = strings.Join([]string{
+	ocispec.MediaTypeImageManifest,
+	ocispec.MediaTypeImageIndex,
+	schema2.MediaTypeManifest,
+	manifestlist.MediaTypeManifestList,
+}, ", ")
+
+// Config describes one remote registry.
+type Config struct {
+	Name                  string // label for metrics and logs
+	URL                   string // scheme://host[:port], no path or credentials
+	Username, Password    string
+	Insecure              bool // allow http and skip TLS verification
+	DialTimeout           time.Duration
+	ResponseHeaderTimeout time.Duration
+	IdleTimeout           time.Duration // longest silence inside a body
+	UserAgent             string
+}
+
+// Client reads from one remote registry. It is safe for concurrent use and
+// holds one connection pool and one token cache for every repository.
+type Client struct {
+	name    string
+	base    *url.URL
+	urls    *v2.URLBuilder
+	hc      *auth.Client
+	metrics *Metrics
+}
+
+// New builds a client for cfg. It dials nothing until first use.
+func New(cfg Config, m *Metrics) (*Client, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return nil, fmt.Errorf("upstream %s: url %q must be http(s)://host[:port]", cfg.Name, cfg.URL)
+	}
+	if u.User != nil {
+		return nil, fmt.Errorf("upstream %s: put credentials in username/password, not in the url", cfg.Name)
+	}
+	if u.Scheme == "http" && !cfg.Insecure {
+		return nil, fmt.Errorf("upstream %s: plain http needs insecure: true", cfg.Name)
+	}
+	u.Path, u.RawQuery, u.Fragment = "", "", ""
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.ResponseHeaderTimeout <= 0 {
+		cfg.ResponseHeaderTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 30 * time.Second
+	}
+	guard := &credentialGuard{next: newTransport(cfg), host: u.Host}
+	hc := &auth.Client{
+		Client: &http.Client{Transport: guard},
+		Header: http.Header{"User-Agent": {cmp(cfg.UserAgent, "wharf")}},
+		Cache:  newTokenCache(),
+	}
+	if cfg.Username != "" || cfg.Password != "" {
+		hc.Credential = auth.StaticCredential(u.Host, auth.Credential{Username: cfg.Username, Password: cfg.Password})
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m}, nil
+}
+
+func cmp(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// do sends one request for repo and turns any non-2xx answer into *Error.
+func (c *Client) do(ctx context.Context, method, repo, rawURL string, hdr http.Header) (*http.Response, error) {
+	ctx = auth.AppendRepositoryScope(ctx, registry.Reference{Registry: c.base.Host, Repository: repo}, auth.ActionPull)
+	req, err := http.NewRequestWithContext(ctx, method, rawURL, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	start := time.Now()
+	resp, err := c.hc.Do(req)
+	status := "error"
+	if err == nil {
+		status = strconv.Itoa(resp.StatusCode)
+	}
+	c.metrics.duration.WithLabelValues(c.name, method, status).Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, &Error{Method: method, URL: redact(rawURL), Err: err}
+	}
+	if resp.StatusCode >= 300 {
+		return nil, newError(resp)
+	}
+	return resp, nil
+}
+
+// Manifest resolves ref (a tag or digest) in repo. With head set only the
+// descriptor is fetched and rc is nil; otherwise rc is capped at
+// MaxManifestSize+1 bytes so the caller can detect an oversized manifest.
+// desc.Digest is upstream's Docker-Content-Digest and may be empty.
+func (c *Client) Manifest(ctx context.Context, repo, ref string, head bool) (ocispec.Descriptor, io.ReadCloser, error) {
+	named, err := reference.WithName(repo)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	var r reference.Named
+	if d, err := digest.Parse(ref); err == nil {
+		r, err = reference.WithDigest(named, d)
+		if err != nil {
+			return ocispec.Descriptor{}, nil, err
+		}
+	} else if r, err = reference.WithTag(named, ref); err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	u, err := c.urls.BuildManifestURL(r)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	method := http.MethodGet
+	if head {
+		method = http.MethodHead
+	}
+	resp, err := c.do(ctx, method, repo, u, http.Header{"Accept": {manifestAccept}})
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	desc := describe(resp)
+	if head {
+		drain(resp.Body)
+		return desc, nil, nil
+	}
+	return desc, limitBody(resp.Body, MaxManifestSize+1), nil
+}
+
+// Blob opens the blob dgst of repo from byte offset on (0 for all of it).
+// size is the length of what rc yields, or -1 when upstream did not say.
+func (c *Client) Blob(ctx context.Context, repo string, dgst digest.Digest, offset int64) (rc io.ReadCloser, size int64, err error) {
+	u, err := c.blobURL(repo, dgst)
+	if err != nil {
+		return nil, 0, err
+	}
+	hdr := http.Header{}
+	if offset > 0 {
+		hdr.Set("Range", fmt.Sprintf("bytes=%d-", offset))
+	}
+	resp, err := c.do(ctx, http.MethodGet, repo, u, hdr)
+	if err != nil {
+		return nil, 0, err
+	}
+	if offset > 0 && resp.StatusCode != http.StatusPartialContent {
+		drain(resp.Body)
+		return nil, 0, &Error{Method: http.MethodGet, URL: redact(u), Err: errors.New("upstream ignored the Range request")}
+	}
+	return resp.Body, resp.ContentLength, nil
+}
+
+// StatBlob asks upstream whether repo holds dgst, without downloading it.
+func (c *Client) StatBlob(ctx context.Context, repo string, dgst digest.Digest) (ocispec.Descriptor, error) {
+	u, err := c.blobURL(repo, dgst)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	resp, err := c.do(ctx, http.MethodHead, repo, u, nil)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	drain(resp.Body)
+	desc := describe(resp)
+	desc.Digest = dgst
+	return desc, nil
+}
+
+func (c *Client) blobURL(repo string, dgst digest.Digest) (string, error) {
+	named, err := reference.WithName(repo)
+	if err != nil {
+		return "", err
+	}
+	can, err := reference.WithDigest(named, dgst)
+	if err != nil {
+		return "", err
+	}
+	return c.urls.BuildBlobURL(can)
+}
+
+func describe(resp *http.Response) ocispec.Descriptor {
+	mt, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";")
+	return ocispec.Descriptor{
+		MediaType: strings.TrimSpace(mt),
+		Digest:    digest.Digest(resp.Header.Get("Docker-Content-Digest")),
+		Size:      resp.ContentLength,
+	}
+}
+
+// drain reads a little of a body so the connection can be reused, then
+// closes it.
+func drain(rc io.ReadCloser) {
+	io.Copy(io.Discard, io.LimitReader(rc, 64<<10))
+	rc.Close()
+}
+
+type limitedBody struct {
+	io.Reader
+	io.Closer
+}
+
+func limitBody(rc io.ReadCloser, n int64) io.ReadCloser {
+	return limitedBody{Reader: io.LimitReader(rc, n), Closer: rc}
+}
+
+// maxTagPages bounds how many pages of a tag list are followed.
+const maxTagPages = 100
+
+// Tags lists every tag of repo, following Link pagination on the upstream
+// host only.
+func (c *Client) Tags(ctx context.Context, repo string) ([]string, error) {
+	named, err := reference.WithName(repo)
+	if err != nil {
+		return nil, err
+	}
+	u, err := c.urls.BuildTagsURL(named, url.Values{"n": {"1000"}})
+	if err != nil {
+		return nil, err
+	}
+	var tags []string
+	for page := 0; u != "" && page < maxTagPages; page++ {
+		resp, err := c.do(ctx, http.MethodGet, repo, u, nil)
+		if err != nil {
+			return nil, err
+		}
+		var doc struct {
+			Tags []string `json:"tags"`
+		}
+		err = json.NewDecoder(io.LimitReader(resp.Body, MaxManifestSize)).Decode(&doc)
+		link := resp.Header.Get("Link")
+		drain(resp.Body)
+		if err != nil {
+			return nil, &Error{Method: http.MethodGet, URL: redact(u), Err: fmt.Errorf("decode tag list: %w", err)}
+		}
+		tags = append(tags, doc.Tags...)
+		u = c.nextPage(u, link)
+	}
+	return tags, nil
+}
+
+// nextPage resolves a Link: <...>; rel="next" header against the current
+// page, refusing to leave the upstream host.
+func (c *Client) nextPage(current, link string) string {
+	if link == "" || !strings.Contains(link, `rel="next"`) {
+		return ""
+	}
+	start, end := strings.Index(link, "<"), strings.Index(link, ">")
+	if start < 0 || end < start {
+		return ""
+	}
+	cur, err := url.Parse(current)
+	if err != nil {
+		return ""
+	}
+	next, err := cur.Parse(link[start+1 : end])
+	if err != nil || next.Host != c.base.Host {
+		return ""
+	}
+	return next.String()
+}
+
+// Referrers fetches the referrers list of dgst in repo, optionally filtered
+// by artifactType, as upstream's bytes and media type.
+func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest, artifactType string) (string, []byte, error) {
+	u := c.base.JoinPath("v2", repo, "referrers", dgst.String())
+	if artifactType != "" {
+		u.RawQuery = url.Values{"artifactType": {artifactType}}.Encode()
+	}
+	resp, err := c.do(ctx, http.MethodGet, repo, u.String(), http.Header{"Accept": {ocispec.MediaTypeImageIndex}})
+	if err != nil {
+		return "", nil, err
+	}
+	defer drain(resp.Body)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	if err != nil {
+		return "", nil, &Error{Method: http.MethodGet, URL: redact(u.String()), Err: err}
+	}
+	if len(body) > MaxManifestSize {
+		return "", nil, &Error{Method: http.MethodGet, URL: redact(u.String()), Status: http.StatusBadGateway, Detail: "referrers list exceeds 4 MiB"}
+	}
+	return describe(resp).MediaType, body, nil
+}

@@ -1,0 +1,97 @@
+package upstream
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxErrorBody caps how much of an error response is read: enough for any
+// OCI error document, never a blob someone answered with by mistake.
+const maxErrorBody = 64 << 10
+
+// Error is an upstream answer that was not a success, or a request that got
+// no answer at all (Status 0). The cache decides what a client sees from the
+// status alone, so an outage is never mistaken for "not found".
+type Error struct {
+	Method string
+	URL    string
+	Status int      // HTTP status; 0 when the request failed in transport
+	Codes  []string // OCI error codes from the body, if any
+	Detail string   // first OCI error message, or the transport error
+	Retry  time.Duration
+	Err    error // transport error, when Status is 0
+}
+
+func (e *Error) Error() string {
+	if e.Status == 0 {
+		return fmt.Sprintf("upstream %s %s: %v", e.Method, e.URL, e.Err)
+	}
+	msg := fmt.Sprintf("upstream %s %s: %d %s", e.Method, e.URL, e.Status, http.StatusText(e.Status))
+	if len(e.Codes) > 0 {
+		msg += " " + strings.Join(e.Codes, ",")
+	}
+	if e.Detail != "" {
+		msg += ": " + e.Detail
+	}
+	return msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// StatusCode is the upstream HTTP status (0 for transport failures); the
+// cache reads it through an interface so it need not import this package.
+func (e *Error) StatusCode() int { return e.Status }
+
+// RetryAfter is the delay upstream asked for with Retry-After, if any.
+func (e *Error) RetryAfter() time.Duration { return e.Retry }
+
+// newError consumes and closes resp.Body.
+func newError(resp *http.Response) *Error {
+	defer resp.Body.Close()
+	e := &Error{
+		Method: resp.Request.Method,
+		URL:    redact(resp.Request.URL.String()),
+		Status: resp.StatusCode,
+		Retry:  parseRetryAfter(resp.Header.Get("Retry-After")),
+	}
+	var doc struct {
+		Errors []struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"errors"`
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	if json.Unmarshal(body, &doc) == nil {
+		for _, oe := range doc.Errors {
+			e.Codes = append(e.Codes, oe.Code)
+			if e.Detail == "" {
+				e.Detail = oe.Message
+			}
+		}
+	}
+	return e
+}
+
+func parseRetryAfter(v string) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), 0)
+	}
+	return 0
+}
+
+// redact drops the query string: presigned blob URLs carry credentials there.
+func redact(u string) string {
+	u, _, _ = strings.Cut(u, "?")
+	return u
+}
