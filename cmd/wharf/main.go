@@ -1,0 +1,154 @@
+// Command wharf runs the Wharf pull-through registry mirror.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/proxy"
+	"github.com/wharf-registry/wharf/storage"
+	"github.com/wharf-registry/wharf/upstream"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+const usage = `usage:
+  wharf serve --config FILE   run the mirror
+  wharf version               print the version
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "wharf:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	switch args[0] {
+	case "version":
+		fmt.Fprintln(stdout, "wharf", versionString())
+		return nil
+	case "serve":
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		path := fs.String("config", "", "configuration file (YAML)")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if *path == "" || fs.NArg() > 0 {
+			return errors.New("usage: wharf serve --config FILE")
+		}
+		cfg, err := loadConfig(*path)
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return serve(ctx, cfg, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// serve wires the packages together and runs until ctx ends, then shuts
+// down gracefully: stop accepting, let responses finish, close the index.
+func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+
+	store, err := storage.Open(cfg.Storage.Root)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	um := upstream.NewMetrics(reg)
+	var ups []cache.Upstream
+	var routes []proxy.Route
+	for _, u := range cfg.Upstreams {
+		client, err := upstream.New(upstream.Config{
+			Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password, Insecure: u.Insecure,
+			DialTimeout: u.DialTimeout, ResponseHeaderTimeout: u.HeaderTimeout, IdleTimeout: u.IdleTimeout,
+			UserAgent: "wharf/" + versionString(),
+		}, um)
+		if err != nil {
+			return err
+		}
+		ups = append(ups, cache.Upstream{Name: u.Name, Source: client, TagTTL: *u.TagTTL})
+		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default})
+	}
+	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+		IdleTimeout:       cfg.Server.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "version", versionString(), "root", cfg.Storage.Root)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "grace", cfg.Server.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+		log.Warn("shutdown grace period ended with requests in flight", "error", err)
+	}
+	return nil
+}

@@ -1,0 +1,80 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// blob answers HEAD from the index (or an upstream HEAD, never a download)
+// and GET from the store or a fill in progress, Range included.
+func (p *proxy) blob(w http.ResponseWriter, r *http.Request) error {
+	dgst, err := parseDigest(mux.Vars(r)["digest"])
+	if err != nil {
+		return err
+	}
+	t, err := p.resolve(w, r)
+	if err != nil {
+		return err
+	}
+	if r.Method == http.MethodHead {
+		desc, err := p.cache.StatBlob(r.Context(), t.upstream, t.repo, dgst)
+		if err != nil {
+			return err
+		}
+		setBlobHeaders(w, desc)
+		if desc.Size >= 0 {
+			w.Header().Set("Content-Length", strconv.FormatInt(desc.Size, 10))
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	b, err := p.cache.Blob(r.Context(), t.upstream, t.repo, dgst)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	setBlobHeaders(w, b.Descriptor)
+	cw := &recorder{ResponseWriter: w}
+	content := &errReader{ReadSeeker: b}
+	http.ServeContent(cw, r, "", time.Time{}, content)
+	p.metrics.served.WithLabelValues(t.upstream, "blob").Add(float64(cw.bytes))
+	if content.err != nil && cw.status != 0 {
+		// The blob failed to verify or the fill broke mid-stream: cut the
+		// connection so the client sees a broken transfer, never a clean one.
+		return content.err
+	}
+	return nil
+}
+
+func setBlobHeaders(w http.ResponseWriter, desc ocispec.Descriptor) {
+	h := w.Header()
+	mt := desc.MediaType
+	if mt == "" {
+		mt = "application/octet-stream"
+	}
+	h.Set("Content-Type", mt)
+	h.Set("Docker-Content-Digest", desc.Digest.String())
+	h.Set("Etag", `"`+desc.Digest.String()+`"`)
+	h.Set("Accept-Ranges", "bytes")
+}
+
+// errReader remembers the first read error other than EOF, which
+// ServeContent would otherwise swallow.
+type errReader struct {
+	io.ReadSeeker
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.ReadSeeker.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}

@@ -1,0 +1,78 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+var errUnsupported = errcode.ErrorCodeUnsupported
+
+// httpError is an OCI error with the status to send it with; handlers return
+// it for problems they detect themselves.
+type httpError struct {
+	status int
+	err    errcode.Error
+	retry  time.Duration
+}
+
+func (e *httpError) Error() string { return e.err.Error() }
+
+func ociError(status int, code errcode.ErrorCode, msg string) error {
+	return &httpError{status: status, err: code.WithMessage(msg)}
+}
+
+// toHTTP decides what a client is told about err. notFound is the code for
+// "does not exist upstream" on the route that failed.
+func toHTTP(err error, notFound errcode.ErrorCode) *httpError {
+	var he *httpError
+	if errors.As(err, &he) {
+		return he
+	}
+	var ra interface{ RetryAfter() time.Duration }
+	var sc interface{ StatusCode() int }
+	switch {
+	case errors.Is(err, cache.ErrUnknown):
+		return &httpError{status: http.StatusNotFound, err: errcode.ErrorCodeNameUnknown.WithMessage(err.Error())}
+	case errors.Is(err, cache.ErrNotFound):
+		return &httpError{status: http.StatusNotFound, err: notFound.WithMessage(err.Error())}
+	case errors.Is(err, cache.ErrDenied):
+		return &httpError{status: http.StatusForbidden, err: errcode.ErrorCodeDenied.WithMessage(err.Error())}
+	case errors.Is(err, cache.ErrBadUpstream):
+		return &httpError{status: http.StatusBadGateway, err: errcode.ErrorCodeUnknown.WithMessage(err.Error())}
+	case errors.Is(err, cache.ErrUnavailable):
+		he := &httpError{status: http.StatusServiceUnavailable, err: errcode.ErrorCodeUnavailable.WithMessage(err.Error())}
+		if errors.As(err, &ra) {
+			he.retry = ra.RetryAfter()
+		}
+		if he.retry <= 0 && errors.As(err, &sc) && sc.StatusCode() == http.StatusTooManyRequests {
+			he.retry = 30 * time.Second
+		}
+		return he
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return &httpError{status: http.StatusServiceUnavailable, err: errcode.ErrorCodeUnavailable.WithMessage("request cancelled")}
+	}
+	return &httpError{status: http.StatusInternalServerError, err: errcode.ErrorCodeUnknown.WithMessage("internal error")}
+}
+
+// write sends he as an OCI error document.
+func (he *httpError) write(w http.ResponseWriter) {
+	h := w.Header()
+	for _, k := range []string{"Content-Length", "Content-Range", "Docker-Content-Digest", "Etag", "Accept-Ranges"} {
+		h.Del(k)
+	}
+	h.Set("Content-Type", "application/json")
+	if he.retry > 0 {
+		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(he.retry.Seconds()))))
+	}
+	w.WriteHeader(he.status)
+	json.NewEncoder(w).Encode(errcode.Errors{he.err})
+}

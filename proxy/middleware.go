@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	requests *prometheus.CounterVec   // route, method, status
+	served   *prometheus.CounterVec   // upstream, kind
+	duration *prometheus.HistogramVec // route
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_http_requests_total",
+			Help: "Requests answered, by route, method and status.",
+		}, []string{"route", "method", "status"}),
+		served: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_served_bytes_total",
+			Help: "Body bytes sent to clients, by upstream and kind (manifest, blob).",
+		}, []string{"upstream", "kind"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "wharf_http_request_duration_seconds",
+			Help:    "Time to answer a request, by route.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}, []string{"route"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.requests, m.served, m.duration} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+// recorder remembers the status and body size of a response.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+var notFoundCodes = map[string]errcode.ErrorCode{
+	"manifest":  errcode.ErrorCodeManifestUnknown,
+	"referrers": errcode.ErrorCodeManifestUnknown,
+	"blob":      errcode.ErrorCodeBlobUnknown,
+}
+
+// wrap is the one place a handler's error becomes an OCI error response, and
+// where every request is logged once and counted.
+func (p *proxy) wrap(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
+	notFound, ok := notFoundCodes[route]
+	if !ok {
+		notFound = errcode.ErrorCodeNameUnknown
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &recorder{ResponseWriter: w}
+		rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		var err error
+		aborted := true
+		defer func() {
+			status := rec.status
+			if aborted {
+				status = 0 // connection cut on purpose: see blob
+			}
+			p.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+			p.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+			level := slog.LevelInfo
+			attrs := []any{"method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"), "route", route,
+				"status", status, "bytes", rec.bytes, "duration", time.Since(start), "remote", r.RemoteAddr}
+			if err != nil {
+				attrs = append(attrs, "error", err.Error())
+				if status >= 500 || aborted {
+					level = slog.LevelWarn
+				}
+			}
+			p.log.Log(r.Context(), level, "request", attrs...)
+		}()
+		err = h(rec, r)
+		if err != nil {
+			if rec.status != 0 {
+				// Headers are gone: the only honest signal left is a broken connection.
+				panic(http.ErrAbortHandler)
+			}
+			toHTTP(err, notFound).write(rec)
+		}
+		aborted = false
+	})
+}

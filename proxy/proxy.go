@@ -1,0 +1,123 @@
+// Package proxy is Wharf's HTTP surface: the OCI Distribution read API,
+// routing of each request to an upstream, OCI error mapping, request logs
+// and metrics. The cache does the work; this package speaks HTTP.
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+// Route tells the proxy which requests an upstream serves.
+type Route struct {
+	Name    string   // key matched against ?ns= and the path prefix
+	Aliases []string // other hosts that mean the same upstream
+	Default bool     // serves requests that name no upstream
+}
+
+// Config holds the proxy's settings.
+type Config struct {
+	Routes   []Route
+	Logger   *slog.Logger        // nil: slog.Default()
+	Registry *prometheus.Registry // metrics are registered here and served on /metrics; nil: none
+}
+
+type proxy struct {
+	cache     *cache.Cache
+	routes    map[string]Route // by lowercased name and alias
+	fallback  string           // default upstream name, "" if none
+	dockerHub map[string]bool  // upstreams whose one-part names get library/
+	log       *slog.Logger
+	metrics   *metrics
+}
+
+// New returns the HTTP handler for the registry API, /healthz and /metrics.
+func New(c *cache.Cache, cfg Config) (http.Handler, error) {
+	p := &proxy{cache: c, routes: map[string]Route{}, dockerHub: map[string]bool{}, log: cfg.Logger}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	for _, rt := range cfg.Routes {
+		for _, key := range append([]string{rt.Name}, rt.Aliases...) {
+			key = strings.ToLower(key)
+			if prev, dup := p.routes[key]; dup {
+				return nil, fmt.Errorf("proxy: %q names both upstream %s and %s", key, prev.Name, rt.Name)
+			}
+			p.routes[key] = rt
+			if key == "docker.io" {
+				p.dockerHub[rt.Name] = true
+			}
+		}
+		if rt.Default {
+			if p.fallback != "" {
+				return nil, errors.New("proxy: more than one default upstream")
+			}
+			p.fallback = rt.Name
+		}
+	}
+	var reg prometheus.Registerer
+	if cfg.Registry != nil {
+		reg = cfg.Registry
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	p.metrics = m
+
+	r := mux.NewRouter().SkipClean(true)
+	r.NotFoundHandler = p.wrap("unknown", func(w http.ResponseWriter, r *http.Request) error {
+		return ociError(http.StatusNotFound, errUnsupported, "no such endpoint")
+	})
+	r.Handle("/healthz", p.wrap("healthz", func(w http.ResponseWriter, r *http.Request) error {
+		_, err := w.Write([]byte("ok\n"))
+		return err
+	}))
+	if cfg.Registry != nil {
+		r.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	}
+	r.Handle("/v2", p.read("base", p.base))
+	r.Handle("/v2/", p.read("base", p.base))
+	r.Handle("/v2/_catalog", p.read("catalog", p.catalog))
+	r.Handle("/v2/{name:.+}/blobs/uploads/{rest:.*}", p.wrap("upload", unsupported))
+	r.Handle("/v2/{name:.+}/blobs/uploads", p.wrap("upload", unsupported))
+	r.Handle("/v2/{name:.+}/manifests/{reference}", p.read("manifest", p.manifest))
+	r.Handle("/v2/{name:.+}/blobs/{digest}", p.read("blob", p.blob))
+	r.Handle("/v2/{name:.+}/tags/list", p.read("tags", p.tags))
+	r.Handle("/v2/{name:.+}/referrers/{digest}", p.read("referrers", p.referrers))
+	return r, nil
+}
+
+// read admits GET and HEAD; every write a client tries on a mirror is
+// answered 405 UNSUPPORTED.
+func (p *proxy) read(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
+	return p.wrap(route, func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return unsupported(w, r)
+		}
+		return h(w, r)
+	})
+}
+
+func unsupported(w http.ResponseWriter, r *http.Request) error {
+	return ociError(http.StatusMethodNotAllowed, errUnsupported, "wharf is a read-only mirror: "+r.Method+" is not supported")
+}
+
+func (p *proxy) base(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", "2")
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	_, err := w.Write([]byte("{}"))
+	return err
+}
