@@ -1,0 +1,161 @@
+package proxy_test
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/proxy"
+	"github.com/wharf-registry/wharf/storage"
+	"github.com/wharf-registry/wharf/upstream"
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+// spec configures one upstream of a test Wharf.
+type spec struct {
+	name     string
+	reg      *upstreamtest.Registry
+	url      string // overrides reg.URL
+	aliases  []string
+	def      bool
+	ttl      time.Duration
+	user     string
+	password string
+}
+
+// env is a Wharf handler in front of real registries.
+type env struct {
+	*httptest.Server
+	store *storage.Store
+	reg   *prometheus.Registry
+}
+
+func newEnv(t *testing.T, root string, specs ...spec) *env {
+	t.Helper()
+	store, err := storage.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	um := upstream.NewMetrics(reg)
+	var ups []cache.Upstream
+	var routes []proxy.Route
+	for _, s := range specs {
+		u := s.url
+		if u == "" {
+			u = s.reg.URL
+		}
+		c, err := upstream.New(upstream.Config{Name: s.name, URL: u, Insecure: true, Username: s.user, Password: s.password,
+			DialTimeout: time.Second, ResponseHeaderTimeout: 2 * time.Second, IdleTimeout: 2 * time.Second}, um)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl})
+		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def})
+	}
+	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{Server: httptest.NewServer(h), store: store, reg: reg}
+	t.Cleanup(e.close)
+	return e
+}
+
+func (e *env) close() {
+	if e.store == nil {
+		return
+	}
+	e.Server.Close()
+	e.store.Close()
+	e.store = nil
+}
+
+// response is a fully read answer.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (e *env) do(t *testing.T, method, path string, hdr ...string) response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, e.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := e.Client().Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, path, err)
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: body}
+}
+
+// get asserts a 200 whose body is exactly want and whose digest header is
+// dgst.
+func (e *env) get(t *testing.T, path string, want []byte, dgst string) response {
+	t.Helper()
+	r := e.do(t, http.MethodGet, path)
+	if r.status != http.StatusOK {
+		t.Fatalf("GET %s: status %d, body %s", path, r.status, r.body)
+	}
+	if string(r.body) != string(want) {
+		t.Fatalf("GET %s: body differs (%d bytes, want %d)", path, len(r.body), len(want))
+	}
+	if got := r.header.Get("Docker-Content-Digest"); got != dgst {
+		t.Fatalf("GET %s: Docker-Content-Digest %q, want %q", path, got, dgst)
+	}
+	return r
+}
+
+// wantError asserts status and OCI error code.
+func wantError(t *testing.T, r response, status int, code string) {
+	t.Helper()
+	if r.status != status || !strings.Contains(string(r.body), `"code":"`+code+`"`) {
+		t.Fatalf("got %d %s, want %d %s", r.status, r.body, status, code)
+	}
+	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Fatalf("error Content-Type %q", ct)
+	}
+}
+
+// wantCounts asserts exact upstream traffic by method and kind.
+func wantCounts(t *testing.T, reg *upstreamtest.Registry, want map[string]int) {
+	t.Helper()
+	got := map[string]int{}
+	for _, r := range reg.Requests() {
+		got[r.Method+" "+r.Kind()]++
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("upstream %s: %d requests, want %d (all: %v)", k, got[k], v, got)
+		}
+	}
+	total := 0
+	for _, v := range want {
+		total += v
+	}
+	if n := reg.Total(); n != total {
+		t.Errorf("upstream saw %d requests, want %d: %v", n, total, got)
+	}
+}

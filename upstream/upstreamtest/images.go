@@ -1,0 +1,169 @@
+package upstreamtest
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Blob is content with its digest.
+type Blob struct {
+	Digest digest.Digest
+	Data   []byte
+}
+
+func newBlob(b []byte) Blob { return Blob{Digest: digest.FromBytes(b), Data: b} }
+
+// Image is a pushed single-platform image.
+type Image struct {
+	Repo, Tag string
+	Manifest  Blob
+	MediaType string
+	Config    Blob
+	Layers    []Blob
+	Platform  ocispec.Platform
+}
+
+// Descriptor describes the image manifest, as an index would list it.
+func (img Image) Descriptor() ocispec.Descriptor {
+	p := img.Platform
+	return ocispec.Descriptor{MediaType: img.MediaType, Digest: img.Manifest.Digest, Size: int64(len(img.Manifest.Data)), Platform: &p}
+}
+
+// Blobs returns config and layers.
+func (img Image) Blobs() []Blob { return append([]Blob{img.Config}, img.Layers...) }
+
+// Layer returns a gzipped tar holding one file of size random bytes from
+// seed, and the digest of the uncompressed tar (its diff ID), so the result
+// unpacks in containerd like any real layer.
+func Layer(seed uint64, size int) (Blob, digest.Digest) {
+	data := make([]byte, size)
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	for i := 0; i+8 <= size; i += 8 {
+		v := rng.Uint64()
+		for j := range 8 {
+			data[i+j] = byte(v >> (8 * j))
+		}
+	}
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("file-%d", seed), Mode: 0o644, Size: int64(size), Typeflag: tar.TypeReg, Format: tar.FormatPAX})
+	tw.Write(data)
+	tw.Close()
+	var gz bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
+	zw.Write(tarBuf.Bytes())
+	zw.Close()
+	return newBlob(gz.Bytes()), digest.FromBytes(tarBuf.Bytes())
+}
+
+// PushImage builds an OCI image of n layers of layerSize random bytes from
+// seed for platform and pushes it to repo, tagged tag (untagged if "").
+func (r *Registry) PushImage(t testing.TB, repo, tag string, seed uint64, n, layerSize int, platform ocispec.Platform) Image {
+	t.Helper()
+	img := Image{Repo: repo, Tag: tag, MediaType: ocispec.MediaTypeImageManifest, Platform: platform}
+	cfg := ocispec.Image{Platform: platform, RootFS: ocispec.RootFS{Type: "layers"}}
+	for i := range n {
+		l, diffID := Layer(seed*1000+uint64(i), layerSize)
+		img.Layers = append(img.Layers, l)
+		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, diffID)
+	}
+	cfgJSON, _ := json.Marshal(cfg)
+	img.Config = newBlob(cfgJSON)
+	m := ocispec.Manifest{
+		MediaType: ocispec.MediaTypeImageManifest,
+		Config:    ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: img.Config.Digest, Size: int64(len(cfgJSON))},
+	}
+	m.SchemaVersion = 2
+	for _, l := range img.Layers {
+		m.Layers = append(m.Layers, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: l.Digest, Size: int64(len(l.Data))})
+	}
+	mJSON, _ := json.MarshalIndent(m, "", "   ")
+	img.Manifest = newBlob(mJSON)
+	for _, b := range img.Blobs() {
+		r.PushBlob(t, repo, b)
+	}
+	r.PushManifest(t, repo, tag, img.MediaType, img.Manifest)
+	return img
+}
+
+// Index is a pushed multi-platform image index.
+type Index struct {
+	Repo, Tag string
+	Manifest  Blob
+	Images    []Image
+}
+
+// PushIndex pushes an OCI index of imgs (already pushed to repo) as tag.
+func (r *Registry) PushIndex(t testing.TB, repo, tag string, imgs ...Image) Index {
+	t.Helper()
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
+	idx.SchemaVersion = 2
+	for _, img := range imgs {
+		idx.Manifests = append(idx.Manifests, img.Descriptor())
+	}
+	b, _ := json.MarshalIndent(idx, "", "   ")
+	blob := newBlob(b)
+	r.PushManifest(t, repo, tag, ocispec.MediaTypeImageIndex, blob)
+	return Index{Repo: repo, Tag: tag, Manifest: blob, Images: imgs}
+}
+
+// PushBlob uploads b to repo in one PUT.
+func (r *Registry) PushBlob(t testing.TB, repo string, b Blob) {
+	t.Helper()
+	resp := r.do(t, http.MethodPost, "/v2/"+repo+"/blobs/uploads/", "", nil)
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("start upload to %s: %d %v", repo, resp.StatusCode, err)
+	}
+	q := loc.Query()
+	q.Set("digest", b.Digest.String())
+	loc.RawQuery = q.Encode()
+	resp = r.do(t, http.MethodPut, loc.RequestURI(), "application/octet-stream", b.Data)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("upload %s to %s: %d", b.Digest, repo, resp.StatusCode)
+	}
+}
+
+// PushManifest puts a manifest under ref (its digest if ref is "").
+func (r *Registry) PushManifest(t testing.TB, repo, ref, mediaType string, m Blob) {
+	t.Helper()
+	if ref == "" {
+		ref = m.Digest.String()
+	}
+	resp := r.do(t, http.MethodPut, "/v2/"+repo+"/manifests/"+ref, mediaType, m.Data)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("put manifest %s:%s: %d", repo, ref, resp.StatusCode)
+	}
+}
+
+func (r *Registry) do(t testing.TB, method, path, contentType string, body []byte) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, r.URL+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if r.user != "" {
+		req.SetBasicAuth(r.user, r.pass)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}

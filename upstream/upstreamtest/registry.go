@@ -1,0 +1,166 @@
+// Package upstreamtest runs a real distribution registry in process, behind a
+// request counter, as the upstream (or push target) of Wharf's tests and
+// benchmarks. It imports no other Wharf package.
+package upstreamtest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/crypto/bcrypt"
+
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+)
+
+// Registry is an in-process distribution registry with a request log.
+type Registry struct {
+	*httptest.Server
+	user, pass string
+
+	mu       sync.Mutex
+	requests []Request
+	hook     func(http.ResponseWriter, *http.Request) bool
+}
+
+// Request is one request the registry received.
+type Request struct {
+	Method, Path, Query string
+	Authorization       string
+}
+
+// Kind classifies a request path: manifest, blob, upload, tags, referrers,
+// catalog, base or token.
+func (r Request) Kind() string { return kind(r.Path) }
+
+func kind(path string) string {
+	switch {
+	case strings.Contains(path, "/blobs/uploads"):
+		return "upload"
+	case strings.Contains(path, "/manifests/"):
+		return "manifest"
+	case strings.Contains(path, "/blobs/"):
+		return "blob"
+	case strings.HasSuffix(path, "/tags/list"):
+		return "tags"
+	case strings.Contains(path, "/referrers/"):
+		return "referrers"
+	case path == "/v2/_catalog":
+		return "catalog"
+	case path == "/v2/" || path == "/v2":
+		return "base"
+	}
+	return "other"
+}
+
+// Option configures a Registry.
+type Option func(*options)
+
+type options struct{ user, pass string }
+
+// WithBasicAuth protects the registry with htpasswd basic auth.
+func WithBasicAuth(user, pass string) Option {
+	return func(o *options) { o.user, o.pass = user, pass }
+}
+
+func init() {
+	// distribution logs through logrus' global logger; tests want quiet.
+	logrus.SetLevel(logrus.ErrorLevel)
+	logrus.SetOutput(io.Discard)
+}
+
+// New starts a registry that stops when the test ends.
+func New(t testing.TB, opts ...Option) *Registry {
+	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	cfg := &configuration.Configuration{
+		Storage: configuration.Storage{
+			"inmemory": configuration.Parameters{},
+			"delete":   configuration.Parameters{"enabled": true},
+			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{
+				"enabled": false,
+			}},
+		},
+	}
+	cfg.Log.Level = "error"
+	cfg.Log.AccessLog.Disabled = true
+	cfg.HTTP.Secret = "upstreamtest"
+	if o.user != "" {
+		hash, err := bcrypt.GenerateFromPassword([]byte(o.pass), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "htpasswd")
+		if err := os.WriteFile(path, fmt.Appendf(nil, "%s:%s\n", o.user, hash), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": "upstreamtest", "path": path}}
+	}
+	app := handlers.NewApp(context.Background(), cfg)
+	r := &Registry{user: o.user, pass: o.pass}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		r.requests = append(r.requests, Request{Method: req.Method, Path: req.URL.Path, Query: req.URL.RawQuery, Authorization: req.Header.Get("Authorization")})
+		hook := r.hook
+		r.mu.Unlock()
+		if hook != nil && hook(w, req) {
+			return
+		}
+		app.ServeHTTP(w, req)
+	}))
+	t.Cleanup(r.Server.Close)
+	return r
+}
+
+// Host is host:port of the registry.
+func (r *Registry) Host() string { return strings.TrimPrefix(r.URL, "http://") }
+
+// SetHook installs a function that sees each request first and answers it
+// itself by returning true: fault injection for tests.
+func (r *Registry) SetHook(h func(http.ResponseWriter, *http.Request) bool) {
+	r.mu.Lock()
+	r.hook = h
+	r.mu.Unlock()
+}
+
+// Requests returns a copy of the requests received since the last Reset.
+func (r *Registry) Requests() []Request {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Request(nil), r.requests...)
+}
+
+// Count is the number of requests with method (any if "") and kind.
+func (r *Registry) Count(method, kind string) int {
+	n := 0
+	for _, req := range r.Requests() {
+		if (method == "" || req.Method == method) && req.Kind() == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// Total is the number of requests received since the last Reset.
+func (r *Registry) Total() int { return len(r.Requests()) }
+
+// Reset forgets the requests received so far.
+func (r *Registry) Reset() {
+	r.mu.Lock()
+	r.requests = nil
+	r.mu.Unlock()
+}
