@@ -23,6 +23,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry"
 	"oras.land/oras-go/v2/registry/remote/auth"
+	orascode "oras.land/oras-go/v2/registry/remote/errcode"
 )
 
 // MaxManifestSize is the largest manifest (or referrers list) read from
@@ -122,7 +123,7 @@ func (c *Client) do(ctx context.Context, method, repo, rawURL string, hdr http.H
 	}
 	c.metrics.duration.WithLabelValues(c.name, method, status).Observe(time.Since(start).Seconds())
 	if err != nil {
-		return nil, &Error{Method: method, URL: redact(rawURL), Err: err}
+		return nil, authError(method, rawURL, err)
 	}
 	if resp.StatusCode >= 300 {
 		return nil, newError(resp)
@@ -319,4 +320,19 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 		return "", nil, &Error{Method: http.MethodGet, URL: redact(u.String()), Status: http.StatusBadGateway, Detail: "referrers list exceeds 4 MiB"}
 	}
 	return describe(resp).MediaType, body, nil
+}
+
+// authError keeps the status of a failed token dance: no credentials for a
+// Basic challenge, or the token service refusing them, is a denial; the
+// token service failing is an outage like any other.
+func authError(method, rawURL string, err error) *Error {
+	e := &Error{Method: method, URL: redact(rawURL), Err: err}
+	var er *orascode.ErrorResponse
+	switch {
+	case errors.Is(err, auth.ErrBasicCredentialNotFound):
+		e.Status = http.StatusUnauthorized
+	case errors.As(err, &er):
+		e.Status = er.StatusCode
+	}
+	return e
 }

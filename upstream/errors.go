@@ -28,7 +28,7 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	if e.Status == 0 {
+	if e.Err != nil {
 		return fmt.Sprintf("upstream %s %s: %v", e.Method, e.URL, e.Err)
 	}
 	msg := fmt.Sprintf("upstream %s %s: %d %s", e.Method, e.URL, e.Status, http.StatusText(e.Status))

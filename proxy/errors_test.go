@@ -1,0 +1,166 @@
+package proxy_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+func TestBadInputTouchesNothing(t *testing.T) {
+	up := upstreamtest.New(t)
+	root := t.TempDir()
+	e := newEnv(t, root, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	good := digest.FromString("x").String()
+	cases := []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"GET", "/v2/Library/alpine/manifests/latest", 400, "NAME_INVALID"},
+		{"GET", "/v2/library/alpine./manifests/latest", 400, "NAME_INVALID"},
+		{"GET", "/v2/library//alpine/manifests/latest", 400, "NAME_INVALID"},
+		{"GET", "/v2/library/../alpine/manifests/latest", 400, "NAME_INVALID"},
+		{"GET", "/v2/" + strings.Repeat("a", 256) + "/manifests/latest", 400, "NAME_INVALID"},
+		{"GET", "/v2/-x/blobs/" + good, 400, "NAME_INVALID"},
+		{"GET", "/v2/alpine/tags/list?ns=docker.io&n=x", 400, "PAGINATION_NUMBER_INVALID"},
+		{"GET", "/v2/alpine/manifests/-latest", 400, "TAG_INVALID"},
+		{"GET", "/v2/alpine/manifests/.x", 400, "TAG_INVALID"},
+		{"GET", "/v2/alpine/manifests/" + strings.Repeat("t", 129), 400, "TAG_INVALID"},
+		{"HEAD", "/v2/alpine/manifests/sha256:1234", 400, "DIGEST_INVALID"},
+		{"GET", "/v2/alpine/manifests/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"},
+		{"GET", "/v2/alpine/blobs/sha256:" + strings.Repeat("G", 64), 400, "DIGEST_INVALID"},
+		{"GET", "/v2/alpine/blobs/latest", 400, "DIGEST_INVALID"},
+		{"GET", "/v2/alpine/blobs/sha256:../../../../etc/passwd", 404, "UNSUPPORTED"},
+		{"GET", "/v2/alpine/referrers/nope", 400, "DIGEST_INVALID"},
+		{"GET", "/v2/alpine/manifests/latest?ns=nowhere.example", 404, "NAME_UNKNOWN"},
+		{"PUT", "/v2/alpine/manifests/latest", 405, "UNSUPPORTED"},
+		{"DELETE", "/v2/alpine/manifests/" + good, 405, "UNSUPPORTED"},
+		{"DELETE", "/v2/alpine/blobs/" + good, 405, "UNSUPPORTED"},
+		{"POST", "/v2/alpine/blobs/uploads/", 405, "UNSUPPORTED"},
+		{"PATCH", "/v2/alpine/blobs/uploads/0c4f1e2a", 405, "UNSUPPORTED"},
+		{"PUT", "/v2/alpine/blobs/uploads/0c4f1e2a?digest=" + good, 405, "UNSUPPORTED"},
+		{"GET", "/v3/", 404, "UNSUPPORTED"},
+	}
+	for _, c := range cases {
+		r := e.do(t, c.method, c.path)
+		if c.method == http.MethodHead {
+			if r.status != c.status {
+				t.Errorf("%s %s: %d, want %d", c.method, c.path, r.status, c.status)
+			}
+			continue
+		}
+		if r.status != c.status || !strings.Contains(string(r.body), `"code":"`+c.code+`"`) {
+			t.Errorf("%s %s: %d %s, want %d %s", c.method, c.path, r.status, r.body, c.status, c.code)
+		}
+	}
+	wantCounts(t, up, map[string]int{})
+	if b, n := e.store.Size(); b != 0 || n != 0 {
+		t.Fatalf("store holds %d blobs (%d bytes) after bad requests", n, b)
+	}
+}
+
+func TestBase(t *testing.T) {
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: upstreamtest.New(t), def: true})
+	for _, p := range []string{"/v2/", "/v2"} {
+		r := e.do(t, http.MethodGet, p)
+		if r.status != 200 || r.header.Get("Docker-Distribution-API-Version") != "registry/2.0" || string(r.body) != "{}" {
+			t.Fatalf("GET %s: %d %v %s", p, r.status, r.header, r.body)
+		}
+	}
+	if r := e.do(t, http.MethodGet, "/healthz"); r.status != 200 {
+		t.Fatalf("healthz: %d", r.status)
+	}
+}
+
+// fault answers matching requests itself.
+func fault(match func(*http.Request) bool, status int, hdr map[string]string, body string) func(http.ResponseWriter, *http.Request) bool {
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		if !match(r) {
+			return false
+		}
+		for k, v := range hdr {
+			w.Header().Set(k, v)
+		}
+		w.WriteHeader(status)
+		w.Write([]byte(body))
+		return true
+	}
+}
+
+func all(*http.Request) bool { return true }
+
+func TestUpstreamTroubleIsNeverNotFound(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 20, 1, 1024, amd64)
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	layer := "/v2/app/blobs/" + img.Layers[0].Digest.String()
+
+	up.SetHook(fault(all, 500, nil, `{"errors":[{"code":"UNKNOWN","message":"boom"}]}`))
+	wantError(t, e.do(t, "GET", "/v2/app/manifests/1"), 503, "UNAVAILABLE")
+	wantError(t, e.do(t, "GET", layer), 503, "UNAVAILABLE")
+
+	up.SetHook(fault(all, 429, map[string]string{"Retry-After": "7"}, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`))
+	r := e.do(t, "GET", "/v2/app/manifests/1")
+	wantError(t, r, 503, "UNAVAILABLE")
+	if r.header.Get("Retry-After") != "7" {
+		t.Fatalf("Retry-After %q, want 7", r.header.Get("Retry-After"))
+	}
+	r = e.do(t, "HEAD", layer)
+	if r.status != 503 || r.header.Get("Retry-After") != "7" {
+		t.Fatalf("HEAD blob under 429: %d %v", r.status, r.header)
+	}
+
+	up.SetHook(fault(all, 401, map[string]string{"WWW-Authenticate": `Basic realm="x"`}, ""))
+	wantError(t, e.do(t, "GET", "/v2/app/manifests/1"), 403, "DENIED")
+
+	up.SetHook(nil)
+	up.Close() // unreachable
+	start := time.Now()
+	wantError(t, e.do(t, "GET", "/v2/app/manifests/1"), 503, "UNAVAILABLE")
+	wantError(t, e.do(t, "GET", "/v2/app/tags/list"), 503, "UNAVAILABLE")
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("unreachable upstream took %v to report", d)
+	}
+
+	// Genuinely missing content is 404, with the right code per route.
+	up2 := upstreamtest.New(t)
+	e2 := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up2, def: true, ttl: time.Hour})
+	wantError(t, e2.do(t, "GET", "/v2/app/manifests/1"), 404, "MANIFEST_UNKNOWN")
+	wantError(t, e2.do(t, "GET", layer), 404, "BLOB_UNKNOWN")
+	if r := e2.do(t, "HEAD", layer); r.status != 404 {
+		t.Fatalf("HEAD missing blob: %d", r.status)
+	}
+}
+
+func TestManifestThatDoesNotMatchItsDigestIsRefused(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 21, 1, 1024, amd64)
+	other := up.PushImage(t, "library/app", "2", 22, 1, 1024, amd64)
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	// Upstream answers the request for img's digest with other's bytes.
+	up.SetHook(fault(func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, img.Manifest.Digest.String()) },
+		200, map[string]string{"Content-Type": img.MediaType}, string(other.Manifest.Data)))
+	path := "/v2/app/manifests/" + img.Manifest.Digest.String()
+	wantError(t, e.do(t, "GET", path), 502, "UNKNOWN")
+	up.SetHook(nil)
+	up.Reset()
+	e.get(t, path, img.Manifest.Data, img.Manifest.Digest.String())
+	wantCounts(t, up, map[string]int{"GET manifest": 1}) // nothing wrong was stored
+}
+
+func TestOversizedManifestIsRefused(t *testing.T) {
+	up := upstreamtest.New(t)
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	big := `{"mediaType":"application/vnd.oci.image.manifest.v1+json","x":"` + strings.Repeat("a", 4<<20) + `"}`
+	up.SetHook(fault(all, 200, map[string]string{"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, big))
+	r := e.do(t, "GET", "/v2/app/manifests/huge")
+	wantError(t, r, 502, "UNKNOWN")
+	if !strings.Contains(string(r.body), "larger than 4 MiB") {
+		t.Fatalf("message: %s", r.body)
+	}
+}
