@@ -1,0 +1,37 @@
+package main
+
+import (
+	"go/build"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/wharf-registry/wharf/"
+
+// TestImportGraph keeps imports pointing one way: cmd → proxy → cache →
+// storage, with upstream wired in by cmd only and importing nothing of ours.
+func TestImportGraph(t *testing.T) {
+	allowed := map[string][]string{
+		"storage":               {},
+		"upstream":              {},
+		"upstream/upstreamtest": {},
+		"cache":                 {"storage"},
+		"proxy":                 {"cache"},
+	}
+	for pkg, ok := range allowed {
+		p, err := build.Default.ImportDir(filepath.Join("..", "..", pkg), 0)
+		if err != nil {
+			t.Fatalf("%s: %v", pkg, err)
+		}
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, module) {
+				continue
+			}
+			if dep := strings.TrimPrefix(imp, module); !slices.Contains(ok, dep) {
+				t.Errorf("%s imports %s; allowed: %v", pkg, dep, ok)
+			}
+		}
+	}
+}
