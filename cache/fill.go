@@ -185,7 +185,7 @@ type fillReader struct {
 // state returns how far a reader may go, whether the blob is final, and a
 // channel that is closed on the next change. The last byte is held back
 // until the blob verifies, so no client completes a read of wrong bytes.
-func (r *fillReader) state() (avail int64, done bool, err error, wake <-chan struct{}) {
+func (r *fillReader) state() (avail int64, done bool, wake <-chan struct{}, err error) {
 	f := r.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -193,12 +193,12 @@ func (r *fillReader) state() (avail int64, done bool, err error, wake <-chan str
 	if !f.done {
 		avail--
 	}
-	return avail, f.done, f.err, f.wake
+	return avail, f.done, f.wake, f.err
 }
 
 func (r *fillReader) Read(p []byte) (int, error) {
 	for {
-		avail, done, err, wake := r.state()
+		avail, done, wake, err := r.state()
 		if err != nil {
 			return 0, err
 		}
@@ -246,7 +246,7 @@ func (r *fillReader) Seek(offset int64, whence int) (int64, error) {
 // did not announce it.
 func (r *fillReader) size() (int64, error) {
 	for r.f.size < 0 {
-		_, done, err, wake := r.state()
+		_, done, wake, err := r.state()
 		if err != nil {
 			return 0, err
 		}

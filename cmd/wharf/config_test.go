@@ -1,0 +1,77 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "wharf.yml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestExampleConfigLoads(t *testing.T) {
+	cfg, err := loadConfig("../../config.example.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":5000" || cfg.Storage.Root != "./data" || len(cfg.Upstreams) != 4 {
+		t.Fatalf("unexpected example config: %+v", cfg)
+	}
+	if u := cfg.Upstreams[0]; u.Name != "docker.io" || !u.Default || *u.TagTTL != time.Minute {
+		t.Fatalf("docker.io upstream: %+v", u)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Setenv("WHARF_TEST_PASS", "from-env")
+	secret := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(secret, []byte("from-file\n"), 0o600)
+	base := "storage: {root: /tmp/x}\nupstreams:\n  - name: a.io\n    url: https://a.io\n"
+	cases := []struct{ body, want string }{
+		{"", "the file is empty"},
+		{"listen: :1\nlisten_addr: x\n", `line 2: unknown key "listen_addr"`},
+		{base + "    tag_tll: 1m\n", `line 5: unknown key "tag_tll"`},
+		{"storage: {root: /x}\n", "at least one upstream"},
+		{"upstreams: [{name: a, url: https://a}]\n", "storage.root must be set"},
+		{base + "    tag_ttl: -1s\n", "tag_ttl must not be negative"},
+		{base + "    password: ${WHARF_TEST_UNSET_VAR}\n", "WHARF_TEST_UNSET_VAR is not set"},
+		{base + "    password: x\n    password_file: " + secret + "\n", "not both"},
+		{base + "log_level: loud\n", "log_level"},
+		{"storage: {root: /x}\nupstreams: [{name: a/b, url: https://a}]\n", "without /"},
+	}
+	for _, c := range cases {
+		_, err := loadConfig(writeConfig(t, c.body))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("config %q: error %v, want %q", c.body, err, c.want)
+		}
+	}
+	cfg, err := loadConfig(writeConfig(t, base+"    username: bot\n    password: ${WHARF_TEST_PASS}\n"))
+	if err != nil || cfg.Upstreams[0].Password != "from-env" {
+		t.Fatalf("env expansion: %v %+v", err, cfg)
+	}
+	cfg, err = loadConfig(writeConfig(t, base+"    password_file: "+secret+"\n"))
+	if err != nil || cfg.Upstreams[0].Password != "from-file" {
+		t.Fatalf("password_file: %v %+v", err, cfg)
+	}
+}
+
+func TestCommandLine(t *testing.T) {
+	var out, errOut strings.Builder
+	if err := run([]string{"version"}, &out, &errOut); err != nil || !strings.HasPrefix(out.String(), "wharf ") {
+		t.Fatalf("version: %v %q", err, out.String())
+	}
+	if err := run([]string{"serve"}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "--config") {
+		t.Fatalf("serve without config: %v", err)
+	}
+	if err := run([]string{"frobnicate"}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "unknown command") {
+		t.Fatalf("unknown command: %v", err)
+	}
+}
