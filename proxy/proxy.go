@@ -27,7 +27,7 @@ type Route struct {
 // Config holds the proxy's settings.
 type Config struct {
 	Routes   []Route
-	Logger   *slog.Logger        // nil: slog.Default()
+	Logger   *slog.Logger         // nil: slog.Default()
 	Registry *prometheus.Registry // metrics are registered here and served on /metrics; nil: none
 }
 
