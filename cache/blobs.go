@@ -83,6 +83,9 @@ func (c *Cache) Blob(ctx context.Context, up, repo string, dgst digest.Digest) (
 		}
 	}
 	r, err := f.open(ctx)
+	if errors.Is(err, errFillDone) {
+		return c.openStored(ctx, u, repo, dgst)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -157,6 +157,9 @@ func (f *fill) release() {
 	}
 }
 
+// errFillDone tells a late reader that the blob is in the store now.
+var errFillDone = errors.New("fill complete")
+
 // open waits until the fill has started and returns a reader at offset 0.
 func (f *fill) open(ctx context.Context) (*fillReader, error) {
 	select {
@@ -166,8 +169,13 @@ func (f *fill) open(ctx context.Context) (*fillReader, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.file == nil || (f.done && f.err != nil) {
+	if f.err != nil {
 		return nil, f.err
+	}
+	if f.done {
+		// Stored already, and its temporary file may be closed: read the
+		// store instead.
+		return nil, errFillDone
 	}
 	f.refs++
 	return &fillReader{f: f, ctx: ctx}, nil
