@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -162,5 +163,40 @@ func TestOversizedManifestIsRefused(t *testing.T) {
 	wantError(t, r, 502, "UNKNOWN")
 	if !strings.Contains(string(r.body), "larger than 4 MiB") {
 		t.Fatalf("message: %s", r.body)
+	}
+}
+
+// An upstream that never answers, or stops mid-body, is reported within the
+// configured timeouts (2s in these tests), never as a hang or a 404.
+func TestHangingUpstream(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 23, 1, 100_000, amd64)
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, "/manifests/") {
+			<-r.Context().Done() // no headers, ever
+			return true
+		}
+		if r.Method == "GET" && strings.Contains(r.URL.Path, "/blobs/") {
+			w.Header().Set("Content-Length", "100000")
+			w.Write(img.Layers[0].Data[:1000])
+			w.(http.Flusher).Flush()
+			<-r.Context().Done() // then silence
+			return true
+		}
+		return false
+	})
+	start := time.Now()
+	wantError(t, e.do(t, "GET", "/v2/app/manifests/1"), 503, "UNAVAILABLE")
+	resp, err := e.Client().Get(e.URL + "/v2/app/blobs/" + img.Layers[0].Digest.String())
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Fatal("stalled blob delivered cleanly")
+		}
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Fatalf("took %v to give up on a hanging upstream", d)
 	}
 }
