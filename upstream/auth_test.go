@@ -3,9 +3,11 @@ package upstream
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -82,5 +84,12 @@ func TestCredentialGuardPinsFirstRealm(t *testing.T) {
 	}
 	if strings.Join(seen, "|") != strings.Join(want, "|") {
 		t.Fatalf("credentials went to:\n%q\nwant\n%q", seen, want)
+	}
+}
+
+func TestTransportErrorsHidePresignedQueries(t *testing.T) {
+	err := authError("GET", "https://reg/v2/x/blobs/sha256:1?token=a", &url.Error{Op: "Get", URL: "https://s3/blob?X-Amz-Signature=secret", Err: errors.New("reset")})
+	if msg := err.Error(); strings.Contains(msg, "secret") || strings.Contains(msg, "token=a") {
+		t.Fatalf("error message leaks a query: %s", msg)
 	}
 }

@@ -326,6 +326,10 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 // Basic challenge, or the token service refusing them, is a denial; the
 // token service failing is an outage like any other.
 func authError(method, rawURL string, err error) *Error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		ue.URL = redact(ue.URL) // a redirect target may be a presigned URL
+	}
 	e := &Error{Method: method, URL: redact(rawURL), Err: err}
 	var er *orascode.ErrorResponse
 	switch {
