@@ -27,6 +27,8 @@ type Error struct {
 	Err    error // transport error, when Status is 0
 }
 
+// Error names the request and what went wrong, with no credentials or
+// query strings in it, so it can be logged and shown to clients.
 func (e *Error) Error() string {
 	if e.Err != nil {
 		return fmt.Sprintf("upstream %s %s: %v", e.Method, e.URL, e.Err)
@@ -41,6 +43,7 @@ func (e *Error) Error() string {
 	return msg
 }
 
+// Unwrap exposes the transport error so callers can test for timeouts.
 func (e *Error) Unwrap() error { return e.Err }
 
 // StatusCode is the upstream HTTP status (0 for transport failures); the
