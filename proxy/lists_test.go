@@ -14,9 +14,8 @@ import (
 
 func TestTagsList(t *testing.T) {
 	up := upstreamtest.New(t)
-	var img upstreamtest.Image
 	for _, tag := range []string{"b", "a", "d", "c"} {
-		img = up.PushImage(t, "library/app", tag, 50, 1, 512, amd64)
+		up.PushImage(t, "library/app", tag, 50, 1, 512, amd64)
 	}
 	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 	cases := []struct{ query, body, link string }{
@@ -38,7 +37,6 @@ func TestTagsList(t *testing.T) {
 	if r := e.do(t, "GET", "/v2/app/tags/list"); r.status != 200 || string(r.body) != `{"name":"app","tags":["a","b","c","d"]}` {
 		t.Fatalf("cached tags: %d %s", r.status, r.body)
 	}
-	_ = img
 }
 
 func TestTagsFallBackToResolvedTags(t *testing.T) {

@@ -4,6 +4,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -86,7 +87,7 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 	guard := &credentialGuard{next: newTransport(cfg), host: u.Host}
 	hc := &auth.Client{
 		Client: &http.Client{Transport: guard},
-		Header: http.Header{"User-Agent": {cmp(cfg.UserAgent, "wharf")}},
+		Header: http.Header{"User-Agent": {cmp.Or(cfg.UserAgent, "wharf")}},
 		Cache:  newTokenCache(),
 	}
 	if cfg.Username != "" || cfg.Password != "" {
@@ -96,13 +97,6 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 		m = NewMetrics(nil)
 	}
 	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m}, nil
-}
-
-func cmp(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // do sends one request for repo and turns any non-2xx answer into *Error.
