@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/wharf-registry/wharf/storage"
 )
@@ -68,8 +69,10 @@ type Cache struct {
 	metrics     *metrics
 	now         func() time.Time
 
-	mu    sync.Mutex
-	fills map[digest.Digest]*fill
+	mu      sync.Mutex
+	fills   map[digest.Digest]*fill
+	running sync.WaitGroup // fill goroutines
+	flights singleflight.Group
 }
 
 // New returns a cache over store. It starts no goroutines.

@@ -7,8 +7,10 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wharf-registry/wharf/storage"
 )
@@ -22,20 +24,24 @@ const fillBuffer = 128 << 10
 // while any number of readers follow the temporary file from their own
 // offsets, woken as bytes land.
 type fill struct {
-	dgst  digest.Digest
-	ready chan struct{} // closed when size/mediaType/file are set, or err
+	dgst   digest.Digest
+	cancel context.CancelFunc
+	ready  chan struct{} // closed when size/mediaType/file are set, or err
 
 	// Set before ready is closed, read-only after.
 	size      int64 // -1 if upstream did not say
 	mediaType string
 	file      *os.File // read side of the temporary file, shared via ReadAt
 
-	mu      sync.Mutex
-	written int64
-	done    bool
-	err     error
-	wake    chan struct{} // closed and replaced on every change
-	refs    int           // holders of file: the fill itself and each reader
+	mu       sync.Mutex
+	written  int64
+	verified bool // the bytes hash to dgst: readers may take the last one
+	done     bool
+	err      error
+	wake     chan struct{} // closed and replaced on every change
+	refs     int           // holders of file: the fill itself and each reader
+
+	waiting prometheus.Gauge // readers blocked for bytes to land
 }
 
 // startFill returns the fill for dgst, starting it unless one is running.
@@ -49,18 +55,39 @@ func (c *Cache) startFill(u Upstream, repo string, dgst digest.Digest) (f *fill,
 	if _, err := c.store.Blob(dgst); err == nil {
 		return nil, false
 	}
-	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1}
+	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1, waiting: c.metrics.waiting}
+	ctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
+	f.cancel = cancel
 	c.fills[dgst] = f
 	c.metrics.fills.Inc()
-	go c.run(f, u, repo)
+	c.running.Add(1)
+	go c.run(ctx, f, u, repo)
 	return f, true
+}
+
+// Close lets the fills in progress finish until ctx ends, then cancels the
+// rest, and returns once none is running: after it the store may be closed.
+func (c *Cache) Close(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { c.running.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	for _, f := range c.fills {
+		f.cancel()
+	}
+	c.mu.Unlock()
+	<-done
 }
 
 // run copies the blob and ends the fill. The store entry is committed before
 // the fill leaves c.fills, so a reader either joins it or finds the blob.
-func (c *Cache) run(f *fill, u Upstream, repo string) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
-	defer cancel()
+func (c *Cache) run(ctx context.Context, f *fill, u Upstream, repo string) {
+	defer c.running.Done()
+	defer f.cancel()
 	err := c.copyBlob(ctx, f, u, repo)
 	c.mu.Lock()
 	delete(c.fills, f.dgst)
@@ -69,21 +96,34 @@ func (c *Cache) run(f *fill, u Upstream, repo string) {
 	f.finish(err)
 }
 
+// Resuming a broken fill: how often in all, how many attempts in a row may
+// bring nothing (so a dead upstream is given up on quickly), and the first
+// back-off, doubled each time.
+const (
+	maxResumes    = 5
+	maxStalls     = 2
+	resumeBackoff = 100 * time.Millisecond
+)
+
+// errStore marks a failure of the local disk rather than of upstream.
+var errStore = errors.New("store")
+
 func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) error {
 	rc, size, err := u.Source.Blob(ctx, repo, f.dgst, 0)
 	if err != nil {
 		c.metrics.failed.WithLabelValues("upstream").Inc()
 		return classify(err)
 	}
-	defer rc.Close()
 	w, err := c.store.Create(f.dgst, "")
 	if err != nil {
+		rc.Close()
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		return err
 	}
 	defer w.Cancel()
 	file, err := os.Open(w.Name())
 	if err != nil {
+		rc.Close()
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		return err
 	}
@@ -91,59 +131,110 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	close(f.ready)
 
 	buf := make([]byte, fillBuffer)
-	for {
-		n, rerr := rc.Read(buf)
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
-				c.metrics.failed.WithLabelValues("storage").Inc()
-				return fmt.Errorf("store blob %s: %w", f.dgst, err)
-			}
-			c.metrics.fetched.WithLabelValues(u.Name).Add(float64(n))
-			f.progress(int64(n))
+	stalls := 0 // attempts in a row that added nothing
+	for attempt := 1; ; attempt++ {
+		before := w.Size()
+		err = c.copyBody(f, w, rc, buf, u.Name)
+		rc.Close()
+		if w.Size() == before {
+			stalls++
+		} else {
+			stalls = 0
 		}
-		if rerr == io.EOF {
+		if err == nil || errors.Is(err, errStore) || attempt > maxResumes || stalls >= maxStalls {
 			break
 		}
-		if rerr != nil {
-			c.metrics.failed.WithLabelValues("upstream").Inc()
-			return fmt.Errorf("%w: blob %s: %w", ErrUnavailable, f.dgst, rerr)
+		// The connection broke: ask for the rest, keeping what landed.
+		select {
+		case <-time.After(resumeBackoff << (attempt - 1)):
+		case <-ctx.Done():
+			return fmt.Errorf("%w: blob %s: %w", ErrUnavailable, f.dgst, ctx.Err())
 		}
+		rc, _, err = u.Source.Blob(ctx, repo, f.dgst, w.Size())
+		if err != nil {
+			if !errors.Is(classify(err), ErrUnavailable) {
+				break
+			}
+			rc = io.NopCloser(errReader{err})
+			continue
+		}
+		c.metrics.resumed.Inc()
 	}
-	if err := w.Commit(size); err != nil {
-		reason := "storage"
-		if errors.Is(err, storage.ErrDigestMismatch) {
-			reason = "digest"
-			err = fmt.Errorf("%w: %w", ErrBadUpstream, err)
+	if err != nil {
+		reason := "upstream"
+		if errors.Is(err, errStore) {
+			reason = "storage"
 		}
 		c.metrics.failed.WithLabelValues(reason).Inc()
+		return fmt.Errorf("%w: blob %s: %w", ErrUnavailable, f.dgst, err)
+	}
+	if err := w.Verify(size); err != nil {
+		c.metrics.failed.WithLabelValues("digest").Inc()
+		return fmt.Errorf("%w: %w", ErrBadUpstream, err)
+	}
+	f.verify()
+	if err := w.Commit(size); err != nil {
+		c.metrics.failed.WithLabelValues("storage").Inc()
 		return err
 	}
 	return c.store.AddMembers(u.Name, repo, f.dgst)
 }
 
+// copyBody appends rc to the blob until EOF (nil) or an error.
+func (c *Cache) copyBody(f *fill, w *storage.Writer, rc io.Reader, buf []byte, up string) error {
+	for {
+		n, rerr := rc.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return fmt.Errorf("%w: %w", errStore, err)
+			}
+			c.metrics.fetched.WithLabelValues(up).Add(float64(n))
+			f.progress(int64(n))
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
 func (f *fill) progress(n int64) {
 	f.mu.Lock()
 	f.written += n
-	close(f.wake)
-	f.wake = make(chan struct{})
+	f.notify()
 	f.mu.Unlock()
 }
 
-func (f *fill) finish(err error) {
-	select {
-	case <-f.ready:
-	default:
-		f.err = err // nobody reads err before ready is closed
-		close(f.ready)
-	}
+// verify releases the held-back last byte: the whole blob hashed right.
+func (f *fill) verify() {
 	f.mu.Lock()
-	f.done = true
-	if f.err == nil {
-		f.err = err
-	}
+	f.verified = true
+	f.notify()
+	f.mu.Unlock()
+}
+
+// notify wakes every waiting reader; f.mu must be held.
+func (f *fill) notify() {
 	close(f.wake)
 	f.wake = make(chan struct{})
+}
+
+func (f *fill) finish(err error) {
+	f.mu.Lock()
+	f.done, f.err = true, err
+	f.notify()
 	f.mu.Unlock()
+	select {
+	case <-f.ready:
+	default: // failed before the first byte; only run closes ready
+		close(f.ready)
+	}
 	f.release()
 }
 
@@ -198,7 +289,7 @@ func (r *fillReader) state() (avail int64, done bool, wake <-chan struct{}, err 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	avail = f.written
-	if !f.done {
+	if !f.verified && !f.done {
 		avail--
 	}
 	return avail, f.done, f.wake, f.err
@@ -221,11 +312,21 @@ func (r *fillReader) Read(p []byte) (int, error) {
 		if done {
 			return 0, io.EOF
 		}
-		select {
-		case <-wake:
-		case <-r.ctx.Done():
-			return 0, r.ctx.Err()
+		if err := r.wait(wake); err != nil {
+			return 0, err
 		}
+	}
+}
+
+// wait blocks until the fill changes or the client goes away.
+func (r *fillReader) wait(wake <-chan struct{}) error {
+	r.f.waiting.Inc()
+	defer r.f.waiting.Dec()
+	select {
+	case <-wake:
+		return nil
+	case <-r.ctx.Done():
+		return r.ctx.Err()
 	}
 }
 
@@ -264,10 +365,8 @@ func (r *fillReader) size() (int64, error) {
 			r.f.mu.Unlock()
 			return n, nil
 		}
-		select {
-		case <-wake:
-		case <-r.ctx.Done():
-			return 0, r.ctx.Err()
+		if err := r.wait(wake); err != nil {
+			return 0, err
 		}
 	}
 	return r.f.size, nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -34,8 +35,10 @@ func (c *Cache) Manifest(ctx context.Context, up, repo, ref string) (ocispec.Des
 func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (ocispec.Descriptor, []byte, error) {
 	desc, body, err := c.storedManifest(dgst)
 	if errors.Is(err, storage.ErrNotFound) {
-		c.metrics.result(u.Name, "manifest", false)
-		return c.fetchManifest(ctx, u, repo, dgst.String(), dgst)
+		return c.shared(ctx, "d", u, repo, dgst.String(), func(ctx context.Context) (ocispec.Descriptor, []byte, error) {
+			c.metrics.result(u.Name, "manifest", false)
+			return c.fetchManifest(ctx, u, repo, dgst.String(), dgst)
+		})
 	}
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
@@ -49,6 +52,57 @@ func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, d
 
 func (c *Cache) manifestByTag(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, []byte, error) {
 	ti, err := c.store.Tag(u.Name, repo, tag)
+	if err == nil && c.now().Sub(ti.Checked) < u.TagTTL {
+		desc, body, err := c.storedManifest(ti.Digest)
+		if err == nil {
+			c.metrics.result(u.Name, "manifest", true)
+			return desc, body, nil
+		}
+	}
+	return c.shared(ctx, "t", u, repo, tag, func(ctx context.Context) (ocispec.Descriptor, []byte, error) {
+		return c.resolveTag(ctx, u, repo, tag)
+	})
+}
+
+// manifestFlightTimeout bounds a shared upstream manifest fetch, which runs
+// on no client's context.
+const manifestFlightTimeout = time.Minute
+
+// shared runs fn once for every concurrent request of the same manifest, so
+// a thundering herd of pods costs upstream one request. fn runs detached
+// from the first caller: one client giving up does not fail the others.
+func (c *Cache) shared(ctx context.Context, kind string, u Upstream, repo, ref string, fn func(context.Context) (ocispec.Descriptor, []byte, error)) (ocispec.Descriptor, []byte, error) {
+	type result struct {
+		desc ocispec.Descriptor
+		body []byte
+	}
+	ch := c.flights.DoChan(kind+"\x00"+u.Name+"\x00"+repo+"\x00"+ref, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFlightTimeout)
+		defer cancel()
+		desc, body, err := fn(fctx)
+		return result{desc, body}, err
+	})
+	select {
+	case r := <-ch:
+		res, _ := r.Val.(result)
+		return res.desc, res.body, r.Err
+	case <-ctx.Done():
+		return ocispec.Descriptor{}, nil, ctx.Err()
+	}
+}
+
+// resolveTag answers a tag that is unknown or stale: fetch it, or ask
+// upstream cheaply whether it still points where it did.
+func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, []byte, error) {
+	ti, err := c.store.Tag(u.Name, repo, tag)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return ocispec.Descriptor{}, nil, err
+	}
+	var desc ocispec.Descriptor
+	var body []byte
+	if err == nil {
+		desc, body, err = c.storedManifest(ti.Digest)
+	}
 	if errors.Is(err, storage.ErrNotFound) {
 		c.metrics.result(u.Name, "manifest", false)
 		return c.fetchManifest(ctx, u, repo, tag, "")
@@ -56,19 +110,6 @@ func (c *Cache) manifestByTag(ctx context.Context, u Upstream, repo, tag string)
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	desc, body, err := c.storedManifest(ti.Digest)
-	if errors.Is(err, storage.ErrNotFound) {
-		c.metrics.result(u.Name, "manifest", false)
-		return c.fetchManifest(ctx, u, repo, tag, "")
-	}
-	if err != nil {
-		return ocispec.Descriptor{}, nil, err
-	}
-	if c.now().Sub(ti.Checked) < u.TagTTL {
-		c.metrics.result(u.Name, "manifest", true)
-		return desc, body, nil
-	}
-	// Stale: ask upstream cheaply whether the tag still points here.
 	head, _, err := u.Source.Manifest(ctx, repo, tag, true)
 	switch err := classify(err); {
 	case errors.Is(err, ErrNotFound):

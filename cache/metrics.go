@@ -10,6 +10,8 @@ type metrics struct {
 	requests *prometheus.CounterVec // upstream, kind, result
 	fetched  *prometheus.CounterVec // upstream
 	fills    prometheus.Gauge
+	waiting  prometheus.Gauge
+	resumed  prometheus.Counter
 	failed   *prometheus.CounterVec // reason
 }
 
@@ -27,6 +29,14 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 			Name: "wharf_fills_in_flight",
 			Help: "Blob fills from upstream in progress.",
 		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wharf_fill_waiting_readers",
+			Help: "Client reads of a fill in progress blocked until more bytes land.",
+		}),
+		resumed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wharf_fills_resumed_total",
+			Help: "Times a fill whose upstream connection broke was resumed with a Range request.",
+		}),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_fill_failures_total",
 			Help: "Blob fills that did not enter the store, by reason (upstream, digest, storage).",
@@ -43,7 +53,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 		Name: "wharf_store_blobs",
 		Help: "Blobs in the store.",
 	}, func() float64 { _, n := store.Size(); return float64(n) })
-	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.failed, size, count} {
+	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.resumed, m.failed, size, count} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
@@ -34,6 +35,7 @@ type spec struct {
 type env struct {
 	*httptest.Server
 	store *storage.Store
+	cache *cache.Cache
 	reg   *prometheus.Registry
 }
 
@@ -69,7 +71,7 @@ func newEnv(t *testing.T, root string, specs ...spec) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{Server: httptest.NewServer(h), store: store, reg: reg}
+	e := &env{Server: httptest.NewServer(h), store: store, cache: c, reg: reg}
 	t.Cleanup(e.close)
 	return e
 }
@@ -79,6 +81,7 @@ func (e *env) close() {
 		return
 	}
 	e.Server.Close()
+	e.cache.Close(context.Background())
 	e.store.Close()
 	e.store = nil
 }

@@ -98,9 +98,8 @@ func (w *Writer) Commit(size int64) error {
 		return errors.New("blob writer already closed")
 	}
 	defer w.Cancel()
-	got := digest.NewDigest(digest.SHA256, w.h)
-	if got != w.dgst || (size >= 0 && size != w.n) {
-		return fmt.Errorf("%w: want %s (%d bytes), got %s (%d bytes)", ErrDigestMismatch, w.dgst, size, got, w.n)
+	if err := w.Verify(size); err != nil {
+		return err
 	}
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("sync blob: %w", err)
@@ -115,6 +114,17 @@ func (w *Writer) Commit(size int64) error {
 	w.f.Close()
 	w.f = nil
 	return w.s.recordBlob(w.dgst, w.n, w.mediaType)
+}
+
+// Verify reports whether the bytes written so far are the blob: they hash
+// to its digest and, if size >= 0, have that size. A fill uses it to release
+// the last bytes to readers before the slower fsync in Commit.
+func (w *Writer) Verify(size int64) error {
+	got := digest.NewDigest(digest.SHA256, w.h)
+	if got != w.dgst || (size >= 0 && size != w.n) {
+		return fmt.Errorf("%w: want %s (%d bytes), got %s (%d bytes)", ErrDigestMismatch, w.dgst, size, got, w.n)
+	}
+	return nil
 }
 
 // Cancel discards the temporary file.

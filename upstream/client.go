@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/distribution/distribution/v3/manifest/manifestlist"
@@ -49,6 +50,7 @@ type Config struct {
 	DialTimeout           time.Duration
 	ResponseHeaderTimeout time.Duration
 	IdleTimeout           time.Duration // longest silence inside a body
+	MaxConcurrent         int           // requests in flight at once, bodies included; default 32
 	UserAgent             string
 }
 
@@ -59,6 +61,7 @@ type Client struct {
 	base    *url.URL
 	urls    *v2.URLBuilder
 	hc      *auth.Client
+	slots   chan struct{} // one per request in flight, held until its body is closed
 	metrics *Metrics
 }
 
@@ -84,6 +87,9 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 30 * time.Second
 	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 32
+	}
 	guard := &credentialGuard{next: newTransport(cfg), host: u.Host}
 	hc := &auth.Client{
 		Client: &http.Client{Transport: guard},
@@ -96,7 +102,8 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m}, nil
+	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m,
+		slots: make(chan struct{}, cfg.MaxConcurrent)}, nil
 }
 
 // do sends one request for repo and turns any non-2xx answer into *Error.
@@ -109,6 +116,11 @@ func (c *Client) do(ctx context.Context, method, repo, rawURL string, hdr http.H
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
+	select {
+	case c.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, &Error{Method: method, URL: redact(rawURL), Err: fmt.Errorf("waiting for a free upstream slot: %w", ctx.Err())}
+	}
 	start := time.Now()
 	resp, err := c.hc.Do(req)
 	status := "error"
@@ -117,12 +129,27 @@ func (c *Client) do(ctx context.Context, method, repo, rawURL string, hdr http.H
 	}
 	c.metrics.duration.WithLabelValues(c.name, method, status).Observe(time.Since(start).Seconds())
 	if err != nil {
+		<-c.slots
 		return nil, authError(method, rawURL, err)
 	}
+	resp.Body = &slotBody{ReadCloser: resp.Body, slots: c.slots}
 	if resp.StatusCode >= 300 {
 		return nil, newError(resp)
 	}
 	return resp, nil
+}
+
+// slotBody gives the request's slot back when its body is closed.
+type slotBody struct {
+	io.ReadCloser
+	slots chan struct{}
+	once  sync.Once
+}
+
+func (b *slotBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(func() { <-b.slots })
+	return err
 }
 
 // Manifest resolves ref (a tag or digest) in repo. With head set only the

@@ -42,6 +42,7 @@ type upstreamConfig struct {
 	DialTimeout   time.Duration  `yaml:"dial_timeout"`
 	HeaderTimeout time.Duration  `yaml:"header_timeout"`
 	IdleTimeout   time.Duration  `yaml:"idle_timeout"`
+	MaxConcurrent int            `yaml:"max_concurrent"`
 }
 
 const defaultTagTTL = time.Minute
@@ -104,6 +105,9 @@ func (c *fileConfig) validate() error {
 			u.TagTTL = &ttl
 		} else if *u.TagTTL < 0 {
 			return fmt.Errorf("upstream %s: tag_ttl must not be negative", u.Name)
+		}
+		if u.MaxConcurrent < 0 {
+			return fmt.Errorf("upstream %s: max_concurrent must not be negative", u.Name)
 		}
 		if err := u.resolveSecrets(); err != nil {
 			return fmt.Errorf("upstream %s: %w", u.Name, err)

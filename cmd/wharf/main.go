@@ -107,6 +107,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		client, err := upstream.New(upstream.Config{
 			Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password, Insecure: u.Insecure,
 			DialTimeout: u.DialTimeout, ResponseHeaderTimeout: u.HeaderTimeout, IdleTimeout: u.IdleTimeout,
+			MaxConcurrent: u.MaxConcurrent,
 			UserAgent: "wharf/" + versionString(),
 		}, um)
 		if err != nil {
@@ -150,5 +151,6 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		srv.Close()
 		log.Warn("shutdown grace period ended with requests in flight", "error", err)
 	}
+	c.Close(sctx) // fills finish within the same grace, then the index closes
 	return nil
 }
