@@ -108,7 +108,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 			Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password, Insecure: u.Insecure,
 			DialTimeout: u.DialTimeout, ResponseHeaderTimeout: u.HeaderTimeout, IdleTimeout: u.IdleTimeout,
 			MaxConcurrent: u.MaxConcurrent,
-			UserAgent: "wharf/" + versionString(),
+			UserAgent:     "wharf/" + versionString(),
 		}, um)
 		if err != nil {
 			return err
