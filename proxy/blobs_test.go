@@ -127,6 +127,9 @@ func TestBlobDigestMismatchBreaksTheTransfer(t *testing.T) {
 		return true // the server closes the short response
 	})
 	brokenOrRefused("truncated")
+	if n := metric(t, e, "wharf_fill_failures_total"); n != 2 {
+		t.Fatalf("fill failures counted: %v, want 2", n)
+	}
 	up.SetHook(nil)
 	up.Reset()
 	e.get(t, path, l.Data, l.Digest.String())

@@ -162,3 +162,22 @@ func wantCounts(t *testing.T, reg *upstreamtest.Registry, want map[string]int) {
 		t.Errorf("upstream saw %d requests, want %d: %v", n, total, got)
 	}
 }
+
+// metric sums every series of the named counter or gauge.
+func metric(t *testing.T, e *env, name string) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}

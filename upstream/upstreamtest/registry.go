@@ -38,6 +38,7 @@ type Registry struct {
 type Request struct {
 	Method, Path, Query string
 	Authorization       string
+	Range               string
 }
 
 // Kind classifies a request path: manifest, blob, upload, tags, referrers,
@@ -114,7 +115,7 @@ func New(t testing.TB, opts ...Option) *Registry {
 	r := &Registry{user: o.user, pass: o.pass}
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
-		r.requests = append(r.requests, Request{Method: req.Method, Path: req.URL.Path, Query: req.URL.RawQuery, Authorization: req.Header.Get("Authorization")})
+		r.requests = append(r.requests, Request{Method: req.Method, Path: req.URL.Path, Query: req.URL.RawQuery, Authorization: req.Header.Get("Authorization"), Range: req.Header.Get("Range")})
 		hook := r.hook
 		r.mu.Unlock()
 		if hook != nil && hook(w, req) {

@@ -1,0 +1,146 @@
+package proxy_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+// N concurrent cold pulls of one image: one upstream GET per manifest and
+// blob, every client byte-exact.
+func TestConcurrentColdPullsOfAnImage(t *testing.T) {
+	for _, clients := range []int{8, 32} {
+		t.Run(strconv.Itoa(clients), func(t *testing.T) {
+			up := upstreamtest.New(t)
+			img := up.PushImage(t, "library/app", "1", 70, 3, 256<<10, amd64)
+			up.Reset()
+			e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+			var wg sync.WaitGroup
+			for range clients {
+				wg.Go(func() { pull(t, e, "app", img, "") })
+			}
+			wg.Wait()
+			wantCounts(t, up, map[string]int{"GET manifest": 1, "GET blob": 4})
+		})
+	}
+}
+
+// gate holds an upstream blob response after half its bytes until released.
+func gate(l upstreamtest.Blob) (hook func(http.ResponseWriter, *http.Request) bool, release func()) {
+	ch := make(chan struct{})
+	var once sync.Once
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, l.Digest.String()) {
+			return false
+		}
+		half := len(l.Data) / 2
+		w.Header().Set("Content-Length", strconv.Itoa(len(l.Data)))
+		w.Write(l.Data[:half])
+		w.(http.Flusher).Flush()
+		<-ch
+		w.Write(l.Data[half:])
+		return true
+	}, func() { once.Do(func() { close(ch) }) }
+}
+
+// While a fill is stalled half way, Range requests inside the landed half
+// are answered at once, slow and vanished clients block nobody, and nobody
+// goes upstream on their own.
+func TestReadersOfAFillInProgress(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 71, 1, 400_000, amd64)
+	l := img.Layers[0]
+	hook, release := gate(l)
+	t.Cleanup(release)
+	up.SetHook(hook)
+	up.Reset()
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	path := e.URL + "/v2/library/app/blobs/" + l.Digest.String()
+
+	// A client that reads one byte and then stops reading.
+	slow, err := e.Client().Get(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Body.Close()
+	one := make([]byte, 1)
+	if _, err := io.ReadFull(slow.Body, one); err != nil || one[0] != l.Data[0] {
+		t.Fatalf("first byte: %v", err)
+	}
+	// A client that reads a little and disconnects.
+	gone, err := e.Client().Get(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(gone.Body, make([]byte, 100))
+	gone.Body.Close()
+
+	// Range inside the half that has landed: served while upstream stalls.
+	req, _ := http.NewRequest("GET", path, nil)
+	req.Header.Set("Range", "bytes=1000-9999")
+	resp, err := e.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := fmt.Sprintf("bytes 1000-9999/%d", len(l.Data))
+	if resp.StatusCode != 206 || resp.Header.Get("Content-Range") != want || !bytes.Equal(got, l.Data[1000:10000]) {
+		t.Fatalf("mid-fill Range: %d %q", resp.StatusCode, resp.Header.Get("Content-Range"))
+	}
+
+	// A full reader finishes once upstream goes on, though the slow client
+	// still has not read its second byte.
+	release()
+	e.get(t, "/v2/library/app/blobs/"+l.Digest.String(), l.Data, l.Digest.String())
+	if n := up.Count("GET", "blob"); n != 1 {
+		t.Fatalf("%d upstream GETs for one blob", n)
+	}
+	rest, err := io.ReadAll(slow.Body)
+	if err != nil || !bytes.Equal(append(one, rest...), l.Data) {
+		t.Fatalf("slow client: %v, %d bytes", err, len(rest)+1)
+	}
+}
+
+// A connection that breaks at 40 % is resumed with a Range request; the
+// client sees one clean, verified stream.
+func TestBrokenFillResumes(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 72, 1, 500_000, amd64)
+	l := img.Layers[0]
+	var mu sync.Mutex
+	broken := false
+	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if broken || r.Method != "GET" || !strings.Contains(r.URL.Path, "/blobs/") {
+			return false
+		}
+		broken = true
+		w.Header().Set("Content-Length", strconv.Itoa(len(l.Data)))
+		w.Write(l.Data[:len(l.Data)*4/10])
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // cut the connection
+	})
+	up.Reset()
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	e.get(t, "/v2/library/app/blobs/"+l.Digest.String(), l.Data, l.Digest.String())
+	reqs := up.Requests()
+	if len(reqs) != 2 || reqs[0].Range != "" || reqs[1].Range != fmt.Sprintf("bytes=%d-", len(l.Data)*4/10) {
+		t.Fatalf("upstream requests: %+v", reqs)
+	}
+	if n := metric(t, e, "wharf_fills_resumed_total"); n != 1 {
+		t.Fatalf("resumed metric: %v", n)
+	}
+	up.Reset()
+	e.get(t, "/v2/library/app/blobs/"+l.Digest.String(), l.Data, l.Digest.String())
+	wantCounts(t, up, map[string]int{})
+}
