@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
-	"testing"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -22,7 +21,8 @@ type Blob struct {
 	Data   []byte
 }
 
-func newBlob(b []byte) Blob { return Blob{Digest: digest.FromBytes(b), Data: b} }
+// NewBlob pairs b with its digest.
+func NewBlob(b []byte) Blob { return Blob{Digest: digest.FromBytes(b), Data: b} }
 
 // Image is a pushed single-platform image.
 type Image struct {
@@ -43,18 +43,24 @@ func (img Image) Descriptor() ocispec.Descriptor {
 // Blobs returns config and layers.
 func (img Image) Blobs() []Blob { return append([]Blob{img.Config}, img.Layers...) }
 
+// Random returns size deterministic, incompressible bytes from seed.
+func Random(seed uint64, size int) []byte {
+	data := make([]byte, size)
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	for i := 0; i < size; i += 8 {
+		v := rng.Uint64()
+		for j := 0; j < 8 && i+j < size; j++ {
+			data[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return data
+}
+
 // Layer returns a gzipped tar holding one file of size random bytes from
 // seed, and the digest of the uncompressed tar (its diff ID), so the result
 // unpacks in containerd like any real layer.
 func Layer(seed uint64, size int) (Blob, digest.Digest) {
-	data := make([]byte, size)
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	for i := 0; i+8 <= size; i += 8 {
-		v := rng.Uint64()
-		for j := range 8 {
-			data[i+j] = byte(v >> (8 * j))
-		}
-	}
+	data := Random(seed, size)
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
 	tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("file-%d", seed), Mode: 0o644, Size: int64(size), Typeflag: tar.TypeReg, Format: tar.FormatPAX})
@@ -64,22 +70,31 @@ func Layer(seed uint64, size int) (Blob, digest.Digest) {
 	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
 	zw.Write(tarBuf.Bytes())
 	zw.Close()
-	return newBlob(gz.Bytes()), digest.FromBytes(tarBuf.Bytes())
+	return NewBlob(gz.Bytes()), digest.FromBytes(tarBuf.Bytes())
 }
 
 // PushImage builds an OCI image of n layers of layerSize random bytes from
 // seed for platform and pushes it to repo, tagged tag (untagged if "").
-func (r *Registry) PushImage(t testing.TB, repo, tag string, seed uint64, n, layerSize int, platform ocispec.Platform) Image {
+func (r *Registry) PushImage(t T, repo, tag string, seed uint64, n, layerSize int, platform ocispec.Platform) Image {
 	t.Helper()
-	img := Image{Repo: repo, Tag: tag, MediaType: ocispec.MediaTypeImageManifest, Platform: platform}
-	cfg := ocispec.Image{Platform: platform, RootFS: ocispec.RootFS{Type: "layers"}}
+	var layers []Blob
+	var diffIDs []digest.Digest
 	for i := range n {
 		l, diffID := Layer(seed*1000+uint64(i), layerSize)
-		img.Layers = append(img.Layers, l)
-		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, diffID)
+		layers = append(layers, l)
+		diffIDs = append(diffIDs, diffID)
 	}
+	return r.PushLayers(t, repo, tag, layers, diffIDs, platform)
+}
+
+// PushLayers pushes an OCI image of the given layers, whose uncompressed
+// digests are diffIDs, tagged tag (untagged if "").
+func (r *Registry) PushLayers(t T, repo, tag string, layers []Blob, diffIDs []digest.Digest, platform ocispec.Platform) Image {
+	t.Helper()
+	img := Image{Repo: repo, Tag: tag, MediaType: ocispec.MediaTypeImageManifest, Platform: platform, Layers: layers}
+	cfg := ocispec.Image{Platform: platform, RootFS: ocispec.RootFS{Type: "layers", DiffIDs: diffIDs}}
 	cfgJSON, _ := json.Marshal(cfg)
-	img.Config = newBlob(cfgJSON)
+	img.Config = NewBlob(cfgJSON)
 	m := ocispec.Manifest{
 		MediaType: ocispec.MediaTypeImageManifest,
 		Config:    ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: img.Config.Digest, Size: int64(len(cfgJSON))},
@@ -89,7 +104,7 @@ func (r *Registry) PushImage(t testing.TB, repo, tag string, seed uint64, n, lay
 		m.Layers = append(m.Layers, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: l.Digest, Size: int64(len(l.Data))})
 	}
 	mJSON, _ := json.MarshalIndent(m, "", "   ")
-	img.Manifest = newBlob(mJSON)
+	img.Manifest = NewBlob(mJSON)
 	for _, b := range img.Blobs() {
 		r.PushBlob(t, repo, b)
 	}
@@ -105,7 +120,7 @@ type Index struct {
 }
 
 // PushIndex pushes an OCI index of imgs (already pushed to repo) as tag.
-func (r *Registry) PushIndex(t testing.TB, repo, tag string, imgs ...Image) Index {
+func (r *Registry) PushIndex(t T, repo, tag string, imgs ...Image) Index {
 	t.Helper()
 	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
 	idx.SchemaVersion = 2
@@ -113,13 +128,13 @@ func (r *Registry) PushIndex(t testing.TB, repo, tag string, imgs ...Image) Inde
 		idx.Manifests = append(idx.Manifests, img.Descriptor())
 	}
 	b, _ := json.MarshalIndent(idx, "", "   ")
-	blob := newBlob(b)
+	blob := NewBlob(b)
 	r.PushManifest(t, repo, tag, ocispec.MediaTypeImageIndex, blob)
 	return Index{Repo: repo, Tag: tag, Manifest: blob, Images: imgs}
 }
 
 // PushBlob uploads b to repo in one PUT.
-func (r *Registry) PushBlob(t testing.TB, repo string, b Blob) {
+func (r *Registry) PushBlob(t T, repo string, b Blob) {
 	t.Helper()
 	resp := r.do(t, http.MethodPost, "/v2/"+repo+"/blobs/uploads/", "", nil)
 	loc, err := url.Parse(resp.Header.Get("Location"))
@@ -136,7 +151,7 @@ func (r *Registry) PushBlob(t testing.TB, repo string, b Blob) {
 }
 
 // PushManifest puts a manifest under ref (its digest if ref is "").
-func (r *Registry) PushManifest(t testing.TB, repo, ref, mediaType string, m Blob) {
+func (r *Registry) PushManifest(t T, repo, ref, mediaType string, m Blob) {
 	t.Helper()
 	if ref == "" {
 		ref = m.Digest.String()
@@ -147,7 +162,7 @@ func (r *Registry) PushManifest(t testing.TB, repo, ref, mediaType string, m Blo
 	}
 }
 
-func (r *Registry) do(t testing.TB, method, path, contentType string, body []byte) *http.Response {
+func (r *Registry) do(t T, method, path, contentType string, body []byte) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest(method, r.URL+path, bytes.NewReader(body))
 	if err != nil {

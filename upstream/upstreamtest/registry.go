@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 )
 
@@ -31,8 +31,25 @@ type Registry struct {
 
 	mu       sync.Mutex
 	requests []Request
+	sent     int64 // response body bytes
 	hook     func(http.ResponseWriter, *http.Request) bool
 }
+
+// counter counts the body bytes of one response.
+type counter struct {
+	http.ResponseWriter
+	r *Registry
+}
+
+func (c counter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.r.mu.Lock()
+	c.r.sent += int64(n)
+	c.r.mu.Unlock()
+	return n, err
+}
+
+func (c counter) Flush() { c.ResponseWriter.(http.Flusher).Flush() }
 
 // Request is one request the registry received.
 type Request struct {
@@ -65,10 +82,29 @@ func kind(path string) string {
 	return "other"
 }
 
+// T is the part of testing.TB the helpers use, so benchmarks outside
+// `go test` can drive them too.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}
+
 // Option configures a Registry.
 type Option func(*options)
 
-type options struct{ user, pass string }
+type options struct {
+	user, pass string
+	dir        string
+}
+
+// WithFilesystem stores the registry's content under dir instead of in
+// memory: distribution's in-memory driver is far too slow for large blobs.
+func WithFilesystem(dir string) Option {
+	return func(o *options) { o.dir = dir }
+}
 
 // WithBasicAuth protects the registry with htpasswd basic auth.
 func WithBasicAuth(user, pass string) Option {
@@ -82,20 +118,26 @@ func init() {
 }
 
 // New starts a registry that stops when the test ends.
-func New(t testing.TB, opts ...Option) *Registry {
+func New(t T, opts ...Option) *Registry {
 	t.Helper()
 	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
+	driver := configuration.Storage{"inmemory": configuration.Parameters{}}
+	if o.dir != "" {
+		driver = configuration.Storage{"filesystem": configuration.Parameters{"rootdirectory": o.dir}}
+	}
 	cfg := &configuration.Configuration{
 		Storage: configuration.Storage{
-			"inmemory": configuration.Parameters{},
 			"delete":   configuration.Parameters{"enabled": true},
 			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{
 				"enabled": false,
 			}},
 		},
+	}
+	for k, v := range driver {
+		cfg.Storage[k] = v
 	}
 	cfg.Log.Level = "error"
 	cfg.Log.AccessLog.Disabled = true
@@ -118,6 +160,7 @@ func New(t testing.TB, opts ...Option) *Registry {
 		r.requests = append(r.requests, Request{Method: req.Method, Path: req.URL.Path, Query: req.URL.RawQuery, Authorization: req.Header.Get("Authorization"), Range: req.Header.Get("Range")})
 		hook := r.hook
 		r.mu.Unlock()
+		w = counter{ResponseWriter: w, r: r}
 		if hook != nil && hook(w, req) {
 			return
 		}
@@ -159,9 +202,16 @@ func (r *Registry) Count(method, kind string) int {
 // Total is the number of requests received since the last Reset.
 func (r *Registry) Total() int { return len(r.Requests()) }
 
-// Reset forgets the requests received so far.
+// BytesSent is the number of response body bytes sent since the last Reset.
+func (r *Registry) BytesSent() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.sent
+}
+
+// Reset forgets the requests received and bytes sent so far.
 func (r *Registry) Reset() {
 	r.mu.Lock()
-	r.requests = nil
+	r.requests, r.sent = nil, 0
 	r.mu.Unlock()
 }
