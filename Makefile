@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: build run test tools lint unit e2e clean
+.PHONY: build run test tools lint bench clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/wharf ./cmd/wharf
@@ -23,6 +23,10 @@ lint: tools
 
 test: lint
 	$(GO) test -race -count=1 -timeout 8m ./...
+
+# End-to-end figures against direct upstream and distribution's proxy mode.
+bench: build
+	$(GO) run ./cmd/wharf-bench -wharf bin/wharf -json bin/bench.json
 
 clean:
 	rm -rf bin

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+// bench holds the run's temporary state; it is the upstreamtest.T of the
+// seeding helpers, failing by panic.
+type bench struct {
+	wharfBin string
+	duration time.Duration
+	workers  int
+	cleanups []func()
+}
+
+func (b *bench) Helper()                      {}
+func (b *bench) Fatal(args ...any)            { panic(fmt.Sprint(args...)) }
+func (b *bench) Fatalf(f string, args ...any) { panic(fmt.Sprintf(f, args...)) }
+func (b *bench) Cleanup(f func())             { b.cleanups = append(b.cleanups, f) }
+func (b *bench) TempDir() string {
+	dir, err := os.MkdirTemp("", "wharf-bench-")
+	if err != nil {
+		panic(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func (b *bench) cleanup() {
+	for i := len(b.cleanups) - 1; i >= 0; i-- {
+		b.cleanups[i]()
+	}
+	b.cleanups = nil
+}
+
+var (
+	amd64 = ocispec.Platform{OS: "linux", Architecture: "amd64"}
+	arm64 = ocispec.Platform{OS: "linux", Architecture: "arm64"}
+)
+
+// seed pushes the data set: one image of 4 × 64 MiB incompressible layers,
+// 50 images of 3 × 1 MiB layers and one two-platform index.
+func seed(b *bench, up *upstreamtest.Registry) (big upstreamtest.Image, small []upstreamtest.Image, idx upstreamtest.Index) {
+	image := func(repo, tag string, seed uint64, n, size int, p ocispec.Platform) upstreamtest.Image {
+		var layers []upstreamtest.Blob
+		var diffIDs []digest.Digest
+		for i := range n {
+			l := upstreamtest.NewBlob(upstreamtest.Random(seed*100+uint64(i), size))
+			layers = append(layers, l)
+			diffIDs = append(diffIDs, l.Digest)
+		}
+		return up.PushLayers(b, repo, tag, layers, diffIDs, p)
+	}
+	big = image("bench/big", "v1", 1, 4, 64<<20, amd64)
+	for i := range 50 {
+		small = append(small, image(fmt.Sprintf("bench/small-%02d", i), "v1", uint64(10+i), 3, 1<<20, amd64))
+	}
+	a := image("bench/multi", "", 90, 1, 1<<20, amd64)
+	m := image("bench/multi", "", 91, 1, 1<<20, arm64)
+	idx = up.PushIndex(b, "bench/multi", "v1", a, m)
+	return big, small, idx
+}
+
+func imageSize(img upstreamtest.Image) int64 {
+	n := int64(len(img.Manifest.Data))
+	for _, bl := range img.Blobs() {
+		n += int64(len(bl.Data))
+	}
+	return n
+}
+
+// run measures every scenario on every target and returns the rows.
+func (b *bench) run() (rows []row, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	fmt.Fprintln(os.Stderr, "seeding the upstream (4 × 64 MiB, 50 × 3 × 1 MiB, one index)...")
+	up := upstreamtest.New(b, upstreamtest.WithFilesystem(b.TempDir()))
+	big, small, idx := seed(b, up)
+
+	type starter func() (*target, error)
+	targets := []struct {
+		name  string
+		start starter
+	}{
+		{"direct", func() (*target, error) {
+			return &target{url: up.URL, stop: func() {}, rss: func() float64 { return -1 }}, nil
+		}},
+		{"wharf", func() (*target, error) { return b.startWharf(up.URL) }},
+		{"distribution", func() (*target, error) { return b.startDistribution(up.URL) }},
+	}
+	res := map[string]map[string]float64{}
+	set := func(scenario, tgt string, v float64) {
+		if res[scenario] == nil {
+			res[scenario] = map[string]float64{}
+		}
+		res[scenario][tgt] = v
+	}
+	timed := func(f func() error) (float64, error) {
+		start := time.Now()
+		err := f()
+		return time.Since(start).Seconds(), err
+	}
+	for _, tg := range targets {
+		fmt.Fprintf(os.Stderr, "measuring %s...\n", tg.name)
+		peak := -1.0
+
+		// Big image: cold, warm, then manifest request rates on the warm cache.
+		t, err := tg.start()
+		if err != nil {
+			return nil, err
+		}
+		cold, err := timed(func() error { return pull(t.url, big.Repo, big.Tag) })
+		if err != nil {
+			return nil, err
+		}
+		warm, err := timed(func() error { return pull(t.url, big.Repo, big.Tag) })
+		if err != nil {
+			return nil, err
+		}
+		set("cold pull, 4 × 64 MiB", tg.name, cold)
+		set("warm pull, 4 × 64 MiB", tg.name, warm)
+		for _, c := range []struct{ name, ref string }{{"manifest by tag", idx.Tag}, {"manifest by digest", idx.Manifest.Digest.String()}} {
+			rps, p99, err := load(t.url+"/v2/"+idx.Repo+"/manifests/"+c.ref, b.workers, b.duration)
+			if err != nil {
+				return nil, err
+			}
+			set(c.name, tg.name, rps)
+			set(c.name+" p99", tg.name, p99)
+		}
+		peak = max(peak, t.rss())
+		t.stop()
+
+		// Eight clients pull the big image cold at once.
+		if t, err = tg.start(); err != nil {
+			return nil, err
+		}
+		up.Reset()
+		conc, err := timed(func() error {
+			return parallel(8, 8, func(int) error { return pull(t.url, big.Repo, big.Tag) })
+		})
+		if err != nil {
+			return nil, err
+		}
+		set("8 concurrent cold pulls", tg.name, conc)
+		set("8 concurrent: upstream bytes / image", tg.name, float64(up.BytesSent())/float64(imageSize(big)))
+		peak = max(peak, t.rss())
+		t.stop()
+
+		// Fifty small images, four workers, cold then warm.
+		if t, err = tg.start(); err != nil {
+			return nil, err
+		}
+		var mu sync.Mutex
+		pullAll := func() error {
+			return parallel(4, len(small), func(i int) error {
+				mu.Lock()
+				img := small[i]
+				mu.Unlock()
+				return pull(t.url, img.Repo, img.Tag)
+			})
+		}
+		coldSmall, err := timed(pullAll)
+		if err != nil {
+			return nil, err
+		}
+		warmSmall, err := timed(pullAll)
+		if err != nil {
+			return nil, err
+		}
+		set("50 images × 3 × 1 MiB, cold", tg.name, coldSmall)
+		set("50 images × 3 × 1 MiB, warm", tg.name, warmSmall)
+		peak = max(peak, t.rss())
+		t.stop()
+		set("peak RSS", tg.name, peak)
+	}
+	units := map[string]string{"manifest by tag": "req/s", "manifest by digest": "req/s", "manifest by tag p99": "ms",
+		"manifest by digest p99": "ms", "8 concurrent: upstream bytes / image": "×", "peak RSS": "MiB"}
+	order := []string{"cold pull, 4 × 64 MiB", "warm pull, 4 × 64 MiB", "8 concurrent cold pulls", "8 concurrent: upstream bytes / image",
+		"50 images × 3 × 1 MiB, cold", "50 images × 3 × 1 MiB, warm", "manifest by tag", "manifest by tag p99",
+		"manifest by digest", "manifest by digest p99", "peak RSS"}
+	for _, s := range order {
+		u := units[s]
+		if u == "" {
+			u = "s"
+		}
+		rows = append(rows, row{Scenario: s, Unit: u, Direct: res[s]["direct"], Wharf: res[s]["wharf"], Distribution: res[s]["distribution"]})
+	}
+	return rows, nil
+}

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+var client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
+
+const accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, " +
+	"application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json"
+
+// get fetches url, discards the body and checks its length.
+func get(url string, want int64) error {
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Accept", accept)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return fmt.Errorf("GET %s: %w after %d bytes", url, err, n)
+	}
+	if resp.StatusCode != http.StatusOK || (want >= 0 && n != want) {
+		return fmt.Errorf("GET %s: %d, %d bytes, want %d", url, resp.StatusCode, n, want)
+	}
+	return nil
+}
+
+// pull does what a client does: resolve the tag, then fetch config and
+// layers, up to 4 at once as containerd does.
+func pull(base, repo, tag string) error {
+	req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/manifests/"+tag, nil)
+	req.Header.Set("Accept", accept)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	var m ocispec.Manifest
+	err = json.NewDecoder(resp.Body).Decode(&m)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("manifest %s:%s: %d %v", repo, tag, resp.StatusCode, err)
+	}
+	blobs := append([]ocispec.Descriptor{m.Config}, m.Layers...)
+	return parallel(4, len(blobs), func(i int) error {
+		return get(base+"/v2/"+repo+"/blobs/"+blobs[i].Digest.String(), blobs[i].Size)
+	})
+}
+
+// parallel runs fn(0..n-1) on at most workers goroutines and returns the
+// first error.
+func parallel(workers, n int, fn func(int) error) error {
+	var mu sync.Mutex
+	var first error
+	next := 0
+	var wg sync.WaitGroup
+	for range min(workers, n) {
+		wg.Go(func() {
+			for {
+				mu.Lock()
+				i := next
+				next++
+				stop := first != nil
+				mu.Unlock()
+				if i >= n || stop {
+					return
+				}
+				if err := fn(i); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+// load GETs url from workers clients for d and returns requests per second
+// and the 99th percentile latency in milliseconds.
+func load(url string, workers int, d time.Duration) (rps, p99 float64, err error) {
+	if err := get(url, -1); err != nil {
+		return 0, 0, err
+	}
+	deadline := time.Now().Add(d)
+	lat := make([][]time.Duration, workers)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range workers {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				t := time.Now()
+				if err := get(url, -1); err != nil {
+					errs[w] = err
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t))
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	all := slices.Concat(lat...)
+	for _, e := range errs {
+		if e != nil {
+			return 0, 0, e
+		}
+	}
+	slices.Sort(all)
+	if len(all) == 0 {
+		return 0, 0, fmt.Errorf("no requests completed against %s", strings.SplitN(url, "/v2/", 2)[0])
+	}
+	return float64(len(all)) / elapsed.Seconds(), float64(all[len(all)*99/100]) / 1e6, nil
+}

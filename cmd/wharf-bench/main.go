@@ -1,0 +1,78 @@
+// Command wharf-bench measures Wharf end to end against the same upstream
+// pulled directly and through distribution's own proxy mode, and prints
+// absolute figures and ratios. `make bench` runs it; it needs nothing but
+// the repository: the upstream and distribution run in process, Wharf as
+// the real binary.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+)
+
+func main() {
+	wharf := flag.String("wharf", "bin/wharf", "wharf binary to measure")
+	jsonOut := flag.String("json", "", "also write the results as JSON to this file")
+	duration := flag.Duration("duration", 3e9, "length of each request-rate run")
+	workers := flag.Int("workers", 16, "concurrent clients in request-rate runs")
+	flag.Parse()
+	b := &bench{wharfBin: *wharf, duration: *duration, workers: *workers}
+	defer b.cleanup()
+	rows, err := b.run()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "wharf-bench:", err)
+		b.cleanup()
+		os.Exit(1)
+	}
+	printTable(os.Stdout, rows)
+	if *jsonOut != "" {
+		out, _ := json.MarshalIndent(rows, "", "  ")
+		if err := os.WriteFile(*jsonOut, out, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "wharf-bench:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+// row is one scenario's figures per target.
+type row struct {
+	Scenario     string  `json:"scenario"`
+	Unit         string  `json:"unit"`
+	Direct       float64 `json:"direct"`
+	Wharf        float64 `json:"wharf"`
+	Distribution float64 `json:"distribution"`
+}
+
+func printTable(w io.Writer, rows []row) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tunit\tdirect\twharf\tdistribution\twharf/direct\twharf/distribution\t")
+	fmt.Fprintln(tw, strings.Repeat("-\t", 7))
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, r.Unit,
+			num(r.Direct), num(r.Wharf), num(r.Distribution), ratio(r.Wharf, r.Direct), ratio(r.Wharf, r.Distribution))
+	}
+	tw.Flush()
+}
+
+func num(v float64) string {
+	switch {
+	case v < 0:
+		return "n/a"
+	case v >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	default:
+		return fmt.Sprintf("%.3g", v)
+	}
+}
+
+func ratio(a, b float64) string {
+	if a < 0 || b <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
