@@ -135,6 +135,9 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 
 // storedManifest reads a manifest from the store; it is small by contract.
 func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, error) {
+	if desc, body, ok := c.hot.get(dgst); ok {
+		return desc, body, nil
+	}
 	bi, err := c.store.Blob(dgst)
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
@@ -151,7 +154,9 @@ func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, 
 	if int64(len(body)) != bi.Size {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("stored manifest %s: size %d, index says %d: %w", dgst, len(body), bi.Size, storage.ErrNotFound)
 	}
-	return ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}, body, nil
+	desc := ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}
+	c.hot.put(desc, body)
+	return desc, body, nil
 }
 
 // fetchManifest GETs ref from upstream, verifies it, stores it, records which

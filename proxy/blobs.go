@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -42,7 +43,11 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	setBlobHeaders(w, b.Descriptor)
 	cw := &recorder{ResponseWriter: w}
 	content := &errReader{ReadSeeker: b}
-	http.ServeContent(cw, r, "", time.Time{}, content)
+	if f, ok := b.ReadSeekCloser.(*os.File); ok {
+		http.ServeContent(cw, r, "", time.Time{}, f) // sendfile
+	} else {
+		http.ServeContent(cw, r, "", time.Time{}, content)
+	}
 	p.metrics.served.WithLabelValues(t.upstream, "blob").Add(float64(cw.bytes))
 	if content.err != nil && cw.status != 0 {
 		// The blob failed to verify or the fill broke mid-stream: cut the

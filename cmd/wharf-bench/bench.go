@@ -15,10 +15,11 @@ import (
 // bench holds the run's temporary state; it is the upstreamtest.T of the
 // seeding helpers, failing by panic.
 type bench struct {
-	wharfBin string
-	duration time.Duration
-	workers  int
-	cleanups []func()
+	wharfBin    string
+	debugListen string // pprof address for the Wharf under test
+	duration    time.Duration
+	workers     int
+	cleanups    []func()
 }
 
 func (b *bench) Helper()                      {}

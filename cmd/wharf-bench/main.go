@@ -20,8 +20,9 @@ func main() {
 	jsonOut := flag.String("json", "", "also write the results as JSON to this file")
 	duration := flag.Duration("duration", 3e9, "length of each request-rate run")
 	workers := flag.Int("workers", 16, "concurrent clients in request-rate runs")
+	pprof := flag.String("pprof", "", "let the Wharf under test serve pprof on this address (e.g. 127.0.0.1:6060)")
 	flag.Parse()
-	b := &bench{wharfBin: *wharf, duration: *duration, workers: *workers}
+	b := &bench{wharfBin: *wharf, duration: *duration, workers: *workers, debugListen: *pprof}
 	defer b.cleanup()
 	rows, err := b.run()
 	if err != nil {

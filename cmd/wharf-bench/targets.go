@@ -53,6 +53,7 @@ func (b *bench) startWharf(upstreamURL string) (*target, error) {
 	dir := b.TempDir()
 	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
 log_level: info
+debug_listen: %q
 storage:
   root: %s
 upstreams:
@@ -61,7 +62,7 @@ upstreams:
     default: true
     insecure: true
     tag_ttl: 1h
-`, filepath.Join(dir, "store"), upstreamURL)
+`, b.debugListen, filepath.Join(dir, "store"), upstreamURL)
 	path := filepath.Join(dir, "wharf.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err

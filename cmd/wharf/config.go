@@ -16,9 +16,10 @@ import (
 // fileConfig is the YAML file, key for key. External tools generate these
 // names, so they change only with a migration.
 type fileConfig struct {
-	Listen   string `yaml:"listen"`
-	LogLevel string `yaml:"log_level"`
-	Storage  struct {
+	Listen      string `yaml:"listen"`
+	DebugListen string `yaml:"debug_listen"`
+	LogLevel    string `yaml:"log_level"`
+	Storage     struct {
 		Root string `yaml:"root"`
 	} `yaml:"storage"`
 	Server struct {

@@ -10,10 +10,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -135,6 +137,18 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		IdleTimeout:       cfg.Server.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if cfg.DebugListen != "" {
+		dln, err := net.Listen("tcp", cfg.DebugListen)
+		if err != nil {
+			return err
+		}
+		// net/http/pprof registers on http.DefaultServeMux; only this
+		// listener serves that mux.
+		dsrv := &http.Server{Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
+		go dsrv.Serve(dln)
+		defer dsrv.Close()
+		log.Info("debug listening", "addr", dln.Addr().String())
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "version", versionString(), "root", cfg.Storage.Root)
 	errc := make(chan error, 1)
