@@ -52,7 +52,7 @@ var listenRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
 func (b *bench) startWharf(upstreamURL string) (*target, error) {
 	dir := b.TempDir()
 	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
-log_level: info
+log_level: warn
 debug_listen: %q
 storage:
   root: %s

@@ -130,7 +130,7 @@ func New(t T, opts ...Option) *Registry {
 	}
 	cfg := &configuration.Configuration{
 		Storage: configuration.Storage{
-			"delete":   configuration.Parameters{"enabled": true},
+			"delete": configuration.Parameters{"enabled": true},
 			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{
 				"enabled": false,
 			}},
