@@ -61,9 +61,6 @@ var (
 	ErrUnknown     = errors.New("unknown upstream")
 )
 
-// hotManifestBytes bounds the in-memory copies of recently served manifests.
-const hotManifestBytes = 16 << 20
-
 // Cache answers registry reads for every configured upstream.
 type Cache struct {
 	store       *storage.Store
@@ -76,7 +73,6 @@ type Cache struct {
 	fills   map[digest.Digest]*fill
 	running sync.WaitGroup // fill goroutines
 	flights singleflight.Group
-	hot     *hotManifests
 }
 
 // New returns a cache over store. It starts no goroutines.
@@ -87,7 +83,6 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		fillTimeout: cfg.FillTimeout,
 		now:         time.Now,
 		fills:       map[digest.Digest]*fill{},
-		hot:         newHotManifests(hotManifestBytes),
 	}
 	if c.fillTimeout <= 0 {
 		c.fillTimeout = time.Hour

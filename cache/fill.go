@@ -114,6 +114,11 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		c.metrics.failed.WithLabelValues("upstream").Inc()
 		return classify(err)
 	}
+	// Upstream just showed that repo holds the blob.
+	if err := c.store.AddMembers(u.Name, repo, f.dgst); err != nil {
+		rc.Close()
+		return err
+	}
 	w, err := c.store.Create(f.dgst, "")
 	if err != nil {
 		rc.Close()
@@ -177,7 +182,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		return err
 	}
-	return c.store.AddMembers(u.Name, repo, f.dgst)
+	return nil
 }
 
 // copyBody appends rc to the blob until EOF (nil) or an error.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -26,7 +27,11 @@ func (c *Cache) Manifest(ctx context.Context, up, repo, ref string) (ocispec.Des
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	if dgst, err := digest.Parse(ref); err == nil {
+	if strings.Contains(ref, ":") { // tags cannot hold a colon
+		dgst := digest.Digest(ref)
+		if err := dgst.Validate(); err != nil {
+			return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
 		return c.manifestByDigest(ctx, u, repo, dgst)
 	}
 	return c.manifestByTag(ctx, u, repo, ref)
@@ -133,30 +138,13 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 	return c.fetchManifest(ctx, u, repo, tag, "")
 }
 
-// storedManifest reads a manifest from the store; it is small by contract.
+// storedManifest reads a manifest from the store (or its memory of it).
 func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, error) {
-	if desc, body, ok := c.hot.get(dgst); ok {
-		return desc, body, nil
-	}
-	bi, err := c.store.Blob(dgst)
+	body, bi, err := c.store.ReadSmall(dgst, MaxManifestSize)
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	f, _, err := c.store.Open(dgst)
-	if err != nil {
-		return ocispec.Descriptor{}, nil, err
-	}
-	defer f.Close()
-	body, err := io.ReadAll(io.LimitReader(f, MaxManifestSize+1))
-	if err != nil {
-		return ocispec.Descriptor{}, nil, err
-	}
-	if int64(len(body)) != bi.Size {
-		return ocispec.Descriptor{}, nil, fmt.Errorf("stored manifest %s: size %d, index says %d: %w", dgst, len(body), bi.Size, storage.ErrNotFound)
-	}
-	desc := ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}
-	c.hot.put(desc, body)
-	return desc, body, nil
+	return ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}, body, nil
 }
 
 // fetchManifest GETs ref from upstream, verifies it, stores it, records which

@@ -39,7 +39,7 @@ type env struct {
 	reg   *prometheus.Registry
 }
 
-func newEnv(t *testing.T, root string, specs ...spec) *env {
+func newEnv(t testing.TB, root string, specs ...spec) *env {
 	t.Helper()
 	store, err := storage.Open(root)
 	if err != nil {

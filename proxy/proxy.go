@@ -78,6 +78,17 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.NotFoundHandler = p.wrap("unknown", func(w http.ResponseWriter, r *http.Request) error {
 		return ociError(http.StatusNotFound, errUnsupported, "no such endpoint")
 	})
+	// Routes are tried in order, the hot ones first, and matched without
+	// regexps (see apiPath). Uploads come before blobs so that
+	// /blobs/uploads/ is never read as a digest.
+	r.MatcherFunc(apiPath("manifests", "reference")).Handler(p.read("manifest", p.manifest))
+	r.MatcherFunc(uploadPath).Handler(p.wrap("upload", unsupported))
+	r.MatcherFunc(apiPath("blobs", "digest")).Handler(p.read("blob", p.blob))
+	r.MatcherFunc(apiPath("tags", "list")).Handler(p.read("tags", p.tags))
+	r.MatcherFunc(apiPath("referrers", "digest")).Handler(p.read("referrers", p.referrers))
+	r.Handle("/v2", p.read("base", p.base))
+	r.Handle("/v2/", p.read("base", p.base))
+	r.Handle("/v2/_catalog", p.read("catalog", p.catalog))
 	r.Handle("/healthz", p.wrap("healthz", func(w http.ResponseWriter, r *http.Request) error {
 		_, err := w.Write([]byte("ok\n"))
 		return err
@@ -85,16 +96,43 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	if cfg.Registry != nil {
 		r.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	}
-	r.Handle("/v2", p.read("base", p.base))
-	r.Handle("/v2/", p.read("base", p.base))
-	r.Handle("/v2/_catalog", p.read("catalog", p.catalog))
-	r.Handle("/v2/{name:.+}/blobs/uploads/{rest:.*}", p.wrap("upload", unsupported))
-	r.Handle("/v2/{name:.+}/blobs/uploads", p.wrap("upload", unsupported))
-	r.Handle("/v2/{name:.+}/manifests/{reference}", p.read("manifest", p.manifest))
-	r.Handle("/v2/{name:.+}/blobs/{digest}", p.read("blob", p.blob))
-	r.Handle("/v2/{name:.+}/tags/list", p.read("tags", p.tags))
-	r.Handle("/v2/{name:.+}/referrers/{digest}", p.read("referrers", p.referrers))
 	return r, nil
+}
+
+// apiPath matches /v2/<name>/<kind>/<last>, where last has no slash, and
+// sets the vars "name" and key. Like the regexp /v2/(.+)/kind/([^/]+) it
+// takes the last /kind/ in the path, but costs a string search instead of
+// a backtracking match on every request. For "tags" the last element must
+// be "list".
+func apiPath(kind, key string) mux.MatcherFunc {
+	sep := "/" + kind + "/"
+	return func(r *http.Request, m *mux.RouteMatch) bool {
+		rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
+		i := strings.LastIndex(rest, sep)
+		if !ok || i <= 0 {
+			return false
+		}
+		last := rest[i+len(sep):]
+		if last == "" || strings.Contains(last, "/") || (kind == "tags" && last != "list") {
+			return false
+		}
+		if m.Vars == nil {
+			m.Vars = map[string]string{}
+		}
+		m.Vars["name"], m.Vars[key] = rest[:i], last
+		return true
+	}
+}
+
+// uploadPath matches the blob upload endpoints, /v2/<name>/blobs/uploads[/...].
+func uploadPath(r *http.Request, m *mux.RouteMatch) bool {
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
+	i := strings.LastIndex(rest, "/blobs/uploads")
+	if !ok || i <= 0 {
+		return false
+	}
+	tail := rest[i+len("/blobs/uploads"):]
+	return tail == "" || tail[0] == '/'
 }
 
 // read admits GET and HEAD; every write a client tries on a mirror is

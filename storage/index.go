@@ -38,16 +38,26 @@ type TagInfo struct {
 
 // Tag returns the cached resolution of up/repo:tag, or ErrNotFound.
 func (s *Store) Tag(up, repo, tag string) (TagInfo, error) {
+	k := key(prefixTag, up, repo, tag)
+	if ti, ok := s.tags.get(string(k)); ok {
+		return ti, nil
+	}
 	var ti TagInfo
-	err := s.get(key(prefixTag, up, repo, tag), &ti)
+	err := s.get(k, &ti)
+	if err == nil {
+		s.tags.put(string(k), ti)
+	}
 	return ti, err
 }
 
 // PutTag records what up/repo:tag resolved to.
 func (s *Store) PutTag(up, repo, tag string, ti TagInfo) error {
-	return s.db.Update(func(txn *badger.Txn) error {
-		return setJSON(txn, key(prefixTag, up, repo, tag), ti)
-	})
+	k := key(prefixTag, up, repo, tag)
+	err := s.db.Update(func(txn *badger.Txn) error { return setJSON(txn, k, ti) })
+	if err == nil {
+		s.tags.put(string(k), ti)
+	}
+	return err
 }
 
 // CachedTags lists the tags of up/repo that resolved at least once, sorted;
@@ -85,12 +95,19 @@ func (s *Store) AddMembers(up, repo string, dgsts ...digest.Digest) error {
 
 // IsMember reports whether repo of upstream up is known to hold dgst.
 func (s *Store) IsMember(up, repo string, dgst digest.Digest) (bool, error) {
+	k := key(prefixMember, up, repo, dgst.String())
+	if _, ok := s.members.get(string(k)); ok {
+		return true, nil
+	}
 	err := s.db.View(func(txn *badger.Txn) error {
-		_, err := txn.Get(key(prefixMember, up, repo, dgst.String()))
+		_, err := txn.Get(k)
 		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return false, nil
+	}
+	if err == nil {
+		s.members.put(string(k), struct{}{})
 	}
 	return err == nil, err
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -20,13 +21,36 @@ type Store struct {
 	db    *badger.DB
 	size  atomic.Int64
 	blobs atomic.Int64
+
+	// In-memory read caches, written through: a warm manifest request
+	// touches neither Badger nor the disk.
+	small   *lru[digest.Digest, smallBlob]
+	tags    *lru[string, TagInfo]
+	members *lru[string, struct{}]
+}
+
+// Cache bounds: bytes of small blobs, and entries of tags and memberships.
+const (
+	smallBlobCache = 16 << 20
+	tagCache       = 100_000
+	memberCache    = 1_000_000
+)
+
+type smallBlob struct {
+	info BlobInfo
+	data []byte
 }
 
 // Open opens (creating if needed) the store under root. Leftover temporary
 // files from an earlier run are removed: a fill that did not commit is never
 // served.
 func Open(root string) (*Store, error) {
-	s := &Store{root: root}
+	s := &Store{
+		root:    root,
+		small:   newLRU[digest.Digest](smallBlobCache, func(b smallBlob) int { return len(b.data) }),
+		tags:    newLRU[string](tagCache, func(TagInfo) int { return 1 }),
+		members: newLRU[string](memberCache, func(struct{}) int { return 1 }),
+	}
 	if err := os.RemoveAll(s.tmpDir()); err != nil {
 		return nil, fmt.Errorf("clean temp dir: %w", err)
 	}
@@ -61,6 +85,35 @@ func (s *Store) Close() error { return s.db.Close() }
 func (s *Store) Size() (bytes, blobs int64) { return s.size.Load(), s.blobs.Load() }
 
 func (s *Store) tmpDir() string { return filepath.Join(s.root, "docker", "registry", "v2", "tmp") }
+
+// ReadSmall returns a stored blob of at most max bytes, and its record, from
+// memory when it was read recently; manifests are read this way.
+func (s *Store) ReadSmall(dgst digest.Digest, max int64) ([]byte, BlobInfo, error) {
+	if b, ok := s.small.get(dgst); ok {
+		return b.data, b.info, nil
+	}
+	bi, err := s.Blob(dgst)
+	if err != nil {
+		return nil, BlobInfo{}, err
+	}
+	if bi.Size > max {
+		return nil, BlobInfo{}, fmt.Errorf("blob %s: %d bytes is over the %d byte limit", dgst, bi.Size, max)
+	}
+	f, _, err := s.Open(dgst)
+	if err != nil {
+		return nil, BlobInfo{}, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, BlobInfo{}, err
+	}
+	if int64(len(data)) != bi.Size {
+		return nil, BlobInfo{}, fmt.Errorf("blob %s: %d bytes on disk, index says %d: %w", dgst, len(data), bi.Size, ErrNotFound)
+	}
+	s.small.put(dgst, smallBlob{info: bi, data: data})
+	return data, bi, nil
+}
 
 // BlobInfo is the index record of a stored blob.
 type BlobInfo struct {
