@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
@@ -52,7 +53,7 @@ var listenRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
 func (b *bench) startWharf(upstreamURL string) (*target, error) {
 	dir := b.TempDir()
 	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
-log_level: warn
+log_level: info
 debug_listen: %q
 storage:
   root: %s
@@ -76,28 +77,38 @@ upstreams:
 		return nil, fmt.Errorf("start %s (run `make build` first): %w", b.wharfBin, err)
 	}
 	addr := make(chan string, 1)
+	exited := make(chan struct{})
 	go func() {
+		defer close(exited)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			if m := listenRE.FindStringSubmatch(sc.Text()); m != nil {
+			line := sc.Text()
+			if m := listenRE.FindStringSubmatch(line); m != nil {
 				addr <- m[1]
-			} else if strings.Contains(sc.Text(), "level=WARN") || strings.Contains(sc.Text(), "level=ERROR") {
-				fmt.Fprintln(os.Stderr, "wharf:", sc.Text())
+			} else if !strings.Contains(line, "level=INFO") {
+				fmt.Fprintln(os.Stderr, "wharf:", line)
 			}
 		}
 		io.Copy(io.Discard, stderr)
 	}()
+	var once sync.Once
 	t := &target{
 		stop: func() {
-			cmd.Process.Signal(os.Interrupt)
-			cmd.Wait()
+			once.Do(func() {
+				cmd.Process.Signal(os.Interrupt)
+				cmd.Wait()
+			})
 		},
 		rss: func() float64 { return peakRSS(cmd.Process.Pid) },
 	}
+	b.Cleanup(t.stop) // never leave a wharf behind, whatever fails
 	select {
 	case a := <-addr:
 		t.url = "http://" + a
 		return t, nil
+	case <-exited:
+		t.stop()
+		return nil, fmt.Errorf("wharf exited before listening (its output is above)")
 	case <-time.After(30 * time.Second):
 		t.stop()
 		return nil, fmt.Errorf("wharf did not start within 30s")
