@@ -15,11 +15,12 @@ import (
 // bench holds the run's temporary state; it is the upstreamtest.T of the
 // seeding helpers, failing by panic.
 type bench struct {
-	wharfBin    string
-	debugListen string // pprof address for the Wharf under test
-	duration    time.Duration
-	workers     int
-	cleanups    []func()
+	wharfBin     string
+	debugListen  string // pprof address for the Wharf under test
+	upstreamRate int64  // bytes/s, 0 for unlimited
+	duration     time.Duration
+	workers      int
+	cleanups     []func()
 }
 
 func (b *bench) Helper()                      {}
@@ -86,8 +87,13 @@ func (b *bench) run() (rows []row, err error) {
 		}
 	}()
 	fmt.Fprintln(os.Stderr, "seeding the upstream (4 × 64 MiB, 50 × 3 × 1 MiB, one index)...")
-	up := upstreamtest.New(b, upstreamtest.WithFilesystem(b.TempDir()))
+	data := b.TempDir()
+	up := upstreamtest.New(b, upstreamtest.WithFilesystem(data))
 	big, small, idx := seed(b, up)
+	if b.upstreamRate > 0 {
+		// Seeded at full speed; measured through the capped link.
+		up = upstreamtest.New(b, upstreamtest.WithFilesystem(data), upstreamtest.WithBandwidth(b.upstreamRate))
+	}
 
 	type starter func() (*target, error)
 	targets := []struct {

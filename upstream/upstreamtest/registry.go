@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
@@ -33,6 +34,7 @@ type Registry struct {
 	requests []Request
 	sent     int64 // response body bytes
 	hook     func(http.ResponseWriter, *http.Request) bool
+	link     *link // nil: unlimited
 }
 
 // counter counts the body bytes of one response.
@@ -42,6 +44,9 @@ type counter struct {
 }
 
 func (c counter) Write(b []byte) (int, error) {
+	if c.r.link != nil {
+		c.r.link.wait(len(b))
+	}
 	n, err := c.ResponseWriter.Write(b)
 	c.r.mu.Lock()
 	c.r.sent += int64(n)
@@ -98,6 +103,36 @@ type Option func(*options)
 type options struct {
 	user, pass string
 	dir        string
+	rate       int64
+}
+
+// WithBandwidth caps the bytes per second the registry sends, summed over
+// all responses: a link to a remote registry, shared by every client.
+func WithBandwidth(bytesPerSecond int64) Option {
+	return func(o *options) { o.rate = bytesPerSecond }
+}
+
+// link paces writes to a shared byte rate.
+type link struct {
+	mu   sync.Mutex
+	rate int64
+	next time.Time
+}
+
+func (l *link) wait(n int) {
+	l.mu.Lock()
+	now := time.Now()
+	if l.next.Before(now) {
+		l.next = now
+	}
+	at := l.next
+	l.next = l.next.Add(time.Duration(int64(n) * int64(time.Second) / l.rate))
+	l.mu.Unlock()
+	// Pacing, not synchronisation. Short debts are let run: sleeping a few
+	// hundred microseconds oversleeps and would cap the rate below l.rate.
+	if d := time.Until(at); d > 5*time.Millisecond {
+		time.Sleep(d)
+	}
 }
 
 // WithFilesystem stores the registry's content under dir instead of in
@@ -155,6 +190,9 @@ func New(t T, opts ...Option) *Registry {
 	}
 	app := handlers.NewApp(context.Background(), cfg)
 	r := &Registry{user: o.user, pass: o.pass}
+	if o.rate > 0 {
+		r.link = &link{rate: o.rate}
+	}
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		r.requests = append(r.requests, Request{Method: req.Method, Path: req.URL.Path, Query: req.URL.RawQuery, Authorization: req.Header.Get("Authorization"), Range: req.Header.Get("Range")})
