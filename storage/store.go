@@ -31,9 +31,9 @@ type Store struct {
 
 // Cache bounds: bytes of small blobs, and entries of tags and memberships.
 const (
-	smallBlobCache = 16 << 20
-	tagCache       = 100_000
-	memberCache    = 1_000_000
+	smallBlobCache = 16 << 20 // bytes
+	tagCache       = 20_000   // entries, ~200 bytes each
+	memberCache    = 100_000  // entries, ~150 bytes each
 )
 
 type smallBlob struct {

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -168,14 +167,8 @@ func (b *bench) run() (rows []row, err error) {
 		if t, err = tg.start(); err != nil {
 			return nil, err
 		}
-		var mu sync.Mutex
 		pullAll := func() error {
-			return parallel(4, len(small), func(i int) error {
-				mu.Lock()
-				img := small[i]
-				mu.Unlock()
-				return pull(t.url, img.Repo, img.Tag)
-			})
+			return parallel(4, len(small), func(i int) error { return pull(t.url, small[i].Repo, small[i].Tag) })
 		}
 		coldSmall, err := timed(pullAll)
 		if err != nil {
