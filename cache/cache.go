@@ -42,6 +42,12 @@ type Upstream struct {
 	Name   string
 	Source Source
 	TagTTL time.Duration
+	// RevalidateTimeout bounds the HEAD that rechecks a stale tag; past it
+	// the cached answer is served. Default 2s.
+	RevalidateTimeout time.Duration
+	// NegativeTTL is how long "does not exist upstream" is remembered for
+	// a manifest reference; 0 remembers nothing.
+	NegativeTTL time.Duration
 }
 
 // Config holds the cache's settings.
@@ -73,6 +79,7 @@ type Cache struct {
 	fills   map[digest.Digest]*fill
 	running sync.WaitGroup // fill goroutines
 	flights singleflight.Group
+	missing negative
 }
 
 // New returns a cache over store. It starts no goroutines.
@@ -90,6 +97,9 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 	for _, u := range cfg.Upstreams {
 		if u.Name == "" || u.Source == nil {
 			return nil, errors.New("cache: upstream needs a name and a source")
+		}
+		if u.RevalidateTimeout <= 0 {
+			u.RevalidateTimeout = 2 * time.Second
 		}
 		if _, dup := c.upstreams[u.Name]; dup {
 			return nil, fmt.Errorf("cache: upstream %q configured twice", u.Name)

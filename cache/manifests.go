@@ -81,10 +81,18 @@ func (c *Cache) shared(ctx context.Context, kind string, u Upstream, repo, ref s
 		desc ocispec.Descriptor
 		body []byte
 	}
-	ch := c.flights.DoChan(kind+"\x00"+u.Name+"\x00"+repo+"\x00"+ref, func() (any, error) {
+	key := u.Name + "\x00" + repo + "\x00" + ref
+	if c.missing.has(key, c.now()) {
+		c.metrics.negative.WithLabelValues(u.Name).Inc()
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s:%s (remembered for up to %v)", ErrNotFound, repo, ref, u.NegativeTTL)
+	}
+	ch := c.flights.DoChan(kind+"\x00"+key, func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFlightTimeout)
 		defer cancel()
 		desc, body, err := fn(fctx)
+		if errors.Is(err, ErrNotFound) && u.NegativeTTL > 0 {
+			c.missing.add(key, c.now().Add(u.NegativeTTL), c.now())
+		}
 		return result{desc, body}, err
 	})
 	select {
@@ -115,13 +123,16 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	head, _, err := u.Source.Manifest(ctx, repo, tag, true)
+	hctx, cancel := context.WithTimeout(ctx, u.RevalidateTimeout)
+	head, _, err := u.Source.Manifest(hctx, repo, tag, true)
+	cancel()
 	switch err := classify(err); {
 	case errors.Is(err, ErrNotFound):
 		return ocispec.Descriptor{}, nil, err
 	case err != nil:
 		// Serve what we have rather than fail a rollout on a flaky upstream.
 		c.metrics.result(u.Name, "manifest", true)
+		c.metrics.stale.WithLabelValues(u.Name).Inc()
 		return desc, body, nil
 	case head.Digest == ti.Digest:
 		ti.Checked = c.now()

@@ -13,6 +13,8 @@ type metrics struct {
 	waiting  prometheus.Gauge
 	resumed  prometheus.Counter
 	failed   *prometheus.CounterVec // reason
+	stale    *prometheus.CounterVec // upstream
+	negative *prometheus.CounterVec // upstream
 }
 
 func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, error) {
@@ -37,6 +39,14 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 			Name: "wharf_fills_resumed_total",
 			Help: "Times a fill whose upstream connection broke was resumed with a Range request.",
 		}),
+		stale: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_stale_served_total",
+			Help: "Stale tags served because revalidating them upstream failed or timed out.",
+		}, []string{"upstream"}),
+		negative: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_negative_hits_total",
+			Help: "Manifest requests answered 404 from memory of an earlier upstream 404.",
+		}, []string{"upstream"}),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_fill_failures_total",
 			Help: "Blob fills that did not enter the store, by reason (upstream, digest, storage).",
@@ -53,7 +63,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 		Name: "wharf_store_blobs",
 		Help: "Blobs in the store.",
 	}, func() float64 { _, n := store.Size(); return float64(n) })
-	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.resumed, m.failed, size, count} {
+	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.resumed, m.failed, m.stale, m.negative, size, count} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -27,6 +27,8 @@ type spec struct {
 	aliases  []string
 	def      bool
 	ttl      time.Duration
+	negTTL   time.Duration
+	stale    time.Duration // revalidate timeout
 	user     string
 	password string
 }
@@ -59,7 +61,7 @@ func newEnv(t testing.TB, root string, specs ...spec) *env {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl})
+		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale})
 		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def})
 	}
 	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg})

@@ -200,3 +200,56 @@ func TestHangingUpstream(t *testing.T) {
 		t.Fatalf("took %v to give up on a hanging upstream", d)
 	}
 }
+
+// A stale tag whose revalidation hangs is served from the cache once the
+// revalidate timeout passes; by-digest requests never ask upstream.
+func TestStaleIfErrorWithinDeadline(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 24, 1, 1024, amd64)
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: 0, stale: 200 * time.Millisecond})
+	e.get(t, "/v2/app/manifests/1", img.Manifest.Data, img.Manifest.Digest.String())
+	for _, hook := range []func(http.ResponseWriter, *http.Request) bool{
+		func(w http.ResponseWriter, r *http.Request) bool { <-r.Context().Done(); return true }, // hangs
+		fault(all, 503, nil, ""),
+		fault(all, 429, map[string]string{"Retry-After": "60"}, ""),
+	} {
+		up.SetHook(hook)
+		start := time.Now()
+		e.get(t, "/v2/app/manifests/1", img.Manifest.Data, img.Manifest.Digest.String())
+		if d := time.Since(start); d > 1500*time.Millisecond {
+			t.Fatalf("stale answer took %v", d)
+		}
+	}
+	if n := metric(t, e, "wharf_stale_served_total"); n != 3 {
+		t.Fatalf("stale served %v times, want 3", n)
+	}
+	up.Reset()
+	e.get(t, "/v2/app/manifests/"+img.Manifest.Digest.String(), img.Manifest.Data, img.Manifest.Digest.String())
+	wantCounts(t, up, map[string]int{})
+}
+
+// A missing tag is asked upstream once per negative TTL, however often a
+// crash-looping pod asks; without a negative TTL every request goes up.
+func TestNegativeCache(t *testing.T) {
+	up := upstreamtest.New(t)
+	e := newEnv(t, t.TempDir(),
+		spec{name: "remember.example", reg: up, ttl: time.Hour, negTTL: time.Hour},
+		spec{name: "forget.example", reg: up, ttl: time.Hour})
+	for range 5 {
+		wantError(t, e.do(t, "GET", "/v2/org/app/manifests/missing?ns=remember.example"), 404, "MANIFEST_UNKNOWN")
+		if r := e.do(t, "HEAD", "/v2/org/app/manifests/missing?ns=forget.example"); r.status != 404 {
+			t.Fatalf("HEAD missing: %d", r.status)
+		}
+	}
+	wantCounts(t, up, map[string]int{"GET manifest": 6})
+	if n := metric(t, e, "wharf_negative_hits_total"); n != 4 {
+		t.Fatalf("negative hits %v, want 4", n)
+	}
+	// An outage is not remembered as absence.
+	up.Reset()
+	up.SetHook(fault(all, 503, nil, ""))
+	wantError(t, e.do(t, "GET", "/v2/org/app/manifests/other?ns=remember.example"), 503, "UNAVAILABLE")
+	up.SetHook(nil)
+	wantError(t, e.do(t, "GET", "/v2/org/app/manifests/other?ns=remember.example"), 404, "MANIFEST_UNKNOWN")
+	wantCounts(t, up, map[string]int{"GET manifest": 2})
+}

@@ -36,6 +36,8 @@ type upstreamConfig struct {
 	Aliases       []string       `yaml:"aliases"`
 	Default       bool           `yaml:"default"`
 	TagTTL        *time.Duration `yaml:"tag_ttl"`
+	NegativeTTL   *time.Duration `yaml:"negative_ttl"`
+	Revalidate    time.Duration  `yaml:"revalidate_timeout"`
 	Username      string         `yaml:"username"`
 	Password      string         `yaml:"password"`
 	PasswordFile  string         `yaml:"password_file"`
@@ -46,7 +48,11 @@ type upstreamConfig struct {
 	MaxConcurrent int            `yaml:"max_concurrent"`
 }
 
-const defaultTagTTL = time.Minute
+// Defaults for tag_ttl and negative_ttl.
+const (
+	defaultTagTTL      = time.Minute
+	defaultNegativeTTL = 15 * time.Second
+)
 
 var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type`)
 
@@ -101,11 +107,19 @@ func (c *fileConfig) validate() error {
 		if strings.ContainsAny(u.Name, "/ ") {
 			return fmt.Errorf("upstream %s: name must be a registry host like ghcr.io, without / or spaces", u.Name)
 		}
-		if u.TagTTL == nil {
-			ttl := defaultTagTTL
-			u.TagTTL = &ttl
-		} else if *u.TagTTL < 0 {
-			return fmt.Errorf("upstream %s: tag_ttl must not be negative", u.Name)
+		for _, d := range []struct {
+			name string
+			v    **time.Duration
+			def  time.Duration
+		}{{"tag_ttl", &u.TagTTL, defaultTagTTL}, {"negative_ttl", &u.NegativeTTL, defaultNegativeTTL}} {
+			if *d.v == nil {
+				*d.v = &d.def
+			} else if **d.v < 0 {
+				return fmt.Errorf("upstream %s: %s must not be negative", u.Name, d.name)
+			}
+		}
+		if u.Revalidate < 0 {
+			return fmt.Errorf("upstream %s: revalidate_timeout must not be negative", u.Name)
 		}
 		if u.MaxConcurrent < 0 {
 			return fmt.Errorf("upstream %s: max_concurrent must not be negative", u.Name)

@@ -115,7 +115,8 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		if err != nil {
 			return err
 		}
-		ups = append(ups, cache.Upstream{Name: u.Name, Source: client, TagTTL: *u.TagTTL})
+		ups = append(ups, cache.Upstream{Name: u.Name, Source: client, TagTTL: *u.TagTTL,
+			NegativeTTL: *u.NegativeTTL, RevalidateTimeout: u.Revalidate})
 		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default})
 	}
 	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg})
