@@ -62,7 +62,7 @@ func newEnv(t testing.TB, root string, specs ...spec) *env {
 			t.Fatal(err)
 		}
 		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale})
-		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def})
+		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def, Status: func() any { return c.Health() }})
 	}
 	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg})
 	if err != nil {

@@ -1,6 +1,8 @@
 package proxy_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -115,6 +117,13 @@ func TestUpstreamTroubleIsNeverNotFound(t *testing.T) {
 	if r.status != 503 || r.header.Get("Retry-After") != "7" {
 		t.Fatalf("HEAD blob under 429: %d %v", r.status, r.header)
 	}
+
+	// The 429 opened the circuit: Wharf does not call upstream again until
+	// the Retry-After has passed. A fresh Wharf sees the other faults.
+	up.Reset()
+	wantError(t, e.do(t, "GET", "/v2/app/manifests/1"), 503, "UNAVAILABLE")
+	wantCounts(t, up, map[string]int{})
+	e = newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 
 	up.SetHook(fault(all, 401, map[string]string{"WWW-Authenticate": `Basic realm="x"`}, ""))
 	wantError(t, e.do(t, "GET", "/v2/app/manifests/1"), 403, "DENIED")
@@ -252,4 +261,41 @@ func TestNegativeCache(t *testing.T) {
 	up.SetHook(nil)
 	wantError(t, e.do(t, "GET", "/v2/org/app/manifests/other?ns=remember.example"), 404, "MANIFEST_UNKNOWN")
 	wantCounts(t, up, map[string]int{"GET manifest": 2})
+}
+
+// After repeated failures Wharf stops calling the upstream: cached content
+// is served at once, the rest is 503 with Retry-After, with no upstream
+// traffic, and the state shows in /api/v1/upstreams and /metrics.
+func TestCircuitBreaker(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 25, 1, 1024, amd64)
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	pull(t, e, "app", img, "")
+	up.SetHook(fault(all, 502, nil, ""))
+	for i := range 5 {
+		wantError(t, e.do(t, "GET", fmt.Sprintf("/v2/app/manifests/missing-%d", i)), 503, "UNAVAILABLE")
+	}
+	up.Reset()
+	r := e.do(t, "GET", "/v2/app/manifests/missing-x")
+	wantError(t, r, 503, "UNAVAILABLE")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("no Retry-After while the circuit is open")
+	}
+	pull(t, e, "app", img, "") // cached: served regardless
+	wantCounts(t, up, map[string]int{})
+
+	r = e.do(t, "GET", "/api/v1/upstreams")
+	var st struct {
+		Upstreams []struct {
+			Name, State         string
+			ConsecutiveFailures int
+		}
+	}
+	if err := json.Unmarshal(r.body, &st); err != nil || len(st.Upstreams) != 1 ||
+		st.Upstreams[0].Name != "docker.io" || st.Upstreams[0].State != "open" || st.Upstreams[0].ConsecutiveFailures != 5 {
+		t.Fatalf("status: %d %s", r.status, r.body)
+	}
+	if v := metric(t, e, "wharf_upstream_up"); v != 0 {
+		t.Fatalf("wharf_upstream_up = %v while open", v)
+	}
 }

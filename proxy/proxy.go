@@ -19,9 +19,10 @@ import (
 
 // Route tells the proxy which requests an upstream serves.
 type Route struct {
-	Name    string   // key matched against ?ns= and the path prefix
-	Aliases []string // other hosts that mean the same upstream
-	Default bool     // serves requests that name no upstream
+	Name    string     // key matched against ?ns= and the path prefix
+	Aliases []string   // other hosts that mean the same upstream
+	Default bool       // serves requests that name no upstream
+	Status  func() any // health for GET /api/v1/upstreams, JSON-encoded; nil: none
 }
 
 // Config holds the proxy's settings.
@@ -33,6 +34,7 @@ type Config struct {
 
 type proxy struct {
 	cache     *cache.Cache
+	status    []func() any
 	routes    map[string]Route // by lowercased name and alias
 	fallback  string           // default upstream name, "" if none
 	dockerHub map[string]bool  // upstreams whose one-part names get library/
@@ -56,6 +58,9 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 			if key == "docker.io" {
 				p.dockerHub[rt.Name] = true
 			}
+		}
+		if rt.Status != nil {
+			p.status = append(p.status, rt.Status)
 		}
 		if rt.Default {
 			if p.fallback != "" {
@@ -89,6 +94,7 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.Handle("/v2", p.read("base", p.base))
 	r.Handle("/v2/", p.read("base", p.base))
 	r.Handle("/v2/_catalog", p.read("catalog", p.catalog))
+	r.Handle("/api/v1/upstreams", p.read("status", p.upstreams))
 	r.Handle("/healthz", p.wrap("healthz", func(w http.ResponseWriter, r *http.Request) error {
 		_, err := w.Write([]byte("ok\n"))
 		return err
@@ -148,6 +154,16 @@ func (p *proxy) read(route string, h func(http.ResponseWriter, *http.Request) er
 
 func unsupported(w http.ResponseWriter, r *http.Request) error {
 	return ociError(http.StatusMethodNotAllowed, errUnsupported, "wharf is a read-only mirror: "+r.Method+" is not supported")
+}
+
+// upstreams reports each upstream's health: circuit state, failures, rate
+// limits. Read-only and free of secrets.
+func (p *proxy) upstreams(w http.ResponseWriter, r *http.Request) error {
+	list := make([]any, 0, len(p.status))
+	for _, s := range p.status {
+		list = append(list, s())
+	}
+	return writeJSON(w, r, map[string]any{"upstreams": list})
 }
 
 func (p *proxy) base(w http.ResponseWriter, r *http.Request) error {

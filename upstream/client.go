@@ -62,6 +62,7 @@ type Client struct {
 	urls    *v2.URLBuilder
 	hc      *auth.Client
 	slots   chan struct{} // one per request in flight, held until its body is closed
+	breaker *breaker
 	metrics *Metrics
 }
 
@@ -103,7 +104,7 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 		m = NewMetrics(nil)
 	}
 	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m,
-		slots: make(chan struct{}, cfg.MaxConcurrent)}, nil
+		slots: make(chan struct{}, cfg.MaxConcurrent), breaker: newBreaker()}, nil
 }
 
 // do sends one request for repo and turns any non-2xx answer into *Error.
@@ -116,9 +117,13 @@ func (c *Client) do(ctx context.Context, method, repo, rawURL string, hdr http.H
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
+	if wait := c.breaker.allow(); wait > 0 {
+		return nil, &Error{Method: method, URL: redact(rawURL), Status: http.StatusServiceUnavailable, Retry: wait, Err: ErrCircuitOpen}
+	}
 	select {
 	case c.slots <- struct{}{}:
 	case <-ctx.Done():
+		c.breaker.release()
 		return nil, &Error{Method: method, URL: redact(rawURL), Err: fmt.Errorf("waiting for a free upstream slot: %w", ctx.Err())}
 	}
 	start := time.Now()
@@ -128,6 +133,12 @@ func (c *Client) do(ctx context.Context, method, repo, rawURL string, hdr http.H
 		status = strconv.Itoa(resp.StatusCode)
 	}
 	c.metrics.duration.WithLabelValues(c.name, method, status).Observe(time.Since(start).Seconds())
+	if ctx.Err() == nil {
+		c.breaker.record(resp, err)
+		c.metrics.observe(c.Health())
+	} else {
+		c.breaker.release() // a caller giving up says nothing about upstream
+	}
 	if err != nil {
 		<-c.slots
 		return nil, authError(method, rawURL, err)

@@ -5,7 +5,10 @@ import "github.com/prometheus/client_golang/prometheus"
 // Metrics are shared by every Client so each upstream is one label value,
 // registered once on the registerer the caller owns.
 type Metrics struct {
-	duration *prometheus.HistogramVec
+	duration  *prometheus.HistogramVec
+	up        *prometheus.GaugeVec // upstream
+	limit     *prometheus.GaugeVec // upstream
+	remaining *prometheus.GaugeVec // upstream
 }
 
 // NewMetrics registers the upstream metrics on reg (nil: not registered).
@@ -17,8 +20,34 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 10),
 		}, []string{"upstream", "method", "status"}),
 	}
+	m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "wharf_upstream_up",
+		Help: "1 while Wharf calls the upstream, 0 while its circuit is open after failures or a 429.",
+	}, []string{"upstream"})
+	m.limit = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "wharf_upstream_ratelimit_limit",
+		Help: "The upstream's last RateLimit-Limit header (Docker Hub pulls per window).",
+	}, []string{"upstream"})
+	m.remaining = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "wharf_upstream_ratelimit_remaining",
+		Help: "The upstream's last RateLimit-Remaining header.",
+	}, []string{"upstream"})
 	if reg != nil {
-		reg.MustRegister(m.duration)
+		reg.MustRegister(m.duration, m.up, m.limit, m.remaining)
 	}
 	return m
+}
+
+func (m *Metrics) observe(h Health) {
+	up := 1.0
+	if h.State == "open" {
+		up = 0
+	}
+	m.up.WithLabelValues(h.Name).Set(up)
+	if h.RateLimitLimit >= 0 {
+		m.limit.WithLabelValues(h.Name).Set(float64(h.RateLimitLimit))
+	}
+	if h.RateLimitRemaining >= 0 {
+		m.remaining.WithLabelValues(h.Name).Set(float64(h.RateLimitRemaining))
+	}
 }

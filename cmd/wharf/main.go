@@ -117,7 +117,8 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		}
 		ups = append(ups, cache.Upstream{Name: u.Name, Source: client, TagTTL: *u.TagTTL,
 			NegativeTTL: *u.NegativeTTL, RevalidateTimeout: u.Revalidate})
-		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default})
+		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default,
+			Status: func() any { return client.Health() }})
 	}
 	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg})
 	if err != nil {
