@@ -60,3 +60,13 @@ func (c *lru[K, V]) put(k K, v V) {
 		c.size -= c.cost(e.val)
 	}
 }
+
+func (c *lru[K, V]) remove(k K) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[k]; ok {
+		c.order.Remove(el)
+		delete(c.items, k)
+		c.size -= c.cost(el.Value.(*entry[K, V]).val)
+	}
+}

@@ -108,8 +108,9 @@ func (s *Store) ReadSmall(dgst digest.Digest, max int64) ([]byte, BlobInfo, erro
 	if err != nil {
 		return nil, BlobInfo{}, err
 	}
-	if int64(len(data)) != bi.Size {
-		return nil, BlobInfo{}, fmt.Errorf("blob %s: %d bytes on disk, index says %d: %w", dgst, len(data), bi.Size, ErrNotFound)
+	if int64(len(data)) != bi.Size || digest.FromBytes(data) != dgst {
+		// Damaged on disk: treat as absent so it is fetched again.
+		return nil, BlobInfo{}, fmt.Errorf("blob %s on disk does not match its digest: %w", dgst, ErrNotFound)
 	}
 	s.small.put(dgst, smallBlob{info: bi, data: data})
 	return data, bi, nil

@@ -52,7 +52,23 @@ var listenRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
 
 // startWharf runs the binary with config and returns its address. At the end
 // of the test it is stopped with SIGTERM and must exit cleanly.
-func startWharf(t *testing.T, config string) string {
+// wharfProc is a running wharf binary.
+type wharfProc struct {
+	addr   string
+	cmd    *exec.Cmd
+	killed bool
+}
+
+// kill ends the process with SIGKILL: a crash, nothing flushed or closed.
+func (w *wharfProc) kill(t *testing.T) {
+	t.Helper()
+	w.killed = true
+	if err := w.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startWharf(t *testing.T, config string) *wharfProc {
 	t.Helper()
 	cfgPath := filepath.Join(t.TempDir(), "wharf.yml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
@@ -79,10 +95,13 @@ func startWharf(t *testing.T, config string) string {
 			}
 		}
 	}()
+	w := &wharfProc{cmd: cmd}
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
+		if !w.killed {
+			cmd.Process.Signal(syscall.SIGTERM)
+		}
 		<-done
-		if err := cmd.Wait(); err != nil {
+		if err := cmd.Wait(); err != nil && !w.killed {
 			t.Errorf("wharf did not exit cleanly on SIGTERM: %v\n%s", err, logs.String())
 		}
 		if t.Failed() {
@@ -90,14 +109,14 @@ func startWharf(t *testing.T, config string) string {
 		}
 	})
 	select {
-	case a := <-addr:
-		return a
+	case w.addr = <-addr:
+		return w
 	case <-done:
 		t.Fatalf("wharf exited before listening:\n%s", logs.String())
 	case <-time.After(30 * time.Second):
 		t.Fatal("wharf did not start listening within 30s")
 	}
-	return ""
+	return nil
 }
 
 func runTool(t *testing.T, name string, args ...string) []byte {
@@ -132,7 +151,7 @@ func TestSkopeoAndCrane(t *testing.T) {
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1.0", 60, 2, 256<<10, amd64)
 	up.PushImage(t, "library/app", "2.0", 61, 1, 1024, amd64)
-	addr := startWharf(t, mirrorConfig(t.TempDir(), up.URL))
+	addr := startWharf(t, mirrorConfig(t.TempDir(), up.URL)).addr
 	ref := addr + "/library/app:1.0"
 
 	var inspect struct{ Digest string }
@@ -180,7 +199,7 @@ func TestContainerdPullThroughHostsToml(t *testing.T) {
 	}
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/busybox", "1.36", 62, 2, 64<<10, amd64)
-	addr := startWharf(t, mirrorConfig(t.TempDir(), up.URL))
+	addr := startWharf(t, mirrorConfig(t.TempDir(), up.URL)).addr
 
 	dir, err := os.MkdirTemp("", "ctrd-") // short: socket paths are limited to 108 bytes
 	if err != nil {

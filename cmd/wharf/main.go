@@ -30,8 +30,9 @@ import (
 var version = ""
 
 const usage = `usage:
-  wharf serve --config FILE   run the mirror
-  wharf version               print the version
+  wharf serve --config FILE                          run the mirror
+  wharf check --config FILE [--repair] [--sample N]  verify the store and its index
+  wharf version                                      print the version
 `
 
 func main() {
@@ -67,6 +68,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		return serve(ctx, cfg, stderr)
+	case "check":
+		fi, err := os.Stderr.Stat()
+		return check(args[1:], stdout, stderr, err == nil && fi.Mode()&os.ModeCharDevice != 0 && stderr == io.Writer(os.Stderr))
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/wharf-registry/wharf/storage"
+)
+
+// check runs `wharf check`: walk the store and the index, verify blobs,
+// report disagreements and, with --repair, fix them. It opens the index
+// exclusively, so it refuses to run beside a live server.
+func check(args []string, stdout, stderr io.Writer, isTerminal bool) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (YAML)")
+	repair := fs.Bool("repair", false, "fix what is found: index orphans that verify, remove corrupt files and dangling records")
+	sample := fs.Int("sample", 1, "verify the digest of 1 in N blobs (1: all; 0: none)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" || fs.NArg() > 0 {
+		return errors.New("usage: wharf check --config FILE [--repair] [--sample N]")
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	store, err := storage.Open(cfg.Storage.Root)
+	if err != nil {
+		return fmt.Errorf("%w (is wharf serve running on this store?)", err)
+	}
+	defer store.Close()
+	opts := storage.CheckOptions{Verify: *sample > 0, Sample: *sample, Repair: *repair}
+	if isTerminal {
+		opts.Progress = func(done, total int) {
+			const width = 40
+			filled := width
+			if total > 0 {
+				filled = width * done / total
+			}
+			fmt.Fprintf(stderr, "\r[%s%s] %d/%d", strings.Repeat("#", filled), strings.Repeat(" ", width-filled), done, total)
+			if done == total {
+				fmt.Fprintln(stderr)
+			}
+		}
+	}
+	problems, err := store.Check(opts)
+	counts := map[string]int{}
+	for _, p := range problems {
+		counts[p.Kind]++
+		fmt.Fprintf(stdout, "%-8s %s: %s\n", p.Kind, p.Digest, p.Detail)
+	}
+	if err != nil {
+		return err
+	}
+	bytes, blobs := store.Size()
+	verb := "found"
+	if *repair {
+		verb = "repaired"
+	}
+	fmt.Fprintf(stdout, "checked %d blobs (%d bytes): %s %d orphan, %d dangling, %d corrupt\n",
+		blobs, bytes, verb, counts["orphan"], counts["dangling"], counts["corrupt"])
+	if len(problems) > 0 && !*repair {
+		return fmt.Errorf("%d problems; run with --repair to fix them", len(problems))
+	}
+	return nil
+}

@@ -1,0 +1,183 @@
+package storage
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+)
+
+// Problem is one inconsistency between the blob files and the index.
+type Problem struct {
+	Digest digest.Digest
+	Kind   string // "orphan": file without record; "dangling": record without file; "corrupt": wrong bytes
+	Detail string
+}
+
+// CheckOptions tune Check.
+type CheckOptions struct {
+	// Verify hashes stored blobs; Sample picks which (1 of every Sample,
+	// by digest, so repeated runs cover different blobs only if Sample
+	// changes; 0 or 1: all).
+	Verify bool
+	Sample int
+	// Repair fixes what it finds: orphans that verify are indexed, corrupt
+	// files and dangling records are removed (a later pull refetches).
+	Repair bool
+	// Progress is called after each blob with how many of total are done.
+	Progress func(done, total int)
+}
+
+// Check walks the blob files and the index and reports (and with Repair
+// fixes) every disagreement. It is safe to run on a store that is not
+// serving; a live server would race it.
+func (s *Store) Check(opts CheckOptions) ([]Problem, error) {
+	files, err := s.blobFiles()
+	if err != nil {
+		return nil, err
+	}
+	records := map[digest.Digest]BlobInfo{}
+	err = s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixBlob)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var bi BlobInfo
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
+				return err
+			}
+			records[digest.Digest(it.Item().Key()[len(prefixBlob):])] = bi
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read index: %w", err)
+	}
+	var problems []Problem
+	total, done := len(files)+len(records), 0
+	step := func() {
+		done++
+		if opts.Progress != nil {
+			opts.Progress(done, total)
+		}
+	}
+	for dgst, size := range files {
+		bi, indexed := records[dgst]
+		delete(records, dgst)
+		verify := opts.Verify && (opts.Sample <= 1 || dgst.Encoded()[0]%byte(opts.Sample) == 0)
+		if !indexed || verify {
+			if err := s.verifyFile(dgst, size); err != nil {
+				problems = append(problems, Problem{dgst, "corrupt", err.Error()})
+				if opts.Repair {
+					if err := s.removeBlob(dgst); err != nil {
+						return problems, err
+					}
+				}
+				step()
+				continue
+			}
+		}
+		if !indexed {
+			problems = append(problems, Problem{dgst, "orphan", fmt.Sprintf("%d bytes on disk, not in the index", size)})
+			if opts.Repair {
+				if err := s.recordBlob(dgst, size, ""); err != nil {
+					return problems, err
+				}
+			}
+		} else if bi.Size != size {
+			problems = append(problems, Problem{dgst, "corrupt", fmt.Sprintf("%d bytes on disk, index says %d", size, bi.Size)})
+			if opts.Repair {
+				if err := s.removeBlob(dgst); err != nil {
+					return problems, err
+				}
+			}
+		}
+		step()
+	}
+	for dgst := range records {
+		problems = append(problems, Problem{dgst, "dangling", "in the index, no file"})
+		if opts.Repair {
+			if err := s.removeBlob(dgst); err != nil {
+				return problems, err
+			}
+		}
+		step()
+	}
+	if opts.Progress != nil {
+		opts.Progress(total, total)
+	}
+	return problems, nil
+}
+
+// blobFiles lists every data file under blobs/ with its size. Files whose
+// path is not a valid digest are ignored: they cannot be served.
+func (s *Store) blobFiles() (map[digest.Digest]int64, error) {
+	root := filepath.Join(s.root, "docker", "registry", "v2", "blobs", "sha256")
+	files := map[digest.Digest]int64{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) && p == root {
+			return filepath.SkipDir
+		}
+		if err != nil || d.IsDir() || d.Name() != "data" {
+			return err
+		}
+		dgst := digest.NewDigestFromEncoded(digest.SHA256, filepath.Base(filepath.Dir(p)))
+		if dgst.Validate() != nil {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		files[dgst] = fi.Size()
+		return nil
+	})
+	return files, err
+}
+
+func (s *Store) verifyFile(dgst digest.Digest, size int64) error {
+	f, _, err := s.Open(dgst)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	v := dgst.Verifier()
+	n, err := io.Copy(v, f)
+	if err != nil {
+		return err
+	}
+	if n != size || !v.Verified() {
+		return fmt.Errorf("content does not hash to its digest")
+	}
+	return nil
+}
+
+// removeBlob deletes a blob's file and record, keeping the totals right.
+func (s *Store) removeBlob(dgst digest.Digest) error {
+	p, err := s.blobPath(dgst)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	os.Remove(filepath.Dir(p)) // the <hex> directory, if now empty
+	s.small.remove(dgst)
+	var bi BlobInfo
+	if err := s.get(blobKey(dgst), &bi); errors.Is(err, ErrNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(blobKey(dgst)) }); err != nil {
+		return err
+	}
+	s.size.Add(-bi.Size)
+	s.blobs.Add(-1)
+	return nil
+}
