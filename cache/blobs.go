@@ -60,6 +60,17 @@ func (c *Cache) StatBlob(ctx context.Context, up, repo string, dgst digest.Diges
 type Blob struct {
 	ocispec.Descriptor
 	io.ReadSeekCloser
+	done func() // ends the read: the blob may be evicted again
+}
+
+// Close ends the read.
+func (b *Blob) Close() error {
+	err := b.ReadSeekCloser.Close()
+	if b.done != nil {
+		b.done()
+		b.done = nil
+	}
+	return err
 }
 
 // Blob opens blob dgst of repo, starting or joining its fill on a miss.
@@ -106,5 +117,16 @@ func (c *Cache) openStored(ctx context.Context, u Upstream, repo string, dgst di
 		return nil, err
 	}
 	c.metrics.result(u.Name, "blob", true)
-	return &Blob{Descriptor: ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: size}, ReadSeekCloser: file}, nil
+	c.store.Touch(dgst)
+	c.mu.Lock()
+	c.reading[dgst]++
+	c.mu.Unlock()
+	done := func() {
+		c.mu.Lock()
+		if c.reading[dgst]--; c.reading[dgst] <= 0 {
+			delete(c.reading, dgst)
+		}
+		c.mu.Unlock()
+	}
+	return &Blob{Descriptor: ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: size}, ReadSeekCloser: file, done: done}, nil
 }

@@ -4,12 +4,15 @@
 package cache
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"path"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -52,7 +55,15 @@ type Upstream struct {
 
 // Config holds the cache's settings.
 type Config struct {
-	Upstreams   []Upstream
+	Upstreams []Upstream
+	// MaxSize bounds the store in bytes (0: unbounded). Past HighWater of
+	// it (default 0.9) blobs are evicted, least recently used first, down
+	// to LowWater (default 0.8).
+	MaxSize             int64
+	HighWater, LowWater float64
+	// Pins are patterns (path.Match) on "<upstream>/<repo>" or
+	// "<upstream>/<repo>:<tag>" whose content is never evicted.
+	Pins        []string
 	FillTimeout time.Duration         // longest a single blob fill may take; default 1h
 	Registerer  prometheus.Registerer // nil: metrics are not registered
 }
@@ -75,9 +86,15 @@ type Cache struct {
 	metrics     *metrics
 	now         func() time.Time
 
+	maxSize             int64
+	highWater, lowWater float64
+	pins                []string
+	evicting            atomic.Bool
+
 	mu      sync.Mutex
 	fills   map[digest.Digest]*fill
-	running sync.WaitGroup // fill goroutines
+	reading map[digest.Digest]int // stored blobs being served
+	running sync.WaitGroup        // fill goroutines
 	flights singleflight.Group
 	missing negative
 }
@@ -90,6 +107,19 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		fillTimeout: cfg.FillTimeout,
 		now:         time.Now,
 		fills:       map[digest.Digest]*fill{},
+		reading:     map[digest.Digest]int{},
+		maxSize:     cfg.MaxSize,
+		highWater:   cmp.Or(cfg.HighWater, 0.9),
+		lowWater:    cmp.Or(cfg.LowWater, 0.8),
+		pins:        cfg.Pins,
+	}
+	if c.lowWater > c.highWater || c.highWater > 1 || c.lowWater <= 0 {
+		return nil, fmt.Errorf("cache: watermarks must satisfy 0 < low (%v) <= high (%v) <= 1", c.lowWater, c.highWater)
+	}
+	for _, p := range c.pins {
+		if _, err := path.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("cache: pin %q: %w", p, err)
+		}
 	}
 	if c.fillTimeout <= 0 {
 		c.fillTimeout = time.Hour

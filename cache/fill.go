@@ -182,6 +182,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		return err
 	}
+	c.maybeEvict()
 	return nil
 }
 

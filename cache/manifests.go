@@ -155,6 +155,7 @@ func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, 
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
+	c.store.Touch(dgst)
 	return ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}, body, nil
 }
 
@@ -220,7 +221,11 @@ func (c *Cache) putBlob(dgst digest.Digest, mediaType string, body []byte) error
 	if _, err := w.Write(body); err != nil {
 		return err
 	}
-	return w.Commit(int64(len(body)))
+	if err := w.Commit(int64(len(body))); err != nil {
+		return err
+	}
+	c.maybeEvict()
+	return nil
 }
 
 // manifestRefs is the union of the fields of every manifest kind that point

@@ -7,14 +7,17 @@ import (
 )
 
 type metrics struct {
-	requests *prometheus.CounterVec // upstream, kind, result
-	fetched  *prometheus.CounterVec // upstream
-	fills    prometheus.Gauge
-	waiting  prometheus.Gauge
-	resumed  prometheus.Counter
-	failed   *prometheus.CounterVec // reason
-	stale    *prometheus.CounterVec // upstream
-	negative *prometheus.CounterVec // upstream
+	requests     *prometheus.CounterVec // upstream, kind, result
+	fetched      *prometheus.CounterVec // upstream
+	fills        prometheus.Gauge
+	waiting      prometheus.Gauge
+	resumed      prometheus.Counter
+	failed       *prometheus.CounterVec // reason
+	stale        *prometheus.CounterVec // upstream
+	evicted      *prometheus.CounterVec // reason
+	evictedBytes prometheus.Counter
+	oldest       prometheus.Gauge
+	negative     *prometheus.CounterVec // upstream
 }
 
 func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, error) {
@@ -38,6 +41,18 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 		resumed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wharf_fills_resumed_total",
 			Help: "Times a fill whose upstream connection broke was resumed with a Range request.",
+		}),
+		evicted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_evictions_total",
+			Help: "Blobs removed from the store, by reason (size: over storage.max_size).",
+		}, []string{"reason"}),
+		evictedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wharf_evicted_bytes_total",
+			Help: "Bytes of blobs removed from the store.",
+		}),
+		oldest: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wharf_store_oldest_access_timestamp_seconds",
+			Help: "Last access of the least recently used blob kept by the last eviction pass.",
 		}),
 		stale: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_stale_served_total",
@@ -63,7 +78,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 		Name: "wharf_store_blobs",
 		Help: "Blobs in the store.",
 	}, func() float64 { _, n := store.Size(); return float64(n) })
-	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.resumed, m.failed, m.stale, m.negative, size, count} {
+	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.resumed, m.failed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -43,6 +43,13 @@ type env struct {
 
 func newEnv(t testing.TB, root string, specs ...spec) *env {
 	t.Helper()
+	return newEnvWith(t, root, cache.Config{}, specs...)
+}
+
+// newEnvWith takes cache settings (MaxSize, Pins...); Upstreams and
+// Registerer are filled in.
+func newEnvWith(t testing.TB, root string, cfg cache.Config, specs ...spec) *env {
+	t.Helper()
 	store, err := storage.Open(root)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +71,8 @@ func newEnv(t testing.TB, root string, specs ...spec) *env {
 		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale})
 		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def, Status: func() any { return c.Health() }})
 	}
-	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg})
+	cfg.Upstreams, cfg.Registerer = ups, reg
+	c, err := cache.New(store, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,8 @@ func key(prefix string, parts ...string) []byte {
 	return []byte(prefix + strings.Join(parts, "\x00"))
 }
 
+func splitKey(k []byte) []string { return strings.Split(string(k), "\x00") }
+
 func blobKey(dgst digest.Digest) []byte { return key(prefixBlob, dgst.String()) }
 
 // TagInfo is what a tag resolved to upstream, and when that was last checked.

@@ -24,6 +24,7 @@ type Store struct {
 
 	// In-memory read caches, written through: a warm manifest request
 	// touches neither Badger nor the disk.
+	access  accessLog
 	small   *lru[digest.Digest, smallBlob]
 	tags    *lru[string, TagInfo]
 	members *lru[string, struct{}]
@@ -77,8 +78,14 @@ func Open(root string) (*Store, error) {
 	return s, nil
 }
 
-// Close flushes and closes the index.
-func (s *Store) Close() error { return s.db.Close() }
+// Close records pending access times and closes the index.
+func (s *Store) Close() error {
+	ferr := s.flushAccess()
+	if err := s.db.Close(); err != nil {
+		return err
+	}
+	return ferr
+}
 
 // Size reports the bytes and number of blobs recorded in the store, for
 // metrics; it is kept as a running total rather than walked.

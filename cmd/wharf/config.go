@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
 )
 
@@ -20,8 +21,13 @@ type fileConfig struct {
 	DebugListen string `yaml:"debug_listen"`
 	LogLevel    string `yaml:"log_level"`
 	Storage     struct {
-		Root string `yaml:"root"`
+		Root          string  `yaml:"root"`
+		MaxSize       string  `yaml:"max_size"`
+		HighWatermark float64 `yaml:"high_watermark"`
+		LowWatermark  float64 `yaml:"low_watermark"`
+		maxBytes      int64
 	} `yaml:"storage"`
+	Pins   []string `yaml:"pins"`
 	Server struct {
 		ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 		IdleTimeout       time.Duration `yaml:"idle_timeout"`
@@ -90,6 +96,16 @@ func (c *fileConfig) validate() error {
 	}
 	if c.Storage.Root == "" {
 		return errors.New("storage.root must be set")
+	}
+	if c.Storage.MaxSize != "" {
+		n, err := humanize.ParseBytes(c.Storage.MaxSize)
+		if err != nil || n == 0 {
+			return fmt.Errorf("storage.max_size %q: want a size like 50GiB", c.Storage.MaxSize)
+		}
+		c.Storage.maxBytes = int64(n)
+	}
+	if h, l := c.Storage.HighWatermark, c.Storage.LowWatermark; h < 0 || l < 0 || h > 1 || (h > 0 && l > h) {
+		return fmt.Errorf("storage watermarks: want 0 < low_watermark <= high_watermark <= 1, got %v and %v", l, h)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

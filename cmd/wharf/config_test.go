@@ -48,6 +48,8 @@ func TestConfigErrors(t *testing.T) {
 		{base + "    password: ${WHARF_TEST_UNSET_VAR}\n", "WHARF_TEST_UNSET_VAR is not set"},
 		{base + "    password: x\n    password_file: " + secret + "\n", "not both"},
 		{base + "log_level: loud\n", "log_level"},
+		{"storage: {root: /x, max_size: lots}\nupstreams: [{name: a, url: https://a}]\n", "storage.max_size"},
+		{"storage: {root: /x, high_watermark: 0.5, low_watermark: 0.7}\nupstreams: [{name: a, url: https://a}]\n", "watermarks"},
 		{"storage: {root: /x}\nupstreams: [{name: a/b, url: https://a}]\n", "without /"},
 	}
 	for _, c := range cases {
@@ -59,6 +61,10 @@ func TestConfigErrors(t *testing.T) {
 	cfg, err := loadConfig(writeConfig(t, base+"    username: bot\n    password: ${WHARF_TEST_PASS}\n"))
 	if err != nil || cfg.Upstreams[0].Password != "from-env" {
 		t.Fatalf("env expansion: %v %+v", err, cfg)
+	}
+	cfg, err = loadConfig(writeConfig(t, strings.Replace(base, "root: /tmp/x", "root: /tmp/x, max_size: 2GiB", 1)))
+	if err != nil || cfg.Storage.maxBytes != 2<<30 {
+		t.Fatalf("max_size 2GiB: %v %+v", err, cfg)
 	}
 	cfg, err = loadConfig(writeConfig(t, base+"    password_file: "+secret+"\n"))
 	if err != nil || cfg.Upstreams[0].Password != "from-file" {

@@ -1,0 +1,102 @@
+package cache
+
+import (
+	"path"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Bounded disk: once the store passes HighWater × MaxSize bytes, least
+// recently used blobs are evicted down to LowWater × MaxSize, never one
+// that a client is reading or that a pinned tag needs. A later pull of an
+// evicted blob fetches it again.
+
+// maybeEvict starts an eviction pass in the background if the store is over
+// its high watermark and none is running.
+func (c *Cache) maybeEvict() {
+	if c.maxSize <= 0 {
+		return
+	}
+	if size, _ := c.store.Size(); float64(size) <= c.highWater*float64(c.maxSize) {
+		return
+	}
+	if !c.evicting.CompareAndSwap(false, true) {
+		return
+	}
+	c.running.Add(1)
+	go func() {
+		defer c.running.Done()
+		defer c.evicting.Store(false)
+		c.evict()
+	}()
+}
+
+func (c *Cache) evict() {
+	pinned := c.pinnedDigests()
+	keep := func(d digest.Digest) bool {
+		if pinned[d] {
+			return true
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.reading[d] > 0
+	}
+	gone, oldest, err := c.store.Evict(int64(c.lowWater*float64(c.maxSize)), keep)
+	for _, e := range gone {
+		c.metrics.evicted.WithLabelValues("size").Inc()
+		c.metrics.evictedBytes.Add(float64(e.Size))
+	}
+	if !oldest.IsZero() {
+		c.metrics.oldest.Set(float64(oldest.Unix()))
+	}
+	if err != nil {
+		c.metrics.failed.WithLabelValues("evict").Inc()
+	}
+}
+
+// pinned reports whether a tag matches a pin: a pattern (path.Match) on
+// "<upstream>/<repo>" or "<upstream>/<repo>:<tag>".
+func (c *Cache) pinned(up, repo, tag string) bool {
+	for _, p := range c.pins {
+		if ok, _ := path.Match(p, up+"/"+repo); ok {
+			return true
+		}
+		if ok, _ := path.Match(p, up+"/"+repo+":"+tag); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// pinnedDigests is everything pinned tags need: their manifests and, for
+// indexes, every child, with configs and layers.
+func (c *Cache) pinnedDigests() map[digest.Digest]bool {
+	set := map[digest.Digest]bool{}
+	if len(c.pins) == 0 {
+		return set
+	}
+	tags, err := c.store.AllTags()
+	if err != nil {
+		return set
+	}
+	var walk func(d digest.Digest, depth int)
+	walk = func(d digest.Digest, depth int) {
+		if set[d] || depth > 4 {
+			return
+		}
+		set[d] = true
+		body, _, err := c.store.ReadSmall(d, MaxManifestSize)
+		if err != nil {
+			return // a blob, or not stored: nothing below it
+		}
+		for _, child := range parseManifest(body).digests() {
+			walk(child, depth+1)
+		}
+	}
+	for _, t := range tags {
+		if c.pinned(t.Upstream, t.Repo, t.Tag) {
+			walk(t.Digest, 0)
+		}
+	}
+	return set
+}

@@ -1,0 +1,134 @@
+package storage
+
+import (
+	"encoding/json"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+)
+
+// accessLog records blob reads in memory; Evict and Close fold it into the
+// index, so serving a blob costs a map write, not a database write.
+type accessLog struct {
+	mu   sync.Mutex
+	seen map[digest.Digest]time.Time
+}
+
+// Touch notes that dgst was just served, for least-recently-used eviction.
+func (s *Store) Touch(dgst digest.Digest) {
+	s.access.mu.Lock()
+	if s.access.seen == nil {
+		s.access.seen = map[digest.Digest]time.Time{}
+	}
+	s.access.seen[dgst] = time.Now()
+	s.access.mu.Unlock()
+}
+
+// flushAccess writes the remembered access times into the blob records.
+func (s *Store) flushAccess() error {
+	s.access.mu.Lock()
+	seen := s.access.seen
+	s.access.seen = nil
+	s.access.mu.Unlock()
+	if len(seen) == 0 {
+		return nil
+	}
+	return s.db.Update(func(txn *badger.Txn) error {
+		for dgst, at := range seen {
+			item, err := txn.Get(blobKey(dgst))
+			if err != nil {
+				continue // evicted meanwhile
+			}
+			var bi BlobInfo
+			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
+				return err
+			}
+			if at.After(bi.Accessed) {
+				bi.Accessed = at
+				if err := setJSON(txn, blobKey(dgst), bi); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// Evicted describes one blob Evict removed.
+type Evicted struct {
+	Digest   digest.Digest
+	Size     int64
+	Accessed time.Time
+}
+
+// Evict removes least recently used blobs until the store holds at most
+// target bytes, skipping those keep says must stay (pinned, being read).
+// It returns what it removed and the oldest access time left.
+func (s *Store) Evict(target int64, keep func(digest.Digest) bool) ([]Evicted, time.Time, error) {
+	if err := s.flushAccess(); err != nil {
+		return nil, time.Time{}, err
+	}
+	var all []Evicted
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixBlob)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var bi BlobInfo
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
+				return err
+			}
+			all = append(all, Evicted{Digest: digest.Digest(it.Item().Key()[len(prefixBlob):]), Size: bi.Size, Accessed: bi.Accessed})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	slices.SortFunc(all, func(a, b Evicted) int { return a.Accessed.Compare(b.Accessed) })
+	var gone []Evicted
+	oldest := time.Time{}
+	for _, e := range all {
+		if s.size.Load() <= target || keep(e.Digest) {
+			if oldest.IsZero() || e.Accessed.Before(oldest) {
+				oldest = e.Accessed
+			}
+			continue
+		}
+		if err := s.removeBlob(e.Digest); err != nil {
+			return gone, oldest, err
+		}
+		gone = append(gone, e)
+	}
+	return gone, oldest, nil
+}
+
+// TagRef is one tag record, for walking pins.
+type TagRef struct {
+	Upstream, Repo, Tag string
+	Digest              digest.Digest
+}
+
+// AllTags lists every tag record.
+func (s *Store) AllTags() ([]TagRef, error) {
+	var refs []TagRef
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixTag)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			parts := splitKey(it.Item().Key()[len(prefixTag):])
+			if len(parts) != 3 {
+				continue
+			}
+			var ti TagInfo
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &ti) }); err != nil {
+				return err
+			}
+			refs = append(refs, TagRef{Upstream: parts[0], Repo: parts[1], Tag: parts[2], Digest: ti.Digest})
+		}
+		return nil
+	})
+	return refs, err
+}
