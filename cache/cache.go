@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"path"
 	"sync"
@@ -66,6 +67,7 @@ type Config struct {
 	Pins        []string
 	FillTimeout time.Duration         // longest a single blob fill may take; default 1h
 	Registerer  prometheus.Registerer // nil: metrics are not registered
+	Logger      *slog.Logger          // for failures no request sees; nil: slog.Default()
 }
 
 // Errors the proxy maps to OCI error codes. Upstream errors are wrapped, so
@@ -84,6 +86,7 @@ type Cache struct {
 	upstreams   map[string]Upstream
 	fillTimeout time.Duration
 	metrics     *metrics
+	log         *slog.Logger
 	now         func() time.Time
 
 	maxSize             int64
@@ -106,6 +109,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		upstreams:   map[string]Upstream{},
 		fillTimeout: cfg.FillTimeout,
 		now:         time.Now,
+		log:         cmp.Or(cfg.Logger, slog.Default()),
 		fills:       map[digest.Digest]*fill{},
 		reading:     map[digest.Digest]int{},
 		maxSize:     cfg.MaxSize,

@@ -41,7 +41,11 @@ type fill struct {
 	wake     chan struct{} // closed and replaced on every change
 	refs     int           // holders of file: the fill itself and each reader
 
-	waiting prometheus.Gauge // readers blocked for bytes to land
+	waiting     prometheus.Gauge   // readers blocked for bytes to land
+	passthrough prometheus.Counter // readers sent straight to upstream
+
+	src  Source // for pass-through when the store fails
+	repo string
 }
 
 // startFill returns the fill for dgst, starting it unless one is running.
@@ -55,7 +59,8 @@ func (c *Cache) startFill(u Upstream, repo string, dgst digest.Digest) (f *fill,
 	if _, err := c.store.Blob(dgst); err == nil {
 		return nil, false
 	}
-	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1, waiting: c.metrics.waiting}
+	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1,
+		waiting: c.metrics.waiting, passthrough: c.metrics.passthrough, src: u.Source, repo: repo}
 	ctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
 	f.cancel = cancel
 	c.fills[dgst] = f
@@ -119,20 +124,21 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		rc.Close()
 		return err
 	}
+	f.size, f.mediaType = size, "application/octet-stream"
 	w, err := c.store.Create(f.dgst, "")
 	if err != nil {
 		rc.Close()
 		c.metrics.failed.WithLabelValues("storage").Inc()
-		return err
+		return fmt.Errorf("%w: %w", errStore, err)
 	}
 	defer w.Cancel()
 	file, err := os.Open(w.Name())
 	if err != nil {
 		rc.Close()
 		c.metrics.failed.WithLabelValues("storage").Inc()
-		return err
+		return fmt.Errorf("%w: %w", errStore, err)
 	}
-	f.size, f.mediaType, f.file = size, "application/octet-stream", file
+	f.file = file
 	close(f.ready)
 
 	buf := make([]byte, fillBuffer)
@@ -165,12 +171,13 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		}
 		c.metrics.resumed.Inc()
 	}
+	if errors.Is(err, errStore) {
+		c.metrics.failed.WithLabelValues("storage").Inc()
+		c.log.Error("cannot store blob; its clients go on from upstream", "digest", f.dgst, "error", err)
+		return err
+	}
 	if err != nil {
-		reason := "upstream"
-		if errors.Is(err, errStore) {
-			reason = "storage"
-		}
-		c.metrics.failed.WithLabelValues(reason).Inc()
+		c.metrics.failed.WithLabelValues("upstream").Inc()
 		return fmt.Errorf("%w: blob %s: %w", ErrUnavailable, f.dgst, err)
 	}
 	if err := w.Verify(size); err != nil {
@@ -266,6 +273,10 @@ func (f *fill) open(ctx context.Context) (*fillReader, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if errors.Is(f.err, errStore) {
+		f.refs++
+		return &fillReader{f: f, ctx: ctx}, nil // its first Read goes to upstream
+	}
 	if f.err != nil {
 		return nil, f.err
 	}
@@ -285,6 +296,7 @@ type fillReader struct {
 	ctx    context.Context // the client's: a gone client stops reading, not the fill
 	off    int64
 	closed bool
+	direct *direct // set once the fill failed to store: see passthrough.go
 }
 
 // state returns how far a reader may go, whether the blob is final, and a
@@ -303,7 +315,16 @@ func (r *fillReader) state() (avail int64, done bool, wake <-chan struct{}, err 
 
 func (r *fillReader) Read(p []byte) (int, error) {
 	for {
+		if r.direct != nil {
+			return r.readDirect(p)
+		}
 		avail, done, wake, err := r.state()
+		if errors.Is(err, errStore) {
+			if err := r.startDirect(); err != nil {
+				return 0, err
+			}
+			continue
+		}
 		if err != nil {
 			return 0, err
 		}
@@ -381,6 +402,9 @@ func (r *fillReader) size() (int64, error) {
 func (r *fillReader) Close() error {
 	if !r.closed {
 		r.closed = true
+		if r.direct != nil {
+			r.direct.rc.Close()
+		}
 		r.f.release()
 	}
 	return nil

@@ -11,6 +11,7 @@ type metrics struct {
 	fetched      *prometheus.CounterVec // upstream
 	fills        prometheus.Gauge
 	waiting      prometheus.Gauge
+	passthrough  prometheus.Counter
 	resumed      prometheus.Counter
 	failed       *prometheus.CounterVec // reason
 	stale        *prometheus.CounterVec // upstream
@@ -37,6 +38,10 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wharf_fill_waiting_readers",
 			Help: "Client reads of a fill in progress blocked until more bytes land.",
+		}),
+		passthrough: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wharf_fill_passthrough_total",
+			Help: "Client reads served straight from upstream because the store could not take the blob (disk full).",
 		}),
 		resumed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wharf_fills_resumed_total",
@@ -78,7 +83,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 		Name: "wharf_store_blobs",
 		Help: "Blobs in the store.",
 	}, func() float64 { _, n := store.Size(); return float64(n) })
-	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.resumed, m.failed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count} {
+	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -124,7 +124,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default,
 			Status: func() any { return client.Health() }})
 	}
-	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg, Pins: cfg.Pins,
+	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg, Logger: log, Pins: cfg.Pins,
 		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark})
 	if err != nil {
 		return err

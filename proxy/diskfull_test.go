@@ -1,0 +1,76 @@
+package proxy_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wharf-registry/wharf/storage"
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+// The store's blob filesystem fills up mid-blob: every client still gets the
+// whole, verified blob (from upstream), nothing partial is kept or indexed,
+// and the server goes on serving.
+func TestDiskFullFallsBackToPassThrough(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs needs root; CI runs as root")
+	}
+	root := t.TempDir()
+	blobsFS := filepath.Join(root, "docker")
+	os.MkdirAll(blobsFS, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", blobsFS).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs (root, but the kernel refused): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", blobsFS).Run() })
+
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 26, 1, 3<<20, amd64) // 3 MiB layer, 1 MiB disk
+	e := newEnv(t, root, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	l := img.Layers[0]
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	for range 3 {
+		wg.Go(func() {
+			resp, err := e.Client().Get(e.URL + "/v2/library/app/blobs/" + l.Digest.String())
+			if err != nil {
+				errs <- err
+				return
+			}
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, l.Data) {
+				errs <- fmt.Errorf("status %d, %d bytes, %v", resp.StatusCode, len(got), err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	e.cache.Close(t.Context())
+	if _, err := e.store.Blob(l.Digest); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a blob that did not fit was indexed: %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(blobsFS, "registry", "v2", "tmp")); len(ents) != 0 {
+		t.Fatalf("%d temp files left on the full disk", len(ents))
+	}
+	if n := metric(t, e, "wharf_fill_passthrough_total"); n < 1 {
+		t.Fatalf("pass-through not counted: %v", n)
+	}
+	// Still healthy: small content fits and is served and stored.
+	e.get(t, "/v2/library/app/manifests/1", img.Manifest.Data, img.Manifest.Digest.String())
+	e.get(t, "/v2/library/app/blobs/"+img.Config.Digest.String(), img.Config.Data, img.Config.Digest.String())
+	if _, err := e.store.Blob(img.Config.Digest); err != nil {
+		t.Fatalf("config not stored after the disk-full episode: %v", err)
+	}
+}
