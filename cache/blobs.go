@@ -82,6 +82,9 @@ func (c *Cache) Blob(ctx context.Context, up, repo string, dgst digest.Digest) (
 	if b, err := c.openStored(ctx, u, repo, dgst); !errors.Is(err, storage.ErrNotFound) {
 		return b, err
 	}
+	if c.store.Adopt(dgst) == nil { // verified on disk, lost from the index
+		return c.openStored(ctx, u, repo, dgst)
+	}
 	c.metrics.result(u.Name, "blob", false)
 	f, started := c.startFill(u, repo, dgst)
 	if f == nil { // committed since we looked

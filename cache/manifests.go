@@ -152,11 +152,20 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 // storedManifest reads a manifest from the store (or its memory of it).
 func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, error) {
 	body, bi, err := c.store.ReadSmall(dgst, MaxManifestSize)
+	if errors.Is(err, storage.ErrNotFound) && c.store.Adopt(dgst) == nil {
+		body, bi, err = c.store.ReadSmall(dgst, MaxManifestSize)
+	}
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
+	mt := bi.MediaType
+	if mt == "" { // adopted after a crash: the type is in the manifest itself
+		if mt = parseManifest(body).MediaType; mt == "" {
+			return ocispec.Descriptor{}, nil, fmt.Errorf("manifest %s has no media type on record: %w", dgst, storage.ErrNotFound)
+		}
+	}
 	c.store.Touch(dgst)
-	return ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}, body, nil
+	return ocispec.Descriptor{MediaType: mt, Digest: dgst, Size: bi.Size}, body, nil
 }
 
 // fetchManifest GETs ref from upstream, verifies it, stores it, records which

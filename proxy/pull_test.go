@@ -3,6 +3,8 @@ package proxy_test
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -198,4 +200,26 @@ func TestPullManyImagesCounts(t *testing.T) {
 		pull(t, e, img.Repo, img, "")
 	}
 	wantCounts(t, up, map[string]int{"GET manifest": 5, "GET blob": 15})
+}
+
+// The index is lost (a crash between a blob's rename and its index write,
+// taken to the extreme): verified files on disk are adopted, not fetched
+// again; only what the files cannot tell (tags) goes upstream.
+func TestLostIndexAdoptsVerifiedFiles(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 64, 2, 32<<10, amd64)
+	root := t.TempDir()
+	e := newEnv(t, root, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	pull(t, e, "app", img, "")
+	e.close()
+	if err := os.RemoveAll(filepath.Join(root, "index")); err != nil {
+		t.Fatal(err)
+	}
+	up.Reset()
+	e = newEnv(t, root, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	pull(t, e, "app", img, "")
+	// The tag is asked again (GET: a HEAD of a cold tag fetches it), and
+	// membership of this repository is proven by that manifest: no blob
+	// and no by-digest request goes upstream.
+	wantCounts(t, up, map[string]int{"GET manifest": 1})
 }

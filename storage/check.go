@@ -181,3 +181,26 @@ func (s *Store) removeBlob(dgst digest.Digest) error {
 	s.blobs.Add(-1)
 	return nil
 }
+
+// Adopt indexes a blob file that is on disk but missing from the index (a
+// crash between the rename and the index write) once its bytes verify, so
+// it is served instead of fetched again. ErrNotFound if there is no file;
+// a file that does not verify is removed.
+func (s *Store) Adopt(dgst digest.Digest) error {
+	p, err := s.blobPath(dgst)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("blob %s: %w", dgst, ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.verifyFile(dgst, fi.Size()); err != nil {
+		os.Remove(p)
+		return fmt.Errorf("blob %s on disk is damaged, removed: %w", dgst, ErrNotFound)
+	}
+	return s.recordBlob(dgst, fi.Size(), "")
+}
