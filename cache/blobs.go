@@ -103,7 +103,7 @@ func (c *Cache) Blob(ctx context.Context, up, repo string, dgst digest.Digest) (
 	if err != nil {
 		return nil, err
 	}
-	return &Blob{Descriptor: ocispec.Descriptor{MediaType: f.mediaType, Digest: dgst, Size: f.size}, ReadSeekCloser: r}, nil
+	return &Blob{Descriptor: ocispec.Descriptor{MediaType: f.mediaType, Digest: dgst, Size: f.size}, ReadSeekCloser: r, done: c.beginRead(dgst)}, nil
 }
 
 func (c *Cache) openStored(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (*Blob, error) {
@@ -121,15 +121,21 @@ func (c *Cache) openStored(ctx context.Context, u Upstream, repo string, dgst di
 	}
 	c.metrics.result(u.Name, "blob", true)
 	c.store.Touch(dgst)
+	return &Blob{Descriptor: ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: size}, ReadSeekCloser: file, done: c.beginRead(dgst)}, nil
+}
+
+// beginRead marks dgst as being served, so eviction spares it, until the
+// returned func is called. A fill's readers count too: the fill may commit
+// (and the blob become evictable) while they are still reading.
+func (c *Cache) beginRead(dgst digest.Digest) func() {
 	c.mu.Lock()
 	c.reading[dgst]++
 	c.mu.Unlock()
-	done := func() {
+	return func() {
 		c.mu.Lock()
 		if c.reading[dgst]--; c.reading[dgst] <= 0 {
 			delete(c.reading, dgst)
 		}
 		c.mu.Unlock()
 	}
-	return &Blob{Descriptor: ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: size}, ReadSeekCloser: file, done: done}, nil
 }
