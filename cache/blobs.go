@@ -82,7 +82,10 @@ func (c *Cache) Blob(ctx context.Context, up, repo string, dgst digest.Digest) (
 	if b, err := c.openStored(ctx, u, repo, dgst); !errors.Is(err, storage.ErrNotFound) {
 		return b, err
 	}
-	if c.store.Adopt(dgst) == nil { // verified on disk, lost from the index
+	c.mu.Lock()
+	_, filling := c.fills[dgst]
+	c.mu.Unlock()
+	if !filling && c.store.Adopt(dgst) == nil { // verified on disk, lost from the index
 		return c.openStored(ctx, u, repo, dgst)
 	}
 	c.metrics.result(u.Name, "blob", false)

@@ -140,11 +140,17 @@ func (s *Store) Blob(dgst digest.Digest) (BlobInfo, error) {
 func (s *Store) recordBlob(dgst digest.Digest, size int64, mediaType string) error {
 	key := blobKey(dgst)
 	fresh := false
-	err := s.db.Update(func(txn *badger.Txn) error {
-		_, err := txn.Get(key)
-		fresh = errors.Is(err, badger.ErrKeyNotFound)
-		return setJSON(txn, key, BlobInfo{Size: size, MediaType: mediaType, Accessed: time.Now()})
-	})
+	var err error
+	for range 3 { // two commits of one blob at once conflict; the retry sees the other's record
+		err = s.db.Update(func(txn *badger.Txn) error {
+			_, err := txn.Get(key)
+			fresh = errors.Is(err, badger.ErrKeyNotFound)
+			return setJSON(txn, key, BlobInfo{Size: size, MediaType: mediaType, Accessed: time.Now()})
+		})
+		if !errors.Is(err, badger.ErrConflict) {
+			break
+		}
+	}
 	if err == nil && fresh {
 		s.size.Add(size)
 		s.blobs.Add(1)
