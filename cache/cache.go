@@ -68,6 +68,7 @@ type Config struct {
 	FillTimeout time.Duration         // longest a single blob fill may take; default 1h
 	Registerer  prometheus.Registerer // nil: metrics are not registered
 	Logger      *slog.Logger          // for failures no request sees; nil: slog.Default()
+	Now         func() time.Time      // the clock for tag and negative TTLs; nil: time.Now
 }
 
 // Errors the proxy maps to OCI error codes. Upstream errors are wrapped, so
@@ -108,7 +109,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		store:       store,
 		upstreams:   map[string]Upstream{},
 		fillTimeout: cfg.FillTimeout,
-		now:         time.Now,
+		now:         cfg.Now,
 		log:         cmp.Or(cfg.Logger, slog.Default()),
 		fills:       map[digest.Digest]*fill{},
 		reading:     map[digest.Digest]int{},
@@ -124,6 +125,9 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		if _, err := path.Match(p, ""); err != nil {
 			return nil, fmt.Errorf("cache: pin %q: %w", p, err)
 		}
+	}
+	if c.now == nil {
+		c.now = time.Now
 	}
 	if c.fillTimeout <= 0 {
 		c.fillTimeout = time.Hour

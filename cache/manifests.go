@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -82,7 +83,8 @@ func (c *Cache) shared(ctx context.Context, kind string, u Upstream, repo, ref s
 		body []byte
 	}
 	key := u.Name + "\x00" + repo + "\x00" + ref
-	if c.missing.has(key, c.now()) {
+	repoKey := u.Name + "\x00" + repo // the whole repository is missing
+	if c.missing.has(key, c.now()) || c.missing.has(repoKey, c.now()) {
 		c.metrics.negative.WithLabelValues(u.Name).Inc()
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s:%s (remembered for up to %v)", ErrNotFound, repo, ref, u.NegativeTTL)
 	}
@@ -91,7 +93,12 @@ func (c *Cache) shared(ctx context.Context, kind string, u Upstream, repo, ref s
 		defer cancel()
 		desc, body, err := fn(fctx)
 		if errors.Is(err, ErrNotFound) && u.NegativeTTL > 0 {
-			c.missing.add(key, c.now().Add(u.NegativeTTL), c.now())
+			k := key
+			var oc interface{ OCICodes() []string }
+			if errors.As(err, &oc) && slices.Contains(oc.OCICodes(), "NAME_UNKNOWN") {
+				k = repoKey
+			}
+			c.missing.add(k, c.now().Add(u.NegativeTTL), c.now())
 		}
 		return result{desc, body}, err
 	})

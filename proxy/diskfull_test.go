@@ -70,6 +70,7 @@ func TestDiskFullFallsBackToPassThrough(t *testing.T) {
 	// Still healthy: small content fits and is served and stored.
 	e.get(t, "/v2/library/app/manifests/1", img.Manifest.Data, img.Manifest.Digest.String())
 	e.get(t, "/v2/library/app/blobs/"+img.Config.Digest.String(), img.Config.Data, img.Config.Digest.String())
+	e.cache.Close(t.Context()) // the client is served before the commit
 	if _, err := e.store.Blob(img.Config.Digest); err != nil {
 		t.Fatalf("config not stored after the disk-full episode: %v", err)
 	}

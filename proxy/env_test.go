@@ -64,7 +64,7 @@ func newEnvWith(t testing.TB, root string, cfg cache.Config, specs ...spec) *env
 			u = s.reg.URL
 		}
 		c, err := upstream.New(upstream.Config{Name: s.name, URL: u, Insecure: true, Username: s.user, Password: s.password,
-			DialTimeout: time.Second, ResponseHeaderTimeout: 2 * time.Second, IdleTimeout: 2 * time.Second}, um)
+			DialTimeout: time.Second, ResponseHeaderTimeout: 2 * time.Second, IdleTimeout: 3 * time.Second}, um)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -254,6 +254,18 @@ func TestNegativeCache(t *testing.T) {
 	if n := metric(t, e, "wharf_negative_hits_total"); n != 4 {
 		t.Fatalf("negative hits %v, want 4", n)
 	}
+	// A repository upstream says does not exist (NAME_UNKNOWN, as Harbor
+	// answers; distribution says MANIFEST_UNKNOWN) is remembered whole: any
+	// tag or digest of it is answered from memory.
+	up.SetHook(fault(func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/org/nothing/") },
+		404, nil, `{"errors":[{"code":"NAME_UNKNOWN","message":"repository not found"}]}`))
+	up.Reset()
+	for _, ref := range []string{"a", "b", digest.FromString("c").String()} {
+		wantError(t, e.do(t, "GET", "/v2/org/nothing/manifests/"+ref+"?ns=remember.example"), 404, "MANIFEST_UNKNOWN")
+	}
+	wantCounts(t, up, map[string]int{"GET manifest": 1})
+	up.SetHook(nil)
+
 	// An outage is not remembered as absence.
 	up.Reset()
 	up.SetHook(fault(all, 503, nil, ""))

@@ -82,18 +82,32 @@ func TestIdleAndSlowClientsBlockNobody(t *testing.T) {
 // a cut connection), never 404 and never a hang; warm ones are served from
 // the store without asking upstream at all.
 func TestFaultMatrix(t *testing.T) {
-	faults := map[string]func(http.ResponseWriter, *http.Request) bool{
-		"500":   fault(all, 500, nil, `{"errors":[{"code":"UNKNOWN","message":"boom"}]}`),
-		"429":   fault(all, 429, map[string]string{"Retry-After": "3"}, ""),
-		"reset": func(http.ResponseWriter, *http.Request) bool { panic(http.ErrAbortHandler) },
-		"hang":  func(w http.ResponseWriter, r *http.Request) bool { <-r.Context().Done(); return true },
-		"truncated": func(w http.ResponseWriter, r *http.Request) bool {
+	// Cold upstream traffic per fault: a manifest GET, then a blob GET.
+	//   429: the circuit opens for its Retry-After, so the blob GET is not sent.
+	//   reset: Go's transport replays a GET once when a reused keep-alive
+	//     connection closes without an answer.
+	//   truncated: the fill resumes twice (upstream ignores Range) and gives
+	//     up; the client, cut off before any byte reached it, retries once.
+	faults := map[string]struct {
+		hook func(http.ResponseWriter, *http.Request) bool
+		want map[string]int
+	}{
+		"500": {fault(all, 500, nil, `{"errors":[{"code":"UNKNOWN","message":"boom"}]}`),
+			map[string]int{"GET manifest": 1, "GET blob": 1}},
+		"429": {fault(all, 429, map[string]string{"Retry-After": "3"}, ""),
+			map[string]int{"GET manifest": 1}},
+		"reset": {func(http.ResponseWriter, *http.Request) bool { panic(http.ErrAbortHandler) },
+			map[string]int{"GET manifest": 2, "GET blob": 1}},
+		"hang": {func(w http.ResponseWriter, r *http.Request) bool { <-r.Context().Done(); return true },
+			map[string]int{"GET manifest": 1, "GET blob": 1}},
+		"truncated": {func(w http.ResponseWriter, r *http.Request) bool {
 			w.Header().Set("Content-Length", "100000")
 			w.Write([]byte(`{"partial":`))
 			return true
-		},
+		}, map[string]int{"GET manifest": 1, "GET blob": 6}},
 	}
-	for name, hook := range faults {
+	for name, f := range faults {
+		hook := f.hook
 		t.Run(name, func(t *testing.T) {
 			up := upstreamtest.New(t)
 			warm := up.PushImage(t, "library/warm", "1", 29, 1, 4096, amd64)
@@ -105,6 +119,7 @@ func TestFaultMatrix(t *testing.T) {
 			pull(t, e, "warm", warm, "")
 			wantCounts(t, up, map[string]int{})
 
+			up.Reset()
 			r := e.do(t, "GET", "/v2/cold/manifests/1")
 			wantError(t, r, 503, "UNAVAILABLE")
 			resp, err := e.Client().Get(e.URL + "/v2/cold/blobs/" + cold.Layers[0].Digest.String())
@@ -115,6 +130,7 @@ func TestFaultMatrix(t *testing.T) {
 					t.Fatalf("cold blob under %s: %d, %d bytes", name, resp.StatusCode, len(body))
 				}
 			}
+			wantCounts(t, up, f.want)
 		})
 	}
 }

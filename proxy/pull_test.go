@@ -6,11 +6,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
@@ -222,4 +225,59 @@ func TestLostIndexAdoptsVerifiedFiles(t *testing.T) {
 	// membership of this repository is proven by that manifest: no blob
 	// and no by-digest request goes upstream.
 	wantCounts(t, up, map[string]int{"GET manifest": 1})
+}
+
+// clock is a settable time for tag TTL tests.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+// A tag is trusted for exactly its TTL; once stale, any number of
+// concurrent requests for it cost upstream one HEAD.
+func TestStaleTagRevalidatedOnceAfterTTL(t *testing.T) {
+	up := upstreamtest.New(t)
+	v1 := up.PushImage(t, "org/app", "stable", 65, 1, 1024, amd64)
+	clk := &clock{t: time.Unix(1_000_000, 0)}
+	var inflight atomic.Int32
+	e := newEnvWith(t, t.TempDir(), cache.Config{Now: clk.now}, spec{name: "docker.io", reg: up, def: true, ttl: time.Minute})
+	e.Config.Handler = countInflight(e.Config.Handler, &inflight)
+	e.get(t, "/v2/org/app/manifests/stable", v1.Manifest.Data, v1.Manifest.Digest.String())
+
+	up.Reset()
+	clk.add(59 * time.Second)
+	e.get(t, "/v2/org/app/manifests/stable", v1.Manifest.Data, v1.Manifest.Digest.String())
+	wantCounts(t, up, map[string]int{}) // within the TTL
+
+	v2 := up.PushImage(t, "org/app", "stable", 66, 1, 1024, amd64)
+	up.Reset()
+	clk.add(2 * time.Second) // stale now
+	const clients = 16
+	// Hold the first HEAD until every client is inside Wharf.
+	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodHead {
+			deadline := time.Now().Add(10 * time.Second)
+			for inflight.Load() < clients && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond) // polling a condition, bounded
+			}
+		}
+		return false
+	})
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() { e.get(t, "/v2/org/app/manifests/stable", v2.Manifest.Data, v2.Manifest.Digest.String()) })
+	}
+	wg.Wait()
+	wantCounts(t, up, map[string]int{"HEAD manifest": 1, "GET manifest": 1})
+}
+
+func countInflight(h http.Handler, n *atomic.Int32) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		defer n.Add(-1)
+		h.ServeHTTP(w, r)
+	})
 }

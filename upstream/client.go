@@ -217,7 +217,7 @@ func (c *Client) Blob(ctx context.Context, repo string, dgst digest.Digest, offs
 		return nil, 0, err
 	}
 	if offset > 0 && resp.StatusCode != http.StatusPartialContent {
-		drain(resp.Body)
+		resp.Body.Close() // the whole blob: drop the connection rather than read it
 		return nil, 0, &Error{Method: http.MethodGet, URL: redact(u), Err: errors.New("upstream ignored the Range request")}
 	}
 	return resp.Body, resp.ContentLength, nil

@@ -50,6 +50,10 @@ func (e *Error) Unwrap() error { return e.Err }
 // cache reads it through an interface so it need not import this package.
 func (e *Error) StatusCode() int { return e.Status }
 
+// OCICodes are the error codes of upstream's OCI error body, such as
+// NAME_UNKNOWN (the whole repository does not exist).
+func (e *Error) OCICodes() []string { return e.Codes }
+
 // RetryAfter is the delay upstream asked for with Retry-After, if any.
 func (e *Error) RetryAfter() time.Duration { return e.Retry }
 

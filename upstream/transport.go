@@ -10,6 +10,9 @@ import (
 
 // idleConn fails a read that sees no byte for the idle timeout. It bounds a
 // stalled body without a timer per request: the deadline is the runtime's.
+// Writing a request pushes the deadline out too: the transport's read of a
+// pooled connection started when it went idle, and must not expire just
+// after a new request goes out on it.
 type idleConn struct {
 	net.Conn
 	idle time.Duration
@@ -20,6 +23,13 @@ func (c *idleConn) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.Conn.Read(p)
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
 }
 
 func newTransport(cfg Config) *http.Transport {
