@@ -207,10 +207,12 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s has no media type", ErrBadUpstream, ref, repo)
 	}
 	desc = ocispec.Descriptor{MediaType: mt, Digest: got, Size: int64(len(body))}
-	if err := c.putBlob(got, mt, body); err != nil {
+	// Membership first: once the manifest is visible in the store, a
+	// by-digest request for it must not have to ask upstream again.
+	if err := c.store.AddMembers(u.Name, repo, append(refs.digests(), got)...); err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	if err := c.store.AddMembers(u.Name, repo, append(refs.digests(), got)...); err != nil {
+	if err := c.putBlob(got, mt, body); err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
 	if want == "" {
