@@ -228,8 +228,8 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 }
 
 func (c *Cache) putBlob(dgst digest.Digest, mediaType string, body []byte) error {
-	if _, err := c.store.Blob(dgst); err == nil {
-		return nil
+	if _, _, err := c.store.ReadSmall(dgst, MaxManifestSize); err == nil {
+		return nil // stored and intact
 	}
 	w, err := c.store.Create(dgst, mediaType)
 	if err != nil {

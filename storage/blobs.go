@@ -37,6 +37,12 @@ func (s *Store) Open(dgst digest.Digest) (*os.File, int64, error) {
 	}
 	f, err := os.Open(p)
 	if errors.Is(err, os.ErrNotExist) {
+		// A record without a file (deleted behind our back): drop the
+		// record too, so the blob is fetched again rather than reported
+		// missing forever.
+		if rerr := s.removeBlob(dgst); rerr != nil {
+			return nil, 0, rerr
+		}
 		return nil, 0, fmt.Errorf("blob %s: %w", dgst, ErrNotFound)
 	}
 	if err != nil {

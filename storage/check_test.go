@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -87,5 +88,23 @@ func TestReadSmallRefusesDamagedBytes(t *testing.T) {
 	os.WriteFile(p, []byte(`{"a":2}`), 0o644)
 	if _, _, err := s.ReadSmall(d, 100); err == nil {
 		t.Fatal("damaged manifest read back")
+	}
+}
+
+// A record whose file was deleted behind the store's back heals on first
+// access instead of answering "not found" forever.
+func TestOpenDropsARecordWithoutAFile(t *testing.T) {
+	s := open(t, t.TempDir())
+	d := put(t, s, "vanishing")
+	p, _ := s.blobPath(d)
+	os.Remove(p)
+	if _, _, err := s.Open(d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Open: %v", err)
+	}
+	if _, err := s.Blob(d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("record kept: %v", err)
+	}
+	if b, n := s.Size(); b != 0 || n != 0 {
+		t.Fatalf("totals: %d bytes, %d blobs", b, n)
 	}
 }
