@@ -87,10 +87,24 @@ func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 		n, err = rf.ReadFrom(src)
 	} else {
 		buf := copyBuffers.Get().(*[]byte)
-		n, err = io.CopyBuffer(struct{ io.Writer }{r.ResponseWriter}, src, *buf)
+		n, err = io.CopyBuffer(flushWriter{r.ResponseWriter}, src, *buf)
 		copyBuffers.Put(buf)
 	}
 	r.bytes += n
+	return n, err
+}
+
+// flushWriter sends each chunk of a fill as it is written: a client sees
+// bytes as they arrive upstream, and if the fill then fails it sees a broken
+// body rather than a connection closed before any answer, which Go's and
+// other clients would replay as a new request (and a new fill).
+type flushWriter struct{ w http.ResponseWriter }
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = http.NewResponseController(f.w).Flush()
+	}
 	return n, err
 }
 
