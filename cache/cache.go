@@ -69,6 +69,15 @@ type Config struct {
 	Registerer  prometheus.Registerer // nil: metrics are not registered
 	Logger      *slog.Logger          // for failures no request sees; nil: slog.Default()
 	Now         func() time.Time      // the clock for tag and negative TTLs; nil: time.Now
+
+	// Targets are the registries prefetch jobs may push to, by name.
+	Targets map[string]Target
+	// JobImages is how many images of one job are copied at once (default
+	// 4); each copies up to 4 blobs at once. At most 2 jobs run at a time.
+	JobImages int
+	// RetryBackoff is the first wait before a job retries a transient
+	// failure (default 1s), doubled for each of up to 3 retries.
+	RetryBackoff time.Duration
 }
 
 // Errors the proxy maps to OCI error codes. Upstream errors are wrapped, so
@@ -101,6 +110,15 @@ type Cache struct {
 	running sync.WaitGroup        // fill goroutines
 	flights singleflight.Group
 	missing negative
+
+	targets      map[string]Target
+	jobs         map[string]*run // queued or running
+	jobSlots     chan struct{}   // jobs running at once
+	jobImages    int
+	jobBlobs     int
+	retryBackoff time.Duration
+	closing      atomic.Bool // Close has begun: jobs stop, to be resumed
+	jobsRunning  sync.WaitGroup
 }
 
 // New returns a cache over store. It starts no goroutines.
@@ -117,6 +135,13 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		highWater:   cmp.Or(cfg.HighWater, 0.9),
 		lowWater:    cmp.Or(cfg.LowWater, 0.8),
 		pins:        cfg.Pins,
+
+		targets:      cfg.Targets,
+		jobs:         map[string]*run{},
+		jobSlots:     make(chan struct{}, 2),
+		jobImages:    cmp.Or(cfg.JobImages, 4),
+		jobBlobs:     4,
+		retryBackoff: cmp.Or(cfg.RetryBackoff, time.Second),
 	}
 	if c.lowWater > c.highWater || c.highWater > 1 || c.lowWater <= 0 {
 		return nil, fmt.Errorf("cache: watermarks must satisfy 0 < low (%v) <= high (%v) <= 1", c.lowWater, c.highWater)

@@ -4,6 +4,8 @@ import (
 	"path"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/storage"
 )
 
 // Bounded disk: once the store passes HighWater × MaxSize bytes, least
@@ -69,16 +71,10 @@ func (c *Cache) pinned(up, repo, tag string) bool {
 }
 
 // pinnedDigests is everything pinned tags need: their manifests and, for
-// indexes, every child, with configs and layers.
+// indexes, every child, with configs and layers. Pins come from the config
+// (patterns) and from prefetch jobs (references, kept in the index).
 func (c *Cache) pinnedDigests() map[digest.Digest]bool {
 	set := map[digest.Digest]bool{}
-	if len(c.pins) == 0 {
-		return set
-	}
-	tags, err := c.store.AllTags()
-	if err != nil {
-		return set
-	}
 	var walk func(d digest.Digest, depth int)
 	walk = func(d digest.Digest, depth int) {
 		if set[d] || depth > 4 {
@@ -93,10 +89,24 @@ func (c *Cache) pinnedDigests() map[digest.Digest]bool {
 			walk(child, depth+1)
 		}
 	}
-	for _, t := range tags {
-		if c.pinned(t.Upstream, t.Repo, t.Tag) {
-			walk(t.Digest, 0)
+	if len(c.pins) > 0 {
+		tags, _ := c.store.AllTags()
+		for _, t := range tags {
+			if c.pinned(t.Upstream, t.Repo, t.Tag) {
+				walk(t.Digest, 0)
+			}
 		}
+	}
+	pins, _ := c.store.Pins()
+	for _, p := range pins {
+		walk(p.Digest, 0)
 	}
 	return set
 }
+
+// Pins lists the references prefetch jobs pinned.
+func (c *Cache) Pins() ([]storage.Pin, error) { return c.store.Pins() }
+
+// Unpin lets eviction have p's content again (p.Digest is ignored);
+// storage.ErrNotFound if p was not pinned.
+func (c *Cache) Unpin(p storage.Pin) error { return c.store.RemovePin(p) }

@@ -70,9 +70,11 @@ func (c *Cache) startFill(u Upstream, repo string, dgst digest.Digest) (f *fill,
 	return f, true
 }
 
-// Close lets the fills in progress finish until ctx ends, then cancels the
-// rest, and returns once none is running: after it the store may be closed.
+// Close stops prefetch jobs (they resume at the next start), lets the fills
+// in progress finish until ctx ends, then cancels the rest, and returns once
+// none is running: after it the store may be closed.
 func (c *Cache) Close(ctx context.Context) {
+	c.stopJobs()
 	done := make(chan struct{})
 	go func() { c.running.Wait(); close(done) }()
 	select {

@@ -19,6 +19,10 @@ type metrics struct {
 	evictedBytes prometheus.Counter
 	oldest       prometheus.Gauge
 	negative     *prometheus.CounterVec // upstream
+	jobs         prometheus.Gauge
+	images       *prometheus.CounterVec // state
+	pushed       *prometheus.CounterVec // target, outcome
+	pushedBytes  *prometheus.CounterVec // target
 }
 
 func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, error) {
@@ -71,6 +75,22 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 			Name: "wharf_fill_failures_total",
 			Help: "Blob fills that did not enter the store, by reason (upstream, digest, storage).",
 		}, []string{"reason"}),
+		jobs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wharf_prefetch_jobs_running",
+			Help: "Prefetch jobs running now.",
+		}),
+		images: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_prefetch_images_total",
+			Help: "Images prefetch jobs finished, by state (done, failed, cancelled).",
+		}, []string{"state"}),
+		pushed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_push_blobs_total",
+			Help: "Blobs prefetch jobs put on a push target, by target and outcome (pushed, mounted, skipped: already there).",
+		}, []string{"target", "outcome"}),
+		pushedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_push_bytes_total",
+			Help: "Blob bytes uploaded to each push target.",
+		}, []string{"target"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -83,7 +103,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 		Name: "wharf_store_blobs",
 		Help: "Blobs in the store.",
 	}, func() float64 { _, n := store.Size(); return float64(n) })
-	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count} {
+	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, m.jobs, m.images, m.pushed, m.pushedBytes, size, count} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

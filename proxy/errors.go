@@ -21,7 +21,9 @@ var errUnsupported = errcode.ErrorCodeUnsupported
 type httpError struct {
 	status int
 	err    errcode.Error
+	more   errcode.Errors // further errors of the same request (a bad list)
 	retry  time.Duration
+	header http.Header // e.g. WWW-Authenticate
 }
 
 func (e *httpError) Error() string { return e.err.Error() }
@@ -73,6 +75,9 @@ func (he *httpError) write(w http.ResponseWriter) {
 	if he.retry > 0 {
 		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(he.retry.Seconds()))))
 	}
+	for k, v := range he.header {
+		h[k] = v
+	}
 	w.WriteHeader(he.status)
-	json.NewEncoder(w).Encode(errcode.Errors{he.err})
+	json.NewEncoder(w).Encode(append(errcode.Errors{he.err}, he.more...))
 }

@@ -30,6 +30,9 @@ type Config struct {
 	Routes   []Route
 	Logger   *slog.Logger         // nil: slog.Default()
 	Registry *prometheus.Registry // metrics are registered here and served on /metrics; nil: none
+	// APIToken is the bearer token /api/v1 requires; "" opens the API to
+	// loopback clients only.
+	APIToken string
 }
 
 type proxy struct {
@@ -40,11 +43,12 @@ type proxy struct {
 	dockerHub map[string]bool  // upstreams whose one-part names get library/
 	log       *slog.Logger
 	metrics   *metrics
+	apiToken  string
 }
 
 // New returns the HTTP handler for the registry API, /healthz and /metrics.
 func New(c *cache.Cache, cfg Config) (http.Handler, error) {
-	p := &proxy{cache: c, routes: map[string]Route{}, dockerHub: map[string]bool{}, log: cfg.Logger}
+	p := &proxy{cache: c, routes: map[string]Route{}, dockerHub: map[string]bool{}, log: cfg.Logger, apiToken: cfg.APIToken}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -94,7 +98,11 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.Handle("/v2", p.read("base", p.base))
 	r.Handle("/v2/", p.read("base", p.base))
 	r.Handle("/v2/_catalog", p.read("catalog", p.catalog))
-	r.Handle("/api/v1/upstreams", p.read("status", p.upstreams))
+	r.Handle("/api/v1/upstreams", p.api("status", p.upstreams, http.MethodGet))
+	r.Handle("/api/v1/prefetch", p.api("prefetch", p.prefetch, http.MethodPost))
+	r.Handle("/api/v1/jobs", p.api("jobs", p.listJobs, http.MethodGet))
+	r.Handle("/api/v1/jobs/{id}", p.api("job", p.job, http.MethodGet, http.MethodDelete))
+	r.Handle("/api/v1/pins", p.api("pins", p.pins, http.MethodGet, http.MethodDelete))
 	r.Handle("/healthz", p.wrap("healthz", func(w http.ResponseWriter, r *http.Request) error {
 		_, err := w.Write([]byte("ok\n"))
 		return err

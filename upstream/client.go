@@ -51,6 +51,7 @@ type Config struct {
 	ResponseHeaderTimeout time.Duration
 	IdleTimeout           time.Duration // longest silence inside a body
 	MaxConcurrent         int           // requests in flight at once, bodies included; default 32
+	ChunkSize             int64         // pushes: larger blobs go in chunks of this size; default DefaultChunkSize
 	UserAgent             string
 }
 
@@ -64,6 +65,8 @@ type Client struct {
 	slots   chan struct{} // one per request in flight, held until its body is closed
 	breaker *breaker
 	metrics *Metrics
+
+	chunkSize int64
 }
 
 // New builds a client for cfg. It dials nothing until first use.
@@ -91,6 +94,9 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = 32
 	}
+	if cfg.ChunkSize <= 0 {
+		cfg.ChunkSize = DefaultChunkSize
+	}
 	guard := &credentialGuard{next: newTransport(cfg), host: u.Host}
 	hc := &auth.Client{
 		Client: &http.Client{Transport: guard},
@@ -104,7 +110,7 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 		m = NewMetrics(nil)
 	}
 	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m,
-		slots: make(chan struct{}, cfg.MaxConcurrent), breaker: newBreaker()}, nil
+		slots: make(chan struct{}, cfg.MaxConcurrent), breaker: newBreaker(), chunkSize: cfg.ChunkSize}, nil
 }
 
 // do sends one request for repo and turns any non-2xx answer into *Error.
@@ -117,6 +123,14 @@ func (c *Client) do(ctx context.Context, method, repo, rawURL string, hdr http.H
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
+	return c.send(req)
+}
+
+// send takes a slot and the breaker's leave, sends req and turns any answer
+// of 300 or more into *Error. The response body gives the slot back when
+// it is closed.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	ctx, method, rawURL := req.Context(), req.Method, req.URL.String()
 	if wait := c.breaker.allow(); wait > 0 {
 		return nil, &Error{Method: method, URL: redact(rawURL), Status: http.StatusServiceUnavailable, Retry: wait, Err: ErrCircuitOpen}
 	}

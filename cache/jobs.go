@@ -1,0 +1,446 @@
+package cache
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/wharf-registry/wharf/storage"
+)
+
+// Prefetch jobs warm the cache with a list of images and, with a push
+// target, copy them there blob for blob. A job lives in the index from the
+// moment it is accepted, is saved at every step, and is picked up again
+// after a restart: it is never reported done unless every image is.
+
+// Job and image states.
+const (
+	StateQueued    = "queued"
+	StateRunning   = "running"
+	StateDone      = "done"
+	StateFailed    = "failed"    // a job none of whose images made it, or one image
+	StatePartial   = "partial"   // a job some of whose images failed
+	StateCancelled = "cancelled" // by DELETE /api/v1/jobs/{id}
+)
+
+// ErrJobNotFound says no job has the id asked for.
+var ErrJobNotFound = errors.New("no such job")
+
+// ImageRef is one image a job is asked for, already routed to an upstream.
+type ImageRef struct {
+	Source     string // as the user wrote it, for reports
+	Upstream   string
+	Repo       string
+	Ref        string // tag or digest
+	Tag        string // with a digest Ref: the tag to push it under
+	TargetRepo string // repository on the push target; "" without one
+}
+
+// JobSpec is a prefetch request the proxy has validated.
+type JobSpec struct {
+	Images    []ImageRef
+	Platforms []Platform // empty: every platform
+	PushTo    string     // a configured target, or ""
+	Pin       bool       // pin each image against eviction
+}
+
+// Job is a job's report, as the API returns it and the index stores it.
+type Job struct {
+	ID        string     `json:"id"`
+	State     string     `json:"state"`
+	Platforms []string   `json:"platforms,omitempty"`
+	PushTo    string     `json:"push_to,omitempty"`
+	Pin       bool       `json:"pin,omitempty"`
+	Created   time.Time  `json:"created"`
+	Started   *time.Time `json:"started,omitempty"`
+	Finished  *time.Time `json:"finished,omitempty"`
+	Images    []*Image   `json:"images"`
+}
+
+// Image is the report of one image of a job. Byte counts are of blobs:
+// fetched from upstream by this job, already cached, pushed to the target,
+// and done out of total (for progress bars).
+type Image struct {
+	Source       string         `json:"source"`
+	Upstream     string         `json:"upstream"`
+	Repository   string         `json:"repository"`
+	Reference    string         `json:"reference"`
+	Tag          string         `json:"tag,omitempty"` // pushed under, when Reference is a digest
+	Target       string         `json:"target,omitempty"`
+	TargetRepo   string         `json:"target_repository,omitempty"`
+	State        string         `json:"state"`
+	Digest       digest.Digest  `json:"digest,omitempty"`
+	MediaType    string         `json:"media_type,omitempty"`
+	NotCopied    []SkippedChild `json:"not_copied,omitempty"`
+	BytesTotal   int64          `json:"bytes_total"`
+	BytesDone    int64          `json:"bytes_done"`
+	BytesFetched int64          `json:"bytes_fetched"`
+	BytesCached  int64          `json:"bytes_cached"`
+	BytesPushed  int64          `json:"bytes_pushed"`
+	BlobsPushed  int            `json:"blobs_pushed"`
+	BlobsSkipped int            `json:"blobs_skipped"`
+	BlobsMounted int            `json:"blobs_mounted"`
+	Started      *time.Time     `json:"started,omitempty"`
+	Finished     *time.Time     `json:"finished,omitempty"`
+	Seconds      float64        `json:"seconds,omitempty"`
+	Error        string         `json:"error,omitempty"`
+}
+
+// SkippedChild is a child of an index left out by the platform filter.
+type SkippedChild struct {
+	Digest   digest.Digest `json:"digest"`
+	Platform string        `json:"platform,omitempty"`
+}
+
+// run is a job in memory while it is queued or running.
+type run struct {
+	mu        sync.Mutex
+	job       Job
+	cancel    context.CancelFunc
+	cancelled bool          // by the user, not by shutdown
+	done      chan struct{} // closed when the job's goroutine ends
+	locks     map[digest.Digest]*sync.Mutex
+	platforms []Platform // the job's filter
+}
+
+// HasTarget reports whether jobs may push to a target of that name.
+func (c *Cache) HasTarget(name string) bool { _, ok := c.targets[name]; return ok }
+
+// Submit accepts a job and starts it. It fails only for a job that names
+// something not configured; the proxy has checked everything else.
+func (c *Cache) Submit(spec JobSpec) (Job, error) {
+	if len(spec.Images) == 0 {
+		return Job{}, errors.New("a job needs at least one image")
+	}
+	if spec.PushTo != "" {
+		if _, ok := c.targets[spec.PushTo]; !ok {
+			return Job{}, fmt.Errorf("%w: no push target %q", ErrUnknown, spec.PushTo)
+		}
+	}
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	now := c.now().UTC()
+	job := Job{
+		ID:      fmt.Sprintf("%016x%s", now.UnixNano(), hex.EncodeToString(rnd[:])),
+		State:   StateQueued,
+		PushTo:  spec.PushTo,
+		Pin:     spec.Pin,
+		Created: now,
+	}
+	for _, p := range spec.Platforms {
+		job.Platforms = append(job.Platforms, p.String())
+	}
+	for _, ref := range spec.Images {
+		if _, err := c.upstream(ref.Upstream); err != nil {
+			return Job{}, err
+		}
+		img := &Image{Source: ref.Source, Upstream: ref.Upstream, Repository: ref.Repo, Reference: ref.Ref, Tag: ref.Tag, State: StateQueued}
+		if spec.PushTo != "" {
+			if ref.TargetRepo == "" {
+				return Job{}, fmt.Errorf("image %s has no target repository", ref.Source)
+			}
+			img.TargetRepo = ref.TargetRepo
+			img.Target = targetRef(ref.TargetRepo, cmp.Or(ref.Tag, ref.Ref))
+		}
+		job.Images = append(job.Images, img)
+	}
+	r := c.startJob(job)
+	return r.snapshot(), nil
+}
+
+func targetRef(repo, ref string) string {
+	if _, err := digest.Parse(ref); err == nil {
+		return repo + "@" + ref
+	}
+	return repo + ":" + ref
+}
+
+// ResumeJobs restarts every job the index holds as queued or running: the
+// ones a shutdown or a crash interrupted. Images already done stay done;
+// the others start over, and blobs already on the target are skipped.
+func (c *Cache) ResumeJobs() error {
+	docs, err := c.store.Jobs()
+	if err != nil {
+		return err
+	}
+	for _, doc := range docs {
+		var job Job
+		if err := json.Unmarshal(doc, &job); err != nil {
+			c.log.Warn("prefetch job unreadable; skipped", "error", err)
+			continue
+		}
+		if job.State != StateQueued && job.State != StateRunning {
+			continue
+		}
+		for _, img := range job.Images {
+			if img.State != StateDone {
+				img.State = StateQueued
+			}
+		}
+		job.State = StateQueued
+		c.log.Info("prefetch job resumed", "job", job.ID, "images", len(job.Images))
+		c.startJob(job)
+	}
+	return nil
+}
+
+func (c *Cache) startJob(job Job) *run {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &run{job: job, cancel: cancel, done: make(chan struct{}), locks: map[digest.Digest]*sync.Mutex{},
+		platforms: parsePlatforms(job.Platforms)}
+	c.save(r)
+	c.mu.Lock()
+	c.jobs[job.ID] = r
+	c.jobsRunning.Add(1)
+	c.mu.Unlock()
+	if c.closing.Load() {
+		cancel() // resumed at the next start
+	}
+	go c.runJob(ctx, r)
+	return r
+}
+
+// runJob copies the job's images, a few at a time, and settles its state.
+// On shutdown it leaves the job as it stands, to be resumed.
+func (c *Cache) runJob(ctx context.Context, r *run) {
+	defer c.jobsRunning.Done()
+	defer close(r.done)
+	defer r.cancel()
+	defer func() {
+		c.mu.Lock()
+		delete(c.jobs, r.job.ID)
+		c.mu.Unlock()
+	}()
+	select {
+	case c.jobSlots <- struct{}{}:
+		defer func() { <-c.jobSlots }()
+	case <-ctx.Done():
+	}
+	r.update(func(j *Job) {
+		if ctx.Err() == nil {
+			now := c.now().UTC()
+			j.State, j.Started = StateRunning, &now
+		}
+	})
+	c.save(r)
+	c.metrics.jobs.Inc()
+	defer c.metrics.jobs.Dec()
+	var g errgroup.Group
+	g.SetLimit(c.jobImages)
+	for _, img := range r.job.Images {
+		if img.State == StateDone || ctx.Err() != nil {
+			continue
+		}
+		g.Go(func() error {
+			c.copyImage(ctx, r, img)
+			return nil
+		})
+	}
+	g.Wait()
+	if c.closing.Load() && !r.isCancelled() {
+		c.save(r) // shutting down: resumed at the next start
+		return
+	}
+	r.update(func(j *Job) {
+		now := c.now().UTC()
+		j.Finished = &now
+		for _, img := range j.Images {
+			if img.State == StateQueued || img.State == StateRunning {
+				img.State = StateCancelled
+			}
+		}
+		j.State = settle(j.Images)
+	})
+	c.save(r)
+	snap := r.snapshot()
+	c.log.Info("prefetch job finished", "job", snap.ID, "state", snap.State, "images", len(snap.Images))
+}
+
+// settle decides a finished job's state from its images'.
+func settle(imgs []*Image) string {
+	var done, failed, cancelled int
+	for _, img := range imgs {
+		switch img.State {
+		case StateDone:
+			done++
+		case StateCancelled:
+			cancelled++
+		default:
+			failed++
+		}
+	}
+	switch {
+	case done == len(imgs):
+		return StateDone
+	case cancelled > 0:
+		return StateCancelled
+	case done == 0:
+		return StateFailed
+	}
+	return StatePartial
+}
+
+// copyImage runs one image and records how it ended.
+func (c *Cache) copyImage(ctx context.Context, r *run, img *Image) {
+	start := c.now().UTC()
+	r.update(func(*Job) {
+		img.State, img.Started, img.Finished, img.Error = StateRunning, &start, nil, ""
+		img.BytesDone = 0
+	})
+	c.save(r)
+	err := c.promote(ctx, r, img)
+	if c.closing.Load() && !r.isCancelled() {
+		r.update(func(*Job) { img.State = StateQueued })
+		return
+	}
+	r.update(func(*Job) {
+		end := c.now().UTC()
+		img.Finished, img.Seconds = &end, end.Sub(start).Seconds()
+		switch {
+		case r.cancelled:
+			img.State = StateCancelled
+		case err != nil:
+			img.State, img.Error = StateFailed, err.Error()
+		default:
+			img.State = StateDone
+		}
+	})
+	c.metrics.images.WithLabelValues(img.State).Inc()
+	if err != nil && !r.isCancelled() {
+		c.log.Warn("prefetch image failed", "job", r.job.ID, "image", img.Source, "error", err)
+	}
+	c.save(r)
+}
+
+func (r *run) update(fn func(*Job)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fn(&r.job)
+}
+
+func (r *run) isCancelled() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cancelled
+}
+
+// snapshot is a deep copy of the report.
+func (r *run) snapshot() Job {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	j := r.job
+	j.Images = make([]*Image, len(r.job.Images))
+	for i, img := range r.job.Images {
+		cp := *img
+		cp.NotCopied = slices.Clone(img.NotCopied)
+		j.Images[i] = &cp
+	}
+	return j
+}
+
+// lock serialises pushes of one digest within a job, so the second push of
+// a shared layer finds the first on the target and mounts or skips it.
+func (r *run) lock(dgst digest.Digest) *sync.Mutex {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l, ok := r.locks[dgst]
+	if !ok {
+		l = &sync.Mutex{}
+		r.locks[dgst] = l
+	}
+	return l
+}
+
+// save writes the report to the index. A failed write is logged: the job
+// goes on, and at worst a restart repeats some of its work.
+func (c *Cache) save(r *run) {
+	r.mu.Lock()
+	doc, err := json.Marshal(r.job)
+	id := r.job.ID
+	r.mu.Unlock()
+	if err == nil {
+		err = c.store.PutJob(id, doc)
+	}
+	if err != nil {
+		c.log.Error("prefetch job not saved", "job", id, "error", err)
+	}
+}
+
+// Job returns the report of job id.
+func (c *Cache) Job(id string) (Job, error) {
+	c.mu.Lock()
+	r, ok := c.jobs[id]
+	c.mu.Unlock()
+	if ok {
+		return r.snapshot(), nil
+	}
+	doc, err := c.store.Job(id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return Job{}, fmt.Errorf("%w: %s", ErrJobNotFound, id)
+	}
+	if err != nil {
+		return Job{}, err
+	}
+	var job Job
+	return job, json.Unmarshal(doc, &job)
+}
+
+// Jobs returns every job's report, oldest first.
+func (c *Cache) Jobs() ([]Job, error) {
+	docs, err := c.store.Jobs()
+	if err != nil {
+		return nil, err
+	}
+	jobs := make([]Job, 0, len(docs))
+	for _, doc := range docs {
+		var job Job
+		if json.Unmarshal(doc, &job) != nil {
+			continue
+		}
+		if live, err := c.Job(job.ID); err == nil {
+			job = live
+		}
+		jobs = append(jobs, job)
+	}
+	return jobs, nil
+}
+
+// CancelJob stops job id and returns its final report once it has stopped
+// (or ctx ends). Cancelling a finished job changes nothing.
+func (c *Cache) CancelJob(ctx context.Context, id string) (Job, error) {
+	c.mu.Lock()
+	r, ok := c.jobs[id]
+	c.mu.Unlock()
+	if !ok {
+		return c.Job(id)
+	}
+	r.update(func(*Job) { r.cancelled = true })
+	r.cancel()
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+	}
+	return r.snapshot(), nil
+}
+
+// stopJobs interrupts every job, leaving each saved as it stood so that
+// ResumeJobs picks it up, and waits for them to stop.
+func (c *Cache) stopJobs() {
+	c.closing.Store(true)
+	c.mu.Lock()
+	for _, r := range c.jobs {
+		r.cancel()
+	}
+	c.mu.Unlock()
+	c.jobsRunning.Wait()
+}

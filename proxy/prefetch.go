@@ -1,0 +1,372 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/distribution/reference"
+	"gopkg.in/yaml.v3"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+// maxPrefetchBody bounds a prefetch request: room for tens of thousands of
+// references.
+const maxPrefetchBody = 1 << 20
+
+// prefetchRequest is the JSON form of POST /api/v1/prefetch. The text and
+// YAML forms carry the same options as query parameters.
+type prefetchRequest struct {
+	Images    []string `json:"images"`
+	Platforms []string `json:"platforms"`
+	PushTo    string   `json:"push_to"`
+	Rename    []rename `json:"rename"`
+	Pin       bool     `json:"pin"`
+}
+
+// rename maps source repositories that start with From to target
+// repositories that start with To.
+type rename struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
+// problems collects what is wrong with a request, item by item, so one
+// answer lists every mistake.
+type problems struct{ errs errcode.Errors }
+
+func (ps *problems) add(code errcode.ErrorCode, item, input, msg string) {
+	detail := map[string]string{"item": item}
+	if input != "" {
+		detail["input"] = input
+	}
+	ps.errs = append(ps.errs, code.WithMessage(msg).WithDetail(detail))
+}
+
+func (ps *problems) err() error {
+	if len(ps.errs) == 0 {
+		return nil
+	}
+	first := ps.errs[0].(errcode.Error)
+	return &httpError{status: http.StatusBadRequest, err: first, more: ps.errs[1:]}
+}
+
+// prefetch accepts a job: 202 and its report, or 400 listing every bad item
+// with nothing started.
+func (p *proxy) prefetch(w http.ResponseWriter, r *http.Request) error {
+	req, err := p.readPrefetch(r)
+	if err != nil {
+		return err
+	}
+	spec, err := p.jobSpec(req)
+	if err != nil {
+		return err
+	}
+	job, err := p.cache.Submit(spec)
+	if err != nil {
+		return ociError(http.StatusBadRequest, errInvalid, err.Error())
+	}
+	w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
+	b, err := json.Marshal(job)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusAccepted)
+	_, err = w.Write(b)
+	return err
+}
+
+// readPrefetch decodes the body by its Content-Type: JSON, text (one
+// reference per line) or skopeo sync YAML.
+func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
+	var req prefetchRequest
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxPrefetchBody+1))
+	if err != nil {
+		return req, ociError(http.StatusBadRequest, errInvalid, "reading the body: "+err.Error())
+	}
+	if len(body) > maxPrefetchBody {
+		return req, ociError(http.StatusBadRequest, errInvalid, "the body is larger than 1 MiB")
+	}
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch mt {
+	case "application/json", "":
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			return req, ociError(http.StatusBadRequest, errInvalid, "JSON body: "+err.Error())
+		}
+	case "text/plain":
+		req.Images = textList(body)
+	case "application/yaml", "application/x-yaml", "text/yaml":
+		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+		defer cancel()
+		if req.Images, err = p.syncList(ctx, body); err != nil {
+			return req, err
+		}
+	default:
+		return req, ociError(http.StatusBadRequest, errInvalid,
+			"Content-Type "+mt+" is not understood: send application/json, text/plain or application/yaml")
+	}
+	// Options as query parameters, for the text and YAML forms.
+	q := r.URL.Query()
+	if v := q.Get("push_to"); v != "" {
+		if req.PushTo != "" && req.PushTo != v {
+			return req, ociError(http.StatusBadRequest, errInvalid, "push_to is given twice")
+		}
+		req.PushTo = v
+	}
+	req.Platforms = append(req.Platforms, q["platform"]...)
+	for _, rn := range q["rename"] {
+		from, to, ok := strings.Cut(rn, "=")
+		if !ok {
+			return req, ociError(http.StatusBadRequest, errInvalid, "rename "+strconv.Quote(rn)+": want from=to")
+		}
+		req.Rename = append(req.Rename, rename{From: from, To: to})
+	}
+	if v := q.Get("pin"); v != "" {
+		pin, err := strconv.ParseBool(v)
+		if err != nil {
+			return req, ociError(http.StatusBadRequest, errInvalid, "pin "+strconv.Quote(v)+": want true or false")
+		}
+		req.Pin = req.Pin || pin
+	}
+	return req, nil
+}
+
+// textList reads one reference per line; # starts a comment.
+func textList(body []byte) []string {
+	var refs []string
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	sc.Buffer(make([]byte, 0, 64<<10), maxPrefetchBody)
+	for sc.Scan() {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		if line = strings.TrimSpace(line); line != "" {
+			refs = append(refs, line)
+		}
+	}
+	return refs
+}
+
+// syncRegistry is one registry of a skopeo sync YAML file. Credentials and
+// TLS settings are skopeo's business; Wharf uses its own upstream config.
+type syncRegistry struct {
+	Images           map[string][]string `yaml:"images"`
+	ImagesByTagRegex map[string]string   `yaml:"images-by-tag-regex"`
+	ImagesBySemver   map[string]string   `yaml:"images-by-semver"`
+	Credentials      any                 `yaml:"credentials"`
+	TLSVerify        any                 `yaml:"tls-verify"`
+	CertDir          any                 `yaml:"cert-dir"`
+}
+
+// syncList expands a skopeo sync YAML file into references: listed tags
+// and digests as they are, an empty list as every tag, a regexp as the tags
+// it matches now upstream.
+func (p *proxy) syncList(ctx context.Context, body []byte) ([]string, error) {
+	var doc map[string]syncRegistry
+	dec := yaml.NewDecoder(bytes.NewReader(body))
+	dec.KnownFields(true)
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, ociError(http.StatusBadRequest, errInvalid, "YAML body: "+err.Error())
+	}
+	var ps problems
+	var refs []string
+	for _, host := range sortedKeys(doc) {
+		reg := doc[host]
+		join := func(repo, ref string) string {
+			if strings.HasPrefix(ref, "sha256:") {
+				return host + "/" + repo + "@" + ref
+			}
+			return host + "/" + repo + ":" + ref
+		}
+		for _, repo := range sortedKeys(reg.Images) {
+			tags := reg.Images[repo]
+			if len(tags) == 0 {
+				all, err := p.tagsOf(ctx, host+"/"+repo)
+				if err != nil {
+					ps.add(errInvalid, host+"/"+repo, "", "listing its tags: "+err.Error())
+					continue
+				}
+				tags = all
+			}
+			for _, t := range tags {
+				refs = append(refs, join(repo, t))
+			}
+		}
+		for _, repo := range sortedKeys(reg.ImagesByTagRegex) {
+			re, err := regexp.Compile(reg.ImagesByTagRegex[repo])
+			if err != nil {
+				ps.add(errInvalid, host+"/"+repo, reg.ImagesByTagRegex[repo], "images-by-tag-regex: "+err.Error())
+				continue
+			}
+			all, err := p.tagsOf(ctx, host+"/"+repo)
+			if err != nil {
+				ps.add(errInvalid, host+"/"+repo, "", "listing its tags: "+err.Error())
+				continue
+			}
+			for _, t := range all {
+				if re.MatchString(t) {
+					refs = append(refs, join(repo, t))
+				}
+			}
+		}
+		for _, repo := range sortedKeys(reg.ImagesBySemver) {
+			ps.add(errInvalid, host+"/"+repo, reg.ImagesBySemver[repo], "images-by-semver is not supported; list the tags or use images-by-tag-regex")
+		}
+	}
+	return refs, ps.err()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// tagsOf lists the tags of a repository named as in a reference.
+func (p *proxy) tagsOf(ctx context.Context, name string) ([]string, error) {
+	ref, err := p.parseImage(name)
+	if err != nil {
+		return nil, err
+	}
+	return p.cache.Tags(ctx, ref.Upstream, ref.Repo)
+}
+
+// jobSpec validates a request into a job, or lists everything wrong with it.
+func (p *proxy) jobSpec(req prefetchRequest) (cache.JobSpec, error) {
+	var ps problems
+	spec := cache.JobSpec{PushTo: req.PushTo, Pin: req.Pin}
+	if len(req.Images) == 0 {
+		ps.add(errInvalid, "images", "", "the list of images is empty")
+	}
+	if req.PushTo != "" && !p.cache.HasTarget(req.PushTo) {
+		ps.add(errInvalid, "push_to", req.PushTo, "no push target "+strconv.Quote(req.PushTo)+" is configured")
+	}
+	if req.PushTo == "" && len(req.Rename) > 0 {
+		ps.add(errInvalid, "rename", "", "rename needs push_to")
+	}
+	for i, s := range req.Platforms {
+		pl, err := cache.ParsePlatform(s)
+		if err != nil {
+			ps.add(errInvalid, fmt.Sprintf("platforms[%d]", i), s, err.Error())
+			continue
+		}
+		spec.Platforms = append(spec.Platforms, pl)
+	}
+	for i, rn := range req.Rename {
+		if rn.From == "" {
+			ps.add(errInvalid, fmt.Sprintf("rename[%d]", i), rn.From, "rename needs a from prefix")
+		}
+	}
+	seen, targets := map[string]int{}, map[string]int{}
+	for i, s := range req.Images {
+		item := fmt.Sprintf("images[%d]", i)
+		ref, err := p.parseImage(s)
+		if err != nil {
+			code := errcode.ErrorCodeNameInvalid
+			if errors.Is(err, cache.ErrUnknown) {
+				code = errcode.ErrorCodeNameUnknown
+			}
+			ps.add(code, item, s, err.Error())
+			continue
+		}
+		key := ref.Upstream + "/" + ref.Repo + "@" + ref.Ref + ":" + ref.Tag
+		if j, dup := seen[key]; dup {
+			ps.add(errInvalid, item, s, fmt.Sprintf("duplicate of images[%d]", j))
+			continue
+		}
+		seen[key] = i
+		if req.PushTo != "" {
+			ref.TargetRepo = ref.Repo
+			name := strings.TrimPrefix(s, "/")
+			for _, rn := range req.Rename {
+				if rest, ok := strings.CutPrefix(name, rn.From); ok && rn.From != "" {
+					ref.TargetRepo = rn.To + trimRef(rest)
+					break
+				}
+			}
+			if !validName(ref.TargetRepo) {
+				ps.add(errcode.ErrorCodeNameInvalid, item, s, "target repository "+strconv.Quote(ref.TargetRepo)+" is not a valid name")
+				continue
+			}
+			t := ref.TargetRepo + ":" + ref.Tag + "@" + ref.Ref
+			if j, dup := targets[t]; dup {
+				ps.add(errInvalid, item, s, fmt.Sprintf("pushes to the same target as images[%d]", j))
+				continue
+			}
+			targets[t] = i
+		}
+		spec.Images = append(spec.Images, ref)
+	}
+	return spec, ps.err()
+}
+
+// trimRef cuts the :tag or @digest off a reference's remainder.
+func trimRef(s string) string {
+	if i := strings.IndexByte(s, '@'); i >= 0 {
+		s = s[:i]
+	}
+	if i := strings.LastIndexByte(s, ':'); i >= 0 && !strings.Contains(s[i:], "/") {
+		s = s[:i]
+	}
+	return s
+}
+
+// parseImage routes a reference like ghcr.io/org/app:1.0 the way a pull
+// through Wharf would be: a first part naming an upstream (by name or
+// alias) picks it, otherwise the default upstream serves the whole path.
+// No tag means latest; tag@digest fetches the digest and pushes the tag.
+func (p *proxy) parseImage(s string) (cache.ImageRef, error) {
+	named, err := reference.Parse(s)
+	if err != nil {
+		return cache.ImageRef{}, fmt.Errorf("%q is not a valid image reference: %w", s, err)
+	}
+	n, ok := named.(reference.Named)
+	if !ok {
+		return cache.ImageRef{}, fmt.Errorf("%q names no repository", s)
+	}
+	ref := cache.ImageRef{Source: s, Ref: "latest"}
+	name := n.Name()
+	first, rest, nested := strings.Cut(name, "/")
+	switch rt, known := p.routes[strings.ToLower(first)]; {
+	case nested && known:
+		ref.Upstream, ref.Repo = rt.Name, rest
+	case p.fallback != "" && !strings.ContainsAny(first, ".:") && first != "localhost":
+		ref.Upstream, ref.Repo = p.fallback, name
+	default:
+		return cache.ImageRef{}, fmt.Errorf("%w: no upstream is configured for %s", cache.ErrUnknown, first)
+	}
+	if p.dockerHub[ref.Upstream] && !strings.Contains(ref.Repo, "/") {
+		ref.Repo = "library/" + ref.Repo
+	}
+	t, tagged := named.(reference.Tagged)
+	if tagged {
+		ref.Ref = t.Tag()
+	}
+	if d, ok := named.(reference.Digested); ok {
+		if _, err := parseDigest(d.Digest().String()); err != nil {
+			return cache.ImageRef{}, fmt.Errorf("%q: only sha256 digests are supported", s)
+		}
+		ref.Ref = d.Digest().String()
+		if tagged {
+			ref.Tag = t.Tag()
+		}
+	}
+	return ref, nil
+}
