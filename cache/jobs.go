@@ -295,7 +295,10 @@ func (c *Cache) copyImage(ctx context.Context, r *run, img *Image) {
 	start := c.now().UTC()
 	r.update(func(*Job) {
 		img.State, img.Started, img.Finished, img.Error = StateRunning, &start, nil, ""
-		img.BytesDone = 0
+		// Counts are of this attempt: after a restart, what the first one
+		// pushed shows as skipped.
+		img.BytesDone, img.BytesFetched, img.BytesCached, img.BytesPushed = 0, 0, 0, 0
+		img.BlobsPushed, img.BlobsSkipped, img.BlobsMounted = 0, 0, 0
 	})
 	c.save(r)
 	err := c.promote(ctx, r, img)
@@ -393,6 +396,22 @@ func (c *Cache) Job(id string) (Job, error) {
 	}
 	var job Job
 	return job, json.Unmarshal(doc, &job)
+}
+
+// WaitJob returns the report of job id once it has finished, or as it
+// stands when ctx ends.
+func (c *Cache) WaitJob(ctx context.Context, id string) (Job, error) {
+	c.mu.Lock()
+	r, ok := c.jobs[id]
+	c.mu.Unlock()
+	if ok {
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			return r.snapshot(), nil
+		}
+	}
+	return c.Job(id)
 }
 
 // Jobs returns every job's report, oldest first.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -184,11 +185,15 @@ func (c *Cache) promote(ctx context.Context, r *run, img *Image) error {
 func (c *Cache) transferBlob(ctx context.Context, r *run, img *Image, b ocispec.Descriptor) error {
 	_, err := c.store.Blob(b.Digest)
 	cached := err == nil
-	defer r.update(func(*Job) {
-		if cached {
-			img.BytesCached += b.Size
+	if cached {
+		r.update(func(*Job) { img.BytesCached += b.Size })
+	}
+	var count sync.Once
+	fetched := func() { // from upstream, by this job or a client since it looked
+		if !cached {
+			count.Do(func() { r.update(func(*Job) { img.BytesFetched += b.Size }) })
 		}
-	})
+	}
 	var progress atomic.Int64
 	open := func(offset int64) (io.ReadCloser, error) {
 		blob, err := c.Blob(ctx, img.Upstream, img.Repository, b.Digest)
@@ -204,16 +209,10 @@ func (c *Cache) transferBlob(ctx context.Context, r *run, img *Image, b ocispec.
 			r.update(func(*Job) { img.BytesDone += int64(n) })
 		}}, nil
 	}
-	fetched := func() {
-		if !cached {
-			r.update(func(*Job) { img.BytesFetched += b.Size })
-			cached = true // counted once
-		}
-	}
 	// warm reads a blob that is not stored through the fill path.
 	warm := func() error {
 		if _, err := c.store.Blob(b.Digest); err == nil {
-			fetched() // by someone else since the job looked, if not before
+			fetched()
 			r.update(func(*Job) { img.BytesDone += b.Size })
 			return nil
 		}

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -107,9 +109,18 @@ func (p *proxy) job(w http.ResponseWriter, r *http.Request) error {
 	id := mux.Vars(r)["id"]
 	var job cache.Job
 	var err error
-	if r.Method == http.MethodDelete {
+	switch wait := r.URL.Query().Get("wait"); {
+	case r.Method == http.MethodDelete:
 		job, err = p.cache.CancelJob(r.Context(), id)
-	} else {
+	case wait != "":
+		d, perr := time.ParseDuration(wait)
+		if perr != nil || d < 0 || d > 10*time.Minute {
+			return ociError(http.StatusBadRequest, errInvalid, "wait "+strconv.Quote(wait)+": want a duration up to 10m, like 30s")
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), d)
+		defer cancel()
+		job, err = p.cache.WaitJob(ctx, id)
+	default:
 		job, err = p.cache.Job(id)
 	}
 	if errors.Is(err, cache.ErrJobNotFound) {

@@ -50,6 +50,13 @@ func newEnv(t testing.TB, root string, specs ...spec) *env {
 // Registerer are filled in.
 func newEnvWith(t testing.TB, root string, cfg cache.Config, specs ...spec) *env {
 	t.Helper()
+	return newEnvAPI(t, root, cfg, "", specs...)
+}
+
+// newEnvAPI also sets the API token, and resumes the jobs the store holds
+// as wharf serve does.
+func newEnvAPI(t testing.TB, root string, cfg cache.Config, token string, specs ...spec) *env {
+	t.Helper()
 	store, err := storage.Open(root)
 	if err != nil {
 		t.Fatal(err)
@@ -71,14 +78,20 @@ func newEnvWith(t testing.TB, root string, cfg cache.Config, specs ...spec) *env
 		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale})
 		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def, Status: func() any { return c.Health() }})
 	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.Upstreams, cfg.Registerer = ups, reg
+	if cfg.Logger == nil {
+		cfg.Logger = log
+	}
 	c, err := cache.New(store, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg})
+	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: token})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ResumeJobs(); err != nil {
 		t.Fatal(err)
 	}
 	e := &env{Server: httptest.NewServer(h), store: store, cache: c, reg: reg}

@@ -1,0 +1,562 @@
+package proxy_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/upstream"
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+const srcHost = "harbor-a.example.com"
+
+// promotion is a Wharf in front of a source registry ("Harbor A") with a
+// push target behind basic auth ("Harbor B").
+type promotion struct {
+	*env
+	src, dst *upstreamtest.Registry
+	app      upstreamtest.Image // proj/app:1.0
+	multi    upstreamtest.Index // proj/multi:v1, amd64 and arm64
+	tool     upstreamtest.Image // proj/tool:2.0, shares app's first layer
+}
+
+func newPromotion(t *testing.T, root string, cfg cache.Config, token string, chunk int64) *promotion {
+	t.Helper()
+	src := upstreamtest.New(t)
+	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
+	return newPromotionOn(t, src, dst, root, cfg, token, chunk)
+}
+
+func newPromotionOn(t *testing.T, src, dst *upstreamtest.Registry, root string, cfg cache.Config, token string, chunk int64) *promotion {
+	t.Helper()
+	target, err := upstream.New(upstream.Config{Name: "harbor-b", URL: dst.URL, Insecure: true,
+		Username: "robot", Password: "s3cret", ChunkSize: chunk}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Targets = map[string]cache.Target{"harbor-b": target}
+	cfg.RetryBackoff = 5 * time.Millisecond
+	p := &promotion{src: src, dst: dst}
+	p.env = newEnvAPI(t, root, cfg, token, spec{name: srcHost, reg: src, def: true, ttl: time.Hour})
+	return p
+}
+
+// seed pushes the three source images.
+func (p *promotion) seed(t *testing.T) {
+	t.Helper()
+	p.app = p.src.PushImage(t, "proj/app", "1.0", 11, 2, 40<<10, amd64)
+	a := p.src.PushImage(t, "proj/multi", "", 12, 2, 20<<10, amd64)
+	b := p.src.PushImage(t, "proj/multi", "", 13, 2, 20<<10, ocispec.Platform{OS: "linux", Architecture: "arm64"})
+	p.multi = p.src.PushIndex(t, "proj/multi", "v1", a, b)
+	own, _ := upstreamtest.Layer(14, 30<<10)
+	p.src.PushBlob(t, "proj/tool", p.app.Layers[0])
+	p.tool = p.src.PushLayers(t, "proj/tool", "2.0", []upstreamtest.Blob{p.app.Layers[0], own}, nil, amd64)
+	p.src.Reset()
+	p.dst.Reset()
+}
+
+var promoteAll = `{"images": ["harbor-a.example.com/proj/app:1.0", "harbor-a.example.com/proj/multi:v1", "harbor-a.example.com/proj/tool:2.0"],
+	"push_to": "harbor-b", "rename": [{"from": "harbor-a.example.com/proj/", "to": "proj-b/"}]}`
+
+// send is e.do with a body.
+func (e *env) send(t *testing.T, method, path, contentType, body string, hdr ...string) response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, e.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := e.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: buf.Bytes()}
+}
+
+// submit posts a job and returns its id.
+func (e *env) submit(t *testing.T, contentType, query, body string, hdr ...string) string {
+	t.Helper()
+	r := e.send(t, http.MethodPost, "/api/v1/prefetch"+query, contentType, body, hdr...)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("prefetch: %d %s", r.status, r.body)
+	}
+	var job cache.Job
+	if err := json.Unmarshal(r.body, &job); err != nil {
+		t.Fatal(err)
+	}
+	if loc := r.header.Get("Location"); loc != "/api/v1/jobs/"+job.ID {
+		t.Fatalf("Location %q for job %s", loc, job.ID)
+	}
+	return job.ID
+}
+
+// wait returns the job's report once it has finished.
+func (e *env) wait(t *testing.T, id string, hdr ...string) cache.Job {
+	t.Helper()
+	r := e.send(t, http.MethodGet, "/api/v1/jobs/"+id+"?wait=2m", "", "", hdr...)
+	if r.status != http.StatusOK {
+		t.Fatalf("job %s: %d %s", id, r.status, r.body)
+	}
+	var job cache.Job
+	if err := json.Unmarshal(r.body, &job); err != nil {
+		t.Fatal(err)
+	}
+	if job.Finished == nil {
+		t.Fatalf("job %s not finished: %s", id, r.body)
+	}
+	return job
+}
+
+// onTarget asserts the target serves exactly m under repo:ref.
+func onTarget(t *testing.T, dst *upstreamtest.Registry, repo, ref string, m upstreamtest.Blob) {
+	t.Helper()
+	resp, body := dst.Get(t, http.MethodGet, "/v2/"+repo+"/manifests/"+ref)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, m.Data) || resp.Header.Get("Docker-Content-Digest") != m.Digest.String() {
+		t.Fatalf("target %s:%s: %d, digest %s, want %s", repo, ref, resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), m.Digest)
+	}
+}
+
+type sums struct{ pushed, skipped, mounted int }
+
+func totals(job cache.Job) sums {
+	var s sums
+	for _, img := range job.Images {
+		s.pushed += img.BlobsPushed
+		s.skipped += img.BlobsSkipped
+		s.mounted += img.BlobsMounted
+	}
+	return s
+}
+
+// A list of tags, one a multi-arch index, lands on the target under the
+// renamed repositories with every digest unchanged, each blob fetched once
+// from the source and sent once to the target (a layer shared across
+// repositories is mounted). The same job again moves nothing.
+func TestPrefetchPushesExactTags(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p.seed(t)
+	job := p.wait(t, p.submit(t, "application/json", "", promoteAll))
+	if job.State != cache.StateDone {
+		t.Fatalf("job %s, want done: %+v", job.State, job.Images)
+	}
+	want := []struct {
+		target string
+		digest string
+	}{{"proj-b/app:1.0", p.app.Manifest.Digest.String()}, {"proj-b/multi:v1", p.multi.Manifest.Digest.String()}, {"proj-b/tool:2.0", p.tool.Manifest.Digest.String()}}
+	for i, img := range job.Images {
+		if img.State != cache.StateDone || img.Target != want[i].target || img.Digest.String() != want[i].digest {
+			t.Errorf("image %d: %s %s %s, want done %s %s", i, img.State, img.Target, img.Digest, want[i].target, want[i].digest)
+		}
+	}
+	onTarget(t, p.dst, "proj-b/app", "1.0", p.app.Manifest)
+	onTarget(t, p.dst, "proj-b/multi", "v1", p.multi.Manifest)
+	for _, child := range p.multi.Images {
+		onTarget(t, p.dst, "proj-b/multi", child.Manifest.Digest.String(), child.Manifest)
+	}
+	onTarget(t, p.dst, "proj-b/tool", "2.0", p.tool.Manifest)
+	for _, b := range p.tool.Blobs() {
+		if resp, _ := p.dst.Get(t, http.MethodGet, "/v2/proj-b/tool/blobs/"+b.Digest.String()); resp.StatusCode != http.StatusOK {
+			t.Fatalf("target lacks tool blob %s: %d", b.Digest, resp.StatusCode)
+		}
+	}
+
+	// 3 + 6 + 2 distinct blobs: each fetched once and uploaded once; the
+	// layer tool shares with app is mounted.
+	if n := p.src.Count(http.MethodGet, "blob"); n != 11 {
+		t.Errorf("source blob GETs: %d, want 11", n)
+	}
+	if s := totals(job); s != (sums{pushed: 11, mounted: 1}) {
+		t.Errorf("blobs %+v, want 11 pushed, 1 mounted", s)
+	}
+	if n := p.dst.Count(http.MethodPut, "upload"); n != 11 {
+		t.Errorf("target upload PUTs: %d, want 11", n)
+	}
+	if n := p.dst.Count(http.MethodPut, "manifest"); n != 5 {
+		t.Errorf("target manifest PUTs: %d, want 5", n)
+	}
+	for _, img := range job.Images {
+		if img.BytesDone != img.BytesTotal || img.BytesFetched+img.BytesCached != img.BytesTotal || img.BytesFetched == 0 {
+			t.Errorf("%s: %d of %d bytes done, %d fetched, %d cached", img.Source, img.BytesDone, img.BytesTotal, img.BytesFetched, img.BytesCached)
+		}
+	}
+
+	p.src.Reset()
+	p.dst.Reset()
+	again := p.wait(t, p.submit(t, "application/json", "", promoteAll))
+	if again.State != cache.StateDone || totals(again) != (sums{skipped: 12}) {
+		t.Fatalf("second job: %s %+v, want done with 12 skipped", again.State, totals(again))
+	}
+	for _, img := range again.Images {
+		if img.BytesFetched != 0 || img.BytesCached != img.BytesTotal || img.BytesPushed != 0 {
+			t.Errorf("second job, %s: %d fetched, %d cached of %d, %d pushed", img.Source, img.BytesFetched, img.BytesCached, img.BytesTotal, img.BytesPushed)
+		}
+	}
+	if n := p.src.Total(); n != 0 {
+		t.Errorf("second job: %d source requests", n)
+	}
+	for _, kind := range []string{"upload", "manifest"} {
+		if n := p.dst.Count(http.MethodPut, kind) + p.dst.Count(http.MethodPost, kind); n != 0 {
+			t.Errorf("second job: %d target %s writes", n, kind)
+		}
+	}
+}
+
+// Blobs the target already holds are not sent again.
+func TestPrefetchSendsOnlyMissingBlobs(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p.seed(t)
+	p.dst.PushBlob(t, "proj-b/app", p.app.Config)
+	p.dst.PushBlob(t, "proj-b/app", p.app.Layers[0])
+	p.dst.Reset()
+	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["harbor-a.example.com/proj/app:1.0"], "push_to": "harbor-b",
+		"rename": [{"from": "harbor-a.example.com/proj/", "to": "proj-b/"}]}`))
+	if job.State != cache.StateDone || totals(job) != (sums{pushed: 1, skipped: 2}) {
+		t.Fatalf("job %s %+v, want done with 1 pushed and 2 skipped", job.State, totals(job))
+	}
+	if n := p.dst.Count(http.MethodPost, "upload"); n != 1 {
+		t.Errorf("target uploads: %d, want 1", n)
+	}
+	onTarget(t, p.dst, "proj-b/app", "1.0", p.app.Manifest)
+	// The skipped blobs are cached all the same.
+	if n := p.src.Count(http.MethodGet, "blob"); n != 3 {
+		t.Errorf("source blob GETs: %d, want 3", n)
+	}
+}
+
+// One image's manifest failing on the target leaves the others done and
+// the job partial, with the reason; a server error is retried first. The
+// failing tag never appears on the target.
+func TestPrefetchPartialWhenTargetFailsOneManifest(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p.seed(t)
+	p.dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPut && r.URL.Path == "/v2/proj-b/tool/manifests/2.0" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusInternalServerError)
+			w.Write([]byte(`{"errors":[{"code":"UNKNOWN","message":"disk on fire"}]}`))
+			return true
+		}
+		return false
+	})
+	job := p.wait(t, p.submit(t, "application/json", "", promoteAll))
+	if job.State != cache.StatePartial {
+		t.Fatalf("job %s, want partial", job.State)
+	}
+	for _, img := range job.Images {
+		failed := img.Repository == "proj/tool"
+		if failed != (img.State == cache.StateFailed) || (!failed && img.State != cache.StateDone) {
+			t.Errorf("%s: %s (%s)", img.Source, img.State, img.Error)
+		}
+		if failed && (!strings.Contains(img.Error, "500") || !strings.Contains(img.Error, "disk on fire") || !strings.Contains(img.Error, "proj-b/tool:2.0")) {
+			t.Errorf("reason %q lacks the status, message or reference", img.Error)
+		}
+	}
+	puts := 0
+	for _, r := range p.dst.Requests() {
+		if r.Method == http.MethodPut && r.Path == "/v2/proj-b/tool/manifests/2.0" {
+			puts++
+		}
+	}
+	if puts != 4 {
+		t.Errorf("failing manifest PUT %d times, want 4 (3 retries)", puts)
+	}
+	p.dst.SetHook(nil)
+	if resp, _ := p.dst.Get(t, http.MethodGet, "/v2/proj-b/tool/manifests/2.0"); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("failed tag on the target: %d", resp.StatusCode)
+	}
+	onTarget(t, p.dst, "proj-b/app", "1.0", p.app.Manifest)
+}
+
+// Bad input is refused whole, every problem listed, nothing started.
+func TestPrefetchRejectsBadInput(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	for _, tc := range []struct {
+		name, contentType, body string
+		want                    []string // "item code" in order
+	}{
+		{"items", "application/json", `{"images": ["harbor-a.example.com/proj/app:1.0", "Not A Ref!", "quay.io/x/y:1", "harbor-a.example.com/proj/app:1.0"],
+			"push_to": "harbor-c", "platforms": ["linux"]}`,
+			[]string{"push_to INVALID", "platforms[0] INVALID", "images[1] NAME_INVALID", "images[2] NAME_UNKNOWN", "images[3] INVALID"}},
+		{"empty", "application/json", `{"images": []}`, []string{"images INVALID"}},
+		{"empty text", "text/plain", "# nothing\n\n", []string{"images INVALID"}},
+		{"unknown field", "application/json", `{"imagez": ["a"]}`, []string{" INVALID"}},
+		{"not json", "application/json", `images: [a]`, []string{" INVALID"}},
+		{"content type", "application/xml", `<images/>`, []string{" INVALID"}},
+		{"too large", "text/plain", strings.Repeat("harbor-a.example.com/proj/app:1.0\n", 40000), []string{" INVALID"}},
+		{"rename without target", "application/json", `{"images": ["proj/app:1.0"], "rename": [{"from": "a", "to": "b"}]}`, []string{"rename INVALID"}},
+		{"bad rename", "application/json", `{"images": ["proj/app:1.0"], "push_to": "harbor-b", "rename": [{"from": "proj/", "to": "UP/"}]}`, []string{"images[0] NAME_INVALID"}},
+		{"semver", "application/yaml", "harbor-a.example.com:\n  images-by-semver:\n    proj/app: '>= 1.0'\n", []string{"harbor-a.example.com/proj/app INVALID"}},
+		{"bad regex", "application/yaml", "harbor-a.example.com:\n  images-by-tag-regex:\n    proj/app: '(('\n", []string{"harbor-a.example.com/proj/app INVALID"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := p.send(t, http.MethodPost, "/api/v1/prefetch", tc.contentType, tc.body)
+			if r.status != http.StatusBadRequest {
+				t.Fatalf("%d %s", r.status, r.body)
+			}
+			var doc struct {
+				Errors []struct {
+					Code   string            `json:"code"`
+					Detail map[string]string `json:"detail"`
+				} `json:"errors"`
+			}
+			if err := json.Unmarshal(r.body, &doc); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, e := range doc.Errors {
+				got = append(got, e.Detail["item"]+" "+e.Code)
+			}
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Fatalf("errors %q, want %q\n%s", got, tc.want, r.body)
+			}
+		})
+	}
+	r := p.do(t, http.MethodGet, "/api/v1/jobs")
+	if r.status != http.StatusOK || string(r.body) != `{"jobs":[]}` {
+		t.Fatalf("jobs after bad requests: %d %s", r.status, r.body)
+	}
+	if n := p.src.Total() + p.dst.Total(); n != 0 {
+		t.Fatalf("bad requests caused %d registry requests", n)
+	}
+}
+
+// With api.token_file the API wants the token; without one it answers
+// loopback clients only.
+func TestPrefetchAPIAuth(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "t0ken", 0)
+	p.seed(t)
+	body := `{"images": ["harbor-a.example.com/proj/app:1.0"]}`
+	for _, hdr := range [][]string{nil, {"Authorization", "Bearer nope"}, {"Authorization", "Basic dDBrZW4="}} {
+		r := p.send(t, http.MethodPost, "/api/v1/prefetch", "application/json", body, hdr...)
+		wantError(t, r, http.StatusUnauthorized, "UNAUTHORIZED")
+		if r.header.Get("WWW-Authenticate") == "" {
+			t.Fatal("401 without a challenge")
+		}
+	}
+	wantError(t, p.do(t, http.MethodGet, "/api/v1/jobs"), http.StatusUnauthorized, "UNAUTHORIZED")
+	wantError(t, p.do(t, http.MethodGet, "/api/v1/upstreams"), http.StatusUnauthorized, "UNAUTHORIZED")
+	if n := p.src.Total(); n != 0 {
+		t.Fatalf("refused requests caused %d upstream requests", n)
+	}
+	auth := []string{"Authorization", "Bearer t0ken"}
+	job := p.wait(t, p.submit(t, "application/json", "", body, auth...), auth...)
+	if job.State != cache.StateDone {
+		t.Fatalf("job %s", job.State)
+	}
+	// The registry API stays open.
+	p.get(t, "/v2/proj/app/manifests/1.0", p.app.Manifest.Data, p.app.Manifest.Digest.String())
+
+	open := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	req, _ := http.NewRequest(http.MethodGet, "/api/v1/jobs", nil)
+	req.RemoteAddr = "192.0.2.7:40000"
+	rec := httptest.NewRecorder()
+	open.Config.Handler.ServeHTTP(rec, req)
+	if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "DENIED") {
+		t.Fatalf("remote client without a token configured: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// Text lists and skopeo sync YAML work as they are; a regexp is matched
+// against the tags upstream has now. Without a target the job only warms
+// the cache.
+func TestPrefetchTextAndSyncYAML(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p.seed(t)
+	p.src.PushManifest(t, "proj/tool", "2.1", p.tool.MediaType, p.tool.Manifest)
+	p.src.PushManifest(t, "proj/tool", "3.0", p.tool.MediaType, p.tool.Manifest)
+	p.src.Reset()
+
+	text := "# rollout 42\nharbor-a.example.com/proj/app:1.0   # the app\n\nproj/multi:v1\n"
+	job := p.wait(t, p.submit(t, "text/plain", "?platform=linux/arm64", text))
+	if job.State != cache.StateDone || len(job.Images) != 2 || job.Images[1].Source != "proj/multi:v1" || job.Images[1].Upstream != srcHost {
+		t.Fatalf("text job: %s %+v", job.State, job.Images)
+	}
+	// Only the arm64 child of the index: its manifest and 3 blobs, plus app's 3.
+	if nc := job.Images[1].NotCopied; len(nc) != 1 || nc[0].Digest != p.multi.Images[0].Manifest.Digest || nc[0].Platform != "linux/amd64" {
+		t.Fatalf("not copied: %+v", nc)
+	}
+	wantCounts(t, p.src, map[string]int{"GET manifest": 3, "GET blob": 6})
+	if job.Images[0].BytesFetched == 0 || job.Images[0].BytesCached != 0 {
+		t.Errorf("app: fetched %d, cached %d", job.Images[0].BytesFetched, job.Images[0].BytesCached)
+	}
+
+	p.src.Reset()
+	yml := `harbor-a.example.com:
+  images:
+    proj/app: ["1.0"]
+  images-by-tag-regex:
+    proj/tool: ^2\.
+  tls-verify: false
+`
+	job = p.wait(t, p.submit(t, "application/yaml", "", yml))
+	var got []string
+	for _, img := range job.Images {
+		got = append(got, img.Source)
+	}
+	if want := "harbor-a.example.com/proj/app:1.0 harbor-a.example.com/proj/tool:2.0 harbor-a.example.com/proj/tool:2.1"; strings.Join(got, " ") != want {
+		t.Fatalf("yaml images %q, want %q", got, want)
+	}
+	if job.State != cache.StateDone || job.Images[0].BytesCached == 0 || job.Images[0].BytesFetched != 0 {
+		t.Fatalf("yaml job %s; app fetched %d cached %d", job.State, job.Images[0].BytesFetched, job.Images[0].BytesCached)
+	}
+	// One tag list, the two tool tags, tool's 2 blobs of its own.
+	wantCounts(t, p.src, map[string]int{"GET tags": 1, "GET manifest": 2, "GET blob": 2})
+}
+
+// A large blob goes in chunks; a chunk that fails is resumed from what the
+// target holds.
+func TestPrefetchChunkedUploadResumes(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 64<<10)
+	big := upstreamtest.NewBlob(upstreamtest.Random(21, 200<<10))
+	img := p.src.PushLayers(t, "proj/big", "1", []upstreamtest.Blob{big}, nil, amd64)
+	var patches atomic.Int32
+	p.dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPatch && patches.Add(1) == 2 {
+			w.WriteHeader(http.StatusBadGateway)
+			return true
+		}
+		return false
+	})
+	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/big:1"], "push_to": "harbor-b"}`))
+	if job.State != cache.StateDone {
+		t.Fatalf("job %s: %s", job.State, job.Images[0].Error)
+	}
+	if n := p.dst.Count(http.MethodPatch, "upload"); n != 5 {
+		t.Errorf("PATCHes: %d, want 4 chunks and 1 retried", n)
+	}
+	if n := p.dst.Count(http.MethodGet, "upload"); n != 1 {
+		t.Errorf("upload status checks: %d, want 1", n)
+	}
+	resp, body := p.dst.Get(t, http.MethodGet, "/v2/proj/big/blobs/"+big.Digest.String())
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, big.Data) {
+		t.Fatalf("target blob: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	onTarget(t, p.dst, "proj/big", "1", img.Manifest)
+}
+
+// A job cut off by a shutdown resumes at the next start: images already
+// done are not redone, blobs already pushed are skipped, and the job ends
+// done only when every image is on the target.
+func TestPrefetchResumesAfterRestart(t *testing.T) {
+	root := t.TempDir()
+	src := upstreamtest.New(t)
+	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
+	p := newPromotionOn(t, src, dst, root, cache.Config{JobImages: 1}, "", 0)
+	p.seed(t)
+	// Hold tool's manifest: by then app is done and tool's blobs are on
+	// the target.
+	reached := make(chan struct{})
+	var once sync.Once
+	dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPut && r.URL.Path == "/v2/proj/tool/manifests/2.0" {
+			io.Copy(io.Discard, r.Body) // so the server notices the client leave
+			once.Do(func() { close(reached) })
+			<-r.Context().Done()
+			return true
+		}
+		return false
+	})
+	body := `{"images": ["proj/app:1.0", "proj/tool:2.0"], "push_to": "harbor-b"}`
+	id := p.submit(t, "application/json", "", body)
+	<-reached
+	p.close() // a shutdown: the job stops as it stands
+	dst.SetHook(nil)
+	dst.Reset()
+
+	p2 := newPromotionOn(t, src, dst, root, cache.Config{}, "", 0)
+	job := p2.wait(t, id)
+	if job.State != cache.StateDone {
+		t.Fatalf("resumed job %s: %+v", job.State, job.Images)
+	}
+	app, tool := job.Images[0], job.Images[1]
+	if app.BlobsPushed != 3 || tool.BlobsPushed != 0 || tool.BlobsSkipped != 3 || tool.BlobsMounted != 0 {
+		t.Fatalf("app pushed %d; tool pushed %d, skipped %d, mounted %d", app.BlobsPushed, tool.BlobsPushed, tool.BlobsSkipped, tool.BlobsMounted)
+	}
+	for _, r := range dst.Requests() {
+		if strings.HasPrefix(r.Path, "/v2/proj/app/") {
+			t.Fatalf("resumed job touched the done image: %s %s", r.Method, r.Path)
+		}
+	}
+	onTarget(t, dst, "proj/app", "1.0", p.app.Manifest)
+	onTarget(t, dst, "proj/tool", "2.0", p.tool.Manifest)
+}
+
+// DELETE stops a running job; it ends cancelled and stays so.
+func TestPrefetchCancel(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p.seed(t)
+	reached := make(chan struct{})
+	var once sync.Once
+	p.dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/blobs/uploads/") {
+			io.Copy(io.Discard, r.Body) // so the server notices the client leave
+			once.Do(func() { close(reached) })
+			<-r.Context().Done()
+			return true
+		}
+		return false
+	})
+	id := p.submit(t, "application/json", "", promoteAll)
+	<-reached
+	r := p.send(t, http.MethodDelete, "/api/v1/jobs/"+id, "", "")
+	var job cache.Job
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &job) != nil || job.State != cache.StateCancelled {
+		t.Fatalf("DELETE: %d %s", r.status, r.body)
+	}
+	if job = p.wait(t, id); job.State != cache.StateCancelled {
+		t.Fatalf("after cancel: %s", job.State)
+	}
+	wantError(t, p.do(t, http.MethodGet, "/api/v1/jobs/nope"), http.StatusNotFound, "JOB_UNKNOWN")
+}
+
+// pin: true keeps a prefetched image through eviction until it is unpinned.
+func TestPrefetchPins(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{MaxSize: 400 << 10, HighWater: 0.9, LowWater: 0.5}, "", 0)
+	p.seed(t)
+	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/app:1.0"], "pin": true}`))
+	if job.State != cache.StateDone {
+		t.Fatalf("job %s", job.State)
+	}
+	r := p.do(t, http.MethodGet, "/api/v1/pins")
+	want := `{"pins":[{"upstream":"harbor-a.example.com","repository":"proj/app","reference":"1.0","digest":"` + p.app.Manifest.Digest.String() + `"}]}`
+	if r.status != http.StatusOK || string(r.body) != want {
+		t.Fatalf("pins: %d %s", r.status, r.body)
+	}
+	for i := range 6 { // 6 × 100 KiB of other images overflow 400 KiB
+		img := p.src.PushImage(t, "proj/filler", fmt.Sprint("x", i), uint64(30+i), 1, 100<<10, amd64)
+		pull(t, p.env, "proj/filler", img, "")
+	}
+	p.cache.Close(t.Context()) // let eviction passes finish
+	if n := metric(t, p.env, "wharf_evictions_total"); n == 0 {
+		t.Fatal("nothing evicted")
+	}
+	for _, b := range p.app.Blobs() {
+		if _, err := p.store.Blob(b.Digest); err != nil {
+			t.Fatalf("pinned blob %s evicted", b.Digest)
+		}
+	}
+	if r := p.send(t, http.MethodDelete, "/api/v1/pins?image=proj/app:1.0", "", ""); r.status != http.StatusNoContent {
+		t.Fatalf("unpin: %d %s", r.status, r.body)
+	}
+	wantError(t, p.send(t, http.MethodDelete, "/api/v1/pins?image=proj/app:1.0", "", ""), http.StatusNotFound, "PIN_UNKNOWN")
+}
