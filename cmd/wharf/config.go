@@ -34,6 +34,35 @@ type fileConfig struct {
 		ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
 	} `yaml:"server"`
 	Upstreams []upstreamConfig `yaml:"upstreams"`
+	Targets   []targetConfig   `yaml:"targets"`
+	API       struct {
+		TokenFile string `yaml:"token_file"`
+		token     string
+	} `yaml:"api"`
+	Prefetch struct {
+		Concurrency int `yaml:"concurrency"`
+	} `yaml:"prefetch"`
+}
+
+// credentials are shared by upstreams and targets.
+type credentials struct {
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+// targetConfig is a registry prefetch jobs may push to.
+type targetConfig struct {
+	Name          string `yaml:"name"`
+	URL           string `yaml:"url"`
+	credentials   `yaml:",inline"`
+	Insecure      bool          `yaml:"insecure"`
+	DialTimeout   time.Duration `yaml:"dial_timeout"`
+	HeaderTimeout time.Duration `yaml:"header_timeout"`
+	IdleTimeout   time.Duration `yaml:"idle_timeout"`
+	MaxConcurrent int           `yaml:"max_concurrent"`
+	ChunkSize     string        `yaml:"chunk_size"`
+	chunkBytes    int64
 }
 
 type upstreamConfig struct {
@@ -44,14 +73,12 @@ type upstreamConfig struct {
 	TagTTL        *time.Duration `yaml:"tag_ttl"`
 	NegativeTTL   *time.Duration `yaml:"negative_ttl"`
 	Revalidate    time.Duration  `yaml:"revalidate_timeout"`
-	Username      string         `yaml:"username"`
-	Password      string         `yaml:"password"`
-	PasswordFile  string         `yaml:"password_file"`
-	Insecure      bool           `yaml:"insecure"`
-	DialTimeout   time.Duration  `yaml:"dial_timeout"`
-	HeaderTimeout time.Duration  `yaml:"header_timeout"`
-	IdleTimeout   time.Duration  `yaml:"idle_timeout"`
-	MaxConcurrent int            `yaml:"max_concurrent"`
+	credentials   `yaml:",inline"`
+	Insecure      bool          `yaml:"insecure"`
+	DialTimeout   time.Duration `yaml:"dial_timeout"`
+	HeaderTimeout time.Duration `yaml:"header_timeout"`
+	IdleTimeout   time.Duration `yaml:"idle_timeout"`
+	MaxConcurrent int           `yaml:"max_concurrent"`
 }
 
 // Defaults for tag_ttl and negative_ttl.
@@ -144,16 +171,57 @@ func (c *fileConfig) validate() error {
 			return fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
 	}
+	names := map[string]bool{}
+	for i := range c.Targets {
+		t := &c.Targets[i]
+		if t.Name == "" || t.URL == "" {
+			return fmt.Errorf("targets[%d]: name and url are required", i)
+		}
+		if names[t.Name] {
+			return fmt.Errorf("target %s is configured twice", t.Name)
+		}
+		names[t.Name] = true
+		if t.MaxConcurrent < 0 {
+			return fmt.Errorf("target %s: max_concurrent must not be negative", t.Name)
+		}
+		if t.ChunkSize != "" {
+			n, err := humanize.ParseBytes(t.ChunkSize)
+			if err != nil || n < 1<<20 {
+				return fmt.Errorf("target %s: chunk_size %q: want a size of at least 1MiB, like 64MiB", t.Name, t.ChunkSize)
+			}
+			t.chunkBytes = int64(n)
+		}
+		if err := t.resolveSecrets(); err != nil {
+			return fmt.Errorf("target %s: %w", t.Name, err)
+		}
+	}
+	if c.Prefetch.Concurrency < 0 {
+		return errors.New("prefetch.concurrency must not be negative")
+	}
+	if f := c.API.TokenFile; f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("api.token_file: %w", err)
+		}
+		if c.API.token = strings.TrimSpace(string(b)); len(c.API.token) < 16 {
+			return fmt.Errorf("api.token_file %s: the token must be at least 16 characters", f)
+		}
+	}
 	return nil
 }
+
+// envRef is a ${VAR} reference. A bare $ is kept as it is: Harbor robot
+// accounts are named robot$name.
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 // resolveSecrets expands ${VAR} in username and password and reads
 // password_file. A variable that is not set is an error, not an empty
 // password that fails later in a confusing way.
-func (u *upstreamConfig) resolveSecrets() error {
+func (u *credentials) resolveSecrets() error {
 	var missing []string
 	expand := func(s string) string {
-		return os.Expand(s, func(k string) string {
+		return envRef.ReplaceAllStringFunc(s, func(ref string) string {
+			k := ref[2 : len(ref)-1]
 			v, ok := os.LookupEnv(k)
 			if !ok {
 				missing = append(missing, k)

@@ -51,6 +51,14 @@ func TestConfigErrors(t *testing.T) {
 		{"storage: {root: /x, max_size: lots}\nupstreams: [{name: a, url: https://a}]\n", "storage.max_size"},
 		{"storage: {root: /x, high_watermark: 0.5, low_watermark: 0.7}\nupstreams: [{name: a, url: https://a}]\n", "watermarks"},
 		{"storage: {root: /x}\nupstreams: [{name: a/b, url: https://a}]\n", "without /"},
+		{base + "targets: [{name: b}]\n", "targets[0]: name and url are required"},
+		{base + "targets: [{name: b, url: https://b}, {name: b, url: https://c}]\n", "target b is configured twice"},
+		{base + "targets: [{name: b, url: https://b, aliases: [c]}]\n", `unknown key "aliases"`},
+		{base + "targets: [{name: b, url: https://b, chunk_size: 10KiB}]\n", "chunk_size"},
+		{base + "targets: [{name: b, url: https://b, password: '${WHARF_TEST_UNSET_VAR}'}]\n", "target b: environment variable WHARF_TEST_UNSET_VAR"},
+		{base + "api: {token_file: /nonexistent/token}\n", "api.token_file"},
+		{base + "api: {token_file: " + secret + "}\n", "at least 16 characters"},
+		{base + "prefetch: {concurrency: -2}\n", "prefetch.concurrency"},
 	}
 	for _, c := range cases {
 		_, err := loadConfig(writeConfig(t, c.body))
@@ -69,6 +77,16 @@ func TestConfigErrors(t *testing.T) {
 	cfg, err = loadConfig(writeConfig(t, base+"    password_file: "+secret+"\n"))
 	if err != nil || cfg.Upstreams[0].Password != "from-file" {
 		t.Fatalf("password_file: %v %+v", err, cfg)
+	}
+	// Harbor robot accounts hold a $ that is not a variable.
+	token := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(token, []byte("0123456789abcdef0123\n"), 0o600)
+	cfg, err = loadConfig(writeConfig(t, base+"targets:\n  - {name: harbor-b, url: https://b, username: robot$push, password_file: "+secret+", chunk_size: 8MiB}\napi: {token_file: "+token+"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc := cfg.Targets[0]; tc.Username != "robot$push" || tc.Password != "from-file" || tc.chunkBytes != 8<<20 || cfg.API.token != "0123456789abcdef0123" {
+		t.Fatalf("target: %+v, token %q", tc, cfg.API.token)
 	}
 }
 

@@ -32,6 +32,11 @@ var version = ""
 const usage = `usage:
   wharf serve --config FILE                          run the mirror
   wharf check --config FILE [--repair] [--sample N]  verify the store and its index
+  wharf prefetch [--server URL] [--token-file F] [--push-to TARGET] [--platform OS/ARCH]...
+                 [--rename FROM=TO]... [--pin] [--wait] [--output json] (-f FILE | REF...)
+                                                     warm the cache and copy images to a target
+  wharf jobs [--server URL] [--token-file F] [--cancel] [--output json] [ID]
+                                                     list prefetch jobs, show or cancel one
   wharf version                                      print the version
 `
 
@@ -69,14 +74,24 @@ func run(args []string, stdout, stderr io.Writer) error {
 		defer stop()
 		return serve(ctx, cfg, stderr)
 	case "check":
-		fi, err := os.Stderr.Stat()
-		return check(args[1:], stdout, stderr, err == nil && fi.Mode()&os.ModeCharDevice != 0 && stderr == io.Writer(os.Stderr))
+		return check(args[1:], stdout, stderr, isTerminal(stderr))
+	case "prefetch":
+		return prefetchCmd(args[1:], stdout, stderr, isTerminal(stderr))
+	case "jobs":
+		return jobsCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
 	return fmt.Errorf("unknown command %q", args[0])
+}
+
+// isTerminal reports whether w is this process's stderr and a terminal:
+// progress is drawn in place only there.
+func isTerminal(w io.Writer) bool {
+	fi, err := os.Stderr.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && w == io.Writer(os.Stderr)
 }
 
 func versionString() string {
@@ -124,12 +139,26 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default,
 			Status: func() any { return client.Health() }})
 	}
+	targets := map[string]cache.Target{}
+	for _, t := range cfg.Targets {
+		client, err := upstream.New(upstream.Config{
+			Name: t.Name, URL: t.URL, Username: t.Username, Password: t.Password, Insecure: t.Insecure,
+			DialTimeout: t.DialTimeout, ResponseHeaderTimeout: t.HeaderTimeout, IdleTimeout: t.IdleTimeout,
+			MaxConcurrent: t.MaxConcurrent, ChunkSize: t.chunkBytes,
+			UserAgent: "wharf/" + versionString(),
+		}, um)
+		if err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
+		targets[t.Name] = client
+	}
 	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg, Logger: log, Pins: cfg.Pins,
-		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark})
+		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark,
+		Targets: targets, JobImages: cfg.Prefetch.Concurrency})
 	if err != nil {
 		return err
 	}
-	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg})
+	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: cfg.API.token})
 	if err != nil {
 		return err
 	}
@@ -160,9 +189,12 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	log.Info("listening", "addr", ln.Addr().String(), "version", versionString(), "root", cfg.Storage.Root)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	if err := c.ResumeJobs(); err != nil { // interrupted prefetch jobs go on
+		log.Error("prefetch jobs not resumed", "error", err)
+	}
+	var serveErr error
 	select {
-	case err := <-errc:
-		return err
+	case serveErr = <-errc:
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "grace", cfg.Server.ShutdownTimeout)
@@ -172,6 +204,6 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		srv.Close()
 		log.Warn("shutdown grace period ended with requests in flight", "error", err)
 	}
-	c.Close(sctx) // fills finish within the same grace, then the index closes
-	return nil
+	c.Close(sctx) // jobs stop, fills finish within the same grace, then the index closes
+	return serveErr
 }
