@@ -14,7 +14,6 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/wharf-registry/wharf/cache"
-	"github.com/wharf-registry/wharf/storage"
 )
 
 // Wharf's own API under /api/v1: prefetch jobs, pins and upstream health.
@@ -139,8 +138,8 @@ func (p *proxy) pins(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return ociError(http.StatusBadRequest, errInvalid, err.Error())
 		}
-		err = p.cache.Unpin(storage.Pin{Upstream: ref.Upstream, Repo: ref.Repo, Ref: ref.Ref})
-		if errors.Is(err, storage.ErrNotFound) {
+		err = p.cache.Unpin(ref.Upstream, ref.Repo, ref.Ref)
+		if errors.Is(err, cache.ErrNotPinned) {
 			return ociError(http.StatusNotFound, errPinUnknown, ref.Source+" is not pinned")
 		}
 		if err != nil {
@@ -153,15 +152,5 @@ func (p *proxy) pins(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	type pin struct {
-		Upstream   string `json:"upstream"`
-		Repository string `json:"repository"`
-		Reference  string `json:"reference"`
-		Digest     string `json:"digest"`
-	}
-	out := make([]pin, 0, len(pins))
-	for _, pn := range pins {
-		out = append(out, pin{pn.Upstream, pn.Repo, pn.Ref, pn.Digest.String()})
-	}
-	return writeJSON(w, r, map[string]any{"pins": out})
+	return writeJSON(w, r, map[string]any{"pins": pins})
 }

@@ -56,7 +56,7 @@ func newTokenServer(t *testing.T, user, pass string) *tokenServer {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
-		scope := r.URL.Query().Get("scope")
+		scope := strings.Join(r.URL.Query()["scope"], " ")
 		ts.mu.Lock()
 		ts.calls = append(ts.calls, scope)
 		tok := fmt.Sprintf("tok-%d", len(ts.calls))

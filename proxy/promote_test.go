@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -559,4 +561,58 @@ func TestPrefetchPins(t *testing.T) {
 		t.Fatalf("unpin: %d %s", r.status, r.body)
 	}
 	wantError(t, p.send(t, http.MethodDelete, "/api/v1/pins?image=proj/app:1.0", "", ""), http.StatusNotFound, "PIN_UNKNOWN")
+}
+
+// A target that hands out bearer tokens, as Harbor does: one token per
+// target repository, for pull and push, serves every request there, and the
+// password only ever reaches the token service.
+func TestPrefetchPushesWithBearerTokens(t *testing.T) {
+	src, dst := upstreamtest.New(t), upstreamtest.New(t)
+	ts := newTokenServer(t, "robot", "s3cret")
+	dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		repo := strings.TrimPrefix(r.URL.Path, "/v2/")
+		repo = repo[:max(strings.Index(repo, "/manifests/"), strings.Index(repo, "/blobs/"), 0)]
+		want := "repository:" + repo + ":pull,push"
+		if scope, ok := ts.scopeOf(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")); ok && slices.Contains(strings.Fields(scope), want) {
+			return false
+		}
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="harbor-b",scope="%s"`, ts.URL, want))
+		w.WriteHeader(http.StatusUnauthorized)
+		return true
+	})
+	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{}, "", 0)
+	p.seed(t)
+	job := p.wait(t, p.submit(t, "application/json", "", promoteAll))
+	if job.State != cache.StateDone {
+		for _, img := range job.Images {
+			t.Log(img.Source, img.State, img.Error)
+		}
+		t.Fatalf("job %s", job.State)
+	}
+	dst.SetHook(nil)
+	onTarget(t, dst, "proj-b/app", "1.0", p.app.Manifest)
+	onTarget(t, dst, "proj-b/multi", "v1", p.multi.Manifest)
+	onTarget(t, dst, "proj-b/tool", "2.0", p.tool.Manifest)
+	// Concurrent first requests may each fetch a token; the scopes asked
+	// for are push scopes, and tool's also covers the layer it mounts.
+	ts.mu.Lock()
+	scopes := map[string]bool{}
+	for _, c := range ts.calls {
+		scopes[c] = true
+	}
+	ts.mu.Unlock()
+	for _, repo := range []string{"app", "multi", "tool"} {
+		if !scopes["repository:proj-b/"+repo+":pull,push"] {
+			t.Errorf("no push token for proj-b/%s: %q", repo, slices.Sorted(maps.Keys(scopes)))
+		}
+	}
+	if len(scopes) != 4 {
+		t.Errorf("token scopes: %q, want 3 push scopes and one mount's", slices.Sorted(maps.Keys(scopes)))
+	}
+	for _, req := range dst.Requests() {
+		if strings.HasPrefix(req.Authorization, "Basic") {
+			t.Fatalf("target received the password: %+v", req)
+		}
+	}
 }
