@@ -244,8 +244,9 @@ func writeJob(w io.Writer, job any) error {
 }
 
 // follow polls the job (each poll waits up to a second on the server for
-// it to end) and shows progress until it has finished: bars redrawn in
-// place on a terminal, a line per finished image otherwise.
+// it to end) and shows progress until it has finished: a line per finished
+// image, and on a terminal a bar per running image and the overall bytes,
+// redrawn in place below them.
 func follow(ctx context.Context, c *apiClient, job cache.Job, w io.Writer, tty bool) (cache.Job, error) {
 	reported := map[int]bool{}
 	drawn := 0
@@ -263,29 +264,22 @@ func follow(ctx context.Context, c *apiClient, job cache.Job, w io.Writer, tty b
 			return job, err
 		}
 		job = next
-		if tty {
-			if drawn > 0 {
-				fmt.Fprintf(w, "\x1b[%dA", drawn) // back to the top of the bars
-			}
-			drawn = drawBars(w, job)
-		} else {
-			for i, img := range job.Images {
-				if finished(img.State) && !reported[i] {
-					reported[i] = true
-					fmt.Fprintln(w, imageLine(img))
-				}
+		if drawn > 0 {
+			fmt.Fprintf(w, "\x1b[%dA\x1b[J", drawn) // up to the first bar, clear below
+			drawn = 0
+		}
+		for i, img := range job.Images {
+			if finished(img.State) && !reported[i] {
+				reported[i] = true
+				fmt.Fprintln(w, imageLine(img))
 			}
 		}
 		if job.Finished != nil {
-			if tty {
-				for _, img := range job.Images {
-					if img.Error != "" {
-						fmt.Fprintf(w, "%s: %s\n", img.Source, img.Error)
-					}
-				}
-			}
 			fmt.Fprintln(w, summary(job))
 			return job, nil
+		}
+		if tty {
+			drawn = drawBars(w, job)
 		}
 	}
 }
@@ -294,26 +288,31 @@ func finished(state string) bool {
 	return state == cache.StateDone || state == cache.StateFailed || state == cache.StateCancelled
 }
 
-// drawBars writes one bar per image and a total line, and returns how many
-// lines it wrote.
+// drawBars writes a bar per running image and a line of overall bytes, and
+// returns how many lines it wrote.
 func drawBars(w io.Writer, job cache.Job) int {
-	const width = 24
+	const width = 30
 	var done, total int64
+	lines, finishedImages := 0, 0
 	for _, img := range job.Images {
 		done, total = done+img.BytesDone, total+img.BytesTotal
+		if finished(img.State) {
+			finishedImages++
+		}
+		if img.State != cache.StateRunning {
+			continue
+		}
 		frac := 0.0
 		if img.BytesTotal > 0 {
 			frac = min(1, float64(img.BytesDone)/float64(img.BytesTotal))
 		}
-		if img.State == cache.StateDone {
-			frac = 1
-		}
 		filled := int(frac * width)
-		fmt.Fprintf(w, "\x1b[2K%-9s [%s%s] %8s  %s\n", img.State, strings.Repeat("#", filled), strings.Repeat(" ", width-filled),
-			humanize.IBytes(uint64(img.BytesTotal)), img.Source)
+		fmt.Fprintf(w, "[%s%s] %9s / %-9s %s\n", strings.Repeat("#", filled), strings.Repeat(" ", width-filled),
+			humanize.IBytes(uint64(img.BytesDone)), humanize.IBytes(uint64(img.BytesTotal)), img.Source)
+		lines++
 	}
-	fmt.Fprintf(w, "\x1b[2K%s of %s\n", humanize.IBytes(uint64(done)), humanize.IBytes(uint64(total)))
-	return len(job.Images) + 1
+	fmt.Fprintf(w, "%d/%d images, %s of %s so far\n", finishedImages, len(job.Images), humanize.IBytes(uint64(done)), humanize.IBytes(uint64(total)))
+	return lines + 1
 }
 
 func imageLine(img *cache.Image) string {
