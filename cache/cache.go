@@ -75,6 +75,9 @@ type Config struct {
 	// JobImages is how many images of one job are copied at once (default
 	// 4); each copies up to 4 blobs at once. At most 2 jobs run at a time.
 	JobImages int
+	// KeepJobs is how many finished prefetch jobs the index keeps (default
+	// 200); older ones are forgotten as new ones are submitted.
+	KeepJobs int
 	// RetryBackoff is the first wait before a job retries a transient
 	// failure (default 1s), doubled for each of up to 3 retries.
 	RetryBackoff time.Duration
@@ -116,6 +119,7 @@ type Cache struct {
 	jobSlots     chan struct{}   // jobs running at once
 	jobImages    int
 	jobBlobs     int
+	keepJobs     int
 	retryBackoff time.Duration
 	closing      atomic.Bool // Close has begun: jobs stop, to be resumed
 	jobsRunning  sync.WaitGroup
@@ -141,6 +145,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		jobSlots:     make(chan struct{}, 2),
 		jobImages:    cmp.Or(cfg.JobImages, 4),
 		jobBlobs:     4,
+		keepJobs:     cmp.Or(cfg.KeepJobs, 200),
 		retryBackoff: cmp.Or(cfg.RetryBackoff, time.Second),
 	}
 	if c.lowWater > c.highWater || c.highWater > 1 || c.lowWater <= 0 {

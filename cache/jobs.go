@@ -155,6 +155,7 @@ func (c *Cache) Submit(spec JobSpec) (Job, error) {
 		job.Images = append(job.Images, img)
 	}
 	r := c.startJob(job)
+	c.prune()
 	return r.snapshot(), nil
 }
 
@@ -315,7 +316,7 @@ func (c *Cache) copyImage(ctx context.Context, r *run, img *Image) {
 		case err != nil:
 			img.State, img.Error = StateFailed, err.Error()
 		default:
-			img.State = StateDone
+			img.State, img.BytesDone = StateDone, img.BytesTotal // resumed chunks may have counted twice
 		}
 	})
 	c.metrics.images.WithLabelValues(img.State).Inc()
@@ -420,18 +421,43 @@ func (c *Cache) Jobs() ([]Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.mu.Lock()
+	live := make(map[string]*run, len(c.jobs))
+	for id, r := range c.jobs {
+		live[id] = r
+	}
+	c.mu.Unlock()
 	jobs := make([]Job, 0, len(docs))
 	for _, doc := range docs {
 		var job Job
 		if json.Unmarshal(doc, &job) != nil {
 			continue
 		}
-		if live, err := c.Job(job.ID); err == nil {
-			job = live
+		if r, ok := live[job.ID]; ok {
+			job = r.snapshot()
 		}
 		jobs = append(jobs, job)
 	}
 	return jobs, nil
+}
+
+// prune forgets the oldest finished jobs beyond Config.KeepJobs.
+func (c *Cache) prune() {
+	jobs, err := c.Jobs()
+	if err != nil {
+		return
+	}
+	var finished []string
+	for _, j := range jobs {
+		if j.Finished != nil {
+			finished = append(finished, j.ID)
+		}
+	}
+	for _, id := range finished[:max(0, len(finished)-c.keepJobs)] {
+		if err := c.store.DeleteJob(id); err != nil {
+			c.log.Warn("old prefetch job not forgotten", "job", id, "error", err)
+		}
+	}
 }
 
 // CancelJob stops job id and returns its final report once it has stopped

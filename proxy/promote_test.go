@@ -616,3 +616,29 @@ func TestPrefetchPushesWithBearerTokens(t *testing.T) {
 		}
 	}
 }
+
+// Finished jobs beyond KeepJobs are forgotten, oldest first.
+func TestPrefetchForgetsOldJobs(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{KeepJobs: 2}, "", 0)
+	p.seed(t)
+	var ids []string
+	for range 4 {
+		id := p.submit(t, "application/json", "", `{"images": ["proj/app:1.0"]}`)
+		p.wait(t, id)
+		ids = append(ids, id)
+	}
+	var list struct{ Jobs []struct{ ID string } }
+	r := p.do(t, http.MethodGet, "/api/v1/jobs")
+	if err := json.Unmarshal(r.body, &list); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, j := range list.Jobs {
+		got = append(got, j.ID)
+	}
+	// The fourth submit found three finished jobs and forgot the oldest.
+	if strings.Join(got, ",") != strings.Join(ids[1:], ",") {
+		t.Fatalf("jobs %q of %q", got, ids)
+	}
+	wantError(t, p.do(t, http.MethodGet, "/api/v1/jobs/"+ids[0]), http.StatusNotFound, "JOB_UNKNOWN")
+}

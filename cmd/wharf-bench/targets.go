@@ -49,8 +49,9 @@ func (b *bench) startDistribution(upstreamURL string) (*target, error) {
 
 var listenRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
 
-// startWharf runs the real binary on a fresh store.
-func (b *bench) startWharf(upstreamURL string) (*target, error) {
+// startWharf runs the real binary on a fresh store; extra is appended to
+// its config.
+func (b *bench) startWharf(upstreamURL string, extra ...string) (*target, error) {
 	dir := b.TempDir()
 	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
 log_level: info
@@ -63,7 +64,7 @@ upstreams:
     default: true
     insecure: true
     tag_ttl: 1h
-`, b.debugListen, filepath.Join(dir, "store"), upstreamURL)
+%s`, b.debugListen, filepath.Join(dir, "store"), upstreamURL, strings.Join(extra, ""))
 	path := filepath.Join(dir, "wharf.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+// promote measures copying the whole data set to a second registry: a
+// Wharf prefetch job with push_to against `crane copy` of each image
+// straight from the upstream (compressed blobs as they are, four images at
+// a time, as a job copies them). Rows: a cold cache and an empty target;
+// the same again (everything already there); a warm cache and a new empty
+// target.
+func (b *bench) promote(up *upstreamtest.Registry, imgs []upstreamtest.Image, set func(scenario, tgt string, v float64)) error {
+	const cold, again, warm = "promote all to a new registry, cold", "promote all again (all present)", "promote all to a new registry, warm cache"
+	newTarget := func() *upstreamtest.Registry { return upstreamtest.New(b, upstreamtest.WithFilesystem(b.TempDir())) }
+	refs := make([]string, len(imgs))
+	for i, img := range imgs {
+		refs[i] = img.Repo + ":" + img.Tag
+	}
+
+	fmt.Fprintln(os.Stderr, "measuring promotion through wharf...")
+	dst, dst2 := newTarget(), newTarget()
+	t, err := b.startWharf(up.URL, fmt.Sprintf("targets:\n  - {name: b, url: %s, insecure: true}\n  - {name: c, url: %s, insecure: true}\n", dst.URL, dst2.URL))
+	if err != nil {
+		return err
+	}
+	defer t.stop()
+	for _, c := range []struct{ scenario, target string }{{cold, "b"}, {again, "b"}, {warm, "c"}} {
+		d, err := b.job(t.url, refs, c.target)
+		if err != nil {
+			return err
+		}
+		set(c.scenario, "wharf", d)
+	}
+	set("promote: peak RSS", "wharf", t.rss())
+	t.stop()
+
+	set("promote: peak RSS", "direct", -1)
+	crane, err := exec.LookPath("crane")
+	if err != nil {
+		crane, err = exec.LookPath("bin/crane") // where make tools puts it
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "crane not found (make tools installs it into bin/): no direct figures for promotion")
+		for _, s := range []string{cold, again, warm} {
+			set(s, "direct", -1)
+		}
+		return nil
+	}
+	fmt.Fprintln(os.Stderr, "measuring promotion with crane copy...")
+	dst = newTarget()
+	copyAll := func() error {
+		return parallel(4, len(refs), func(i int) error {
+			src, to := strings.TrimPrefix(up.URL, "http://")+"/"+refs[i], strings.TrimPrefix(dst.URL, "http://")+"/"+refs[i]
+			if out, err := exec.Command(crane, "copy", "--insecure", src, to).CombinedOutput(); err != nil {
+				return fmt.Errorf("crane copy %s: %v\n%s", refs[i], err, out)
+			}
+			return nil
+		})
+	}
+	for _, s := range []string{cold, again} {
+		d, err := timedErr(copyAll)
+		if err != nil {
+			return err
+		}
+		set(s, "direct", d)
+	}
+	set(warm, "direct", -1) // crane has no cache: the cold figure applies
+	return nil
+}
+
+// job runs one prefetch job to the end and returns its duration.
+func (b *bench) job(url string, refs []string, pushTo string) (float64, error) {
+	body, _ := json.Marshal(map[string]any{"images": refs, "push_to": pushTo})
+	start := time.Now()
+	resp, err := http.Post(url+"/api/v1/prefetch", "application/json", bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	var job struct {
+		ID     string `json:"id"`
+		State  string `json:"state"`
+		Images []struct {
+			Source, Error string
+		} `json:"images"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&job)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		return 0, fmt.Errorf("prefetch: %d %v", resp.StatusCode, err)
+	}
+	resp, err = http.Get(url + "/api/v1/jobs/" + job.ID + "?wait=10m")
+	if err != nil {
+		return 0, err
+	}
+	err = json.NewDecoder(resp.Body).Decode(&job)
+	resp.Body.Close()
+	d := time.Since(start).Seconds()
+	if err != nil || job.State != "done" {
+		return 0, fmt.Errorf("prefetch job %s ended %s: %v %+v", job.ID, job.State, err, job.Images)
+	}
+	return d, nil
+}
+
+func timedErr(f func() error) (float64, error) {
+	start := time.Now()
+	err := f()
+	return time.Since(start).Seconds(), err
+}
