@@ -12,6 +12,8 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
+
+	"github.com/wharf-registry/wharf/upstream"
 )
 
 // fileConfig is the YAML file, key for key. External tools generate these
@@ -44,41 +46,59 @@ type fileConfig struct {
 	} `yaml:"prefetch"`
 }
 
-// credentials are shared by upstreams and targets.
-type credentials struct {
-	Username     string `yaml:"username"`
-	Password     string `yaml:"password"`
-	PasswordFile string `yaml:"password_file"`
+// remote is what upstreams and targets share: a registry, and how to
+// reach and log in to it.
+type remote struct {
+	Name          string        `yaml:"name"`
+	URL           string        `yaml:"url"`
+	Username      string        `yaml:"username"`
+	Password      string        `yaml:"password"`
+	PasswordFile  string        `yaml:"password_file"`
+	Insecure      bool          `yaml:"insecure"`
+	DialTimeout   time.Duration `yaml:"dial_timeout"`
+	HeaderTimeout time.Duration `yaml:"header_timeout"`
+	IdleTimeout   time.Duration `yaml:"idle_timeout"`
+	MaxConcurrent int           `yaml:"max_concurrent"`
+}
+
+// client is the upstream.Client for r.
+func (r *remote) client(m *upstream.Metrics, chunkSize int64) (*upstream.Client, error) {
+	return upstream.New(upstream.Config{
+		Name: r.Name, URL: r.URL, Username: r.Username, Password: r.Password, Insecure: r.Insecure,
+		DialTimeout: r.DialTimeout, ResponseHeaderTimeout: r.HeaderTimeout, IdleTimeout: r.IdleTimeout,
+		MaxConcurrent: r.MaxConcurrent, ChunkSize: chunkSize,
+		UserAgent: "wharf/" + versionString(),
+	}, m)
+}
+
+// validate checks what every remote needs; kind names it in errors.
+func (r *remote) validate(kind string, i int) error {
+	if r.Name == "" || r.URL == "" {
+		return fmt.Errorf("%ss[%d]: name and url are required", kind, i)
+	}
+	if r.MaxConcurrent < 0 {
+		return fmt.Errorf("%s %s: max_concurrent must not be negative", kind, r.Name)
+	}
+	if err := r.resolveSecrets(); err != nil {
+		return fmt.Errorf("%s %s: %w", kind, r.Name, err)
+	}
+	return nil
 }
 
 // targetConfig is a registry prefetch jobs may push to.
 type targetConfig struct {
-	Name          string `yaml:"name"`
-	URL           string `yaml:"url"`
-	credentials   `yaml:",inline"`
-	Insecure      bool          `yaml:"insecure"`
-	DialTimeout   time.Duration `yaml:"dial_timeout"`
-	HeaderTimeout time.Duration `yaml:"header_timeout"`
-	IdleTimeout   time.Duration `yaml:"idle_timeout"`
-	MaxConcurrent int           `yaml:"max_concurrent"`
-	ChunkSize     string        `yaml:"chunk_size"`
-	chunkBytes    int64
+	remote     `yaml:",inline"`
+	ChunkSize  string `yaml:"chunk_size"`
+	chunkBytes int64
 }
 
 type upstreamConfig struct {
-	Name          string         `yaml:"name"`
-	URL           string         `yaml:"url"`
-	Aliases       []string       `yaml:"aliases"`
-	Default       bool           `yaml:"default"`
-	TagTTL        *time.Duration `yaml:"tag_ttl"`
-	NegativeTTL   *time.Duration `yaml:"negative_ttl"`
-	Revalidate    time.Duration  `yaml:"revalidate_timeout"`
-	credentials   `yaml:",inline"`
-	Insecure      bool          `yaml:"insecure"`
-	DialTimeout   time.Duration `yaml:"dial_timeout"`
-	HeaderTimeout time.Duration `yaml:"header_timeout"`
-	IdleTimeout   time.Duration `yaml:"idle_timeout"`
-	MaxConcurrent int           `yaml:"max_concurrent"`
+	remote      `yaml:",inline"`
+	Aliases     []string       `yaml:"aliases"`
+	Default     bool           `yaml:"default"`
+	TagTTL      *time.Duration `yaml:"tag_ttl"`
+	NegativeTTL *time.Duration `yaml:"negative_ttl"`
+	Revalidate  time.Duration  `yaml:"revalidate_timeout"`
 }
 
 // Defaults for tag_ttl and negative_ttl.
@@ -144,8 +164,8 @@ func (c *fileConfig) validate() error {
 	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
-		if u.Name == "" || u.URL == "" {
-			return fmt.Errorf("upstreams[%d]: name and url are required", i)
+		if err := u.validate("upstream", i); err != nil {
+			return err
 		}
 		if strings.ContainsAny(u.Name, "/ ") {
 			return fmt.Errorf("upstream %s: name must be a registry host like ghcr.io, without / or spaces", u.Name)
@@ -164,35 +184,23 @@ func (c *fileConfig) validate() error {
 		if u.Revalidate < 0 {
 			return fmt.Errorf("upstream %s: revalidate_timeout must not be negative", u.Name)
 		}
-		if u.MaxConcurrent < 0 {
-			return fmt.Errorf("upstream %s: max_concurrent must not be negative", u.Name)
-		}
-		if err := u.resolveSecrets(); err != nil {
-			return fmt.Errorf("upstream %s: %w", u.Name, err)
-		}
 	}
 	names := map[string]bool{}
 	for i := range c.Targets {
 		t := &c.Targets[i]
-		if t.Name == "" || t.URL == "" {
-			return fmt.Errorf("targets[%d]: name and url are required", i)
+		if err := t.validate("target", i); err != nil {
+			return err
 		}
 		if names[t.Name] {
 			return fmt.Errorf("target %s is configured twice", t.Name)
 		}
 		names[t.Name] = true
-		if t.MaxConcurrent < 0 {
-			return fmt.Errorf("target %s: max_concurrent must not be negative", t.Name)
-		}
 		if t.ChunkSize != "" {
 			n, err := humanize.ParseBytes(t.ChunkSize)
 			if err != nil || n < 1<<20 {
 				return fmt.Errorf("target %s: chunk_size %q: want a size of at least 1MiB, like 64MiB", t.Name, t.ChunkSize)
 			}
 			t.chunkBytes = int64(n)
-		}
-		if err := t.resolveSecrets(); err != nil {
-			return fmt.Errorf("target %s: %w", t.Name, err)
 		}
 	}
 	if c.Prefetch.Concurrency < 0 {
@@ -217,7 +225,7 @@ var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 // resolveSecrets expands ${VAR} in username and password and reads
 // password_file. A variable that is not set is an error, not an empty
 // password that fails later in a confusing way.
-func (u *credentials) resolveSecrets() error {
+func (u *remote) resolveSecrets() error {
 	var missing []string
 	expand := func(s string) string {
 		return envRef.ReplaceAllStringFunc(s, func(ref string) string {

@@ -125,12 +125,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	var ups []cache.Upstream
 	var routes []proxy.Route
 	for _, u := range cfg.Upstreams {
-		client, err := upstream.New(upstream.Config{
-			Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password, Insecure: u.Insecure,
-			DialTimeout: u.DialTimeout, ResponseHeaderTimeout: u.HeaderTimeout, IdleTimeout: u.IdleTimeout,
-			MaxConcurrent: u.MaxConcurrent,
-			UserAgent:     "wharf/" + versionString(),
-		}, um)
+		client, err := u.client(um, 0)
 		if err != nil {
 			return err
 		}
@@ -141,12 +136,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	}
 	targets := map[string]cache.Target{}
 	for _, t := range cfg.Targets {
-		client, err := upstream.New(upstream.Config{
-			Name: t.Name, URL: t.URL, Username: t.Username, Password: t.Password, Insecure: t.Insecure,
-			DialTimeout: t.DialTimeout, ResponseHeaderTimeout: t.HeaderTimeout, IdleTimeout: t.IdleTimeout,
-			MaxConcurrent: t.MaxConcurrent, ChunkSize: t.chunkBytes,
-			UserAgent: "wharf/" + versionString(),
-		}, um)
+		client, err := t.client(um, t.chunkBytes)
 		if err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
