@@ -316,7 +316,13 @@ func (c *Cache) pushManifests(ctx context.Context, r *run, img *Image, nodes []m
 			return t.PushManifest(ctx, img.TargetRepo, ref, n.desc.MediaType, n.body)
 		})
 		if err != nil {
-			return fmt.Errorf("push manifest %s: %w", targetRef(img.TargetRepo, ref), err)
+			err = fmt.Errorf("push manifest %s: %w", targetRef(img.TargetRepo, ref), err)
+			var skipped int
+			r.update(func(*Job) { skipped = len(img.NotCopied) })
+			if s := status(err); skipped > 0 && s >= 400 && s < 500 {
+				err = fmt.Errorf("%w (the index lists %d children left out by the platform filter; this target wants every child of an index present)", err, skipped)
+			}
+			return err
 		}
 	}
 	return nil

@@ -642,3 +642,28 @@ func TestPrefetchForgetsOldJobs(t *testing.T) {
 	}
 	wantError(t, p.do(t, http.MethodGet, "/api/v1/jobs/"+ids[0]), http.StatusNotFound, "JOB_UNKNOWN")
 }
+
+// With a platform filter the index is still copied verbatim. A target that
+// insists on every child of an index being present, as distribution and
+// Harbor do by default, refuses it: the image fails and says why, and the
+// tag never appears there.
+func TestPrefetchPlatformFilterOnACompleteIndexTarget(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p.seed(t)
+	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/multi:v1"], "platforms": ["linux/amd64"], "push_to": "harbor-b"}`))
+	img := job.Images[0]
+	if job.State != cache.StateFailed || len(img.NotCopied) != 1 || img.NotCopied[0].Platform != "linux/arm64" {
+		t.Fatalf("job %s, not copied %+v", job.State, img.NotCopied)
+	}
+	if !strings.Contains(img.Error, "400") || !strings.Contains(img.Error, "1 children left out by the platform filter") {
+		t.Fatalf("reason: %s", img.Error)
+	}
+	// The amd64 child and its blobs made it; the arm64 ones were never fetched.
+	onTarget(t, p.dst, "proj/multi", p.multi.Images[0].Manifest.Digest.String(), p.multi.Images[0].Manifest)
+	if resp, _ := p.dst.Get(t, http.MethodGet, "/v2/proj/multi/manifests/v1"); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("tag on the target: %d", resp.StatusCode)
+	}
+	if n := p.src.Count(http.MethodGet, "blob"); n != 3 {
+		t.Fatalf("source blob GETs: %d, want the amd64 image's 3", n)
+	}
+}

@@ -183,3 +183,26 @@ func TestPrefetchJobSurvivesKill(t *testing.T) {
 		}
 	}
 }
+
+// On a terminal, --wait redraws a bar per running image and the overall
+// bytes in place, and leaves a line per finished image.
+func TestPrefetchProgressOnATerminal(t *testing.T) {
+	src := upstreamtest.New(t, upstreamtest.WithBandwidth(1<<20)) // 2 MiB take two seconds: bars get drawn
+	src.PushImage(t, "proj/slow", "1", 75, 2, 1<<20, amd64)
+	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot$push", "s3cret"))
+	cfg, token := promoteConfig(t, src, dst)
+	w := startWharf(t, cfg)
+	var stdout, stderr bytes.Buffer
+	err := prefetchCmd([]string{"--server", "http://" + w.addr, "--token-file", token, "--push-to", "harbor-b", "--wait",
+		"harbor-a.example.com/proj/slow:1"}, &stdout, &stderr, true)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	out := stderr.String()
+	for _, want := range []string{"] ", " / 2.0 MiB   harbor-a.example.com/proj/slow:1\n", "0/1 images, ", "\x1b[2A\x1b[J",
+		"done      harbor-a.example.com/proj/slow:1 -> proj/slow:1 ", "done: 1 of 1 images done"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("terminal output lacks %q:\n%q", want, out)
+		}
+	}
+}
