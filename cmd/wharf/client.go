@@ -422,3 +422,35 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(stdout, summary(job))
 	return nil
 }
+
+// pinsCmd lists what prefetch jobs pinned, or unpins one reference.
+func pinsCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pins", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", defaultServer(), "Wharf's address ($WHARF_SERVER)")
+	tokenFile := fs.String("token-file", "", "file holding the API token")
+	unpin := fs.String("unpin", "", "unpin this image reference, as the job named it")
+	rest, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return errors.New("usage: wharf pins [--unpin REF]")
+	}
+	c, err := newAPIClient(*server, *tokenFile)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if *unpin != "" {
+		return c.call(ctx, http.MethodDelete, "/api/v1/pins?"+url.Values{"image": {*unpin}}.Encode(), "", nil, nil)
+	}
+	var list struct{ Pins []cache.Pin }
+	if err := c.call(ctx, http.MethodGet, "/api/v1/pins", "", nil, &list); err != nil {
+		return err
+	}
+	for _, p := range list.Pins {
+		fmt.Fprintf(stdout, "%s/%s %s %s\n", p.Upstream, p.Repository, p.Reference, p.Digest)
+	}
+	return nil
+}

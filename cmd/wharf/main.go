@@ -37,6 +37,8 @@ const usage = `usage:
                                                      warm the cache and copy images to a target
   wharf jobs [--server URL] [--token-file F] [--cancel] [--output json] [ID]
                                                      list prefetch jobs, show or cancel one
+  wharf pins [--server URL] [--token-file F] [--unpin REF]
+                                                     list what jobs pinned against eviction, or unpin
   wharf version                                      print the version
 `
 
@@ -79,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return prefetchCmd(args[1:], stdout, stderr, isTerminal(stderr))
 	case "jobs":
 		return jobsCmd(args[1:], stdout, stderr)
+	case "pins":
+		return pinsCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

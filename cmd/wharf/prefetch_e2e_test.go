@@ -108,6 +108,27 @@ func TestPrefetchPromotesWithCLI(t *testing.T) {
 		}
 	}
 
+	// --pin keeps an image safe from eviction until wharf pins --unpin.
+	if _, stderr, err := wharf(t, "prefetch", "--server", server, "--token-file", token, "--pin", "--wait", "harbor-a.example.com/proj/app:1.0"); err != nil {
+		t.Fatalf("prefetch --pin: %v %s", err, stderr)
+	}
+	pins := func() string {
+		out, stderr, err := wharf(t, "pins", "--server", server, "--token-file", token)
+		if err != nil {
+			t.Fatalf("wharf pins: %v %s", err, stderr)
+		}
+		return out
+	}
+	if got, want := pins(), "harbor-a.example.com/proj/app 1.0 "+app.Manifest.Digest.String()+"\n"; got != want {
+		t.Fatalf("wharf pins: %q, want %q", got, want)
+	}
+	if _, stderr, err := wharf(t, "pins", "--server", server, "--token-file", token, "--unpin", "harbor-a.example.com/proj/app:1.0"); err != nil {
+		t.Fatalf("unpin: %v %s", err, stderr)
+	}
+	if got := pins(); got != "" {
+		t.Fatalf("after unpin: %q", got)
+	}
+
 	// A tag that does not exist fails its image; --wait exits non-zero.
 	_, stderr, err = wharf(t, "prefetch", "--server", server, "--token-file", token, "--wait", "harbor-a.example.com/proj/app:9.9")
 	if err == nil || !strings.Contains(stderr, "failed    harbor-a.example.com/proj/app:9.9") || !strings.Contains(stderr, "ended failed") {
@@ -115,7 +136,7 @@ func TestPrefetchPromotesWithCLI(t *testing.T) {
 	}
 
 	out, _, err = wharf(t, "jobs", "--server", server, "--token-file", token)
-	if err != nil || !strings.Contains(out, job.ID) || strings.Count(out, "\n") != 3 {
+	if err != nil || !strings.Contains(out, job.ID) || strings.Count(out, "\n") != 4 {
 		t.Fatalf("wharf jobs: %v\n%s", err, out)
 	}
 }
