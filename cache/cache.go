@@ -118,7 +118,6 @@ type Cache struct {
 	jobs         map[string]*run // queued or running
 	jobSlots     chan struct{}   // jobs running at once
 	jobImages    int
-	jobBlobs     int
 	keepJobs     int
 	retryBackoff time.Duration
 	closing      atomic.Bool // Close has begun: jobs stop, to be resumed
@@ -144,7 +143,6 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		jobs:         map[string]*run{},
 		jobSlots:     make(chan struct{}, 2),
 		jobImages:    cmp.Or(cfg.JobImages, 4),
-		jobBlobs:     4,
 		keepJobs:     cmp.Or(cfg.KeepJobs, 200),
 		retryBackoff: cmp.Or(cfg.RetryBackoff, time.Second),
 	}

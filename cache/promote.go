@@ -96,14 +96,9 @@ type manifestNode struct {
 // promote makes sure img is cached whole and, with a push target, copies
 // it there: blobs first, then child manifests, then the tagged root.
 func (c *Cache) promote(ctx context.Context, r *run, img *Image) error {
-	var desc ocispec.Descriptor
-	var body []byte
-	err := c.retry(ctx, func() (err error) {
-		desc, body, err = c.Manifest(ctx, img.Upstream, img.Repository, img.Reference)
-		return err
-	})
+	desc, body, err := c.manifest(ctx, img, img.Reference)
 	if err != nil {
-		return fmt.Errorf("manifest %s: %w", img.Source, err)
+		return err
 	}
 	r.update(func(*Job) { img.Digest, img.MediaType, img.NotCopied = desc.Digest, desc.MediaType, nil })
 	if r.job.Pin { // before the blobs land, so that eviction never takes them
@@ -112,172 +107,128 @@ func (c *Cache) promote(ctx context.Context, r *run, img *Image) error {
 			return err
 		}
 	}
-
-	var nodes []manifestNode
-	var blobs []ocispec.Descriptor
-	seen := map[digest.Digest]bool{}
-	var walk func(desc ocispec.Descriptor, body []byte, depth int) error
-	walk = func(desc ocispec.Descriptor, body []byte, depth int) error {
-		m := parseManifest(body)
-		for _, child := range m.Manifests {
-			if !wanted(r.platforms, child.Platform) {
-				sc := SkippedChild{Digest: child.Digest}
-				if child.Platform != nil {
-					sc.Platform = Platform{child.Platform.OS, child.Platform.Architecture, child.Platform.Variant}.String()
-				}
-				r.update(func(*Job) { img.NotCopied = append(img.NotCopied, sc) })
-				continue
-			}
-			if depth >= maxDepth {
-				return fmt.Errorf("%w: indexes nested deeper than %d", ErrBadUpstream, maxDepth)
-			}
-			var cdesc ocispec.Descriptor
-			var cbody []byte
-			err := c.retry(ctx, func() (err error) {
-				cdesc, cbody, err = c.Manifest(ctx, img.Upstream, img.Repository, child.Digest.String())
-				return err
-			})
-			if err != nil {
-				return fmt.Errorf("manifest %s: %w", child.Digest, err)
-			}
-			if err := walk(cdesc, cbody, depth+1); err != nil {
-				return err
-			}
-		}
-		var refs []ocispec.Descriptor
-		if m.Config != nil {
-			refs = append(refs, *m.Config)
-		}
-		for _, b := range append(append(refs, m.Layers...), m.Blobs...) {
-			if seen[b.Digest] || b.Digest.Validate() != nil || len(b.URLs) > 0 {
-				continue // foreign layers live elsewhere; they are not copied
-			}
-			seen[b.Digest] = true
-			blobs = append(blobs, b)
-		}
-		nodes = append(nodes, manifestNode{desc: desc, body: body})
-		return nil
-	}
-	if err := walk(desc, body, 0); err != nil {
+	p := &plan{seen: map[digest.Digest]bool{}}
+	if err := c.walk(ctx, r, img, p, desc, body, 0); err != nil {
 		return err
 	}
 	var total int64
-	for _, b := range blobs {
+	for _, b := range p.blobs {
 		total += b.Size
 	}
 	r.update(func(*Job) { img.BytesTotal = total })
 	c.save(r)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(c.jobBlobs)
-	for _, b := range blobs {
+	g.SetLimit(blobsAtOnce)
+	for _, b := range p.blobs {
 		g.Go(func() error { return c.transferBlob(gctx, r, img, b) })
 	}
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	return c.pushManifests(ctx, r, img, nodes)
+	return c.pushManifests(ctx, r, img, p.nodes)
+}
+
+// blobsAtOnce is how many blobs of one image a job copies at once.
+const blobsAtOnce = 4
+
+// plan is what an image is made of: its manifests, children before their
+// index, and its distinct blobs.
+type plan struct {
+	nodes []manifestNode
+	blobs []ocispec.Descriptor
+	seen  map[digest.Digest]bool
+}
+
+// manifest fetches ref of img through the cache, retrying transient
+// failures.
+func (c *Cache) manifest(ctx context.Context, img *Image, ref string) (desc ocispec.Descriptor, body []byte, err error) {
+	err = c.retry(ctx, func() (err error) {
+		desc, body, err = c.Manifest(ctx, img.Upstream, img.Repository, ref)
+		return err
+	})
+	if err != nil && ref != img.Reference {
+		return desc, nil, fmt.Errorf("manifest %s (in %s): %w", ref, img.Source, err)
+	}
+	if err != nil {
+		return desc, nil, fmt.Errorf("manifest %s: %w", img.Source, err)
+	}
+	return desc, body, nil
+}
+
+// walk adds a manifest, and for an index the children the platform filter
+// lets through, to p; the children it leaves out are noted on img.
+func (c *Cache) walk(ctx context.Context, r *run, img *Image, p *plan, desc ocispec.Descriptor, body []byte, depth int) error {
+	m := parseManifest(body)
+	for _, child := range m.Manifests {
+		if !wanted(r.platforms, child.Platform) {
+			sc := SkippedChild{Digest: child.Digest}
+			if pl := child.Platform; pl != nil {
+				sc.Platform = Platform{pl.OS, pl.Architecture, pl.Variant}.String()
+			}
+			r.update(func(*Job) { img.NotCopied = append(img.NotCopied, sc) })
+			continue
+		}
+		if depth >= maxDepth {
+			return fmt.Errorf("%w: indexes nested deeper than %d", ErrBadUpstream, maxDepth)
+		}
+		cdesc, cbody, err := c.manifest(ctx, img, child.Digest.String())
+		if err != nil {
+			return err
+		}
+		if err := c.walk(ctx, r, img, p, cdesc, cbody, depth+1); err != nil {
+			return err
+		}
+	}
+	var refs []ocispec.Descriptor
+	if m.Config != nil {
+		refs = append(refs, *m.Config)
+	}
+	for _, b := range append(append(refs, m.Layers...), m.Blobs...) {
+		if p.seen[b.Digest] || b.Digest.Validate() != nil || len(b.URLs) > 0 {
+			continue // foreign layers live elsewhere; they are not copied
+		}
+		p.seen[b.Digest] = true
+		p.blobs = append(p.blobs, b)
+	}
+	p.nodes = append(p.nodes, manifestNode{desc: desc, body: body})
+	return nil
+}
+
+// blobCopy is one blob of one image of a job on its way.
+type blobCopy struct {
+	c        *Cache
+	r        *run
+	img      *Image
+	desc     ocispec.Descriptor
+	cached   bool         // stored when the job came to it
+	counted  sync.Once    // fetched bytes are counted once
+	progress atomic.Int64 // bytes read in the current attempt
 }
 
 // transferBlob makes sure one blob is cached and, with a target, on the
 // target: skipped if there, mounted if the target holds it elsewhere,
 // uploaded from the cache otherwise (which fills it once on a miss).
-func (c *Cache) transferBlob(ctx context.Context, r *run, img *Image, b ocispec.Descriptor) error {
-	_, err := c.store.Blob(b.Digest)
-	cached := err == nil
-	if cached {
-		r.update(func(*Job) { img.BytesCached += b.Size })
-	}
-	var count sync.Once
-	fetched := func() { // from upstream, by this job or a client since it looked
-		if !cached {
-			count.Do(func() { r.update(func(*Job) { img.BytesFetched += b.Size }) })
-		}
-	}
-	var progress atomic.Int64
-	open := func(offset int64) (io.ReadCloser, error) {
-		blob, err := c.Blob(ctx, img.Upstream, img.Repository, b.Digest)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := blob.Seek(offset, io.SeekStart); err != nil {
-			blob.Close()
-			return nil, err
-		}
-		return &countingReader{rc: blob, n: func(n int) {
-			progress.Add(int64(n))
-			r.update(func(*Job) { img.BytesDone += int64(n) })
-		}}, nil
-	}
-	// warm reads a blob that is not stored through the fill path.
-	warm := func() error {
-		if _, err := c.store.Blob(b.Digest); err == nil {
-			fetched()
-			r.update(func(*Job) { img.BytesDone += b.Size })
-			return nil
-		}
-		err := c.retry(ctx, func() error {
-			progress.Store(0)
-			rc, err := open(0)
-			if err != nil {
-				return err
-			}
-			defer rc.Close()
-			_, err = io.Copy(io.Discard, rc)
-			if err != nil {
-				r.update(func(*Job) { img.BytesDone -= progress.Load() })
-			}
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("blob %s: %w", b.Digest, err)
-		}
-		fetched()
-		return nil
+func (c *Cache) transferBlob(ctx context.Context, r *run, img *Image, desc ocispec.Descriptor) error {
+	_, err := c.store.Blob(desc.Digest)
+	bc := &blobCopy{c: c, r: r, img: img, desc: desc, cached: err == nil}
+	if bc.cached {
+		r.update(func(*Job) { img.BytesCached += desc.Size })
 	}
 	if r.job.PushTo == "" {
-		return warm()
+		return bc.warm(ctx)
 	}
-	t := c.targets[r.job.PushTo]
-	l := r.lock(b.Digest)
+	l := r.lock(desc.Digest)
 	l.Lock()
 	defer l.Unlock()
-	var outcome string
-	err = c.retry(ctx, func() error {
-		progress.Store(0)
-		_, err := t.StatBlob(ctx, img.TargetRepo, b.Digest)
-		if err == nil {
-			outcome = "skipped"
-			return nil
-		}
-		if status(err) != http.StatusNotFound {
-			return fmt.Errorf("check target: %w", err)
-		}
-		from := c.store.PushedTo(r.job.PushTo, b.Digest)
-		if from == img.TargetRepo {
-			from = ""
-		}
-		mounted, err := t.PushBlob(ctx, img.TargetRepo, b, from, open)
-		if err != nil {
-			r.update(func(*Job) { img.BytesDone -= progress.Load() })
-			return err
-		}
-		outcome = "pushed"
-		if mounted {
-			outcome = "mounted"
-		}
-		return nil
-	})
+	outcome, err := bc.push(ctx)
 	if err != nil {
-		return fmt.Errorf("push blob %s: %w", b.Digest, err)
+		return fmt.Errorf("push blob %s: %w", desc.Digest, err)
 	}
-	if err := c.store.SetPushedTo(r.job.PushTo, b.Digest, img.TargetRepo); err != nil {
+	if err := c.store.SetPushedTo(r.job.PushTo, desc.Digest, img.TargetRepo); err != nil {
 		return err
 	}
 	c.metrics.pushed.WithLabelValues(r.job.PushTo, outcome).Inc()
-	if outcome == "pushed" {
-		c.metrics.pushedBytes.WithLabelValues(r.job.PushTo).Add(float64(b.Size))
-	}
 	r.update(func(*Job) {
 		switch outcome {
 		case "skipped":
@@ -286,14 +237,105 @@ func (c *Cache) transferBlob(ctx context.Context, r *run, img *Image, b ocispec.
 			img.BlobsMounted++
 		default:
 			img.BlobsPushed++
-			img.BytesPushed += b.Size
+			img.BytesPushed += desc.Size
 		}
 	})
 	if outcome == "pushed" {
-		fetched()
+		c.metrics.pushedBytes.WithLabelValues(r.job.PushTo).Add(float64(desc.Size))
+		bc.fetched()
 		return nil
 	}
-	return warm()
+	return bc.warm(ctx) // on the target already; the cache wants it too
+}
+
+// fetched counts the blob as read from upstream (by this job, or by a
+// client since the job looked) unless it was cached to begin with.
+func (bc *blobCopy) fetched() {
+	if !bc.cached {
+		bc.counted.Do(func() { bc.r.update(func(*Job) { bc.img.BytesFetched += bc.desc.Size }) })
+	}
+}
+
+// open reads the blob through the cache from offset on, counting progress.
+func (bc *blobCopy) open(ctx context.Context, offset int64) (io.ReadCloser, error) {
+	blob, err := bc.c.Blob(ctx, bc.img.Upstream, bc.img.Repository, bc.desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := blob.Seek(offset, io.SeekStart); err != nil {
+		blob.Close()
+		return nil, err
+	}
+	return &countingReader{rc: blob, n: func(n int) {
+		bc.progress.Add(int64(n))
+		bc.r.update(func(*Job) { bc.img.BytesDone += int64(n) })
+	}}, nil
+}
+
+// undo takes a failed attempt's bytes back out of the progress.
+func (bc *blobCopy) undo() {
+	n := bc.progress.Swap(0)
+	bc.r.update(func(*Job) { bc.img.BytesDone -= n })
+}
+
+// warm makes sure the blob is stored, reading it through the fill path if
+// it is not.
+func (bc *blobCopy) warm(ctx context.Context) error {
+	if _, err := bc.c.store.Blob(bc.desc.Digest); err == nil {
+		bc.fetched()
+		bc.r.update(func(*Job) { bc.img.BytesDone += bc.desc.Size })
+		return nil
+	}
+	err := bc.c.retry(ctx, func() error {
+		rc, err := bc.open(ctx, 0)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		if _, err = io.Copy(io.Discard, rc); err != nil {
+			bc.undo()
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", bc.desc.Digest, err)
+	}
+	bc.fetched()
+	return nil
+}
+
+// push puts the blob on the target and says how: skipped, mounted or
+// pushed.
+func (bc *blobCopy) push(ctx context.Context) (outcome string, err error) {
+	target, repo := bc.r.job.PushTo, bc.img.TargetRepo
+	t := bc.c.targets[target]
+	err = bc.c.retry(ctx, func() error {
+		bc.progress.Store(0)
+		_, err := t.StatBlob(ctx, repo, bc.desc.Digest)
+		if err == nil {
+			outcome = "skipped"
+			return nil
+		}
+		if status(err) != http.StatusNotFound {
+			return fmt.Errorf("check target: %w", err)
+		}
+		from := bc.c.store.PushedTo(target, bc.desc.Digest)
+		if from == repo {
+			from = ""
+		}
+		open := func(offset int64) (io.ReadCloser, error) { return bc.open(ctx, offset) }
+		mounted, err := t.PushBlob(ctx, repo, bc.desc, from, open)
+		if err != nil {
+			bc.undo()
+			return err
+		}
+		outcome = "pushed"
+		if mounted {
+			outcome = "mounted"
+		}
+		return nil
+	})
+	return outcome, err
 }
 
 // pushManifests puts the image's manifests on the target, children first

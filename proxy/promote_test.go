@@ -196,6 +196,12 @@ func TestPrefetchPushesExactTags(t *testing.T) {
 	if n := p.dst.Count(http.MethodPut, "manifest"); n != 5 {
 		t.Errorf("target manifest PUTs: %d, want 5", n)
 	}
+	if n := metric(t, p.env, "wharf_push_blobs_total"); n != 12 {
+		t.Errorf("wharf_push_blobs_total %v, want 12", n)
+	}
+	if n, want := metric(t, p.env, "wharf_prefetch_images_total"), 3.0; n != want {
+		t.Errorf("wharf_prefetch_images_total %v, want %v", n, want)
+	}
 	for _, img := range job.Images {
 		if img.BytesDone != img.BytesTotal || img.BytesFetched+img.BytesCached != img.BytesTotal || img.BytesFetched == 0 {
 			t.Errorf("%s: %d of %d bytes done, %d fetched, %d cached", img.Source, img.BytesDone, img.BytesTotal, img.BytesFetched, img.BytesCached)
