@@ -154,8 +154,8 @@ func (c *Cache) Submit(spec JobSpec) (Job, error) {
 		}
 		job.Images = append(job.Images, img)
 	}
-	r := c.startJob(job)
 	c.prune()
+	r := c.startJob(job)
 	return r.snapshot(), nil
 }
 

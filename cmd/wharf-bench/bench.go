@@ -184,18 +184,21 @@ func (b *bench) run() (rows []row, err error) {
 		t.stop()
 		set("peak RSS", tg.name, peak)
 	}
-	for _, s := range []string{"promote all to a new registry, cold", "promote all again (all present)", "promote all to a new registry, warm cache", "promote: peak RSS"} {
+	promoteRows := []string{"promote all to a new registry, cold", "promote all again (all present)", "promote all to a new registry, warm cache",
+		"promote: peak RSS", "promote one image of 64 MiB layers: peak RSS", "promote one 512 MiB layer: peak RSS"}
+	for _, s := range promoteRows {
 		set(s, "distribution", -1) // distribution cannot push elsewhere
 	}
 	if err := b.promote(up, append([]upstreamtest.Image{big}, small...), set); err != nil {
 		return nil, err
 	}
 	units := map[string]string{"manifest by tag": "req/s", "manifest by digest": "req/s", "manifest by tag p99": "ms",
-		"manifest by digest p99": "ms", "8 concurrent: upstream bytes / image": "×", "peak RSS": "MiB", "promote: peak RSS": "MiB"}
+		"manifest by digest p99": "ms", "8 concurrent: upstream bytes / image": "×", "peak RSS": "MiB", "promote: peak RSS": "MiB",
+		"promote one image of 64 MiB layers: peak RSS": "MiB", "promote one 512 MiB layer: peak RSS": "MiB"}
 	order := []string{"cold pull, 4 × 64 MiB", "warm pull, 4 × 64 MiB", "8 concurrent cold pulls", "8 concurrent: upstream bytes / image",
 		"50 images × 3 × 1 MiB, cold", "50 images × 3 × 1 MiB, warm", "manifest by tag", "manifest by tag p99",
-		"manifest by digest", "manifest by digest p99", "peak RSS",
-		"promote all to a new registry, cold", "promote all again (all present)", "promote all to a new registry, warm cache", "promote: peak RSS"}
+		"manifest by digest", "manifest by digest p99", "peak RSS"}
+	order = append(order, promoteRows...)
 	for _, s := range order {
 		u := units[s]
 		if u == "" {

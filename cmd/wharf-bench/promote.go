@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
@@ -44,6 +46,25 @@ func (b *bench) promote(up *upstreamtest.Registry, imgs []upstreamtest.Image, se
 	set("promote: peak RSS", "wharf", t.rss())
 	t.stop()
 
+	// Memory must not grow with blob size: one 512 MiB layer through a
+	// fresh Wharf (chunked, 64 MiB at a time) against the big image's
+	// 64 MiB layers.
+	for _, c := range []struct {
+		scenario string
+		ref      string
+	}{{"promote one image of 64 MiB layers: peak RSS", refs[0]}, {"promote one 512 MiB layer: peak RSS", b.hugeImage(up)}} {
+		t, err := b.startWharf(up.URL, fmt.Sprintf("targets:\n  - {name: b, url: %s, insecure: true}\n", newTarget().URL))
+		if err != nil {
+			return err
+		}
+		if _, err := b.job(t.url, []string{c.ref}, "b"); err != nil {
+			return err
+		}
+		set(c.scenario, "wharf", t.rss())
+		set(c.scenario, "direct", -1)
+		t.stop()
+	}
+
 	set("promote: peak RSS", "direct", -1)
 	crane, err := exec.LookPath("crane")
 	if err != nil {
@@ -76,6 +97,13 @@ func (b *bench) promote(up *upstreamtest.Registry, imgs []upstreamtest.Image, se
 	}
 	set(warm, "direct", -1) // crane has no cache: the cold figure applies
 	return nil
+}
+
+// hugeImage pushes an image of one 512 MiB layer and returns its reference.
+func (b *bench) hugeImage(up *upstreamtest.Registry) string {
+	l := upstreamtest.NewBlob(upstreamtest.Random(7, 512<<20))
+	up.PushLayers(b, "bench/huge", "v1", []upstreamtest.Blob{l}, []digest.Digest{l.Digest}, amd64)
+	return "bench/huge:v1"
 }
 
 // job runs one prefetch job to the end and returns its duration.
