@@ -94,6 +94,7 @@ type Image struct {
 	Finished     *time.Time     `json:"finished,omitempty"`
 	Seconds      float64        `json:"seconds,omitempty"`
 	Error        string         `json:"error,omitempty"`
+	index        int            // in Job.Images, and so in the index
 }
 
 // SkippedChild is a child of an index left out by the platform filter.
@@ -140,11 +141,11 @@ func (c *Cache) Submit(spec JobSpec) (Job, error) {
 	for _, p := range spec.Platforms {
 		job.Platforms = append(job.Platforms, p.String())
 	}
-	for _, ref := range spec.Images {
+	for i, ref := range spec.Images {
 		if _, err := c.upstream(ref.Upstream); err != nil {
 			return Job{}, err
 		}
-		img := &Image{Source: ref.Source, Upstream: ref.Upstream, Repository: ref.Repo, Reference: ref.Ref, Tag: ref.Tag, State: StateQueued}
+		img := &Image{index: i, Source: ref.Source, Upstream: ref.Upstream, Repository: ref.Repo, Reference: ref.Ref, Tag: ref.Tag, State: StateQueued}
 		if spec.PushTo != "" {
 			if ref.TargetRepo == "" {
 				return Job{}, fmt.Errorf("image %s has no target repository", ref.Source)
@@ -175,8 +176,8 @@ func (c *Cache) ResumeJobs() error {
 		return err
 	}
 	for _, doc := range docs {
-		var job Job
-		if err := json.Unmarshal(doc, &job); err != nil {
+		job, err := decodeJob(doc)
+		if err != nil {
 			c.log.Warn("prefetch job unreadable; skipped", "error", err)
 			continue
 		}
@@ -199,7 +200,7 @@ func (c *Cache) startJob(job Job) *run {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &run{job: job, cancel: cancel, done: make(chan struct{}), locks: map[digest.Digest]*sync.Mutex{},
 		platforms: parsePlatforms(job.Platforms)}
-	c.save(r)
+	c.saveAll(r)
 	c.mu.Lock()
 	c.jobs[job.ID] = r
 	c.jobsRunning.Add(1)
@@ -262,7 +263,7 @@ func (c *Cache) runJob(ctx context.Context, r *run) {
 		}
 		j.State = settle(j.Images)
 	})
-	c.save(r)
+	c.saveAll(r)
 	snap := r.snapshot()
 	c.log.Info("prefetch job finished", "job", snap.ID, "state", snap.State, "images", len(snap.Images))
 }
@@ -301,7 +302,7 @@ func (c *Cache) copyImage(ctx context.Context, r *run, img *Image) {
 		img.BytesDone, img.BytesFetched, img.BytesCached, img.BytesPushed = 0, 0, 0, 0
 		img.BlobsPushed, img.BlobsSkipped, img.BlobsMounted = 0, 0, 0
 	})
-	c.save(r)
+	c.save(r, img)
 	err := c.promote(ctx, r, img)
 	if c.closing.Load() && !r.isCancelled() {
 		r.update(func(*Job) { img.State = StateQueued })
@@ -323,7 +324,7 @@ func (c *Cache) copyImage(ctx context.Context, r *run, img *Image) {
 	if err != nil && !r.isCancelled() {
 		c.log.Warn("prefetch image failed", "job", r.job.ID, "image", img.Source, "error", err)
 	}
-	c.save(r)
+	c.save(r, img)
 }
 
 func (r *run) update(fn func(*Job)) {
@@ -365,19 +366,46 @@ func (r *run) lock(dgst digest.Digest) *sync.Mutex {
 	return l
 }
 
-// save writes the report to the index. A failed write is logged: the job
-// goes on, and at worst a restart repeats some of its work.
-func (c *Cache) save(r *run) {
+// save writes the job's own record and those of imgs to the index. A
+// failed write is logged: the job goes on, and at worst a restart repeats
+// some of its work.
+func (c *Cache) save(r *run, imgs ...*Image) {
 	r.mu.Lock()
-	doc, err := json.Marshal(r.job)
-	id := r.job.ID
+	head := r.job
+	head.Images = nil
+	doc, err := json.Marshal(head)
+	docs := make(map[int][]byte, len(imgs))
+	for _, img := range imgs {
+		if err == nil {
+			docs[img.index], err = json.Marshal(img)
+		}
+	}
 	r.mu.Unlock()
 	if err == nil {
-		err = c.store.PutJob(id, doc)
+		err = c.store.PutJob(head.ID, doc, docs)
 	}
 	if err != nil {
-		c.log.Error("prefetch job not saved", "job", id, "error", err)
+		c.log.Error("prefetch job not saved", "job", head.ID, "error", err)
 	}
+}
+
+// saveAll writes the job and every image.
+func (c *Cache) saveAll(r *run) { c.save(r, r.job.Images...) }
+
+// decodeJob reads a job back from its records.
+func decodeJob(doc storage.JobDoc) (Job, error) {
+	var job Job
+	if err := json.Unmarshal(doc.Job, &job); err != nil {
+		return Job{}, err
+	}
+	job.Images = make([]*Image, len(doc.Images))
+	for i, d := range doc.Images {
+		job.Images[i] = &Image{index: i}
+		if err := json.Unmarshal(d, job.Images[i]); err != nil {
+			return Job{}, err
+		}
+	}
+	return job, nil
 }
 
 // Job returns the report of job id.
@@ -395,8 +423,7 @@ func (c *Cache) Job(id string) (Job, error) {
 	if err != nil {
 		return Job{}, err
 	}
-	var job Job
-	return job, json.Unmarshal(doc, &job)
+	return decodeJob(doc)
 }
 
 // WaitJob returns the report of job id once it has finished, or as it
@@ -429,8 +456,8 @@ func (c *Cache) Jobs() ([]Job, error) {
 	c.mu.Unlock()
 	jobs := make([]Job, 0, len(docs))
 	for _, doc := range docs {
-		var job Job
-		if json.Unmarshal(doc, &job) != nil {
+		job, err := decodeJob(doc)
+		if err != nil {
 			continue
 		}
 		if r, ok := live[job.ID]; ok {

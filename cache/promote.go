@@ -116,7 +116,7 @@ func (c *Cache) promote(ctx context.Context, r *run, img *Image) error {
 		total += b.Size
 	}
 	r.update(func(*Job) { img.BytesTotal = total })
-	c.save(r)
+	c.save(r, img)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(blobsAtOnce)

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/dgraph-io/badger/v4"
@@ -9,56 +10,119 @@ import (
 )
 
 // Prefetch jobs, pins and where pushed blobs live on push targets. The
-// store keeps these as opaque documents: what a job is belongs to the cache.
+// store keeps jobs as opaque documents, what a job is belongs to the cache:
+// one for the job and one per image, so that a step of one image of a
+// large job rewrites a few hundred bytes, not the whole job.
 const (
-	prefixJob    = "j\x00" // j <id>                   → job document (JSON)
-	prefixPin    = "p\x00" // p <up> <repo> <ref>      → digest (string)
-	prefixPushed = "x\x00" // x <target> <digest>      → repository (string)
+	prefixJob      = "j\x00" // j <id>                   → job document (JSON)
+	prefixJobImage = "i\x00" // i <id> <index, 6 digits> → image document (JSON)
+	prefixPin      = "p\x00" // p <up> <repo> <ref>      → digest (string)
+	prefixPushed   = "x\x00" // x <target> <digest>      → repository (string)
 )
 
-// PutJob stores the document of job id, replacing any earlier one.
-func (s *Store) PutJob(id string, doc []byte) error {
-	return s.db.Update(func(txn *badger.Txn) error { return txn.Set(key(prefixJob, id), doc) })
+// JobDoc is a job's stored documents: the job's own and its images', in
+// order.
+type JobDoc struct {
+	Job    []byte
+	Images [][]byte
 }
 
-// Job returns the document of job id, or ErrNotFound.
-func (s *Store) Job(id string) ([]byte, error) {
-	var doc []byte
+func jobImageKey(id string, i int) []byte { return key(prefixJobImage, id, fmt.Sprintf("%06d", i)) }
+
+// PutJob stores the document of job id and those of the images given by
+// index, in one transaction. Images not given keep their documents.
+func (s *Store) PutJob(id string, job []byte, images map[int][]byte) error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Set(key(prefixJob, id), job); err != nil {
+			return err
+		}
+		for i, doc := range images {
+			if err := txn.Set(jobImageKey(id, i), doc); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Job returns the documents of job id, or ErrNotFound.
+func (s *Store) Job(id string) (JobDoc, error) {
+	var doc JobDoc
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(key(prefixJob, id))
 		if err != nil {
 			return err
 		}
-		doc, err = item.ValueCopy(nil)
+		if doc.Job, err = item.ValueCopy(nil); err != nil {
+			return err
+		}
+		doc.Images, err = jobImages(txn, id)
 		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, ErrNotFound
+		return JobDoc{}, ErrNotFound
 	}
 	return doc, err
 }
 
-// Jobs returns every job document, in id order.
-func (s *Store) Jobs() ([][]byte, error) {
+func jobImages(txn *badger.Txn, id string) ([][]byte, error) {
 	var docs [][]byte
+	prefix := key(prefixJobImage, id, "")
+	it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: prefix})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		doc, err := it.Item().ValueCopy(nil)
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, doc)
+	}
+	return docs, nil
+}
+
+// Jobs returns the documents of every job, in id order.
+func (s *Store) Jobs() ([]JobDoc, error) {
+	var docs []JobDoc
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixJob)})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			doc, err := it.Item().ValueCopy(nil)
+			job, err := it.Item().ValueCopy(nil)
 			if err != nil {
 				return err
 			}
-			docs = append(docs, doc)
+			images, err := jobImages(txn, string(it.Item().Key()[len(prefixJob):]))
+			if err != nil {
+				return err
+			}
+			docs = append(docs, JobDoc{Job: job, Images: images})
 		}
 		return nil
 	})
 	return docs, err
 }
 
-// DeleteJob forgets job id.
+// DeleteJob forgets job id and its images.
 func (s *Store) DeleteJob(id string) error {
-	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(key(prefixJob, id)) })
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	if err := wb.Delete(key(prefixJob, id)); err != nil {
+		return err
+	}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: key(prefixJobImage, id, "")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := wb.Delete(it.Item().KeyCopy(nil)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return wb.Flush()
 }
 
 // Pin is a manifest reference (tag or digest) of one upstream repository
