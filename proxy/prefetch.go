@@ -294,13 +294,7 @@ func (p *proxy) jobSpec(req prefetchRequest) (cache.JobSpec, error) {
 		seen[key] = i
 		if req.PushTo != "" {
 			ref.TargetRepo = ref.Repo
-			name := strings.TrimPrefix(s, "/")
-			for _, rn := range req.Rename {
-				if rest, ok := strings.CutPrefix(name, rn.From); ok && rn.From != "" {
-					ref.TargetRepo = rn.To + trimRef(rest)
-					break
-				}
-			}
+			ref.TargetRepo = renamed(req.Rename, ref, s)
 			if !validName(ref.TargetRepo) {
 				ps.add(errcode.ErrorCodeNameInvalid, item, s, "target repository "+strconv.Quote(ref.TargetRepo)+" is not a valid name")
 				continue
@@ -315,6 +309,21 @@ func (p *proxy) jobSpec(req prefetchRequest) (cache.JobSpec, error) {
 		spec.Images = append(spec.Images, ref)
 	}
 	return spec, ps.err()
+}
+
+// renamed is the target repository of ref: the first rename whose from is
+// a prefix of the reference as written (s) or of its routed form,
+// <upstream>/<repo>, replaces that prefix with its to; no match keeps the
+// repository path.
+func renamed(rules []rename, ref cache.ImageRef, s string) string {
+	for _, rn := range rules {
+		for _, name := range []string{trimRef(s), ref.Upstream + "/" + ref.Repo} {
+			if rest, ok := strings.CutPrefix(name, rn.From); ok && rn.From != "" {
+				return rn.To + rest
+			}
+		}
+	}
+	return ref.Repo
 }
 
 // trimRef cuts the :tag or @digest off a reference's remainder.
