@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -274,6 +275,14 @@ func (p *proxy) jobSpec(req prefetchRequest) (cache.JobSpec, error) {
 			ps.add(errInvalid, fmt.Sprintf("rename[%d]", i), rn.From, "rename needs a from prefix")
 		}
 	}
+	spec.Images = p.imageRefs(req, &ps)
+	return spec, ps.err()
+}
+
+// imageRefs routes each image of req and names its target repository,
+// noting each bad, duplicate or colliding one in ps.
+func (p *proxy) imageRefs(req prefetchRequest, ps *problems) []cache.ImageRef {
+	var refs []cache.ImageRef
 	seen, targets := map[string]int{}, map[string]int{}
 	for i, s := range req.Images {
 		item := fmt.Sprintf("images[%d]", i)
@@ -293,22 +302,21 @@ func (p *proxy) jobSpec(req prefetchRequest) (cache.JobSpec, error) {
 		}
 		seen[key] = i
 		if req.PushTo != "" {
-			ref.TargetRepo = ref.Repo
 			ref.TargetRepo = renamed(req.Rename, ref, s)
 			if !validName(ref.TargetRepo) {
 				ps.add(errcode.ErrorCodeNameInvalid, item, s, "target repository "+strconv.Quote(ref.TargetRepo)+" is not a valid name")
 				continue
 			}
-			t := ref.TargetRepo + ":" + ref.Tag + "@" + ref.Ref
+			t := ref.TargetRepo + " " + cmp.Or(ref.Tag, ref.Ref) // what the push names
 			if j, dup := targets[t]; dup {
 				ps.add(errInvalid, item, s, fmt.Sprintf("pushes to the same target as images[%d]", j))
 				continue
 			}
 			targets[t] = i
 		}
-		spec.Images = append(spec.Images, ref)
+		refs = append(refs, ref)
 	}
-	return spec, ps.err()
+	return refs
 }
 
 // renamed is the target repository of ref: the first rename whose from is

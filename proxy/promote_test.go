@@ -315,6 +315,8 @@ func TestPrefetchRejectsBadInput(t *testing.T) {
 		{"too large", "text/plain", strings.Repeat("harbor-a.example.com/proj/app:1.0\n", 40000), []string{" INVALID"}},
 		{"rename without target", "application/json", `{"images": ["proj/app:1.0"], "rename": [{"from": "a", "to": "b"}]}`, []string{"rename INVALID"}},
 		{"bad rename", "application/json", `{"images": ["proj/app:1.0"], "push_to": "harbor-b", "rename": [{"from": "proj/", "to": "UP/"}]}`, []string{"images[0] NAME_INVALID"}},
+		{"same target", "application/json", `{"images": ["proj/app:1.0", "proj/tool:1.0@sha256:` + strings.Repeat("ab", 32) + `"], "push_to": "harbor-b",
+			"rename": [{"from": "harbor-a.example.com/proj/tool", "to": "proj/app"}]}`, []string{"images[1] INVALID"}},
 		{"semver", "application/yaml", "harbor-a.example.com:\n  images-by-semver:\n    proj/app: '>= 1.0'\n", []string{"harbor-a.example.com/proj/app INVALID"}},
 		{"bad regex", "application/yaml", "harbor-a.example.com:\n  images-by-tag-regex:\n    proj/app: '(('\n", []string{"harbor-a.example.com/proj/app INVALID"}},
 	} {
@@ -431,6 +433,15 @@ func TestPrefetchTextAndSyncYAML(t *testing.T) {
 	}
 	// One tag list, the two tool tags, tool's 2 blobs of its own.
 	wantCounts(t, p.src, map[string]int{"GET tags": 1, "GET manifest": 2, "GET blob": 2})
+
+	// An empty tag list means every tag there is.
+	p.src.Reset()
+	job = p.wait(t, p.submit(t, "application/yaml", "", "harbor-a.example.com:\n  images:\n    proj/multi: []\n"))
+	if job.State != cache.StateDone || len(job.Images) != 1 || job.Images[0].Source != "harbor-a.example.com/proj/multi:v1" {
+		t.Fatalf("all tags: %s %+v", job.State, job.Images)
+	}
+	// The list, then the amd64 child the arm64-only job left out, and its 3 blobs.
+	wantCounts(t, p.src, map[string]int{"GET tags": 1, "GET manifest": 1, "GET blob": 3})
 }
 
 // A large blob goes in chunks; a chunk that fails is resumed from what the
