@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -193,7 +194,7 @@ func New(t T, opts ...Option) *Registry {
 	if o.rate > 0 {
 		r.link = &link{rate: o.rate}
 	}
-	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		r.requests = append(r.requests, Request{Method: req.Method, Path: req.URL.Path, Query: req.URL.RawQuery, Authorization: req.Header.Get("Authorization"), Range: req.Header.Get("Range")})
 		hook := r.hook
@@ -204,6 +205,8 @@ func New(t T, opts ...Option) *Registry {
 		}
 		app.ServeHTTP(w, req)
 	}))
+	r.Server.Config.ErrorLog = log.New(io.Discard, "", 0) // distribution's complaints about cut requests
+	r.Server.Start()
 	t.Cleanup(r.Server.Close)
 	return r
 }
