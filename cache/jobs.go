@@ -171,7 +171,7 @@ func targetRef(repo, ref string) string {
 // ones a shutdown or a crash interrupted. Images already done stay done;
 // the others start over, and blobs already on the target are skipped.
 func (c *Cache) ResumeJobs() error {
-	docs, err := c.store.Jobs()
+	docs, err := c.store.Jobs(true)
 	if err != nil {
 		return err
 	}
@@ -444,7 +444,7 @@ func (c *Cache) WaitJob(ctx context.Context, id string) (Job, error) {
 
 // Jobs returns every job's report, oldest first.
 func (c *Cache) Jobs() ([]Job, error) {
-	docs, err := c.store.Jobs()
+	docs, err := c.store.Jobs(true)
 	if err != nil {
 		return nil, err
 	}
@@ -470,13 +470,14 @@ func (c *Cache) Jobs() ([]Job, error) {
 
 // prune forgets the oldest finished jobs beyond Config.KeepJobs.
 func (c *Cache) prune() {
-	jobs, err := c.Jobs()
+	docs, err := c.store.Jobs(false)
 	if err != nil {
 		return
 	}
 	var finished []string
-	for _, j := range jobs {
-		if j.Finished != nil {
+	for _, doc := range docs {
+		var j Job
+		if json.Unmarshal(doc.Job, &j) == nil && j.Finished != nil {
 			finished = append(finished, j.ID)
 		}
 	}

@@ -80,22 +80,25 @@ func jobImages(txn *badger.Txn, id string) ([][]byte, error) {
 	return docs, nil
 }
 
-// Jobs returns the documents of every job, in id order.
-func (s *Store) Jobs() ([]JobDoc, error) {
+// Jobs returns the documents of every job, in id order; without images
+// only the jobs' own.
+func (s *Store) Jobs(images bool) ([]JobDoc, error) {
 	var docs []JobDoc
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixJob)})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			job, err := it.Item().ValueCopy(nil)
-			if err != nil {
+			doc := JobDoc{}
+			var err error
+			if doc.Job, err = it.Item().ValueCopy(nil); err != nil {
 				return err
 			}
-			images, err := jobImages(txn, string(it.Item().Key()[len(prefixJob):]))
-			if err != nil {
-				return err
+			if images {
+				if doc.Images, err = jobImages(txn, string(it.Item().Key()[len(prefixJob):])); err != nil {
+					return err
+				}
 			}
-			docs = append(docs, JobDoc{Job: job, Images: images})
+			docs = append(docs, doc)
 		}
 		return nil
 	})

@@ -23,7 +23,10 @@ func TestJobRecords(t *testing.T) {
 	if err != nil || string(doc.Job) != "A1" || string(join(doc.Images)) != "a0 a1' a10" {
 		t.Fatalf("job a: %v %s %s", err, doc.Job, join(doc.Images))
 	}
-	all, err := s.Jobs()
+	if heads, err := s.Jobs(false); err != nil || len(heads) != 2 || heads[0].Images != nil {
+		t.Fatalf("job headers: %v %d", err, len(heads))
+	}
+	all, err := s.Jobs(true)
 	if err != nil || len(all) != 2 || string(all[1].Job) != "B0" || string(join(all[1].Images)) != "b0" {
 		t.Fatalf("jobs: %v %d", err, len(all))
 	}
