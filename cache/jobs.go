@@ -171,17 +171,22 @@ func targetRef(repo, ref string) string {
 // ones a shutdown or a crash interrupted. Images already done stay done;
 // the others start over, and blobs already on the target are skipped.
 func (c *Cache) ResumeJobs() error {
-	docs, err := c.store.Jobs(true)
+	heads, err := c.store.Jobs(false)
 	if err != nil {
 		return err
 	}
-	for _, doc := range docs {
-		job, err := decodeJob(doc)
-		if err != nil {
-			c.log.Warn("prefetch job unreadable; skipped", "error", err)
+	for _, head := range heads {
+		var j Job
+		if err := json.Unmarshal(head.Job, &j); err != nil {
+			c.log.Warn("prefetch job unreadable; not resumed", "error", err)
 			continue
 		}
-		if job.State != StateQueued && job.State != StateRunning {
+		if j.State != StateQueued && j.State != StateRunning {
+			continue
+		}
+		job, err := c.Job(j.ID)
+		if err != nil {
+			c.log.Warn("prefetch job unreadable; not resumed", "job", j.ID, "error", err)
 			continue
 		}
 		for _, img := range job.Images {
