@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+// wharf prefetch: submit a job and follow it.
+
+// prefetchCmd submits a job and, with --wait, follows it to the end.
+func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
+	fs := flag.NewFlagSet("prefetch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", defaultServer(), "Wharf's address ($WHARF_SERVER)")
+	tokenFile := fs.String("token-file", "", "file holding the API token (api.token_file on the server)")
+	pushTo := fs.String("push-to", "", "push target, as named in the server's config")
+	file := fs.String("f", "", "list of images: text (one per line), skopeo sync YAML (.yml/.yaml) or JSON (.json); - for stdin")
+	wait := fs.Bool("wait", false, "follow the job until it ends; exit 1 unless every image is done")
+	pin := fs.Bool("pin", false, "pin the images against eviction")
+	output := fs.String("output", "text", "text or json (the final job, with --wait)")
+	var platforms, renames listFlag
+	fs.Var(&platforms, "platform", "copy only this platform's children of an index, os/arch[/variant] (repeatable)")
+	fs.Var(&renames, "rename", "map source repositories starting with FROM to target ones starting with TO, FROM=TO (repeatable)")
+	refs, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if (*file == "") == (len(refs) == 0) {
+		return errors.New("usage: wharf prefetch [flags] (-f FILE | REF...)")
+	}
+	if *output != "text" && *output != "json" {
+		return fmt.Errorf("--output %q: want text or json", *output)
+	}
+	c, err := newAPIClient(*server, *tokenFile)
+	if err != nil {
+		return err
+	}
+	body, contentType, q, err := prefetchRequest(*file, refs, *pushTo, platforms, renames, *pin)
+	if err != nil {
+		return err
+	}
+	path := "/api/v1/prefetch"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	ctx := context.Background()
+	var job cache.Job
+	if err := c.call(ctx, http.MethodPost, path, contentType, body, &job); err != nil {
+		return err
+	}
+	if !*wait {
+		if *output == "json" {
+			return writeJob(stdout, job)
+		}
+		fmt.Fprintln(stdout, job.ID)
+		fmt.Fprintf(stderr, "job %s accepted: %d images; follow it with wharf jobs %s\n", job.ID, len(job.Images), job.ID)
+		return nil
+	}
+	fmt.Fprintf(stderr, "job %s: %d images\n", job.ID, len(job.Images))
+	job, err = follow(ctx, c, job, stderr, tty)
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		if err := writeJob(stdout, job); err != nil {
+			return err
+		}
+	}
+	if job.State != cache.StateDone {
+		return fmt.Errorf("job %s ended %s", job.ID, job.State)
+	}
+	return nil
+}
+
+// prefetchRequest builds the request: the -f file as it is, with the
+// options as query parameters, or a JSON body of the references and
+// options.
+func prefetchRequest(file string, refs []string, pushTo string, platforms, renames []string, pin bool) (body []byte, contentType string, q url.Values, err error) {
+	q = url.Values{}
+	if file != "" {
+		if body, contentType, err = readList(file); err != nil {
+			return nil, "", nil, err
+		}
+		if pushTo != "" {
+			q.Set("push_to", pushTo)
+		}
+		q["platform"], q["rename"] = platforms, renames
+		if pin {
+			q.Set("pin", "true")
+		}
+		return body, contentType, q, nil
+	}
+	req := map[string]any{"images": refs, "push_to": pushTo, "platforms": platforms, "pin": pin}
+	var rn []map[string]string
+	for _, r := range renames {
+		from, to, ok := strings.Cut(r, "=")
+		if !ok {
+			return nil, "", nil, fmt.Errorf("--rename %q: want FROM=TO", r)
+		}
+		rn = append(rn, map[string]string{"from": from, "to": to})
+	}
+	req["rename"] = rn
+	body, err = json.Marshal(req)
+	return body, "application/json", q, err
+}
+
+// readList reads -f and picks its Content-Type from the file name.
+func readList(name string) ([]byte, string, error) {
+	var b []byte
+	var err error
+	if name == "-" {
+		b, err = io.ReadAll(os.Stdin)
+	} else {
+		b, err = os.ReadFile(name)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".yml", ".yaml":
+		return b, "application/yaml", nil
+	case ".json":
+		return b, "application/json", nil
+	}
+	return b, "text/plain", nil
+}
+
+func writeJob(w io.Writer, job any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(job)
+}
+
+// follow polls the job (each poll waits up to a second on the server for
+// it to end) and shows progress until it has finished: a line per finished
+// image, and on a terminal a bar per running image and the overall bytes,
+// redrawn in place below them.
+func follow(ctx context.Context, c *apiClient, job cache.Job, w io.Writer, tty bool) (cache.Job, error) {
+	reported := map[int]bool{}
+	drawn := 0
+	for {
+		var err error
+		var next cache.Job
+		for attempt := 0; ; attempt++ {
+			err = c.call(ctx, http.MethodGet, "/api/v1/jobs/"+job.ID+"?wait=1s", "", nil, &next)
+			if err == nil || attempt == 5 {
+				break
+			}
+			time.Sleep(time.Second) // a restarting server: the job resumes, keep following
+		}
+		if err != nil {
+			return job, err
+		}
+		job = next
+		if drawn > 0 {
+			fmt.Fprintf(w, "\x1b[%dA\x1b[J", drawn) // up to the first bar, clear below
+			drawn = 0
+		}
+		for i, img := range job.Images {
+			if finished(img.State) && !reported[i] {
+				reported[i] = true
+				fmt.Fprintln(w, imageLine(img))
+			}
+		}
+		if job.Finished != nil {
+			fmt.Fprintln(w, summary(job))
+			return job, nil
+		}
+		if tty {
+			drawn = drawBars(w, job)
+		}
+	}
+}
+
+func finished(state string) bool {
+	return state == cache.StateDone || state == cache.StateFailed || state == cache.StateCancelled
+}
+
+// drawBars writes a bar per running image and a line of overall bytes, and
+// returns how many lines it wrote.
+func drawBars(w io.Writer, job cache.Job) int {
+	const width = 30
+	var done, total int64
+	lines, finishedImages := 0, 0
+	for _, img := range job.Images {
+		done, total = done+img.BytesDone, total+img.BytesTotal
+		if finished(img.State) {
+			finishedImages++
+		}
+		if img.State != cache.StateRunning {
+			continue
+		}
+		frac := 0.0
+		if img.BytesTotal > 0 {
+			frac = min(1, float64(img.BytesDone)/float64(img.BytesTotal))
+		}
+		filled := int(frac * width)
+		fmt.Fprintf(w, "[%s%s] %9s / %-9s %s\n", strings.Repeat("#", filled), strings.Repeat(" ", width-filled),
+			humanize.IBytes(uint64(img.BytesDone)), humanize.IBytes(uint64(img.BytesTotal)), img.Source)
+		lines++
+	}
+	fmt.Fprintf(w, "%d/%d images, %s of %s so far\n", finishedImages, len(job.Images), humanize.IBytes(uint64(done)), humanize.IBytes(uint64(total)))
+	return lines + 1
+}
+
+func imageLine(img *cache.Image) string {
+	s := fmt.Sprintf("%-9s %s", img.State, img.Source)
+	if img.Target != "" {
+		s += " -> " + img.Target
+	}
+	if img.Digest != "" {
+		s += " " + img.Digest.String()
+	}
+	s += fmt.Sprintf(" (%s fetched, %s cached", humanize.IBytes(uint64(img.BytesFetched)), humanize.IBytes(uint64(img.BytesCached)))
+	if img.Target != "" {
+		s += fmt.Sprintf("; blobs %d pushed, %d skipped, %d mounted", img.BlobsPushed, img.BlobsSkipped, img.BlobsMounted)
+	}
+	s += fmt.Sprintf(", %.1fs)", img.Seconds)
+	if img.Error != "" {
+		s += ": " + img.Error
+	}
+	return s
+}
+
+func summary(job cache.Job) string {
+	counts := map[string]int{}
+	var fetched, pushed int64
+	for _, img := range job.Images {
+		counts[img.State]++
+		fetched += img.BytesFetched
+		pushed += img.BytesPushed
+	}
+	s := fmt.Sprintf("job %s %s: %d of %d images done", job.ID, job.State, counts[cache.StateDone], len(job.Images))
+	if n := counts[cache.StateFailed]; n > 0 {
+		s += fmt.Sprintf(", %d failed", n)
+	}
+	if n := counts[cache.StateCancelled]; n > 0 {
+		s += fmt.Sprintf(", %d cancelled", n)
+	}
+	s += fmt.Sprintf("; %s fetched from upstream", humanize.IBytes(uint64(fetched)))
+	if job.PushTo != "" {
+		s += fmt.Sprintf(", %s pushed to %s", humanize.IBytes(uint64(pushed)), job.PushTo)
+	}
+	if job.Started != nil && job.Finished != nil {
+		s += fmt.Sprintf(" in %s", job.Finished.Sub(*job.Started).Round(100*time.Millisecond))
+	}
+	return s
+}
