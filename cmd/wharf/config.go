@@ -185,6 +185,12 @@ func (c *fileConfig) validate() error {
 			return fmt.Errorf("upstream %s: revalidate_timeout must not be negative", u.Name)
 		}
 	}
+	return c.validatePrefetch()
+}
+
+// validatePrefetch checks the push targets, the API token and the
+// prefetch settings.
+func (c *fileConfig) validatePrefetch() error {
 	names := map[string]bool{}
 	for i := range c.Targets {
 		t := &c.Targets[i]

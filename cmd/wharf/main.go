@@ -125,26 +125,9 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	um := upstream.NewMetrics(reg)
-	var ups []cache.Upstream
-	var routes []proxy.Route
-	for _, u := range cfg.Upstreams {
-		client, err := u.client(um, 0)
-		if err != nil {
-			return err
-		}
-		ups = append(ups, cache.Upstream{Name: u.Name, Source: client, TagTTL: *u.TagTTL,
-			NegativeTTL: *u.NegativeTTL, RevalidateTimeout: u.Revalidate})
-		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default,
-			Status: func() any { return client.Health() }})
-	}
-	targets := map[string]cache.Target{}
-	for _, t := range cfg.Targets {
-		client, err := t.client(um, t.chunkBytes)
-		if err != nil {
-			return fmt.Errorf("target: %w", err)
-		}
-		targets[t.Name] = client
+	ups, routes, targets, err := remotes(cfg, upstream.NewMetrics(reg))
+	if err != nil {
+		return err
 	}
 	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg, Logger: log, Pins: cfg.Pins,
 		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark,
@@ -200,4 +183,28 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	}
 	c.Close(sctx) // jobs stop, fills finish within the same grace, then the index closes
 	return serveErr
+}
+
+// remotes builds a client per upstream and per target: the cache's
+// upstreams, the proxy's routes and the jobs' push targets.
+func remotes(cfg *fileConfig, um *upstream.Metrics) (ups []cache.Upstream, routes []proxy.Route, targets map[string]cache.Target, err error) {
+	for _, u := range cfg.Upstreams {
+		client, err := u.client(um, 0)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		ups = append(ups, cache.Upstream{Name: u.Name, Source: client, TagTTL: *u.TagTTL,
+			NegativeTTL: *u.NegativeTTL, RevalidateTimeout: u.Revalidate})
+		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default,
+			Status: func() any { return client.Health() }})
+	}
+	targets = map[string]cache.Target{}
+	for _, t := range cfg.Targets {
+		client, err := t.client(um, t.chunkBytes)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("target: %w", err)
+		}
+		targets[t.Name] = client
+	}
+	return ups, routes, targets, nil
 }
