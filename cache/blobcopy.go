@@ -26,6 +26,12 @@ type blobCopy struct {
 // target: skipped if there, mounted if the target holds it elsewhere,
 // uploaded from the cache otherwise (which fills it once on a miss).
 func (c *Cache) transferBlob(ctx context.Context, r *run, img *Image, desc ocispec.Descriptor) error {
+	select {
+	case c.transfers <- struct{}{}:
+		defer func() { <-c.transfers }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	_, err := c.store.Blob(desc.Digest)
 	bc := &blobCopy{c: c, r: r, img: img, desc: desc, cached: err == nil}
 	if bc.cached {

@@ -75,6 +75,9 @@ type Config struct {
 	// JobImages is how many images of one job are copied at once (default
 	// 4); each copies up to 4 blobs at once. At most 2 jobs run at a time.
 	JobImages int
+	// JobTransfers bounds the blobs all jobs copy at once (default 8), so
+	// that clients keep most of each upstream's request slots.
+	JobTransfers int
 	// KeepJobs is how many finished prefetch jobs the index keeps (default
 	// 200); older ones are forgotten as new ones are submitted.
 	KeepJobs int
@@ -118,6 +121,7 @@ type Cache struct {
 	jobs         map[string]*run // queued or running
 	jobSlots     chan struct{}   // jobs running at once
 	jobImages    int
+	transfers    chan struct{} // blob copies of all jobs at once
 	keepJobs     int
 	retryBackoff time.Duration
 	closing      atomic.Bool // Close has begun: jobs stop, to be resumed
@@ -143,6 +147,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		jobs:         map[string]*run{},
 		jobSlots:     make(chan struct{}, 2),
 		jobImages:    cmp.Or(cfg.JobImages, 4),
+		transfers:    make(chan struct{}, cmp.Or(cfg.JobTransfers, 8)),
 		keepJobs:     cmp.Or(cfg.KeepJobs, 200),
 		retryBackoff: cmp.Or(cfg.RetryBackoff, time.Second),
 	}

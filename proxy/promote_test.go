@@ -686,3 +686,42 @@ func TestPrefetchPlatformFilterOnACompleteIndexTarget(t *testing.T) {
 		t.Fatalf("source blob GETs: %d, want the amd64 image's 3", n)
 	}
 }
+
+// All jobs together copy at most JobTransfers blobs at once, leaving the
+// rest of an upstream's request slots to pulling clients.
+func TestPrefetchBoundsTransfers(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{JobTransfers: 2}, "", 0)
+	p.seed(t)
+	var mu sync.Mutex
+	inflight, peak := 0, 0
+	entered, release := make(chan struct{}, 64), make(chan struct{}, 64)
+	p.src.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+			return false
+		}
+		mu.Lock()
+		inflight++
+		peak = max(peak, inflight)
+		mu.Unlock()
+		entered <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		mu.Lock()
+		inflight--
+		mu.Unlock()
+		return false
+	})
+	id := p.submit(t, "application/json", "", `{"images": ["proj/app:1.0", "proj/multi:v1", "proj/tool:2.0"]}`)
+	for range 11 { // one blob let through as each arrives
+		<-entered
+		release <- struct{}{}
+	}
+	if job := p.wait(t, id); job.State != cache.StateDone {
+		t.Fatalf("job %s", job.State)
+	}
+	if peak > 2 {
+		t.Fatalf("%d blob fetches at once, want at most 2", peak)
+	}
+}

@@ -43,6 +43,7 @@ type fileConfig struct {
 	} `yaml:"api"`
 	Prefetch struct {
 		Concurrency int `yaml:"concurrency"`
+		Transfers   int `yaml:"transfers"`
 	} `yaml:"prefetch"`
 }
 
@@ -209,8 +210,8 @@ func (c *fileConfig) validatePrefetch() error {
 			t.chunkBytes = int64(n)
 		}
 	}
-	if c.Prefetch.Concurrency < 0 {
-		return errors.New("prefetch.concurrency must not be negative")
+	if c.Prefetch.Concurrency < 0 || c.Prefetch.Transfers < 0 {
+		return errors.New("prefetch.concurrency and prefetch.transfers must not be negative")
 	}
 	if f := c.API.TokenFile; f != "" {
 		b, err := os.ReadFile(f)

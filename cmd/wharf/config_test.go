@@ -59,6 +59,7 @@ func TestConfigErrors(t *testing.T) {
 		{base + "api: {token_file: /nonexistent/token}\n", "api.token_file"},
 		{base + "api: {token_file: " + secret + "}\n", "at least 16 characters"},
 		{base + "prefetch: {concurrency: -2}\n", "prefetch.concurrency"},
+		{base + "prefetch: {transfers: -1}\n", "prefetch.transfers must not be negative"},
 	}
 	for _, c := range cases {
 		_, err := loadConfig(writeConfig(t, c.body))

@@ -131,7 +131,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	}
 	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg, Logger: log, Pins: cfg.Pins,
 		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark,
-		Targets: targets, JobImages: cfg.Prefetch.Concurrency})
+		Targets: targets, JobImages: cfg.Prefetch.Concurrency, JobTransfers: cfg.Prefetch.Transfers})
 	if err != nil {
 		return err
 	}
