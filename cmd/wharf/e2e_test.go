@@ -37,15 +37,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// tool returns the path of a client the end-to-end tests drive; `make test`
-// installs them all, so a missing one is a failure, not a skip.
+// tool returns the path of a client the end-to-end tests drive: `make
+// test` installs them all, so a missing one fails in CI and skips elsewhere.
 func tool(t *testing.T, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found: run `make tools` (or `make test`, which installs it)", name)
-	}
-	return p
+	return upstreamtest.Tool(t, name)
 }
 
 var listenRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
@@ -193,10 +189,8 @@ func TestSkopeoAndCrane(t *testing.T) {
 }
 
 func TestContainerdPullThroughHostsToml(t *testing.T) {
+	upstreamtest.NeedRoot(t, "a private containerd daemon")
 	containerd, ctr := tool(t, "containerd"), tool(t, "ctr")
-	if os.Geteuid() != 0 {
-		t.Fatal("containerd needs root; CI runs as root")
-	}
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/busybox", "1.36", 62, 2, 64<<10, amd64)
 	addr := startWharf(t, mirrorConfig(t.TempDir(), up.URL)).addr
