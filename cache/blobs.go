@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 
 	"github.com/opencontainers/go-digest"
@@ -28,7 +29,8 @@ func (c *Cache) authorize(ctx context.Context, u Upstream, repo string, dgst dig
 	if err != nil {
 		return classify(err)
 	}
-	return c.store.AddMembers(u.Name, repo, dgst)
+	c.keep("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
+	return nil
 }
 
 // StatBlob describes blob dgst of repo without transferring it. A blob that
@@ -48,9 +50,7 @@ func (c *Cache) StatBlob(ctx context.Context, up, repo string, dgst digest.Diges
 	if err != nil {
 		return ocispec.Descriptor{}, classify(err)
 	}
-	if err := c.store.AddMembers(u.Name, repo, dgst); err != nil {
-		return ocispec.Descriptor{}, err
-	}
+	c.keep("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
 	return desc, nil
 }
 
@@ -79,6 +79,19 @@ func (c *Cache) Blob(ctx context.Context, up, repo string, dgst digest.Digest) (
 	if err != nil {
 		return nil, err
 	}
+	b, err := c.openBlob(ctx, u, repo, dgst)
+	if errors.Is(err, errFillDone) {
+		// The fill ended between our look and our join without storing
+		// the blob (the store could not take it): once more, from upstream.
+		b, err = c.openBlob(ctx, u, repo, dgst)
+	}
+	if errors.Is(err, errFillDone) {
+		return nil, fmt.Errorf("%w: blob %s could not be stored", ErrUnavailable, dgst)
+	}
+	return b, err
+}
+
+func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (*Blob, error) {
 	if b, err := c.openStored(ctx, u, repo, dgst); !errors.Is(err, storage.ErrNotFound) {
 		return b, err
 	}
@@ -101,7 +114,11 @@ func (c *Cache) Blob(ctx context.Context, up, repo string, dgst digest.Digest) (
 	}
 	r, err := f.open(ctx)
 	if errors.Is(err, errFillDone) {
-		return c.openStored(ctx, u, repo, dgst)
+		b, err := c.openStored(ctx, u, repo, dgst)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, errFillDone
+		}
+		return b, err
 	}
 	if err != nil {
 		return nil, err

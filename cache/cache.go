@@ -218,5 +218,16 @@ func classify(err error) error {
 	}
 }
 
+// keep reports a failure to store something an answer does not depend on
+// (a verified manifest, an index record): the client is answered anyway,
+// and the failure is logged and counted (what: manifest or index).
+func (c *Cache) keep(what string, err error, attrs ...any) {
+	if err == nil {
+		return
+	}
+	c.metrics.storeFailed.WithLabelValues(what).Inc()
+	c.log.Warn("not stored; answered anyway", append(attrs, "what", what, "error", err)...)
+}
+
 // Repositories lists what the store holds, for the catalog.
 func (c *Cache) Repositories() ([]storage.Repository, error) { return c.store.Repositories() }

@@ -36,7 +36,13 @@ func (c *Cache) maybeEvict() {
 }
 
 func (c *Cache) evict() {
-	pinned := c.pinnedDigests()
+	pinned, err := c.pinnedDigests()
+	if err != nil {
+		// Without the pins anything could go: evict nothing this time.
+		c.metrics.failed.WithLabelValues("evict").Inc()
+		c.log.Error("eviction skipped: the pinned content could not be listed", "error", err)
+		return
+	}
 	keep := func(d digest.Digest) bool {
 		if pinned[d] {
 			return true
@@ -55,6 +61,7 @@ func (c *Cache) evict() {
 	}
 	if err != nil {
 		c.metrics.failed.WithLabelValues("evict").Inc()
+		c.log.Error("eviction stopped", "error", err)
 	}
 }
 
@@ -74,36 +81,57 @@ func (c *Cache) pinned(up, repo, tag string) bool {
 
 // pinnedDigests is everything pinned tags need: their manifests and, for
 // indexes, every child, with configs and layers. Pins come from the config
-// (patterns) and from prefetch jobs (references, kept in the index).
-func (c *Cache) pinnedDigests() map[digest.Digest]bool {
+// (patterns) and from prefetch jobs (references, kept in the index). A pin
+// that cannot be read is an error, never "nothing pinned".
+func (c *Cache) pinnedDigests() (map[digest.Digest]bool, error) {
 	set := map[digest.Digest]bool{}
-	var walk func(d digest.Digest, depth int)
-	walk = func(d digest.Digest, depth int) {
-		if set[d] || depth > 4 {
-			return
+	var walk func(d digest.Digest, depth int) error
+	walk = func(d digest.Digest, depth int) error {
+		if set[d] || depth > maxDepth {
+			return nil
 		}
 		set[d] = true
 		body, _, err := c.store.ReadSmall(d, MaxManifestSize)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil // not stored: nothing below it to keep
+		}
 		if err != nil {
-			return // a blob, or not stored: nothing below it
+			return fmt.Errorf("pinned manifest %s: %w", d, err)
 		}
-		for _, child := range parseManifest(body).digests() {
-			walk(child, depth+1)
+		m := parseManifest(body)
+		for _, b := range m.blobs() {
+			set[b.Digest] = true
 		}
+		for _, child := range m.Manifests {
+			if err := walk(child.Digest, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	if len(c.pins) > 0 {
-		tags, _ := c.store.AllTags()
+		tags, err := c.store.AllTags()
+		if err != nil {
+			return nil, err
+		}
 		for _, t := range tags {
 			if c.pinned(t.Upstream, t.Repo, t.Tag) {
-				walk(t.Digest, 0)
+				if err := walk(t.Digest, 0); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
-	pins, _ := c.store.Pins()
-	for _, p := range pins {
-		walk(p.Digest, 0)
+	pins, err := c.store.Pins()
+	if err != nil {
+		return nil, err
 	}
-	return set
+	for _, p := range pins {
+		if err := walk(p.Digest, 0); err != nil {
+			return nil, err
+		}
+	}
+	return set, nil
 }
 
 // Pin is a reference a prefetch job pinned, and the content it pins.

@@ -122,10 +122,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		return classify(err)
 	}
 	// Upstream just showed that repo holds the blob.
-	if err := c.store.AddMembers(u.Name, repo, f.dgst); err != nil {
-		rc.Close()
-		return err
-	}
+	c.keep("index", c.store.AddMembers(u.Name, repo, f.dgst), "repository", repo, "digest", f.dgst)
 	f.size, f.mediaType = size, "application/octet-stream"
 	w, err := c.store.Create(f.dgst, "")
 	if err != nil {
@@ -188,8 +185,11 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	}
 	f.verify()
 	if err := w.Commit(size); err != nil {
+		// Every byte verified and stays readable through the open temporary
+		// file: the readers finish, only the store misses out.
 		c.metrics.failed.WithLabelValues("storage").Inc()
-		return err
+		c.log.Error("verified blob not stored; its readers are served", "digest", f.dgst, "error", err)
+		return nil
 	}
 	c.maybeEvict()
 	return nil
@@ -263,7 +263,8 @@ func (f *fill) release() {
 	}
 }
 
-// errFillDone tells a late reader that the blob is in the store now.
+// errFillDone tells a late reader that the fill has ended: the blob is in
+// the store now, or could not be stored and must be fetched again.
 var errFillDone = errors.New("fill complete")
 
 // open waits until the fill has started and returns a reader at offset 0.

@@ -130,6 +130,11 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
+	if c.now().Sub(ti.Checked) < u.TagTTL {
+		// Resolved by a flight that ended just before this one began.
+		c.metrics.result(u.Name, "manifest", true)
+		return desc, body, nil
+	}
 	hctx, cancel := context.WithTimeout(ctx, u.RevalidateTimeout)
 	head, _, err := u.Source.Manifest(hctx, repo, tag, true)
 	cancel()
@@ -143,9 +148,7 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 		return desc, body, nil
 	case head.Digest == ti.Digest:
 		ti.Checked = c.now()
-		if err := c.store.PutTag(u.Name, repo, tag, ti); err != nil {
-			return ocispec.Descriptor{}, nil, err
-		}
+		c.keep("index", c.store.PutTag(u.Name, repo, tag, ti), "repository", repo, "tag", tag)
 		c.metrics.result(u.Name, "manifest", true)
 		return desc, body, nil
 	}
@@ -209,20 +212,19 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 	desc = ocispec.Descriptor{MediaType: mt, Digest: got, Size: int64(len(body))}
 	// Membership first: once the manifest is visible in the store, a
 	// by-digest request for it must not have to ask upstream again.
-	if err := c.store.AddMembers(u.Name, repo, append(refs.digests(), got)...); err != nil {
-		return ocispec.Descriptor{}, nil, err
-	}
+	// The bytes verified: whatever the store cannot keep, the client still
+	// gets its answer.
+	c.keep("index", c.store.AddMembers(u.Name, repo, append(refs.digests(), got)...), "repository", repo, "digest", got)
 	if err := c.putBlob(got, mt, body); err != nil {
-		return ocispec.Descriptor{}, nil, err
+		c.keep("manifest", err, "repository", repo, "digest", got)
+		return desc, body, nil // a tag must not point at a manifest the store lacks
 	}
 	if want == "" {
 		tags = append(tags, ref)
 	}
 	for _, tag := range tags {
 		ti := storage.TagInfo{Digest: got, MediaType: mt, Size: desc.Size, Checked: c.now()}
-		if err := c.store.PutTag(u.Name, repo, tag, ti); err != nil {
-			return ocispec.Descriptor{}, nil, err
-		}
+		c.keep("index", c.store.PutTag(u.Name, repo, tag, ti), "repository", repo, "tag", tag)
 	}
 	return desc, body, nil
 }
@@ -262,6 +264,22 @@ func parseManifest(body []byte) manifestRefs {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	_ = dec.Decode(&m) // an unparseable manifest refers to nothing
 	return m
+}
+
+// blobs lists the config, layers and blobs of a manifest: what it needs
+// besides child manifests and its subject.
+func (m manifestRefs) blobs() []ocispec.Descriptor {
+	var out []ocispec.Descriptor
+	descs := append(slices.Clone(m.Layers), m.Blobs...)
+	if m.Config != nil {
+		descs = append(descs, *m.Config)
+	}
+	for _, d := range descs {
+		if d.Digest.Validate() == nil {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // digests lists the valid digests the manifest refers to.

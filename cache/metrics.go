@@ -14,6 +14,7 @@ type metrics struct {
 	passthrough  prometheus.Counter
 	resumed      prometheus.Counter
 	failed       *prometheus.CounterVec // reason
+	storeFailed  *prometheus.CounterVec // what
 	stale        *prometheus.CounterVec // upstream
 	evicted      *prometheus.CounterVec // reason
 	evictedBytes prometheus.Counter
@@ -75,6 +76,10 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 			Name: "wharf_fill_failures_total",
 			Help: "Blob fills that did not enter the store, by reason (upstream, digest, storage).",
 		}, []string{"reason"}),
+		storeFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_store_failures_total",
+			Help: "Verified manifests (what=manifest) and index records (what=index) the store could not keep; their requests were answered anyway.",
+		}, []string{"what"}),
 		jobs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wharf_prefetch_jobs_running",
 			Help: "Prefetch jobs running now.",
@@ -103,7 +108,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 		Name: "wharf_store_blobs",
 		Help: "Blobs in the store.",
 	}, func() float64 { _, n := store.Size(); return float64(n) })
-	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, m.jobs, m.images, m.pushed, m.pushedBytes, size, count} {
+	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, m.jobs, m.images, m.pushed, m.pushedBytes, size, count} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

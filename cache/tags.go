@@ -21,9 +21,7 @@ func (c *Cache) Tags(ctx context.Context, up, repo string) ([]string, error) {
 	if err = classify(err); err == nil {
 		slices.Sort(tags)
 		tags = slices.Compact(tags)
-		if err := c.store.PutTagList(u.Name, repo, tags); err != nil {
-			return nil, err
-		}
+		c.keep("index", c.store.PutTagList(u.Name, repo, tags), "repository", repo)
 		return tags, nil
 	}
 	if !errors.Is(err, ErrUnavailable) {
@@ -57,5 +55,6 @@ func (c *Cache) Referrers(ctx context.Context, up, repo string, dgst digest.Dige
 		return storage.Document{}, err
 	}
 	doc = storage.Document{MediaType: mt, Body: body, Checked: c.now()}
-	return doc, c.store.PutReferrers(u.Name, repo, dgst, artifactType, doc)
+	c.keep("index", c.store.PutReferrers(u.Name, repo, dgst, artifactType, doc), "repository", repo, "digest", dgst)
+	return doc, nil
 }

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
@@ -22,9 +25,9 @@ type Problem struct {
 
 // CheckOptions tune Check.
 type CheckOptions struct {
-	// Verify hashes stored blobs; Sample picks which (1 of every Sample,
-	// by digest, so repeated runs cover different blobs only if Sample
-	// changes; 0 or 1: all).
+	// Verify hashes stored blobs; Sample picks which: one in every Sample
+	// in digest order, from a random start, so that repeated runs cover
+	// different blobs (0 or 1: all). Orphans are always verified.
 	Verify bool
 	Sample int
 	// Repair fixes what it finds: orphans that verify are indexed, corrupt
@@ -66,10 +69,14 @@ func (s *Store) Check(opts CheckOptions) ([]Problem, error) {
 			opts.Progress(done, total)
 		}
 	}
-	for dgst, size := range files {
+	order := slices.Sorted(maps.Keys(files))
+	sample := max(opts.Sample, 1)
+	start := rand.IntN(sample)
+	for i, dgst := range order {
+		size := files[dgst]
 		bi, indexed := records[dgst]
 		delete(records, dgst)
-		verify := opts.Verify && (opts.Sample <= 1 || dgst.Encoded()[0]%byte(opts.Sample) == 0)
+		verify := opts.Verify && (i+start)%sample == 0
 		if !indexed || verify {
 			if err := s.verifyFile(dgst, size); err != nil {
 				problems = append(problems, Problem{dgst, "corrupt", err.Error()})
@@ -168,18 +175,32 @@ func (s *Store) removeBlob(dgst digest.Digest) error {
 	}
 	os.Remove(filepath.Dir(p)) // the <hex> directory, if now empty
 	s.small.remove(dgst)
+	// Read and delete the record in one transaction, so that of two
+	// removals of one blob only the one that deleted it changes the totals.
 	var bi BlobInfo
-	if err := s.get(blobKey(dgst), &bi); errors.Is(err, ErrNotFound) {
-		return nil
-	} else if err != nil {
-		return err
+	deleted := false
+	err = retryConflict(func() error {
+		deleted = false
+		return s.db.Update(func(txn *badger.Txn) error {
+			item, err := txn.Get(blobKey(dgst))
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
+				return err
+			}
+			deleted = true
+			return txn.Delete(blobKey(dgst))
+		})
+	})
+	if err == nil && deleted {
+		s.size.Add(-bi.Size)
+		s.blobs.Add(-1)
 	}
-	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(blobKey(dgst)) }); err != nil {
-		return err
-	}
-	s.size.Add(-bi.Size)
-	s.blobs.Add(-1)
-	return nil
+	return err
 }
 
 // Adopt indexes a blob file that is on disk but missing from the index (a

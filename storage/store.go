@@ -52,12 +52,6 @@ func Open(root string) (*Store, error) {
 		tags:    newLRU[string](tagCache, func(TagInfo) int { return 1 }),
 		members: newLRU[string](memberCache, func(struct{}) int { return 1 }),
 	}
-	if err := os.RemoveAll(s.tmpDir()); err != nil {
-		return nil, fmt.Errorf("clean temp dir: %w", err)
-	}
-	if err := os.MkdirAll(s.tmpDir(), 0o755); err != nil {
-		return nil, fmt.Errorf("create store: %w", err)
-	}
 	opts := badger.DefaultOptions(filepath.Join(root, "index")).
 		WithLogger(nil).
 		WithMemTableSize(8 << 20).
@@ -71,6 +65,17 @@ func Open(root string) (*Store, error) {
 		return nil, fmt.Errorf("open index: %w", err)
 	}
 	s.db = db
+	// Only now, holding the index's lock, is this the only store on root:
+	// a second process opening a live root fails above and must not remove
+	// the temporary files of the fills running in the first.
+	if err := os.RemoveAll(s.tmpDir()); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("clean temp dir: %w", err)
+	}
+	if err := os.MkdirAll(s.tmpDir(), 0o755); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("create store: %w", err)
+	}
 	if err := s.countBlobs(); err != nil {
 		db.Close()
 		return nil, err
@@ -140,20 +145,29 @@ func (s *Store) Blob(dgst digest.Digest) (BlobInfo, error) {
 func (s *Store) recordBlob(dgst digest.Digest, size int64, mediaType string) error {
 	key := blobKey(dgst)
 	fresh := false
-	var err error
-	for range 3 { // two commits of one blob at once conflict; the retry sees the other's record
-		err = s.db.Update(func(txn *badger.Txn) error {
+	err := retryConflict(func() error { // the retry of a conflict sees the other's record
+		return s.db.Update(func(txn *badger.Txn) error {
 			_, err := txn.Get(key)
 			fresh = errors.Is(err, badger.ErrKeyNotFound)
 			return setJSON(txn, key, BlobInfo{Size: size, MediaType: mediaType, Accessed: time.Now()})
 		})
-		if !errors.Is(err, badger.ErrConflict) {
-			break
-		}
-	}
+	})
 	if err == nil && fresh {
 		s.size.Add(size)
 		s.blobs.Add(1)
+	}
+	return err
+}
+
+// retryConflict runs a read-modify-write transaction again when it
+// conflicted with a concurrent one (two commits or removals of one blob),
+// a few times.
+func retryConflict(update func() error) error {
+	var err error
+	for range 5 {
+		if err = update(); !errors.Is(err, badger.ErrConflict) {
+			return err
+		}
 	}
 	return err
 }

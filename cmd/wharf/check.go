@@ -25,6 +25,9 @@ func check(args []string, stdout, stderr io.Writer, isTerminal bool) error {
 	if *path == "" || fs.NArg() > 0 {
 		return errors.New("usage: wharf check --config FILE [--repair] [--sample N]")
 	}
+	if *sample < 0 {
+		return fmt.Errorf("--sample %d: want 0 (verify none), 1 (all) or N (one in N)", *sample)
+	}
 	cfg, err := loadConfig(*path)
 	if err != nil {
 		return err

@@ -1,0 +1,92 @@
+package cache
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wharf-registry/wharf/storage"
+)
+
+// newTestCache is a cache over a fresh store under root, for logic that
+// needs no upstream (or brings its own in cfg).
+func newTestCache(t *testing.T, cfg Config) (c *Cache, store *storage.Store, root string) {
+	t.Helper()
+	root = t.TempDir()
+	store, err := storage.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Registerer = prometheus.NewRegistry()
+	c, err = New(store, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close(t.Context())
+		store.Close()
+	})
+	return c, store, root
+}
+
+func putBlob(t *testing.T, s *storage.Store, data []byte, mediaType string) digest.Digest {
+	t.Helper()
+	d := digest.FromBytes(data)
+	w, err := s.Create(d, mediaType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(data)
+	if err := w.Commit(int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func dataPath(root string, d digest.Digest) string {
+	return filepath.Join(root, "docker/registry/v2/blobs", string(d.Algorithm()), d.Encoded()[:2], d.Encoded(), "data")
+}
+
+// Eviction never goes ahead without knowing what is pinned: when the pinned
+// content cannot be read, nothing is evicted and the failure is counted.
+func TestEvictionStopsWhenPinsCannotBeRead(t *testing.T) {
+	c, store, root := newTestCache(t, Config{MaxSize: 1000, HighWater: 0.5, LowWater: 0.1})
+	pinnedLayer := putBlob(t, store, make([]byte, 300), "")
+	manifest := fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":%q,"config":{"digest":%q,"size":300},"layers":[]}`,
+		ocispec.MediaTypeImageManifest, pinnedLayer)
+	md := putBlob(t, store, manifest, ocispec.MediaTypeImageManifest)
+	if err := store.AddPin(storage.Pin{Upstream: "u", Repo: "r", Ref: "1", Digest: md}); err != nil {
+		t.Fatal(err)
+	}
+	free := putBlob(t, store, make([]byte, 400), "")
+
+	// The pinned manifest's file is there but cannot be read.
+	p := dataPath(root, md)
+	os.Rename(p, p+".away")
+	os.Mkdir(p, 0o755)
+	c.evict()
+	if b, n := store.Size(); n != 3 {
+		t.Fatalf("evicted while the pins were unknown: %d blobs (%d bytes) left", n, b)
+	}
+	if n := testutil.ToFloat64(c.metrics.failed.WithLabelValues("evict")); n != 1 {
+		t.Fatalf("failed evictions counted: %v", n)
+	}
+
+	os.Remove(p)
+	os.Rename(p+".away", p)
+	c.evict()
+	if _, err := store.Blob(free); err == nil {
+		t.Fatal("the unpinned blob was not evicted")
+	}
+	for _, d := range []digest.Digest{md, pinnedLayer} {
+		if _, err := store.Blob(d); err != nil {
+			t.Fatalf("pinned %s evicted: %v", d, err)
+		}
+	}
+}
