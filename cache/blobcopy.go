@@ -35,7 +35,7 @@ func (c *Cache) transferBlob(ctx context.Context, r *run, img *Image, desc ocisp
 	_, err := c.store.Blob(desc.Digest)
 	bc := &blobCopy{c: c, r: r, img: img, desc: desc, cached: err == nil}
 	if bc.cached {
-		r.update(func(*Job) { img.BytesCached += desc.Size })
+		r.change(img, func(img *Image) { img.BytesCached += desc.Size })
 	}
 	if r.job.PushTo == "" {
 		return bc.warm(ctx)
@@ -43,15 +43,18 @@ func (c *Cache) transferBlob(ctx context.Context, r *run, img *Image, desc ocisp
 	l := r.lock(desc.Digest)
 	l.Lock()
 	defer l.Unlock()
-	outcome, err := bc.push(ctx)
-	if err != nil {
-		return fmt.Errorf("push blob %s: %w", desc.Digest, err)
-	}
-	if err := c.store.SetPushedTo(r.job.PushTo, desc.Digest, img.TargetRepo); err != nil {
-		return err
+	outcome := "skipped"
+	if !r.seenOnTarget(img.TargetRepo, desc.Digest) {
+		if outcome, err = bc.push(ctx); err != nil {
+			return fmt.Errorf("push blob %s: %w", desc.Digest, err)
+		}
+		if err := c.store.SetPushedTo(r.job.PushTo, desc.Digest, img.TargetRepo); err != nil {
+			return err
+		}
+		r.sawOnTarget(img.TargetRepo, desc.Digest)
 	}
 	c.metrics.pushed.WithLabelValues(r.job.PushTo, outcome).Inc()
-	r.update(func(*Job) {
+	r.change(img, func(img *Image) {
 		switch outcome {
 		case "skipped":
 			img.BlobsSkipped++
@@ -74,7 +77,7 @@ func (c *Cache) transferBlob(ctx context.Context, r *run, img *Image, desc ocisp
 // client since the job looked) unless it was cached to begin with.
 func (bc *blobCopy) fetched() {
 	if !bc.cached {
-		bc.counted.Do(func() { bc.r.update(func(*Job) { bc.img.BytesFetched += bc.desc.Size }) })
+		bc.counted.Do(func() { bc.r.change(bc.img, func(img *Image) { img.BytesFetched += bc.desc.Size }) })
 	}
 }
 
@@ -90,14 +93,14 @@ func (bc *blobCopy) open(ctx context.Context, offset int64) (io.ReadCloser, erro
 	}
 	return &countingReader{rc: blob, n: func(n int) {
 		bc.progress.Add(int64(n))
-		bc.r.update(func(*Job) { bc.img.BytesDone += int64(n) })
+		bc.r.change(bc.img, func(img *Image) { img.BytesDone += int64(n) })
 	}}, nil
 }
 
 // undo takes a failed attempt's bytes back out of the progress.
 func (bc *blobCopy) undo() {
 	n := bc.progress.Swap(0)
-	bc.r.update(func(*Job) { bc.img.BytesDone -= n })
+	bc.r.change(bc.img, func(img *Image) { img.BytesDone -= n })
 }
 
 // warm makes sure the blob is stored, reading it through the fill path if
@@ -105,7 +108,7 @@ func (bc *blobCopy) undo() {
 func (bc *blobCopy) warm(ctx context.Context) error {
 	if _, err := bc.c.store.Blob(bc.desc.Digest); err == nil {
 		bc.fetched()
-		bc.r.update(func(*Job) { bc.img.BytesDone += bc.desc.Size })
+		bc.r.change(bc.img, func(img *Image) { img.BytesDone += bc.desc.Size })
 		return nil
 	}
 	err := bc.c.retry(ctx, func() error {

@@ -7,23 +7,24 @@ import (
 )
 
 type metrics struct {
-	requests     *prometheus.CounterVec // upstream, kind, result
-	fetched      *prometheus.CounterVec // upstream
-	fills        prometheus.Gauge
-	waiting      prometheus.Gauge
-	passthrough  prometheus.Counter
-	resumed      prometheus.Counter
-	failed       *prometheus.CounterVec // reason
-	storeFailed  *prometheus.CounterVec // what
-	stale        *prometheus.CounterVec // upstream
-	evicted      *prometheus.CounterVec // reason
-	evictedBytes prometheus.Counter
-	oldest       prometheus.Gauge
-	negative     *prometheus.CounterVec // upstream
-	jobs         prometheus.Gauge
-	images       *prometheus.CounterVec // state
-	pushed       *prometheus.CounterVec // target, outcome
-	pushedBytes  *prometheus.CounterVec // target
+	requests      *prometheus.CounterVec // upstream, kind, result
+	fetched       *prometheus.CounterVec // upstream
+	fills         prometheus.Gauge
+	waiting       prometheus.Gauge
+	passthrough   prometheus.Counter
+	resumed       prometheus.Counter
+	failed        *prometheus.CounterVec // reason
+	storeFailed   *prometheus.CounterVec // what
+	stale         *prometheus.CounterVec // upstream
+	evicted       *prometheus.CounterVec // reason
+	evictedBytes  prometheus.Counter
+	oldest        prometheus.Gauge
+	negative      *prometheus.CounterVec // upstream
+	jobs          prometheus.Gauge
+	jobSaveFailed prometheus.Counter
+	images        *prometheus.CounterVec // state
+	pushed        *prometheus.CounterVec // target, outcome
+	pushedBytes   *prometheus.CounterVec // target
 }
 
 func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, error) {
@@ -84,6 +85,10 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 			Name: "wharf_prefetch_jobs_running",
 			Help: "Prefetch jobs running now.",
 		}),
+		jobSaveFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wharf_prefetch_job_save_failures_total",
+			Help: "Writes of prefetch job state the index refused; a running job whose state cannot be saved stops and fails.",
+		}),
 		images: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_prefetch_images_total",
 			Help: "Images prefetch jobs finished, by state (done, failed, cancelled).",
@@ -108,7 +113,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 		Name: "wharf_store_blobs",
 		Help: "Blobs in the store.",
 	}, func() float64 { _, n := store.Size(); return float64(n) })
-	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, m.jobs, m.images, m.pushed, m.pushedBytes, size, count} {
+	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, m.jobs, m.jobSaveFailed, m.images, m.pushed, m.pushedBytes, size, count} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -98,7 +98,7 @@ func (c *Cache) promote(ctx context.Context, r *run, img *Image) error {
 	if err != nil {
 		return err
 	}
-	r.update(func(*Job) { img.Digest, img.MediaType, img.NotCopied = desc.Digest, desc.MediaType, nil })
+	r.change(img, func(img *Image) { img.Digest, img.MediaType, img.NotCopied = desc.Digest, desc.MediaType, nil })
 	if r.job.Pin { // before the blobs land, so that eviction never takes them
 		pin := storage.Pin{Upstream: img.Upstream, Repo: img.Repository, Ref: img.Reference, Digest: desc.Digest}
 		if err := c.store.AddPin(pin); err != nil {
@@ -113,7 +113,7 @@ func (c *Cache) promote(ctx context.Context, r *run, img *Image) error {
 	for _, b := range p.blobs {
 		total += b.Size
 	}
-	r.update(func(*Job) { img.BytesTotal = total })
+	r.change(img, func(img *Image) { img.BytesTotal = total })
 	c.save(r, img)
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -164,7 +164,7 @@ func (c *Cache) walk(ctx context.Context, r *run, img *Image, p *plan, desc ocis
 			if pl := child.Platform; pl != nil {
 				sc.Platform = Platform{pl.OS, pl.Architecture, pl.Variant}.String()
 			}
-			r.update(func(*Job) { img.NotCopied = append(img.NotCopied, sc) })
+			r.change(img, func(img *Image) { img.NotCopied = append(img.NotCopied, sc) })
 			continue
 		}
 		if depth >= maxDepth {
@@ -215,7 +215,7 @@ func (c *Cache) pushManifests(ctx context.Context, r *run, img *Image, nodes []m
 		if err != nil {
 			err = fmt.Errorf("push manifest %s: %w", targetRef(img.TargetRepo, ref), err)
 			var skipped int
-			r.update(func(*Job) { skipped = len(img.NotCopied) })
+			r.change(img, func(img *Image) { skipped = len(img.NotCopied) })
 			if s := status(err); skipped > 0 && s >= 400 && s < 500 {
 				err = fmt.Errorf("%w (the index lists %d children left out by the platform filter; this target wants every child of an index present)", err, skipped)
 			}

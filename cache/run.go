@@ -1,8 +1,8 @@
 package cache
 
 import (
+	"cmp"
 	"context"
-	"slices"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -17,27 +17,34 @@ import (
 type run struct {
 	mu        sync.Mutex
 	job       Job
+	images    []*Image
 	cancel    context.CancelFunc
 	cancelled bool          // by the user, not by shutdown
+	saveErr   error         // the job's state could not be written: it stops and fails
 	done      chan struct{} // closed when the job's goroutine ends
 	locks     map[digest.Digest]*sync.Mutex
-	platforms []Platform // the job's filter
+	onTarget  map[string]bool // "<target repo>@<digest>" this job saw on the target
+	platforms []Platform      // the job's filter
 }
 
-func (c *Cache) startJob(job Job) *run {
+// newRun prepares job to run; ctx is what its goroutine runs on, ended by
+// r.cancel.
+func newRun(job Job, images []*Image) (r *run, ctx context.Context) {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &run{job: job, cancel: cancel, done: make(chan struct{}), locks: map[digest.Digest]*sync.Mutex{},
-		platforms: parsePlatforms(job.Platforms)}
-	c.saveAll(r)
+	return &run{job: job, images: images, cancel: cancel, cancelled: job.Cancel, done: make(chan struct{}),
+		locks: map[digest.Digest]*sync.Mutex{}, onTarget: map[string]bool{}, platforms: parsePlatforms(job.Platforms)}, ctx
+}
+
+// startJob runs r, whose records are saved, on ctx.
+func (c *Cache) startJob(ctx context.Context, r *run) {
 	c.mu.Lock()
-	c.jobs[job.ID] = r
+	c.jobs[r.job.ID] = r
 	c.jobsRunning.Add(1)
 	c.mu.Unlock()
-	if c.closing.Load() {
-		cancel() // resumed at the next start
+	if c.closing.Load() || r.cancelled {
+		r.cancel() // shutting down: resumed at the next start; or cancelled before a restart
 	}
 	go c.runJob(ctx, r)
-	return r
 }
 
 // runJob copies the job's images, a few at a time, and settles its state.
@@ -46,11 +53,6 @@ func (c *Cache) runJob(ctx context.Context, r *run) {
 	defer c.jobsRunning.Done()
 	defer close(r.done)
 	defer r.cancel()
-	defer func() {
-		c.mu.Lock()
-		delete(c.jobs, r.job.ID)
-		c.mu.Unlock()
-	}()
 	select {
 	case c.jobSlots <- struct{}{}:
 		defer func() { <-c.jobSlots }()
@@ -67,8 +69,11 @@ func (c *Cache) runJob(ctx context.Context, r *run) {
 	defer c.metrics.jobs.Dec()
 	var g errgroup.Group
 	g.SetLimit(c.jobImages)
-	for _, img := range r.job.Images {
-		if img.State == StateDone || ctx.Err() != nil {
+	for _, img := range r.images {
+		if ctx.Err() != nil {
+			break
+		}
+		if r.state(img) == StateDone {
 			continue
 		}
 		g.Go(func() error {
@@ -77,44 +82,69 @@ func (c *Cache) runJob(ctx context.Context, r *run) {
 		})
 	}
 	g.Wait()
-	if c.closing.Load() && !r.isCancelled() {
+	if c.closing.Load() && !r.isCancelled() && r.failure() == nil {
 		c.save(r) // shutting down: resumed at the next start
+		c.forget(r)
 		return
+	}
+	c.settle(r)
+}
+
+// settle ends a job: every image not done is accounted for (cancelled, or
+// failed with the job's own failure), the job's state follows, and all of
+// it is saved. A job whose final state cannot be saved stays in memory,
+// failed, so that the API still shows it until the next start resumes it.
+func (c *Cache) settle(r *run) {
+	fail := r.failure()
+	for _, img := range r.images {
+		r.change(img, func(img *Image) {
+			if img.State != StateQueued && img.State != StateRunning {
+				return
+			}
+			if fail != nil {
+				img.State, img.Error = StateFailed, "not copied: "+ErrJobNotSaved.Error()
+			} else {
+				img.State = StateCancelled
+			}
+		})
 	}
 	r.update(func(j *Job) {
 		now := c.now().UTC()
 		j.Finished = &now
-		for _, img := range j.Images {
-			if img.State == StateQueued || img.State == StateRunning {
-				img.State = StateCancelled
-			}
+		j.State = settledState(j.Tally, j.Images)
+		if fail != nil {
+			j.State = StateFailed
 		}
-		j.State = settle(j.Images)
 	})
-	c.saveAll(r)
+	if err := c.persist(r, r.images...); err != nil {
+		c.metrics.jobSaveFailed.Inc()
+		r.update(func(j *Job) {
+			j.State, j.Error = StateFailed, cmp.Or(j.Error, ErrJobNotSaved.Error()+": "+err.Error())
+		})
+		c.log.Error("prefetch job's end not saved; it is resumed at the next start", "job", r.job.ID, "error", err)
+	} else {
+		c.forget(r)
+	}
 	snap := r.snapshot()
-	c.log.Info("prefetch job finished", "job", snap.ID, "state", snap.State, "images", len(snap.Images))
+	c.log.Info("prefetch job finished", "job", snap.ID, "state", snap.State, "images", snap.Images,
+		"done", snap.Done, "failed", snap.Failed, "cancelled", snap.Cancelled)
 }
 
-// settle decides a finished job's state from its images'.
-func settle(imgs []*Image) string {
-	var done, failed, cancelled int
-	for _, img := range imgs {
-		switch img.State {
-		case StateDone:
-			done++
-		case StateCancelled:
-			cancelled++
-		default:
-			failed++
-		}
-	}
+// forget drops a job whose record says all there is to say.
+func (c *Cache) forget(r *run) {
+	c.mu.Lock()
+	delete(c.jobs, r.job.ID)
+	c.mu.Unlock()
+}
+
+// settledState decides a finished job's state from its images'.
+func settledState(t Tally, images int) string {
 	switch {
-	case done == len(imgs):
+	case t.Done == images:
 		return StateDone
-	case cancelled > 0:
+	case t.Cancelled > 0:
 		return StateCancelled
-	case done == 0:
+	case t.Done == 0:
 		return StateFailed
 	}
 	return StatePartial
@@ -123,7 +153,7 @@ func settle(imgs []*Image) string {
 // copyImage runs one image and records how it ended.
 func (c *Cache) copyImage(ctx context.Context, r *run, img *Image) {
 	start := c.now().UTC()
-	r.update(func(*Job) {
+	r.change(img, func(img *Image) {
 		img.State, img.Started, img.Finished, img.Error = StateRunning, &start, nil, ""
 		// Counts are of this attempt: after a restart, what the first one
 		// pushed shows as skipped.
@@ -132,11 +162,13 @@ func (c *Cache) copyImage(ctx context.Context, r *run, img *Image) {
 	})
 	c.save(r, img)
 	err := c.promote(ctx, r, img)
-	if c.closing.Load() && !r.isCancelled() {
-		r.update(func(*Job) { img.State = StateQueued })
+	if r.failure() != nil || (c.closing.Load() && !r.isCancelled()) {
+		// Stopped by a failure to save or by a shutdown: settle or the
+		// next start decides.
+		r.change(img, func(img *Image) { img.State = StateQueued })
 		return
 	}
-	r.update(func(*Job) {
+	r.change(img, func(img *Image) {
 		end := c.now().UTC()
 		img.Finished, img.Seconds = &end, end.Sub(start).Seconds()
 		switch {
@@ -148,17 +180,36 @@ func (c *Cache) copyImage(ctx context.Context, r *run, img *Image) {
 			img.State, img.BytesDone = StateDone, img.BytesTotal // resumed chunks may have counted twice
 		}
 	})
-	c.metrics.images.WithLabelValues(img.State).Inc()
+	state := r.state(img)
+	c.metrics.images.WithLabelValues(state).Inc()
 	if err != nil && !r.isCancelled() {
 		c.log.Warn("prefetch image failed", "job", r.job.ID, "image", img.Source, "error", err)
 	}
 	c.save(r, img)
 }
 
+// update changes the job's own fields under its lock.
 func (r *run) update(fn func(*Job)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	fn(&r.job)
+}
+
+// change applies fn to img under the job's lock and carries the effect on
+// the image's state and bytes over to the job's tally.
+func (r *run) change(img *Image, fn func(*Image)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.job.Tally.count(img, -1)
+	fn(img)
+	r.job.Tally.count(img, 1)
+}
+
+// state reads an image's state under the job's lock.
+func (r *run) state(img *Image) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return img.State
 }
 
 func (r *run) isCancelled() bool {
@@ -167,17 +218,20 @@ func (r *run) isCancelled() bool {
 	return r.cancelled
 }
 
-// snapshot is a deep copy of the report.
+// failure is the error that stopped the job, if its state could not be
+// saved.
+func (r *run) failure() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.saveErr
+}
+
+// snapshot is a copy of the job's report.
 func (r *run) snapshot() Job {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	j := r.job
-	j.Images = make([]*Image, len(r.job.Images))
-	for i, img := range r.job.Images {
-		cp := *img
-		cp.NotCopied = slices.Clone(img.NotCopied)
-		j.Images[i] = &cp
-	}
+	j.Platforms = append([]string(nil), r.job.Platforms...)
 	return j
 }
 
@@ -192,6 +246,21 @@ func (r *run) lock(dgst digest.Digest) *sync.Mutex {
 		r.locks[dgst] = l
 	}
 	return l
+}
+
+// seenOnTarget reports whether this job already found or put dgst in repo
+// on its target; sawOnTarget records that it did. A job of thousands of
+// tags sharing their layers asks the target about each blob once.
+func (r *run) seenOnTarget(repo string, dgst digest.Digest) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.onTarget[repo+"@"+dgst.String()]
+}
+
+func (r *run) sawOnTarget(repo string, dgst digest.Digest) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.onTarget[repo+"@"+dgst.String()] = true
 }
 
 // stopJobs interrupts every job, leaving each saved as it stood so that

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -67,41 +68,65 @@ func (p *proxy) authorizeAPI(r *http.Request) error {
 		header: http.Header{"Www-Authenticate": {`Bearer realm="wharf-api"`}}}
 }
 
-// jobSummary is a job without its image list, for listings.
-type jobSummary struct {
-	ID         string     `json:"id"`
-	State      string     `json:"state"`
-	PushTo     string     `json:"push_to,omitempty"`
-	Created    time.Time  `json:"created"`
-	Finished   *time.Time `json:"finished,omitempty"`
-	Images     int        `json:"images"`
-	Done       int        `json:"images_done"`
-	Failed     int        `json:"images_failed"`
-	BytesTotal int64      `json:"bytes_total"`
-	BytesDone  int64      `json:"bytes_done"`
-}
-
+// listJobs lists every job's report, read from the jobs' own records:
+// never their images, however many they have.
 func (p *proxy) listJobs(w http.ResponseWriter, r *http.Request) error {
 	jobs, err := p.cache.Jobs()
 	if err != nil {
 		return err
 	}
-	out := make([]jobSummary, 0, len(jobs))
-	for _, j := range jobs {
-		s := jobSummary{ID: j.ID, State: j.State, PushTo: j.PushTo, Created: j.Created, Finished: j.Finished, Images: len(j.Images)}
-		for _, img := range j.Images {
-			switch img.State {
-			case cache.StateDone:
-				s.Done++
-			case cache.StateFailed:
-				s.Failed++
+	return writeJSON(w, r, map[string]any{"jobs": jobs})
+}
+
+// jobImages pages through a job's images: ?state=failed (repeatable, or
+// comma-separated), n (default 100, at most 1000) and last (the index of
+// the last image of the previous page), with a Link to the next page.
+func (p *proxy) jobImages(w http.ResponseWriter, r *http.Request) error {
+	id := mux.Vars(r)["id"]
+	q := r.URL.Query()
+	var states []string
+	for _, v := range q["state"] {
+		for s := range strings.SplitSeq(v, ",") {
+			switch s {
+			case "":
+			case cache.StateQueued, cache.StateRunning, cache.StateDone, cache.StateFailed, cache.StateCancelled:
+				states = append(states, s)
+			default:
+				return ociError(http.StatusBadRequest, errInvalid, "state "+strconv.Quote(s)+": want queued, running, done, failed or cancelled")
 			}
-			s.BytesTotal += img.BytesTotal
-			s.BytesDone += img.BytesDone
 		}
-		out = append(out, s)
 	}
-	return writeJSON(w, r, map[string]any{"jobs": out})
+	n, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	if n < 0 {
+		n = 100
+	}
+	last := -1
+	if v := q.Get("last"); v != "" {
+		if last, err = strconv.Atoi(v); err != nil || last < 0 {
+			return ociError(http.StatusBadRequest, errInvalid, "last "+strconv.Quote(v)+": want the index of an image")
+		}
+	}
+	images, more, err := p.cache.JobImages(id, states, last, n)
+	if errors.Is(err, cache.ErrJobNotFound) {
+		return ociError(http.StatusNotFound, errJobUnknown, err.Error())
+	}
+	if err != nil {
+		return err
+	}
+	if more && len(images) > 0 {
+		next := url.Values{"n": {strconv.Itoa(min(n, cache.MaxImagesPage))}, "last": {strconv.Itoa(images[len(images)-1].Index)}}
+		if len(states) > 0 {
+			next.Set("state", strings.Join(states, ","))
+		}
+		w.Header().Set("Link", "</api/v1/jobs/"+url.PathEscape(id)+"/images?"+next.Encode()+`>; rel="next"`)
+	}
+	if images == nil {
+		images = []cache.Image{}
+	}
+	return writeJSON(w, r, map[string]any{"images": images})
 }
 
 func (p *proxy) job(w http.ResponseWriter, r *http.Request) error {

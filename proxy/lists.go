@@ -18,10 +18,11 @@ func (p *proxy) tags(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	n, last, err := pageParams(r)
+	n, err := pageParams(r)
 	if err != nil {
 		return err
 	}
+	last := r.URL.Query().Get("last")
 	tags, err := p.cache.Tags(r.Context(), t.upstream, t.repo)
 	if err != nil {
 		return err
@@ -36,10 +37,11 @@ func (p *proxy) tags(w http.ResponseWriter, r *http.Request) error {
 // catalog lists the repositories Wharf holds, as names a client can pull:
 // plain for the default upstream, prefixed with the upstream otherwise.
 func (p *proxy) catalog(w http.ResponseWriter, r *http.Request) error {
-	n, last, err := pageParams(r)
+	n, err := pageParams(r)
 	if err != nil {
 		return err
 	}
+	last := r.URL.Query().Get("last")
 	repos, err := p.cache.Repositories()
 	if err != nil {
 		return err
@@ -84,18 +86,17 @@ func (p *proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 	return err
 }
 
-// pageParams reads n (-1 when absent) and last.
-func pageParams(r *http.Request) (int, string, error) {
-	q := r.URL.Query()
+// pageParams reads n, -1 when absent.
+func pageParams(r *http.Request) (int, error) {
 	n := -1
-	if s := q.Get("n"); s != "" {
+	if s := r.URL.Query().Get("n"); s != "" {
 		v, err := strconv.Atoi(s)
 		if err != nil || v < 0 {
-			return 0, "", ociError(http.StatusBadRequest, errcode.ErrorCodePaginationNumberInvalid, "n must be a non-negative integer")
+			return 0, ociError(http.StatusBadRequest, errcode.ErrorCodePaginationNumberInvalid, "n must be a non-negative integer")
 		}
 		n = v
 	}
-	return n, q.Get("last"), nil
+	return n, nil
 }
 
 // paginate returns the sorted items after last, at most n of them (all if

@@ -24,9 +24,9 @@ import (
 	"github.com/wharf-registry/wharf/cache"
 )
 
-// maxPrefetchBody bounds a prefetch request: room for tens of thousands of
+// maxPrefetchBody bounds a prefetch request: room for a hundred thousand
 // references.
-const maxPrefetchBody = 1 << 20
+const maxPrefetchBody = 16 << 20
 
 // prefetchRequest is the JSON form of POST /api/v1/prefetch. The text and
 // YAML forms carry the same options as query parameters.
@@ -46,10 +46,21 @@ type rename struct {
 }
 
 // problems collects what is wrong with a request, item by item, so one
-// answer lists every mistake.
-type problems struct{ errs errcode.Errors }
+// answer lists every mistake (the first maxProblems of them, and how many
+// more there are).
+type problems struct {
+	errs errcode.Errors
+	more int
+}
+
+// maxProblems bounds the errors one answer lists.
+const maxProblems = 100
 
 func (ps *problems) add(code errcode.ErrorCode, item, input, msg string) {
+	if len(ps.errs) == maxProblems {
+		ps.more++
+		return
+	}
 	detail := map[string]string{"item": item}
 	if input != "" {
 		detail["input"] = input
@@ -62,7 +73,11 @@ func (ps *problems) err() error {
 		return nil
 	}
 	first := ps.errs[0].(errcode.Error)
-	return &httpError{status: http.StatusBadRequest, err: first, more: ps.errs[1:]}
+	rest := ps.errs[1:]
+	if ps.more > 0 {
+		rest = append(rest, errInvalid.WithMessage(fmt.Sprintf("%d more problems not listed", ps.more)))
+	}
+	return &httpError{status: http.StatusBadRequest, err: first, more: rest}
 }
 
 // prefetch accepts a job: 202 and its report, or 400 listing every bad item
@@ -77,6 +92,9 @@ func (p *proxy) prefetch(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	job, err := p.cache.Submit(spec)
+	if errors.Is(err, cache.ErrJobNotSaved) {
+		return ociError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable, err.Error())
+	}
 	if err != nil {
 		return ociError(http.StatusBadRequest, errInvalid, err.Error())
 	}
@@ -100,7 +118,7 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 		return req, ociError(http.StatusBadRequest, errInvalid, "reading the body: "+err.Error())
 	}
 	if len(body) > maxPrefetchBody {
-		return req, ociError(http.StatusBadRequest, errInvalid, "the body is larger than 1 MiB")
+		return req, ociError(http.StatusBadRequest, errInvalid, "the body is larger than 16 MiB")
 	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch mt {

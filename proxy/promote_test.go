@@ -112,8 +112,14 @@ func (e *env) submit(t *testing.T, contentType, query, body string, hdr ...strin
 	return job.ID
 }
 
+// report is a job's record with all its images.
+type report struct {
+	cache.Job
+	Images []cache.Image
+}
+
 // wait returns the job's report once it has finished.
-func (e *env) wait(t *testing.T, id string, hdr ...string) cache.Job {
+func (e *env) wait(t *testing.T, id string, hdr ...string) report {
 	t.Helper()
 	r := e.send(t, http.MethodGet, "/api/v1/jobs/"+id+"?wait=2m", "", "", hdr...)
 	if r.status != http.StatusOK {
@@ -126,7 +132,34 @@ func (e *env) wait(t *testing.T, id string, hdr ...string) cache.Job {
 	if job.Finished == nil {
 		t.Fatalf("job %s not finished: %s", id, r.body)
 	}
-	return job
+	return report{Job: job, Images: e.images(t, id, "", 0, hdr...)}
+}
+
+// images reads a job's images (in state, if set) page by page, n at a time
+// (0: the server's default), following the Link header.
+func (e *env) images(t *testing.T, id, state string, n int, hdr ...string) []cache.Image {
+	t.Helper()
+	path := "/api/v1/jobs/" + id + "/images?state=" + state
+	if n > 0 {
+		path += fmt.Sprintf("&n=%d", n)
+	}
+	var all []cache.Image
+	for path != "" {
+		r := e.send(t, http.MethodGet, path, "", "", hdr...)
+		if r.status != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", path, r.status, r.body)
+		}
+		var page struct{ Images []cache.Image }
+		if err := json.Unmarshal(r.body, &page); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, page.Images...)
+		path = ""
+		if link := r.header.Get("Link"); link != "" {
+			path = link[strings.Index(link, "<")+1 : strings.Index(link, ">")]
+		}
+	}
+	return all
 }
 
 // onTarget asserts the target serves exactly m under repo:ref.
@@ -140,7 +173,7 @@ func onTarget(t *testing.T, dst *upstreamtest.Registry, repo, ref string, m upst
 
 type sums struct{ pushed, skipped, mounted int }
 
-func totals(job cache.Job) sums {
+func totals(job report) sums {
 	var s sums
 	for _, img := range job.Images {
 		s.pushed += img.BlobsPushed
@@ -312,7 +345,8 @@ func TestPrefetchRejectsBadInput(t *testing.T) {
 		{"unknown field", "application/json", `{"imagez": ["a"]}`, []string{" INVALID"}},
 		{"not json", "application/json", `images: [a]`, []string{" INVALID"}},
 		{"content type", "application/xml", `<images/>`, []string{" INVALID"}},
-		{"too large", "text/plain", strings.Repeat("harbor-a.example.com/proj/app:1.0\n", 40000), []string{" INVALID"}},
+		{"too large", "text/plain", strings.Repeat("harbor-a.example.com/proj/app:1.0\n", 500_000), []string{" INVALID"}},
+		{"many problems", "text/plain", strings.Repeat("Bad!\n", 1000), manyProblems()},
 		{"rename without target", "application/json", `{"images": ["proj/app:1.0"], "rename": [{"from": "a", "to": "b"}]}`, []string{"rename INVALID"}},
 		{"bad rename", "application/json", `{"images": ["proj/app:1.0"], "push_to": "harbor-b", "rename": [{"from": "proj/", "to": "UP/"}]}`, []string{"images[0] NAME_INVALID"}},
 		{"same target", "application/json", `{"images": ["proj/app:1.0", "proj/tool:1.0@sha256:` + strings.Repeat("ab", 32) + `"], "push_to": "harbor-b",
@@ -350,6 +384,16 @@ func TestPrefetchRejectsBadInput(t *testing.T) {
 	if n := p.src.Total() + p.dst.Total(); n != 0 {
 		t.Fatalf("bad requests caused %d registry requests", n)
 	}
+}
+
+// manyProblems is what a list of 1000 bad references is told: the first
+// 100, then how many more.
+func manyProblems() []string {
+	var want []string
+	for i := range 100 {
+		want = append(want, fmt.Sprintf("images[%d] NAME_INVALID", i))
+	}
+	return append(want, " INVALID")
 }
 
 // With api.token_file the API wants the token; without one it answers
@@ -544,8 +588,9 @@ func TestPrefetchCancel(t *testing.T) {
 	if r.status != http.StatusOK || json.Unmarshal(r.body, &job) != nil || job.State != cache.StateCancelled {
 		t.Fatalf("DELETE: %d %s", r.status, r.body)
 	}
-	if job = p.wait(t, id); job.State != cache.StateCancelled {
-		t.Fatalf("after cancel: %s", job.State)
+	rep := p.wait(t, id)
+	if rep.State != cache.StateCancelled || rep.Cancelled+rep.Done != 3 || rep.Queued+rep.Running+rep.Failed != 0 {
+		t.Fatalf("after cancel: %s %+v", rep.State, rep.Tally)
 	}
 	wantError(t, p.do(t, http.MethodGet, "/api/v1/jobs/nope"), http.StatusNotFound, "JOB_UNKNOWN")
 }
@@ -723,5 +768,43 @@ func TestPrefetchBoundsTransfers(t *testing.T) {
 	}
 	if peak > 2 {
 		t.Fatalf("%d blob fetches at once, want at most 2", peak)
+	}
+}
+
+// A job of 50,000 references is accepted and stored whole; its images are
+// read a page at a time; cancelling it accounts for every one.
+func TestPrefetchFiftyThousandReferences(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{JobImages: 1}, "", 0)
+	p.seed(t)
+	const n = 50_000
+	var list strings.Builder
+	for i := range n {
+		fmt.Fprintf(&list, "proj/app:t%05d@%s\n", i, p.app.Manifest.Digest)
+	}
+	id := p.submit(t, "text/plain", "?push_to=harbor-b", list.String())
+	r := p.do(t, http.MethodGet, "/api/v1/jobs/"+id+"/images?n=3&last=49990")
+	var page struct{ Images []cache.Image }
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &page) != nil || len(page.Images) != 3 ||
+		page.Images[0].Index != 49991 || page.Images[2].Target != "proj/app:t49993" {
+		t.Fatalf("page after 49990: %d %s", r.status, r.body)
+	}
+	if link := r.header.Get("Link"); link != `</api/v1/jobs/`+id+`/images?last=49993&n=3>; rel="next"` {
+		t.Fatalf("Link %q", link)
+	}
+	r = p.send(t, http.MethodDelete, "/api/v1/jobs/"+id, "", "")
+	var job cache.Job
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &job) != nil {
+		t.Fatalf("cancel: %d %.300s", r.status, r.body)
+	}
+	if job.State != cache.StateCancelled || job.Images != n || job.Done+job.Cancelled != n || job.Cancelled == 0 {
+		t.Fatalf("cancelled job: %s %+v", job.State, job.Tally)
+	}
+	if got := len(p.images(t, id, cache.StateCancelled, 0)); got != job.Cancelled {
+		t.Fatalf("%d images read back cancelled, the record says %d", got, job.Cancelled)
+	}
+	// The list of jobs reads records only.
+	r = p.do(t, http.MethodGet, "/api/v1/jobs")
+	if r.status != http.StatusOK || len(r.body) > 2000 || !strings.Contains(string(r.body), `"images":50000`) {
+		t.Fatalf("jobs: %d %.500s", r.status, r.body)
 	}
 }

@@ -102,6 +102,7 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.Handle("/api/v1/prefetch", p.api("prefetch", p.prefetch, http.MethodPost))
 	r.Handle("/api/v1/jobs", p.api("jobs", p.listJobs, http.MethodGet))
 	r.Handle("/api/v1/jobs/{id}", p.api("job", p.job, http.MethodGet, http.MethodDelete))
+	r.Handle("/api/v1/jobs/{id}/images", p.api("job-images", p.jobImages, http.MethodGet))
 	r.Handle("/api/v1/pins", p.api("pins", p.pins, http.MethodGet, http.MethodDelete))
 	r.Handle("/healthz", p.wrap("healthz", func(w http.ResponseWriter, r *http.Request) error {
 		_, err := w.Write([]byte("ok\n"))

@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/dgraph-io/badger/v4"
@@ -20,18 +21,42 @@ const (
 	prefixPushed   = "x\x00" // x <target> <digest>      → repository (string)
 )
 
-// JobDoc is a job's stored documents: the job's own and its images', in
-// order.
-type JobDoc struct {
-	Job    []byte
-	Images [][]byte
-}
+// MaxJobImages bounds the images of one job: image records are numbered
+// with six digits.
+const MaxJobImages = 999_999
+
+// smallWrite is how many image records go in the same transaction as the
+// job's own record; more go through a WriteBatch, which splits them into
+// transactions Badger can take, however many there are.
+const smallWrite = 64
 
 func jobImageKey(id string, i int) []byte { return key(prefixJobImage, id, fmt.Sprintf("%06d", i)) }
 
-// PutJob stores the document of job id and those of the images given by
-// index, in one transaction. Images not given keep their documents.
+// PutJob stores the record of job id and those of the images given by
+// index. A few images are written in one transaction with the job's record;
+// many are written in bounded batches first and the job's record last, so
+// a job never appears with fewer image records than it was given, whatever
+// the number of images or the moment of a crash. Images not given keep
+// their records.
 func (s *Store) PutJob(id string, job []byte, images map[int][]byte) error {
+	for i := range images {
+		if i < 0 || i > MaxJobImages {
+			return fmt.Errorf("storage: job %s: image index %d out of range", id, i)
+		}
+	}
+	if len(images) > smallWrite {
+		wb := s.db.NewWriteBatch()
+		defer wb.Cancel()
+		for i, doc := range images {
+			if err := wb.Set(jobImageKey(id, i), doc); err != nil {
+				return err
+			}
+		}
+		if err := wb.Flush(); err != nil {
+			return err
+		}
+		images = nil
+	}
 	return s.db.Update(func(txn *badger.Txn) error {
 		if err := txn.Set(key(prefixJob, id), job); err != nil {
 			return err
@@ -45,58 +70,62 @@ func (s *Store) PutJob(id string, job []byte, images map[int][]byte) error {
 	})
 }
 
-// Job returns the documents of job id, or ErrNotFound.
-func (s *Store) Job(id string) (JobDoc, error) {
-	var doc JobDoc
+// Job returns the record of job id, or ErrNotFound.
+func (s *Store) Job(id string) ([]byte, error) {
+	var doc []byte
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(key(prefixJob, id))
 		if err != nil {
 			return err
 		}
-		if doc.Job, err = item.ValueCopy(nil); err != nil {
-			return err
-		}
-		doc.Images, err = jobImages(txn, id)
+		doc, err = item.ValueCopy(nil)
 		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return JobDoc{}, ErrNotFound
+		return nil, fmt.Errorf("job %s: %w", id, ErrNotFound)
 	}
 	return doc, err
 }
 
-func jobImages(txn *badger.Txn, id string) ([][]byte, error) {
-	var docs [][]byte
+// JobImages calls fn with the index and record of each image of job id
+// after index after (-1 for all), in order, until fn returns false. It
+// reads one record at a time: a page of a job of any size costs the page.
+func (s *Store) JobImages(id string, after int, fn func(i int, doc []byte) bool) error {
 	prefix := key(prefixJobImage, id, "")
-	it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: prefix})
-	defer it.Close()
-	for it.Rewind(); it.Valid(); it.Next() {
-		doc, err := it.Item().ValueCopy(nil)
-		if err != nil {
-			return nil, err
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: prefix})
+		defer it.Close()
+		start := prefix
+		if after >= 0 {
+			start = jobImageKey(id, after+1)
 		}
-		docs = append(docs, doc)
-	}
-	return docs, nil
+		for it.Seek(start); it.Valid(); it.Next() {
+			i, err := strconv.Atoi(string(it.Item().Key()[len(prefix):]))
+			if err != nil {
+				continue
+			}
+			doc, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			if !fn(i, doc) {
+				return nil
+			}
+		}
+		return nil
+	})
 }
 
-// Jobs returns the documents of every job, in id order; without images
-// only the jobs' own.
-func (s *Store) Jobs(images bool) ([]JobDoc, error) {
-	var docs []JobDoc
+// Jobs returns the records of every job (not their images), in id order.
+func (s *Store) Jobs() ([][]byte, error) {
+	var docs [][]byte
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixJob)})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			doc := JobDoc{}
-			var err error
-			if doc.Job, err = it.Item().ValueCopy(nil); err != nil {
+			doc, err := it.Item().ValueCopy(nil)
+			if err != nil {
 				return err
-			}
-			if images {
-				if doc.Images, err = jobImages(txn, string(it.Item().Key()[len(prefixJob):])); err != nil {
-					return err
-				}
 			}
 			docs = append(docs, doc)
 		}
@@ -105,13 +134,19 @@ func (s *Store) Jobs(images bool) ([]JobDoc, error) {
 	return docs, err
 }
 
-// DeleteJob forgets job id and its images.
+// DeleteJob forgets job id and its images: the job's record first, so a
+// crash half way leaves image records without a job (which
+// SweepJobImages removes), never a job missing some of its images.
 func (s *Store) DeleteJob(id string) error {
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
-	if err := wb.Delete(key(prefixJob, id)); err != nil {
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(key(prefixJob, id)) }); err != nil {
 		return err
 	}
+	return s.deleteJobImages(id)
+}
+
+func (s *Store) deleteJobImages(id string) error {
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: key(prefixJobImage, id, "")})
 		defer it.Close()
@@ -126,6 +161,32 @@ func (s *Store) DeleteJob(id string) error {
 		return err
 	}
 	return wb.Flush()
+}
+
+// SweepJobImages removes image records whose job has no record: left by a
+// crash while a job was being written or forgotten.
+func (s *Store) SweepJobImages() error {
+	var orphans []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixJobImage)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); {
+			id, _, _ := strings.Cut(string(it.Item().Key()[len(prefixJobImage):]), "\x00")
+			if _, err := txn.Get(key(prefixJob, id)); errors.Is(err, badger.ErrKeyNotFound) {
+				orphans = append(orphans, id)
+			} else if err != nil {
+				return err
+			}
+			it.Seek(key(prefixJobImage, id+"\x01")) // past this job's images
+		}
+		return nil
+	})
+	for _, id := range orphans {
+		if err == nil {
+			err = s.deleteJobImages(id)
+		}
+	}
+	return err
 }
 
 // Pin is a manifest reference (tag or digest) of one upstream repository

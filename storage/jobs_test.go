@@ -2,9 +2,24 @@ package storage
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
+
+// images reads every image record of job id after index after.
+func images(t *testing.T, s *Store, id string, after int) string {
+	t.Helper()
+	var parts []string
+	err := s.JobImages(id, after, func(i int, doc []byte) bool {
+		parts = append(parts, fmt.Sprintf("%d=%s", i, doc))
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(parts, " ")
+}
 
 // A job is one record plus one per image: a step of one image rewrites only
 // its own record, and deleting the job leaves nothing behind.
@@ -19,16 +34,17 @@ func TestJobRecords(t *testing.T) {
 	if err := s.PutJob("a", []byte(`A1`), map[int][]byte{1: []byte(`a1'`)}); err != nil {
 		t.Fatal(err)
 	}
-	doc, err := s.Job("a")
-	if err != nil || string(doc.Job) != "A1" || string(join(doc.Images)) != "a0 a1' a10" {
-		t.Fatalf("job a: %v %s %s", err, doc.Job, join(doc.Images))
+	if doc, err := s.Job("a"); err != nil || string(doc) != "A1" {
+		t.Fatalf("job a: %v %s", err, doc)
 	}
-	if heads, err := s.Jobs(false); err != nil || len(heads) != 2 || heads[0].Images != nil {
-		t.Fatalf("job headers: %v %d", err, len(heads))
+	if got := images(t, s, "a", -1); got != "0=a0 1=a1' 10=a10" {
+		t.Fatalf("images of a: %s", got)
 	}
-	all, err := s.Jobs(true)
-	if err != nil || len(all) != 2 || string(all[1].Job) != "B0" || string(join(all[1].Images)) != "b0" {
-		t.Fatalf("jobs: %v %d", err, len(all))
+	if got := images(t, s, "a", 1); got != "10=a10" {
+		t.Fatalf("images of a after 1: %s", got)
+	}
+	if docs, err := s.Jobs(); err != nil || len(docs) != 2 || string(docs[0]) != "A1" || string(docs[1]) != "B0" {
+		t.Fatalf("jobs: %v %q", err, docs)
 	}
 	if err := s.DeleteJob("a"); err != nil {
 		t.Fatal(err)
@@ -39,15 +55,62 @@ func TestJobRecords(t *testing.T) {
 	if err := s.PutJob("a", []byte(`A2`), nil); err != nil {
 		t.Fatal(err)
 	}
-	if doc, _ := s.Job("a"); len(doc.Images) != 0 {
-		t.Fatalf("image records outlived their job: %s", join(doc.Images))
+	if got := images(t, s, "a", -1); got != "" {
+		t.Fatalf("image records outlived their job: %s", got)
+	}
+	if got := images(t, s, "b", -1); got != "0=b0" {
+		t.Fatalf("images of b: %s", got)
 	}
 }
 
-func join(docs [][]byte) string {
-	var parts []string
-	for _, d := range docs {
-		parts = append(parts, string(d))
+// A job far larger than one Badger transaction is written whole.
+func TestLargeJobIsWrittenWhole(t *testing.T) {
+	s := open(t, t.TempDir())
+	const n = 50_000
+	docs := make(map[int][]byte, n)
+	for i := range n {
+		docs[i] = fmt.Appendf(nil, `{"source":"harbor-a.example.com/proj/app:%06d","state":"queued","padding":%q}`, i, strings.Repeat("x", 200))
 	}
-	return strings.Join(parts, " ")
+	if err := s.PutJob("big", []byte(`{}`), docs); err != nil {
+		t.Fatalf("PutJob of %d images: %v", n, err)
+	}
+	count, last := 0, -1
+	s.JobImages("big", -1, func(i int, doc []byte) bool {
+		if i != last+1 || string(doc) != string(docs[i]) {
+			t.Fatalf("image %d after %d: %s", i, last, doc)
+		}
+		count, last = count+1, i
+		return true
+	})
+	if count != n {
+		t.Fatalf("%d of %d image records", count, n)
+	}
+	if err := s.DeleteJob("big"); err != nil {
+		t.Fatal(err)
+	}
+	if got := images(t, s, "big", -1); got != "" {
+		t.Fatal("images left after delete")
+	}
+}
+
+// Image records without their job (a crash while the job was written or
+// forgotten) are swept; those of live jobs stay.
+func TestSweepJobImages(t *testing.T) {
+	s := open(t, t.TempDir())
+	s.PutJob("keep", []byte(`K`), map[int][]byte{0: []byte(`k0`)})
+	s.PutJob("lost", []byte(`L`), map[int][]byte{0: []byte(`l0`), 1: []byte(`l1`)})
+	s.PutJob("z", []byte(`Z`), map[int][]byte{0: []byte(`z0`)})
+	// What a crash between the job's record and its images leaves.
+	if err := s.db.DropPrefix(key(prefixJob, "lost")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SweepJobImages(); err != nil {
+		t.Fatal(err)
+	}
+	if got := images(t, s, "lost", -1); got != "" {
+		t.Fatalf("orphan images kept: %s", got)
+	}
+	if images(t, s, "keep", -1) != "0=k0" || images(t, s, "z", -1) != "0=z0" {
+		t.Fatal("a live job's images were swept")
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,9 +55,19 @@ func newAPIClient(server, tokenFile string) (*apiClient, error) {
 // call sends one request and decodes a 2xx JSON answer into out; any other
 // answer becomes an error listing the server's OCI errors.
 func (c *apiClient) call(ctx context.Context, method, path, contentType string, body []byte, out any) error {
+	_, err := c.send(ctx, method, path, contentType, body, out)
+	return err
+}
+
+// callHeader is call for a GET whose answer's headers matter too.
+func (c *apiClient) callHeader(ctx context.Context, method, path string, out any) (http.Header, error) {
+	return c.send(ctx, method, path, "", nil, out)
+}
+
+func (c *apiClient) send(ctx context.Context, method, path, contentType string, body []byte, out any) (http.Header, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.server+path, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
@@ -66,20 +77,20 @@ func (c *apiClient) call(ctx context.Context, method, path, contentType string, 
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode/100 != 2 {
-		return apiError(resp.StatusCode, raw)
+		return nil, apiError(resp.StatusCode, raw)
 	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
-		return nil
+		return resp.Header, nil
 	}
-	return json.Unmarshal(raw, out)
+	return resp.Header, json.Unmarshal(raw, out)
 }
 
 // apiError turns an OCI error document into one readable error, a line per
@@ -127,20 +138,22 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 
 func defaultServer() string { return cmp.Or(os.Getenv("WHARF_SERVER"), "http://127.0.0.1:5000") }
 
-// jobsCmd lists jobs, shows one, or cancels one.
+// jobsCmd lists jobs, shows one (with --failed, only its failed images),
+// or cancels one.
 func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("jobs", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	server := fs.String("server", defaultServer(), "Wharf's address ($WHARF_SERVER)")
 	tokenFile := fs.String("token-file", "", "file holding the API token")
 	cancel := fs.Bool("cancel", false, "cancel the job ID")
+	failed := fs.Bool("failed", false, "list only the job's failed images")
 	output := fs.String("output", "text", "text or json")
 	ids, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(ids) > 1 || (*cancel && len(ids) == 0) {
-		return errors.New("usage: wharf jobs [--cancel] [ID]")
+	if len(ids) > 1 || ((*cancel || *failed) && len(ids) == 0) {
+		return errors.New("usage: wharf jobs [--cancel | --failed] [ID]")
 	}
 	c, err := newAPIClient(*server, *tokenFile)
 	if err != nil {
@@ -148,18 +161,7 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx := context.Background()
 	if len(ids) == 0 {
-		var list struct {
-			Jobs []struct {
-				ID         string    `json:"id"`
-				State      string    `json:"state"`
-				PushTo     string    `json:"push_to"`
-				Created    time.Time `json:"created"`
-				Images     int       `json:"images"`
-				Done       int       `json:"images_done"`
-				Failed     int       `json:"images_failed"`
-				BytesTotal int64     `json:"bytes_total"`
-			} `json:"jobs"`
-		}
+		var list struct{ Jobs []cache.Job }
 		if err := c.call(ctx, http.MethodGet, "/api/v1/jobs", "", nil, &list); err != nil {
 			return err
 		}
@@ -181,14 +183,63 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	if err := c.call(ctx, method, "/api/v1/jobs/"+url.PathEscape(ids[0]), "", nil, &job); err != nil {
 		return err
 	}
-	if *output == "json" {
-		return writeJob(stdout, job)
+	state := ""
+	if *failed {
+		state = cache.StateFailed
 	}
-	for _, img := range job.Images {
-		fmt.Fprintln(stdout, imageLine(img))
+	var images []cache.Image
+	err = c.eachImage(ctx, job.ID, state, func(img cache.Image) {
+		if *output == "json" {
+			images = append(images, img)
+		} else {
+			fmt.Fprintln(stdout, imageLine(img))
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		if images == nil {
+			images = []cache.Image{}
+		}
+		return writeJob(stdout, map[string]any{"job": job, "images": images})
 	}
 	fmt.Fprintln(stdout, summary(job))
 	return nil
+}
+
+// images reads one page of a job's images after index last (-1: from the
+// first), only those in state if it is set; more says another page follows.
+func (c *apiClient) images(ctx context.Context, id, state string, last, n int) (page []cache.Image, more bool, err error) {
+	q := url.Values{"n": {strconv.Itoa(n)}}
+	if last >= 0 {
+		q.Set("last", strconv.Itoa(last))
+	}
+	if state != "" {
+		q.Set("state", state)
+	}
+	var doc struct{ Images []cache.Image }
+	hdr, err := c.callHeader(ctx, http.MethodGet, "/api/v1/jobs/"+url.PathEscape(id)+"/images?"+q.Encode(), &doc)
+	return doc.Images, strings.Contains(hdr.Get("Link"), `rel="next"`), err
+}
+
+// eachImage calls fn with every image of a job (in state, if set), a page
+// at a time.
+func (c *apiClient) eachImage(ctx context.Context, id, state string, fn func(cache.Image)) error {
+	last := -1
+	for {
+		page, more, err := c.images(ctx, id, state, last, cache.MaxImagesPage)
+		if err != nil {
+			return err
+		}
+		for _, img := range page {
+			fn(img)
+			last = img.Index
+		}
+		if !more || len(page) == 0 {
+			return nil
+		}
+	}
 }
 
 // pinsCmd lists what prefetch jobs pinned, or unpins one reference.

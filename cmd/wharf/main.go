@@ -163,12 +163,14 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		defer dsrv.Close()
 		log.Info("debug listening", "addr", dln.Addr().String())
 	}
+	// Interrupted prefetch jobs go on; resumed before the first request,
+	// so that nobody sees a resumed job as anything but running.
+	if err := c.ResumeJobs(); err != nil {
+		log.Error("prefetch jobs not resumed", "error", err)
+	}
 	log.Info("listening", "addr", ln.Addr().String(), "version", versionString(), "root", cfg.Storage.Root)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	if err := c.ResumeJobs(); err != nil { // interrupted prefetch jobs go on
-		log.Error("prefetch jobs not resumed", "error", err)
-	}
 	var serveErr error
 	select {
 	case serveErr = <-errc:

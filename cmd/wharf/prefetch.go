@@ -67,10 +67,10 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 			return writeJob(stdout, job)
 		}
 		fmt.Fprintln(stdout, job.ID)
-		fmt.Fprintf(stderr, "job %s accepted: %d images; follow it with wharf jobs %s\n", job.ID, len(job.Images), job.ID)
+		fmt.Fprintf(stderr, "job %s accepted: %d images; follow it with wharf jobs %s\n", job.ID, job.Images, job.ID)
 		return nil
 	}
-	fmt.Fprintf(stderr, "job %s: %d images\n", job.ID, len(job.Images))
+	fmt.Fprintf(stderr, "job %s: %d images\n", job.ID, job.Images)
 	job, err = follow(ctx, c, job, stderr, tty)
 	if err != nil {
 		return err
@@ -147,10 +147,11 @@ func writeJob(w io.Writer, job any) error {
 
 // follow polls the job (each poll waits up to a second on the server for
 // it to end) and shows progress until it has finished: a line per finished
-// image, and on a terminal a bar per running image and the overall bytes,
-// redrawn in place below them.
+// image, in the job's order, and on a terminal a bar per running image and
+// the overall bytes, redrawn in place below them. It reads the job's
+// record and a page or two of images per poll, whatever the job's size.
 func follow(ctx context.Context, c *apiClient, job cache.Job, w io.Writer, tty bool) (cache.Job, error) {
-	reported := map[int]bool{}
+	reported := -1 // index of the last image reported: all before it are too
 	drawn := 0
 	for {
 		var err error
@@ -170,18 +171,41 @@ func follow(ctx context.Context, c *apiClient, job cache.Job, w io.Writer, tty b
 			fmt.Fprintf(w, "\x1b[%dA\x1b[J", drawn) // up to the first bar, clear below
 			drawn = 0
 		}
-		for i, img := range job.Images {
-			if finished(img.State) && !reported[i] {
-				reported[i] = true
-				fmt.Fprintln(w, imageLine(img))
-			}
+		if reported, err = reportFinished(ctx, c, job.ID, reported, w); err != nil {
+			return job, err
 		}
 		if job.Finished != nil {
 			fmt.Fprintln(w, summary(job))
 			return job, nil
 		}
 		if tty {
-			drawn = drawBars(w, job)
+			running, _, err := c.images(ctx, job.ID, cache.StateRunning, -1, 50)
+			if err != nil {
+				return job, err
+			}
+			drawn = drawBars(w, job, running)
+		}
+	}
+}
+
+// reportFinished writes a line for each finished image after index last,
+// in order, up to the first one still queued or running, and returns the
+// index of the last one written.
+func reportFinished(ctx context.Context, c *apiClient, id string, last int, w io.Writer) (int, error) {
+	for {
+		page, more, err := c.images(ctx, id, "", last, 200)
+		if err != nil {
+			return last, err
+		}
+		for _, img := range page {
+			if !finished(img.State) {
+				return last, nil
+			}
+			fmt.Fprintln(w, imageLine(img))
+			last = img.Index
+		}
+		if !more || len(page) == 0 {
+			return last, nil
 		}
 	}
 }
@@ -192,18 +216,9 @@ func finished(state string) bool {
 
 // drawBars writes a bar per running image and a line of overall bytes, and
 // returns how many lines it wrote.
-func drawBars(w io.Writer, job cache.Job) int {
+func drawBars(w io.Writer, job cache.Job, running []cache.Image) int {
 	const width = 30
-	var done, total int64
-	lines, finishedImages := 0, 0
-	for _, img := range job.Images {
-		done, total = done+img.BytesDone, total+img.BytesTotal
-		if finished(img.State) {
-			finishedImages++
-		}
-		if img.State != cache.StateRunning {
-			continue
-		}
+	for _, img := range running {
 		frac := 0.0
 		if img.BytesTotal > 0 {
 			frac = min(1, float64(img.BytesDone)/float64(img.BytesTotal))
@@ -211,13 +226,13 @@ func drawBars(w io.Writer, job cache.Job) int {
 		filled := int(frac * width)
 		fmt.Fprintf(w, "[%s%s] %9s / %-9s %s\n", strings.Repeat("#", filled), strings.Repeat(" ", width-filled),
 			humanize.IBytes(uint64(img.BytesDone)), humanize.IBytes(uint64(img.BytesTotal)), img.Source)
-		lines++
 	}
-	fmt.Fprintf(w, "%d/%d images, %s of %s so far\n", finishedImages, len(job.Images), humanize.IBytes(uint64(done)), humanize.IBytes(uint64(total)))
-	return lines + 1
+	finishedImages := job.Done + job.Failed + job.Cancelled
+	fmt.Fprintf(w, "%d/%d images, %s of %s so far\n", finishedImages, job.Images, humanize.IBytes(uint64(job.BytesDone)), humanize.IBytes(uint64(job.BytesTotal)))
+	return len(running) + 1
 }
 
-func imageLine(img *cache.Image) string {
+func imageLine(img cache.Image) string {
 	s := fmt.Sprintf("%-9s %s", img.State, img.Source)
 	if img.Target != "" {
 		s += " -> " + img.Target
@@ -237,26 +252,25 @@ func imageLine(img *cache.Image) string {
 }
 
 func summary(job cache.Job) string {
-	counts := map[string]int{}
-	var fetched, pushed int64
-	for _, img := range job.Images {
-		counts[img.State]++
-		fetched += img.BytesFetched
-		pushed += img.BytesPushed
+	s := fmt.Sprintf("job %s %s: %d of %d images done", job.ID, job.State, job.Done, job.Images)
+	if job.Failed > 0 {
+		s += fmt.Sprintf(", %d failed", job.Failed)
 	}
-	s := fmt.Sprintf("job %s %s: %d of %d images done", job.ID, job.State, counts[cache.StateDone], len(job.Images))
-	if n := counts[cache.StateFailed]; n > 0 {
-		s += fmt.Sprintf(", %d failed", n)
+	if job.Cancelled > 0 {
+		s += fmt.Sprintf(", %d cancelled", job.Cancelled)
 	}
-	if n := counts[cache.StateCancelled]; n > 0 {
-		s += fmt.Sprintf(", %d cancelled", n)
+	if n := job.Queued + job.Running; n > 0 {
+		s += fmt.Sprintf(", %d to go", n)
 	}
-	s += fmt.Sprintf("; %s fetched from upstream", humanize.IBytes(uint64(fetched)))
+	s += fmt.Sprintf("; %s fetched from upstream", humanize.IBytes(uint64(job.BytesFetched)))
 	if job.PushTo != "" {
-		s += fmt.Sprintf(", %s pushed to %s", humanize.IBytes(uint64(pushed)), job.PushTo)
+		s += fmt.Sprintf(", %s pushed to %s", humanize.IBytes(uint64(job.BytesPushed)), job.PushTo)
 	}
 	if job.Started != nil && job.Finished != nil {
 		s += fmt.Sprintf(" in %s", job.Finished.Sub(*job.Started).Round(100*time.Millisecond))
+	}
+	if job.Error != "" {
+		s += ": " + job.Error
 	}
 	return s
 }

@@ -188,7 +188,12 @@ func TestPrefetchJobSurvivesKill(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&job); err != nil || job.State != cache.StateDone {
 		t.Fatalf("resumed job: %v %+v", err, job)
 	}
-	if img := job.Images[1]; img.BlobsSkipped != 3 || img.BlobsPushed != 0 {
+	out, stderr, err = wharf(t, "jobs", "--server", "http://"+w.addr, "--token-file", token, "--output", "json", id)
+	var shown struct{ Images []cache.Image }
+	if err != nil || json.Unmarshal([]byte(out), &shown) != nil || len(shown.Images) != 2 {
+		t.Fatalf("wharf jobs %s: %v %s%s", id, err, out, stderr)
+	}
+	if img := shown.Images[1]; img.BlobsSkipped != 3 || img.BlobsPushed != 0 {
 		t.Fatalf("tool after the restart: %d skipped, %d pushed; want its 3 blobs skipped", img.BlobsSkipped, img.BlobsPushed)
 	}
 	for _, r := range dst.Requests() {
