@@ -29,8 +29,23 @@ func (c *Cache) authorize(ctx context.Context, u Upstream, repo string, dgst dig
 	if err != nil {
 		return classify(err)
 	}
-	c.keep("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
+	if manifest {
+		c.admit(u, repo, dgst)
+	} else {
+		c.keep("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
+	}
 	return nil
+}
+
+// admit records that upstream showed repo to hold the manifest dgst, and
+// so, when the manifest is stored, everything it refers to: a registry
+// keeps a manifest's content in the manifest's repository.
+func (c *Cache) admit(u Upstream, repo string, dgst digest.Digest) {
+	members := []digest.Digest{dgst}
+	if _, body, err := c.storedManifest(dgst); err == nil {
+		members = append(members, parseManifest(body).digests()...)
+	}
+	c.keep("index", c.store.AddMembers(u.Name, repo, members...), "repository", repo, "digest", dgst)
 }
 
 // StatBlob describes blob dgst of repo without transferring it. A blob that
@@ -46,9 +61,15 @@ func (c *Cache) StatBlob(ctx context.Context, up, repo string, dgst digest.Diges
 		}
 		return ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}, nil
 	}
+	key := blobKey(u.Name, repo, dgst.String())
+	if err := c.recall(u, repo, key); err != nil {
+		return ocispec.Descriptor{}, err
+	}
 	desc, err := u.Source.StatBlob(ctx, repo, dgst)
 	if err != nil {
-		return ocispec.Descriptor{}, classify(err)
+		err = classify(err)
+		c.remember(u, repo, key, err)
+		return ocispec.Descriptor{}, err
 	}
 	c.keep("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
 	return desc, nil
@@ -101,6 +122,9 @@ func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst dige
 	if !filling && c.store.Adopt(dgst) == nil { // verified on disk, lost from the index
 		return c.openStored(ctx, u, repo, dgst)
 	}
+	if err := c.recall(u, repo, blobKey(u.Name, repo, dgst.String())); err != nil {
+		return nil, err
+	}
 	c.metrics.result(u.Name, "blob", false)
 	f, started := c.startFill(u, repo, dgst)
 	if f == nil { // committed since we looked
@@ -113,6 +137,11 @@ func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst dige
 		}
 	}
 	r, err := f.open(ctx)
+	if !started && errors.Is(err, ErrNotFound) {
+		// The fill came from another repository, which lacks the blob;
+		// this one was shown to hold it: fetch it through this one.
+		return nil, errFillDone
+	}
 	if errors.Is(err, errFillDone) {
 		b, err := c.openStored(ctx, u, repo, dgst)
 		if errors.Is(err, storage.ErrNotFound) {

@@ -87,13 +87,14 @@ type Config struct {
 }
 
 // Errors the proxy maps to OCI error codes. Upstream errors are wrapped, so
-// errors.As still finds the upstream's RetryAfter.
+// errors.As still finds the upstream's status, codes and RetryAfter.
 var (
-	ErrNotFound    = errors.New("not found upstream")
-	ErrDenied      = errors.New("upstream denied access")
-	ErrUnavailable = errors.New("upstream unavailable")
-	ErrBadUpstream = errors.New("upstream sent invalid content")
-	ErrUnknown     = errors.New("unknown upstream")
+	ErrNotFound    = errors.New("not found upstream")            // the registry itself said 404
+	ErrDenied      = errors.New("upstream denied access")        // 401, 403
+	ErrRejected    = errors.New("upstream refused the request")  // any other 4xx, passed on as it is
+	ErrBadUpstream = errors.New("upstream sent invalid content") // wrong digest, oversized, unreadable
+	ErrUnavailable = errors.New("upstream unavailable")          // no answer, timeout, 5xx, 429
+	ErrUnknown     = errors.New("unknown upstream")              // no such upstream configured
 )
 
 // Cache answers registry reads for every configured upstream.
@@ -177,7 +178,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		}
 		c.upstreams[u.Name] = u
 	}
-	m, err := newMetrics(cfg.Registerer, store)
+	m, err := newMetrics(cfg.Registerer, store, c.missing.len)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +195,9 @@ func (c *Cache) upstream(name string) (Upstream, error) {
 }
 
 // classify wraps an upstream error in the sentinel that says what a client
-// should be told. Only an explicit upstream 404 means "not found".
+// should be told. Only an explicit 404 of the registry means "not found";
+// only no answer, a timeout, a 5xx or a 429 means "unavailable" (and
+// allows serving a stale answer); any other 4xx is passed on.
 func classify(err error) error {
 	if err == nil {
 		return nil
@@ -205,14 +208,15 @@ func classify(err error) error {
 		status = sc.StatusCode()
 	}
 	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrDenied), errors.Is(err, ErrUnavailable), errors.Is(err, ErrBadUpstream):
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrDenied), errors.Is(err, ErrRejected),
+		errors.Is(err, ErrUnavailable), errors.Is(err, ErrBadUpstream):
 		return err
 	case status == http.StatusNotFound:
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	case status == http.StatusUnauthorized || status == http.StatusForbidden:
 		return fmt.Errorf("%w: %w", ErrDenied, err)
 	case status >= 400 && status < 500 && status != http.StatusTooManyRequests && status != http.StatusRequestTimeout:
-		return fmt.Errorf("%w: %w", ErrBadUpstream, err)
+		return fmt.Errorf("%w: %w", ErrRejected, err)
 	default:
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}

@@ -96,6 +96,7 @@ func (c *Cache) run(ctx context.Context, f *fill, u Upstream, repo string) {
 	defer c.running.Done()
 	defer f.cancel()
 	err := c.copyBlob(ctx, f, u, repo)
+	c.remember(u, repo, blobKey(u.Name, repo, f.dgst.String()), err)
 	c.mu.Lock()
 	delete(c.fills, f.dgst)
 	c.mu.Unlock()

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +22,45 @@ import (
 // reject anything larger.
 const MaxManifestSize = 4 << 20
 
+// Manifest media types: the four a pull asks for, and the only ones a
+// Content-Type is believed for.
+const (
+	mediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
+	mediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
+var manifestTypes = []string{ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageIndex, mediaTypeDockerManifest, mediaTypeDockerList}
+
+// mediaTypeOf is what a manifest is: the mediaType its body declares,
+// whatever the Content-Type said; for a body that declares none (older OCI
+// manifests), a Content-Type naming a manifest type, else what the body's
+// fields say. "" when nothing says.
+func mediaTypeOf(m manifestRefs, contentType string) string {
+	switch {
+	case m.MediaType != "":
+		return m.MediaType
+	case slices.Contains(manifestTypes, contentType):
+		return contentType
+	case m.Manifests != nil:
+		return ocispec.MediaTypeImageIndex
+	case m.Config != nil:
+		return ocispec.MediaTypeImageManifest
+	}
+	return ""
+}
+
+// parseRef tells a digest from a tag: tags cannot hold a colon.
+func parseRef(ref string) (dgst digest.Digest, isDigest bool, err error) {
+	if !strings.Contains(ref, ":") {
+		return "", false, nil
+	}
+	dgst = digest.Digest(ref)
+	if err := dgst.Validate(); err != nil {
+		return "", true, fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	return dgst, true, nil
+}
+
 // Manifest returns the manifest ref (tag or digest) of repo, exactly the
 // bytes upstream sent, with its descriptor.
 func (c *Cache) Manifest(ctx context.Context, up, repo, ref string) (ocispec.Descriptor, []byte, error) {
@@ -28,20 +68,98 @@ func (c *Cache) Manifest(ctx context.Context, up, repo, ref string) (ocispec.Des
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	if strings.Contains(ref, ":") { // tags cannot hold a colon
-		dgst := digest.Digest(ref)
-		if err := dgst.Validate(); err != nil {
-			return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %w", ErrNotFound, err)
-		}
+	dgst, isDigest, err := parseRef(ref)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	if isDigest {
 		return c.manifestByDigest(ctx, u, repo, dgst)
 	}
 	return c.manifestByTag(ctx, u, repo, ref)
+}
+
+// ManifestHead describes the manifest ref of repo without its bytes. What
+// is not cached is asked of upstream with a HEAD, never a GET (which Docker
+// Hub counts as a pull); only a HEAD answer that says too little (no
+// digest, no length, not a manifest type) is followed by a GET.
+func (c *Cache) ManifestHead(ctx context.Context, up, repo, ref string) (ocispec.Descriptor, error) {
+	u, err := c.upstream(up)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	dgst, isDigest, err := parseRef(ref)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if !isDigest {
+		if ti, err := c.store.Tag(u.Name, repo, ref); err == nil && c.fresh(u, ti) {
+			c.metrics.result(u.Name, "manifest", true)
+			return c.tagDesc(ti), nil
+		}
+		desc, _, err := c.shared(ctx, "ht", u, repo, ref, func(ctx context.Context) (ocispec.Descriptor, []byte, error) {
+			desc, err := c.resolveTagHead(ctx, u, repo, ref)
+			return desc, nil, err
+		})
+		return desc, err
+	}
+	desc, _, err := c.storedManifest(dgst)
+	if err == nil {
+		if err := c.authorize(ctx, u, repo, dgst, true); err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		c.metrics.result(u.Name, "manifest", true)
+		return desc, nil
+	}
+	if !errors.Is(err, storage.ErrNotFound) {
+		return ocispec.Descriptor{}, err
+	}
+	desc, _, err = c.shared(ctx, "hd", u, repo, ref, func(ctx context.Context) (ocispec.Descriptor, []byte, error) {
+		c.metrics.result(u.Name, "manifest", false)
+		head, _, err := u.Source.Manifest(ctx, repo, ref, true)
+		if err != nil {
+			return ocispec.Descriptor{}, nil, classify(err)
+		}
+		if head.Digest == "" {
+			head.Digest = dgst // the registry answered 200 for this digest
+		}
+		if head.Digest != dgst {
+			return ocispec.Descriptor{}, nil, fmt.Errorf("%w: asked for manifest %s, upstream described %s", ErrBadUpstream, dgst, head.Digest)
+		}
+		if !describes(head) {
+			return c.fetchManifest(ctx, u, repo, ref, dgst)
+		}
+		c.admit(u, repo, dgst)
+		return head, nil, nil
+	})
+	return desc, err
+}
+
+// describes reports whether a HEAD answer says all a client needs: a
+// digest, a length, and a manifest media type.
+func describes(head ocispec.Descriptor) bool {
+	return head.Digest.Validate() == nil && head.Size > 0 && head.Size <= MaxManifestSize && slices.Contains(manifestTypes, head.MediaType)
+}
+
+// fresh reports whether a tag's resolution is young enough to trust
+// without asking upstream.
+func (c *Cache) fresh(u Upstream, ti storage.TagInfo) bool { return c.now().Sub(ti.Checked) < u.TagTTL }
+
+// tagDesc describes what a tag resolved to: the stored manifest's record
+// when it is stored, else what the HEAD that resolved the tag said.
+func (c *Cache) tagDesc(ti storage.TagInfo) ocispec.Descriptor {
+	if desc, _, err := c.storedManifest(ti.Digest); err == nil {
+		return desc
+	}
+	return ocispec.Descriptor{MediaType: ti.MediaType, Digest: ti.Digest, Size: ti.Size}
 }
 
 func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (ocispec.Descriptor, []byte, error) {
 	desc, body, err := c.storedManifest(dgst)
 	if errors.Is(err, storage.ErrNotFound) {
 		return c.shared(ctx, "d", u, repo, dgst.String(), func(ctx context.Context) (ocispec.Descriptor, []byte, error) {
+			if desc, body, err := c.storedManifest(dgst); err == nil {
+				return desc, body, nil // stored by a flight that ended just before this one began
+			}
 			c.metrics.result(u.Name, "manifest", false)
 			return c.fetchManifest(ctx, u, repo, dgst.String(), dgst)
 		})
@@ -58,7 +176,7 @@ func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, d
 
 func (c *Cache) manifestByTag(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, []byte, error) {
 	ti, err := c.store.Tag(u.Name, repo, tag)
-	if err == nil && c.now().Sub(ti.Checked) < u.TagTTL {
+	if err == nil && c.fresh(u, ti) {
 		desc, body, err := c.storedManifest(ti.Digest)
 		if err == nil {
 			c.metrics.result(u.Name, "manifest", true)
@@ -77,29 +195,22 @@ const manifestFlightTimeout = time.Minute
 // shared runs fn once for every concurrent request of the same manifest, so
 // a thundering herd of pods costs upstream one request. fn runs detached
 // from the first caller: one client giving up does not fail the others.
+// What upstream says does not exist (or may not be read) is remembered for
+// the upstream's negative_ttl.
 func (c *Cache) shared(ctx context.Context, kind string, u Upstream, repo, ref string, fn func(context.Context) (ocispec.Descriptor, []byte, error)) (ocispec.Descriptor, []byte, error) {
 	type result struct {
 		desc ocispec.Descriptor
 		body []byte
 	}
-	key := u.Name + "\x00" + repo + "\x00" + ref
-	repoKey := u.Name + "\x00" + repo // the whole repository is missing
-	if c.missing.has(key, c.now()) || c.missing.has(repoKey, c.now()) {
-		c.metrics.negative.WithLabelValues(u.Name).Inc()
-		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s:%s (remembered for up to %v)", ErrNotFound, repo, ref, u.NegativeTTL)
+	key := manifestKey(u.Name, repo, ref)
+	if err := c.recall(u, repo, key); err != nil {
+		return ocispec.Descriptor{}, nil, err
 	}
 	ch := c.flights.DoChan(kind+"\x00"+key, func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFlightTimeout)
 		defer cancel()
 		desc, body, err := fn(fctx)
-		if errors.Is(err, ErrNotFound) && u.NegativeTTL > 0 {
-			k := key
-			var oc interface{ OCICodes() []string }
-			if errors.As(err, &oc) && slices.Contains(oc.OCICodes(), "NAME_UNKNOWN") {
-				k = repoKey
-			}
-			c.missing.add(k, c.now().Add(u.NegativeTTL), c.now())
-		}
+		c.remember(u, repo, key, err)
 		return result{desc, body}, err
 	})
 	select {
@@ -111,18 +222,12 @@ func (c *Cache) shared(ctx context.Context, kind string, u Upstream, repo, ref s
 	}
 }
 
-// resolveTag answers a tag that is unknown or stale: fetch it, or ask
-// upstream cheaply whether it still points where it did.
+// resolveTag answers a GET of a tag that is unknown or stale: fetch it, or
+// ask upstream cheaply whether it still points where it did. A stale
+// answer is served only when upstream is unavailable; anything else it
+// says (not found, denied, refused) is the answer.
 func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, []byte, error) {
 	ti, err := c.store.Tag(u.Name, repo, tag)
-	if err != nil && !errors.Is(err, storage.ErrNotFound) {
-		return ocispec.Descriptor{}, nil, err
-	}
-	var desc ocispec.Descriptor
-	var body []byte
-	if err == nil {
-		desc, body, err = c.storedManifest(ti.Digest)
-	}
 	if errors.Is(err, storage.ErrNotFound) {
 		c.metrics.result(u.Name, "manifest", false)
 		return c.fetchManifest(ctx, u, repo, tag, "")
@@ -130,33 +235,90 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	if c.now().Sub(ti.Checked) < u.TagTTL {
-		// Resolved by a flight that ended just before this one began.
-		c.metrics.result(u.Name, "manifest", true)
-		return desc, body, nil
+	desc, body, serr := c.storedManifest(ti.Digest)
+	if serr != nil && !errors.Is(serr, storage.ErrNotFound) {
+		return ocispec.Descriptor{}, nil, serr
 	}
-	hctx, cancel := context.WithTimeout(ctx, u.RevalidateTimeout)
-	head, _, err := u.Source.Manifest(hctx, repo, tag, true)
-	cancel()
-	switch err := classify(err); {
-	case errors.Is(err, ErrNotFound):
-		return ocispec.Descriptor{}, nil, err
-	case err != nil:
+	stored := serr == nil
+	if c.fresh(u, ti) {
+		// Resolved by a flight that ended just before this one began, or
+		// by a HEAD that did not fetch the manifest.
+		if stored {
+			c.metrics.result(u.Name, "manifest", true)
+			return desc, body, nil
+		}
+		c.metrics.result(u.Name, "manifest", false)
+		return c.fetchManifest(ctx, u, repo, ti.Digest.String(), ti.Digest, tag)
+	}
+	head, err := c.revalidate(ctx, u, repo, tag)
+	switch {
+	case errors.Is(err, ErrUnavailable) && stored:
 		// Serve what we have rather than fail a rollout on a flaky upstream.
 		c.metrics.result(u.Name, "manifest", true)
 		c.metrics.stale.WithLabelValues(u.Name).Inc()
 		return desc, body, nil
-	case head.Digest == ti.Digest:
+	case err != nil:
+		return ocispec.Descriptor{}, nil, err
+	case head.Digest == ti.Digest && stored:
 		ti.Checked = c.now()
 		c.keep("index", c.store.PutTag(u.Name, repo, tag, ti), "repository", repo, "tag", tag)
 		c.metrics.result(u.Name, "manifest", true)
 		return desc, body, nil
 	}
 	c.metrics.result(u.Name, "manifest", false)
-	if head.Digest.Validate() == nil && head.Digest.Algorithm() == digest.SHA256 {
+	if head.Digest.Validate() == nil {
 		return c.fetchManifest(ctx, u, repo, head.Digest.String(), head.Digest, tag)
 	}
 	return c.fetchManifest(ctx, u, repo, tag, "")
+}
+
+// revalidate asks upstream with a HEAD, within the upstream's
+// revalidate_timeout, what tag resolves to now.
+func (c *Cache) revalidate(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, error) {
+	hctx, cancel := context.WithTimeout(ctx, u.RevalidateTimeout)
+	defer cancel()
+	head, _, err := u.Source.Manifest(hctx, repo, tag, true)
+	return head, classify(err)
+}
+
+// resolveTagHead answers a HEAD of a tag that is unknown or stale with an
+// upstream HEAD, and records what it resolved to; the manifest itself is
+// fetched only when a client asks for its bytes.
+func (c *Cache) resolveTagHead(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, error) {
+	ti, terr := c.store.Tag(u.Name, repo, tag)
+	if terr != nil && !errors.Is(terr, storage.ErrNotFound) {
+		return ocispec.Descriptor{}, terr
+	}
+	known := terr == nil
+	if known && c.fresh(u, ti) {
+		c.metrics.result(u.Name, "manifest", true)
+		return c.tagDesc(ti), nil
+	}
+	var head ocispec.Descriptor
+	var err error
+	if known {
+		head, err = c.revalidate(ctx, u, repo, tag)
+	} else {
+		head, _, err = u.Source.Manifest(ctx, repo, tag, true)
+		err = classify(err)
+	}
+	switch {
+	case errors.Is(err, ErrUnavailable) && known:
+		c.metrics.result(u.Name, "manifest", true)
+		c.metrics.stale.WithLabelValues(u.Name).Inc()
+		return c.tagDesc(ti), nil
+	case err != nil:
+		return ocispec.Descriptor{}, err
+	case !describes(head):
+		c.metrics.result(u.Name, "manifest", false)
+		desc, _, err := c.fetchManifest(ctx, u, repo, tag, "")
+		return desc, err
+	}
+	c.metrics.result(u.Name, "manifest", known && head.Digest == ti.Digest)
+	ti = storage.TagInfo{Digest: head.Digest, MediaType: head.MediaType, Size: head.Size, Checked: c.now()}
+	c.admit(u, repo, head.Digest)
+	c.keep("index", c.store.PutTag(u.Name, repo, tag, ti), "repository", repo, "tag", tag)
+	return c.tagDesc(ti), nil
 }
 
 // storedManifest reads a manifest from the store (or its memory of it).
@@ -169,8 +331,11 @@ func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, 
 		return ocispec.Descriptor{}, nil, err
 	}
 	mt := bi.MediaType
-	if mt == "" { // adopted after a crash: the type is in the manifest itself
-		if mt = parseManifest(body).MediaType; mt == "" {
+	if !slices.Contains(manifestTypes, mt) {
+		// Adopted after a crash (no type on record), or recorded by an
+		// older Wharf from a Content-Type like application/json: the body
+		// says (wharf check --repair corrects the record).
+		if mt = mediaTypeOf(parseManifest(body), mt); mt == "" {
 			return ocispec.Descriptor{}, nil, fmt.Errorf("manifest %s has no media type on record: %w", dgst, storage.ErrNotFound)
 		}
 	}
@@ -180,9 +345,9 @@ func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, 
 
 // fetchManifest GETs ref from upstream, verifies it, stores it, records which
 // digests it shows the repository to hold and, for a tag, what the tag
-// resolves to. want is the digest the bytes must hash to, if known; tags
-// lists extra tags to point at the result (a revalidated tag fetched by
-// digest).
+// resolves to. want is the digest the bytes must hash to, if known (with
+// its own algorithm: sha256 or sha512); tags lists extra tags to point at
+// the result (a revalidated tag fetched by digest).
 func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string, want digest.Digest, tags ...string) (ocispec.Descriptor, []byte, error) {
 	desc, rc, err := u.Source.Manifest(ctx, repo, ref, false)
 	if err != nil {
@@ -196,23 +361,22 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 	if len(body) > MaxManifestSize {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s is larger than 4 MiB", ErrBadUpstream, ref, repo)
 	}
-	got := digest.FromBytes(body)
-	if (want != "" && got != want) || (desc.Digest != "" && desc.Digest != got) {
-		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s hashes to %s", ErrBadUpstream, ref, repo, got)
+	got := cmp.Or(want, digest.FromBytes(body))
+	for _, d := range []digest.Digest{got, desc.Digest} {
+		if d != "" && (d.Validate() != nil || d.Algorithm().FromBytes(body) != d) {
+			return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s does not hash to %s", ErrBadUpstream, ref, repo, d)
+		}
 	}
 	c.metrics.fetched.WithLabelValues(u.Name).Add(float64(len(body)))
 	refs := parseManifest(body)
-	mt := desc.MediaType
-	if mt == "" || mt == "application/octet-stream" || mt == "text/plain" {
-		mt = refs.MediaType
-	}
+	mt := mediaTypeOf(refs, desc.MediaType)
 	if mt == "" {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s has no media type", ErrBadUpstream, ref, repo)
 	}
 	desc = ocispec.Descriptor{MediaType: mt, Digest: got, Size: int64(len(body))}
 	// Membership first: once the manifest is visible in the store, a
-	// by-digest request for it must not have to ask upstream again.
-	// The bytes verified: whatever the store cannot keep, the client still
+	// by-digest request for it must not have to ask upstream again. The
+	// bytes verified: whatever the store cannot keep, the client still
 	// gets its answer.
 	c.keep("index", c.store.AddMembers(u.Name, repo, append(refs.digests(), got)...), "repository", repo, "digest", got)
 	if err := c.putBlob(got, mt, body); err != nil {

@@ -27,7 +27,7 @@ type metrics struct {
 	pushedBytes   *prometheus.CounterVec // target
 }
 
-func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func() int) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_cache_requests_total",
@@ -113,7 +113,11 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store) (*metrics, erro
 		Name: "wharf_store_blobs",
 		Help: "Blobs in the store.",
 	}, func() float64 { _, n := store.Size(); return float64(n) })
-	for _, c := range []prometheus.Collector{m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, m.jobs, m.jobSaveFailed, m.images, m.pushed, m.pushedBytes, size, count} {
+	negatives := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wharf_negative_entries",
+		Help: "Upstream refusals (404, 401, 403) remembered for negative_ttl; bounded at 10,000.",
+	}, func() float64 { return float64(remembered()) })
+	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, m.jobs, m.jobSaveFailed, m.images, m.pushed, m.pushedBytes, size, count} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -30,7 +30,7 @@ func (r *fillReader) startDirect() error {
 	if f.size < 0 {
 		return errors.New("pass-through needs the blob's size, and upstream did not send it")
 	}
-	h := digest.SHA256.Hash()
+	h := f.dgst.Algorithm().Hash()
 	if r.off > 0 {
 		if _, err := io.Copy(h, io.NewSectionReader(f.file, 0, r.off)); err != nil {
 			return err
@@ -54,7 +54,7 @@ func (r *fillReader) readDirect(p []byte) (int, error) {
 	d.hash.Write(p[:n])
 	if r.off+int64(n) == d.size {
 		// This chunk ends the blob: deliver it only if the whole verifies.
-		if got := digest.NewDigest(digest.SHA256, d.hash); got != r.f.dgst {
+		if got := digest.NewDigest(r.f.dgst.Algorithm(), d.hash); got != r.f.dgst {
 			return 0, fmt.Errorf("%w: pass-through of %s hashed to %s", ErrBadUpstream, r.f.dgst, got)
 		}
 		r.off += int64(n)

@@ -260,7 +260,8 @@ func (c *Cache) retry(ctx context.Context, fn func() error) error {
 // failed on its side. "Not found", "denied" and bad content are final.
 func transient(err error) bool {
 	switch {
-	case errors.Is(err, context.Canceled), errors.Is(err, ErrNotFound), errors.Is(err, ErrDenied), errors.Is(err, ErrBadUpstream):
+	case errors.Is(err, context.Canceled), errors.Is(err, ErrNotFound), errors.Is(err, ErrDenied),
+		errors.Is(err, ErrRejected), errors.Is(err, ErrBadUpstream):
 		return false
 	case errors.Is(err, ErrUnavailable):
 		return true

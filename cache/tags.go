@@ -2,59 +2,139 @@ package cache
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/wharf-registry/wharf/storage"
 )
 
-// Tags lists the tags of repo, sorted: upstream's list when it answers, the
-// last list it gave (or the tags resolved through Wharf) when it does not.
+// Tags lists the tags of repo, sorted: upstream's list, trusted for the
+// upstream's tag TTL and fetched once for all concurrent requests; the last
+// list it gave (or the tags resolved through Wharf) when it is unavailable.
 func (c *Cache) Tags(ctx context.Context, up, repo string) ([]string, error) {
 	u, err := c.upstream(up)
 	if err != nil {
 		return nil, err
 	}
-	tags, err := u.Source.Tags(ctx, repo)
-	if err = classify(err); err == nil {
+	cached, checked, lerr := c.store.TagList(u.Name, repo)
+	if lerr == nil && c.now().Sub(checked) < u.TagTTL {
+		return cached, nil
+	}
+	key := tagsKey(u.Name, repo)
+	if err := c.recall(u, repo, key); err != nil {
+		return nil, err
+	}
+	v, err := c.flight(ctx, key, func(ctx context.Context) (any, error) {
+		tags, err := u.Source.Tags(ctx, repo)
+		if err = classify(err); err != nil {
+			c.remember(u, repo, key, err)
+			return nil, err
+		}
 		slices.Sort(tags)
 		tags = slices.Compact(tags)
-		c.keep("index", c.store.PutTagList(u.Name, repo, tags), "repository", repo)
+		c.keep("index", c.store.PutTagList(u.Name, repo, tags, c.now()), "repository", repo)
 		return tags, nil
+	})
+	if err == nil {
+		return v.([]string), nil
 	}
 	if !errors.Is(err, ErrUnavailable) {
 		return nil, err
 	}
-	if cached, lerr := c.store.TagList(u.Name, repo); lerr == nil {
+	if lerr == nil {
 		return cached, nil
 	}
-	if cached, lerr := c.store.CachedTags(u.Name, repo); lerr == nil && len(cached) > 0 {
-		return cached, nil
+	if resolved, lerr := c.store.CachedTags(u.Name, repo); lerr == nil && len(resolved) > 0 {
+		return resolved, nil
 	}
 	return nil, err
 }
 
-// Referrers returns the referrers list of dgst in repo, trusted for the
-// upstream's tag TTL and served stale when upstream is unavailable.
-func (c *Cache) Referrers(ctx context.Context, up, repo string, dgst digest.Digest, artifactType string) (storage.Document, error) {
+func tagsKey(up, repo string) string { return "l\x00" + up + "\x00" + repo }
+
+// flight runs fn once for all concurrent callers of key, detached from the
+// first caller's context and bounded like a manifest fetch; each caller
+// waits at most for its own context.
+func (c *Cache) flight(ctx context.Context, key string, fn func(context.Context) (any, error)) (any, error) {
+	ch := c.flights.DoChan(key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFlightTimeout)
+		defer cancel()
+		return fn(fctx)
+	})
+	select {
+	case r := <-ch:
+		return r.Val, r.Err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Referrers returns the referrers list of dgst in repo, filtered by
+// artifactType if it is not "" (filtered reports whether it was). The
+// unfiltered list is fetched from upstream, trusted for the upstream's tag
+// TTL and served stale when upstream is unavailable; filters are applied
+// here, so a client choosing filters costs neither upstream requests nor
+// index records.
+func (c *Cache) Referrers(ctx context.Context, up, repo string, dgst digest.Digest, artifactType string) (doc storage.Document, filtered bool, err error) {
 	u, err := c.upstream(up)
 	if err != nil {
-		return storage.Document{}, err
+		return storage.Document{}, false, err
 	}
-	doc, cerr := c.store.Referrers(u.Name, repo, dgst, artifactType)
-	if cerr == nil && c.now().Sub(doc.Checked) < u.TagTTL {
-		return doc, nil
-	}
-	mt, body, err := u.Source.Referrers(ctx, repo, dgst, artifactType)
-	if err = classify(err); err != nil {
-		if errors.Is(err, ErrUnavailable) && cerr == nil {
-			return doc, nil
+	doc, cerr := c.store.Referrers(u.Name, repo, dgst)
+	if cerr != nil || c.now().Sub(doc.Checked) >= u.TagTTL {
+		key := "f\x00" + manifestKey(u.Name, repo, dgst.String())
+		if err := c.recall(u, repo, key); err != nil {
+			return storage.Document{}, false, err
 		}
-		return storage.Document{}, err
+		v, err := c.flight(ctx, key, func(ctx context.Context) (any, error) {
+			mt, body, err := u.Source.Referrers(ctx, repo, dgst, "")
+			if err = classify(err); err != nil {
+				c.remember(u, repo, key, err)
+				return nil, err
+			}
+			doc := storage.Document{MediaType: mt, Body: body, Checked: c.now()}
+			c.keep("index", c.store.PutReferrers(u.Name, repo, dgst, doc), "repository", repo, "digest", dgst)
+			return doc, nil
+		})
+		switch {
+		case err == nil:
+			doc = v.(storage.Document)
+		case errors.Is(err, ErrUnavailable) && cerr == nil:
+		default:
+			return storage.Document{}, false, err
+		}
 	}
-	doc = storage.Document{MediaType: mt, Body: body, Checked: c.now()}
-	c.keep("index", c.store.PutReferrers(u.Name, repo, dgst, artifactType, doc), "repository", repo, "digest", dgst)
-	return doc, nil
+	if artifactType == "" {
+		return doc, false, nil
+	}
+	return filterReferrers(doc, artifactType)
+}
+
+// filterReferrers keeps the entries of a referrers list of one artifact
+// type, as the OCI distribution spec's artifactType filter does.
+func filterReferrers(doc storage.Document, artifactType string) (storage.Document, bool, error) {
+	var idx ocispec.Index
+	if err := json.Unmarshal(doc.Body, &idx); err != nil {
+		return storage.Document{}, false, errors.Join(ErrBadUpstream, err)
+	}
+	var keep []ocispec.Descriptor
+	for _, d := range idx.Manifests {
+		if d.ArtifactType == artifactType {
+			keep = append(keep, d)
+		}
+	}
+	out := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: keep}
+	out.SchemaVersion = 2
+	if out.Manifests == nil {
+		out.Manifests = []ocispec.Descriptor{}
+	}
+	body, err := json.Marshal(out)
+	if err != nil {
+		return storage.Document{}, false, err
+	}
+	return storage.Document{MediaType: ocispec.MediaTypeImageIndex, Body: body, Checked: doc.Checked}, true, nil
 }

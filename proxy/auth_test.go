@@ -33,9 +33,11 @@ func TestBasicAuthUpstream(t *testing.T) {
 
 	bad := newEnv(t, t.TempDir(), spec{name: "harbor.example", reg: up, def: true, user: "robot", password: "wrong"})
 	r = bad.do(t, "GET", "/v2/org/private/manifests/1")
-	wantError(t, r, 403, "DENIED")
-	if strings.Contains(string(r.body), "wrong") {
-		t.Fatalf("password leaked into error body: %s", r.body)
+	// Upstream's refusal is passed on as it is, without its challenge:
+	// the client cannot fix Wharf's credentials.
+	wantError(t, r, 401, "UNAUTHORIZED")
+	if strings.Contains(string(r.body), "wrong") || r.header.Get("WWW-Authenticate") != "" || strings.Contains(string(r.body), up.Host()) {
+		t.Fatalf("password, challenge or upstream host leaked into the answer: %v %s", r.header, r.body)
 	}
 }
 
@@ -111,7 +113,8 @@ func TestBearerTokenUpstream(t *testing.T) {
 			t.Fatalf("registry received the password: %+v", req)
 		}
 	}
-	// Each repository: one challenged manifest GET, then the GET with the
-	// token and two blob GETs that carry it from the start.
-	wantCounts(t, up, map[string]int{"GET manifest": 4, "GET blob": 4})
+	// Each repository: one challenged manifest HEAD, then the HEAD with
+	// the token, and the manifest GET and two blob GETs that carry it from
+	// the start.
+	wantCounts(t, up, map[string]int{"HEAD manifest": 4, "GET manifest": 2, "GET blob": 4})
 }

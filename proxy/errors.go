@@ -33,7 +33,9 @@ func ociError(status int, code errcode.ErrorCode, msg string) error {
 }
 
 // toHTTP decides what a client is told about err. notFound is the code for
-// "does not exist upstream" on the route that failed.
+// "does not exist upstream" on the route that failed. What a client reads
+// is about what it asked for: an upstream's status and OCI message, never
+// the URLs, hosts or addresses Wharf used (those go to the log).
 func toHTTP(err error, notFound errcode.ErrorCode) *httpError {
 	var he *httpError
 	if errors.As(err, &he) {
@@ -45,13 +47,22 @@ func toHTTP(err error, notFound errcode.ErrorCode) *httpError {
 	case errors.Is(err, cache.ErrUnknown):
 		return &httpError{status: http.StatusNotFound, err: errcode.ErrorCodeNameUnknown.WithMessage(err.Error())}
 	case errors.Is(err, cache.ErrNotFound):
-		return &httpError{status: http.StatusNotFound, err: notFound.WithMessage(err.Error())}
-	case errors.Is(err, cache.ErrDenied):
-		return &httpError{status: http.StatusForbidden, err: errcode.ErrorCodeDenied.WithMessage(err.Error())}
+		return &httpError{status: http.StatusNotFound, err: notFound.WithMessage(message(err, cache.ErrNotFound))}
+	case errors.Is(err, cache.ErrDenied), errors.Is(err, cache.ErrRejected):
+		// Passed on as upstream said it, with its code when it is one.
+		status := http.StatusForbidden
+		if errors.As(err, &sc) && sc.StatusCode() >= 400 && sc.StatusCode() < 500 {
+			status = sc.StatusCode()
+		}
+		sentinel := cache.ErrRejected
+		if errors.Is(err, cache.ErrDenied) {
+			sentinel = cache.ErrDenied
+		}
+		return &httpError{status: status, err: upstreamCode(err, status).WithMessage(message(err, sentinel))}
 	case errors.Is(err, cache.ErrBadUpstream):
-		return &httpError{status: http.StatusBadGateway, err: errcode.ErrorCodeUnknown.WithMessage(err.Error())}
+		return &httpError{status: http.StatusBadGateway, err: errcode.ErrorCodeUnknown.WithMessage(message(err, cache.ErrBadUpstream))}
 	case errors.Is(err, cache.ErrUnavailable):
-		he := &httpError{status: http.StatusServiceUnavailable, err: errcode.ErrorCodeUnavailable.WithMessage(err.Error())}
+		he := &httpError{status: http.StatusServiceUnavailable, err: errcode.ErrorCodeUnavailable.WithMessage(message(err, cache.ErrUnavailable))}
 		if errors.As(err, &ra) {
 			he.retry = ra.RetryAfter()
 		}
@@ -63,6 +74,45 @@ func toHTTP(err error, notFound errcode.ErrorCode) *httpError {
 		return &httpError{status: http.StatusServiceUnavailable, err: errcode.ErrorCodeUnavailable.WithMessage("request cancelled")}
 	}
 	return &httpError{status: http.StatusInternalServerError, err: errcode.ErrorCodeUnknown.WithMessage("internal error")}
+}
+
+// message is what a client is told of err: Wharf's own words when no
+// upstream answer is inside it, else the sentinel, the upstream's status
+// and its OCI message, without the request's URL.
+func message(err, sentinel error) string {
+	var sc interface{ StatusCode() int }
+	if !errors.As(err, &sc) {
+		return err.Error()
+	}
+	msg := sentinel.Error()
+	if s := sc.StatusCode(); s > 0 {
+		msg += " (" + strconv.Itoa(s) + " " + http.StatusText(s) + ")"
+	}
+	var om interface{ OCIMessage() string }
+	if errors.As(err, &om) && om.OCIMessage() != "" {
+		msg += ": " + om.OCIMessage()
+	}
+	return msg
+}
+
+// upstreamCode is the OCI code a refusal is passed on with: the upstream's
+// own when it is a registered one, else the usual code for its status.
+func upstreamCode(err error, status int) errcode.ErrorCode {
+	var oc interface{ OCICodes() []string }
+	if errors.As(err, &oc) {
+		for _, c := range oc.OCICodes() {
+			if code := errcode.ParseErrorCode(c); code != errcode.ErrorCodeUnknown || c == "UNKNOWN" {
+				return code
+			}
+		}
+	}
+	switch status {
+	case http.StatusUnauthorized:
+		return errcode.ErrorCodeUnauthorized
+	case http.StatusForbidden:
+		return errcode.ErrorCodeDenied
+	}
+	return errcode.ErrorCodeUnknown
 }
 
 // write sends he as an OCI error document.

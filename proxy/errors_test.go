@@ -126,7 +126,7 @@ func TestUpstreamTroubleIsNeverNotFound(t *testing.T) {
 	e = newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 
 	up.SetHook(fault(all, 401, map[string]string{"WWW-Authenticate": `Basic realm="x"`}, ""))
-	wantError(t, e.do(t, "GET", "/v2/app/manifests/1"), 403, "DENIED")
+	wantError(t, e.do(t, "GET", "/v2/app/manifests/1"), 401, "UNAUTHORIZED")
 
 	up.SetHook(nil)
 	up.Close() // unreachable
@@ -250,7 +250,7 @@ func TestNegativeCache(t *testing.T) {
 			t.Fatalf("HEAD missing: %d", r.status)
 		}
 	}
-	wantCounts(t, up, map[string]int{"GET manifest": 6})
+	wantCounts(t, up, map[string]int{"GET manifest": 1, "HEAD manifest": 5})
 	if n := metric(t, e, "wharf_negative_hits_total"); n != 4 {
 		t.Fatalf("negative hits %v, want 4", n)
 	}
@@ -284,8 +284,17 @@ func TestCircuitBreaker(t *testing.T) {
 	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 	pull(t, e, "app", img, "")
 	up.SetHook(fault(all, 502, nil, ""))
-	for i := range 5 {
-		wantError(t, e.do(t, "GET", fmt.Sprintf("/v2/app/manifests/missing-%d", i)), 503, "UNAVAILABLE")
+	up.Reset()
+	// One broken repository does not shut the others out.
+	for i := range 6 {
+		wantError(t, e.do(t, "GET", fmt.Sprintf("/v2/broken/app/manifests/missing-%d", i)), 503, "UNAVAILABLE")
+	}
+	if n := up.Count("GET", "manifest"); n != 6 {
+		t.Fatalf("one failing repository opened the circuit: %d of 6 requests went upstream", n)
+	}
+	// 5xx from several repositories open it.
+	for i := range 4 {
+		wantError(t, e.do(t, "GET", fmt.Sprintf("/v2/team/app%d/manifests/missing", i)), 503, "UNAVAILABLE")
 	}
 	up.Reset()
 	r := e.do(t, "GET", "/v2/app/manifests/missing-x")

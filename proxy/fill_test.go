@@ -28,7 +28,7 @@ func TestConcurrentColdPullsOfAnImage(t *testing.T) {
 				wg.Go(func() { pull(t, e, "app", img, "") })
 			}
 			wg.Wait()
-			wantCounts(t, up, map[string]int{"GET manifest": 1, "GET blob": 4})
+			wantCounts(t, up, map[string]int{"HEAD manifest": 1, "GET manifest": 1, "GET blob": 4})
 		})
 	}
 }

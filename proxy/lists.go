@@ -62,7 +62,8 @@ func (p *proxy) catalog(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, r, map[string]any{"repositories": page})
 }
 
-// referrers passes upstream's referrers list through, cached.
+// referrers passes upstream's referrers list through, cached, and applies
+// an artifactType filter itself.
 func (p *proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 	dgst, err := parseDigest(mux.Vars(r)["digest"])
 	if err != nil {
@@ -73,9 +74,12 @@ func (p *proxy) referrers(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	filter := r.URL.Query().Get("artifactType")
-	doc, err := p.cache.Referrers(r.Context(), t.upstream, t.repo, dgst, filter)
+	doc, filtered, err := p.cache.Referrers(r.Context(), t.upstream, t.repo, dgst, filter)
 	if err != nil {
 		return err
+	}
+	if filtered {
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
 	}
 	w.Header().Set("Content-Type", doc.MediaType)
 	w.Header().Set("Content-Length", strconv.Itoa(len(doc.Body)))

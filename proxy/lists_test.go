@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -95,8 +96,21 @@ func TestReferrersPassThroughAndCache(t *testing.T) {
 	if n := up.Count("GET", "referrers"); n != 1 {
 		t.Fatalf("%d upstream referrers requests, want 1", n)
 	}
+	// Filters are applied to the cached list: no upstream request, no
+	// index record per filter.
+	for at, want := range map[string]int{"application/vnd.example.sig": 1, "application/vnd.example.sbom": 0} {
+		r := e.do(t, "GET", path+"?artifactType="+at)
+		var idx ocispec.Index
+		if r.status != 200 || json.Unmarshal(r.body, &idx) != nil || len(idx.Manifests) != want || r.header.Get("OCI-Filters-Applied") != "artifactType" {
+			t.Fatalf("referrers filtered by %s: %d %v %s", at, r.status, r.header, r.body)
+		}
+	}
+	if n := up.Count("GET", "referrers"); n != 1 {
+		t.Fatalf("%d upstream referrers requests, want 1", n)
+	}
 	up.SetHook(nil)
-	if r := e.do(t, "GET", path+"?artifactType=application/vnd.example.sig"); r.status != 404 {
+	e2 := newEnv(t, t.TempDir(), spec{name: "ghcr.io", reg: up, def: true, ttl: time.Hour})
+	if r := e2.do(t, "GET", path); r.status != 404 {
 		t.Fatalf("referrers unsupported upstream: %d %s", r.status, r.body)
 	}
 }

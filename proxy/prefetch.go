@@ -206,7 +206,7 @@ func (p *proxy) syncList(ctx context.Context, body []byte) ([]string, error) {
 	for _, host := range sortedKeys(doc) {
 		reg := doc[host]
 		join := func(repo, ref string) string {
-			if strings.HasPrefix(ref, "sha256:") {
+			if strings.HasPrefix(ref, "sha256:") || strings.HasPrefix(ref, "sha512:") {
 				return host + "/" + repo + "@" + ref
 			}
 			return host + "/" + repo + ":" + ref
@@ -396,7 +396,7 @@ func (p *proxy) parseImage(s string) (cache.ImageRef, error) {
 	}
 	if d, ok := named.(reference.Digested); ok {
 		if _, err := parseDigest(d.Digest().String()); err != nil {
-			return cache.ImageRef{}, fmt.Errorf("%q: only sha256 digests are supported", s)
+			return cache.ImageRef{}, fmt.Errorf("%q: only sha256 and sha512 digests are supported", s)
 		}
 		ref.Ref = d.Digest().String()
 		if tagged {

@@ -48,9 +48,10 @@ func TestPullImageColdThenWarm(t *testing.T) {
 	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 
 	pull(t, e, "app", img, "")
-	// The HEAD of a cold tag fetches the manifest once; the GET by digest is
-	// then a hit; each blob is fetched exactly once.
-	wantCounts(t, up, map[string]int{"GET manifest": 1, "GET blob": 4})
+	// The HEAD of a cold tag is an upstream HEAD (which Docker Hub does not
+	// count as a pull), the GET by digest fetches the manifest once, and
+	// each blob is fetched exactly once.
+	wantCounts(t, up, map[string]int{"HEAD manifest": 1, "GET manifest": 1, "GET blob": 4})
 
 	up.Reset()
 	pull(t, e, "library/app", img, "?ns=docker.io")
@@ -77,8 +78,9 @@ func TestPullIndexColdThenWarm(t *testing.T) {
 		}
 	}
 	pullIndex()
-	// Index by tag, then each child: HEAD by digest is a miss (GET), blobs once.
-	wantCounts(t, up, map[string]int{"GET manifest": 3, "GET blob": 6})
+	// Index by tag, then each child: HEAD by digest is a miss (an upstream
+	// HEAD), then its GET; blobs once.
+	wantCounts(t, up, map[string]int{"GET manifest": 3, "HEAD manifest": 2, "GET blob": 6})
 	up.Reset()
 	pullIndex()
 	wantCounts(t, up, map[string]int{})
@@ -202,7 +204,7 @@ func TestPullManyImagesCounts(t *testing.T) {
 	for _, img := range imgs {
 		pull(t, e, img.Repo, img, "")
 	}
-	wantCounts(t, up, map[string]int{"GET manifest": 5, "GET blob": 15})
+	wantCounts(t, up, map[string]int{"HEAD manifest": 5, "GET manifest": 5, "GET blob": 15})
 }
 
 // The index is lost (a crash between a blob's rename and its index write,
@@ -221,10 +223,10 @@ func TestLostIndexAdoptsVerifiedFiles(t *testing.T) {
 	up.Reset()
 	e = newEnv(t, root, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 	pull(t, e, "app", img, "")
-	// The tag is asked again (GET: a HEAD of a cold tag fetches it), and
-	// membership of this repository is proven by that manifest: no blob
-	// and no by-digest request goes upstream.
-	wantCounts(t, up, map[string]int{"GET manifest": 1})
+	// The tag is asked again (a HEAD), and membership of this repository
+	// is proven by it and the manifest it names: no blob and no by-digest
+	// request goes upstream.
+	wantCounts(t, up, map[string]int{"HEAD manifest": 1})
 }
 
 // clock is a settable time for tag TTL tests.

@@ -113,12 +113,13 @@ func (p *proxy) resolve(w http.ResponseWriter, r *http.Request) (target, error) 
 	return t, nil
 }
 
-// parseDigest accepts only sha256 digests, the store's only algorithm:
-// "sha256:" and 64 lowercase hex digits, checked by hand because it runs on
-// every request (go-digest's Parse is a regexp match).
+// parseDigest accepts the digests the store keeps: "sha256:" and 64, or
+// "sha512:" and 128, lowercase hex digits, checked by hand because it runs
+// on every request (go-digest's Parse is a regexp match).
 func parseDigest(s string) (digest.Digest, error) {
-	hex, ok := strings.CutPrefix(s, "sha256:")
-	if !ok || len(hex) != 64 || strings.IndexFunc(hex, func(c rune) bool { return !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') }) >= 0 {
+	alg, hex, _ := strings.Cut(s, ":")
+	want := map[string]int{"sha256": 64, "sha512": 128}[alg]
+	if want == 0 || len(hex) != want || strings.IndexFunc(hex, func(c rune) bool { return !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') }) >= 0 {
 		return "", ociError(http.StatusBadRequest, errcode.ErrorCodeDigestInvalid, "invalid or unsupported digest")
 	}
 	return digest.Digest(s), nil

@@ -1,11 +1,13 @@
 package storage
 
 import (
+	_ "crypto/sha512" // SHA-512 for go-digest: sha512 digests are stored too
 	"errors"
 	"fmt"
 	"hash"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -18,14 +20,18 @@ var ErrNotFound = errors.New("not found")
 // to the expected digest or do not have the expected size.
 var ErrDigestMismatch = errors.New("content does not match digest")
 
+// algorithms are the digests the store keeps, each under blobs/<alg>/.
+var algorithms = []digest.Algorithm{digest.SHA256, digest.SHA512}
+
 // blobPath validates dgst before it becomes a path: only canonical sha256
-// digests are stored, so nothing a client sends can escape the root.
+// and sha512 digests are stored, so nothing a client sends can escape the
+// root.
 func (s *Store) blobPath(dgst digest.Digest) (string, error) {
-	if err := dgst.Validate(); err != nil || dgst.Algorithm() != digest.SHA256 {
+	if err := dgst.Validate(); err != nil || !slices.Contains(algorithms, dgst.Algorithm()) {
 		return "", fmt.Errorf("invalid digest %q: %w", dgst, ErrNotFound)
 	}
 	hex := dgst.Encoded()
-	return filepath.Join(s.root, "docker", "registry", "v2", "blobs", "sha256", hex[:2], hex, "data"), nil
+	return filepath.Join(s.root, "docker", "registry", "v2", "blobs", string(dgst.Algorithm()), hex[:2], hex, "data"), nil
 }
 
 // Open returns the stored blob and its size. The file stays readable even if
@@ -77,7 +83,7 @@ func (s *Store) Create(dgst digest.Digest, mediaType string) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temp blob: %w", err)
 	}
-	return &Writer{s: s, f: f, dgst: dgst, mediaType: mediaType, h: digest.SHA256.Hash()}, nil
+	return &Writer{s: s, f: f, dgst: dgst, mediaType: mediaType, h: dgst.Algorithm().Hash()}, nil
 }
 
 // Name is the temporary file's path: readers of a fill in progress open it to
@@ -126,7 +132,7 @@ func (w *Writer) Commit(size int64) error {
 // to its digest and, if size >= 0, have that size. A fill uses it to release
 // the last bytes to readers before the slower fsync in Commit.
 func (w *Writer) Verify(size int64) error {
-	got := digest.NewDigest(digest.SHA256, w.h)
+	got := digest.NewDigest(w.dgst.Algorithm(), w.h)
 	if got != w.dgst || (size >= 0 && size != w.n) {
 		return fmt.Errorf("%w: want %s (%d bytes), got %s (%d bytes)", ErrDigestMismatch, w.dgst, size, got, w.n)
 	}

@@ -19,7 +19,7 @@ import (
 // Problem is one inconsistency between the blob files and the index.
 type Problem struct {
 	Digest digest.Digest
-	Kind   string // "orphan": file without record; "dangling": record without file; "corrupt": wrong bytes
+	Kind   string // "orphan": file without record; "dangling": record without file; "corrupt": wrong bytes; "mediatype": recorded type not the one the manifest declares
 	Detail string
 }
 
@@ -118,33 +118,114 @@ func (s *Store) Check(opts CheckOptions) ([]Problem, error) {
 	if opts.Progress != nil {
 		opts.Progress(total, total)
 	}
-	return problems, nil
+	wrong, err := s.checkMediaTypes(opts.Repair)
+	return append(problems, wrong...), err
+}
+
+// checkMediaTypes compares the media type recorded for each manifest (a
+// blob with a type on record) with the one its body declares. Older Wharfs
+// took it from upstream's Content-Type, which may have been
+// application/json or anything else; Repair rewrites the record and the
+// tags that resolve to it.
+func (s *Store) checkMediaTypes(repair bool) ([]Problem, error) {
+	var problems []Problem
+	fixed := map[digest.Digest]string{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixBlob)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var bi BlobInfo
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
+				return err
+			}
+			dgst := digest.Digest(it.Item().Key()[len(prefixBlob):])
+			if bi.MediaType == "" || bi.Size > maxManifest {
+				continue
+			}
+			body, _, err := s.ReadSmall(dgst, maxManifest)
+			var m struct {
+				MediaType string `json:"mediaType"`
+			}
+			if err != nil || json.Unmarshal(body, &m) != nil || m.MediaType == "" || m.MediaType == bi.MediaType {
+				continue
+			}
+			problems = append(problems, Problem{dgst, "mediatype", fmt.Sprintf("recorded as %s, declares %s", bi.MediaType, m.MediaType)})
+			fixed[dgst] = m.MediaType
+		}
+		return nil
+	})
+	if err != nil || !repair {
+		return problems, err
+	}
+	for dgst, mt := range fixed {
+		if err := s.setMediaType(dgst, mt); err != nil {
+			return problems, err
+		}
+	}
+	tags, err := s.AllTags()
+	for _, t := range tags {
+		if mt, ok := fixed[t.Digest]; ok && err == nil {
+			var ti TagInfo
+			if ti, err = s.Tag(t.Upstream, t.Repo, t.Tag); err == nil {
+				ti.MediaType = mt
+				err = s.PutTag(t.Upstream, t.Repo, t.Tag, ti)
+			}
+		}
+	}
+	return problems, err
+}
+
+// maxManifest is the largest blob checkMediaTypes reads as a manifest.
+const maxManifest = 4 << 20
+
+// setMediaType rewrites the media type of dgst's record.
+func (s *Store) setMediaType(dgst digest.Digest, mt string) error {
+	s.small.remove(dgst)
+	return retryConflict(func() error {
+		return s.db.Update(func(txn *badger.Txn) error {
+			item, err := txn.Get(blobKey(dgst))
+			if err != nil {
+				return err
+			}
+			var bi BlobInfo
+			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
+				return err
+			}
+			bi.MediaType = mt
+			return setJSON(txn, blobKey(dgst), bi)
+		})
+	})
 }
 
 // blobFiles lists every data file under blobs/ with its size. Files whose
 // path is not a valid digest are ignored: they cannot be served.
 func (s *Store) blobFiles() (map[digest.Digest]int64, error) {
-	root := filepath.Join(s.root, "docker", "registry", "v2", "blobs", "sha256")
 	files := map[digest.Digest]int64{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if errors.Is(err, fs.ErrNotExist) && p == root {
-			return filepath.SkipDir
-		}
-		if err != nil || d.IsDir() || d.Name() != "data" {
-			return err
-		}
-		dgst := digest.NewDigestFromEncoded(digest.SHA256, filepath.Base(filepath.Dir(p)))
-		if dgst.Validate() != nil {
+	for _, alg := range algorithms {
+		root := filepath.Join(s.root, "docker", "registry", "v2", "blobs", string(alg))
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if errors.Is(err, fs.ErrNotExist) && p == root {
+				return filepath.SkipDir
+			}
+			if err != nil || d.IsDir() || d.Name() != "data" {
+				return err
+			}
+			dgst := digest.NewDigestFromEncoded(alg, filepath.Base(filepath.Dir(p)))
+			if dgst.Validate() != nil {
+				return nil
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			files[dgst] = fi.Size()
 			return nil
-		}
-		fi, err := d.Info()
+		})
 		if err != nil {
-			return err
+			return nil, err
 		}
-		files[dgst] = fi.Size()
-		return nil
-	})
-	return files, err
+	}
+	return files, nil
 }
 
 func (s *Store) verifyFile(dgst digest.Digest, size int64) error {

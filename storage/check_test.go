@@ -108,3 +108,43 @@ func TestOpenDropsARecordWithoutAFile(t *testing.T) {
 		t.Fatalf("totals: %d bytes, %d blobs", b, n)
 	}
 }
+
+// A manifest recorded with a Content-Type like application/json (as older
+// Wharfs did) is found, and repaired with the type its body declares, in
+// its record and its tags.
+func TestCheckRepairsManifestMediaTypes(t *testing.T) {
+	s := open(t, t.TempDir())
+	const oci = "application/vnd.oci.image.manifest.v1+json"
+	body := `{"schemaVersion":2,"mediaType":"` + oci + `","config":{},"layers":[]}`
+	d := digest.FromString(body)
+	w, _ := s.Create(d, "application/json")
+	w.Write([]byte(body))
+	if err := w.Commit(int64(len(body))); err != nil {
+		t.Fatal(err)
+	}
+	layer := put(t, s, "a layer, no type")
+	s.PutTag("docker.io", "org/app", "1", TagInfo{Digest: d, MediaType: "application/json", Size: int64(len(body))})
+	s.ReadSmall(d, 1<<20) // in the memory cache too
+	ps, err := s.Check(CheckOptions{})
+	if err != nil || len(ps) != 1 || ps[0].Kind != "mediatype" || ps[0].Digest != d {
+		t.Fatalf("check: %v %+v", err, ps)
+	}
+	if _, err := s.Check(CheckOptions{Repair: true}); err != nil {
+		t.Fatal(err)
+	}
+	if bi, _ := s.Blob(d); bi.MediaType != oci {
+		t.Fatalf("record after repair: %q", bi.MediaType)
+	}
+	if _, bi, _ := s.ReadSmall(d, 1<<20); bi.MediaType != oci {
+		t.Fatalf("read after repair: %q", bi.MediaType)
+	}
+	if ti, _ := s.Tag("docker.io", "org/app", "1"); ti.MediaType != oci {
+		t.Fatalf("tag after repair: %q", ti.MediaType)
+	}
+	if bi, _ := s.Blob(layer); bi.MediaType != "" {
+		t.Fatalf("a layer got a type: %q", bi.MediaType)
+	}
+	if ps, _ := s.Check(CheckOptions{}); len(ps) != 0 {
+		t.Fatalf("after repair: %+v", ps)
+	}
+}

@@ -9,7 +9,7 @@
 //	<root>
 //	├── docker/registry/v2
 //	│   ├── blobs
-//	│   │   └── sha256
+//	│   │   └── sha256 (and sha512)
 //	│   │       └── <hex[:2]>
 //	│   │           └── <hex>
 //	│   │               └── data     layers, configs and manifests alike

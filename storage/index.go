@@ -18,8 +18,8 @@ const (
 	prefixTag       = "t\x00" // t <up> <repo> <tag>             → TagInfo
 	prefixMember    = "m\x00" // m <up> <repo> <digest>          → (empty)
 	prefixRepo      = "r\x00" // r <up> <repo>                   → (empty)
-	prefixTagList   = "l\x00" // l <up> <repo>                   → []string
-	prefixReferrers = "f\x00" // f <up> <repo> <digest> <filter> → Document
+	prefixTagList   = "l\x00" // l <up> <repo>                   → tagList
+	prefixReferrers = "f\x00" // f <up> <repo> <digest> ""       → Document (unfiltered)
 )
 
 func key(prefix string, parts ...string) []byte {
@@ -132,17 +132,31 @@ func (s *Store) Repositories() ([]Repository, error) {
 	return repos, err
 }
 
-// TagList returns the last tag list fetched from upstream for up/repo.
-func (s *Store) TagList(up, repo string) ([]string, error) {
-	var tags []string
-	err := s.get(key(prefixTagList, up, repo), &tags)
-	return tags, err
+// tagList is a tag list as upstream gave it, and when.
+type tagList struct {
+	Tags    []string  `json:"tags"`
+	Checked time.Time `json:"checked"`
 }
 
-// PutTagList remembers the tag list upstream gave for up/repo.
-func (s *Store) PutTagList(up, repo string, tags []string) error {
+// TagList returns the last tag list fetched from upstream for up/repo, and
+// when it was fetched (zero for a list kept by an older Wharf).
+func (s *Store) TagList(up, repo string) ([]string, time.Time, error) {
+	var raw json.RawMessage
+	if err := s.get(key(prefixTagList, up, repo), &raw); err != nil {
+		return nil, time.Time{}, err
+	}
+	var tl tagList
+	if err := json.Unmarshal(raw, &tl); err != nil {
+		err = json.Unmarshal(raw, &tl.Tags) // a bare list, as older records are
+		return tl.Tags, time.Time{}, err
+	}
+	return tl.Tags, tl.Checked, nil
+}
+
+// PutTagList remembers the tag list upstream gave for up/repo at checked.
+func (s *Store) PutTagList(up, repo string, tags []string, checked time.Time) error {
 	return s.db.Update(func(txn *badger.Txn) error {
-		return setJSON(txn, key(prefixTagList, up, repo), tags)
+		return setJSON(txn, key(prefixTagList, up, repo), tagList{Tags: tags, Checked: checked})
 	})
 }
 
@@ -154,18 +168,19 @@ type Document struct {
 	Checked   time.Time `json:"checked"`
 }
 
-// Referrers returns the cached referrers answer for up/repo@dgst with the
-// given artifactType filter ("" for none).
-func (s *Store) Referrers(up, repo string, dgst digest.Digest, filter string) (Document, error) {
+// Referrers returns the cached, unfiltered referrers answer for
+// up/repo@dgst. Filters are applied to it, never cached, so that what a
+// client chooses cannot grow the index.
+func (s *Store) Referrers(up, repo string, dgst digest.Digest) (Document, error) {
 	var doc Document
-	err := s.get(key(prefixReferrers, up, repo, dgst.String(), filter), &doc)
+	err := s.get(key(prefixReferrers, up, repo, dgst.String(), ""), &doc)
 	return doc, err
 }
 
-// PutReferrers caches a referrers answer.
-func (s *Store) PutReferrers(up, repo string, dgst digest.Digest, filter string, doc Document) error {
+// PutReferrers caches an unfiltered referrers answer.
+func (s *Store) PutReferrers(up, repo string, dgst digest.Digest, doc Document) error {
 	return s.db.Update(func(txn *badger.Txn) error {
-		return setJSON(txn, key(prefixReferrers, up, repo, dgst.String(), filter), doc)
+		return setJSON(txn, key(prefixReferrers, up, repo, dgst.String(), ""), doc)
 	})
 }
 

@@ -113,7 +113,7 @@ func TestOpenRemovesLeftoverTempFilesAndKeepsIndex(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	s.PutTag("docker.io", "library/app", "1", TagInfo{Digest: d, MediaType: "m", Size: 1, Checked: now})
 	s.AddMembers("docker.io", "library/app", d)
-	s.PutTagList("docker.io", "library/app", []string{"1", "2"})
+	s.PutTagList("docker.io", "library/app", []string{"1", "2"}, now)
 	s.Close()
 
 	s = open(t, root)
@@ -132,6 +132,9 @@ func TestOpenRemovesLeftoverTempFilesAndKeepsIndex(t *testing.T) {
 	}
 	if tags, _ := s.CachedTags("docker.io", "library/app"); len(tags) != 1 || tags[0] != "1" {
 		t.Fatalf("CachedTags: %v", tags)
+	}
+	if tags, at, err := s.TagList("docker.io", "library/app"); err != nil || len(tags) != 2 || !at.Equal(now) {
+		t.Fatalf("TagList: %v %v %v", tags, at, err)
 	}
 	if repos, _ := s.Repositories(); len(repos) != 1 || repos[0] != (Repository{"docker.io", "library/app"}) {
 		t.Fatalf("Repositories: %v", repos)

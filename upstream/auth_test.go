@@ -88,7 +88,7 @@ func TestCredentialGuardPinsFirstRealm(t *testing.T) {
 }
 
 func TestTransportErrorsHidePresignedQueries(t *testing.T) {
-	err := authError("GET", "https://reg/v2/x/blobs/sha256:1?token=a", &url.Error{Op: "Get", URL: "https://s3/blob?X-Amz-Signature=secret", Err: errors.New("reset")})
+	err := authError("GET", "https://reg/v2/x/blobs/sha256:1?token=a", "reg", &url.Error{Op: "Get", URL: "https://s3/blob?X-Amz-Signature=secret", Err: errors.New("reset")})
 	if msg := err.Error(); strings.Contains(msg, "secret") || strings.Contains(msg, "token=a") {
 		t.Fatalf("error message leaks a query: %s", msg)
 	}

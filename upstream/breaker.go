@@ -15,6 +15,8 @@ var ErrCircuitOpen = errors.New("upstream circuit open: not calling it until it 
 
 // Breaker settings: consecutive failures that open the circuit, and how
 // long it stays open (doubling on each trip that ends in a failed probe).
+// A 5xx counts once per repository in a streak: one broken repository
+// must not shut every other one of the upstream out.
 const (
 	tripAfter = 5
 	openFirst = 5 * time.Second
@@ -24,12 +26,14 @@ const (
 // breaker stops calling an upstream that keeps failing: while open,
 // requests fail at once (answered 503 with Retry-After) instead of each
 // waiting for a timeout; after the open period one request probes, and its
-// outcome closes or reopens the circuit.
+// outcome closes or reopens the circuit. Transport failures (no answer)
+// and 5xx from several repositories open it; a 429 opens it at once.
 type breaker struct {
 	mu        sync.Mutex
 	now       func() time.Time
-	failures  int           // consecutive
-	open      time.Duration // length of the last open period
+	failures  int                 // consecutive
+	failing   map[string]struct{} // repositories whose 5xx counted in this streak; at most tripAfter
+	open      time.Duration       // length of the last open period
 	openUntil time.Time
 	probing   bool
 	lastError string
@@ -65,8 +69,9 @@ func (b *breaker) release() {
 	b.mu.Unlock()
 }
 
-// record notes a request's outcome: resp nil with err for transport failures.
-func (b *breaker) record(resp *http.Response, err error) {
+// record notes the outcome of a request for repo: resp nil with err for
+// transport failures.
+func (b *breaker) record(repo string, resp *http.Response, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.probing = false
@@ -84,23 +89,35 @@ func (b *breaker) record(resp *http.Response, err error) {
 		b.lastError = "429 Too Many Requests"
 		b.trip(min(retry, openMax))
 	case err != nil || resp.StatusCode >= 500:
-		b.failures++
 		if err != nil {
 			b.lastError = err.Error()
 		} else {
 			b.lastError = resp.Status
 		}
-		if b.failures >= tripAfter || !b.openUntil.IsZero() { // threshold, or a failed probe
+		probe := !b.openUntil.IsZero()
+		if err == nil && !probe {
+			if _, seen := b.failing[repo]; seen {
+				return // that repository is broken; others may be fine
+			}
+			if b.failing == nil {
+				b.failing = map[string]struct{}{}
+			}
+			b.failing[repo] = struct{}{}
+		}
+		b.failures++
+		if b.failures >= tripAfter || probe { // threshold, or a failed probe
 			b.trip(min(max(2*b.open, openFirst), openMax))
 		}
 	default:
 		b.failures, b.open, b.openUntil = 0, 0, time.Time{}
+		clear(b.failing)
 	}
 }
 
 func (b *breaker) trip(d time.Duration) {
 	b.open = d
 	b.openUntil = b.now().Add(d)
+	clear(b.failing)
 }
 
 // rateLimit reads Docker Hub style headers: "100;w=21600" → 100.

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -11,7 +12,7 @@ func TestBreaker(t *testing.T) {
 	now := time.Unix(0, 0)
 	b := newBreaker()
 	b.now = func() time.Time { return now }
-	fail := func() { b.allow(); b.record(nil, errors.New("connection refused")) }
+	fail := func() { b.allow(); b.record("r", nil, errors.New("connection refused")) }
 	ok := &http.Response{StatusCode: 200, Header: http.Header{}}
 
 	for range tripAfter - 1 {
@@ -20,7 +21,7 @@ func TestBreaker(t *testing.T) {
 	if w := b.allow(); w != 0 {
 		t.Fatalf("open after %d failures", tripAfter-1)
 	}
-	b.record(nil, errors.New("refused"))
+	b.record("r", nil, errors.New("refused"))
 	if w := b.allow(); w != openFirst {
 		t.Fatalf("after %d failures: wait %v, want %v", tripAfter, w, openFirst)
 	}
@@ -31,7 +32,7 @@ func TestBreaker(t *testing.T) {
 	if w := b.allow(); w != time.Second {
 		t.Fatalf("second caller during the probe: %v", w)
 	}
-	b.record(nil, errors.New("still down")) // failed probe: open twice as long
+	b.record("r", nil, errors.New("still down")) // failed probe: open twice as long
 	if w := b.allow(); w != 2*openFirst {
 		t.Fatalf("after a failed probe: %v", w)
 	}
@@ -41,19 +42,57 @@ func TestBreaker(t *testing.T) {
 	if w := b.allow(); w != 0 {
 		t.Fatalf("probe not handed on: %v", w)
 	}
-	b.record(ok, nil)
+	b.record("r", ok, nil)
 	if w := b.allow(); w != 0 || b.failures != 0 {
 		t.Fatalf("not closed after a good probe: %v, %d failures", w, b.failures)
 	}
 
 	// One 429 opens the circuit for as long as upstream asked.
 	b.allow()
-	b.record(&http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"30"},
+	b.record("r", &http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"30"},
 		"Ratelimit-Limit": {"100;w=21600"}, "Ratelimit-Remaining": {"0;w=21600"}}}, nil)
 	if w := b.allow(); w != 30*time.Second {
 		t.Fatalf("after 429 Retry-After 30: %v", w)
 	}
 	if b.limit != 100 || b.remaining != 0 {
 		t.Fatalf("rate limit headers: %d/%d", b.remaining, b.limit)
+	}
+}
+
+// Five 500s from one repository leave the circuit closed; 500s from five
+// repositories open it, as transport failures do.
+func TestBreakerCountsABrokenRepositoryOnce(t *testing.T) {
+	now := time.Unix(0, 0)
+	b := newBreaker()
+	b.now = func() time.Time { return now }
+	fail500 := &http.Response{StatusCode: 500, Status: "500 Internal Server Error", Header: http.Header{}}
+	for range 3 * tripAfter {
+		b.allow()
+		b.record("broken/repo", fail500, nil)
+	}
+	if w := b.allow(); w != 0 {
+		t.Fatalf("one broken repository opened the circuit for %v", w)
+	}
+	for i := range tripAfter - 2 {
+		b.allow()
+		b.record(fmt.Sprintf("other/repo%d", i), fail500, nil)
+	}
+	if w := b.allow(); w != 0 {
+		t.Fatalf("open after %d repositories failed", tripAfter-1)
+	}
+	b.record("yet/another", fail500, nil)
+	if w := b.allow(); w != openFirst {
+		t.Fatalf("after %d repositories failed: wait %v, want %v", tripAfter, w, openFirst)
+	}
+	// A success anywhere starts the count again.
+	now = now.Add(openFirst)
+	b.allow()
+	b.record("broken/repo", &http.Response{StatusCode: 200, Header: http.Header{}}, nil)
+	for range tripAfter {
+		b.allow()
+		b.record("broken/repo", fail500, nil)
+	}
+	if w := b.allow(); w != 0 {
+		t.Fatalf("a repository failing again after a success opened the circuit: %v", w)
 	}
 }

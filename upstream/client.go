@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,8 +52,12 @@ type Config struct {
 	ResponseHeaderTimeout time.Duration
 	IdleTimeout           time.Duration // longest silence inside a body
 	MaxConcurrent         int           // requests in flight at once, bodies included; default 32
-	ChunkSize             int64         // pushes: larger blobs go in chunks of this size; default DefaultChunkSize
-	UserAgent             string
+	// WaitTimeout bounds how long a request waits for one of the
+	// MaxConcurrent slots; past it, it fails as 503 with a Retry-After
+	// (default 5s), so a client is told to come back rather than hang.
+	WaitTimeout time.Duration
+	ChunkSize   int64 // pushes: larger blobs go in chunks of this size; default DefaultChunkSize
+	UserAgent   string
 }
 
 // Client reads from one remote registry. It is safe for concurrent use and
@@ -63,6 +68,7 @@ type Client struct {
 	urls    *v2.URLBuilder
 	hc      *auth.Client
 	slots   chan struct{} // one per request in flight, held until its body is closed
+	wait    time.Duration // longest wait for a slot
 	breaker *breaker
 	metrics *Metrics
 
@@ -94,6 +100,9 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = 32
 	}
+	if cfg.WaitTimeout <= 0 {
+		cfg.WaitTimeout = 5 * time.Second
+	}
 	if cfg.ChunkSize <= 0 {
 		cfg.ChunkSize = DefaultChunkSize
 	}
@@ -109,7 +118,7 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m,
+	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m, wait: cfg.WaitTimeout,
 		slots: make(chan struct{}, cfg.MaxConcurrent), breaker: newBreaker(), chunkSize: cfg.ChunkSize}, nil
 }
 
@@ -123,22 +132,24 @@ func (c *Client) do(ctx context.Context, method, repo, rawURL string, hdr http.H
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
-	return c.send(req)
+	return c.send(req, repo)
 }
 
-// send takes a slot and the breaker's leave, sends req and turns any answer
-// of 300 or more into *Error. The response body gives the slot back when
-// it is closed.
-func (c *Client) send(req *http.Request) (*http.Response, error) {
+// ErrBusy is the transport error of a request that waited WaitTimeout for
+// one of the upstream's MaxConcurrent slots without getting one.
+var ErrBusy = errors.New("every upstream request slot stayed taken")
+
+// send takes a slot and the breaker's leave, sends req (for repository
+// repo) and turns any answer of 300 or more into *Error. The response body
+// gives the slot back when it is closed.
+func (c *Client) send(req *http.Request, repo string) (*http.Response, error) {
 	ctx, method, rawURL := req.Context(), req.Method, req.URL.String()
 	if wait := c.breaker.allow(); wait > 0 {
 		return nil, &Error{Method: method, URL: redact(rawURL), Status: http.StatusServiceUnavailable, Retry: wait, Err: ErrCircuitOpen}
 	}
-	select {
-	case c.slots <- struct{}{}:
-	case <-ctx.Done():
+	if err := c.takeSlot(ctx); err != nil {
 		c.breaker.release()
-		return nil, &Error{Method: method, URL: redact(rawURL), Err: fmt.Errorf("waiting for a free upstream slot: %w", ctx.Err())}
+		return nil, &Error{Method: method, URL: redact(rawURL), Status: statusOf(err), Retry: time.Second, Err: err}
 	}
 	start := time.Now()
 	resp, err := c.hc.Do(req)
@@ -146,22 +157,59 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 	if err == nil {
 		status = strconv.Itoa(resp.StatusCode)
 	}
-	c.metrics.duration.WithLabelValues(c.name, method, status).Observe(time.Since(start).Seconds())
+	c.metrics.duration.WithLabelValues(c.name, methodLabel(method), status).Observe(time.Since(start).Seconds())
 	if ctx.Err() == nil {
-		c.breaker.record(resp, err)
+		c.breaker.record(repo, resp, err)
 		c.metrics.observe(c.Health())
 	} else {
 		c.breaker.release() // a caller giving up says nothing about upstream
 	}
 	if err != nil {
 		<-c.slots
-		return nil, authError(method, rawURL, err)
+		return nil, authError(method, rawURL, c.base.Host, err)
 	}
 	resp.Body = &slotBody{ReadCloser: resp.Body, slots: c.slots}
 	if resp.StatusCode >= 300 {
-		return nil, newError(resp)
+		return nil, newError(resp, c.base.Host)
 	}
 	return resp, nil
+}
+
+// takeSlot waits for one of the MaxConcurrent slots, at most WaitTimeout.
+func (c *Client) takeSlot(ctx context.Context) error {
+	select {
+	case c.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(c.wait)
+	defer t.Stop()
+	select {
+	case c.slots <- struct{}{}:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%w for %v", ErrBusy, c.wait)
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for a free upstream slot: %w", ctx.Err())
+	}
+}
+
+// statusOf is the status a request that got no slot answers with: 503 when
+// the upstream is busy, none (a transport error) when the caller gave up.
+func statusOf(err error) int {
+	if errors.Is(err, ErrBusy) {
+		return http.StatusServiceUnavailable
+	}
+	return 0
+}
+
+// methodLabel keeps the metric's method label to a fixed set.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		return m
+	}
+	return "other"
 }
 
 // slotBody gives the request's slot back when its body is closed.
@@ -290,11 +338,12 @@ func limitBody(rc io.ReadCloser, n int64) io.ReadCloser {
 	return limitedBody{Reader: io.LimitReader(rc, n), Closer: rc}
 }
 
-// maxTagPages bounds how many pages of a tag list are followed.
+// maxTagPages bounds how many pages of a tag list are followed (of 1000
+// tags each); a longer list is an error, never served as complete.
 const maxTagPages = 100
 
 // Tags lists every tag of repo, following Link pagination on the upstream
-// host only.
+// host only. A list that cannot be followed to its end is an error.
 func (c *Client) Tags(ctx context.Context, repo string) ([]string, error) {
 	named, err := reference.WithName(repo)
 	if err != nil {
@@ -305,7 +354,11 @@ func (c *Client) Tags(ctx context.Context, repo string) ([]string, error) {
 		return nil, err
 	}
 	var tags []string
-	for page := 0; u != "" && page < maxTagPages; page++ {
+	for page := 0; u != ""; page++ {
+		if page == maxTagPages {
+			return nil, &Error{Method: http.MethodGet, URL: redact(u), Status: http.StatusBadGateway,
+				Detail: fmt.Sprintf("the tag list goes on past %d pages", maxTagPages)}
+		}
 		resp, err := c.do(ctx, http.MethodGet, repo, u, nil)
 		if err != nil {
 			return nil, err
@@ -320,30 +373,62 @@ func (c *Client) Tags(ctx context.Context, repo string) ([]string, error) {
 			return nil, &Error{Method: http.MethodGet, URL: redact(u), Err: fmt.Errorf("decode tag list: %w", err)}
 		}
 		tags = append(tags, doc.Tags...)
-		u = c.nextPage(u, link)
+		if u, err = c.nextPage(u, link); err != nil {
+			return nil, err
+		}
 	}
 	return tags, nil
 }
 
-// nextPage resolves a Link: <...>; rel="next" header against the current
-// page, refusing to leave the upstream host.
-func (c *Client) nextPage(current, link string) string {
-	if link == "" || !strings.Contains(link, `rel="next"`) {
-		return ""
+// nextPage resolves the rel="next" target of a Link header against the
+// current page ("" when there is none). A next page that cannot be read or
+// is on another host is an error: the list would be cut short.
+func (c *Client) nextPage(current, header string) (string, error) {
+	target, ok := nextLink(header)
+	if !ok {
+		return "", nil
 	}
-	start, end := strings.Index(link, "<"), strings.Index(link, ">")
-	if start < 0 || end < start {
-		return ""
+	fail := func(why string) (string, error) {
+		return "", &Error{Method: http.MethodGet, URL: redact(current), Status: http.StatusBadGateway, Detail: "tag list: " + why}
 	}
 	cur, err := url.Parse(current)
 	if err != nil {
-		return ""
+		return fail(err.Error())
 	}
-	next, err := cur.Parse(link[start+1 : end])
-	if err != nil || next.Host != c.base.Host {
-		return ""
+	next, err := cur.Parse(target)
+	if err != nil {
+		return fail("bad next page link")
 	}
-	return next.String()
+	if next.Host != c.base.Host {
+		return fail("the next page is on another host")
+	}
+	return next.String(), nil
+}
+
+// nextLink finds the target of the rel="next" link among the
+// comma-separated links of a Link header (RFC 8288): <target>; rel="next".
+func nextLink(header string) (string, bool) {
+	for header != "" {
+		start := strings.IndexByte(header, '<')
+		end := strings.IndexByte(header, '>')
+		if start < 0 || end < start {
+			return "", false
+		}
+		target := header[start+1 : end]
+		params := header[end+1:]
+		if i := strings.IndexByte(params, '<'); i >= 0 {
+			params, header = params[:i], params[i:]
+		} else {
+			header = ""
+		}
+		for p := range strings.SplitSeq(params, ";") {
+			k, v, _ := strings.Cut(strings.TrimSpace(strings.TrimRight(strings.TrimSpace(p), ",")), "=")
+			if strings.EqualFold(strings.TrimSpace(k), "rel") && slices.Contains(strings.Fields(strings.ToLower(strings.Trim(v, `"`))), "next") {
+				return target, true
+			}
+		}
+	}
+	return "", false
 }
 
 // Referrers fetches the referrers list of dgst in repo, optionally filtered
@@ -370,8 +455,10 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 
 // authError keeps the status of a failed token dance: no credentials for a
 // Basic challenge, or the token service refusing them, is a denial; the
-// token service failing is an outage like any other.
-func authError(method, rawURL string, err error) *Error {
+// token service failing or rate limiting is an outage like any other. Any
+// other answer of the token service (a 404, say) is a broken gateway, never
+// the registry saying the content does not exist.
+func authError(method, rawURL, host string, err error) *Error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		ue.URL = redact(ue.URL) // a redirect target may be a presigned URL
@@ -382,7 +469,15 @@ func authError(method, rawURL string, err error) *Error {
 	case errors.Is(err, auth.ErrBasicCredentialNotFound):
 		e.Status = http.StatusUnauthorized
 	case errors.As(err, &er):
-		e.Status = er.StatusCode
+		switch s := er.StatusCode; {
+		case s == http.StatusUnauthorized, s == http.StatusForbidden, s == http.StatusTooManyRequests, s >= 500:
+			e.Status = s
+		default:
+			e.Status = http.StatusBadGateway
+		}
+		if er.URL != nil && er.URL.Host != host {
+			e.Detail = fmt.Sprintf("the token service answered %d", er.StatusCode)
+		}
 	}
 	return e
 }

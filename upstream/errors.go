@@ -54,17 +54,29 @@ func (e *Error) StatusCode() int { return e.Status }
 // NAME_UNKNOWN (the whole repository does not exist).
 func (e *Error) OCICodes() []string { return e.Codes }
 
+// OCIMessage is the first message of upstream's OCI error body (or what
+// Wharf found wrong with the answer): what a client may be told, unlike
+// Error, which names the request and is for logs.
+func (e *Error) OCIMessage() string { return e.Detail }
+
 // RetryAfter is the delay upstream asked for with Retry-After, if any.
 func (e *Error) RetryAfter() time.Duration { return e.Retry }
 
-// newError consumes and closes resp.Body.
-func newError(resp *http.Response) *Error {
+// newError consumes and closes resp.Body. Only the registry at host speaks
+// for its content: an error from where it redirected a request (a CDN, a
+// bucket) is a broken gateway, never "not found" or "denied".
+func newError(resp *http.Response, host string) *Error {
 	defer resp.Body.Close()
 	e := &Error{
 		Method: resp.Request.Method,
 		URL:    redact(resp.Request.URL.String()),
 		Status: resp.StatusCode,
 		Retry:  parseRetryAfter(resp.Header.Get("Retry-After")),
+	}
+	if resp.Request.URL.Host != host && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		e.Status, e.Detail = http.StatusBadGateway, fmt.Sprintf("the redirect target answered %d", resp.StatusCode)
+		return e
 	}
 	var doc struct {
 		Errors []struct {

@@ -65,7 +65,7 @@ func (c *Client) PushBlob(ctx context.Context, repo string, desc ocispec.Descrip
 		return false, err
 	}
 	ctx = c.pushContext(ctx, repo, from)
-	resp, err := c.request(ctx, http.MethodPost, start, nil, 0, nil)
+	resp, err := c.request(ctx, repo, http.MethodPost, start, nil, 0, nil)
 	if err != nil {
 		return false, err
 	}
@@ -83,14 +83,14 @@ func (c *Client) PushBlob(ctx context.Context, repo string, desc ocispec.Descrip
 			return false, err
 		}
 		defer rc.Close()
-		resp, err = c.request(ctx, http.MethodPut, withDigest(loc, desc.Digest), rc, desc.Size, octetStream)
+		resp, err = c.request(ctx, repo, http.MethodPut, withDigest(loc, desc.Digest), rc, desc.Size, octetStream)
 		if err != nil {
 			return false, err
 		}
 		drain(resp.Body)
 		return false, checkDigest(resp, desc.Digest)
 	}
-	return false, c.uploadChunks(ctx, loc, desc, open)
+	return false, c.uploadChunks(ctx, repo, loc, desc, open)
 }
 
 var octetStream = http.Header{"Content-Type": {"application/octet-stream"}}
@@ -98,7 +98,7 @@ var octetStream = http.Header{"Content-Type": {"application/octet-stream"}}
 // uploadChunks sends desc in PATCH chunks to the upload session at loc,
 // then closes the session with its digest. A failed chunk is resumed from
 // the offset the registry says it holds.
-func (c *Client) uploadChunks(ctx context.Context, loc *url.URL, desc ocispec.Descriptor, open func(int64) (io.ReadCloser, error)) error {
+func (c *Client) uploadChunks(ctx context.Context, repo string, loc *url.URL, desc ocispec.Descriptor, open func(int64) (io.ReadCloser, error)) error {
 	var (
 		offset  int64
 		rc      io.ReadCloser
@@ -121,7 +121,7 @@ func (c *Client) uploadChunks(ctx context.Context, loc *url.URL, desc ocispec.De
 			"Content-Type":  {"application/octet-stream"},
 			"Content-Range": {fmt.Sprintf("%d-%d", offset, offset+n-1)},
 		}
-		resp, err := c.request(ctx, http.MethodPatch, loc, io.LimitReader(rc, n), n, hdr)
+		resp, err := c.request(ctx, repo, http.MethodPatch, loc, io.LimitReader(rc, n), n, hdr)
 		if err == nil {
 			drain(resp.Body)
 			if loc, err = location(resp); err != nil {
@@ -137,13 +137,13 @@ func (c *Client) uploadChunks(ctx context.Context, loc *url.URL, desc ocispec.De
 		if resumes++; resumes > maxResumes || ctx.Err() != nil {
 			return err
 		}
-		held, next, serr := c.uploadStatus(ctx, loc)
+		held, next, serr := c.uploadStatus(ctx, repo, loc)
 		if serr != nil {
 			return errors.Join(err, serr)
 		}
 		offset, loc = held, next
 	}
-	resp, err := c.request(ctx, http.MethodPut, withDigest(loc, desc.Digest), nil, 0, nil)
+	resp, err := c.request(ctx, repo, http.MethodPut, withDigest(loc, desc.Digest), nil, 0, nil)
 	if err != nil {
 		return err
 	}
@@ -152,8 +152,8 @@ func (c *Client) uploadChunks(ctx context.Context, loc *url.URL, desc ocispec.De
 }
 
 // uploadStatus asks an upload session how many bytes it holds.
-func (c *Client) uploadStatus(ctx context.Context, loc *url.URL) (int64, *url.URL, error) {
-	resp, err := c.request(ctx, http.MethodGet, loc, nil, 0, nil)
+func (c *Client) uploadStatus(ctx context.Context, repo string, loc *url.URL) (int64, *url.URL, error) {
+	resp, err := c.request(ctx, repo, http.MethodGet, loc, nil, 0, nil)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -179,7 +179,7 @@ func (c *Client) uploadStatus(ctx context.Context, loc *url.URL) (int64, *url.UR
 func (c *Client) PushManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error {
 	u := c.base.JoinPath("v2", repo, "manifests", ref)
 	ctx = c.pushContext(ctx, repo, "")
-	resp, err := c.request(ctx, http.MethodPut, u, bytes.NewReader(body), int64(len(body)), http.Header{"Content-Type": {mediaType}})
+	resp, err := c.request(ctx, repo, http.MethodPut, u, bytes.NewReader(body), int64(len(body)), http.Header{"Content-Type": {mediaType}})
 	if err != nil {
 		return err
 	}
@@ -187,8 +187,8 @@ func (c *Client) PushManifest(ctx context.Context, repo, ref, mediaType string, 
 	return checkDigest(resp, digest.FromBytes(body))
 }
 
-// request sends one push request with an optional body of size bytes.
-func (c *Client) request(ctx context.Context, method string, u *url.URL, body io.Reader, size int64, hdr http.Header) (*http.Response, error) {
+// request sends one push request to repo with an optional body of size bytes.
+func (c *Client) request(ctx context.Context, repo, method string, u *url.URL, body io.Reader, size int64, hdr http.Header) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, err
@@ -200,7 +200,7 @@ func (c *Client) request(ctx context.Context, method string, u *url.URL, body io
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
-	return c.send(req)
+	return c.send(req, repo)
 }
 
 // location is the upload session URL a registry answered with, resolved

@@ -65,8 +65,8 @@ func check(args []string, stdout, stderr io.Writer, isTerminal bool) error {
 	if *repair {
 		verb = "repaired"
 	}
-	fmt.Fprintf(stdout, "checked %d blobs (%d bytes): %s %d orphan, %d dangling, %d corrupt\n",
-		blobs, bytes, verb, counts["orphan"], counts["dangling"], counts["corrupt"])
+	fmt.Fprintf(stdout, "checked %d blobs (%d bytes): %s %d orphan, %d dangling, %d corrupt, %d mediatype\n",
+		blobs, bytes, verb, counts["orphan"], counts["dangling"], counts["corrupt"], counts["mediatype"])
 	if len(problems) > 0 && !*repair {
 		return fmt.Errorf("%d problems; run with --repair to fix them", len(problems))
 	}

@@ -62,7 +62,7 @@ func TestKillMidFillThenRestart(t *testing.T) {
 	if err := run([]string{"check", "--config", cfgPath}, &out, &errOut); err != nil {
 		t.Fatalf("wharf check after the crash: %v\n%s%s", err, out.String(), errOut.String())
 	}
-	if !strings.Contains(out.String(), "found 0 orphan, 0 dangling, 0 corrupt") {
+	if !strings.Contains(out.String(), "found 0 orphan, 0 dangling, 0 corrupt, 0 mediatype") {
 		t.Fatalf("check summary: %s", out.String())
 	}
 	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {

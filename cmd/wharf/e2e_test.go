@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -193,6 +194,10 @@ func TestContainerdPullThroughHostsToml(t *testing.T) {
 	containerd, ctr := tool(t, "containerd"), tool(t, "ctr")
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/busybox", "1.36", 62, 2, 64<<10, amd64)
+	// An upstream that labels this one's manifests application/json:
+	// Wharf serves the type the manifest declares, or containerd refuses it.
+	labelled := up.PushImage(t, "library/labelled", "1", 67, 1, 16<<10, amd64)
+	up.Relabel(func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/library/labelled/manifests/") }, "application/json")
 	addr := startWharf(t, mirrorConfig(t.TempDir(), up.URL)).addr
 
 	dir, err := os.MkdirTemp("", "ctrd-") // short: socket paths are limited to 108 bytes
@@ -249,5 +254,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	// upstream through Wharf, never the real Docker Hub.
 	if n := up.Count("GET", "blob"); n != 3 {
 		t.Fatalf("upstream blob GETs: %d, want 3", n)
+	}
+	ref = "docker.io/library/labelled:1"
+	runTool(t, ctr, "--address", sock, "images", "pull", "--snapshotter", "native", "--hosts-dir", filepath.Join(dir, "hosts"), ref)
+	if out := string(runTool(t, ctr, "--address", sock, "images", "ls")); !strings.Contains(out, labelled.Manifest.Digest.String()) {
+		t.Fatalf("ctr images ls does not show %s:\n%s", ref, out)
 	}
 }

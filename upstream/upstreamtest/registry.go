@@ -30,6 +30,7 @@ import (
 type Registry struct {
 	*httptest.Server
 	user, pass string
+	app        http.Handler // distribution itself, behind the hook
 
 	mu       sync.Mutex
 	requests []Request
@@ -190,7 +191,7 @@ func New(t T, opts ...Option) *Registry {
 		cfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": "upstreamtest", "path": path}}
 	}
 	app := handlers.NewApp(context.Background(), cfg)
-	r := &Registry{user: o.user, pass: o.pass}
+	r := &Registry{user: o.user, pass: o.pass, app: app}
 	if o.rate > 0 {
 		r.link = &link{rate: o.rate}
 	}
@@ -220,6 +221,29 @@ func (r *Registry) SetHook(h func(http.ResponseWriter, *http.Request) bool) {
 	r.mu.Lock()
 	r.hook = h
 	r.mu.Unlock()
+}
+
+// Relabel installs a hook that answers the requests match picks as the
+// registry would, but with Content-Type contentType ("" for none): an
+// upstream that mislabels its manifests.
+func (r *Registry) Relabel(match func(*http.Request) bool, contentType string) {
+	r.SetHook(func(w http.ResponseWriter, req *http.Request) bool {
+		if !match(req) {
+			return false
+		}
+		rec := httptest.NewRecorder()
+		r.app.ServeHTTP(rec, req)
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.Header()["Content-Type"] = nil // not even sniffed
+		if contentType != "" {
+			w.Header().Set("Content-Type", contentType)
+		}
+		w.WriteHeader(rec.Code)
+		w.Write(rec.Body.Bytes())
+		return true
+	})
 }
 
 // Requests returns a copy of the requests received since the last Reset.
