@@ -126,7 +126,10 @@ func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst dige
 		return nil, err
 	}
 	c.metrics.result(u.Name, "blob", false)
-	f, started := c.startFill(u, repo, dgst)
+	f, started, err := c.startFill(ctx, u, repo, dgst)
+	if err != nil {
+		return nil, err
+	}
 	if f == nil { // committed since we looked
 		return c.openStored(ctx, u, repo, dgst)
 	}

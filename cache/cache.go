@@ -52,6 +52,16 @@ type Upstream struct {
 	// NegativeTTL is how long "does not exist upstream" is remembered for
 	// a manifest reference; 0 remembers nothing.
 	NegativeTTL time.Duration
+	// MaxFills bounds the blob fills from this upstream at once (0: no
+	// bound); keep it under the upstream's request limit so that manifest
+	// requests always find a slot.
+	MaxFills int
+	// WaitTimeout bounds how long a miss waits for a fill slot; past it,
+	// ErrUnavailable with a Retry-After (default 5s).
+	WaitTimeout time.Duration
+	// FillGrace is how long a fill nobody reads any more (no client, no
+	// job) goes on before it is cancelled (default 30s).
+	FillGrace time.Duration
 }
 
 // Config holds the cache's settings.
@@ -111,12 +121,15 @@ type Cache struct {
 	pins                []string
 	evicting            atomic.Bool
 
-	mu      sync.Mutex
-	fills   map[digest.Digest]*fill
-	reading map[digest.Digest]int // stored blobs being served
-	running sync.WaitGroup        // fill goroutines
-	flights singleflight.Group
-	missing negative
+	mu        sync.Mutex
+	fills     map[digest.Digest]*fill
+	fillSlots map[string]chan struct{} // per upstream with MaxFills: one per fill
+	reading   map[digest.Digest]int    // stored blobs being served
+	running   sync.WaitGroup           // fill goroutines
+	stop      chan struct{}            // closed by Close: the sweeper ends
+	stopOnce  sync.Once
+	flights   singleflight.Group
+	missing   negative
 
 	targets      map[string]Target
 	jobs         map[string]*run // queued or running
@@ -129,7 +142,8 @@ type Cache struct {
 	jobsRunning  sync.WaitGroup
 }
 
-// New returns a cache over store. It starts no goroutines.
+// New returns a cache over store. It starts one goroutine, the sweeper of
+// abandoned fills, which Close stops.
 func New(store *storage.Store, cfg Config) (*Cache, error) {
 	c := &Cache{
 		store:       store,
@@ -138,6 +152,8 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		now:         cfg.Now,
 		log:         cmp.Or(cfg.Logger, slog.Default()),
 		fills:       map[digest.Digest]*fill{},
+		fillSlots:   map[string]chan struct{}{},
+		stop:        make(chan struct{}),
 		reading:     map[digest.Digest]int{},
 		maxSize:     cfg.MaxSize,
 		highWater:   cmp.Or(cfg.HighWater, 0.9),
@@ -173,6 +189,11 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		if u.RevalidateTimeout <= 0 {
 			u.RevalidateTimeout = 2 * time.Second
 		}
+		u.WaitTimeout = cmp.Or(max(u.WaitTimeout, 0), 5*time.Second)
+		u.FillGrace = cmp.Or(max(u.FillGrace, 0), 30*time.Second)
+		if u.MaxFills > 0 {
+			c.fillSlots[u.Name] = make(chan struct{}, u.MaxFills)
+		}
 		if _, dup := c.upstreams[u.Name]; dup {
 			return nil, fmt.Errorf("cache: upstream %q configured twice", u.Name)
 		}
@@ -183,6 +204,8 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		return nil, err
 	}
 	c.metrics = m
+	c.running.Add(1)
+	go c.sweep()
 	return c, nil
 }
 

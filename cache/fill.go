@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -40,34 +41,125 @@ type fill struct {
 	err      error
 	wake     chan struct{} // closed and replaced on every change
 	refs     int           // holders of file: the fill itself and each reader
+	idle     time.Time     // since when nobody reads it (zero while someone does)
+	dropped  atomic.Bool   // cancelled by the sweeper: nobody read it
 
 	waiting     prometheus.Gauge   // readers blocked for bytes to land
 	passthrough prometheus.Counter // readers sent straight to upstream
 
 	src  Source // for pass-through when the store fails
+	up   string // the upstream it comes from
 	repo string
 }
 
 // startFill returns the fill for dgst, starting it unless one is running.
-// It returns nil if the blob was committed meanwhile.
-func (c *Cache) startFill(u Upstream, repo string, dgst digest.Digest) (f *fill, started bool) {
+// It returns nil if the blob was committed meanwhile. A new fill takes one
+// of the upstream's MaxFills slots, waiting for one at most WaitTimeout.
+func (c *Cache) startFill(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (f *fill, started bool, err error) {
+	c.mu.Lock()
+	f = c.fills[dgst]
+	c.mu.Unlock()
+	if f != nil {
+		return f, false, nil
+	}
+	slots := c.fillSlots[u.Name]
+	if slots != nil {
+		if err := takeSlot(ctx, slots, u.WaitTimeout); err != nil {
+			c.metrics.failed.WithLabelValues("busy").Inc()
+			return nil, false, err
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.fills[dgst]; f != nil {
-		return f, false
+		releaseSlot(slots)
+		return f, false, nil
 	}
 	if _, err := c.store.Blob(dgst); err == nil {
-		return nil, false
+		releaseSlot(slots)
+		return nil, false, nil
 	}
-	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1,
-		waiting: c.metrics.waiting, passthrough: c.metrics.passthrough, src: u.Source, repo: repo}
-	ctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
+	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1, idle: time.Now(),
+		waiting: c.metrics.waiting, passthrough: c.metrics.passthrough, src: u.Source, up: u.Name, repo: repo}
+	fctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
 	f.cancel = cancel
 	c.fills[dgst] = f
 	c.metrics.fills.Inc()
 	c.running.Add(1)
-	go c.run(ctx, f, u, repo)
-	return f, true
+	go func() {
+		defer releaseSlot(slots)
+		c.run(fctx, f, u, repo)
+	}()
+	return f, true, nil
+}
+
+// busyError is a miss that found every fill slot of its upstream taken for
+// the whole wait: the client is told to come back (503, Retry-After).
+type busyError struct{ wait time.Duration }
+
+func (e busyError) Error() string {
+	return fmt.Sprintf("every blob fill slot of the upstream stayed taken for %v", e.wait)
+}
+func (e busyError) Unwrap() error             { return ErrUnavailable }
+func (e busyError) RetryAfter() time.Duration { return time.Second }
+
+// takeSlot takes one of slots, waiting at most wait.
+func takeSlot(ctx context.Context, slots chan struct{}, wait time.Duration) error {
+	select {
+	case slots <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case slots <- struct{}{}:
+		return nil
+	case <-t.C:
+		return busyError{wait}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func releaseSlot(slots chan struct{}) {
+	if slots != nil {
+		<-slots
+	}
+}
+
+// sweep cancels, once a second, the fills nobody has read for their
+// upstream's FillGrace: a client that went away, and no job, must not hold
+// an upstream slot for up to FillTimeout. One goroutine for all fills.
+func (c *Cache) sweep() {
+	defer c.running.Done()
+	tick := time.NewTicker(sweepEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case now := <-tick.C:
+			c.mu.Lock()
+			for _, f := range c.fills {
+				if f.abandoned(now, c.upstreams[f.up].FillGrace) {
+					f.dropped.Store(true)
+					f.cancel()
+				}
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
+// sweepEvery is how often sweep looks at the fills.
+var sweepEvery = time.Second
+
+// abandoned reports whether nobody has read f for longer than grace.
+func (f *fill) abandoned(now time.Time, grace time.Duration) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.done && f.refs == 1 && !f.idle.IsZero() && now.Sub(f.idle) > grace
 }
 
 // Close stops prefetch jobs (they resume at the next start), lets the fills
@@ -75,6 +167,7 @@ func (c *Cache) startFill(u Upstream, repo string, dgst digest.Digest) (f *fill,
 // none is running: after it the store may be closed.
 func (c *Cache) Close(ctx context.Context) {
 	c.stopJobs()
+	c.stopOnce.Do(func() { close(c.stop) })
 	done := make(chan struct{})
 	go func() { c.running.Wait(); close(done) }()
 	select {
@@ -156,10 +249,15 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 			break
 		}
 		// The connection broke: ask for the rest, keeping what landed.
+		t := time.NewTimer(resumeBackoff << (attempt - 1))
 		select {
-		case <-time.After(resumeBackoff << (attempt - 1)):
+		case <-t.C:
 		case <-ctx.Done():
-			return fmt.Errorf("%w: blob %s: %w", ErrUnavailable, f.dgst, ctx.Err())
+			t.Stop()
+			err = ctx.Err()
+		}
+		if ctx.Err() != nil {
+			break
 		}
 		rc, _, err = u.Source.Blob(ctx, repo, f.dgst, w.Size())
 		if err != nil {
@@ -175,6 +273,10 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		c.log.Error("cannot store blob; its clients go on from upstream", "digest", f.dgst, "error", err)
 		return err
+	}
+	if err != nil && f.dropped.Load() {
+		c.metrics.failed.WithLabelValues("abandoned").Inc()
+		return fmt.Errorf("%w: blob %s: fill cancelled, nobody read it", ErrUnavailable, f.dgst)
 	}
 	if err != nil {
 		c.metrics.failed.WithLabelValues("upstream").Inc()
@@ -258,6 +360,9 @@ func (f *fill) release() {
 	f.mu.Lock()
 	f.refs--
 	last := f.refs == 0
+	if f.refs == 1 {
+		f.idle = time.Now() // only the fill itself is left
+	}
 	f.mu.Unlock()
 	if last && f.file != nil {
 		f.file.Close()
@@ -279,6 +384,7 @@ func (f *fill) open(ctx context.Context) (*fillReader, error) {
 	defer f.mu.Unlock()
 	if errors.Is(f.err, errStore) {
 		f.refs++
+		f.idle = time.Time{}
 		return &fillReader{f: f, ctx: ctx}, nil // its first Read goes to upstream
 	}
 	if f.err != nil {
@@ -290,6 +396,7 @@ func (f *fill) open(ctx context.Context) (*fillReader, error) {
 		return nil, errFillDone
 	}
 	f.refs++
+	f.idle = time.Time{}
 	return &fillReader{f: f, ctx: ctx}, nil
 }
 

@@ -21,16 +21,20 @@ import (
 
 // spec configures one upstream of a test Wharf.
 type spec struct {
-	name     string
-	reg      *upstreamtest.Registry
-	url      string // overrides reg.URL
-	aliases  []string
-	def      bool
-	ttl      time.Duration
-	negTTL   time.Duration
-	stale    time.Duration // revalidate timeout
-	user     string
-	password string
+	name      string
+	reg       *upstreamtest.Registry
+	url       string // overrides reg.URL
+	aliases   []string
+	def       bool
+	ttl       time.Duration
+	negTTL    time.Duration
+	stale     time.Duration // revalidate timeout
+	user      string
+	password  string
+	maxFills  int           // fills at once from this upstream; 0: no bound
+	fillGrace time.Duration // an unread fill is cancelled after this
+	wait      time.Duration // longest wait for an upstream or fill slot
+	maxConc   int           // upstream requests at once
 }
 
 // env is a Wharf handler in front of real registries.
@@ -71,11 +75,13 @@ func newEnvAPI(t testing.TB, root string, cfg cache.Config, token string, specs 
 			u = s.reg.URL
 		}
 		c, err := upstream.New(upstream.Config{Name: s.name, URL: u, Insecure: true, Username: s.user, Password: s.password,
-			DialTimeout: time.Second, ResponseHeaderTimeout: 2 * time.Second, IdleTimeout: 3 * time.Second}, um)
+			DialTimeout: time.Second, ResponseHeaderTimeout: 2 * time.Second, IdleTimeout: 3 * time.Second,
+			MaxConcurrent: s.maxConc, WaitTimeout: s.wait}, um)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale})
+		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale,
+			MaxFills: s.maxFills, FillGrace: s.fillGrace, WaitTimeout: s.wait})
 		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def, Status: func() any { return c.Health() }})
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -116,6 +116,16 @@ func isFile(r io.Reader) bool {
 	return ok
 }
 
+// methodLabel keeps the method label of the request metric to a fixed set:
+// a client chooses the method, and each new value would be a new series.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "other"
+}
+
 var notFoundCodes = map[string]errcode.ErrorCode{
 	"manifest":  errcode.ErrorCodeManifestUnknown,
 	"referrers": errcode.ErrorCodeManifestUnknown,
@@ -140,7 +150,7 @@ func (p *proxy) wrap(route string, h func(http.ResponseWriter, *http.Request) er
 			if aborted {
 				status = 0 // connection cut on purpose: see blob
 			}
-			p.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+			p.metrics.requests.WithLabelValues(route, methodLabel(r.Method), strconv.Itoa(status)).Inc()
 			p.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 			level := slog.LevelInfo
 			attrs := []any{"method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"), "route", route,

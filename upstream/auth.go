@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,13 +21,18 @@ import (
 // trusted: the distribution token spec's default expires_in.
 const defaultTokenLifetime = 60 * time.Second
 
+// maxTokens bounds the token cache. Scopes follow the repositories clients
+// name, so without a bound random names would grow it forever: past it,
+// expired tokens go, then the ones that expire soonest.
+const maxTokens = 4096
+
 // tokenCache is an auth.Cache whose tokens expire. oras-go's own cache keeps
 // a token until upstream refuses it, which costs a 401 round trip on every
 // expiry; this one drops it a little before its JWT "exp" instead.
 type tokenCache struct {
 	mu     sync.Mutex
 	scheme map[string]auth.Scheme
-	tokens map[string]cachedToken
+	tokens map[string]cachedToken // at most maxTokens
 	group  singleflight.Group
 	now    func() time.Time
 }
@@ -74,11 +81,40 @@ func (c *tokenCache) Set(ctx context.Context, registry string, scheme auth.Schem
 		}
 		c.mu.Lock()
 		c.scheme[registry] = scheme
+		c.makeRoom()
 		c.tokens[k] = cachedToken{token: token, expires: expires}
 		c.mu.Unlock()
 		return token, nil
 	})
 	return v.(string), err
+}
+
+// makeRoom keeps the cache under maxTokens: expired tokens go first, then
+// the soonest to expire, down to three quarters full; c.mu must be held.
+func (c *tokenCache) makeRoom() {
+	if len(c.tokens) < maxTokens {
+		return
+	}
+	now := c.now()
+	for k, t := range c.tokens {
+		if !now.Before(t.expires) {
+			delete(c.tokens, k)
+		}
+	}
+	if len(c.tokens) < maxTokens {
+		return
+	}
+	keys := slices.Collect(maps.Keys(c.tokens))
+	slices.SortFunc(keys, func(a, b string) int { return c.tokens[a].expires.Compare(c.tokens[b].expires) })
+	for _, k := range keys[:len(keys)-maxTokens*3/4] {
+		delete(c.tokens, k)
+	}
+}
+
+func (c *tokenCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.tokens)
 }
 
 // jwtExpiry reads the exp claim of a JWT without verifying it: the token is

@@ -93,3 +93,25 @@ func TestTransportErrorsHidePresignedQueries(t *testing.T) {
 		t.Fatalf("error message leaks a query: %s", msg)
 	}
 }
+
+// Scopes follow the repositories clients name: the cache stays bounded
+// whatever the number, dropping expired and soonest-expiring tokens first.
+func TestTokenCacheIsBounded(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	c := newTokenCache()
+	c.now = func() time.Time { return now }
+	ctx := context.Background()
+	for i := range 3 * maxTokens {
+		key := fmt.Sprintf("repository:random/%d:pull", i)
+		c.Set(ctx, "reg", auth.SchemeBearer, key, func(context.Context) (string, error) { return "t", nil })
+		if n := c.len(); n > maxTokens {
+			t.Fatalf("after %d scopes the cache holds %d tokens", i+1, n)
+		}
+		now = now.Add(time.Millisecond)
+	}
+	// The newest survive.
+	last := fmt.Sprintf("repository:random/%d:pull", 3*maxTokens-1)
+	if _, err := c.GetToken(ctx, "reg", auth.SchemeBearer, last); err != nil {
+		t.Fatalf("the newest token was dropped: %v", err)
+	}
+}

@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,6 +37,8 @@ type fileConfig struct {
 		ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 		IdleTimeout       time.Duration `yaml:"idle_timeout"`
 		ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+		WriteTimeout      time.Duration `yaml:"write_timeout"`
+		MaxConnections    int           `yaml:"max_connections"`
 	} `yaml:"server"`
 	Upstreams []upstreamConfig `yaml:"upstreams"`
 	Targets   []targetConfig   `yaml:"targets"`
@@ -60,6 +65,7 @@ type remote struct {
 	HeaderTimeout time.Duration `yaml:"header_timeout"`
 	IdleTimeout   time.Duration `yaml:"idle_timeout"`
 	MaxConcurrent int           `yaml:"max_concurrent"`
+	WaitTimeout   time.Duration `yaml:"wait_timeout"`
 }
 
 // client is the upstream.Client for r.
@@ -67,7 +73,7 @@ func (r *remote) client(m *upstream.Metrics, chunkSize int64) (*upstream.Client,
 	return upstream.New(upstream.Config{
 		Name: r.Name, URL: r.URL, Username: r.Username, Password: r.Password, Insecure: r.Insecure,
 		DialTimeout: r.DialTimeout, ResponseHeaderTimeout: r.HeaderTimeout, IdleTimeout: r.IdleTimeout,
-		MaxConcurrent: r.MaxConcurrent, ChunkSize: chunkSize,
+		MaxConcurrent: r.MaxConcurrent, WaitTimeout: r.WaitTimeout, ChunkSize: chunkSize,
 		UserAgent: "wharf/" + versionString(),
 	}, m)
 }
@@ -77,8 +83,8 @@ func (r *remote) validate(kind string, i int) error {
 	if r.Name == "" || r.URL == "" {
 		return fmt.Errorf("%ss[%d]: name and url are required", kind, i)
 	}
-	if r.MaxConcurrent < 0 {
-		return fmt.Errorf("%s %s: max_concurrent must not be negative", kind, r.Name)
+	if err := nonNegative(map[string]int64{"max_concurrent": int64(r.MaxConcurrent), "wait_timeout": int64(r.WaitTimeout)}); err != nil {
+		return fmt.Errorf("%s %s: %w", kind, r.Name, err)
 	}
 	if err := r.resolveSecrets(); err != nil {
 		return fmt.Errorf("%s %s: %w", kind, r.Name, err)
@@ -100,6 +106,17 @@ type upstreamConfig struct {
 	TagTTL      *time.Duration `yaml:"tag_ttl"`
 	NegativeTTL *time.Duration `yaml:"negative_ttl"`
 	Revalidate  time.Duration  `yaml:"revalidate_timeout"`
+	MaxFills    int            `yaml:"max_fills"`
+	FillGrace   time.Duration  `yaml:"fill_grace"`
+}
+
+// maxFills is the cap on an upstream's fills: as configured, or three
+// quarters of its request slots, so manifests always find one free.
+func (u *upstreamConfig) maxFills() int {
+	if u.MaxFills > 0 {
+		return u.MaxFills
+	}
+	return max(1, cmp.Or(u.MaxConcurrent, 32)*3/4)
 }
 
 // Defaults for tag_ttl and negative_ttl.
@@ -121,6 +138,8 @@ func loadConfig(path string) (*fileConfig, error) {
 	cfg.Server.ReadHeaderTimeout = 10 * time.Second
 	cfg.Server.IdleTimeout = 2 * time.Minute
 	cfg.Server.ShutdownTimeout = 30 * time.Second
+	cfg.Server.WriteTimeout = 30 * time.Second
+	cfg.Server.MaxConnections = 2048
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(cfg); err != nil {
@@ -144,6 +163,9 @@ func (c *fileConfig) validate() error {
 	}
 	if c.Storage.Root == "" {
 		return errors.New("storage.root must be set")
+	}
+	if err := nonNegative(map[string]int64{"server.write_timeout": int64(c.Server.WriteTimeout), "server.max_connections": int64(c.Server.MaxConnections)}); err != nil {
+		return err
 	}
 	if c.Storage.MaxSize != "" {
 		n, err := humanize.ParseBytes(c.Storage.MaxSize)
@@ -182,8 +204,11 @@ func (c *fileConfig) validate() error {
 				return fmt.Errorf("upstream %s: %s must not be negative", u.Name, d.name)
 			}
 		}
-		if u.Revalidate < 0 {
-			return fmt.Errorf("upstream %s: revalidate_timeout must not be negative", u.Name)
+		if err := nonNegative(map[string]int64{"revalidate_timeout": int64(u.Revalidate), "fill_grace": int64(u.FillGrace), "max_fills": int64(u.MaxFills)}); err != nil {
+			return fmt.Errorf("upstream %s: %w", u.Name, err)
+		}
+		if u.MaxFills > 0 && u.MaxFills >= cmp.Or(u.MaxConcurrent, 32) {
+			return fmt.Errorf("upstream %s: max_fills (%d) must stay under max_concurrent (%d), or manifest requests could find no slot", u.Name, u.MaxFills, cmp.Or(u.MaxConcurrent, 32))
 		}
 	}
 	return c.validatePrefetch()
@@ -220,6 +245,17 @@ func (c *fileConfig) validatePrefetch() error {
 		}
 		if c.API.token = strings.TrimSpace(string(b)); len(c.API.token) < 16 {
 			return fmt.Errorf("api.token_file %s: the token must be at least 16 characters", f)
+		}
+	}
+	return nil
+}
+
+// nonNegative names the first (in key order) of the settings that is
+// negative.
+func nonNegative(settings map[string]int64) error {
+	for _, k := range slices.Sorted(maps.Keys(settings)) {
+		if settings[k] < 0 {
+			return fmt.Errorf("%s must not be negative", k)
 		}
 	}
 	return nil

@@ -140,7 +140,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := listen(cfg.Listen, cfg.Server.MaxConnections, cfg.Server.WriteTimeout)
 	if err != nil {
 		return err
 	}
@@ -196,7 +196,8 @@ func remotes(cfg *fileConfig, um *upstream.Metrics) (ups []cache.Upstream, route
 			return nil, nil, nil, err
 		}
 		ups = append(ups, cache.Upstream{Name: u.Name, Source: client, TagTTL: *u.TagTTL,
-			NegativeTTL: *u.NegativeTTL, RevalidateTimeout: u.Revalidate})
+			NegativeTTL: *u.NegativeTTL, RevalidateTimeout: u.Revalidate,
+			MaxFills: u.maxFills(), FillGrace: u.FillGrace, WaitTimeout: u.WaitTimeout})
 		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default,
 			Status: func() any { return client.Health() }})
 	}
