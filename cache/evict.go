@@ -16,12 +16,14 @@ import (
 // evicted blob fetches it again.
 
 // maybeEvict starts an eviction pass in the background if the store is over
-// its high watermark and none is running.
+// its high watermark, or its filesystem under storage.min_free, and none is
+// running.
 func (c *Cache) maybeEvict() {
 	if c.maxSize <= 0 {
 		return
 	}
-	if size, _ := c.store.Size(); float64(size) <= c.highWater*float64(c.maxSize) {
+	_, short := c.store.FreeSpace()
+	if size, _ := c.store.Size(); float64(size) <= c.highWater*float64(c.maxSize) && short == 0 {
 		return
 	}
 	if !c.evicting.CompareAndSwap(false, true) {
@@ -51,9 +53,18 @@ func (c *Cache) evict() {
 		defer c.mu.Unlock()
 		return c.reading[d] > 0
 	}
-	gone, oldest, err := c.store.Evict(int64(c.lowWater*float64(c.maxSize)), keep)
+	target, reason := int64(c.lowWater*float64(c.maxSize)), "size"
+	if _, short := c.store.FreeSpace(); short > 0 {
+		// The filesystem is short of min_free (something else filled it):
+		// make that room, and a tenth of it besides, out of the store.
+		size, _ := c.store.Size()
+		if t := size - short - short/10; t < target || float64(size) <= c.highWater*float64(c.maxSize) {
+			target, reason = max(0, t), "space"
+		}
+	}
+	gone, oldest, err := c.store.Evict(target, keep)
 	for _, e := range gone {
-		c.metrics.evicted.WithLabelValues("size").Inc()
+		c.metrics.evicted.WithLabelValues(reason).Inc()
 		c.metrics.evictedBytes.Add(float64(e.Size))
 	}
 	if !oldest.IsZero() {

@@ -19,7 +19,7 @@ import (
 func newTestCache(t *testing.T, cfg Config) (c *Cache, store *storage.Store, root string) {
 	t.Helper()
 	root = t.TempDir()
-	store, err := storage.Open(root)
+	store, err := storage.Open(root, storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,6 +140,7 @@ func (c *Cache) sweep() {
 		case <-c.stop:
 			return
 		case now := <-tick.C:
+			c.maybeEvict() // the filesystem may have filled up behind our back
 			c.mu.Lock()
 			for _, f := range c.fills {
 				if f.abandoned(now, c.upstreams[f.up].FillGrace) {
@@ -210,6 +211,13 @@ const (
 var errStore = errors.New("store")
 
 func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) error {
+	if c.store.Full() {
+		// Nowhere to put it: every reader goes straight to upstream,
+		// and eviction makes room if the store may.
+		c.metrics.failed.WithLabelValues("storage").Inc()
+		c.maybeEvict()
+		return fmt.Errorf("%w: %w", errStore, storage.ErrNoSpace)
+	}
 	rc, size, err := u.Source.Blob(ctx, repo, f.dgst, 0)
 	if err != nil {
 		c.metrics.failed.WithLabelValues("upstream").Inc()
@@ -222,6 +230,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	if err != nil {
 		rc.Close()
 		c.metrics.failed.WithLabelValues("storage").Inc()
+		c.maybeEvict()
 		return fmt.Errorf("%w: %w", errStore, err)
 	}
 	defer w.Cancel()
@@ -272,6 +281,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	if errors.Is(err, errStore) {
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		c.log.Error("cannot store blob; its clients go on from upstream", "digest", f.dgst, "error", err)
+		c.maybeEvict() // a full filesystem: make room if the store may
 		return err
 	}
 	if err != nil && f.dropped.Load() {
@@ -493,7 +503,16 @@ func (r *fillReader) Seek(offset int64, whence int) (int64, error) {
 // did not announce it.
 func (r *fillReader) size() (int64, error) {
 	for r.f.size < 0 {
+		if r.direct != nil {
+			return r.direct.size, nil
+		}
 		_, done, wake, err := r.state()
+		if errors.Is(err, errStore) {
+			if err := r.startDirect(); err != nil {
+				return 0, err
+			}
+			continue
+		}
 		if err != nil {
 			return 0, err
 		}

@@ -113,11 +113,28 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		Name: "wharf_store_blobs",
 		Help: "Blobs in the store.",
 	}, func() float64 { _, n := store.Size(); return float64(n) })
+	free := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wharf_store_free_bytes",
+		Help: "Free bytes of the filesystem under storage.root.",
+	}, func() float64 { f, _ := store.FreeSpace(); return float64(f) })
+	short := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wharf_store_short_bytes",
+		Help: "Bytes missing to storage.min_free; above 0 nothing new is stored and fills pass through.",
+	}, func() float64 { _, s := store.FreeSpace(); return float64(s) })
+	readOnly := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wharf_index_read_only",
+		Help: "1 while the index is open read-only because the filesystem was full when it opened.",
+	}, func() float64 {
+		if store.ReadOnly() {
+			return 1
+		}
+		return 0
+	})
 	negatives := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "wharf_negative_entries",
 		Help: "Upstream refusals (404, 401, 403) remembered for negative_ttl; bounded at 10,000.",
 	}, func() float64 { return float64(remembered()) })
-	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, m.jobs, m.jobSaveFailed, m.images, m.pushed, m.pushedBytes, size, count} {
+	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, m.jobs, m.jobSaveFailed, m.images, m.pushed, m.pushedBytes, size, count, free, short, readOnly} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

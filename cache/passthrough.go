@@ -24,23 +24,32 @@ type direct struct {
 
 // startDirect switches r to reading upstream from r.off. The bytes before
 // r.off were read from the fill's temporary file, which r still holds open;
-// they are hashed again so the whole blob is verified.
+// they are hashed again so the whole blob is verified. A fill that never
+// fetched (the store was full) leaves the size to this request.
 func (r *fillReader) startDirect() error {
 	f := r.f
-	if f.size < 0 {
-		return errors.New("pass-through needs the blob's size, and upstream did not send it")
-	}
 	h := f.dgst.Algorithm().Hash()
 	if r.off > 0 {
+		if f.file == nil {
+			return errors.New("pass-through from an offset of a fill that never started")
+		}
 		if _, err := io.Copy(h, io.NewSectionReader(f.file, 0, r.off)); err != nil {
 			return err
 		}
 	}
-	rc, _, err := f.src.Blob(r.ctx, f.repo, f.dgst, r.off)
+	rc, n, err := f.src.Blob(r.ctx, f.repo, f.dgst, r.off)
 	if err != nil {
 		return classify(err)
 	}
-	r.direct = &direct{rc: rc, hash: h, size: f.size}
+	size := f.size
+	if size < 0 && n >= 0 {
+		size = r.off + n
+	}
+	if size < 0 {
+		rc.Close()
+		return errors.New("pass-through needs the blob's size, and upstream did not send it")
+	}
+	r.direct = &direct{rc: rc, hash: h, size: size}
 	f.passthrough.Inc()
 	return nil
 }

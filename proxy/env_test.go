@@ -61,7 +61,14 @@ func newEnvWith(t testing.TB, root string, cfg cache.Config, specs ...spec) *env
 // as wharf serve does.
 func newEnvAPI(t testing.TB, root string, cfg cache.Config, token string, specs ...spec) *env {
 	t.Helper()
-	store, err := storage.Open(root)
+	return newEnvStore(t, root, storage.Options{}, cfg, token, specs...)
+}
+
+// newEnvStore also takes the store's options (MinFree, a Statfs to fill
+// the disk with).
+func newEnvStore(t testing.TB, root string, sopts storage.Options, cfg cache.Config, token string, specs ...spec) *env {
+	t.Helper()
+	store, err := storage.Open(root, sopts)
 	if err != nil {
 		t.Fatal(err)
 	}

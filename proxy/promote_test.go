@@ -18,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
@@ -807,4 +808,59 @@ func TestPrefetchFiftyThousandReferences(t *testing.T) {
 	if r.status != http.StatusOK || len(r.body) > 2000 || !strings.Contains(string(r.body), `"images":50000`) {
 		t.Fatalf("jobs: %d %.500s", r.status, r.body)
 	}
+}
+
+// A job whose state the index cannot take (the disk filled up) stops and
+// fails where everyone sees it: its state, its error, the metric. Nothing
+// it did goes unrecorded as done.
+func TestJobFailsWhenItsStateCannotBeSaved(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 40)
+	sopts := storage.Options{MinFree: 64 << 20, Statfs: func() (uint64, uint64, error) { return uint64(free.Load()), 1 << 41, nil }}
+	src := upstreamtest.New(t)
+	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
+	target, err := upstream.New(upstream.Config{Name: "harbor-b", URL: dst.URL, Insecure: true, Username: "robot", Password: "s3cret"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvStore(t, t.TempDir(), sopts, cache.Config{JobImages: 1, Targets: map[string]cache.Target{"harbor-b": target}},
+		"", spec{name: srcHost, reg: src, def: true, ttl: time.Hour})
+	p := &promotion{env: e, src: src, dst: dst}
+	p.seed(t)
+	// The disk fills while the second image's manifest goes to the target.
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPut && r.URL.Path == "/v2/proj/multi/manifests/v1" {
+			once.Do(func() { close(reached) })
+			<-release
+		}
+		return false
+	})
+	id := p.submit(t, "application/json", "", `{"images": ["proj/app:1.0", "proj/multi:v1", "proj/tool:2.0"], "push_to": "harbor-b"}`)
+	<-reached
+	free.Store(1 << 20) // under half the index's reserve
+	close(release)
+	r := p.send(t, http.MethodGet, "/api/v1/jobs/"+id+"?wait=1m", "", "")
+	var job cache.Job
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &job) != nil {
+		t.Fatalf("job: %d %s", r.status, r.body)
+	}
+	if job.State != cache.StateFailed || !strings.Contains(job.Error, "could not be saved") || job.Finished == nil {
+		t.Fatalf("job %s, error %q", job.State, job.Error)
+	}
+	if job.Done+job.Failed+job.Cancelled != 3 || job.Done > 2 || job.Failed == 0 {
+		t.Fatalf("images not all accounted for: %+v", job.Tally)
+	}
+	if n := metric(t, p.env, "wharf_prefetch_job_save_failures_total"); n == 0 {
+		t.Fatal("save failures not counted")
+	}
+	// The refused job shows in the list too.
+	if r := p.do(t, http.MethodGet, "/api/v1/jobs"); !strings.Contains(string(r.body), `"state":"failed"`) {
+		t.Fatalf("jobs: %s", r.body)
+	}
+	// A new job the index cannot take is refused, nothing started.
+	r = p.send(t, http.MethodPost, "/api/v1/prefetch", "application/json", `{"images": ["proj/app:1.0"]}`)
+	wantError(t, r, http.StatusServiceUnavailable, "UNAVAILABLE")
+	free.Store(1 << 40)
 }

@@ -45,10 +45,9 @@ func (s *Store) Open(dgst digest.Digest) (*os.File, int64, error) {
 	if errors.Is(err, os.ErrNotExist) {
 		// A record without a file (deleted behind our back): drop the
 		// record too, so the blob is fetched again rather than reported
-		// missing forever.
-		if rerr := s.removeBlob(dgst); rerr != nil {
-			return nil, 0, rerr
-		}
+		// missing forever. Not found either way, even if the index
+		// cannot take the deletion now.
+		s.removeBlob(dgst)
 		return nil, 0, fmt.Errorf("blob %s: %w", dgst, ErrNotFound)
 	}
 	if err != nil {
@@ -71,13 +70,19 @@ type Writer struct {
 	mediaType string
 	h         hash.Hash
 	n         int64
+	unchecked int64 // bytes written since the free space was last looked at
 }
 
 // Create starts writing the blob dgst. The caller must end with Commit or
 // Cancel; Cancel after Commit is a no-op, so `defer w.Cancel()` is safe.
+// Below MinFree it refuses with ErrNoSpace: the caller serves without
+// storing.
 func (s *Store) Create(dgst digest.Digest, mediaType string) (*Writer, error) {
 	if _, err := s.blobPath(dgst); err != nil {
 		return nil, err
+	}
+	if s.sp.low() || s.ReadOnly() {
+		return nil, fmt.Errorf("store blob %s: %w", dgst, ErrNoSpace)
 	}
 	f, err := os.CreateTemp(s.tmpDir(), "fill-")
 	if err != nil {
@@ -90,12 +95,22 @@ func (s *Store) Create(dgst digest.Digest, mediaType string) (*Writer, error) {
 // follow the bytes as they land.
 func (w *Writer) Name() string { return w.f.Name() }
 
+// spaceCheck is how much a writer writes between looks at the free space.
+const spaceCheck = 1 << 20
+
 // Write appends p to the blob. It writes to the file before hashing so the
-// hash only ever covers bytes that reached the disk.
+// hash only ever covers bytes that reached the disk. Once the filesystem is
+// under MinFree it stops with ErrNoSpace, leaving the rest to the index.
 func (w *Writer) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.h.Write(p[:n])
 	w.n += int64(n)
+	if w.unchecked += int64(n); err == nil && w.unchecked >= spaceCheck {
+		w.unchecked = 0
+		if w.s.sp.low() {
+			err = fmt.Errorf("store blob %s: %w", w.dgst, ErrNoSpace)
+		}
+	}
 	return n, err
 }
 

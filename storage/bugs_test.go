@@ -43,7 +43,7 @@ func TestSecondOpenLeavesLiveFillsAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Write([]byte(data[:5]))
-	if s2, err := Open(root); err == nil {
+	if s2, err := Open(root, Options{}); err == nil {
 		s2.Close()
 		t.Fatal("a second Open of a live root succeeded")
 	}

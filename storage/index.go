@@ -82,17 +82,17 @@ func (s *Store) CachedTags(up, repo string) ([]string, error) {
 // digests, and that the repository exists. Blobs are only served under a
 // repository that is a member, so content cannot leak across repositories.
 func (s *Store) AddMembers(up, repo string, dgsts ...digest.Digest) error {
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
-	if err := wb.Set(key(prefixRepo, up, repo), nil); err != nil {
-		return err
-	}
-	for _, d := range dgsts {
-		if err := wb.Set(key(prefixMember, up, repo, d.String()), nil); err != nil {
+	return s.db.batch(func(wb *badger.WriteBatch) error {
+		if err := wb.Set(key(prefixRepo, up, repo), nil); err != nil {
 			return err
 		}
-	}
-	return wb.Flush()
+		for _, d := range dgsts {
+			if err := wb.Set(key(prefixMember, up, repo, d.String()), nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // IsMember reports whether repo of upstream up is known to hold dgst.

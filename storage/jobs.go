@@ -45,14 +45,15 @@ func (s *Store) PutJob(id string, job []byte, images map[int][]byte) error {
 		}
 	}
 	if len(images) > smallWrite {
-		wb := s.db.NewWriteBatch()
-		defer wb.Cancel()
-		for i, doc := range images {
-			if err := wb.Set(jobImageKey(id, i), doc); err != nil {
-				return err
+		err := s.db.batch(func(wb *badger.WriteBatch) error {
+			for i, doc := range images {
+				if err := wb.Set(jobImageKey(id, i), doc); err != nil {
+					return err
+				}
 			}
-		}
-		if err := wb.Flush(); err != nil {
+			return nil
+		})
+		if err != nil {
 			return err
 		}
 		images = nil
@@ -145,22 +146,26 @@ func (s *Store) DeleteJob(id string) error {
 }
 
 func (s *Store) deleteJobImages(id string) error {
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
+	var keys [][]byte
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: key(prefixJobImage, id, "")})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			if err := wb.Delete(it.Item().KeyCopy(nil)); err != nil {
+			keys = append(keys, it.Item().KeyCopy(nil))
+		}
+		return nil
+	})
+	if err != nil || len(keys) == 0 {
+		return err
+	}
+	return s.db.batch(func(wb *badger.WriteBatch) error {
+		for _, k := range keys {
+			if err := wb.Delete(k); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	return wb.Flush()
 }
 
 // SweepJobImages removes image records whose job has no record: left by a

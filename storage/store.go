@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -18,7 +19,11 @@ import (
 // for concurrent use.
 type Store struct {
 	root  string
-	db    *badger.DB
+	db    *db
+	sp    *space
+	lock  *os.File // flock of <root>/wharf.lock: one store per root
+	stop  chan struct{}
+	done  chan struct{}
 	size  atomic.Int64
 	blobs atomic.Int64
 
@@ -42,54 +47,146 @@ type smallBlob struct {
 	data []byte
 }
 
+// Options tune a store. The zero value keeps no reserve of free space.
+type Options struct {
+	// MinFree is the free space (bytes, and MinFreeRatio of the
+	// filesystem, whichever is more) below which nothing new is stored:
+	// fills pass through, and the index keeps a reserve for its own
+	// writes (see space.go).
+	MinFree      int64
+	MinFreeRatio float64
+	// Statfs reports the free and total bytes of the filesystem under
+	// root; nil: statfs(2). Tests fill a disk with it.
+	Statfs func() (avail, total uint64, err error)
+}
+
 // Open opens (creating if needed) the store under root. Leftover temporary
 // files from an earlier run are removed: a fill that did not commit is never
-// served.
-func Open(root string) (*Store, error) {
+// served. On a filesystem with no room left the index opens read-only, and
+// the store serves what it holds until there is room again.
+func Open(root string, opts Options) (*Store, error) {
 	s := &Store{
 		root:    root,
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 		small:   newLRU[digest.Digest](smallBlobCache, func(b smallBlob) int { return len(b.data) }),
 		tags:    newLRU[string](tagCache, func(TagInfo) int { return 1 }),
 		members: newLRU[string](memberCache, func(struct{}) int { return 1 }),
 	}
-	opts := badger.DefaultOptions(filepath.Join(root, "index")).
-		WithLogger(nil).
-		WithMemTableSize(8 << 20).
-		WithNumMemtables(2).
-		WithBlockCacheSize(8 << 20).
-		WithIndexCacheSize(4 << 20).
-		WithValueLogFileSize(64 << 20).
-		WithNumCompactors(2)
-	db, err := badger.Open(opts)
-	if err != nil {
-		return nil, fmt.Errorf("open index: %w", err)
-	}
-	s.db = db
-	// Only now, holding the index's lock, is this the only store on root:
-	// a second process opening a live root fails above and must not remove
-	// the temporary files of the fills running in the first.
-	if err := os.RemoveAll(s.tmpDir()); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("clean temp dir: %w", err)
-	}
-	if err := os.MkdirAll(s.tmpDir(), 0o755); err != nil {
-		db.Close()
+	if err := os.MkdirAll(filepath.Join(root, "index"), 0o755); err != nil {
 		return nil, fmt.Errorf("create store: %w", err)
 	}
-	if err := s.countBlobs(); err != nil {
-		db.Close()
+	sp, err := newSpace(root, opts)
+	if err != nil {
+		return nil, fmt.Errorf("read free space: %w", err)
+	}
+	s.sp = sp
+	// One store per root, whatever mode the index opens in: a second
+	// process (wharf check, a second wharf serve) fails here, before it
+	// touches the fills of the first.
+	if s.lock, err = lockRoot(root); err != nil {
 		return nil, err
 	}
+	if s.db, err = openDB(filepath.Join(root, "index"), sp); err != nil {
+		s.lock.Close()
+		return nil, fmt.Errorf("open index: %w", err)
+	}
+	if err := s.cleanTmp(); err != nil {
+		s.db.close()
+		s.lock.Close()
+		return nil, err
+	}
+	if err := s.countBlobs(); err != nil {
+		s.db.close()
+		s.lock.Close()
+		return nil, err
+	}
+	go s.watch()
 	return s, nil
 }
 
-// Close records pending access times and closes the index.
-func (s *Store) Close() error {
-	ferr := s.flushAccess()
-	if err := s.db.Close(); err != nil {
-		return err
+// lockRoot takes an exclusive lock on <root>/wharf.lock, held until Close.
+func lockRoot(root string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(root, "wharf.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock store: %w", err)
 	}
-	return ferr
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock store %s: another wharf is using it: %w", root, err)
+	}
+	return f, nil
+}
+
+// cleanTmp removes the temporary files of fills a crash interrupted. The
+// directory itself stays: on a full filesystem it could not be made again.
+func (s *Store) cleanTmp() error {
+	ents, err := os.ReadDir(s.tmpDir())
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(s.tmpDir(), 0o755); err != nil && !s.ReadOnly() {
+			return fmt.Errorf("create store: %w", err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("clean temp dir: %w", err)
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(s.tmpDir(), e.Name())); err != nil {
+			return fmt.Errorf("clean temp dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// watchEvery is how often the store looks at its filesystem's free space
+// when nothing writes: to put the ballast back and to reopen an index
+// opened read-only.
+const watchEvery = time.Second
+
+// watch keeps the ballast and reopens a read-only index once there is
+// room, until Close.
+func (s *Store) watch() {
+	defer close(s.done)
+	tick := time.NewTicker(watchEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+			s.sp.keepBallast()
+			s.db.reopen()
+		}
+	}
+}
+
+// Close records pending access times and closes the index. On a full
+// filesystem the index is left for its write-ahead log to be replayed at
+// the next open (Close then says so): a flush with no room would crash.
+func (s *Store) Close() error {
+	close(s.stop)
+	<-s.done
+	ferr := s.flushAccess()
+	if errors.Is(ferr, ErrNoSpace) {
+		ferr = nil // access times are a hint; losing them loses nothing
+	}
+	err := s.db.close()
+	s.lock.Close()
+	return errors.Join(err, ferr)
+}
+
+// Full reports whether the store takes nothing new now: its filesystem is
+// under MinFree, or its index opened read-only. Fills then pass through
+// from the start rather than fetch a blob they cannot keep.
+func (s *Store) Full() bool { return s.sp.low() || s.ReadOnly() }
+
+// FreeSpace reports the free bytes of the filesystem under the store, and
+// how many more it would take to reach MinFree (0 when there is room):
+// while short is above 0 nothing new is stored, and eviction makes room.
+func (s *Store) FreeSpace() (free, short int64) {
+	free = s.sp.free()
+	return free, max(0, s.sp.minFree-free)
 }
 
 // Size reports the bytes and number of blobs recorded in the store, for

@@ -13,7 +13,7 @@ import (
 
 func open(t *testing.T, root string) *Store {
 	t.Helper()
-	s, err := Open(root)
+	s, err := Open(root, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestInvalidDigestsNeverBecomePaths(t *testing.T) {
 
 func TestOpenRemovesLeftoverTempFilesAndKeepsIndex(t *testing.T) {
 	root := t.TempDir()
-	s, err := Open(root)
+	s, err := Open(root, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

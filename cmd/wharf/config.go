@@ -10,30 +10,26 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
 
+	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
 // fileConfig is the YAML file, key for key. External tools generate these
 // names, so they change only with a migration.
 type fileConfig struct {
-	Listen      string `yaml:"listen"`
-	DebugListen string `yaml:"debug_listen"`
-	LogLevel    string `yaml:"log_level"`
-	Storage     struct {
-		Root          string  `yaml:"root"`
-		MaxSize       string  `yaml:"max_size"`
-		HighWatermark float64 `yaml:"high_watermark"`
-		LowWatermark  float64 `yaml:"low_watermark"`
-		maxBytes      int64
-	} `yaml:"storage"`
-	Pins   []string `yaml:"pins"`
-	Server struct {
+	Listen      string        `yaml:"listen"`
+	DebugListen string        `yaml:"debug_listen"`
+	LogLevel    string        `yaml:"log_level"`
+	Storage     storageConfig `yaml:"storage"`
+	Pins        []string      `yaml:"pins"`
+	Server      struct {
 		ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 		IdleTimeout       time.Duration `yaml:"idle_timeout"`
 		ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
@@ -50,6 +46,41 @@ type fileConfig struct {
 		Concurrency int `yaml:"concurrency"`
 		Transfers   int `yaml:"transfers"`
 	} `yaml:"prefetch"`
+}
+
+type storageConfig struct {
+	Root          string  `yaml:"root"`
+	MaxSize       string  `yaml:"max_size"`
+	HighWatermark float64 `yaml:"high_watermark"`
+	LowWatermark  float64 `yaml:"low_watermark"`
+	MinFree       string  `yaml:"min_free"`
+	maxBytes      int64
+	minFree       int64   // bytes, or
+	minFreeRatio  float64 // a share of the filesystem
+}
+
+// options are the store's settings.
+func (s *storageConfig) options() storage.Options {
+	return storage.Options{MinFree: s.minFree, MinFreeRatio: s.minFreeRatio}
+}
+
+// parseMinFree reads storage.min_free: a size (2GiB) or a percentage (5%).
+func (s *storageConfig) parseMinFree() error {
+	v := strings.TrimSpace(s.MinFree)
+	if pct, ok := strings.CutSuffix(v, "%"); ok {
+		f, err := strconv.ParseFloat(strings.TrimSpace(pct), 64)
+		if err != nil || f <= 0 || f >= 50 {
+			return fmt.Errorf("storage.min_free %q: want a percentage above 0 and under 50, like 5%%", s.MinFree)
+		}
+		s.minFreeRatio = f / 100
+		return nil
+	}
+	n, err := humanize.ParseBytes(v)
+	if err != nil || n < 1<<20 {
+		return fmt.Errorf("storage.min_free %q: want a size of at least 1MiB, like 2GiB, or a percentage, like 5%%", s.MinFree)
+	}
+	s.minFree = int64(n)
+	return nil
 }
 
 // remote is what upstreams and targets share: a registry, and how to
@@ -135,6 +166,7 @@ func loadConfig(path string) (*fileConfig, error) {
 		return nil, err
 	}
 	cfg := &fileConfig{Listen: ":5000", LogLevel: "info"}
+	cfg.Storage.MinFree = "5%"
 	cfg.Server.ReadHeaderTimeout = 10 * time.Second
 	cfg.Server.IdleTimeout = 2 * time.Minute
 	cfg.Server.ShutdownTimeout = 30 * time.Second
@@ -163,6 +195,9 @@ func (c *fileConfig) validate() error {
 	}
 	if c.Storage.Root == "" {
 		return errors.New("storage.root must be set")
+	}
+	if err := c.Storage.parseMinFree(); err != nil {
+		return err
 	}
 	if err := nonNegative(map[string]int64{"server.write_timeout": int64(c.Server.WriteTimeout), "server.max_connections": int64(c.Server.MaxConnections)}); err != nil {
 		return err

@@ -54,6 +54,20 @@ type wharfProc struct {
 	addr   string
 	cmd    *exec.Cmd
 	killed bool
+	done   chan struct{} // the log reader has finished
+	logs   *bytes.Buffer
+}
+
+// stop ends the process with SIGTERM and fails the test unless it exits
+// cleanly.
+func (w *wharfProc) stop(t *testing.T) {
+	t.Helper()
+	w.killed = true // the cleanup has nothing left to do
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	<-w.done
+	if err := w.cmd.Wait(); err != nil {
+		t.Fatalf("wharf did not exit cleanly on SIGTERM: %v\n%s", err, w.logs.String())
+	}
 }
 
 // kill ends the process with SIGKILL: a crash, nothing flushed or closed.
@@ -92,7 +106,7 @@ func startWharf(t *testing.T, config string) *wharfProc {
 			}
 		}
 	}()
-	w := &wharfProc{cmd: cmd}
+	w := &wharfProc{cmd: cmd, done: done, logs: &logs}
 	t.Cleanup(func() {
 		if !w.killed {
 			cmd.Process.Signal(syscall.SIGTERM)

@@ -117,7 +117,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
 
-	store, err := storage.Open(cfg.Storage.Root)
+	store, err := storage.Open(cfg.Storage.Root, cfg.Storage.options())
 	if err != nil {
 		return err
 	}
