@@ -2,6 +2,8 @@ package cache
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -24,6 +26,9 @@ func newTestCache(t *testing.T, cfg Config) (c *Cache, store *storage.Store, roo
 		t.Fatal(err)
 	}
 	cfg.Registerer = prometheus.NewRegistry()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	c, err = New(store, cfg)
 	if err != nil {
 		t.Fatal(err)
