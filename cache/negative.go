@@ -3,6 +3,7 @@ package cache
 import (
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -91,15 +92,16 @@ func (c *Cache) recall(u Upstream, repo, key string) error {
 }
 
 // remember keeps an upstream "does not exist" or "denied" for the
-// upstream's negative_ttl: for the whole repository when upstream said
-// NAME_UNKNOWN, for key otherwise. Outages and bad answers are never
-// remembered.
+// upstream's negative_ttl: for key, and for the whole repository when a
+// manifest request was answered NAME_UNKNOWN (a tag list's NAME_UNKNOWN
+// only says the repository has no tags yet). Outages and bad answers are
+// never remembered.
 func (c *Cache) remember(u Upstream, repo, key string, err error) {
 	if u.NegativeTTL <= 0 || !(errors.Is(err, ErrNotFound) || errors.Is(err, ErrDenied)) {
 		return
 	}
 	var oc interface{ OCICodes() []string }
-	if errors.Is(err, ErrNotFound) && errors.As(err, &oc) && slices.Contains(oc.OCICodes(), "NAME_UNKNOWN") {
+	if strings.HasPrefix(key, "m\x00") && errors.Is(err, ErrNotFound) && errors.As(err, &oc) && slices.Contains(oc.OCICodes(), "NAME_UNKNOWN") {
 		key = repoKey(u.Name, repo)
 	}
 	now := c.now()

@@ -67,11 +67,17 @@ func TestRememberAndRecall(t *testing.T) {
 	if got := c.recall(u, "org/private", blobKey(u.Name, "org/private", "sha256:x")); !errors.Is(got, ErrDenied) {
 		t.Fatalf("401 not remembered: %v", got)
 	}
-	c.remember(u, "org/nothing", key, classify(&upstreamErr{status: 404, codes: []string{"NAME_UNKNOWN"}}))
+	c.remember(u, "org/nothing", manifestKey(u.Name, "org/nothing", "x"), classify(&upstreamErr{status: 404, codes: []string{"NAME_UNKNOWN"}}))
 	for _, k := range []string{manifestKey(u.Name, "org/nothing", "any"), blobKey(u.Name, "org/nothing", "sha256:y"), tagsKey(u.Name, "org/nothing")} {
 		if got := c.recall(u, "org/nothing", k); !errors.Is(got, ErrNotFound) {
 			t.Fatalf("NAME_UNKNOWN does not cover %q: %v", k, got)
 		}
+	}
+	// A tag list's NAME_UNKNOWN (a repository with no tags yet) covers the
+	// list only: what is pushed next must not be hidden.
+	c.remember(u, "org/new", tagsKey(u.Name, "org/new"), classify(&upstreamErr{status: 404, codes: []string{"NAME_UNKNOWN"}}))
+	if got := c.recall(u, "org/new", blobKey(u.Name, "org/new", "sha256:z")); got != nil {
+		t.Fatalf("an empty tag list hid the repository: %v", got)
 	}
 	off := Upstream{Name: "off"}
 	c.remember(off, "org/app", manifestKey(off.Name, "org/app", "1"), notFound)
