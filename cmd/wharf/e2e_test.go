@@ -70,13 +70,16 @@ func (w *wharfProc) stop(t *testing.T) {
 	}
 }
 
-// kill ends the process with SIGKILL: a crash, nothing flushed or closed.
+// kill ends the process with SIGKILL, a crash, nothing flushed or closed,
+// and returns once it is gone (its locks released).
 func (w *wharfProc) kill(t *testing.T) {
 	t.Helper()
 	w.killed = true
 	if err := w.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
+	<-w.done
+	w.cmd.Wait()
 }
 
 func startWharf(t *testing.T, config string) *wharfProc {

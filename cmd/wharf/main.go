@@ -121,7 +121,14 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer func() {
+		if err := store.Close(); err != nil {
+			log.Warn("store not closed cleanly", "error", err)
+		}
+	}()
+	if store.ReadOnly() {
+		log.Warn("the filesystem under storage.root is full: the index is read-only and nothing is stored until there is room", "root", cfg.Storage.Root)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

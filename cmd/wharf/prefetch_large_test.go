@@ -152,10 +152,11 @@ func TestPrefetchTenThousandImagesSurviveKill(t *testing.T) {
 	_ = body
 }
 
-// Cancelling a 10,000-image job ends it cancelled, every image accounted
-// for, and the cancel holds across a restart.
-func TestPrefetchTenThousandImagesCancel(t *testing.T) {
-	const n = 10_000
+// A list file of 50,000 references is accepted, stored and run; cancelling
+// the job ends it cancelled, every image accounted for, and the cancel
+// holds across a restart.
+func TestPrefetchFiftyThousandImagesCancel(t *testing.T) {
+	const n = 50_000
 	j := newLargeJob(t, n)
 	w := startWharf(t, j.cfg)
 	out, stderr, err := wharf(t, "prefetch", "--server", "http://"+w.addr, "--token-file", j.token, "-f", j.list, "--push-to", "harbor-b")
@@ -163,6 +164,13 @@ func TestPrefetchTenThousandImagesCancel(t *testing.T) {
 		t.Fatalf("prefetch: %v %s", err, stderr)
 	}
 	id := strings.TrimSpace(out)
+	deadline := time.Now().Add(2 * time.Minute)
+	for job := j.job(t, w.addr, id, "0s"); job.Done < 100; job = j.job(t, w.addr, id, "0s") {
+		if job.Finished != nil || time.Now().After(deadline) {
+			t.Fatalf("the job did not get going: %+v", job)
+		}
+		time.Sleep(50 * time.Millisecond) // polling another process
+	}
 	out, stderr, err = wharf(t, "jobs", "--server", "http://"+w.addr, "--token-file", j.token, "--cancel", "--output", "json", id)
 	var shown struct {
 		Job    cache.Job
@@ -172,7 +180,7 @@ func TestPrefetchTenThousandImagesCancel(t *testing.T) {
 		t.Fatalf("cancel: %v %.500s %s", err, out, stderr)
 	}
 	exact(t, shown.Job, cache.StateCancelled, n)
-	if len(shown.Images) != n || shown.Job.Cancelled == 0 {
+	if len(shown.Images) != n || shown.Job.Cancelled == 0 || shown.Job.Done < 100 {
 		t.Fatalf("cancelled job shows %d images, %d cancelled", len(shown.Images), shown.Job.Cancelled)
 	}
 	counts := map[string]int{}
