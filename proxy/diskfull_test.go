@@ -1,14 +1,10 @@
 package proxy_test
 
 import (
-	"bytes"
 	"errors"
-	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,27 +30,7 @@ func TestDiskFullFallsBackToPassThrough(t *testing.T) {
 	e := newEnv(t, root, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 	l := img.Layers[0]
 
-	var wg sync.WaitGroup
-	errs := make(chan error, 3)
-	for range 3 {
-		wg.Go(func() {
-			resp, err := e.Client().Get(e.URL + "/v2/library/app/blobs/" + l.Digest.String())
-			if err != nil {
-				errs <- err
-				return
-			}
-			got, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, l.Data) {
-				errs <- fmt.Errorf("status %d, %d bytes, %v", resp.StatusCode, len(got), err)
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	e.getAll(t, 3, "/v2/library/app/blobs/"+l.Digest.String(), l.Data)
 	e.cache.Close(t.Context())
 	if _, err := e.store.Blob(l.Digest); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("a blob that did not fit was indexed: %v", err)

@@ -1,12 +1,15 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -216,4 +219,31 @@ func metric(t *testing.T, e *env, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// getAll GETs path from n clients at once; each must receive exactly want
+// (errors are reported here, from the test's goroutine).
+func (e *env) getAll(t *testing.T, n int, path string, want []byte) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			resp, err := e.Client().Get(e.URL + path)
+			if err != nil {
+				errs <- err
+				return
+			}
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, want) {
+				errs <- fmt.Errorf("GET %s: %d, %d of %d bytes, %v", path, resp.StatusCode, len(got), len(want), err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }

@@ -1,13 +1,9 @@
 package proxy_test
 
 import (
-	"bytes"
 	"errors"
-	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -41,27 +37,7 @@ func TestVerifiedBlobSurvivesAFailedCommit(t *testing.T) {
 	l := img.Layers[0]
 	unblock := block(t, root, l.Digest)
 
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for range 4 {
-		wg.Go(func() {
-			resp, err := e.Client().Get(e.URL + "/v2/library/app/blobs/" + l.Digest.String())
-			if err != nil {
-				errs <- err
-				return
-			}
-			got, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, l.Data) {
-				errs <- fmt.Errorf("status %d, %d of %d bytes, %v", resp.StatusCode, len(got), len(l.Data), err)
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	e.getAll(t, 4, "/v2/library/app/blobs/"+l.Digest.String(), l.Data)
 	e.cache.Close(t.Context())
 	if _, err := e.store.Blob(l.Digest); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("a blob that could not be placed was indexed: %v", err)

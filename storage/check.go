@@ -46,16 +46,8 @@ func (s *Store) Check(opts CheckOptions) ([]Problem, error) {
 		return nil, err
 	}
 	records := map[digest.Digest]BlobInfo{}
-	err = s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixBlob)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			var bi BlobInfo
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
-				return err
-			}
-			records[digest.Digest(it.Item().Key()[len(prefixBlob):])] = bi
-		}
+	err = s.eachBlob(func(dgst digest.Digest, bi BlobInfo) error {
+		records[dgst] = bi
 		return nil
 	})
 	if err != nil {
@@ -130,30 +122,24 @@ func (s *Store) Check(opts CheckOptions) ([]Problem, error) {
 func (s *Store) checkMediaTypes(repair bool) ([]Problem, error) {
 	var problems []Problem
 	fixed := map[digest.Digest]string{}
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixBlob)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			var bi BlobInfo
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
-				return err
-			}
-			dgst := digest.Digest(it.Item().Key()[len(prefixBlob):])
-			if bi.MediaType == "" || bi.Size > maxManifest {
-				continue
-			}
-			body, _, err := s.ReadSmall(dgst, maxManifest)
-			var m struct {
-				MediaType string `json:"mediaType"`
-			}
-			if err != nil || json.Unmarshal(body, &m) != nil || m.MediaType == "" || m.MediaType == bi.MediaType {
-				continue
-			}
-			problems = append(problems, Problem{dgst, "mediatype", fmt.Sprintf("recorded as %s, declares %s", bi.MediaType, m.MediaType)})
-			fixed[dgst] = m.MediaType
+	recorded := map[digest.Digest]string{} // manifests: blobs with a type on record
+	err := s.eachBlob(func(dgst digest.Digest, bi BlobInfo) error {
+		if bi.MediaType != "" && bi.Size <= maxManifest {
+			recorded[dgst] = bi.MediaType
 		}
 		return nil
 	})
+	for _, dgst := range slices.Sorted(maps.Keys(recorded)) {
+		body, _, rerr := s.ReadSmall(dgst, maxManifest)
+		var m struct {
+			MediaType string `json:"mediaType"`
+		}
+		if rerr != nil || json.Unmarshal(body, &m) != nil || m.MediaType == "" || m.MediaType == recorded[dgst] {
+			continue
+		}
+		problems = append(problems, Problem{dgst, "mediatype", fmt.Sprintf("recorded as %s, declares %s", recorded[dgst], m.MediaType)})
+		fixed[dgst] = m.MediaType
+	}
 	if err != nil || !repair {
 		return problems, err
 	}
@@ -262,7 +248,7 @@ func (s *Store) removeBlob(dgst digest.Digest) error {
 	deleted := false
 	err = retryConflict(func() error {
 		deleted = false
-		return s.db.Update(func(txn *badger.Txn) error {
+		return s.db.updateFreeing(func(txn *badger.Txn) error {
 			item, err := txn.Get(blobKey(dgst))
 			if errors.Is(err, badger.ErrKeyNotFound) {
 				return nil

@@ -231,6 +231,19 @@ func (d *db) Update(fn func(*badger.Txn) error) error {
 	return d.bdb.Update(fn)
 }
 
+// updateFreeing runs a transaction that deletes what the caller has just
+// freed on disk (a blob's file): its few bytes of log must not wait for
+// room, or nothing could be evicted from a full disk. Only a read-only
+// index refuses it.
+func (d *db) updateFreeing(fn func(*badger.Txn) error) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.readOnly {
+		return ErrNoSpace
+	}
+	return d.bdb.Update(fn)
+}
+
 // batch writes what fn sets or deletes in bounded transactions, if there is
 // room for it; fn must not use d.
 func (d *db) batch(fn func(*badger.WriteBatch) error) error {

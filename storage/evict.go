@@ -2,6 +2,8 @@ package storage
 
 import (
 	"encoding/json"
+	"errors"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -36,7 +38,7 @@ func (s *Store) flushAccess() error {
 	if len(seen) == 0 {
 		return nil
 	}
-	return s.db.Update(func(txn *badger.Txn) error {
+	err := s.db.Update(func(txn *badger.Txn) error {
 		for dgst, at := range seen {
 			item, err := txn.Get(blobKey(dgst))
 			if err != nil {
@@ -55,6 +57,28 @@ func (s *Store) flushAccess() error {
 		}
 		return nil
 	})
+	if err != nil {
+		// Not written (a full disk): keep them for the next flush, and for
+		// Evict to order by.
+		s.access.mu.Lock()
+		for dgst, at := range seen {
+			if at.After(s.access.seen[dgst]) {
+				if s.access.seen == nil {
+					s.access.seen = map[digest.Digest]time.Time{}
+				}
+				s.access.seen[dgst] = at
+			}
+		}
+		s.access.mu.Unlock()
+	}
+	return err
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // Evicted describes one blob Evict removed.
@@ -68,20 +92,16 @@ type Evicted struct {
 // target bytes, skipping those keep says must stay (pinned, being read).
 // It returns what it removed and the oldest access time left.
 func (s *Store) Evict(target int64, keep func(digest.Digest) bool) ([]Evicted, time.Time, error) {
-	if err := s.flushAccess(); err != nil {
+	if err := s.flushAccess(); err != nil && !errors.Is(err, ErrNoSpace) {
 		return nil, time.Time{}, err
 	}
+	// On a full disk the access times stay in memory: they order too.
+	s.access.mu.Lock()
+	seen := maps.Clone(s.access.seen)
+	s.access.mu.Unlock()
 	var all []Evicted
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixBlob)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			var bi BlobInfo
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
-				return err
-			}
-			all = append(all, Evicted{Digest: digest.Digest(it.Item().Key()[len(prefixBlob):]), Size: bi.Size, Accessed: bi.Accessed})
-		}
+	err := s.eachBlob(func(dgst digest.Digest, bi BlobInfo) error {
+		all = append(all, Evicted{Digest: dgst, Size: bi.Size, Accessed: latest(bi.Accessed, seen[dgst])})
 		return nil
 	})
 	if err != nil {

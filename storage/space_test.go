@@ -171,3 +171,22 @@ func TestCloseOnAFullDisk(t *testing.T) {
 		t.Fatalf("Close on a full disk: %v", err)
 	}
 }
+
+// Eviction works on a full disk: a blob's file goes first, and its record's
+// deletion does not wait for room; the access times in memory order it.
+func TestEvictionOnAFullDisk(t *testing.T) {
+	d := &disk{}
+	d.avail.Store(1 << 30)
+	s := openDisk(t, t.TempDir(), d)
+	recent := put(t, s, "used just now")
+	old := put(t, s, "used long ago")
+	d.set(s, mib)   // under half the reserve
+	s.Touch(recent) // known in memory only: the index takes no writes
+	gone, _, err := s.Evict(int64(len("used just now")), func(digest.Digest) bool { return false })
+	if err != nil || len(gone) != 1 || gone[0].Digest != old {
+		t.Fatalf("evict on a full disk: %v %v", gone, err)
+	}
+	if b, n := s.Size(); b != int64(len("used just now")) || n != 1 {
+		t.Fatalf("totals: %d bytes, %d blobs", b, n)
+	}
+}

@@ -270,16 +270,30 @@ func retryConflict(update func() error) error {
 }
 
 func (s *Store) countBlobs() error {
+	err := s.eachBlob(func(_ digest.Digest, bi BlobInfo) error {
+		s.size.Add(bi.Size)
+		s.blobs.Add(1)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read index: %w", err)
+	}
+	return nil
+}
+
+// eachBlob calls fn with every blob record, in digest order.
+func (s *Store) eachBlob(fn func(digest.Digest, BlobInfo) error) error {
 	return s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixBlob)})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			var bi BlobInfo
 			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
-				return fmt.Errorf("read index: %w", err)
+				return err
 			}
-			s.size.Add(bi.Size)
-			s.blobs.Add(1)
+			if err := fn(digest.Digest(it.Item().Key()[len(prefixBlob):]), bi); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
