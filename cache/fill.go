@@ -173,41 +173,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	f.file = file
 	close(f.ready)
 
-	buf := make([]byte, fillBuffer)
-	stalls := 0 // attempts in a row that added nothing
-	for attempt := 1; ; attempt++ {
-		before := w.Size()
-		err = c.copyBody(f, w, rc, buf, u.Name)
-		rc.Close()
-		if w.Size() == before {
-			stalls++
-		} else {
-			stalls = 0
-		}
-		if err == nil || errors.Is(err, errStore) || attempt > maxResumes || stalls >= maxStalls {
-			break
-		}
-		// The connection broke: ask for the rest, keeping what landed.
-		t := time.NewTimer(resumeBackoff << (attempt - 1))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			err = ctx.Err()
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		rc, _, err = u.Source.Blob(ctx, repo, f.dgst, w.Size())
-		if err != nil {
-			if !errors.Is(classify(err), ErrUnavailable) {
-				break
-			}
-			rc = io.NopCloser(errReader{err})
-			continue
-		}
-		c.metrics.resumed.Inc()
-	}
+	err = c.copyResuming(ctx, f, w, rc, u, repo)
 	if errors.Is(err, errStore) {
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		c.log.Error("cannot store blob; its clients go on from upstream", "digest", f.dgst, "error", err)
@@ -236,6 +202,44 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	}
 	c.maybeEvict()
 	return nil
+}
+
+// copyResuming copies rc into w, and when the connection breaks asks
+// upstream for the rest, keeping what landed: maxResumes times at most,
+// maxStalls in a row that bring nothing.
+func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc io.ReadCloser, u Upstream, repo string) error {
+	buf := make([]byte, fillBuffer)
+	stalls := 0 // attempts in a row that added nothing
+	var err error
+	for attempt := 1; ; attempt++ {
+		before := w.Size()
+		err = c.copyBody(f, w, rc, buf, u.Name)
+		rc.Close()
+		if w.Size() == before {
+			stalls++
+		} else {
+			stalls = 0
+		}
+		if err == nil || errors.Is(err, errStore) || attempt > maxResumes || stalls >= maxStalls {
+			return err
+		}
+		t := time.NewTimer(resumeBackoff << (attempt - 1))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+		rc, _, err = u.Source.Blob(ctx, repo, f.dgst, w.Size())
+		if err != nil {
+			if !errors.Is(classify(err), ErrUnavailable) {
+				return err
+			}
+			rc = io.NopCloser(errReader{err})
+			continue
+		}
+		c.metrics.resumed.Inc()
+	}
 }
 
 // copyBody appends rc to the blob until EOF (nil) or an error.
