@@ -103,9 +103,15 @@ func (s *Store) ReadOnly() bool {
 // reopen makes a read-only index read-write once the filesystem has MinFree
 // again.
 func (d *db) reopen() error {
+	d.mu.RLock()
+	readOnly := d.readOnly
+	d.mu.RUnlock()
+	if !readOnly || d.sp.low() {
+		return nil // the common case takes no exclusive lock
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.readOnly || d.sp.low() {
+	if !d.readOnly {
 		return nil
 	}
 	if err := d.bdb.Close(); err != nil {
