@@ -118,7 +118,13 @@ func (p *proxy) resolve(w http.ResponseWriter, r *http.Request) (target, error) 
 // on every request (go-digest's Parse is a regexp match).
 func parseDigest(s string) (digest.Digest, error) {
 	alg, hex, _ := strings.Cut(s, ":")
-	want := map[string]int{"sha256": 64, "sha512": 128}[alg]
+	want := 0
+	switch alg {
+	case "sha256":
+		want = 64
+	case "sha512":
+		want = 128
+	}
 	if want == 0 || len(hex) != want || strings.IndexFunc(hex, func(c rune) bool { return !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') }) >= 0 {
 		return "", ociError(http.StatusBadRequest, errcode.ErrorCodeDigestInvalid, "invalid or unsupported digest")
 	}

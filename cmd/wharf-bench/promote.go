@@ -115,11 +115,9 @@ func (b *bench) job(url string, refs []string, pushTo string) (float64, error) {
 		return 0, err
 	}
 	var job struct {
-		ID     string `json:"id"`
-		State  string `json:"state"`
-		Images []struct {
-			Source, Error string
-		} `json:"images"`
+		ID    string `json:"id"`
+		State string `json:"state"`
+		Error string `json:"error"`
 	}
 	err = json.NewDecoder(resp.Body).Decode(&job)
 	resp.Body.Close()
@@ -134,9 +132,23 @@ func (b *bench) job(url string, refs []string, pushTo string) (float64, error) {
 	resp.Body.Close()
 	d := time.Since(start).Seconds()
 	if err != nil || job.State != "done" {
-		return 0, fmt.Errorf("prefetch job %s ended %s: %v %+v", job.ID, job.State, err, job.Images)
+		return 0, fmt.Errorf("prefetch job %s ended %s: %v %s%s", job.ID, job.State, err, job.Error, failedImages(url, job.ID))
 	}
 	return d, nil
+}
+
+// failedImages lists why a job's images failed, for the error above.
+func failedImages(url, id string) string {
+	resp, err := http.Get(url + "/api/v1/jobs/" + id + "/images?state=failed&n=10")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var page struct {
+		Images []struct{ Source, Error string }
+	}
+	json.NewDecoder(resp.Body).Decode(&page)
+	return fmt.Sprintf(" %+v", page.Images)
 }
 
 func timedErr(f func() error) (float64, error) {
