@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -81,17 +82,22 @@ func (c *Cache) StatBlob(ctx context.Context, up, repo string, dgst digest.Diges
 type Blob struct {
 	ocispec.Descriptor
 	io.ReadSeekCloser
-	done func() // ends the read: the blob may be evicted again
+	done  func() // ends the read: the blob may be evicted again
+	close sync.Once
+	err   error
 }
 
-// Close ends the read.
+// Close ends the read, once, however many goroutines call it: an HTTP
+// transport closes a request body on its own goroutine while the caller's
+// defer does the same.
 func (b *Blob) Close() error {
-	err := b.ReadSeekCloser.Close()
-	if b.done != nil {
-		b.done()
-		b.done = nil
-	}
-	return err
+	b.close.Do(func() {
+		b.err = b.ReadSeekCloser.Close()
+		if b.done != nil {
+			b.done()
+		}
+	})
+	return b.err
 }
 
 // Blob opens blob dgst of repo, starting or joining its fill on a miss.
