@@ -123,6 +123,9 @@ func (r *fillReader) Seek(offset int64, whence int) (int64, error) {
 	if offset < 0 {
 		return 0, errors.New("seek: negative position")
 	}
+	if offset != r.off {
+		r.stopDirect() // its stream is at r.off
+	}
 	r.off = offset
 	return offset, nil
 }
@@ -160,9 +163,7 @@ func (r *fillReader) size() (int64, error) {
 func (r *fillReader) Close() error {
 	if !r.closed {
 		r.closed = true
-		if r.direct != nil {
-			r.direct.rc.Close()
-		}
+		r.stopDirect()
 		r.f.release()
 	}
 	return nil

@@ -23,35 +23,54 @@ type direct struct {
 }
 
 // startDirect switches r to reading upstream from r.off. The bytes before
-// r.off were read from the fill's temporary file, which r still holds open;
-// they are hashed again so the whole blob is verified. A fill that never
-// fetched (the store was full) leaves the size to this request.
+// r.off are hashed too, so the whole blob is verified: read again from the
+// fill's temporary file, which r still holds open, when it has them; else
+// (a fill that never fetched: the store was full) fetched from upstream
+// and skipped. Such a fill also leaves the size to this request.
 func (r *fillReader) startDirect() error {
 	f := r.f
 	h := f.dgst.Algorithm().Hash()
-	if r.off > 0 {
-		if f.file == nil {
-			return errors.New("pass-through from an offset of a fill that never started")
-		}
+	from := int64(0)
+	if r.off > 0 && f.file != nil && r.off <= r.landed() {
 		if _, err := io.Copy(h, io.NewSectionReader(f.file, 0, r.off)); err != nil {
 			return err
 		}
+		from = r.off
 	}
-	rc, n, err := f.src.Blob(r.ctx, f.repo, f.dgst, r.off)
+	rc, n, err := f.src.Blob(r.ctx, f.repo, f.dgst, from)
 	if err != nil {
 		return classify(err)
 	}
 	size := f.size
 	if size < 0 && n >= 0 {
-		size = r.off + n
+		size = from + n
 	}
 	if size < 0 {
 		rc.Close()
 		return errors.New("pass-through needs the blob's size, and upstream did not send it")
 	}
+	if _, err := io.CopyN(h, rc, r.off-from); err != nil {
+		rc.Close()
+		return fmt.Errorf("%w: pass-through of %s: %w", ErrUnavailable, f.dgst, err)
+	}
 	r.direct = &direct{rc: rc, hash: h, size: size}
 	f.passthrough.Inc()
 	return nil
+}
+
+// landed is how many bytes of the blob the fill's temporary file holds.
+func (r *fillReader) landed() int64 {
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	return r.f.written
+}
+
+// stopDirect drops r's upstream stream: a seek elsewhere starts a new one.
+func (r *fillReader) stopDirect() {
+	if r.direct != nil {
+		r.direct.rc.Close()
+		r.direct = nil
+	}
 }
 
 func (r *fillReader) readDirect(p []byte) (int, error) {

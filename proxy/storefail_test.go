@@ -1,7 +1,9 @@
 package proxy_test
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
@@ -73,5 +76,29 @@ func TestVerifiedManifestSurvivesAFailedStore(t *testing.T) {
 	}
 	if n := metric(t, e, "wharf_store_failures_total"); n == 0 {
 		t.Fatal("the failed store was not counted")
+	}
+}
+
+// On a store that is full, misses pass through from upstream from the
+// start; a Range request of such a blob gets exactly its bytes, and one
+// that runs to the end is verified whole.
+func TestPassThroughRangesOnAFullStore(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 29, 1, 300_000, amd64)
+	full := storage.Options{MinFree: 1 << 30, Statfs: func() (uint64, uint64, error) { return 512 << 20, 1 << 40, nil }}
+	e := newEnvStore(t, t.TempDir(), full, cache.Config{}, "", spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	l := img.Layers[0]
+	path := "/v2/library/app/blobs/" + l.Digest.String()
+	size := len(l.Data)
+	for _, c := range []struct{ from, to int }{{1000, 1999}, {0, 99}, {size - 500, size - 1}, {150_000, size - 1}} {
+		rng := fmt.Sprintf("bytes=%d-%d", c.from, c.to)
+		r := e.do(t, "GET", path, "Range", rng)
+		if r.status != 206 || !bytes.Equal(r.body, l.Data[c.from:c.to+1]) {
+			t.Fatalf("Range %s on a full store: %d, %d bytes, right bytes %v", rng, r.status, len(r.body), bytes.Equal(r.body, l.Data[c.from:c.to+1]))
+		}
+	}
+	e.get(t, path, l.Data, l.Digest.String())
+	if _, err := e.store.Blob(l.Digest); err == nil {
+		t.Fatal("stored on a full store")
 	}
 }
