@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -93,5 +95,40 @@ func TestEvictionStopsWhenPinsCannotBeRead(t *testing.T) {
 		if _, err := store.Blob(d); err != nil {
 			t.Fatalf("pinned %s evicted: %v", d, err)
 		}
+	}
+}
+
+// Short of min_free (something else filled the filesystem), eviction makes
+// that room and a tenth more out of the store, least recently used first,
+// though the store is far under max_size.
+func TestEvictionMakesRoomShortOfMinFree(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 30)
+	store, err := storage.Open(t.TempDir(), storage.Options{MinFree: 64 << 20,
+		Statfs: func() (uint64, uint64, error) { return uint64(free.Load()), 1 << 40, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(store, Config{MaxSize: 1 << 40, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(t.Context()); free.Store(1 << 30); store.Close() })
+	var blobs []digest.Digest
+	for i := range 4 {
+		blobs = append(blobs, putBlob(t, store, fmt.Appendf(nil, "%0400d", i), ""))
+		time.Sleep(time.Millisecond) // distinct access times: the order eviction follows
+	}
+	free.Store(64<<20 - 500) // 500 bytes short of min_free
+	time.Sleep(20 * time.Millisecond) // past the store's cached reading of the free space
+	c.evict()
+	for i, d := range blobs {
+		_, err := store.Blob(d)
+		if gone := err != nil; gone != (i < 2) {
+			t.Errorf("blob %d: evicted %v, want the two oldest gone (500 bytes and a tenth is two of 400)", i, gone)
+		}
+	}
+	if n := testutil.ToFloat64(c.metrics.evicted.WithLabelValues("space")); n != 2 {
+		t.Fatalf("evictions for space: %v", n)
 	}
 }

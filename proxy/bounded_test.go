@@ -165,11 +165,10 @@ func TestRandomNamesStayBounded(t *testing.T) {
 			}
 		})
 	}
-	for round := range 2 {
+	for range 2 { // each path twice: the second time from memory
 		for _, p := range paths {
 			work <- p
 		}
-		_ = round
 	}
 	close(work)
 	wg.Wait()

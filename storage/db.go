@@ -265,13 +265,3 @@ func (d *db) batch(fn func(*badger.WriteBatch) error) error {
 	}
 	return wb.Flush()
 }
-
-// DropPrefix deletes every key under prefix (tests simulate a crash with it).
-func (d *db) DropPrefix(prefix []byte) error {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	if err := d.writable(); err != nil {
-		return err
-	}
-	return d.bdb.DropPrefix(prefix)
-}

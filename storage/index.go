@@ -160,8 +160,9 @@ func (s *Store) PutTagList(up, repo string, tags []string, checked time.Time) er
 	})
 }
 
-// Records counts the index's records of every kind: what an operator (or
-// a test) reads to see the index stay bounded. It walks the keys.
+// Records counts the index's records of every kind, for wharf check's
+// summary and the tests that show the index stays bounded. It walks the
+// keys.
 func (s *Store) Records() (int, error) {
 	n := 0
 	err := s.db.View(func(txn *badger.Txn) error {

@@ -101,7 +101,7 @@ func TestSweepJobImages(t *testing.T) {
 	s.PutJob("lost", []byte(`L`), map[int][]byte{0: []byte(`l0`), 1: []byte(`l1`)})
 	s.PutJob("z", []byte(`Z`), map[int][]byte{0: []byte(`z0`)})
 	// What a crash between the job's record and its images leaves.
-	if err := s.db.DropPrefix(key(prefixJob, "lost")); err != nil {
+	if err := s.db.bdb.DropPrefix(key(prefixJob, "lost")); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.SweepJobImages(); err != nil {

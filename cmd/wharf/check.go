@@ -61,12 +61,16 @@ func check(args []string, stdout, stderr io.Writer, isTerminal bool) error {
 		return err
 	}
 	bytes, blobs := store.Size()
+	records, err := store.Records()
+	if err != nil {
+		return err
+	}
 	verb := "found"
 	if *repair {
 		verb = "repaired"
 	}
-	fmt.Fprintf(stdout, "checked %d blobs (%d bytes): %s %d orphan, %d dangling, %d corrupt, %d mediatype\n",
-		blobs, bytes, verb, counts["orphan"], counts["dangling"], counts["corrupt"], counts["mediatype"])
+	fmt.Fprintf(stdout, "checked %d blobs (%d bytes; %d index records): %s %d orphan, %d dangling, %d corrupt, %d mediatype\n",
+		blobs, bytes, records, verb, counts["orphan"], counts["dangling"], counts["corrupt"], counts["mediatype"])
 	if len(problems) > 0 && !*repair {
 		return fmt.Errorf("%d problems; run with --repair to fix them", len(problems))
 	}

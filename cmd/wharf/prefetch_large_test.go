@@ -145,11 +145,10 @@ func TestPrefetchTenThousandImagesSurviveKill(t *testing.T) {
 	if err := json.Unmarshal(body, &tags); err != nil || resp.StatusCode != http.StatusOK || len(tags.Tags) != n {
 		t.Fatalf("target tags: %d, %d tags, %v", resp.StatusCode, len(tags.Tags), err)
 	}
-	resp, body = j.dst.Get(t, http.MethodGet, "/v2/proj-b/app/manifests/t09999")
+	resp, _ = j.dst.Get(t, http.MethodGet, "/v2/proj-b/app/manifests/t09999")
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != j.digests[9999%4] {
 		t.Fatalf("last tag on the target: %d %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
 	}
-	_ = body
 }
 
 // A list file of 50,000 references is accepted, stored and run; cancelling
