@@ -119,7 +119,7 @@ func TestEvictionMakesRoomShortOfMinFree(t *testing.T) {
 		blobs = append(blobs, putBlob(t, store, fmt.Appendf(nil, "%0400d", i), ""))
 		time.Sleep(time.Millisecond) // distinct access times: the order eviction follows
 	}
-	free.Store(64<<20 - 500) // 500 bytes short of min_free
+	free.Store(64<<20 - 500)          // 500 bytes short of min_free
 	time.Sleep(20 * time.Millisecond) // past the store's cached reading of the free space
 	c.evict()
 	for i, d := range blobs {
