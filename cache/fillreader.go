@@ -64,6 +64,9 @@ func (r *fillReader) state() (avail int64, done bool, wake <-chan struct{}, err 
 
 func (r *fillReader) Read(p []byte) (int, error) {
 	for {
+		if r.direct != nil && r.direct.at != r.off {
+			r.moveDirect() // a seek moved r
+		}
 		if r.direct != nil {
 			return r.readDirect(p)
 		}
@@ -122,9 +125,6 @@ func (r *fillReader) Seek(offset int64, whence int) (int64, error) {
 	}
 	if offset < 0 {
 		return 0, errors.New("seek: negative position")
-	}
-	if offset != r.off {
-		r.stopDirect() // its stream is at r.off
 	}
 	r.off = offset
 	return offset, nil

@@ -20,6 +20,7 @@ type direct struct {
 	rc   io.ReadCloser
 	hash hash.Hash
 	size int64
+	at   int64 // where rc stands in the blob
 }
 
 // startDirect switches r to reading upstream from r.off. The bytes before
@@ -53,7 +54,7 @@ func (r *fillReader) startDirect() error {
 		rc.Close()
 		return fmt.Errorf("%w: pass-through of %s: %w", ErrUnavailable, f.dgst, err)
 	}
-	r.direct = &direct{rc: rc, hash: h, size: size}
+	r.direct = &direct{rc: rc, hash: h, size: size, at: r.off}
 	f.passthrough.Inc()
 	return nil
 }
@@ -65,7 +66,23 @@ func (r *fillReader) landed() int64 {
 	return r.f.written
 }
 
-// stopDirect drops r's upstream stream: a seek elsewhere starts a new one.
+// moveDirect brings r's upstream stream to r.off: forward by reading on
+// (hashing what it skips, so the blob is still verified whole), backward
+// by dropping it for a new one.
+func (r *fillReader) moveDirect() {
+	d := r.direct
+	if d.at > r.off {
+		r.stopDirect()
+		return
+	}
+	n, err := io.CopyN(d.hash, d.rc, r.off-d.at)
+	d.at += n
+	if err != nil {
+		r.stopDirect()
+	}
+}
+
+// stopDirect drops r's upstream stream: a read elsewhere starts a new one.
 func (r *fillReader) stopDirect() {
 	if r.direct != nil {
 		r.direct.rc.Close()
@@ -86,11 +103,13 @@ func (r *fillReader) readDirect(p []byte) (int, error) {
 			return 0, fmt.Errorf("%w: pass-through of %s hashed to %s", ErrBadUpstream, r.f.dgst, got)
 		}
 		r.off += int64(n)
+		d.at = r.off
 		return n, nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("%w: pass-through of %s: %w", ErrUnavailable, r.f.dgst, err)
 	}
 	r.off += int64(n)
+	d.at = r.off
 	return n, nil
 }

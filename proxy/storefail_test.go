@@ -92,12 +92,20 @@ func TestPassThroughRangesOnAFullStore(t *testing.T) {
 	size := len(l.Data)
 	for _, c := range []struct{ from, to int }{{1000, 1999}, {0, 99}, {size - 500, size - 1}, {150_000, size - 1}} {
 		rng := fmt.Sprintf("bytes=%d-%d", c.from, c.to)
+		up.Reset()
 		r := e.do(t, "GET", path, "Range", rng)
 		if r.status != 206 || !bytes.Equal(r.body, l.Data[c.from:c.to+1]) {
 			t.Fatalf("Range %s on a full store: %d, %d bytes, right bytes %v", rng, r.status, len(r.body), bytes.Equal(r.body, l.Data[c.from:c.to+1]))
 		}
+		if n := up.Count("GET", "blob"); n != 1 {
+			t.Fatalf("Range %s: %d upstream GETs, want 1", rng, n)
+		}
 	}
+	up.Reset()
 	e.get(t, path, l.Data, l.Digest.String())
+	if n := up.Count("GET", "blob"); n != 1 {
+		t.Fatalf("a whole blob on a full store: %d upstream GETs, want 1", n)
+	}
 	if _, err := e.store.Blob(l.Digest); err == nil {
 		t.Fatal("stored on a full store")
 	}
