@@ -5,8 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"maps"
-	"net/http"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -136,47 +134,4 @@ func jwtExpiry(token string) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return time.Unix(claims.Exp, 0), true
-}
-
-var realmRE = regexp.MustCompile(`(?i)\brealm="([^"]+)"`)
-
-// credentialGuard sits under the auth client and removes Authorization from
-// any request that is not for the upstream host itself or the token realm
-// that host announced in its first challenge. Whatever a later challenge or a
-// redirect says, credentials go nowhere else.
-type credentialGuard struct {
-	next  http.RoundTripper
-	host  string
-	mu    sync.Mutex
-	realm string // host of the pinned realm, once known
-}
-
-func (g *credentialGuard) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.Header.Get("Authorization") != "" && !g.allowed(req.URL.Host) {
-		req = req.Clone(req.Context())
-		req.Header.Del("Authorization")
-	}
-	resp, err := g.next.RoundTrip(req)
-	if err == nil && resp.StatusCode == http.StatusUnauthorized && req.URL.Host == g.host {
-		if m := realmRE.FindStringSubmatch(resp.Header.Get("WWW-Authenticate")); m != nil {
-			if i := strings.Index(m[1], "://"); i >= 0 {
-				host, _, _ := strings.Cut(m[1][i+3:], "/")
-				g.mu.Lock()
-				if g.realm == "" {
-					g.realm = host
-				}
-				g.mu.Unlock()
-			}
-		}
-	}
-	return resp, err
-}
-
-func (g *credentialGuard) allowed(host string) bool {
-	if host == g.host {
-		return true
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.realm != "" && host == g.realm
 }

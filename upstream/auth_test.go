@@ -5,8 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -43,47 +41,6 @@ func TestTokenCacheHonoursExpiry(t *testing.T) {
 	}
 	if _, err := c.GetToken(ctx, "reg", auth.SchemeBearer, "other-scope"); err == nil {
 		t.Fatal("token served for a scope it was not issued for")
-	}
-}
-
-func TestCredentialGuardPinsFirstRealm(t *testing.T) {
-	var seen []string
-	record := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		seen = append(seen, r.Host+" "+r.Header.Get("Authorization"))
-	})
-	realm := httptest.NewServer(record)
-	defer realm.Close()
-	other := httptest.NewServer(record)
-	defer other.Close()
-	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		seen = append(seen, r.Host+" "+r.Header.Get("Authorization"))
-		w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm.URL+`/token",service="x"`)
-		w.WriteHeader(http.StatusUnauthorized)
-	}))
-	defer reg.Close()
-	host := strings.TrimPrefix(reg.URL, "http://")
-	g := &credentialGuard{next: http.DefaultTransport, host: host}
-	send := func(u string) {
-		req, _ := http.NewRequest("GET", u, nil)
-		req.Header.Set("Authorization", "Basic c2VjcmV0")
-		resp, err := g.RoundTrip(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-	}
-	send(other.URL)        // before any challenge: nowhere but the registry
-	send(reg.URL + "/v2/") // the registry itself, whose challenge pins the realm
-	send(realm.URL)        // the announced realm
-	send(other.URL)        // anything else, still not
-	want := []string{
-		strings.TrimPrefix(other.URL, "http://") + " ",
-		host + " Basic c2VjcmV0",
-		strings.TrimPrefix(realm.URL, "http://") + " Basic c2VjcmV0",
-		strings.TrimPrefix(other.URL, "http://") + " ",
-	}
-	if strings.Join(seen, "|") != strings.Join(want, "|") {
-		t.Fatalf("credentials went to:\n%q\nwant\n%q", seen, want)
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -56,6 +58,15 @@ type Config struct {
 	WaitTimeout time.Duration
 	ChunkSize   int64 // pushes: larger blobs go in chunks of this size; default DefaultChunkSize
 	UserAgent   string
+	// CAFile adds a CA to the system's for this registry and the hosts it
+	// redirects to: an internal CA is trusted without turning verification off.
+	CAFile string
+	// CertFile and KeyFile are a client certificate for registries that
+	// require mutual TLS.
+	CertFile, KeyFile string
+	Logger            *slog.Logger // refused requests are logged here; nil: slog.Default()
+
+	dial func(ctx context.Context, network, addr string) (net.Conn, error) // tests: record dials
 }
 
 // Client reads from one remote registry. It is safe for concurrent use and
@@ -104,9 +115,12 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 	if cfg.ChunkSize <= 0 {
 		cfg.ChunkSize = DefaultChunkSize
 	}
-	guard := &credentialGuard{next: newTransport(cfg), host: u.Host}
+	tr, err := newTransport(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
+	}
 	hc := &auth.Client{
-		Client: &http.Client{Transport: guard},
+		Client: &http.Client{Transport: newGuard(tr, cfg.Name, u, cfg.Logger), CheckRedirect: checkRedirect},
 		Header: http.Header{"User-Agent": {cmp.Or(cfg.UserAgent, "wharf")}},
 		Cache:  newTokenCache(),
 	}

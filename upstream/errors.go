@@ -89,7 +89,7 @@ func newError(resp *http.Response, host string) *Error {
 		for _, oe := range doc.Errors {
 			e.Codes = append(e.Codes, oe.Code)
 			if e.Detail == "" {
-				e.Detail = oe.Message
+				e.Detail = scrub(oe.Message, host)
 			}
 		}
 	}
@@ -113,4 +113,14 @@ func parseRetryAfter(v string) time.Duration {
 func redact(u string) string {
 	u, _, _ = strings.Cut(u, "?")
 	return u
+}
+
+// scrub drops an upstream's message when it names a URL or the upstream's
+// own host: clients are told what their request met, not where Wharf went.
+func scrub(msg, host string) string {
+	h, _, _ := strings.Cut(host, ":")
+	if strings.Contains(msg, "://") || (h != "" && strings.Contains(strings.ToLower(msg), strings.ToLower(h))) {
+		return ""
+	}
+	return msg
 }

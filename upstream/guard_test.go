@@ -1,0 +1,268 @@
+package upstream
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// capture records every request it gets and the Authorization it carried.
+type capture struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (c *capture) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.mu.Lock()
+	c.seen = append(c.seen, r.Method+" "+r.URL.Path+" auth="+r.Header.Get("Authorization"))
+	c.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.Write([]byte(`{"token":"stolen"}`))
+}
+
+func (c *capture) requests() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.seen)
+}
+
+// An upstream that uses Basic auth, and later answers with a Bearer
+// challenge whose realm is another host:port, must not make Wharf send the
+// configured password there: not before a successful pull, not after it.
+func TestRealmMoveGetsNoCredentials(t *testing.T) {
+	thief := &capture{}
+	capSrv := httptest.NewServer(thief)
+	defer capSrv.Close()
+	const user, pass = "robot$ci", "s3cret"
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+	var moved atomic.Bool
+	var upstreamAuth []string
+	var mu sync.Mutex
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		upstreamAuth = append(upstreamAuth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		switch {
+		case r.Header.Get("Authorization") != "" && moved.Load():
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+capSrv.URL+`/token",service="x",scope="repository:proj/app:pull"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		case r.Header.Get("Authorization") != basic:
+			w.Header().Set("WWW-Authenticate", `Basic realm="Registry Realm"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		default:
+			w.Write([]byte("blob"))
+		}
+	}))
+	defer reg.Close()
+	c, err := New(Config{Name: "harbor", URL: reg.URL, Insecure: true, Username: user, Password: pass}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dgst := digest.FromString("blob")
+	for _, round := range []string{"before", "after"} {
+		if round == "after" {
+			rc, _, err := c.Blob(t.Context(), "proj/app", dgst, 0)
+			if err != nil {
+				t.Fatalf("pull with Basic auth: %v", err)
+			}
+			rc.Close()
+		}
+		moved.Store(true)
+		_, _, err := c.Blob(t.Context(), "proj/app", dgst, 0)
+		var ue *Error
+		if round == "after" && (!errors.As(err, &ue) || ue.Status != 0 || !errors.Is(err, ErrRefused)) {
+			t.Fatalf("%s a pull: a moved realm gave %v, want a refused transport error (503 to clients)", round, err)
+		}
+		if err == nil {
+			t.Fatalf("%s a pull: a moved realm was answered", round)
+		}
+		moved.Store(false)
+	}
+	if got := thief.requests(); len(got) != 0 {
+		t.Fatalf("the capture server got %q, want nothing", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(upstreamAuth, basic) {
+		t.Fatalf("the upstream itself never got its credentials: %q", upstreamAuth)
+	}
+}
+
+// The realm of the first Bearer challenge gets the credentials, another
+// realm named later does not, and a redirect elsewhere carries none.
+func TestFirstBearerRealmIsPinned(t *testing.T) {
+	realm, other := &capture{}, &capture{}
+	realmSrv, otherSrv := httptest.NewServer(realm), httptest.NewServer(other)
+	defer realmSrv.Close()
+	defer otherSrv.Close()
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="`+realmSrv.URL+`/token",service="x"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	defer reg.Close()
+	g := newGuard(http.DefaultTransport, "t", mustURL(t, reg.URL), nil)
+	send := func(u string) error {
+		req, _ := http.NewRequest("GET", u, nil)
+		req.Header.Set("Authorization", "Basic c2VjcmV0")
+		resp, err := g.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	if err := send(otherSrv.URL + "/token"); !errors.Is(err, ErrRefused) {
+		t.Fatalf("credentials before any challenge went elsewhere: %v", err)
+	}
+	if err := send(reg.URL + "/v2/"); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(realmSrv.URL + "/token"); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(otherSrv.URL + "/token"); !errors.Is(err, ErrRefused) {
+		t.Fatalf("credentials went to a realm that was not the first: %v", err)
+	}
+	if got := realm.requests(); len(got) != 1 || got[0] != "GET /token auth=Basic c2VjcmV0" {
+		t.Fatalf("the pinned realm got %q", got)
+	}
+	if got := other.requests(); len(got) != 0 {
+		t.Fatalf("another host got %q", got)
+	}
+}
+
+// dials records every address a client dials.
+type dials struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+func (d *dials) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	d.addrs = append(d.addrs, addr)
+	d.mu.Unlock()
+	return (&net.Dialer{}).DialContext(ctx, network, addr)
+}
+
+func (d *dials) list() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.addrs)
+}
+
+// A hostile upstream cannot point Wharf at the cloud metadata service, the
+// LAN or plain http: each redirect is refused before a connection is tried.
+func TestRedirectPolicy(t *testing.T) {
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("blob")) }))
+	defer plain.Close()
+	var hops atomic.Int32
+	redirect := func(to string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if to == "loop" {
+				hops.Add(1)
+				http.Redirect(w, r, r.URL.Path+"x", http.StatusTemporaryRedirect)
+				return
+			}
+			http.Redirect(w, r, to, http.StatusTemporaryRedirect)
+		})
+	}
+	for _, tc := range []struct {
+		name, to string
+		tls      bool
+		refused  string // the address that must never be dialled
+	}{
+		{"metadata service", "http://169.254.169.254/latest/meta-data/", false, "169.254.169.254:80"},
+		{"private range", "http://10.1.2.3:8080/blob", false, "10.1.2.3:8080"},
+		{"ipv6 link-local", "http://[fe80::1]/blob", false, "[fe80::1]:80"},
+		{"https to http", plain.URL + "/blob", true, strings.TrimPrefix(plain.URL, "http://")},
+		{"loop", "loop", false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var reg *httptest.Server
+			if tc.tls {
+				reg = httptest.NewTLSServer(redirect(tc.to))
+			} else {
+				reg = httptest.NewServer(redirect(tc.to))
+			}
+			defer reg.Close()
+			d := &dials{}
+			c, err := New(Config{Name: "t", URL: reg.URL, Insecure: true, dial: d.dial}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hops.Store(0)
+			_, _, err = c.Blob(t.Context(), "a/b", digest.FromString("blob"), 0)
+			if !errors.Is(err, ErrRefused) {
+				t.Fatalf("redirect to %s: %v, want refused", tc.to, err)
+			}
+			for _, a := range d.list() {
+				if a != strings.TrimPrefix(strings.TrimPrefix(reg.URL, "http://"), "https://") {
+					t.Fatalf("dialled %s", a)
+				}
+			}
+			if tc.to == "loop" && hops.Load() != maxRedirects {
+				t.Fatalf("followed %d redirects, want %d", hops.Load(), maxRedirects)
+			}
+		})
+	}
+	// A loopback upstream may redirect to another loopback host: that is
+	// its own kind of address (and how the test registries serve blobs).
+	reg := httptest.NewServer(redirect(plain.URL + "/blob"))
+	defer reg.Close()
+	c, err := New(Config{Name: "t", URL: reg.URL, Insecure: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := c.Blob(t.Context(), "a/b", digest.FromString("blob"), 0)
+	if err != nil {
+		t.Fatalf("loopback to loopback: %v", err)
+	}
+	rc.Close()
+}
+
+func TestKindOf(t *testing.T) {
+	for addr, want := range map[string]addrKind{
+		"127.0.0.1": loopback, "::1": loopback, "10.0.0.1": private, "192.168.1.1": private, "172.16.0.1": private,
+		"fd00::1": private, "169.254.169.254": linkLocal, "fe80::1": linkLocal, "0.0.0.0": special, "::": special,
+		"224.0.0.1": special, "8.8.8.8": public, "2001:4860::1": public, "::ffff:169.254.169.254": linkLocal,
+	} {
+		if got := kindOf(net.ParseIP(addr)); got != want {
+			t.Errorf("kindOf(%s) = %d, want %d", addr, got, want)
+		}
+	}
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// An upstream's own message reaches clients only when it names no URL and
+// not the upstream's host.
+func TestErrorMessagesNamingTheUpstreamAreDropped(t *testing.T) {
+	for msg, want := range map[string]string{
+		"manifest unknown": "manifest unknown",
+		"repository harbor-a.internal/proj/app not found":     "",
+		"see https://docs.example/errors for help":            "",
+		"project HARBOR-A.internal/proj is private":           "",
+		"name unknown: repository name not known to registry": "name unknown: repository name not known to registry",
+	} {
+		if got := scrub(msg, "harbor-a.internal:8443"); got != want {
+			t.Errorf("scrub(%q) = %q, want %q", msg, got, want)
+		}
+	}
+}
