@@ -331,14 +331,13 @@ func (m manifestRefs) blobs() []ocispec.Descriptor {
 	return out
 }
 
-// digests lists the valid digests the manifest refers to.
+// digests lists the valid digests the manifest contains: its config,
+// layers, blobs and child manifests. Not its subject: that is a pointer
+// anyone may write into a referrer, and membership opens content.
 func (m manifestRefs) digests() []digest.Digest {
 	descs := append(append(append([]ocispec.Descriptor{}, m.Layers...), m.Manifests...), m.Blobs...)
 	if m.Config != nil {
 		descs = append(descs, *m.Config)
-	}
-	if m.Subject != nil {
-		descs = append(descs, *m.Subject)
 	}
 	var out []digest.Digest
 	for _, d := range descs {
