@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"path"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/wharf-registry/wharf/route"
 	"github.com/wharf-registry/wharf/storage"
 )
 
@@ -72,7 +72,7 @@ type Config struct {
 	// to LowWater (default 0.8).
 	MaxSize             int64
 	HighWater, LowWater float64
-	// Pins are patterns (path.Match) on "<upstream>/<repo>" or
+	// Pins are patterns (route.Match) on "<upstream>/<repo>" or
 	// "<upstream>/<repo>:<tag>" whose content is never evicted.
 	Pins        []string
 	FillTimeout time.Duration         // longest a single blob fill may take; default 1h
@@ -172,8 +172,8 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		return nil, fmt.Errorf("cache: watermarks must satisfy 0 < low (%v) <= high (%v) <= 1", c.lowWater, c.highWater)
 	}
 	for _, p := range c.pins {
-		if _, err := path.Match(p, ""); err != nil {
-			return nil, fmt.Errorf("cache: pin %q: %w", p, err)
+		if err := route.Check(p); err != nil {
+			return nil, fmt.Errorf("cache: pin: %w", err)
 		}
 	}
 	if c.now == nil {

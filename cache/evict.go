@@ -3,10 +3,10 @@ package cache
 import (
 	"errors"
 	"fmt"
-	"path"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/wharf-registry/wharf/route"
 	"github.com/wharf-registry/wharf/storage"
 )
 
@@ -76,14 +76,11 @@ func (c *Cache) evict() {
 	}
 }
 
-// pinned reports whether a tag matches a pin: a pattern (path.Match) on
+// pinned reports whether a tag matches a pin: a pattern (route.Match) on
 // "<upstream>/<repo>" or "<upstream>/<repo>:<tag>".
 func (c *Cache) pinned(up, repo, tag string) bool {
 	for _, p := range c.pins {
-		if ok, _ := path.Match(p, up+"/"+repo); ok {
-			return true
-		}
-		if ok, _ := path.Match(p, up+"/"+repo+":"+tag); ok {
+		if route.Match(p, up+"/"+repo) || route.Match(p, up+"/"+repo+":"+tag) {
 			return true
 		}
 	}

@@ -48,6 +48,7 @@ type JobSpec struct {
 	Platforms []Platform // empty: every platform
 	PushTo    string     // a configured target, or ""
 	Pin       bool       // pin each image against eviction
+	Owner     string     // the user who asked, "" for the token or loopback
 }
 
 // ErrJobNotSaved says a job could not be written to the index: it was not
@@ -64,6 +65,7 @@ type Job struct {
 	Platforms []string   `json:"platforms,omitempty"`
 	PushTo    string     `json:"push_to,omitempty"`
 	Pin       bool       `json:"pin,omitempty"`
+	Owner     string     `json:"owner,omitempty"`            // who submitted it: users see and cancel their own
 	Cancel    bool       `json:"cancel_requested,omitempty"` // kept so that a restart finishes the cancel
 	Created   time.Time  `json:"created"`
 	Started   *time.Time `json:"started,omitempty"`
@@ -171,6 +173,7 @@ func (c *Cache) Submit(spec JobSpec) (Job, error) {
 		State:   StateQueued,
 		PushTo:  spec.PushTo,
 		Pin:     spec.Pin,
+		Owner:   spec.Owner,
 		Created: now,
 		Images:  len(spec.Images),
 	}

@@ -2,11 +2,10 @@ package proxy
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
-	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,12 +13,14 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/gorilla/mux"
 
+	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 )
 
 // Wharf's own API under /api/v1: prefetch jobs, pins and upstream health.
-// It can make Wharf fetch and push a lot of data, so it needs the bearer
-// token from api.token_file, or, without one, a client on loopback.
+// It can make Wharf fetch and push a lot of data, so every route needs a
+// right (see access.go): a user's, the token's, or loopback's when Wharf
+// has neither.
 
 // Error codes of the API that the distribution spec has no word for.
 var (
@@ -34,11 +35,18 @@ var (
 	})
 )
 
-// api guards an /api/v1 handler and admits only the given methods.
-func (p *proxy) api(route string, h func(http.ResponseWriter, *http.Request) error, methods ...string) http.Handler {
+// api authenticates an /api/v1 request, requires right (none: the handler
+// checks) and admits only the given methods.
+func (p *proxy) api(route, right string, h func(http.ResponseWriter, *http.Request) error, methods ...string) http.Handler {
 	return p.wrap(route, func(w http.ResponseWriter, r *http.Request) error {
-		if err := p.authorizeAPI(r); err != nil {
+		r, err := p.authenticate(r)
+		if err != nil {
 			return err
+		}
+		if right != "" {
+			if err := p.mayAPI(r, right); err != nil {
+				return err
+			}
 		}
 		for _, m := range methods {
 			if r.Method == m || (m == http.MethodGet && r.Method == http.MethodHead) {
@@ -50,30 +58,59 @@ func (p *proxy) api(route string, h func(http.ResponseWriter, *http.Request) err
 	})
 }
 
-func (p *proxy) authorizeAPI(r *http.Request) error {
-	if p.apiToken == "" {
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-			return ociError(http.StatusForbidden, errcode.ErrorCodeDenied,
-				"the API answers loopback clients only; set api.token_file to open it to the network")
+// mayJob lets the jobs right see any job, the admin right cancel any, and
+// the prefetch right see and cancel the caller's own.
+func (p *proxy) mayJob(r *http.Request, job cache.Job) error {
+	right := auth.RightJobs
+	if r.Method == http.MethodDelete {
+		right = auth.RightAdmin
+	}
+	id := identity(r.Context())
+	if p.auth.MayAPI(id, right) {
+		return p.mayAPI(r, right) // the browser checks for loopback callers
+	}
+	if id.User != "" && job.Owner == id.User {
+		return p.mayAPI(r, auth.RightPrefetch)
+	}
+	if err := p.mayAPI(r, auth.RightPrefetch); err != nil {
+		return err
+	}
+	// Somebody else's job: as if it did not exist.
+	return ociError(http.StatusNotFound, errJobUnknown, "no such job")
+}
+
+// checkJob reads job id's record to see whether the caller may see it
+// (or, for DELETE, cancel it).
+func (p *proxy) checkJob(r *http.Request, id string) error {
+	job, err := p.cache.Job(id)
+	if errors.Is(err, cache.ErrJobNotFound) {
+		if err := p.mayAPI(r, auth.RightPrefetch); err != nil && p.mayAPI(r, auth.RightJobs) != nil {
+			return err
 		}
-		return nil
+		return ociError(http.StatusNotFound, errJobUnknown, err.Error())
 	}
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if ok && subtle.ConstantTimeCompare([]byte(got), []byte(p.apiToken)) == 1 {
-		return nil
+	if err != nil {
+		return err
 	}
-	return &httpError{status: http.StatusUnauthorized,
-		err:    errcode.ErrorCodeUnauthorized.WithMessage("the API needs Authorization: Bearer <the token in api.token_file>"),
-		header: http.Header{"Www-Authenticate": {`Bearer realm="wharf-api"`}}}
+	return p.mayJob(r, job)
 }
 
 // listJobs lists every job's report, read from the jobs' own records:
 // never their images, however many they have.
 func (p *proxy) listJobs(w http.ResponseWriter, r *http.Request) error {
+	all := p.mayAPI(r, auth.RightJobs) == nil
+	if !all {
+		if err := p.mayAPI(r, auth.RightPrefetch); err != nil {
+			return err
+		}
+	}
 	jobs, err := p.cache.Jobs()
 	if err != nil {
 		return err
+	}
+	if !all {
+		user := identity(r.Context()).User
+		jobs = slices.DeleteFunc(jobs, func(j cache.Job) bool { return j.Owner != user })
 	}
 	return writeJSON(w, r, map[string]any{"jobs": jobs})
 }
@@ -83,6 +120,9 @@ func (p *proxy) listJobs(w http.ResponseWriter, r *http.Request) error {
 // the last image of the previous page), with a Link to the next page.
 func (p *proxy) jobImages(w http.ResponseWriter, r *http.Request) error {
 	id := mux.Vars(r)["id"]
+	if err := p.checkJob(r, id); err != nil {
+		return err
+	}
 	q := r.URL.Query()
 	var states []string
 	for _, v := range q["state"] {
@@ -131,6 +171,9 @@ func (p *proxy) jobImages(w http.ResponseWriter, r *http.Request) error {
 
 func (p *proxy) job(w http.ResponseWriter, r *http.Request) error {
 	id := mux.Vars(r)["id"]
+	if err := p.checkJob(r, id); err != nil {
+		return err
+	}
 	var job cache.Job
 	var err error
 	switch wait := r.URL.Query().Get("wait"); {

@@ -46,6 +46,8 @@ type env struct {
 	store *storage.Store
 	cache *cache.Cache
 	reg   *prometheus.Registry
+	// apiAuth is sent as Authorization on /api/ requests that set none.
+	apiAuth string
 }
 
 func newEnv(t testing.TB, root string, specs ...spec) *env {
@@ -141,6 +143,7 @@ func (e *env) do(t *testing.T, method, path string, hdr ...string) response {
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
+	e.authorize(req)
 	resp, err := e.Client().Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
@@ -245,5 +248,11 @@ func (e *env) getAll(t *testing.T, n int, path string, want []byte) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+func (e *env) authorize(req *http.Request) {
+	if e.apiAuth != "" && strings.HasPrefix(req.URL.Path, "/api/") && req.Header.Get("Authorization") == "" {
+		req.Header.Set("Authorization", e.apiAuth)
 	}
 }

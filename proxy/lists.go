@@ -34,8 +34,9 @@ func (p *proxy) tags(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, r, map[string]any{"name": t.name, "tags": page})
 }
 
-// catalog lists the repositories Wharf holds, as names a client can pull:
-// plain for the default upstream, prefixed with the upstream otherwise.
+// catalog lists the repositories Wharf holds that the caller may pull, as
+// names a client can pull: plain for the default upstream, prefixed with
+// the upstream otherwise.
 func (p *proxy) catalog(w http.ResponseWriter, r *http.Request) error {
 	n, err := pageParams(r)
 	if err != nil {
@@ -47,7 +48,11 @@ func (p *proxy) catalog(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	names := make([]string, 0, len(repos))
+	id := identity(r.Context())
 	for _, repo := range repos {
+		if !p.auth.MayPull(id, repo.Upstream, repo.Name) {
+			continue
+		}
 		if repo.Upstream == p.fallback {
 			names = append(names, repo.Name)
 		} else {

@@ -91,6 +91,12 @@ func (p *proxy) prefetch(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	for _, img := range spec.Images {
+		if err := p.mayPull(r.Context(), target{upstream: img.Upstream, repo: img.Repo, name: img.Source}); err != nil {
+			return err
+		}
+	}
+	spec.Owner = identity(r.Context()).User
 	job, err := p.cache.Submit(spec)
 	if errors.Is(err, cache.ErrJobNotSaved) {
 		return ociError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable, err.Error())
@@ -216,6 +222,9 @@ func (p *proxy) syncList(ctx context.Context, body []byte) ([]string, error) {
 			if len(tags) == 0 {
 				all, err := p.tagsOf(ctx, host+"/"+repo)
 				if err != nil {
+					if refused(err) {
+						return nil, err
+					}
 					ps.add(errInvalid, host+"/"+repo, "", "listing its tags: "+err.Error())
 					continue
 				}
@@ -233,6 +242,9 @@ func (p *proxy) syncList(ctx context.Context, body []byte) ([]string, error) {
 			}
 			all, err := p.tagsOf(ctx, host+"/"+repo)
 			if err != nil {
+				if refused(err) {
+					return nil, err
+				}
 				ps.add(errInvalid, host+"/"+repo, "", "listing its tags: "+err.Error())
 				continue
 			}
@@ -264,7 +276,17 @@ func (p *proxy) tagsOf(ctx context.Context, name string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := p.mayPull(ctx, target{upstream: ref.Upstream, repo: ref.Repo, name: name}); err != nil {
+		return nil, err
+	}
 	return p.cache.Tags(ctx, ref.Upstream, ref.Repo)
+}
+
+// refused reports whether err is an access refusal, which is the answer to
+// the whole request, not one problem in a list.
+func refused(err error) bool {
+	var he *httpError
+	return errors.As(err, &he) && (he.status == http.StatusUnauthorized || he.status == http.StatusForbidden)
 }
 
 // jobSpec validates a request into a job, or lists everything wrong with it.

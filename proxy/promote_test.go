@@ -86,6 +86,7 @@ func (e *env) send(t *testing.T, method, path, contentType, body string, hdr ...
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
+	e.authorize(req)
 	resp, err := e.Client().Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -333,7 +334,8 @@ func TestPrefetchPartialWhenTargetFailsOneManifest(t *testing.T) {
 
 // Bad input is refused whole, every problem listed, nothing started.
 func TestPrefetchRejectsBadInput(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "t0ken", 0)
+	p.apiAuth = "Bearer t0ken" // text and YAML bodies need a credential
 	for _, tc := range []struct {
 		name, contentType, body string
 		want                    []string // "item code" in order
@@ -437,7 +439,8 @@ func TestPrefetchAPIAuth(t *testing.T) {
 // against the tags upstream has now. Without a target the job only warms
 // the cache.
 func TestPrefetchTextAndSyncYAML(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, "t0ken", 0)
+	p.apiAuth = "Bearer t0ken" // text and YAML bodies need a credential
 	p.seed(t)
 	p.src.PushManifest(t, "proj/tool", "2.1", p.tool.MediaType, p.tool.Manifest)
 	p.src.PushManifest(t, "proj/tool", "3.0", p.tool.MediaType, p.tool.Manifest)
@@ -775,7 +778,8 @@ func TestPrefetchBoundsTransfers(t *testing.T) {
 // A job of 50,000 references is accepted and stored whole; its images are
 // read a page at a time; cancelling it accounts for every one.
 func TestPrefetchFiftyThousandReferences(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{JobImages: 1}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{JobImages: 1}, "t0ken", 0)
+	p.apiAuth = "Bearer t0ken" // text and YAML bodies need a credential
 	p.seed(t)
 	const n = 50_000
 	var list strings.Builder

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 )
 
@@ -30,9 +31,11 @@ type Config struct {
 	Routes   []Route
 	Logger   *slog.Logger         // nil: slog.Default()
 	Registry *prometheus.Registry // metrics are registered here and served on /metrics; nil: none
-	// APIToken is the bearer token /api/v1 requires; "" opens the API to
+	// Auth decides who may pull what and use the API. nil: anyone may pull
+	// anything, and the API needs APIToken, or without one answers
 	// loopback clients only.
-	APIToken string
+	Auth     *auth.Auth
+	APIToken string // only read when Auth is nil
 }
 
 type proxy struct {
@@ -43,15 +46,26 @@ type proxy struct {
 	dockerHub map[string]bool  // upstreams whose one-part names get library/
 	log       *slog.Logger
 	metrics   *metrics
-	apiToken  string
+	auth      *auth.Auth
+	// apiCredentials: the API can check credentials, so an anonymous
+	// caller is asked for them (401) rather than told it must be on loopback.
+	apiCredentials bool
 }
 
 // New returns the HTTP handler for the registry API, /healthz and /metrics.
 func New(c *cache.Cache, cfg Config) (http.Handler, error) {
-	p := &proxy{cache: c, routes: map[string]Route{}, dockerHub: map[string]bool{}, log: cfg.Logger, apiToken: cfg.APIToken}
+	p := &proxy{cache: c, routes: map[string]Route{}, dockerHub: map[string]bool{}, log: cfg.Logger, auth: cfg.Auth}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
+	if p.auth == nil {
+		a, err := auth.New(auth.Config{Anonymous: []string{"*/*"}, Loopback: true, LoopbackAPI: cfg.APIToken == "", APIToken: cfg.APIToken, Logger: p.log})
+		if err != nil {
+			return nil, err
+		}
+		p.auth = a
+	}
+	p.apiCredentials = p.auth.Credentials()
 	for _, rt := range cfg.Routes {
 		for _, key := range append([]string{rt.Name}, rt.Aliases...) {
 			key = strings.ToLower(key)
@@ -98,12 +112,14 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.Handle("/v2", p.read("base", p.base))
 	r.Handle("/v2/", p.read("base", p.base))
 	r.Handle("/v2/_catalog", p.read("catalog", p.catalog))
-	r.Handle("/api/v1/upstreams", p.api("status", p.upstreams, http.MethodGet))
-	r.Handle("/api/v1/prefetch", p.api("prefetch", p.prefetch, http.MethodPost))
-	r.Handle("/api/v1/jobs", p.api("jobs", p.listJobs, http.MethodGet))
-	r.Handle("/api/v1/jobs/{id}", p.api("job", p.job, http.MethodGet, http.MethodDelete))
-	r.Handle("/api/v1/jobs/{id}/images", p.api("job-images", p.jobImages, http.MethodGet))
-	r.Handle("/api/v1/pins", p.api("pins", p.pins, http.MethodGet, http.MethodDelete))
+	// The API's rights: the one named here to enter; job routes also check
+	// whose job it is.
+	r.Handle("/api/v1/upstreams", p.api("status", auth.RightAdmin, p.upstreams, http.MethodGet))
+	r.Handle("/api/v1/prefetch", p.api("prefetch", auth.RightPrefetch, p.prefetch, http.MethodPost))
+	r.Handle("/api/v1/jobs", p.api("jobs", "", p.listJobs, http.MethodGet))
+	r.Handle("/api/v1/jobs/{id}", p.api("job", "", p.job, http.MethodGet, http.MethodDelete))
+	r.Handle("/api/v1/jobs/{id}/images", p.api("job-images", "", p.jobImages, http.MethodGet))
+	r.Handle("/api/v1/pins", p.api("pins", auth.RightPins, p.pins, http.MethodGet, http.MethodDelete))
 	r.Handle("/healthz", p.wrap("healthz", func(w http.ResponseWriter, r *http.Request) error {
 		_, err := w.Write([]byte("ok\n"))
 		return err
@@ -151,11 +167,16 @@ func uploadPath(r *http.Request, m *mux.RouteMatch) bool {
 }
 
 // read admits GET and HEAD; every write a client tries on a mirror is
-// answered 405 UNSUPPORTED.
+// answered 405 UNSUPPORTED. The caller is authenticated here; what it may
+// pull is checked where the request is routed (resolve).
 func (p *proxy) read(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return p.wrap(route, func(w http.ResponseWriter, r *http.Request) error {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			return unsupported(w, r)
+		}
+		r, err := p.authenticate(r)
+		if err != nil {
+			return err
 		}
 		return h(w, r)
 	})
@@ -175,7 +196,12 @@ func (p *proxy) upstreams(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, r, map[string]any{"upstreams": list})
 }
 
+// base answers the version check. An anonymous caller who may pull
+// nothing is asked to log in, which is how `docker login` learns it must.
 func (p *proxy) base(w http.ResponseWriter, r *http.Request) error {
+	if id := identity(r.Context()); anonymous(id) && p.auth.AnonymousPullsNothing() {
+		return p.unauthorized("authentication required")
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", "2")
 	if r.Method == http.MethodHead {

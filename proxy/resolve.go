@@ -77,7 +77,8 @@ type target struct {
 
 // resolve validates the repository name and picks the upstream: ?ns= or the
 // OCI-Namespace header first, then a path prefix naming an upstream, then
-// the default. An unknown ns is an error, never a host to dial.
+// the default. An unknown ns is an error, never a host to dial. A caller
+// who may not pull the result is refused here, before anything is read.
 func (p *proxy) resolve(w http.ResponseWriter, r *http.Request) (target, error) {
 	name := mux.Vars(r)["name"]
 	if !validName(name) {
@@ -110,7 +111,7 @@ func (p *proxy) resolve(w http.ResponseWriter, r *http.Request) (target, error) 
 	if p.dockerHub[t.upstream] && !strings.Contains(t.repo, "/") {
 		t.repo = "library/" + t.repo
 	}
-	return t, nil
+	return t, p.mayPull(r.Context(), t)
 }
 
 // parseDigest accepts the digests the store keeps: "sha256:" and 64, or

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"os"
 	"regexp"
@@ -46,6 +47,8 @@ type fileConfig struct {
 		Concurrency int `yaml:"concurrency"`
 		Transfers   int `yaml:"transfers"`
 	} `yaml:"prefetch"`
+	Auth *authConfig `yaml:"auth"`
+	TLS  tlsConfig   `yaml:"tls"`
 }
 
 type storageConfig struct {
@@ -97,15 +100,21 @@ type remote struct {
 	IdleTimeout   time.Duration `yaml:"idle_timeout"`
 	MaxConcurrent int           `yaml:"max_concurrent"`
 	WaitTimeout   time.Duration `yaml:"wait_timeout"`
+	CAFile        string        `yaml:"ca_file"`
+	CertFile      string        `yaml:"cert_file"`
+	KeyFile       string        `yaml:"key_file"`
 }
 
+// credentialed: Wharf logs in to it, so what it serves may be private.
+func (r *remote) credentialed() bool { return r.Username != "" || r.Password != "" }
+
 // client is the upstream.Client for r.
-func (r *remote) client(m *upstream.Metrics, chunkSize int64) (*upstream.Client, error) {
+func (r *remote) client(m *upstream.Metrics, chunkSize int64, log *slog.Logger) (*upstream.Client, error) {
 	return upstream.New(upstream.Config{
 		Name: r.Name, URL: r.URL, Username: r.Username, Password: r.Password, Insecure: r.Insecure,
 		DialTimeout: r.DialTimeout, ResponseHeaderTimeout: r.HeaderTimeout, IdleTimeout: r.IdleTimeout,
 		MaxConcurrent: r.MaxConcurrent, WaitTimeout: r.WaitTimeout, ChunkSize: chunkSize,
-		UserAgent: "wharf/" + versionString(),
+		UserAgent: "wharf/" + versionString(), CAFile: r.CAFile, CertFile: r.CertFile, KeyFile: r.KeyFile, Logger: log,
 	}, m)
 }
 
@@ -139,7 +148,15 @@ type upstreamConfig struct {
 	Revalidate  time.Duration  `yaml:"revalidate_timeout"`
 	MaxFills    int            `yaml:"max_fills"`
 	FillGrace   time.Duration  `yaml:"fill_grace"`
+	// Public says that what this upstream serves may be served to anyone,
+	// although Wharf logs in to it. Without it, a credentialed upstream is
+	// served to loopback clients only (no auth block) or refused at start
+	// when auth.anonymous reaches it.
+	Public *bool `yaml:"public"`
 }
+
+// private: Wharf logs in to it and nobody said its content is public.
+func (u *upstreamConfig) private() bool { return u.credentialed() && (u.Public == nil || !*u.Public) }
 
 // maxFills is the cap on an upstream's fills: as configured, or three
 // quarters of its request slots, so manifests always find one free.
@@ -246,7 +263,13 @@ func (c *fileConfig) validate() error {
 			return fmt.Errorf("upstream %s: max_fills (%d) must stay under max_concurrent (%d), or manifest requests could find no slot", u.Name, u.MaxFills, cmp.Or(u.MaxConcurrent, 32))
 		}
 	}
-	return c.validatePrefetch()
+	if err := c.validatePrefetch(); err != nil {
+		return err
+	}
+	if err := c.validateAccess(); err != nil {
+		return err
+	}
+	return c.validateTLS()
 }
 
 // validatePrefetch checks the push targets, the API token and the

@@ -11,14 +11,17 @@ import (
 const module = "github.com/wharf-registry/wharf/"
 
 // TestImportGraph keeps imports pointing one way: cmd → proxy → cache →
-// storage, with upstream wired in by cmd only and importing nothing of ours.
+// storage, with upstream wired in by cmd only and importing nothing of
+// ours; auth (who may do what) and route (patterns) sit beside them.
 func TestImportGraph(t *testing.T) {
 	allowed := map[string][]string{
 		"storage":               {},
 		"upstream":              {},
 		"upstream/upstreamtest": {},
-		"cache":                 {"storage"},
-		"proxy":                 {"cache"},
+		"route":                 {},
+		"auth":                  {"route"},
+		"cache":                 {"storage", "route"},
+		"proxy":                 {"cache", "auth"},
 	}
 	for pkg, ok := range allowed {
 		p, err := build.Default.ImportDir(filepath.Join("..", "..", pkg), 0)

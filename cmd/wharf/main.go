@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/proxy"
 	"github.com/wharf-registry/wharf/storage"
@@ -132,7 +133,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ups, routes, targets, err := remotes(cfg, upstream.NewMetrics(reg))
+	ups, routes, targets, err := remotes(cfg, upstream.NewMetrics(reg), log)
 	if err != nil {
 		return err
 	}
@@ -142,7 +143,16 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: cfg.API.token})
+	access, err := auth.New(cfg.accessConfig(log, reg))
+	if err != nil {
+		return err
+	}
+	cfg.logAccess(log)
+	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, Auth: access})
+	if err != nil {
+		return err
+	}
+	tlsConf, err := cfg.TLS.serverTLS(log)
 	if err != nil {
 		return err
 	}
@@ -157,6 +167,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		IdleTimeout:       cfg.Server.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsConf, // HTTP/2 is offered over TLS
 	}
 	if cfg.DebugListen != "" {
 		dln, err := net.Listen("tcp", cfg.DebugListen)
@@ -175,9 +186,15 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	if err := c.ResumeJobs(); err != nil {
 		log.Error("prefetch jobs not resumed", "error", err)
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "version", versionString(), "root", cfg.Storage.Root)
+	log.Info("listening", "addr", ln.Addr().String(), "tls", tlsConf != nil, "version", versionString(), "root", cfg.Storage.Root)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if tlsConf != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	var serveErr error
 	select {
 	case serveErr = <-errc:
@@ -196,9 +213,9 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 
 // remotes builds a client per upstream and per target: the cache's
 // upstreams, the proxy's routes and the jobs' push targets.
-func remotes(cfg *fileConfig, um *upstream.Metrics) (ups []cache.Upstream, routes []proxy.Route, targets map[string]cache.Target, err error) {
+func remotes(cfg *fileConfig, um *upstream.Metrics, log *slog.Logger) (ups []cache.Upstream, routes []proxy.Route, targets map[string]cache.Target, err error) {
 	for _, u := range cfg.Upstreams {
-		client, err := u.client(um, 0)
+		client, err := u.client(um, 0, log)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -210,7 +227,7 @@ func remotes(cfg *fileConfig, um *upstream.Metrics) (ups []cache.Upstream, route
 	}
 	targets = map[string]cache.Target{}
 	for _, t := range cfg.Targets {
-		client, err := t.client(um, t.chunkBytes)
+		client, err := t.client(um, t.chunkBytes, log)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("target: %w", err)
 		}
