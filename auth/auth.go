@@ -52,6 +52,9 @@ type Config struct {
 	// LoopbackAPI also grants loopback clients the API: the default with
 	// neither users nor an API token.
 	LoopbackAPI bool
+	// FailureLimit is how many failed logins an address may have in a
+	// minute before it is refused for a while; 0: 10.
+	FailureLimit int
 	// APIToken is a machine credential (Authorization: Bearer) with every right.
 	APIToken   string
 	Logger     *slog.Logger
@@ -92,6 +95,10 @@ type Auth struct {
 // New checks cfg's patterns and rights and loads the users file.
 func New(cfg Config) (*Auth, error) {
 	a := &Auth{cfg: cfg, log: cfg.Logger, now: time.Now}
+	a.fails.max = cfg.FailureLimit
+	if a.fails.max <= 0 {
+		a.fails.max = maxFailures
+	}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -161,6 +168,12 @@ func (a *Auth) Authenticate(r *http.Request) (Identity, error) {
 	}
 	addr := remoteHost(r)
 	now := a.now()
+	key := sha256.Sum256([]byte(h))
+	if user, ok := a.creds.get(key, now); ok {
+		// Known good: served even to an address that is being limited,
+		// which costs nothing and spares the other clients behind a NAT.
+		return Identity{User: user}, nil
+	}
 	if wait := a.fails.blocked(addr, now); wait > 0 {
 		a.limited.Inc()
 		return Identity{}, &TooManyError{Retry: wait}
@@ -174,10 +187,6 @@ func (a *Auth) Authenticate(r *http.Request) (Identity, error) {
 	name, pass, ok := ParseBasic(h)
 	if !ok {
 		return Identity{}, a.failure(r, addr, "malformed", "")
-	}
-	key := sha256.Sum256([]byte(h))
-	if user, ok := a.creds.get(key, now); ok {
-		return Identity{User: user}, nil
 	}
 	// Concurrent requests with the same header share one bcrypt run.
 	reason, _, _ := a.verify.Do(string(key[:]), func() (any, error) {

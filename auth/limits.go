@@ -12,7 +12,7 @@ const (
 	maxCreds     = 4096        // verified credentials remembered
 	maxAddrs     = 4096        // remote addresses with recent failures remembered
 	failWindow   = time.Minute
-	maxFailures  = 10              // failed logins per address and window before 429
+	maxFailures  = 10              // failed logins per address and window before 429, by default
 	blockFor     = 2 * time.Minute // how long an address then waits
 	maxNameInLog = 64
 )
@@ -70,8 +70,9 @@ func (c *credCache) len() int {
 // limiter counts failed logins per remote address: past maxFailures in a
 // window the address is refused for blockFor, without a bcrypt run.
 type limiter struct {
-	mu sync.Mutex
-	m  map[string]*failures
+	max int // failures in a window
+	mu  sync.Mutex
+	m   map[string]*failures
 }
 
 type failures struct {
@@ -106,7 +107,7 @@ func (l *limiter) fail(addr string, now time.Time) bool {
 		l.m[addr] = f
 	}
 	f.n++
-	if f.n >= maxFailures {
+	if f.n >= l.max {
 		f.until = now.Add(blockFor)
 		return true
 	}

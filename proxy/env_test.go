@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/proxy"
 	"github.com/wharf-registry/wharf/storage"
@@ -73,6 +74,17 @@ func newEnvAPI(t testing.TB, root string, cfg cache.Config, token string, specs 
 // the disk with).
 func newEnvStore(t testing.TB, root string, sopts storage.Options, cfg cache.Config, token string, specs ...spec) *env {
 	t.Helper()
+	return newEnvFull(t, root, sopts, cfg, token, nil, specs...)
+}
+
+// newEnvAccess is a Wharf whose access is decided by ac.
+func newEnvAccess(t testing.TB, ac auth.Config, specs ...spec) *env {
+	t.Helper()
+	return newEnvFull(t, t.TempDir(), storage.Options{}, cache.Config{}, "", &ac, specs...)
+}
+
+func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Config, token string, ac *auth.Config, specs ...spec) *env {
+	t.Helper()
 	store, err := storage.Open(root, sopts)
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +117,17 @@ func newEnvStore(t testing.TB, root string, sopts storage.Options, cfg cache.Con
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: token})
+	pc := proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: token}
+	if ac != nil {
+		ac.Registerer = reg
+		if ac.Logger == nil {
+			ac.Logger = log
+		}
+		if pc.Auth, err = auth.New(*ac); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := proxy.New(c, pc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,4 +277,36 @@ func (e *env) authorize(req *http.Request) {
 	if e.apiAuth != "" && strings.HasPrefix(req.URL.Path, "/api/") && req.Header.Get("Authorization") == "" {
 		req.Header.Set("Authorization", e.apiAuth)
 	}
+}
+
+// hostDo is do with a Host header among hdr applied as the request's Host.
+func (e *env) hostDo(t *testing.T, method, path string, hdr ...string) response {
+	t.Helper()
+	return e.hostSend(t, method, path, "", "", hdr...)
+}
+
+// hostSend is send with a Host header among hdr applied as the request's Host.
+func (e *env) hostSend(t *testing.T, method, path, contentType, body string, hdr ...string) response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, e.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "Host" {
+			req.Host = hdr[i+1]
+			continue
+		}
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := e.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
 }

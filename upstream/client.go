@@ -165,6 +165,10 @@ func (c *Client) send(req *http.Request, repo string) (*http.Response, error) {
 	}
 	start := time.Now()
 	resp, err := c.hc.Do(req)
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		ue.URL = redact(ue.URL) // a redirect target may be a presigned URL: not for logs or the health report
+	}
 	status := "error"
 	if err == nil {
 		status = strconv.Itoa(resp.StatusCode)
