@@ -57,7 +57,7 @@ func (c *fileConfig) validateAccess() error {
 			if u.private() && route.MayMatchUpstream(p, u.Name) {
 				return fmt.Errorf("auth.anonymous %q would serve upstream %s, which Wharf logs in to, to anyone. "+
 					"Either set public: true on upstream %s if everything its credentials can read may be served to anyone, "+
-					"or narrow auth.anonymous so that it does not match %s/...", p, u.Name, u.Name, u.Name)
+					"or narrow auth.anonymous so that no pattern matches %s", p, u.Name, u.Name, u.Name)
 			}
 		}
 	}

@@ -35,6 +35,7 @@ func TestConfigErrors(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "pw")
 	os.WriteFile(secret, []byte("from-file\n"), 0o600)
 	base := "storage: {root: /tmp/x}\nupstreams:\n  - name: a.io\n    url: https://a.io\n"
+	private := base + "    username: robot\n    password: pw\n"
 	cases := []struct{ body, want string }{
 		{"", "the file is empty"},
 		{"listen: :1\nlisten_addr: x\n", `line 2: unknown key "listen_addr"`},
@@ -60,6 +61,16 @@ func TestConfigErrors(t *testing.T) {
 		{base + "api: {token_file: " + secret + "}\n", "at least 16 characters"},
 		{base + "prefetch: {concurrency: -2}\n", "prefetch.concurrency"},
 		{base + "prefetch: {transfers: -1}\n", "prefetch.transfers must not be negative"},
+		{base + "debug_listen: ':6060'\n", "debug_listen"},
+		{base + "debug_listen: 0.0.0.0:6060\n", "pprof must stay on loopback"},
+		{private + "auth: {anonymous: ['*/*']}\n", "auth.anonymous \"*/*\" would serve upstream a.io, which Wharf logs in to, to anyone. Either set public: true on upstream a.io"},
+		{private + "auth: {anonymous: ['a.io/library/*']}\n", "narrow auth.anonymous"},
+		{private + "    public: false\nauth: {anonymous: ['a.io/*']}\n", "would serve upstream a.io"},
+		{base + "auth: {anonymous: ['[']}\n", "auth.anonymous"},
+		{base + "auth: {rules: [{users: [ci], pull: ['a.io/*']}]}\n", "auth.htpasswd is not set"},
+		{base + "tls: {cert_file: /x}\n", "cert_file and key_file together"},
+		{base + "tls: {client_ca_file: /x}\n", "needs tls.cert_file"},
+		{base + "tls: {cert_file: /nonexistent/crt, key_file: /nonexistent/key}\n", "tls: "},
 	}
 	for _, c := range cases {
 		_, err := loadConfig(writeConfig(t, c.body))
@@ -101,5 +112,26 @@ func TestCommandLine(t *testing.T) {
 	}
 	if err := run([]string{"frobnicate"}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "unknown command") {
 		t.Fatalf("unknown command: %v", err)
+	}
+}
+
+// A private upstream is served to the network only when the config says
+// so, and what is allowed loads.
+func TestPrivateUpstreamConfigs(t *testing.T) {
+	base := "storage: {root: /tmp/x}\nupstreams:\n  - {name: docker.io, url: https://registry-1.docker.io}\n  - {name: a.io, url: https://a.io, username: robot, password: pw"
+	for body, anon := range map[string][]string{
+		base + "}\n":               {"docker.io/*"}, // no auth block: the private one stays on loopback
+		base + ", public: true}\n": {"docker.io/*", "a.io/*"},
+		base + ", public: true}\nauth: {anonymous: ['*/*']}\n": {"*/*"},
+		base + "}\nauth: {anonymous: [docker.io/*]}\n":         {"docker.io/*"},
+	} {
+		cfg, err := loadConfig(writeConfig(t, body))
+		if err != nil {
+			t.Fatalf("%s: %v", body, err)
+		}
+		ac := cfg.accessConfig(nil, nil)
+		if strings.Join(ac.Anonymous, ",") != strings.Join(anon, ",") || ac.Loopback != (cfg.Auth == nil) {
+			t.Fatalf("%s: anonymous %q loopback %v", body, ac.Anonymous, ac.Loopback)
+		}
 	}
 }
