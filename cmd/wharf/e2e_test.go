@@ -207,22 +207,55 @@ func TestSkopeoAndCrane(t *testing.T) {
 }
 
 func TestContainerdPullThroughHostsToml(t *testing.T) {
-	upstreamtest.NeedRoot(t, "a private containerd daemon")
-	containerd, ctr := tool(t, "containerd"), tool(t, "ctr")
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/busybox", "1.36", 62, 2, 64<<10, amd64)
 	// An upstream that labels this one's manifests application/json:
 	// Wharf serves the type the manifest declares, or containerd refuses it.
 	labelled := up.PushImage(t, "library/labelled", "1", 67, 1, 16<<10, amd64)
 	up.Relabel(func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/library/labelled/manifests/") }, "application/json")
+	ctr, sock, dir := startContainerd(t)
 	addr := startWharf(t, mirrorConfig(t.TempDir(), up.URL)).addr
 
-	dir, err := os.MkdirTemp("", "ctrd-") // short: socket paths are limited to 108 bytes
+	hosts := filepath.Join(dir, "hosts", "docker.io")
+	os.MkdirAll(hosts, 0o755)
+	os.WriteFile(filepath.Join(hosts, "hosts.toml"), fmt.Appendf(nil, `server = "https://registry-1.docker.io"
+
+[host."http://%s"]
+  capabilities = ["pull", "resolve"]
+`, addr), 0o644)
+
+	ref := "docker.io/library/busybox:1.36"
+	runTool(t, ctr, "--address", sock, "images", "pull", "--snapshotter", "native", "--hosts-dir", filepath.Join(dir, "hosts"), ref)
+	out := string(runTool(t, ctr, "--address", sock, "images", "ls"))
+	if !strings.Contains(out, ref) || !strings.Contains(out, img.Manifest.Digest.String()) {
+		t.Fatalf("ctr images ls does not show %s at %s:\n%s", ref, img.Manifest.Digest, out)
+	}
+	// containerd sent ?ns=docker.io; every request reached the in-process
+	// upstream through Wharf, never the real Docker Hub.
+	if n := up.Count("GET", "blob"); n != 3 {
+		t.Fatalf("upstream blob GETs: %d, want 3", n)
+	}
+	ref = "docker.io/library/labelled:1"
+	runTool(t, ctr, "--address", sock, "images", "pull", "--snapshotter", "native", "--hosts-dir", filepath.Join(dir, "hosts"), ref)
+	if out := string(runTool(t, ctr, "--address", sock, "images", "ls")); !strings.Contains(out, labelled.Manifest.Digest.String()) {
+		t.Fatalf("ctr images ls does not show %s:\n%s", ref, out)
+	}
+}
+
+// startContainerd runs a private containerd daemon for the test and returns
+// ctr's path, the daemon's socket and a directory for the test's files.
+func startContainerd(t *testing.T) (ctr, sock, dir string) {
+	t.Helper()
+	upstreamtest.NeedRoot(t, "a private containerd daemon")
+	containerd := tool(t, "containerd")
+	ctr = tool(t, "ctr")
+	var err error
+	dir, err = os.MkdirTemp("", "ctrd-") // short: socket paths are limited to 108 bytes
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "c.sock")
+	sock = filepath.Join(dir, "c.sock")
 	cfg := fmt.Sprintf(`version = 2
 root = %q
 state = %q
@@ -252,29 +285,5 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		}
 		time.Sleep(100 * time.Millisecond) // polling an external daemon's socket
 	}
-
-	hosts := filepath.Join(dir, "hosts", "docker.io")
-	os.MkdirAll(hosts, 0o755)
-	os.WriteFile(filepath.Join(hosts, "hosts.toml"), fmt.Appendf(nil, `server = "https://registry-1.docker.io"
-
-[host."http://%s"]
-  capabilities = ["pull", "resolve"]
-`, addr), 0o644)
-
-	ref := "docker.io/library/busybox:1.36"
-	runTool(t, ctr, "--address", sock, "images", "pull", "--snapshotter", "native", "--hosts-dir", filepath.Join(dir, "hosts"), ref)
-	out := string(runTool(t, ctr, "--address", sock, "images", "ls"))
-	if !strings.Contains(out, ref) || !strings.Contains(out, img.Manifest.Digest.String()) {
-		t.Fatalf("ctr images ls does not show %s at %s:\n%s", ref, img.Manifest.Digest, out)
-	}
-	// containerd sent ?ns=docker.io; every request reached the in-process
-	// upstream through Wharf, never the real Docker Hub.
-	if n := up.Count("GET", "blob"); n != 3 {
-		t.Fatalf("upstream blob GETs: %d, want 3", n)
-	}
-	ref = "docker.io/library/labelled:1"
-	runTool(t, ctr, "--address", sock, "images", "pull", "--snapshotter", "native", "--hosts-dir", filepath.Join(dir, "hosts"), ref)
-	if out := string(runTool(t, ctr, "--address", sock, "images", "ls")); !strings.Contains(out, labelled.Manifest.Digest.String()) {
-		t.Fatalf("ctr images ls does not show %s:\n%s", ref, out)
-	}
+	return ctr, sock, dir
 }
