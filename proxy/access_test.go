@@ -321,7 +321,14 @@ func TestLoopbackAPIRefusesBrowsers(t *testing.T) {
 	if n := p.src.Total() + p.dst.Total(); n != 0 {
 		t.Fatalf("refused requests made %d registry requests", n)
 	}
-	// The CLI's own request, and a same-origin one, pass.
+	// The CLI's own requests (a text list or sync YAML inside JSON), and a
+	// same-origin one, pass.
 	p.wait(t, p.submit(t, "application/json", "", job))
+	for _, body := range []string{`{"list": "# rollout\nharbor-a.example.com/proj/app:1.0\n"}`,
+		`{"sync": "harbor-a.example.com:\n  images:\n    proj/app: ['1.0']\n"}`} {
+		if j := p.wait(t, p.submit(t, "application/json", "", body)); j.State != cache.StateDone || len(j.Images) != 1 || j.Images[0].Source != "harbor-a.example.com/proj/app:1.0" {
+			t.Fatalf("%s: %s %+v", body, j.State, j.Images)
+		}
+	}
 	p.wait(t, p.submit(t, "application/json", "", job, "Origin", "http://127.0.0.1:5000", "Sec-Fetch-Site", "same-origin"))
 }

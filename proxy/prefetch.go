@@ -36,6 +36,11 @@ type prefetchRequest struct {
 	PushTo    string   `json:"push_to"`
 	Rename    []rename `json:"rename"`
 	Pin       bool     `json:"pin"`
+	// List and Sync carry a text list or a skopeo sync YAML file inside
+	// JSON: what the CLI sends, since a loopback Wharf without credentials
+	// takes JSON bodies only.
+	List string `json:"list"`
+	Sync string `json:"sync"`
 }
 
 // rename maps source repositories that start with From to target
@@ -133,6 +138,16 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
 			return req, ociError(http.StatusBadRequest, errInvalid, "JSON body: "+err.Error())
+		}
+		req.Images = append(req.Images, textList([]byte(req.List))...)
+		if req.Sync != "" {
+			ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+			defer cancel()
+			refs, err := p.syncList(ctx, []byte(req.Sync))
+			if err != nil {
+				return req, err
+			}
+			req.Images = append(req.Images, refs...)
 		}
 	case "text/plain":
 		req.Images = textList(body)

@@ -86,25 +86,34 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	return nil
 }
 
-// prefetchRequest builds the request: the -f file as it is, with the
-// options as query parameters, or a JSON body of the references and
-// options.
+// prefetchRequest builds the request: a JSON file as it is, with the
+// options as query parameters; anything else as a JSON body of the
+// references (or the text list or sync YAML of the -f file, in "list" or
+// "sync") and options. JSON, because a loopback Wharf without credentials
+// takes no other body: a web page could send one.
 func prefetchRequest(file string, refs []string, pushTo string, platforms, renames []string, pin bool) (body []byte, contentType string, q url.Values, err error) {
 	q = url.Values{}
+	req := map[string]any{"images": refs, "push_to": pushTo, "platforms": platforms, "pin": pin}
 	if file != "" {
 		if body, contentType, err = readList(file); err != nil {
 			return nil, "", nil, err
 		}
-		if pushTo != "" {
-			q.Set("push_to", pushTo)
+		switch contentType {
+		case "application/json":
+			if pushTo != "" {
+				q.Set("push_to", pushTo)
+			}
+			q["platform"], q["rename"] = platforms, renames
+			if pin {
+				q.Set("pin", "true")
+			}
+			return body, contentType, q, nil
+		case "application/yaml":
+			req["sync"] = string(body)
+		default:
+			req["list"] = string(body)
 		}
-		q["platform"], q["rename"] = platforms, renames
-		if pin {
-			q.Set("pin", "true")
-		}
-		return body, contentType, q, nil
 	}
-	req := map[string]any{"images": refs, "push_to": pushTo, "platforms": platforms, "pin": pin}
 	var rn []map[string]string
 	for _, r := range renames {
 		from, to, ok := strings.Cut(r, "=")
