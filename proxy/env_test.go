@@ -91,6 +91,7 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 	}
 	reg := prometheus.NewRegistry()
 	um := upstream.NewMetrics(reg)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var ups []cache.Upstream
 	var routes []proxy.Route
 	for _, s := range specs {
@@ -100,7 +101,7 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 		}
 		c, err := upstream.New(upstream.Config{Name: s.name, URL: u, Insecure: true, Username: s.user, Password: s.password,
 			DialTimeout: time.Second, ResponseHeaderTimeout: 2 * time.Second, IdleTimeout: 3 * time.Second,
-			MaxConcurrent: s.maxConc, WaitTimeout: s.wait}, um)
+			MaxConcurrent: s.maxConc, WaitTimeout: s.wait, Logger: log}, um)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,7 +109,6 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 			MaxFills: s.maxFills, FillGrace: s.fillGrace, WaitTimeout: s.wait})
 		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def, Status: func() any { return c.Health() }})
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.Upstreams, cfg.Registerer = ups, reg
 	if cfg.Logger == nil {
 		cfg.Logger = log

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -44,8 +45,14 @@ func TestErrorBodiesNameNoUpstream(t *testing.T) {
 			"/v2/harbor.internal/proj/app/referrers/" + img.Manifest.Digest.String(),
 			"/v2/gone.internal/proj/app/manifests/1.0",
 		} {
-			r := e.do(t, "GET", p)
-			if r.status < 400 {
+			resp, err := e.Client().Get(e.URL + p)
+			if err != nil {
+				continue // a body cut short (a blob that failed its digest): nothing was said
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			r := response{status: resp.StatusCode, body: b}
+			if err != nil || r.status < 400 {
 				continue
 			}
 			body := string(r.body)
