@@ -3,10 +3,13 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
@@ -146,6 +149,18 @@ func (b *bench) run() (rows []row, err error) {
 		}
 		peak = max(peak, t.rss())
 		t.stop()
+		if tg.name == "wharf" {
+			// The same rate with users on: every request authenticated.
+			rps, err := b.authenticatedRate(up.URL, idx)
+			if err != nil {
+				return nil, err
+			}
+			set("manifest by tag, authenticated", tg.name, rps)
+			set("manifest by tag: authenticated / open", tg.name, rps/res["manifest by tag"][tg.name])
+		} else {
+			set("manifest by tag, authenticated", tg.name, -1)
+			set("manifest by tag: authenticated / open", tg.name, -1)
+		}
 
 		// Eight clients pull the big image cold at once.
 		if t, err = tg.start(); err != nil {
@@ -192,11 +207,12 @@ func (b *bench) run() (rows []row, err error) {
 	if err := b.promote(up, append([]upstreamtest.Image{big}, small...), set); err != nil {
 		return nil, err
 	}
-	units := map[string]string{"manifest by tag": "req/s", "manifest by digest": "req/s", "manifest by tag p99": "ms",
+	units := map[string]string{"manifest by tag": "req/s", "manifest by tag, authenticated": "req/s", "manifest by tag: authenticated / open": "×", "manifest by digest": "req/s", "manifest by tag p99": "ms",
 		"manifest by digest p99": "ms", "8 concurrent: upstream bytes / image": "×", "peak RSS": "MiB", "promote: peak RSS": "MiB",
 		"promote one image of 64 MiB layers: peak RSS": "MiB", "promote one 512 MiB layer: peak RSS": "MiB"}
 	order := []string{"cold pull, 4 × 64 MiB", "warm pull, 4 × 64 MiB", "8 concurrent cold pulls", "8 concurrent: upstream bytes / image",
 		"50 images × 3 × 1 MiB, cold", "50 images × 3 × 1 MiB, warm", "manifest by tag", "manifest by tag p99",
+		"manifest by tag, authenticated", "manifest by tag: authenticated / open",
 		"manifest by digest", "manifest by digest p99", "peak RSS"}
 	order = append(order, promoteRows...)
 	for _, s := range order {
@@ -207,4 +223,27 @@ func (b *bench) run() (rows []row, err error) {
 		rows = append(rows, row{Scenario: s, Unit: u, Direct: res[s]["direct"], Wharf: res[s]["wharf"], Distribution: res[s]["distribution"]})
 	}
 	return rows, nil
+}
+
+// authenticatedRate measures manifest-by-tag requests per second on a
+// Wharf whose one user may pull everything and anonymous nothing: the cost
+// of authentication, bcrypt at its default cost, on every request.
+func (b *bench) authenticatedRate(upstreamURL string, idx upstreamtest.Index) (float64, error) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("bench-password"), bcrypt.DefaultCost)
+	if err != nil {
+		return 0, err
+	}
+	htpasswd := filepath.Join(b.TempDir(), "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte("bench:"+string(hash)+"\n"), 0o600); err != nil {
+		return 0, err
+	}
+	t, err := b.startWharf(upstreamURL, fmt.Sprintf("auth:\n  htpasswd: %s\n  rules:\n    - {users: [bench], pull: ['*/*']}\n", htpasswd))
+	if err != nil {
+		return 0, err
+	}
+	defer t.stop()
+	// Credentials in the URL: net/http sends them as Basic auth.
+	base := strings.Replace(t.url, "http://", "http://bench:bench-password@", 1)
+	rps, _, err := load(base+"/v2/"+idx.Repo+"/manifests/"+idx.Tag, b.workers, b.duration)
+	return rps, err
 }

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -32,22 +35,60 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 // apiClient talks to a running Wharf.
 type apiClient struct {
 	server string
-	token  string
+	auth   string // the Authorization header, if any
 	hc     *http.Client
 }
 
-func newAPIClient(server, tokenFile string) (*apiClient, error) {
-	u, err := url.Parse(server)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("--server %q: want http(s)://host:port", server)
+// clientFlags are how the CLI reaches and logs in to a Wharf.
+type clientFlags struct {
+	server, tokenFile, user, caFile *string
+}
+
+func addClientFlags(fs *flag.FlagSet) clientFlags {
+	return clientFlags{
+		server:    fs.String("server", defaultServer(), "Wharf's address ($WHARF_SERVER)"),
+		tokenFile: fs.String("token-file", "", "file holding the API token (api.token_file on the server)"),
+		user:      fs.String("user", "", "log in as this user of the server's htpasswd; the password is read from $WHARF_PASSWORD"),
+		caFile:    fs.String("ca-file", "", "trust this CA for an https --server"),
 	}
-	c := &apiClient{server: strings.TrimRight(server, "/"), hc: &http.Client{}}
-	if tokenFile != "" {
-		b, err := os.ReadFile(tokenFile)
+}
+
+func (f clientFlags) client() (*apiClient, error) {
+	u, err := url.Parse(*f.server)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("--server %q: want http(s)://host:port", *f.server)
+	}
+	c := &apiClient{server: strings.TrimRight(*f.server, "/"), hc: &http.Client{}}
+	if *f.tokenFile != "" && *f.user != "" {
+		return nil, errors.New("--token-file and --user: give one")
+	}
+	if *f.tokenFile != "" {
+		b, err := os.ReadFile(*f.tokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("--token-file: %w", err)
 		}
-		c.token = strings.TrimSpace(string(b))
+		c.auth = "Bearer " + strings.TrimSpace(string(b))
+	}
+	if *f.user != "" {
+		pw, ok := os.LookupEnv("WHARF_PASSWORD")
+		if !ok {
+			return nil, errors.New("--user: set the password in $WHARF_PASSWORD")
+		}
+		c.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(*f.user+":"+pw))
+	}
+	if *f.caFile != "" {
+		pem, err := os.ReadFile(*f.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", *f.caFile)
+		}
+		c.hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}
 	}
 	return c, nil
 }
@@ -72,8 +113,8 @@ func (c *apiClient) send(ctx context.Context, method, path, contentType string, 
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
+	if c.auth != "" {
+		req.Header.Set("Authorization", c.auth)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -143,8 +184,7 @@ func defaultServer() string { return cmp.Or(os.Getenv("WHARF_SERVER"), "http://1
 func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("jobs", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", defaultServer(), "Wharf's address ($WHARF_SERVER)")
-	tokenFile := fs.String("token-file", "", "file holding the API token")
+	cf := addClientFlags(fs)
 	cancel := fs.Bool("cancel", false, "cancel the job ID")
 	failed := fs.Bool("failed", false, "list only the job's failed images")
 	output := fs.String("output", "text", "text or json")
@@ -155,7 +195,7 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	if len(ids) > 1 || ((*cancel || *failed) && len(ids) == 0) {
 		return errors.New("usage: wharf jobs [--cancel | --failed] [ID]")
 	}
-	c, err := newAPIClient(*server, *tokenFile)
+	c, err := cf.client()
 	if err != nil {
 		return err
 	}
@@ -246,8 +286,7 @@ func (c *apiClient) eachImage(ctx context.Context, id, state string, fn func(cac
 func pinsCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pins", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", defaultServer(), "Wharf's address ($WHARF_SERVER)")
-	tokenFile := fs.String("token-file", "", "file holding the API token")
+	cf := addClientFlags(fs)
 	unpin := fs.String("unpin", "", "unpin this image reference, as the job named it")
 	rest, err := parseInterleaved(fs, args)
 	if err != nil {
@@ -256,7 +295,7 @@ func pinsCmd(args []string, stdout, stderr io.Writer) error {
 	if len(rest) > 0 {
 		return errors.New("usage: wharf pins [--unpin REF]")
 	}
-	c, err := newAPIClient(*server, *tokenFile)
+	c, err := cf.client()
 	if err != nil {
 		return err
 	}

@@ -33,12 +33,12 @@ var version = ""
 const usage = `usage:
   wharf serve --config FILE                          run the mirror
   wharf check --config FILE [--repair] [--sample N]  verify the store and its index
-  wharf prefetch [--server URL] [--token-file F] [--push-to TARGET] [--platform OS/ARCH]...
+  wharf prefetch [--server URL] [--token-file F | --user NAME] [--ca-file F] [--push-to TARGET] [--platform OS/ARCH]...
                  [--rename FROM=TO]... [--pin] [--wait] [--output json] (-f FILE | REF...)
                                                      warm the cache and copy images to a target
-  wharf jobs [--server URL] [--token-file F] [--cancel] [--output json] [ID]
+  wharf jobs [--server URL] [--token-file F | --user NAME] [--ca-file F] [--cancel] [--output json] [ID]
                                                      list prefetch jobs, show or cancel one
-  wharf pins [--server URL] [--token-file F] [--unpin REF]
+  wharf pins [--server URL] [--token-file F | --user NAME] [--ca-file F] [--unpin REF]
                                                      list what jobs pinned against eviction, or unpin
   wharf version                                      print the version
 `

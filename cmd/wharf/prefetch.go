@@ -25,8 +25,7 @@ import (
 func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	fs := flag.NewFlagSet("prefetch", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", defaultServer(), "Wharf's address ($WHARF_SERVER)")
-	tokenFile := fs.String("token-file", "", "file holding the API token (api.token_file on the server)")
+	cf := addClientFlags(fs)
 	pushTo := fs.String("push-to", "", "push target, as named in the server's config")
 	file := fs.String("f", "", "list of images: text (one per line), skopeo sync YAML (.yml/.yaml) or JSON (.json); - for stdin")
 	wait := fs.Bool("wait", false, "follow the job until it ends; exit 1 unless every image is done")
@@ -45,7 +44,7 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	if *output != "text" && *output != "json" {
 		return fmt.Errorf("--output %q: want text or json", *output)
 	}
-	c, err := newAPIClient(*server, *tokenFile)
+	c, err := cf.client()
 	if err != nil {
 		return err
 	}

@@ -142,6 +142,7 @@ auth:
   rules:
     - users: [ci, alice]
       pull: [docker.io/*]
+      api: [prefetch]
 %s`, certFile, keyFile, s.htpasswd, extra))
 	s.up.Reset()
 	return s
@@ -248,6 +249,34 @@ func TestClientsOverTLSWithUsers(t *testing.T) {
 	runTool(t, ctr, "--address", sock, "images", "pull", "--snapshotter", "native", "--hosts-dir", hosts(auth), dref)
 	if out := string(runTool(t, ctr, "--address", sock, "images", "ls")); !strings.Contains(out, s.img.Manifest.Digest.String()) {
 		t.Fatalf("ctr images ls:\n%s", out)
+	}
+}
+
+// The CLI logs in as a user over TLS: --user with $WHARF_PASSWORD and
+// --ca-file; without them it is told why.
+func TestCLIOverTLSWithUsers(t *testing.T) {
+	s := startSecureWharf(t, "")
+	server := "https://" + s.addr
+	if _, stderr, err := wharf(t, "jobs", "--server", server, "--ca-file", s.ca.file); err == nil || !strings.Contains(stderr, "401") && !strings.Contains(stderr, "UNAUTHORIZED") {
+		t.Fatalf("jobs without a user: %v %s", err, stderr)
+	}
+	if _, stderr, err := wharf(t, "jobs", "--server", server, "--user", "ci"); err == nil || !strings.Contains(stderr, "WHARF_PASSWORD") {
+		t.Fatalf("--user without a password: %v %s", err, stderr)
+	}
+	t.Setenv("WHARF_PASSWORD", "ci-pw")
+	if _, stderr, err := wharf(t, "jobs", "--server", server, "--user", "ci"); err == nil || !strings.Contains(stderr, "certificate") {
+		t.Fatalf("without --ca-file: %v %s", err, stderr)
+	}
+	out, stderr, err := wharf(t, "prefetch", "--server", server, "--ca-file", s.ca.file, "--user", "ci", "--wait", "--output", "json", "docker.io/library/app:1.0")
+	var job struct{ ID, State, Owner string }
+	if err != nil || json.Unmarshal([]byte(out), &job) != nil || job.State != "done" || job.Owner != "ci" {
+		t.Fatalf("prefetch as ci: %v %+v\n%s%s", err, job, out, stderr)
+	}
+	if out, _, err := wharf(t, "jobs", "--server", server, "--ca-file", s.ca.file, "--user", "ci"); err != nil || !strings.Contains(out, job.ID) {
+		t.Fatalf("jobs as ci: %v\n%s", err, out)
+	}
+	if n := s.up.Count("GET", "blob"); n != 3 {
+		t.Fatalf("upstream blob GETs: %d, want 3", n)
 	}
 }
 
