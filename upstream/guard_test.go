@@ -3,11 +3,14 @@ package upstream
 import (
 	"context"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -264,5 +267,35 @@ func TestErrorMessagesNamingTheUpstreamAreDropped(t *testing.T) {
 		if got := scrub(msg, "harbor-a.internal:8443"); got != want {
 			t.Errorf("scrub(%q) = %q, want %q", msg, got, want)
 		}
+	}
+}
+
+// ca_file trusts an internal CA without turning verification off; without
+// it the same registry is refused.
+func TestCAFile(t *testing.T) {
+	reg := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("blob")) }))
+	defer reg.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: reg.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		caFile string
+		ok     bool
+	}{{"", false}, {ca, true}} {
+		cl, err := New(Config{Name: "t", URL: reg.URL, CAFile: c.caFile}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, _, err := cl.Blob(t.Context(), "a/b", digest.FromString("blob"), 0)
+		if (err == nil) != c.ok {
+			t.Fatalf("ca_file %q: %v", c.caFile, err)
+		}
+		if err == nil {
+			rc.Close()
+		}
+	}
+	if _, err := New(Config{Name: "t", URL: reg.URL, CAFile: "/nonexistent"}, nil); err == nil || !strings.Contains(err.Error(), "ca_file") {
+		t.Fatalf("a missing ca_file: %v", err)
 	}
 }

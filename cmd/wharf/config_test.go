@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -133,5 +134,30 @@ func TestPrivateUpstreamConfigs(t *testing.T) {
 		if strings.Join(ac.Anonymous, ",") != strings.Join(anon, ",") || ac.Loopback != (cfg.Auth == nil) {
 			t.Fatalf("%s: anonymous %q loopback %v", body, ac.Anonymous, ac.Loopback)
 		}
+	}
+}
+
+// Start-up says who may read each private upstream and warns of secret
+// files that group or others can read.
+func TestStartupAccessLog(t *testing.T) {
+	dir := t.TempDir()
+	loose, tight := filepath.Join(dir, "loose"), filepath.Join(dir, "tight")
+	os.WriteFile(loose, []byte("pw\n"), 0o644)
+	os.WriteFile(tight, []byte("ci:$2y$05$x\n"), 0o600)
+	cfg, err := loadConfig(writeConfig(t, "storage: {root: /tmp/x}\nupstreams:\n  - {name: a.io, url: https://a.io, username: robot, password_file: "+loose+"}\n"+
+		"auth:\n  htpasswd: "+tight+"\n  rules:\n    - {users: [ci, alice], pull: [a.io/proj/*]}\n    - {users: [bob], pull: [docker.io/*]}\n    - {users: [root], api: [admin]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	cfg.logAccess(slog.New(slog.NewTextHandler(&out, nil)))
+	log := out.String()
+	for _, want := range []string{`msg="private upstream" upstream=a.io readers=alice,ci,root`, `setting="upstream a.io password_file"`, "mode=-rw-r--r--"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("start-up log lacks %q:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, "auth.htpasswd") {
+		t.Errorf("a 0600 file was warned about:\n%s", log)
 	}
 }
