@@ -33,7 +33,9 @@ var challengeRE = regexp.MustCompile(`(?i)^\s*(\w+)(?:\s.*?\brealm="([^"]*)")?`)
 //   - Authorization goes to the upstream's own scheme, host and port, and to
 //     the token realm of the upstream's first challenge. A later challenge
 //     naming another realm gets nothing: the token request is refused before
-//     it is sent. A first challenge of Basic pins no realm at all.
+//     it is sent. A first challenge of Basic pins no realm at all. Any other
+//     request to another host (a redirect, an upload location) goes without
+//     Authorization.
 //   - An https upstream is never followed to plain http, token realm or redirect.
 //   - Hosts other than the upstream's own must be public addresses, or of
 //     the upstream's own kind (loopback, private range, link-local): a
@@ -47,9 +49,14 @@ type guard struct {
 
 	mu         sync.Mutex
 	challenged bool
-	realm      string // canonical scheme://host:port of the pinned realm, "" for none
+	realm      string          // canonical scheme://host:port of the pinned realm, "" for none
+	moved      map[string]bool // realms named by later challenges: token requests there are refused
 	home       map[addrKind]bool
 }
+
+// maxMoved bounds the realms remembered as refused; an upstream naming
+// more is broken anyway, and the oldest are forgotten.
+const maxMoved = 16
 
 func newGuard(next http.RoundTripper, name string, base *url.URL, log *slog.Logger) *guard {
 	if log == nil {
@@ -84,8 +91,8 @@ func (g *guard) check(req *http.Request) error {
 	if origin(req.URL) == origin(g.base) {
 		return nil
 	}
-	// Not the registry: a token realm, or a redirect's target.
-	if req.Response == nil && req.Header.Get("Authorization") != "" && !g.mayAuthorize(req.URL) {
+	// Not the registry: a token realm, a redirect's target, an upload location.
+	if req.Header.Get("Authorization") != "" && g.movedRealm(req.URL) {
 		return fmt.Errorf("credentials for %s requested by token realm %s, which is not the realm of the upstream's first challenge", g.base.Host, origin(req.URL))
 	}
 	return g.checkAddress(req.Context(), req.URL.Hostname())
@@ -102,12 +109,28 @@ func (g *guard) mayAuthorize(u *url.URL) bool {
 	return g.realm != "" && o == g.realm
 }
 
-// pin remembers the realm of the upstream's first challenge.
+func (g *guard) movedRealm(u *url.URL) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.moved[origin(u)]
+}
+
+// pin remembers the realm of the upstream's first challenge, and every
+// other realm a later one names.
 func (g *guard) pin(challenge string) {
 	m := challengeRE.FindStringSubmatch(challenge)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.challenged || m == nil {
+	if m == nil {
+		return
+	}
+	if g.challenged {
+		if u, err := url.Parse(m[2]); err == nil && m[2] != "" && origin(u) != g.realm {
+			if g.moved == nil || len(g.moved) >= maxMoved {
+				g.moved = map[string]bool{}
+			}
+			g.moved[origin(u)] = true
+		}
 		return
 	}
 	g.challenged = true

@@ -102,15 +102,22 @@ func TestRealmMoveGetsNoCredentials(t *testing.T) {
 	}
 }
 
-// The realm of the first Bearer challenge gets the credentials, another
-// realm named later does not, and a redirect elsewhere carries none.
+// The realm of the first Bearer challenge gets the credentials; a realm a
+// later challenge names is refused; any other host (a redirect, an upload
+// location) gets the request without them.
 func TestFirstBearerRealmIsPinned(t *testing.T) {
-	realm, other := &capture{}, &capture{}
-	realmSrv, otherSrv := httptest.NewServer(realm), httptest.NewServer(other)
+	realm, other, cdn := &capture{}, &capture{}, &capture{}
+	realmSrv, otherSrv, cdnSrv := httptest.NewServer(realm), httptest.NewServer(other), httptest.NewServer(cdn)
 	defer realmSrv.Close()
 	defer otherSrv.Close()
+	defer cdnSrv.Close()
+	var moved atomic.Bool
 	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="`+realmSrv.URL+`/token",service="x"`)
+		to := realmSrv.URL
+		if moved.Load() {
+			to = otherSrv.URL
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="`+to+`/token",service="x"`)
 		w.WriteHeader(http.StatusUnauthorized)
 	}))
 	defer reg.Close()
@@ -124,22 +131,31 @@ func TestFirstBearerRealmIsPinned(t *testing.T) {
 		}
 		return err
 	}
-	if err := send(otherSrv.URL + "/token"); !errors.Is(err, ErrRefused) {
-		t.Fatalf("credentials before any challenge went elsewhere: %v", err)
+	for _, step := range []struct {
+		url     string
+		refused bool
+		move    bool
+	}{
+		{cdnSrv.URL + "/blob", false, false},    // before any challenge: sent bare
+		{reg.URL + "/v2/", false, false},        // the first challenge pins the realm
+		{realmSrv.URL + "/token", false, false}, // which gets the credentials
+		{reg.URL + "/v2/", false, true},         // a later challenge names another realm
+		{otherSrv.URL + "/token", true, false},  // refused
+		{realmSrv.URL + "/token", false, false}, // the pinned one still works
+		{cdnSrv.URL + "/blob", false, false},    // and other hosts still get no credentials
+	} {
+		moved.Store(step.move)
+		if err := send(step.url); errors.Is(err, ErrRefused) != step.refused || (err != nil && !step.refused) {
+			t.Fatalf("%s: %v, want refused=%v", step.url, err, step.refused)
+		}
 	}
-	if err := send(reg.URL + "/v2/"); err != nil {
-		t.Fatal(err)
-	}
-	if err := send(realmSrv.URL + "/token"); err != nil {
-		t.Fatal(err)
-	}
-	if err := send(otherSrv.URL + "/token"); !errors.Is(err, ErrRefused) {
-		t.Fatalf("credentials went to a realm that was not the first: %v", err)
-	}
-	if got := realm.requests(); len(got) != 1 || got[0] != "GET /token auth=Basic c2VjcmV0" {
+	if got := realm.requests(); len(got) != 2 || got[0] != "GET /token auth=Basic c2VjcmV0" || got[1] != got[0] {
 		t.Fatalf("the pinned realm got %q", got)
 	}
 	if got := other.requests(); len(got) != 0 {
+		t.Fatalf("the moved realm got %q", got)
+	}
+	if got := cdn.requests(); len(got) != 2 || got[0] != "GET /blob auth=" || got[1] != got[0] {
 		t.Fatalf("another host got %q", got)
 	}
 }
