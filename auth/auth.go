@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -197,7 +198,7 @@ func (a *Auth) Authenticate(r *http.Request) (Identity, error) {
 		}
 		if !found {
 			// Spend the same time as a wrong password: user names stay private.
-			bcrypt.CompareHashAndPassword(dummyHash, []byte(pass))
+			bcrypt.CompareHashAndPassword(dummyHash(), []byte(pass))
 			return "user", nil
 		}
 		if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil {
@@ -212,8 +213,12 @@ func (a *Auth) Authenticate(r *http.Request) (Identity, error) {
 	return Identity{User: name}, nil
 }
 
-// dummyHash is a bcrypt hash of nothing anyone knows, at the default cost.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("wharf: no such user"), bcrypt.DefaultCost)
+// dummyHash is a bcrypt hash of nothing anyone knows, at the default cost,
+// made on first use: every command links this package, few check users.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("wharf: no such user"), bcrypt.DefaultCost)
+	return h
+})
 
 func (a *Auth) failure(r *http.Request, addr, reason, user string) error {
 	a.failed.WithLabelValues(reason).Inc()
