@@ -268,10 +268,12 @@ func (a *Auth) MayAPI(id Identity, right string) bool {
 // API token.
 func (a *Auth) Credentials() bool { return a.users != nil || a.cfg.APIToken != "" }
 
-// AnonymousPullsNothing is true when an anonymous client off this host may
-// pull nothing at all: then GET /v2/ asks for credentials, as registries
-// do, and `docker login` works.
-func (a *Auth) AnonymousPullsNothing() bool { return len(a.cfg.Anonymous) == 0 }
+// MustLogIn is true when id presented no credentials and may pull nothing
+// at all: then GET /v2/ asks for credentials, as registries do, and
+// `docker login` works.
+func (a *Auth) MustLogIn(id Identity) bool {
+	return id.User == "" && !id.Token && !id.Loopback && len(a.cfg.Anonymous) == 0
+}
 
 func (a *Auth) applies(r Rule, id Identity) bool {
 	return id.User != "" && (slices.Contains(r.Users, id.User) || slices.Contains(r.Users, "*"))

@@ -3,6 +3,7 @@ package auth
 import (
 	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -170,4 +171,27 @@ func FuzzParseBasic(f *testing.F) {
 			t.Fatalf("%q: got %q:%q, net/http %q:%q", h, user, pass, u, p)
 		}
 	})
+}
+
+// htpasswd -B writes $2y$ hashes; a failed login is logged with the user
+// and the address, never the password.
+func TestHtpasswdBcryptYAndFailureLog(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "htpasswd")
+	y := "$2y$" + strings.TrimPrefix(hash(t, "right-horse"), "$2a$")
+	os.WriteFile(f, []byte("ci:"+y+"\n"), 0o600)
+	var logs strings.Builder
+	a, err := New(Config{Htpasswd: f, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := a.Authenticate(request("ci", "right-horse")); err != nil || id.User != "ci" {
+		t.Fatalf("$2y$ entry: %+v %v", id, err)
+	}
+	if _, err := a.Authenticate(request("ci", "wrong-battery")); err != ErrUnauthorized {
+		t.Fatalf("wrong password: %v", err)
+	}
+	log := logs.String()
+	if !strings.Contains(log, "user=ci") || !strings.Contains(log, "192.0.2.7:40000") || !strings.Contains(log, "reason=password") || strings.Contains(log, "wrong-battery") {
+		t.Fatalf("failure log: %s", log)
+	}
 }

@@ -289,6 +289,14 @@ func TestPrivateUpstreamStaysOnLoopback(t *testing.T) {
 	if priv.Total() != 0 {
 		t.Fatalf("refused requests reached the private upstream %d times", priv.Total())
 	}
+
+	// With only the private upstream, loopback clients are not asked to
+	// log in; others are.
+	only := newEnvAccess(t, auth.Config{Loopback: true, LoopbackAPI: true}, spec{name: "harbor.internal", reg: priv, ttl: time.Hour})
+	if r := only.do(t, "GET", "/v2/"); r.status != 200 {
+		t.Fatalf("GET /v2/ from loopback: %d", r.status)
+	}
+	wantError(t, only.hostDo(t, "GET", "/v2/", "X-Forwarded-For", "203.0.113.9"), 401, "UNAUTHORIZED")
 }
 
 // With neither users nor a token the API answers loopback clients, and

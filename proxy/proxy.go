@@ -199,7 +199,7 @@ func (p *proxy) upstreams(w http.ResponseWriter, r *http.Request) error {
 // base answers the version check. An anonymous caller who may pull
 // nothing is asked to log in, which is how `docker login` learns it must.
 func (p *proxy) base(w http.ResponseWriter, r *http.Request) error {
-	if id := identity(r.Context()); anonymous(id) && p.auth.AnonymousPullsNothing() {
+	if p.auth.MustLogIn(identity(r.Context())) {
 		return p.unauthorized("authentication required")
 	}
 	w.Header().Set("Content-Type", "application/json")
