@@ -44,7 +44,7 @@ func (c *Cache) authorize(ctx context.Context, u Upstream, repo string, dgst dig
 func (c *Cache) admit(u Upstream, repo string, dgst digest.Digest) {
 	members := []digest.Digest{dgst}
 	if _, body, err := c.storedManifest(dgst); err == nil {
-		members = append(members, parseManifest(body).digests()...)
+		members = append(members, ParseManifest(body).digests()...)
 	}
 	c.keep("index", c.store.AddMembers(u.Name, repo, members...), "repository", repo, "digest", dgst)
 }

@@ -79,21 +79,6 @@ type Config struct {
 	Registerer  prometheus.Registerer // nil: metrics are not registered
 	Logger      *slog.Logger          // for failures no request sees; nil: slog.Default()
 	Now         func() time.Time      // the clock for tag and negative TTLs; nil: time.Now
-
-	// Targets are the registries prefetch jobs may push to, by name.
-	Targets map[string]Target
-	// JobImages is how many images of one job are copied at once (default
-	// 4); each copies up to 4 blobs at once. At most 2 jobs run at a time.
-	JobImages int
-	// JobTransfers bounds the blobs all jobs copy at once (default 8), so
-	// that clients keep most of each upstream's request slots.
-	JobTransfers int
-	// KeepJobs is how many finished prefetch jobs the index keeps (default
-	// 200); older ones are forgotten as new ones are submitted.
-	KeepJobs int
-	// RetryBackoff is the first wait before a job retries a transient
-	// failure (default 1s), doubled for each of up to 3 retries.
-	RetryBackoff time.Duration
 }
 
 // Errors the proxy maps to OCI error codes. Upstream errors are wrapped, so
@@ -130,16 +115,6 @@ type Cache struct {
 	stopOnce  sync.Once
 	flights   singleflight.Group
 	missing   negative
-
-	targets      map[string]Target
-	jobs         map[string]*run // queued or running
-	jobSlots     chan struct{}   // jobs running at once
-	jobImages    int
-	transfers    chan struct{} // blob copies of all jobs at once
-	keepJobs     int
-	retryBackoff time.Duration
-	closing      atomic.Bool // Close has begun: jobs stop, to be resumed
-	jobsRunning  sync.WaitGroup
 }
 
 // New returns a cache over store. It starts one goroutine, the sweeper of
@@ -159,14 +134,6 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		highWater:   cmp.Or(cfg.HighWater, 0.9),
 		lowWater:    cmp.Or(cfg.LowWater, 0.8),
 		pins:        cfg.Pins,
-
-		targets:      cfg.Targets,
-		jobs:         map[string]*run{},
-		jobSlots:     make(chan struct{}, 2),
-		jobImages:    cmp.Or(cfg.JobImages, 4),
-		transfers:    make(chan struct{}, cmp.Or(cfg.JobTransfers, 8)),
-		keepJobs:     cmp.Or(cfg.KeepJobs, 200),
-		retryBackoff: cmp.Or(cfg.RetryBackoff, time.Second),
 	}
 	if c.lowWater > c.highWater || c.highWater > 1 || c.lowWater <= 0 {
 		return nil, fmt.Errorf("cache: watermarks must satisfy 0 < low (%v) <= high (%v) <= 1", c.lowWater, c.highWater)
@@ -208,6 +175,9 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 	go c.sweep()
 	return c, nil
 }
+
+// HasUpstream reports whether name is a configured upstream.
+func (c *Cache) HasUpstream(name string) bool { _, ok := c.upstreams[name]; return ok }
 
 func (c *Cache) upstream(name string) (Upstream, error) {
 	u, ok := c.upstreams[name]

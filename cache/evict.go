@@ -95,7 +95,7 @@ func (c *Cache) pinnedDigests() (map[digest.Digest]bool, error) {
 	set := map[digest.Digest]bool{}
 	var walk func(d digest.Digest, depth int) error
 	walk = func(d digest.Digest, depth int) error {
-		if set[d] || depth > maxDepth {
+		if set[d] || depth > MaxIndexDepth {
 			return nil
 		}
 		set[d] = true
@@ -106,7 +106,7 @@ func (c *Cache) pinnedDigests() (map[digest.Digest]bool, error) {
 		if err != nil {
 			return fmt.Errorf("pinned manifest %s: %w", d, err)
 		}
-		m := parseManifest(body)
+		m := ParseManifest(body)
 		for _, b := range m.blobs() {
 			set[b.Digest] = true
 		}

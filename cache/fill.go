@@ -93,11 +93,10 @@ func (c *Cache) startFill(ctx context.Context, u Upstream, repo string, dgst dig
 	return f, true, nil
 }
 
-// Close stops prefetch jobs (they resume at the next start), lets the fills
-// in progress finish until ctx ends, then cancels the rest, and returns once
-// none is running: after it the store may be closed.
+// Close lets the fills in progress finish until ctx ends, then cancels the
+// rest, and returns once none is running: after it the store may be
+// closed. Stop the jobs that read through the cache first.
 func (c *Cache) Close(ctx context.Context) {
-	c.stopJobs()
 	c.stopOnce.Do(func() { close(c.stop) })
 	done := make(chan struct{})
 	go func() { c.running.Wait(); close(done) }()

@@ -35,7 +35,7 @@ var manifestTypes = []string{ocispec.MediaTypeImageManifest, ocispec.MediaTypeIm
 // whatever the Content-Type said; for a body that declares none (older OCI
 // manifests), a Content-Type naming a manifest type, else what the body's
 // fields say. "" when nothing says.
-func mediaTypeOf(m manifestRefs, contentType string) string {
+func mediaTypeOf(m ManifestRefs, contentType string) string {
 	switch {
 	case m.MediaType != "":
 		return m.MediaType
@@ -220,7 +220,7 @@ func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, 
 		// Adopted after a crash (no type on record), or recorded by an
 		// older Wharf from a Content-Type like application/json: the body
 		// says (wharf check --repair corrects the record).
-		if mt = mediaTypeOf(parseManifest(body), mt); mt == "" {
+		if mt = mediaTypeOf(ParseManifest(body), mt); mt == "" {
 			return ocispec.Descriptor{}, nil, fmt.Errorf("manifest %s has no media type on record: %w", dgst, storage.ErrNotFound)
 		}
 	}
@@ -253,7 +253,7 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 		}
 	}
 	c.metrics.fetched.WithLabelValues(u.Name).Add(float64(len(body)))
-	refs := parseManifest(body)
+	refs := ParseManifest(body)
 	mt := mediaTypeOf(refs, desc.MediaType)
 	if mt == "" {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s has no media type", ErrBadUpstream, ref, repo)
@@ -297,9 +297,9 @@ func (c *Cache) putBlob(dgst digest.Digest, mediaType string, body []byte) error
 	return nil
 }
 
-// manifestRefs is the union of the fields of every manifest kind that point
-// at other content.
-type manifestRefs struct {
+// ManifestRefs is the union of the fields of every manifest kind that point
+// at other content: what membership, eviction's pins and jobs walk.
+type ManifestRefs struct {
 	MediaType string               `json:"mediaType"`
 	Config    *ocispec.Descriptor  `json:"config"`
 	Layers    []ocispec.Descriptor `json:"layers"`
@@ -308,16 +308,21 @@ type manifestRefs struct {
 	Subject   *ocispec.Descriptor  `json:"subject"`
 }
 
-func parseManifest(body []byte) manifestRefs {
-	var m manifestRefs
+// ParseManifest reads the references of any manifest kind; an
+// unparseable manifest refers to nothing.
+func ParseManifest(body []byte) ManifestRefs {
+	var m ManifestRefs
 	dec := json.NewDecoder(bytes.NewReader(body))
 	_ = dec.Decode(&m) // an unparseable manifest refers to nothing
 	return m
 }
 
+// MaxIndexDepth bounds how deep indexes may nest in one image.
+const MaxIndexDepth = 4
+
 // blobs lists the config, layers and blobs of a manifest: what it needs
 // besides child manifests and its subject.
-func (m manifestRefs) blobs() []ocispec.Descriptor {
+func (m ManifestRefs) blobs() []ocispec.Descriptor {
 	var out []ocispec.Descriptor
 	descs := append(slices.Clone(m.Layers), m.Blobs...)
 	if m.Config != nil {
@@ -334,7 +339,7 @@ func (m manifestRefs) blobs() []ocispec.Descriptor {
 // digests lists the valid digests the manifest contains: its config,
 // layers, blobs and child manifests. Not its subject: that is a pointer
 // anyone may write into a referrer, and membership opens content.
-func (m manifestRefs) digests() []digest.Digest {
+func (m ManifestRefs) digests() []digest.Digest {
 	descs := append(append(append([]ocispec.Descriptor{}, m.Layers...), m.Manifests...), m.Blobs...)
 	if m.Config != nil {
 		descs = append(descs, *m.Config)

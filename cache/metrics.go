@@ -7,24 +7,19 @@ import (
 )
 
 type metrics struct {
-	requests      *prometheus.CounterVec // upstream, kind, result
-	fetched       *prometheus.CounterVec // upstream
-	fills         prometheus.Gauge
-	waiting       prometheus.Gauge
-	passthrough   prometheus.Counter
-	resumed       prometheus.Counter
-	failed        *prometheus.CounterVec // reason
-	storeFailed   *prometheus.CounterVec // what
-	stale         *prometheus.CounterVec // upstream
-	evicted       *prometheus.CounterVec // reason
-	evictedBytes  prometheus.Counter
-	oldest        prometheus.Gauge
-	negative      *prometheus.CounterVec // upstream
-	jobs          prometheus.Gauge
-	jobSaveFailed prometheus.Counter
-	images        *prometheus.CounterVec // state
-	pushed        *prometheus.CounterVec // target, outcome
-	pushedBytes   *prometheus.CounterVec // target
+	requests     *prometheus.CounterVec // upstream, kind, result
+	fetched      *prometheus.CounterVec // upstream
+	fills        prometheus.Gauge
+	waiting      prometheus.Gauge
+	passthrough  prometheus.Counter
+	resumed      prometheus.Counter
+	failed       *prometheus.CounterVec // reason
+	storeFailed  *prometheus.CounterVec // what
+	stale        *prometheus.CounterVec // upstream
+	evicted      *prometheus.CounterVec // reason
+	evictedBytes prometheus.Counter
+	oldest       prometheus.Gauge
+	negative     *prometheus.CounterVec // upstream
 }
 
 func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func() int) (*metrics, error) {
@@ -81,26 +76,6 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 			Name: "wharf_store_failures_total",
 			Help: "Verified manifests (what=manifest) and index records (what=index) the store could not keep; their requests were answered anyway.",
 		}, []string{"what"}),
-		jobs: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "wharf_prefetch_jobs_running",
-			Help: "Prefetch jobs running now.",
-		}),
-		jobSaveFailed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wharf_prefetch_job_save_failures_total",
-			Help: "Writes of prefetch job state the index refused; a running job whose state cannot be saved stops and fails.",
-		}),
-		images: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wharf_prefetch_images_total",
-			Help: "Images prefetch jobs finished, by state (done, failed, cancelled).",
-		}, []string{"state"}),
-		pushed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wharf_push_blobs_total",
-			Help: "Blobs prefetch jobs put on a push target, by target and outcome (pushed, mounted, skipped: already there).",
-		}, []string{"target", "outcome"}),
-		pushedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wharf_push_bytes_total",
-			Help: "Blob bytes uploaded to each push target.",
-		}, []string{"target"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -134,7 +109,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		Name: "wharf_negative_entries",
 		Help: "Upstream refusals (404, 401, 403) remembered for negative_ttl; bounded at 10,000.",
 	}, func() float64 { return float64(remembered()) })
-	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, m.jobs, m.jobSaveFailed, m.images, m.pushed, m.pushedBytes, size, count, free, short, readOnly} {
+	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
@@ -137,7 +138,7 @@ func TestAccessRules(t *testing.T) {
 			t.Fatalf("%s %s %s: %d %s, want %d", s.who, s.method, s.path, r.status, r.body, s.want)
 		}
 		if s.want == 202 {
-			var j cache.Job
+			var j replicate.Job
 			json.Unmarshal(r.body, &j)
 			if s.who == "ci" {
 				ciJob = j.ID
@@ -162,7 +163,7 @@ func TestAccessRules(t *testing.T) {
 	// Jobs: ci sees its own, ops every one, and only root cancels another's.
 	jobIDs := func(who string) []string {
 		r := a.do(t, "GET", "/api/v1/jobs", "Authorization", who)
-		var doc struct{ Jobs []cache.Job }
+		var doc struct{ Jobs []replicate.Job }
 		if r.status != 200 || json.Unmarshal(r.body, &doc) != nil {
 			t.Fatalf("jobs: %d %s", r.status, r.body)
 		}
@@ -302,7 +303,7 @@ func TestPrivateUpstreamStaysOnLoopback(t *testing.T) {
 // With neither users nor a token the API answers loopback clients, and
 // refuses what a web page in a browser on this host could send.
 func TestLoopbackAPIRefusesBrowsers(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	job := `{"images": ["harbor-a.example.com/proj/app:1.0"], "push_to": "harbor-b"}`
 	for _, c := range []struct {
@@ -334,7 +335,7 @@ func TestLoopbackAPIRefusesBrowsers(t *testing.T) {
 	p.wait(t, p.submit(t, "application/json", "", job))
 	for _, body := range []string{`{"list": "# rollout\nharbor-a.example.com/proj/app:1.0\n"}`,
 		`{"sync": "harbor-a.example.com:\n  images:\n    proj/app: ['1.0']\n"}`} {
-		if j := p.wait(t, p.submit(t, "application/json", "", body)); j.State != cache.StateDone || len(j.Images) != 1 || j.Images[0].Source != "harbor-a.example.com/proj/app:1.0" {
+		if j := p.wait(t, p.submit(t, "application/json", "", body)); j.State != replicate.StateDone || len(j.Images) != 1 || j.Images[0].Source != "harbor-a.example.com/proj/app:1.0" {
 			t.Fatalf("%s: %s %+v", body, j.State, j.Images)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
 )
 
 // Wharf's own API under /api/v1: prefetch jobs, pins and upstream health.
@@ -60,7 +61,7 @@ func (p *proxy) api(route, right string, h func(http.ResponseWriter, *http.Reque
 
 // mayJob lets the jobs right see any job, the admin right cancel any, and
 // the prefetch right see and cancel the caller's own.
-func (p *proxy) mayJob(r *http.Request, job cache.Job) error {
+func (p *proxy) mayJob(r *http.Request, job replicate.Job) error {
 	right := auth.RightJobs
 	if r.Method == http.MethodDelete {
 		right = auth.RightAdmin
@@ -82,8 +83,8 @@ func (p *proxy) mayJob(r *http.Request, job cache.Job) error {
 // checkJob reads job id's record to see whether the caller may see it
 // (or, for DELETE, cancel it).
 func (p *proxy) checkJob(r *http.Request, id string) error {
-	job, err := p.cache.Job(id)
-	if errors.Is(err, cache.ErrJobNotFound) {
+	job, err := p.jobs.Job(id)
+	if errors.Is(err, replicate.ErrJobNotFound) {
 		if err := p.mayAPI(r, auth.RightPrefetch); err != nil && p.mayAPI(r, auth.RightJobs) != nil {
 			return err
 		}
@@ -104,13 +105,13 @@ func (p *proxy) listJobs(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	jobs, err := p.cache.Jobs()
+	jobs, err := p.jobs.List()
 	if err != nil {
 		return err
 	}
 	if !all {
 		user := identity(r.Context()).User
-		jobs = slices.DeleteFunc(jobs, func(j cache.Job) bool { return j.Owner != user })
+		jobs = slices.DeleteFunc(jobs, func(j replicate.Job) bool { return j.Owner != user })
 	}
 	return writeJSON(w, r, map[string]any{"jobs": jobs})
 }
@@ -129,7 +130,7 @@ func (p *proxy) jobImages(w http.ResponseWriter, r *http.Request) error {
 		for s := range strings.SplitSeq(v, ",") {
 			switch s {
 			case "":
-			case cache.StateQueued, cache.StateRunning, cache.StateDone, cache.StateFailed, cache.StateCancelled:
+			case replicate.StateQueued, replicate.StateRunning, replicate.StateDone, replicate.StateFailed, replicate.StateCancelled:
 				states = append(states, s)
 			default:
 				return ociError(http.StatusBadRequest, errInvalid, "state "+strconv.Quote(s)+": want queued, running, done, failed or cancelled")
@@ -149,22 +150,22 @@ func (p *proxy) jobImages(w http.ResponseWriter, r *http.Request) error {
 			return ociError(http.StatusBadRequest, errInvalid, "last "+strconv.Quote(v)+": want the index of an image")
 		}
 	}
-	images, more, err := p.cache.JobImages(id, states, last, n)
-	if errors.Is(err, cache.ErrJobNotFound) {
+	images, more, err := p.jobs.Images(id, states, last, n)
+	if errors.Is(err, replicate.ErrJobNotFound) {
 		return ociError(http.StatusNotFound, errJobUnknown, err.Error())
 	}
 	if err != nil {
 		return err
 	}
 	if more && len(images) > 0 {
-		next := url.Values{"n": {strconv.Itoa(min(n, cache.MaxImagesPage))}, "last": {strconv.Itoa(images[len(images)-1].Index)}}
+		next := url.Values{"n": {strconv.Itoa(min(n, replicate.MaxImagesPage))}, "last": {strconv.Itoa(images[len(images)-1].Index)}}
 		if len(states) > 0 {
 			next.Set("state", strings.Join(states, ","))
 		}
 		w.Header().Set("Link", "</api/v1/jobs/"+url.PathEscape(id)+"/images?"+next.Encode()+`>; rel="next"`)
 	}
 	if images == nil {
-		images = []cache.Image{}
+		images = []replicate.Image{}
 	}
 	return writeJSON(w, r, map[string]any{"images": images})
 }
@@ -174,11 +175,11 @@ func (p *proxy) job(w http.ResponseWriter, r *http.Request) error {
 	if err := p.checkJob(r, id); err != nil {
 		return err
 	}
-	var job cache.Job
+	var job replicate.Job
 	var err error
 	switch wait := r.URL.Query().Get("wait"); {
 	case r.Method == http.MethodDelete:
-		job, err = p.cache.CancelJob(r.Context(), id)
+		job, err = p.jobs.Cancel(r.Context(), id)
 	case wait != "":
 		d, perr := time.ParseDuration(wait)
 		if perr != nil || d < 0 || d > 10*time.Minute {
@@ -186,11 +187,11 @@ func (p *proxy) job(w http.ResponseWriter, r *http.Request) error {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), d)
 		defer cancel()
-		job, err = p.cache.WaitJob(ctx, id)
+		job, err = p.jobs.Wait(ctx, id)
 	default:
-		job, err = p.cache.Job(id)
+		job, err = p.jobs.Job(id)
 	}
-	if errors.Is(err, cache.ErrJobNotFound) {
+	if errors.Is(err, replicate.ErrJobNotFound) {
 		return ociError(http.StatusNotFound, errJobUnknown, err.Error())
 	}
 	if err != nil {

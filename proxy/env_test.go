@@ -18,6 +18,7 @@ import (
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/proxy"
+	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
@@ -46,6 +47,7 @@ type env struct {
 	*httptest.Server
 	store *storage.Store
 	cache *cache.Cache
+	jobs  *replicate.Jobs
 	reg   *prometheus.Registry
 	// apiAuth is sent as Authorization on /api/ requests that set none.
 	apiAuth string
@@ -74,16 +76,16 @@ func newEnvAPI(t testing.TB, root string, cfg cache.Config, token string, specs 
 // the disk with).
 func newEnvStore(t testing.TB, root string, sopts storage.Options, cfg cache.Config, token string, specs ...spec) *env {
 	t.Helper()
-	return newEnvFull(t, root, sopts, cfg, token, nil, specs...)
+	return newEnvFull(t, root, sopts, cfg, replicate.Config{}, token, nil, specs...)
 }
 
 // newEnvAccess is a Wharf whose access is decided by ac.
 func newEnvAccess(t testing.TB, ac auth.Config, specs ...spec) *env {
 	t.Helper()
-	return newEnvFull(t, t.TempDir(), storage.Options{}, cache.Config{}, "", &ac, specs...)
+	return newEnvFull(t, t.TempDir(), storage.Options{}, cache.Config{}, replicate.Config{}, "", &ac, specs...)
 }
 
-func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Config, token string, ac *auth.Config, specs ...spec) *env {
+func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Config, jcfg replicate.Config, token string, ac *auth.Config, specs ...spec) *env {
 	t.Helper()
 	store, err := storage.Open(root, sopts)
 	if err != nil {
@@ -117,7 +119,12 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc := proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: token}
+	jcfg.Registerer, jcfg.Logger, jcfg.Now = reg, cfg.Logger, cfg.Now
+	jobs, err := replicate.New(c, store, jcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: token, Jobs: jobs}
 	if ac != nil {
 		ac.Registerer = reg
 		if ac.Logger == nil {
@@ -131,10 +138,10 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.ResumeJobs(); err != nil {
+	if err := jobs.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{Server: httptest.NewServer(h), store: store, cache: c, reg: reg}
+	e := &env{Server: httptest.NewServer(h), store: store, cache: c, jobs: jobs, reg: reg}
 	t.Cleanup(e.close)
 	return e
 }
@@ -144,6 +151,7 @@ func (e *env) close() {
 		return
 	}
 	e.Server.Close()
+	e.jobs.Close()
 	e.cache.Close(context.Background())
 	e.store.Close()
 	e.store = nil

@@ -22,6 +22,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
 )
 
 // maxPrefetchBody bounds a prefetch request: room for a hundred thousand
@@ -102,8 +103,8 @@ func (p *proxy) prefetch(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	spec.Owner = identity(r.Context()).User
-	job, err := p.cache.Submit(spec)
-	if errors.Is(err, cache.ErrJobNotSaved) {
+	job, err := p.jobs.Submit(spec)
+	if errors.Is(err, replicate.ErrJobNotSaved) {
 		return ociError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable, err.Error())
 	}
 	if err != nil {
@@ -305,20 +306,20 @@ func refused(err error) bool {
 }
 
 // jobSpec validates a request into a job, or lists everything wrong with it.
-func (p *proxy) jobSpec(req prefetchRequest) (cache.JobSpec, error) {
+func (p *proxy) jobSpec(req prefetchRequest) (replicate.JobSpec, error) {
 	var ps problems
-	spec := cache.JobSpec{PushTo: req.PushTo, Pin: req.Pin}
+	spec := replicate.JobSpec{PushTo: req.PushTo, Pin: req.Pin}
 	if len(req.Images) == 0 {
 		ps.add(errInvalid, "images", "", "the list of images is empty")
 	}
-	if req.PushTo != "" && !p.cache.HasTarget(req.PushTo) {
+	if req.PushTo != "" && !p.jobs.HasTarget(req.PushTo) {
 		ps.add(errInvalid, "push_to", req.PushTo, "no push target "+strconv.Quote(req.PushTo)+" is configured")
 	}
 	if req.PushTo == "" && len(req.Rename) > 0 {
 		ps.add(errInvalid, "rename", "", "rename needs push_to")
 	}
 	for i, s := range req.Platforms {
-		pl, err := cache.ParsePlatform(s)
+		pl, err := replicate.ParsePlatform(s)
 		if err != nil {
 			ps.add(errInvalid, fmt.Sprintf("platforms[%d]", i), s, err.Error())
 			continue
@@ -336,8 +337,8 @@ func (p *proxy) jobSpec(req prefetchRequest) (cache.JobSpec, error) {
 
 // imageRefs routes each image of req and names its target repository,
 // noting each bad, duplicate or colliding one in ps.
-func (p *proxy) imageRefs(req prefetchRequest, ps *problems) []cache.ImageRef {
-	var refs []cache.ImageRef
+func (p *proxy) imageRefs(req prefetchRequest, ps *problems) []replicate.ImageRef {
+	var refs []replicate.ImageRef
 	seen, targets := map[string]int{}, map[string]int{}
 	for i, s := range req.Images {
 		item := fmt.Sprintf("images[%d]", i)
@@ -378,7 +379,7 @@ func (p *proxy) imageRefs(req prefetchRequest, ps *problems) []cache.ImageRef {
 // a prefix of the reference as written (s) or of its routed form,
 // <upstream>/<repo>, replaces that prefix with its to; no match keeps the
 // repository path.
-func renamed(rules []rename, ref cache.ImageRef, s string) string {
+func renamed(rules []rename, ref replicate.ImageRef, s string) string {
 	for _, rn := range rules {
 		for _, name := range []string{trimRef(s), ref.Upstream + "/" + ref.Repo} {
 			if rest, ok := strings.CutPrefix(name, rn.From); ok && rn.From != "" {
@@ -404,16 +405,16 @@ func trimRef(s string) string {
 // through Wharf would be: a first part naming an upstream (by name or
 // alias) picks it, otherwise the default upstream serves the whole path.
 // No tag means latest; tag@digest fetches the digest and pushes the tag.
-func (p *proxy) parseImage(s string) (cache.ImageRef, error) {
+func (p *proxy) parseImage(s string) (replicate.ImageRef, error) {
 	named, err := reference.Parse(s)
 	if err != nil {
-		return cache.ImageRef{}, fmt.Errorf("%q is not a valid image reference: %w", s, err)
+		return replicate.ImageRef{}, fmt.Errorf("%q is not a valid image reference: %w", s, err)
 	}
 	n, ok := named.(reference.Named)
 	if !ok {
-		return cache.ImageRef{}, fmt.Errorf("%q names no repository", s)
+		return replicate.ImageRef{}, fmt.Errorf("%q names no repository", s)
 	}
-	ref := cache.ImageRef{Source: s, Ref: "latest"}
+	ref := replicate.ImageRef{Source: s, Ref: "latest"}
 	name := n.Name()
 	first, rest, nested := strings.Cut(name, "/")
 	switch rt, known := p.routes[strings.ToLower(first)]; {
@@ -422,7 +423,7 @@ func (p *proxy) parseImage(s string) (cache.ImageRef, error) {
 	case p.fallback != "" && !strings.ContainsAny(first, ".:") && first != "localhost":
 		ref.Upstream, ref.Repo = p.fallback, name
 	default:
-		return cache.ImageRef{}, fmt.Errorf("%w: no upstream is configured for %s", cache.ErrUnknown, first)
+		return replicate.ImageRef{}, fmt.Errorf("%w: no upstream is configured for %s", cache.ErrUnknown, first)
 	}
 	if p.dockerHub[ref.Upstream] && !strings.Contains(ref.Repo, "/") {
 		ref.Repo = "library/" + ref.Repo
@@ -433,7 +434,7 @@ func (p *proxy) parseImage(s string) (cache.ImageRef, error) {
 	}
 	if d, ok := named.(reference.Digested); ok {
 		if _, err := parseDigest(d.Digest().String()); err != nil {
-			return cache.ImageRef{}, fmt.Errorf("%q: only sha256 and sha512 digests are supported", s)
+			return replicate.ImageRef{}, fmt.Errorf("%q: only sha256 and sha512 digests are supported", s)
 		}
 		ref.Ref = d.Digest().String()
 		if tagged {

@@ -18,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
@@ -35,24 +36,24 @@ type promotion struct {
 	tool     upstreamtest.Image // proj/tool:2.0, shares app's first layer
 }
 
-func newPromotion(t *testing.T, root string, cfg cache.Config, token string, chunk int64) *promotion {
+func newPromotion(t *testing.T, root string, cfg cache.Config, jcfg replicate.Config, token string, chunk int64) *promotion {
 	t.Helper()
 	src := upstreamtest.New(t)
 	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
-	return newPromotionOn(t, src, dst, root, cfg, token, chunk)
+	return newPromotionOn(t, src, dst, root, cfg, jcfg, token, chunk)
 }
 
-func newPromotionOn(t *testing.T, src, dst *upstreamtest.Registry, root string, cfg cache.Config, token string, chunk int64) *promotion {
+func newPromotionOn(t *testing.T, src, dst *upstreamtest.Registry, root string, cfg cache.Config, jcfg replicate.Config, token string, chunk int64) *promotion {
 	t.Helper()
 	target, err := upstream.New(upstream.Config{Name: "harbor-b", URL: dst.URL, Insecure: true,
 		Username: "robot", Password: "s3cret", ChunkSize: chunk}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Targets = map[string]cache.Target{"harbor-b": target}
-	cfg.RetryBackoff = 5 * time.Millisecond
+	jcfg.Targets = map[string]replicate.Target{"harbor-b": target}
+	jcfg.RetryBackoff = 5 * time.Millisecond
 	p := &promotion{src: src, dst: dst}
-	p.env = newEnvAPI(t, root, cfg, token, spec{name: srcHost, reg: src, def: true, ttl: time.Hour})
+	p.env = newEnvFull(t, root, storage.Options{}, cfg, jcfg, token, nil, spec{name: srcHost, reg: src, def: true, ttl: time.Hour})
 	return p
 }
 
@@ -104,7 +105,7 @@ func (e *env) submit(t *testing.T, contentType, query, body string, hdr ...strin
 	if r.status != http.StatusAccepted {
 		t.Fatalf("prefetch: %d %s", r.status, r.body)
 	}
-	var job cache.Job
+	var job replicate.Job
 	if err := json.Unmarshal(r.body, &job); err != nil {
 		t.Fatal(err)
 	}
@@ -116,8 +117,8 @@ func (e *env) submit(t *testing.T, contentType, query, body string, hdr ...strin
 
 // report is a job's record with all its images.
 type report struct {
-	cache.Job
-	Images []cache.Image
+	replicate.Job
+	Images []replicate.Image
 }
 
 // wait returns the job's report once it has finished.
@@ -127,7 +128,7 @@ func (e *env) wait(t *testing.T, id string, hdr ...string) report {
 	if r.status != http.StatusOK {
 		t.Fatalf("job %s: %d %s", id, r.status, r.body)
 	}
-	var job cache.Job
+	var job replicate.Job
 	if err := json.Unmarshal(r.body, &job); err != nil {
 		t.Fatal(err)
 	}
@@ -139,19 +140,19 @@ func (e *env) wait(t *testing.T, id string, hdr ...string) report {
 
 // images reads a job's images (in state, if set) page by page, n at a time
 // (0: the server's default), following the Link header.
-func (e *env) images(t *testing.T, id, state string, n int, hdr ...string) []cache.Image {
+func (e *env) images(t *testing.T, id, state string, n int, hdr ...string) []replicate.Image {
 	t.Helper()
 	path := "/api/v1/jobs/" + id + "/images?state=" + state
 	if n > 0 {
 		path += fmt.Sprintf("&n=%d", n)
 	}
-	var all []cache.Image
+	var all []replicate.Image
 	for path != "" {
 		r := e.send(t, http.MethodGet, path, "", "", hdr...)
 		if r.status != http.StatusOK {
 			t.Fatalf("GET %s: %d %s", path, r.status, r.body)
 		}
-		var page struct{ Images []cache.Image }
+		var page struct{ Images []replicate.Image }
 		if err := json.Unmarshal(r.body, &page); err != nil {
 			t.Fatal(err)
 		}
@@ -190,10 +191,10 @@ func totals(job report) sums {
 // from the source and sent once to the target (a layer shared across
 // repositories is mounted). The same job again moves nothing.
 func TestPrefetchPushesExactTags(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	job := p.wait(t, p.submit(t, "application/json", "", promoteAll))
-	if job.State != cache.StateDone {
+	if job.State != replicate.StateDone {
 		t.Fatalf("job %s, want done: %+v", job.State, job.Images)
 	}
 	want := []struct {
@@ -201,7 +202,7 @@ func TestPrefetchPushesExactTags(t *testing.T) {
 		digest string
 	}{{"proj-b/app:1.0", p.app.Manifest.Digest.String()}, {"proj-b/multi:v1", p.multi.Manifest.Digest.String()}, {"proj-b/tool:2.0", p.tool.Manifest.Digest.String()}}
 	for i, img := range job.Images {
-		if img.State != cache.StateDone || img.Target != want[i].target || img.Digest.String() != want[i].digest {
+		if img.State != replicate.StateDone || img.Target != want[i].target || img.Digest.String() != want[i].digest {
 			t.Errorf("image %d: %s %s %s, want done %s %s", i, img.State, img.Target, img.Digest, want[i].target, want[i].digest)
 		}
 	}
@@ -246,7 +247,7 @@ func TestPrefetchPushesExactTags(t *testing.T) {
 	p.src.Reset()
 	p.dst.Reset()
 	again := p.wait(t, p.submit(t, "application/json", "", promoteAll))
-	if again.State != cache.StateDone || totals(again) != (sums{skipped: 12}) {
+	if again.State != replicate.StateDone || totals(again) != (sums{skipped: 12}) {
 		t.Fatalf("second job: %s %+v, want done with 12 skipped", again.State, totals(again))
 	}
 	for _, img := range again.Images {
@@ -266,7 +267,7 @@ func TestPrefetchPushesExactTags(t *testing.T) {
 
 // Blobs the target already holds are not sent again.
 func TestPrefetchSendsOnlyMissingBlobs(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	p.dst.PushBlob(t, "proj-b/app", p.app.Config)
 	p.dst.PushBlob(t, "proj-b/app", p.app.Layers[0])
@@ -275,7 +276,7 @@ func TestPrefetchSendsOnlyMissingBlobs(t *testing.T) {
 	// the rename still applies to its routed form.
 	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/app:1.0"], "push_to": "harbor-b",
 		"rename": [{"from": "harbor-a.example.com/proj/", "to": "proj-b/"}]}`))
-	if job.State != cache.StateDone || totals(job) != (sums{pushed: 1, skipped: 2}) {
+	if job.State != replicate.StateDone || totals(job) != (sums{pushed: 1, skipped: 2}) {
 		t.Fatalf("job %s %+v, want done with 1 pushed and 2 skipped", job.State, totals(job))
 	}
 	if n := p.dst.Count(http.MethodPost, "upload"); n != 1 {
@@ -292,7 +293,7 @@ func TestPrefetchSendsOnlyMissingBlobs(t *testing.T) {
 // the job partial, with the reason; a server error is retried first. The
 // failing tag never appears on the target.
 func TestPrefetchPartialWhenTargetFailsOneManifest(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	p.dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method == http.MethodPut && r.URL.Path == "/v2/proj-b/tool/manifests/2.0" {
@@ -304,12 +305,12 @@ func TestPrefetchPartialWhenTargetFailsOneManifest(t *testing.T) {
 		return false
 	})
 	job := p.wait(t, p.submit(t, "application/json", "", promoteAll))
-	if job.State != cache.StatePartial {
+	if job.State != replicate.StatePartial {
 		t.Fatalf("job %s, want partial", job.State)
 	}
 	for _, img := range job.Images {
 		failed := img.Repository == "proj/tool"
-		if failed != (img.State == cache.StateFailed) || (!failed && img.State != cache.StateDone) {
+		if failed != (img.State == replicate.StateFailed) || (!failed && img.State != replicate.StateDone) {
 			t.Errorf("%s: %s (%s)", img.Source, img.State, img.Error)
 		}
 		if failed && (!strings.Contains(img.Error, "500") || !strings.Contains(img.Error, "disk on fire") || !strings.Contains(img.Error, "proj-b/tool:2.0")) {
@@ -334,7 +335,7 @@ func TestPrefetchPartialWhenTargetFailsOneManifest(t *testing.T) {
 
 // Bad input is refused whole, every problem listed, nothing started.
 func TestPrefetchRejectsBadInput(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "t0ken", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "t0ken", 0)
 	p.apiAuth = "Bearer t0ken" // text and YAML bodies need a credential
 	for _, tc := range []struct {
 		name, contentType, body string
@@ -402,7 +403,7 @@ func manyProblems() []string {
 // With api.token_file the API wants the token; without one it answers
 // loopback clients only.
 func TestPrefetchAPIAuth(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "t0ken", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "t0ken", 0)
 	p.seed(t)
 	body := `{"images": ["harbor-a.example.com/proj/app:1.0"]}`
 	for _, hdr := range [][]string{nil, {"Authorization", "Bearer nope"}, {"Authorization", "Basic dDBrZW4="}} {
@@ -419,13 +420,13 @@ func TestPrefetchAPIAuth(t *testing.T) {
 	}
 	auth := []string{"Authorization", "Bearer t0ken"}
 	job := p.wait(t, p.submit(t, "application/json", "", body, auth...), auth...)
-	if job.State != cache.StateDone {
+	if job.State != replicate.StateDone {
 		t.Fatalf("job %s", job.State)
 	}
 	// The registry API stays open.
 	p.get(t, "/v2/proj/app/manifests/1.0", p.app.Manifest.Data, p.app.Manifest.Digest.String())
 
-	open := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	open := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	req, _ := http.NewRequest(http.MethodGet, "/api/v1/jobs", nil)
 	req.RemoteAddr = "192.0.2.7:40000"
 	rec := httptest.NewRecorder()
@@ -439,7 +440,7 @@ func TestPrefetchAPIAuth(t *testing.T) {
 // against the tags upstream has now. Without a target the job only warms
 // the cache.
 func TestPrefetchTextAndSyncYAML(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "t0ken", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "t0ken", 0)
 	p.apiAuth = "Bearer t0ken" // text and YAML bodies need a credential
 	p.seed(t)
 	p.src.PushManifest(t, "proj/tool", "2.1", p.tool.MediaType, p.tool.Manifest)
@@ -448,7 +449,7 @@ func TestPrefetchTextAndSyncYAML(t *testing.T) {
 
 	text := "# rollout 42\nharbor-a.example.com/proj/app:1.0   # the app\n\nproj/multi:v1\n"
 	job := p.wait(t, p.submit(t, "text/plain", "?platform=linux/arm64", text))
-	if job.State != cache.StateDone || len(job.Images) != 2 || job.Images[1].Source != "proj/multi:v1" || job.Images[1].Upstream != srcHost {
+	if job.State != replicate.StateDone || len(job.Images) != 2 || job.Images[1].Source != "proj/multi:v1" || job.Images[1].Upstream != srcHost {
 		t.Fatalf("text job: %s %+v", job.State, job.Images)
 	}
 	// Only the arm64 child of the index: its manifest and 3 blobs, plus app's 3.
@@ -476,7 +477,7 @@ func TestPrefetchTextAndSyncYAML(t *testing.T) {
 	if want := "harbor-a.example.com/proj/app:1.0 harbor-a.example.com/proj/tool:2.0 harbor-a.example.com/proj/tool:2.1"; strings.Join(got, " ") != want {
 		t.Fatalf("yaml images %q, want %q", got, want)
 	}
-	if job.State != cache.StateDone || job.Images[0].BytesCached == 0 || job.Images[0].BytesFetched != 0 {
+	if job.State != replicate.StateDone || job.Images[0].BytesCached == 0 || job.Images[0].BytesFetched != 0 {
 		t.Fatalf("yaml job %s; app fetched %d cached %d", job.State, job.Images[0].BytesFetched, job.Images[0].BytesCached)
 	}
 	// One tag list, the two tool tags, tool's 2 blobs of its own.
@@ -485,7 +486,7 @@ func TestPrefetchTextAndSyncYAML(t *testing.T) {
 	// An empty tag list means every tag there is.
 	p.src.Reset()
 	job = p.wait(t, p.submit(t, "application/yaml", "", "harbor-a.example.com:\n  images:\n    proj/multi: []\n"))
-	if job.State != cache.StateDone || len(job.Images) != 1 || job.Images[0].Source != "harbor-a.example.com/proj/multi:v1" {
+	if job.State != replicate.StateDone || len(job.Images) != 1 || job.Images[0].Source != "harbor-a.example.com/proj/multi:v1" {
 		t.Fatalf("all tags: %s %+v", job.State, job.Images)
 	}
 	// The list, then the amd64 child the arm64-only job left out, and its 3 blobs.
@@ -495,7 +496,7 @@ func TestPrefetchTextAndSyncYAML(t *testing.T) {
 // A large blob goes in chunks; a chunk that fails is resumed from what the
 // target holds.
 func TestPrefetchChunkedUploadResumes(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 64<<10)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 64<<10)
 	big := upstreamtest.NewBlob(upstreamtest.Random(21, 200<<10))
 	img := p.src.PushLayers(t, "proj/big", "1", []upstreamtest.Blob{big}, nil, amd64)
 	var patches atomic.Int32
@@ -507,7 +508,7 @@ func TestPrefetchChunkedUploadResumes(t *testing.T) {
 		return false
 	})
 	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/big:1"], "push_to": "harbor-b"}`))
-	if job.State != cache.StateDone {
+	if job.State != replicate.StateDone {
 		t.Fatalf("job %s: %s", job.State, job.Images[0].Error)
 	}
 	if n := p.dst.Count(http.MethodPatch, "upload"); n != 5 {
@@ -530,7 +531,7 @@ func TestPrefetchResumesAfterRestart(t *testing.T) {
 	root := t.TempDir()
 	src := upstreamtest.New(t)
 	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
-	p := newPromotionOn(t, src, dst, root, cache.Config{JobImages: 1}, "", 0)
+	p := newPromotionOn(t, src, dst, root, cache.Config{}, replicate.Config{JobImages: 1}, "", 0)
 	p.seed(t)
 	// Hold tool's manifest: by then app is done and tool's blobs are on
 	// the target.
@@ -552,9 +553,9 @@ func TestPrefetchResumesAfterRestart(t *testing.T) {
 	dst.SetHook(nil)
 	dst.Reset()
 
-	p2 := newPromotionOn(t, src, dst, root, cache.Config{}, "", 0)
+	p2 := newPromotionOn(t, src, dst, root, cache.Config{}, replicate.Config{}, "", 0)
 	job := p2.wait(t, id)
-	if job.State != cache.StateDone {
+	if job.State != replicate.StateDone {
 		t.Fatalf("resumed job %s: %+v", job.State, job.Images)
 	}
 	app, tool := job.Images[0], job.Images[1]
@@ -572,7 +573,7 @@ func TestPrefetchResumesAfterRestart(t *testing.T) {
 
 // DELETE stops a running job; it ends cancelled and stays so.
 func TestPrefetchCancel(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	reached := make(chan struct{})
 	var once sync.Once
@@ -588,12 +589,12 @@ func TestPrefetchCancel(t *testing.T) {
 	id := p.submit(t, "application/json", "", promoteAll)
 	<-reached
 	r := p.send(t, http.MethodDelete, "/api/v1/jobs/"+id, "", "")
-	var job cache.Job
-	if r.status != http.StatusOK || json.Unmarshal(r.body, &job) != nil || job.State != cache.StateCancelled {
+	var job replicate.Job
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &job) != nil || job.State != replicate.StateCancelled {
 		t.Fatalf("DELETE: %d %s", r.status, r.body)
 	}
 	rep := p.wait(t, id)
-	if rep.State != cache.StateCancelled || rep.Cancelled+rep.Done != 3 || rep.Queued+rep.Running+rep.Failed != 0 {
+	if rep.State != replicate.StateCancelled || rep.Cancelled+rep.Done != 3 || rep.Queued+rep.Running+rep.Failed != 0 {
 		t.Fatalf("after cancel: %s %+v", rep.State, rep.Tally)
 	}
 	wantError(t, p.do(t, http.MethodGet, "/api/v1/jobs/nope"), http.StatusNotFound, "JOB_UNKNOWN")
@@ -601,10 +602,10 @@ func TestPrefetchCancel(t *testing.T) {
 
 // pin: true keeps a prefetched image through eviction until it is unpinned.
 func TestPrefetchPins(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{MaxSize: 400 << 10, HighWater: 0.9, LowWater: 0.5}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{MaxSize: 400 << 10, HighWater: 0.9, LowWater: 0.5}, replicate.Config{}, "", 0)
 	p.seed(t)
 	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/app:1.0"], "pin": true}`))
-	if job.State != cache.StateDone {
+	if job.State != replicate.StateDone {
 		t.Fatalf("job %s", job.State)
 	}
 	r := p.do(t, http.MethodGet, "/api/v1/pins")
@@ -649,10 +650,10 @@ func TestPrefetchPushesWithBearerTokens(t *testing.T) {
 		w.WriteHeader(http.StatusUnauthorized)
 		return true
 	})
-	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{}, "", 0)
+	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	job := p.wait(t, p.submit(t, "application/json", "", promoteAll))
-	if job.State != cache.StateDone {
+	if job.State != replicate.StateDone {
 		for _, img := range job.Images {
 			t.Log(img.Source, img.State, img.Error)
 		}
@@ -687,7 +688,7 @@ func TestPrefetchPushesWithBearerTokens(t *testing.T) {
 
 // Finished jobs beyond KeepJobs are forgotten, oldest first.
 func TestPrefetchForgetsOldJobs(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{KeepJobs: 2}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{KeepJobs: 2}, "", 0)
 	p.seed(t)
 	var ids []string
 	for range 4 {
@@ -716,11 +717,11 @@ func TestPrefetchForgetsOldJobs(t *testing.T) {
 // Harbor do by default, refuses it: the image fails and says why, and the
 // tag never appears there.
 func TestPrefetchPlatformFilterOnACompleteIndexTarget(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/multi:v1"], "platforms": ["linux/amd64"], "push_to": "harbor-b"}`))
 	img := job.Images[0]
-	if job.State != cache.StateFailed || len(img.NotCopied) != 1 || img.NotCopied[0].Platform != "linux/arm64" {
+	if job.State != replicate.StateFailed || len(img.NotCopied) != 1 || img.NotCopied[0].Platform != "linux/arm64" {
 		t.Fatalf("job %s, not copied %+v", job.State, img.NotCopied)
 	}
 	if !strings.Contains(img.Error, "400") || !strings.Contains(img.Error, "1 children left out by the platform filter") {
@@ -739,7 +740,7 @@ func TestPrefetchPlatformFilterOnACompleteIndexTarget(t *testing.T) {
 // All jobs together copy at most JobTransfers blobs at once, leaving the
 // rest of an upstream's request slots to pulling clients.
 func TestPrefetchBoundsTransfers(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{JobTransfers: 2}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{JobTransfers: 2}, "", 0)
 	p.seed(t)
 	var mu sync.Mutex
 	inflight, peak := 0, 0
@@ -767,7 +768,7 @@ func TestPrefetchBoundsTransfers(t *testing.T) {
 		<-entered
 		release <- struct{}{}
 	}
-	if job := p.wait(t, id); job.State != cache.StateDone {
+	if job := p.wait(t, id); job.State != replicate.StateDone {
 		t.Fatalf("job %s", job.State)
 	}
 	if peak > 2 {
@@ -778,7 +779,7 @@ func TestPrefetchBoundsTransfers(t *testing.T) {
 // A job of 50,000 references is accepted and stored whole; its images are
 // read a page at a time; cancelling it accounts for every one.
 func TestPrefetchFiftyThousandReferences(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{JobImages: 1}, "t0ken", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{JobImages: 1}, "t0ken", 0)
 	p.apiAuth = "Bearer t0ken" // text and YAML bodies need a credential
 	p.seed(t)
 	const n = 50_000
@@ -788,7 +789,7 @@ func TestPrefetchFiftyThousandReferences(t *testing.T) {
 	}
 	id := p.submit(t, "text/plain", "?push_to=harbor-b", list.String())
 	r := p.do(t, http.MethodGet, "/api/v1/jobs/"+id+"/images?n=3&last=49990")
-	var page struct{ Images []cache.Image }
+	var page struct{ Images []replicate.Image }
 	if r.status != http.StatusOK || json.Unmarshal(r.body, &page) != nil || len(page.Images) != 3 ||
 		page.Images[0].Index != 49991 || page.Images[2].Target != "proj/app:t49993" {
 		t.Fatalf("page after 49990: %d %s", r.status, r.body)
@@ -797,14 +798,14 @@ func TestPrefetchFiftyThousandReferences(t *testing.T) {
 		t.Fatalf("Link %q", link)
 	}
 	r = p.send(t, http.MethodDelete, "/api/v1/jobs/"+id, "", "")
-	var job cache.Job
+	var job replicate.Job
 	if r.status != http.StatusOK || json.Unmarshal(r.body, &job) != nil {
 		t.Fatalf("cancel: %d %.300s", r.status, r.body)
 	}
-	if job.State != cache.StateCancelled || job.Images != n || job.Done+job.Cancelled != n || job.Cancelled == 0 {
+	if job.State != replicate.StateCancelled || job.Images != n || job.Done+job.Cancelled != n || job.Cancelled == 0 {
 		t.Fatalf("cancelled job: %s %+v", job.State, job.Tally)
 	}
-	if got := len(p.images(t, id, cache.StateCancelled, 0)); got != job.Cancelled {
+	if got := len(p.images(t, id, replicate.StateCancelled, 0)); got != job.Cancelled {
 		t.Fatalf("%d images read back cancelled, the record says %d", got, job.Cancelled)
 	}
 	// The list of jobs reads records only.
@@ -827,8 +828,8 @@ func TestJobFailsWhenItsStateCannotBeSaved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnvStore(t, t.TempDir(), sopts, cache.Config{JobImages: 1, Targets: map[string]cache.Target{"harbor-b": target}},
-		"", spec{name: srcHost, reg: src, def: true, ttl: time.Hour})
+	e := newEnvFull(t, t.TempDir(), sopts, cache.Config{}, replicate.Config{JobImages: 1, Targets: map[string]replicate.Target{"harbor-b": target}}, "", nil,
+		spec{name: srcHost, reg: src, def: true, ttl: time.Hour})
 	p := &promotion{env: e, src: src, dst: dst}
 	p.seed(t)
 	// The disk fills while the second image's manifest goes to the target.
@@ -846,11 +847,11 @@ func TestJobFailsWhenItsStateCannotBeSaved(t *testing.T) {
 	free.Store(1 << 20) // under half the index's reserve
 	close(release)
 	r := p.send(t, http.MethodGet, "/api/v1/jobs/"+id+"?wait=1m", "", "")
-	var job cache.Job
+	var job replicate.Job
 	if r.status != http.StatusOK || json.Unmarshal(r.body, &job) != nil {
 		t.Fatalf("job: %d %s", r.status, r.body)
 	}
-	if job.State != cache.StateFailed || !strings.Contains(job.Error, "could not be saved") || job.Finished == nil {
+	if job.State != replicate.StateFailed || !strings.Contains(job.Error, "could not be saved") || job.Finished == nil {
 		t.Fatalf("job %s, error %q", job.State, job.Error)
 	}
 	if job.Done+job.Failed+job.Cancelled != 3 || job.Done > 2 || job.Failed == 0 {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
 )
 
 // Route tells the proxy which requests an upstream serves.
@@ -36,6 +37,8 @@ type Config struct {
 	// loopback clients only.
 	Auth     *auth.Auth
 	APIToken string // only read when Auth is nil
+	// Jobs runs the prefetch jobs of /api/v1 (required).
+	Jobs *replicate.Jobs
 }
 
 type proxy struct {
@@ -46,6 +49,7 @@ type proxy struct {
 	dockerHub map[string]bool  // upstreams whose one-part names get library/
 	log       *slog.Logger
 	metrics   *metrics
+	jobs      *replicate.Jobs
 	auth      *auth.Auth
 	// apiCredentials: the API can check credentials, so an anonymous
 	// caller is asked for them (401) rather than told it must be on loopback.
@@ -54,9 +58,12 @@ type proxy struct {
 
 // New returns the HTTP handler for the registry API, /healthz and /metrics.
 func New(c *cache.Cache, cfg Config) (http.Handler, error) {
-	p := &proxy{cache: c, routes: map[string]Route{}, dockerHub: map[string]bool{}, log: cfg.Logger, auth: cfg.Auth}
+	p := &proxy{cache: c, routes: map[string]Route{}, dockerHub: map[string]bool{}, log: cfg.Logger, auth: cfg.Auth, jobs: cfg.Jobs}
 	if p.log == nil {
 		p.log = slog.Default()
+	}
+	if p.jobs == nil {
+		return nil, errors.New("proxy: Config.Jobs is required")
 	}
 	if p.auth == nil {
 		a, err := auth.New(auth.Config{Anonymous: []string{"*/*"}, Loopback: true, LoopbackAPI: cfg.APIToken == "", APIToken: cfg.APIToken, Logger: p.log})

@@ -22,6 +22,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
 )
 
 // The client side of the /api/v1 prefetch API: wharf prefetch and wharf jobs.
@@ -201,7 +202,7 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx := context.Background()
 	if len(ids) == 0 {
-		var list struct{ Jobs []cache.Job }
+		var list struct{ Jobs []replicate.Job }
 		if err := c.call(ctx, http.MethodGet, "/api/v1/jobs", "", nil, &list); err != nil {
 			return err
 		}
@@ -219,16 +220,16 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	if *cancel {
 		method = http.MethodDelete
 	}
-	var job cache.Job
+	var job replicate.Job
 	if err := c.call(ctx, method, "/api/v1/jobs/"+url.PathEscape(ids[0]), "", nil, &job); err != nil {
 		return err
 	}
 	state := ""
 	if *failed {
-		state = cache.StateFailed
+		state = replicate.StateFailed
 	}
-	var images []cache.Image
-	err = c.eachImage(ctx, job.ID, state, func(img cache.Image) {
+	var images []replicate.Image
+	err = c.eachImage(ctx, job.ID, state, func(img replicate.Image) {
 		if *output == "json" {
 			images = append(images, img)
 		} else {
@@ -240,7 +241,7 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	if *output == "json" {
 		if images == nil {
-			images = []cache.Image{}
+			images = []replicate.Image{}
 		}
 		return writeJob(stdout, map[string]any{"job": job, "images": images})
 	}
@@ -250,7 +251,7 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 
 // images reads one page of a job's images after index last (-1: from the
 // first), only those in state if it is set; more says another page follows.
-func (c *apiClient) images(ctx context.Context, id, state string, last, n int) (page []cache.Image, more bool, err error) {
+func (c *apiClient) images(ctx context.Context, id, state string, last, n int) (page []replicate.Image, more bool, err error) {
 	q := url.Values{"n": {strconv.Itoa(n)}}
 	if last >= 0 {
 		q.Set("last", strconv.Itoa(last))
@@ -258,17 +259,17 @@ func (c *apiClient) images(ctx context.Context, id, state string, last, n int) (
 	if state != "" {
 		q.Set("state", state)
 	}
-	var doc struct{ Images []cache.Image }
+	var doc struct{ Images []replicate.Image }
 	hdr, err := c.callHeader(ctx, http.MethodGet, "/api/v1/jobs/"+url.PathEscape(id)+"/images?"+q.Encode(), &doc)
 	return doc.Images, strings.Contains(hdr.Get("Link"), `rel="next"`), err
 }
 
 // eachImage calls fn with every image of a job (in state, if set), a page
 // at a time.
-func (c *apiClient) eachImage(ctx context.Context, id, state string, fn func(cache.Image)) error {
+func (c *apiClient) eachImage(ctx context.Context, id, state string, fn func(replicate.Image)) error {
 	last := -1
 	for {
-		page, more, err := c.images(ctx, id, state, last, cache.MaxImagesPage)
+		page, more, err := c.images(ctx, id, state, last, replicate.MaxImagesPage)
 		if err != nil {
 			return err
 		}

@@ -21,7 +21,8 @@ func TestImportGraph(t *testing.T) {
 		"route":                 {},
 		"auth":                  {"route"},
 		"cache":                 {"storage", "route"},
-		"proxy":                 {"cache", "auth"},
+		"replicate":             {"cache", "storage"},
+		"proxy":                 {"cache", "auth", "replicate"},
 	}
 	for pkg, ok := range allowed {
 		p, err := build.Default.ImportDir(filepath.Join("..", "..", pkg), 0)

@@ -23,6 +23,7 @@ import (
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/proxy"
+	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream"
 )
@@ -138,8 +139,12 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		return err
 	}
 	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg, Logger: log, Pins: cfg.Pins,
-		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark,
-		Targets: targets, JobImages: cfg.Prefetch.Concurrency, JobTransfers: cfg.Prefetch.Transfers})
+		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark})
+	if err != nil {
+		return err
+	}
+	jobs, err := replicate.New(c, store, replicate.Config{Targets: targets, JobImages: cfg.Prefetch.Concurrency,
+		JobTransfers: cfg.Prefetch.Transfers, Registerer: reg, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -148,7 +153,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		return err
 	}
 	cfg.logAccess(log)
-	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, Auth: access})
+	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, Auth: access, Jobs: jobs})
 	if err != nil {
 		return err
 	}
@@ -183,7 +188,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	}
 	// Interrupted prefetch jobs go on; resumed before the first request,
 	// so that nobody sees a resumed job as anything but running.
-	if err := c.ResumeJobs(); err != nil {
+	if err := jobs.Resume(); err != nil {
 		log.Error("prefetch jobs not resumed", "error", err)
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "tls", tlsConf != nil, "version", versionString(), "root", cfg.Storage.Root)
@@ -207,13 +212,14 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		srv.Close()
 		log.Warn("shutdown grace period ended with requests in flight", "error", err)
 	}
-	c.Close(sctx) // jobs stop, fills finish within the same grace, then the index closes
+	jobs.Close()  // jobs stop where they are, to be resumed at the next start
+	c.Close(sctx) // fills finish within the grace, then the index closes
 	return serveErr
 }
 
 // remotes builds a client per upstream and per target: the cache's
 // upstreams, the proxy's routes and the jobs' push targets.
-func remotes(cfg *fileConfig, um *upstream.Metrics, log *slog.Logger) (ups []cache.Upstream, routes []proxy.Route, targets map[string]cache.Target, err error) {
+func remotes(cfg *fileConfig, um *upstream.Metrics, log *slog.Logger) (ups []cache.Upstream, routes []proxy.Route, targets map[string]replicate.Target, err error) {
 	for _, u := range cfg.Upstreams {
 		client, err := u.client(um, 0, log)
 		if err != nil {
@@ -225,7 +231,7 @@ func remotes(cfg *fileConfig, um *upstream.Metrics, log *slog.Logger) (ups []cac
 		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default,
 			Status: func() any { return client.Health() }})
 	}
-	targets = map[string]cache.Target{}
+	targets = map[string]replicate.Target{}
 	for _, t := range cfg.Targets {
 		client, err := t.client(um, t.chunkBytes, log)
 		if err != nil {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
-	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
 )
 
 // wharf prefetch: submit a job and follow it.
@@ -57,7 +57,7 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 		path += "?" + q.Encode()
 	}
 	ctx := context.Background()
-	var job cache.Job
+	var job replicate.Job
 	if err := c.call(ctx, http.MethodPost, path, contentType, body, &job); err != nil {
 		return err
 	}
@@ -79,7 +79,7 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 			return err
 		}
 	}
-	if job.State != cache.StateDone {
+	if job.State != replicate.StateDone {
 		return fmt.Errorf("job %s ended %s", job.ID, job.State)
 	}
 	return nil
@@ -158,12 +158,12 @@ func writeJob(w io.Writer, job any) error {
 // image, in the job's order, and on a terminal a bar per running image and
 // the overall bytes, redrawn in place below them. It reads the job's
 // record and a page or two of images per poll, whatever the job's size.
-func follow(ctx context.Context, c *apiClient, job cache.Job, w io.Writer, tty bool) (cache.Job, error) {
+func follow(ctx context.Context, c *apiClient, job replicate.Job, w io.Writer, tty bool) (replicate.Job, error) {
 	reported := -1 // index of the last image reported: all before it are too
 	drawn := 0
 	for {
 		var err error
-		var next cache.Job
+		var next replicate.Job
 		for attempt := 0; ; attempt++ {
 			err = c.call(ctx, http.MethodGet, "/api/v1/jobs/"+job.ID+"?wait=1s", "", nil, &next)
 			if err == nil || attempt == 5 {
@@ -187,7 +187,7 @@ func follow(ctx context.Context, c *apiClient, job cache.Job, w io.Writer, tty b
 			return job, nil
 		}
 		if tty {
-			running, _, err := c.images(ctx, job.ID, cache.StateRunning, -1, 50)
+			running, _, err := c.images(ctx, job.ID, replicate.StateRunning, -1, 50)
 			if err != nil {
 				return job, err
 			}
@@ -219,12 +219,12 @@ func reportFinished(ctx context.Context, c *apiClient, id string, last int, w io
 }
 
 func finished(state string) bool {
-	return state == cache.StateDone || state == cache.StateFailed || state == cache.StateCancelled
+	return state == replicate.StateDone || state == replicate.StateFailed || state == replicate.StateCancelled
 }
 
 // drawBars writes a bar per running image and a line of overall bytes, and
 // returns how many lines it wrote.
-func drawBars(w io.Writer, job cache.Job, running []cache.Image) int {
+func drawBars(w io.Writer, job replicate.Job, running []replicate.Image) int {
 	const width = 30
 	for _, img := range running {
 		frac := 0.0
@@ -240,7 +240,7 @@ func drawBars(w io.Writer, job cache.Job, running []cache.Image) int {
 	return len(running) + 1
 }
 
-func imageLine(img cache.Image) string {
+func imageLine(img replicate.Image) string {
 	s := fmt.Sprintf("%-9s %s", img.State, img.Source)
 	if img.Target != "" {
 		s += " -> " + img.Target
@@ -259,7 +259,7 @@ func imageLine(img cache.Image) string {
 	return s
 }
 
-func summary(job cache.Job) string {
+func summary(job replicate.Job) string {
 	s := fmt.Sprintf("job %s %s: %d of %d images done", job.ID, job.State, job.Done, job.Images)
 	if job.Failed > 0 {
 		s += fmt.Sprintf(", %d failed", job.Failed)

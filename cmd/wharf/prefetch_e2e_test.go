@@ -16,7 +16,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
@@ -83,8 +83,8 @@ func TestPrefetchPromotesWithCLI(t *testing.T) {
 	if err != nil {
 		t.Fatalf("wharf prefetch --wait: %v\n%s", err, stderr)
 	}
-	var job cache.Job
-	if err := json.Unmarshal([]byte(out), &job); err != nil || job.State != cache.StateDone {
+	var job replicate.Job
+	if err := json.Unmarshal([]byte(out), &job); err != nil || job.State != replicate.StateDone {
 		t.Fatalf("final job: %v %s", err, out)
 	}
 	for _, want := range []string{"done      harbor-a.example.com/proj/app:1.0 -> proj-b/app:1.0 " + app.Manifest.Digest.String(),
@@ -184,12 +184,12 @@ func TestPrefetchJobSurvivesKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var job cache.Job
-	if err := json.NewDecoder(resp.Body).Decode(&job); err != nil || job.State != cache.StateDone {
+	var job replicate.Job
+	if err := json.NewDecoder(resp.Body).Decode(&job); err != nil || job.State != replicate.StateDone {
 		t.Fatalf("resumed job: %v %+v", err, job)
 	}
 	out, stderr, err = wharf(t, "jobs", "--server", "http://"+w.addr, "--token-file", token, "--output", "json", id)
-	var shown struct{ Images []cache.Image }
+	var shown struct{ Images []replicate.Image }
 	if err != nil || json.Unmarshal([]byte(out), &shown) != nil || len(shown.Images) != 2 {
 		t.Fatalf("wharf jobs %s: %v %s%s", id, err, out, stderr)
 	}

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
@@ -61,7 +61,7 @@ prefetch:
 }
 
 // job reads a job's record through the API, waiting up to wait for its end.
-func (j *largeJob) job(t *testing.T, addr, id, wait string) cache.Job {
+func (j *largeJob) job(t *testing.T, addr, id, wait string) replicate.Job {
 	t.Helper()
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+addr+"/api/v1/jobs/"+id+"?wait="+wait, nil)
 	req.Header.Set("Authorization", "Bearer large-token-0123456789")
@@ -70,7 +70,7 @@ func (j *largeJob) job(t *testing.T, addr, id, wait string) cache.Job {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var job cache.Job
+	var job replicate.Job
 	if err := json.NewDecoder(resp.Body).Decode(&job); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("job %s: %d %v", id, resp.StatusCode, err)
 	}
@@ -78,7 +78,7 @@ func (j *largeJob) job(t *testing.T, addr, id, wait string) cache.Job {
 }
 
 // exact asserts a finished job of n images ended state, every image counted.
-func exact(t *testing.T, job cache.Job, state string, n int) {
+func exact(t *testing.T, job replicate.Job, state string, n int) {
 	t.Helper()
 	if job.State != state || job.Finished == nil || job.Images != n ||
 		job.Done+job.Failed+job.Cancelled != n || job.Queued+job.Running != 0 || job.Error != "" {
@@ -96,11 +96,11 @@ func TestPrefetchTenThousandImages(t *testing.T) {
 	if err != nil {
 		t.Fatalf("prefetch --wait: %v\n%.2000s", err, stderr)
 	}
-	var job cache.Job
+	var job replicate.Job
 	if err := json.Unmarshal([]byte(out), &job); err != nil {
 		t.Fatal(err)
 	}
-	exact(t, job, cache.StateDone, n)
+	exact(t, job, replicate.StateDone, n)
 	if job.Done != n || strings.Count(stderr, "\ndone      ") != n {
 		t.Fatalf("%d done; %d image lines", job.Done, strings.Count(stderr, "\ndone      "))
 	}
@@ -139,7 +139,7 @@ func TestPrefetchTenThousandImagesSurviveKill(t *testing.T) {
 
 	w = startWharf(t, j.cfg)
 	job := j.job(t, w.addr, id, "5m")
-	exact(t, job, cache.StateDone, n)
+	exact(t, job, replicate.StateDone, n)
 	resp, body := j.dst.Get(t, http.MethodGet, "/v2/proj-b/app/tags/list?n=20000")
 	var tags struct{ Tags []string }
 	if err := json.Unmarshal(body, &tags); err != nil || resp.StatusCode != http.StatusOK || len(tags.Tags) != n {
@@ -172,13 +172,13 @@ func TestPrefetchFiftyThousandImagesCancel(t *testing.T) {
 	}
 	out, stderr, err = wharf(t, "jobs", "--server", "http://"+w.addr, "--token-file", j.token, "--cancel", "--output", "json", id)
 	var shown struct {
-		Job    cache.Job
-		Images []cache.Image
+		Job    replicate.Job
+		Images []replicate.Image
 	}
 	if err != nil || json.Unmarshal([]byte(out), &shown) != nil {
 		t.Fatalf("cancel: %v %.500s %s", err, out, stderr)
 	}
-	exact(t, shown.Job, cache.StateCancelled, n)
+	exact(t, shown.Job, replicate.StateCancelled, n)
 	if len(shown.Images) != n || shown.Job.Cancelled == 0 || shown.Job.Done < 100 {
 		t.Fatalf("cancelled job shows %d images, %d cancelled", len(shown.Images), shown.Job.Cancelled)
 	}
@@ -186,10 +186,10 @@ func TestPrefetchFiftyThousandImagesCancel(t *testing.T) {
 	for _, img := range shown.Images {
 		counts[img.State]++
 	}
-	if counts[cache.StateDone] != shown.Job.Done || counts[cache.StateCancelled] != shown.Job.Cancelled {
+	if counts[replicate.StateDone] != shown.Job.Done || counts[replicate.StateCancelled] != shown.Job.Cancelled {
 		t.Fatalf("images %v, record %+v", counts, shown.Job.Tally)
 	}
 	w.kill(t)
 	w = startWharf(t, j.cfg)
-	exact(t, j.job(t, w.addr, id, "0s"), cache.StateCancelled, n)
+	exact(t, j.job(t, w.addr, id, "0s"), replicate.StateCancelled, n)
 }

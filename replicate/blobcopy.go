@@ -1,4 +1,4 @@
-package cache
+package replicate
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 
 // blobCopy is one blob of one image of a job on its way.
 type blobCopy struct {
-	c        *Cache
+	c        *Jobs
 	r        *run
 	img      *Image
 	desc     ocispec.Descriptor
@@ -25,7 +25,7 @@ type blobCopy struct {
 // transferBlob makes sure one blob is cached and, with a target, on the
 // target: skipped if there, mounted if the target holds it elsewhere,
 // uploaded from the cache otherwise (which fills it once on a miss).
-func (c *Cache) transferBlob(ctx context.Context, r *run, img *Image, desc ocispec.Descriptor) error {
+func (c *Jobs) transferBlob(ctx context.Context, r *run, img *Image, desc ocispec.Descriptor) error {
 	select {
 	case c.transfers <- struct{}{}:
 		defer func() { <-c.transfers }()
@@ -83,7 +83,7 @@ func (bc *blobCopy) fetched() {
 
 // open reads the blob through the cache from offset on, counting progress.
 func (bc *blobCopy) open(ctx context.Context, offset int64) (io.ReadCloser, error) {
-	blob, err := bc.c.Blob(ctx, bc.img.Upstream, bc.img.Repository, bc.desc.Digest)
+	blob, err := bc.c.cache.Blob(ctx, bc.img.Upstream, bc.img.Repository, bc.desc.Digest)
 	if err != nil {
 		return nil, err
 	}

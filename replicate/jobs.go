@@ -1,4 +1,4 @@
-package cache
+package replicate
 
 import (
 	"cmp"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/storage"
 )
 
@@ -56,7 +57,7 @@ type JobSpec struct {
 var ErrJobNotSaved = errors.New("job state could not be saved")
 
 // Job is a job's report without its images, which are read a page at a
-// time (Cache.JobImages): it is what the API answers for a job and what
+// time (Jobs.Images): it is what the API answers for a job and what
 // the index keeps as the job's record, whatever the number of images.
 type Job struct {
 	ID        string     `json:"id"`
@@ -147,13 +148,13 @@ type SkippedChild struct {
 }
 
 // HasTarget reports whether jobs may push to a target of that name.
-func (c *Cache) HasTarget(name string) bool { _, ok := c.targets[name]; return ok }
+func (c *Jobs) HasTarget(name string) bool { _, ok := c.targets[name]; return ok }
 
 // Submit accepts a job, stores it whole and starts it. It fails for a job
 // that names something not configured (the proxy has checked everything
 // else) and, with ErrJobNotSaved, when the index cannot take it: then
 // nothing starts.
-func (c *Cache) Submit(spec JobSpec) (Job, error) {
+func (c *Jobs) Submit(spec JobSpec) (Job, error) {
 	if len(spec.Images) == 0 {
 		return Job{}, errors.New("a job needs at least one image")
 	}
@@ -162,7 +163,7 @@ func (c *Cache) Submit(spec JobSpec) (Job, error) {
 	}
 	if spec.PushTo != "" {
 		if _, ok := c.targets[spec.PushTo]; !ok {
-			return Job{}, fmt.Errorf("%w: no push target %q", ErrUnknown, spec.PushTo)
+			return Job{}, fmt.Errorf("%w: no push target %q", cache.ErrUnknown, spec.PushTo)
 		}
 	}
 	var rnd [4]byte
@@ -182,8 +183,8 @@ func (c *Cache) Submit(spec JobSpec) (Job, error) {
 	}
 	images := make([]*Image, 0, len(spec.Images))
 	for i, ref := range spec.Images {
-		if _, err := c.upstream(ref.Upstream); err != nil {
-			return Job{}, err
+		if !c.cache.HasUpstream(ref.Upstream) {
+			return Job{}, fmt.Errorf("%w %q", cache.ErrUnknown, ref.Upstream)
 		}
 		img := &Image{Index: i, Source: ref.Source, Upstream: ref.Upstream, Repository: ref.Repo, Reference: ref.Ref, Tag: ref.Tag, State: StateQueued}
 		if spec.PushTo != "" {
@@ -214,9 +215,9 @@ func targetRef(repo, ref string) string {
 	return repo + ":" + ref
 }
 
-// WaitJob returns the report of job id once it has finished, or as it
+// Wait returns the report of job id once it has finished, or as it
 // stands when ctx ends.
-func (c *Cache) WaitJob(ctx context.Context, id string) (Job, error) {
+func (c *Jobs) Wait(ctx context.Context, id string) (Job, error) {
 	c.mu.Lock()
 	r, ok := c.jobs[id]
 	c.mu.Unlock()
@@ -230,10 +231,10 @@ func (c *Cache) WaitJob(ctx context.Context, id string) (Job, error) {
 	return c.Job(id)
 }
 
-// CancelJob stops job id and returns its final report once it has stopped
+// Cancel stops job id and returns its final report once it has stopped
 // (or ctx ends). The request is saved first, so a restart finishes it.
 // Cancelling a finished job changes nothing.
-func (c *Cache) CancelJob(ctx context.Context, id string) (Job, error) {
+func (c *Jobs) Cancel(ctx context.Context, id string) (Job, error) {
 	c.mu.Lock()
 	r, ok := c.jobs[id]
 	c.mu.Unlock()

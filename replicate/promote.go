@@ -1,4 +1,4 @@
-package cache
+package replicate
 
 import (
 	"cmp"
@@ -14,6 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/storage"
 )
 
@@ -82,9 +83,6 @@ func wanted(filter []Platform, p *ocispec.Platform) bool {
 	return false
 }
 
-// maxDepth bounds how deep indexes may nest in one image.
-const maxDepth = 4
-
 // manifestNode is a manifest to push, with its exact bytes.
 type manifestNode struct {
 	desc ocispec.Descriptor
@@ -93,7 +91,7 @@ type manifestNode struct {
 
 // promote makes sure img is cached whole and, with a push target, copies
 // it there: blobs first, then child manifests, then the tagged root.
-func (c *Cache) promote(ctx context.Context, r *run, img *Image) error {
+func (c *Jobs) promote(ctx context.Context, r *run, img *Image) error {
 	desc, body, err := c.manifest(ctx, img, img.Reference)
 	if err != nil {
 		return err
@@ -140,9 +138,9 @@ type plan struct {
 
 // manifest fetches ref of img through the cache, retrying transient
 // failures.
-func (c *Cache) manifest(ctx context.Context, img *Image, ref string) (desc ocispec.Descriptor, body []byte, err error) {
+func (c *Jobs) manifest(ctx context.Context, img *Image, ref string) (desc ocispec.Descriptor, body []byte, err error) {
 	err = c.retry(ctx, func() (err error) {
-		desc, body, err = c.Manifest(ctx, img.Upstream, img.Repository, ref)
+		desc, body, err = c.cache.Manifest(ctx, img.Upstream, img.Repository, ref)
 		return err
 	})
 	if err != nil && ref != img.Reference {
@@ -156,8 +154,8 @@ func (c *Cache) manifest(ctx context.Context, img *Image, ref string) (desc ocis
 
 // walk adds a manifest, and for an index the children the platform filter
 // lets through, to p; the children it leaves out are noted on img.
-func (c *Cache) walk(ctx context.Context, r *run, img *Image, p *plan, desc ocispec.Descriptor, body []byte, depth int) error {
-	m := parseManifest(body)
+func (c *Jobs) walk(ctx context.Context, r *run, img *Image, p *plan, desc ocispec.Descriptor, body []byte, depth int) error {
+	m := cache.ParseManifest(body)
 	for _, child := range m.Manifests {
 		if !wanted(r.platforms, child.Platform) {
 			sc := SkippedChild{Digest: child.Digest}
@@ -167,8 +165,8 @@ func (c *Cache) walk(ctx context.Context, r *run, img *Image, p *plan, desc ocis
 			r.change(img, func(img *Image) { img.NotCopied = append(img.NotCopied, sc) })
 			continue
 		}
-		if depth >= maxDepth {
-			return fmt.Errorf("%w: indexes nested deeper than %d", ErrBadUpstream, maxDepth)
+		if depth >= cache.MaxIndexDepth {
+			return fmt.Errorf("%w: indexes nested deeper than %d", cache.ErrBadUpstream, cache.MaxIndexDepth)
 		}
 		cdesc, cbody, err := c.manifest(ctx, img, child.Digest.String())
 		if err != nil {
@@ -196,7 +194,7 @@ func (c *Cache) walk(ctx context.Context, r *run, img *Image, p *plan, desc ocis
 // pushManifests puts the image's manifests on the target, children first
 // and the root, under its tag, last: the target never holds a tag whose
 // content is missing. Manifests already there are not sent again.
-func (c *Cache) pushManifests(ctx context.Context, r *run, img *Image, nodes []manifestNode) error {
+func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []manifestNode) error {
 	if r.job.PushTo == "" {
 		return nil
 	}
@@ -233,7 +231,7 @@ const (
 )
 
 // retry runs fn until it succeeds, fails for good, or runs out of attempts.
-func (c *Cache) retry(ctx context.Context, fn func() error) error {
+func (c *Jobs) retry(ctx context.Context, fn func() error) error {
 	wait := c.retryBackoff
 	for attempt := 1; ; attempt++ {
 		err := fn()
@@ -260,10 +258,10 @@ func (c *Cache) retry(ctx context.Context, fn func() error) error {
 // failed on its side. "Not found", "denied" and bad content are final.
 func transient(err error) bool {
 	switch {
-	case errors.Is(err, context.Canceled), errors.Is(err, ErrNotFound), errors.Is(err, ErrDenied),
-		errors.Is(err, ErrRejected), errors.Is(err, ErrBadUpstream):
+	case errors.Is(err, context.Canceled), errors.Is(err, cache.ErrNotFound), errors.Is(err, cache.ErrDenied),
+		errors.Is(err, cache.ErrRejected), errors.Is(err, cache.ErrBadUpstream):
 		return false
-	case errors.Is(err, ErrUnavailable):
+	case errors.Is(err, cache.ErrUnavailable):
 		return true
 	}
 	var sc interface{ StatusCode() int }

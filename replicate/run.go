@@ -1,4 +1,4 @@
-package cache
+package replicate
 
 import (
 	"cmp"
@@ -36,7 +36,7 @@ func newRun(job Job, images []*Image) (r *run, ctx context.Context) {
 }
 
 // startJob runs r, whose records are saved, on ctx.
-func (c *Cache) startJob(ctx context.Context, r *run) {
+func (c *Jobs) startJob(ctx context.Context, r *run) {
 	c.mu.Lock()
 	c.jobs[r.job.ID] = r
 	c.jobsRunning.Add(1)
@@ -49,7 +49,7 @@ func (c *Cache) startJob(ctx context.Context, r *run) {
 
 // runJob copies the job's images, a few at a time, and settles its state.
 // On shutdown it leaves the job as it stands, to be resumed.
-func (c *Cache) runJob(ctx context.Context, r *run) {
+func (c *Jobs) runJob(ctx context.Context, r *run) {
 	defer c.jobsRunning.Done()
 	defer close(r.done)
 	defer r.cancel()
@@ -94,7 +94,7 @@ func (c *Cache) runJob(ctx context.Context, r *run) {
 // failed with the job's own failure), the job's state follows, and all of
 // it is saved. A job whose final state cannot be saved stays in memory,
 // failed, so that the API still shows it until the next start resumes it.
-func (c *Cache) settle(r *run) {
+func (c *Jobs) settle(r *run) {
 	fail := r.failure()
 	for _, img := range r.images {
 		r.change(img, func(img *Image) {
@@ -131,7 +131,7 @@ func (c *Cache) settle(r *run) {
 }
 
 // forget drops a job whose record says all there is to say.
-func (c *Cache) forget(r *run) {
+func (c *Jobs) forget(r *run) {
 	c.mu.Lock()
 	delete(c.jobs, r.job.ID)
 	c.mu.Unlock()
@@ -151,7 +151,7 @@ func settledState(t Tally, images int) string {
 }
 
 // copyImage runs one image and records how it ended.
-func (c *Cache) copyImage(ctx context.Context, r *run, img *Image) {
+func (c *Jobs) copyImage(ctx context.Context, r *run, img *Image) {
 	start := c.now().UTC()
 	r.change(img, func(img *Image) {
 		img.State, img.Started, img.Finished, img.Error = StateRunning, &start, nil, ""
@@ -261,16 +261,4 @@ func (r *run) sawOnTarget(repo string, dgst digest.Digest) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.onTarget[repo+"@"+dgst.String()] = true
-}
-
-// stopJobs interrupts every job, leaving each saved as it stood so that
-// ResumeJobs picks it up, and waits for them to stop.
-func (c *Cache) stopJobs() {
-	c.closing.Store(true)
-	c.mu.Lock()
-	for _, r := range c.jobs {
-		r.cancel()
-	}
-	c.mu.Unlock()
-	c.jobsRunning.Wait()
 }

@@ -1,4 +1,4 @@
-package cache
+package replicate
 
 import (
 	"cmp"
@@ -15,12 +15,12 @@ import (
 // and one per image, written as the job goes and read back a page at a
 // time, or whole when a job resumes.
 
-// ResumeJobs restarts every job the index holds as queued or running: the
+// Resume restarts every job the index holds as queued or running: the
 // ones a shutdown or a crash interrupted. Images already done stay done;
 // the others start over, and blobs already on the target are skipped. A
 // job whose records cannot be read whole is failed, with the reason,
 // never run with part of its images.
-func (c *Cache) ResumeJobs() error {
+func (c *Jobs) Resume() error {
 	if err := c.store.SweepJobImages(); err != nil {
 		c.log.Warn("leftover prefetch image records not removed", "error", err)
 	}
@@ -46,7 +46,7 @@ func (c *Cache) ResumeJobs() error {
 }
 
 // resume reads a job's images back and starts it again.
-func (c *Cache) resume(job Job) error {
+func (c *Jobs) resume(job Job) error {
 	var images []*Image
 	var bad error
 	err := c.store.JobImages(job.ID, -1, func(i int, doc []byte) bool {
@@ -94,7 +94,7 @@ func (c *Cache) resume(job Job) error {
 }
 
 // persist writes the job's record and those of imgs to the index.
-func (c *Cache) persist(r *run, imgs ...*Image) error {
+func (c *Jobs) persist(r *run, imgs ...*Image) error {
 	r.mu.Lock()
 	doc, err := json.Marshal(r.job)
 	docs := make(map[int][]byte, len(imgs))
@@ -114,7 +114,7 @@ func (c *Cache) persist(r *run, imgs ...*Image) error {
 // written stops and fails, with the reason as its error and in
 // wharf_prefetch_job_save_failures_total: it must never go on doing work
 // its record does not show.
-func (c *Cache) save(r *run, imgs ...*Image) {
+func (c *Jobs) save(r *run, imgs ...*Image) {
 	err := c.persist(r, imgs...)
 	if err == nil {
 		return
@@ -131,7 +131,7 @@ func (c *Cache) save(r *run, imgs ...*Image) {
 }
 
 // Job returns the report of job id.
-func (c *Cache) Job(id string) (Job, error) {
+func (c *Jobs) Job(id string) (Job, error) {
 	c.mu.Lock()
 	r, ok := c.jobs[id]
 	c.mu.Unlock()
@@ -149,13 +149,13 @@ func (c *Cache) Job(id string) (Job, error) {
 	return job, json.Unmarshal(doc, &job)
 }
 
-// MaxImagesPage bounds a page of JobImages.
+// MaxImagesPage bounds a page of Images.
 const MaxImagesPage = 1000
 
-// JobImages returns up to n images of job id (at most MaxImagesPage) after
+// Images returns up to n images of job id (at most MaxImagesPage) after
 // index after (-1: from the first), those in one of states if any are
 // given, and whether more may follow.
-func (c *Cache) JobImages(id string, states []string, after, n int) ([]Image, bool, error) {
+func (c *Jobs) Images(id string, states []string, after, n int) ([]Image, bool, error) {
 	n = min(max(n, 1), MaxImagesPage)
 	var page []Image
 	more := false
@@ -200,9 +200,9 @@ func (c *Cache) JobImages(id string, states []string, after, n int) ([]Image, bo
 	return page, more, cmp.Or(err, bad)
 }
 
-// Jobs returns every job's report, oldest first. It reads the jobs'
+// List returns every job's report, oldest first. It reads the jobs'
 // records only, never their images.
-func (c *Cache) Jobs() ([]Job, error) {
+func (c *Jobs) List() ([]Job, error) {
 	docs, err := c.store.Jobs()
 	if err != nil {
 		return nil, err
@@ -226,7 +226,7 @@ func (c *Cache) Jobs() ([]Job, error) {
 }
 
 // prune forgets the oldest finished jobs beyond Config.KeepJobs.
-func (c *Cache) prune() {
+func (c *Jobs) prune() {
 	docs, err := c.store.Jobs()
 	if err != nil {
 		return
