@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -30,57 +29,6 @@ type Target interface {
 	PushBlob(ctx context.Context, repo string, desc ocispec.Descriptor, from string, open func(offset int64) (io.ReadCloser, error)) (mounted bool, err error)
 	// PushManifest puts body under ref (a tag or its digest).
 	PushManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error
-}
-
-// Platform selects the children of an index a job copies.
-type Platform struct{ OS, Architecture, Variant string }
-
-// ParsePlatform reads "os/arch" or "os/arch/variant".
-func ParsePlatform(s string) (Platform, error) {
-	parts := strings.Split(s, "/")
-	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
-		return Platform{}, fmt.Errorf("platform %q: want os/arch or os/arch/variant", s)
-	}
-	p := Platform{OS: parts[0], Architecture: parts[1]}
-	if len(parts) == 3 {
-		p.Variant = parts[2]
-	}
-	return p, nil
-}
-
-func (p Platform) String() string {
-	if p.Variant != "" {
-		return p.OS + "/" + p.Architecture + "/" + p.Variant
-	}
-	return p.OS + "/" + p.Architecture
-}
-
-func parsePlatforms(ss []string) []Platform {
-	var ps []Platform
-	for _, s := range ss {
-		if p, err := ParsePlatform(s); err == nil {
-			ps = append(ps, p)
-		}
-	}
-	return ps
-}
-
-// wanted reports whether a child of an index is copied: every child
-// without a filter, else one whose platform matches an entry (an entry
-// without a variant matches every variant).
-func wanted(filter []Platform, p *ocispec.Platform) bool {
-	if len(filter) == 0 {
-		return true
-	}
-	if p == nil {
-		return false
-	}
-	for _, f := range filter {
-		if f.OS == p.OS && f.Architecture == p.Architecture && (f.Variant == "" || f.Variant == p.Variant) {
-			return true
-		}
-	}
-	return false
 }
 
 // manifestNode is a manifest to push, with its exact bytes.
@@ -158,10 +106,7 @@ func (c *Jobs) walk(ctx context.Context, r *run, img *Image, p *plan, desc ocisp
 	m := cache.ParseManifest(body)
 	for _, child := range m.Manifests {
 		if !wanted(r.platforms, child.Platform) {
-			sc := SkippedChild{Digest: child.Digest}
-			if pl := child.Platform; pl != nil {
-				sc.Platform = Platform{pl.OS, pl.Architecture, pl.Variant}.String()
-			}
+			sc := SkippedChild{Digest: child.Digest, Platform: platformString(child.Platform)}
 			r.change(img, func(img *Image) { img.NotCopied = append(img.NotCopied, sc) })
 			continue
 		}
