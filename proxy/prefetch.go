@@ -11,7 +11,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/route"
 )
 
 // maxPrefetchBody bounds a prefetch request: room for a hundred thousand
@@ -214,7 +214,8 @@ type syncRegistry struct {
 }
 
 // syncList expands a skopeo sync YAML file into references: listed tags
-// and digests as they are, an empty list as every tag, a regexp as the tags
+// and digests as they are, an empty list as every tag, a regexp
+// (images-by-tag-regex) or a semver range (images-by-semver) as the tags
 // it matches now upstream.
 func (p *proxy) syncList(ctx context.Context, body []byte) ([]string, error) {
 	var doc map[string]syncRegistry
@@ -250,28 +251,32 @@ func (p *proxy) syncList(ctx context.Context, body []byte) ([]string, error) {
 				refs = append(refs, join(repo, t))
 			}
 		}
-		for _, repo := range sortedKeys(reg.ImagesByTagRegex) {
-			re, err := regexp.Compile(reg.ImagesByTagRegex[repo])
-			if err != nil {
-				ps.add(errInvalid, host+"/"+repo, reg.ImagesByTagRegex[repo], "images-by-tag-regex: "+err.Error())
-				continue
-			}
-			all, err := p.tagsOf(ctx, host+"/"+repo)
-			if err != nil {
-				if refused(err) {
-					return nil, err
+		// A regexp or a semver range, matched against the tags upstream has now.
+		for _, f := range []struct {
+			key     string
+			exprs   map[string]string
+			compile func(string) (func(string) bool, error)
+		}{{"images-by-tag-regex", reg.ImagesByTagRegex, route.Regexp}, {"images-by-semver", reg.ImagesBySemver, route.Semver}} {
+			for _, repo := range sortedKeys(f.exprs) {
+				match, err := f.compile(f.exprs[repo])
+				if err != nil {
+					ps.add(errInvalid, host+"/"+repo, f.exprs[repo], f.key+": "+err.Error())
+					continue
 				}
-				ps.add(errInvalid, host+"/"+repo, "", "listing its tags: "+err.Error())
-				continue
-			}
-			for _, t := range all {
-				if re.MatchString(t) {
-					refs = append(refs, join(repo, t))
+				all, err := p.tagsOf(ctx, host+"/"+repo)
+				if err != nil {
+					if refused(err) {
+						return nil, err
+					}
+					ps.add(errInvalid, host+"/"+repo, "", "listing its tags: "+err.Error())
+					continue
+				}
+				for _, t := range all {
+					if match(t) {
+						refs = append(refs, join(repo, t))
+					}
 				}
 			}
-		}
-		for _, repo := range sortedKeys(reg.ImagesBySemver) {
-			ps.add(errInvalid, host+"/"+repo, reg.ImagesBySemver[repo], "images-by-semver is not supported; list the tags or use images-by-tag-regex")
 		}
 	}
 	return refs, ps.err()

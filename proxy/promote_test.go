@@ -355,7 +355,7 @@ func TestPrefetchRejectsBadInput(t *testing.T) {
 		{"bad rename", "application/json", `{"images": ["proj/app:1.0"], "push_to": "harbor-b", "rename": [{"from": "proj/", "to": "UP/"}]}`, []string{"images[0] NAME_INVALID"}},
 		{"same target", "application/json", `{"images": ["proj/app:1.0", "proj/tool:1.0@sha256:` + strings.Repeat("ab", 32) + `"], "push_to": "harbor-b",
 			"rename": [{"from": "harbor-a.example.com/proj/tool", "to": "proj/app"}]}`, []string{"images[1] INVALID"}},
-		{"semver", "application/yaml", "harbor-a.example.com:\n  images-by-semver:\n    proj/app: '>= 1.0'\n", []string{"harbor-a.example.com/proj/app INVALID"}},
+		{"bad semver", "application/yaml", "harbor-a.example.com:\n  images-by-semver:\n    proj/app: 'one point oh'\n", []string{"harbor-a.example.com/proj/app INVALID"}},
 		{"bad regex", "application/yaml", "harbor-a.example.com:\n  images-by-tag-regex:\n    proj/app: '(('\n", []string{"harbor-a.example.com/proj/app INVALID"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -491,6 +491,13 @@ func TestPrefetchTextAndSyncYAML(t *testing.T) {
 	}
 	// The list, then the amd64 child the arm64-only job left out, and its 3 blobs.
 	wantCounts(t, p.src, map[string]int{"GET tags": 1, "GET manifest": 1, "GET blob": 3})
+
+	// images-by-semver: the range read as skopeo reads it (tool has 2.0,
+	// 2.1 and 3.0; latest and other words are no versions).
+	job = p.wait(t, p.submit(t, "application/yaml", "", "harbor-a.example.com:\n  images-by-semver:\n    proj/tool: '>=2.1 <3'\n"))
+	if job.State != replicate.StateDone || len(job.Images) != 1 || job.Images[0].Source != "harbor-a.example.com/proj/tool:2.1" {
+		t.Fatalf("semver: %s %+v", job.State, job.Images)
+	}
 }
 
 // A large blob goes in chunks; a chunk that fails is resumed from what the

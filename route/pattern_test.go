@@ -47,3 +47,26 @@ func TestMayMatchUpstream(t *testing.T) {
 		t.Fatal("Check")
 	}
 }
+
+func TestTagFilters(t *testing.T) {
+	in, err := Semver(">=1.2 <2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tag, want := range map[string]bool{"1.2.0": true, "v1.2.3": true, "1.9": true, "1.10.1": true, "2.0.0": false,
+		"1.1.9": false, "latest": false, "1.2.0-rc1": false, "sha256-abc.sig": false} {
+		if got := in(tag); got != want {
+			t.Errorf("semver >=1.2 <2 on %q: %v", tag, got)
+		}
+	}
+	if _, err := Semver("not a range"); err == nil {
+		t.Fatal("a bad range was accepted")
+	}
+	re, err := Regexp(`^v?[0-9]+\.`)
+	if err != nil || !re("v1.2") || re("latest") {
+		t.Fatal("regexp filter")
+	}
+	if _, err := Regexp("(("); err == nil {
+		t.Fatal("a bad regexp was accepted")
+	}
+}
