@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -46,7 +47,7 @@ func (c *Jobs) transferBlob(ctx context.Context, r *run, img *Image, desc ocispe
 	outcome := "skipped"
 	if !r.seenOnTarget(img.TargetRepo, desc.Digest) {
 		if outcome, err = bc.push(ctx); err != nil {
-			return fmt.Errorf("push blob %s: %w", desc.Digest, err)
+			return fmt.Errorf("push blob %s: %w", desc.Digest, explain(err, r.job.PushTo, img.TargetRepo, cmp.Or(img.Tag, img.Reference)))
 		}
 		if err := c.store.SetPushedTo(r.job.PushTo, desc.Digest, img.TargetRepo); err != nil {
 			return err

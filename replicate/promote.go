@@ -156,7 +156,7 @@ func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []ma
 			return t.PushManifest(ctx, img.TargetRepo, ref, n.desc.MediaType, n.body)
 		})
 		if err != nil {
-			err = fmt.Errorf("push manifest %s: %w", targetRef(img.TargetRepo, ref), err)
+			err = fmt.Errorf("push manifest %s: %w", targetRef(img.TargetRepo, ref), explain(err, r.job.PushTo, img.TargetRepo, ref))
 			var skipped int
 			r.change(img, func(img *Image) { skipped = len(img.NotCopied) })
 			if s := status(err); skipped > 0 && s >= 400 && s < 500 {

@@ -1,0 +1,58 @@
+package proxy_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
+)
+
+// What a Harbor target refuses is spelled out per image, and the other
+// images of the job go on: an immutable tag (412), a project that does not
+// exist, an account without push rights, a spent quota.
+func TestHarborRefusalsAreSpelledOut(t *testing.T) {
+	harbor := func(status int, code, msg string) func(http.ResponseWriter) {
+		return func(w http.ResponseWriter) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			w.Write([]byte(`{"errors":[{"code":"` + code + `","message":"` + msg + `"}]}`))
+		}
+	}
+	for _, c := range []struct {
+		name  string
+		match func(*http.Request) bool
+		reply func(http.ResponseWriter)
+		want  string
+	}{
+		{"immutable tag", func(r *http.Request) bool { return r.Method == "PUT" && strings.HasSuffix(r.URL.Path, "/proj-b/app/manifests/1.0") },
+			harbor(412, "PRECONDITION", "Failed to process request due to 'app:1.0' configured as immutable."), "tag 1.0 is immutable on harbor-b"},
+		{"no project", func(r *http.Request) bool { return r.Method == "POST" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads") },
+			harbor(404, "NOT_FOUND", "project proj-b not found"), "project proj-b does not exist on harbor-b: create it first"},
+		{"no push right", func(r *http.Request) bool { return r.Method == "POST" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads") },
+			harbor(403, "DENIED", "requested access to the resource is denied"), "may not push to proj-b/app: give it push rights on project proj-b"},
+		{"quota", func(r *http.Request) bool { return r.Method == "PUT" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads") },
+			harbor(403, "DENIED", "adding 40.0 KiB of storage resource, which when updated to current usage of 10 GiB will exceed the configured upper limit of 10 GiB."), "the storage quota of project proj-b on harbor-b is spent"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
+			p.seed(t)
+			p.dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+				if !c.match(r) {
+					return false
+				}
+				c.reply(w)
+				return true
+			})
+			job := p.wait(t, p.submit(t, "application/json", "", promoteAll))
+			if job.State != replicate.StatePartial || job.Images[0].State != replicate.StateFailed ||
+				job.Images[1].State != replicate.StateDone || job.Images[2].State != replicate.StateDone {
+				t.Fatalf("job %s, images %s %s %s", job.State, job.Images[0].State, job.Images[1].State, job.Images[2].State)
+			}
+			if !strings.Contains(job.Images[0].Error, c.want) {
+				t.Fatalf("error %q, want it to say %q", job.Images[0].Error, c.want)
+			}
+		})
+	}
+}
