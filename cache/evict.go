@@ -1,8 +1,11 @@
 package cache
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -170,4 +173,25 @@ func (c *Cache) Unpin(up, repo, ref string) error {
 		return fmt.Errorf("%w: %s/%s %s", ErrNotPinned, up, repo, ref)
 	}
 	return err
+}
+
+// CachedTags lists the tags the store holds whose "<upstream>/<repo>" or
+// "<upstream>/<repo>:<tag>" matches pattern (route.Match), sorted: what
+// "replicate what we use" copies.
+func (c *Cache) CachedTags(pattern string) ([]storage.TagRef, error) {
+	all, err := c.store.AllTags()
+	if err != nil {
+		return nil, err
+	}
+	var out []storage.TagRef
+	for _, t := range all {
+		name := t.Upstream + "/" + t.Repo
+		if route.Match(pattern, name) || route.Match(pattern, name+":"+t.Tag) {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, func(a, b storage.TagRef) int {
+		return cmp.Or(strings.Compare(a.Upstream, b.Upstream), strings.Compare(a.Repo, b.Repo), strings.Compare(a.Tag, b.Tag))
+	})
+	return out, nil
 }

@@ -26,13 +26,21 @@ func TestHarborRefusalsAreSpelledOut(t *testing.T) {
 		reply func(http.ResponseWriter)
 		want  string
 	}{
-		{"immutable tag", func(r *http.Request) bool { return r.Method == "PUT" && strings.HasSuffix(r.URL.Path, "/proj-b/app/manifests/1.0") },
+		{"immutable tag", func(r *http.Request) bool {
+			return r.Method == "PUT" && strings.HasSuffix(r.URL.Path, "/proj-b/app/manifests/1.0")
+		},
 			harbor(412, "PRECONDITION", "Failed to process request due to 'app:1.0' configured as immutable."), "tag 1.0 is immutable on harbor-b"},
-		{"no project", func(r *http.Request) bool { return r.Method == "POST" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads") },
+		{"no project", func(r *http.Request) bool {
+			return r.Method == "POST" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads")
+		},
 			harbor(404, "NOT_FOUND", "project proj-b not found"), "project proj-b does not exist on harbor-b: create it first"},
-		{"no push right", func(r *http.Request) bool { return r.Method == "POST" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads") },
+		{"no push right", func(r *http.Request) bool {
+			return r.Method == "POST" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads")
+		},
 			harbor(403, "DENIED", "requested access to the resource is denied"), "may not push to proj-b/app: give it push rights on project proj-b"},
-		{"quota", func(r *http.Request) bool { return r.Method == "PUT" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads") },
+		{"quota", func(r *http.Request) bool {
+			return r.Method == "PUT" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads")
+		},
 			harbor(403, "DENIED", "adding 40.0 KiB of storage resource, which when updated to current usage of 10 GiB will exceed the configured upper limit of 10 GiB."), "the storage quota of project proj-b on harbor-b is spent"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -55,4 +63,37 @@ func TestHarborRefusalsAreSpelledOut(t *testing.T) {
 			}
 		})
 	}
+}
+
+// "Replicate what we use": from_cache copies exactly the cached tags its
+// pattern matches, nothing upstream has that nobody pulled.
+func TestPrefetchFromCache(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
+	p.seed(t)
+	for _, path := range []string{"/v2/proj/app/manifests/1.0", "/v2/proj/tool/manifests/2.0"} {
+		if r := p.do(t, "GET", path); r.status != 200 {
+			t.Fatalf("%s: %d", path, r.status)
+		}
+	}
+	body := `{"from_cache": ["harbor-a.example.com/proj/*"], "push_to": "harbor-b", "rename": [{"from": "harbor-a.example.com/proj/", "to": "proj-b/"}]}`
+	job := p.wait(t, p.submit(t, "application/json", "", body))
+	var got []string
+	for _, img := range job.Images {
+		got = append(got, img.Source+" "+img.State)
+	}
+	if want := "harbor-a.example.com/proj/app:1.0 done,harbor-a.example.com/proj/tool:2.0 done"; strings.Join(got, ",") != want {
+		t.Fatalf("from_cache copied %q, want %q", got, want)
+	}
+	onTarget(t, p.dst, "proj-b/app", "1.0", p.app.Manifest)
+	onTarget(t, p.dst, "proj-b/tool", "2.0", p.tool.Manifest)
+	if r, _ := p.dst.Get(t, "GET", "/v2/proj-b/multi/manifests/v1"); r.StatusCode != 404 {
+		t.Fatalf("proj/multi, never pulled, is on the target: %d", r.StatusCode)
+	}
+	// A tag pattern narrows it; a pattern matching nothing is a bad request.
+	job = p.wait(t, p.submit(t, "application/json", "", `{"from_cache": ["harbor-a.example.com/proj/tool:2.*"]}`))
+	if len(job.Images) != 1 || job.Images[0].Source != "harbor-a.example.com/proj/tool:2.0" {
+		t.Fatalf("tag pattern: %+v", job.Images)
+	}
+	r := p.send(t, "POST", "/api/v1/prefetch", "application/json", `{"from_cache": ["quay.io/*"]}`)
+	wantError(t, r, 400, "INVALID")
 }

@@ -42,6 +42,9 @@ type prefetchRequest struct {
 	// takes JSON bodies only.
 	List string `json:"list"`
 	Sync string `json:"sync"`
+	// FromCache are patterns (as pins use) whose cached tags the job
+	// copies: "replicate what we use".
+	FromCache []string `json:"from_cache"`
 }
 
 // rename maps source repositories that start with From to target
@@ -141,6 +144,11 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 			return req, ociError(http.StatusBadRequest, errInvalid, "JSON body: "+err.Error())
 		}
 		req.Images = append(req.Images, textList([]byte(req.List))...)
+		cached, err := p.fromCache(r.Context(), req.FromCache)
+		if err != nil {
+			return req, err
+		}
+		req.Images = append(req.Images, cached...)
 		if req.Sync != "" {
 			ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
 			defer cancel()
@@ -301,6 +309,36 @@ func (p *proxy) tagsOf(ctx context.Context, name string) ([]string, error) {
 		return nil, err
 	}
 	return p.cache.Tags(ctx, ref.Upstream, ref.Repo)
+}
+
+// fromCache expands patterns into the cached tags they match that the
+// caller may pull; a pattern that matches none is a problem of the request.
+func (p *proxy) fromCache(ctx context.Context, patterns []string) ([]string, error) {
+	var ps problems
+	var refs []string
+	id := identity(ctx)
+	for i, pat := range patterns {
+		item := fmt.Sprintf("from_cache[%d]", i)
+		if err := route.Check(pat); err != nil {
+			ps.add(errInvalid, item, pat, err.Error())
+			continue
+		}
+		tags, err := p.cache.CachedTags(pat)
+		if err != nil {
+			return nil, err
+		}
+		n := 0
+		for _, t := range tags {
+			if p.auth.MayPull(id, t.Upstream, t.Repo) {
+				refs = append(refs, t.Upstream+"/"+t.Repo+":"+t.Tag)
+				n++
+			}
+		}
+		if n == 0 {
+			ps.add(errInvalid, item, pat, "no cached tag matches")
+		}
+	}
+	return refs, ps.err()
 }
 
 // refused reports whether err is an access refusal, which is the answer to

@@ -35,7 +35,7 @@ const usage = `usage:
   wharf serve --config FILE                          run the mirror
   wharf check --config FILE [--repair] [--sample N]  verify the store and its index
   wharf prefetch [--server URL] [--token-file F | --user NAME] [--ca-file F] [--push-to TARGET] [--platform OS/ARCH]...
-                 [--rename FROM=TO]... [--pin] [--wait] [--output json] (-f FILE | REF...)
+                 [--rename FROM=TO]... [--pin] [--wait] [--output json] (-f FILE | REF... | --from-cache PATTERN...)
                                                      warm the cache and copy images to a target
   wharf jobs [--server URL] [--token-file F | --user NAME] [--ca-file F] [--cancel] [--output json] [ID]
                                                      list prefetch jobs, show or cancel one

@@ -34,12 +34,14 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	var platforms, renames listFlag
 	fs.Var(&platforms, "platform", "copy only this platform's children of an index, os/arch[/variant] (repeatable)")
 	fs.Var(&renames, "rename", "map source repositories starting with FROM to target ones starting with TO, FROM=TO (repeatable)")
+	var fromCache listFlag
+	fs.Var(&fromCache, "from-cache", "copy every cached tag matching this pattern on <upstream>/<repo>[:<tag>], as pins use (repeatable)")
 	refs, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
-	if (*file == "") == (len(refs) == 0) {
-		return errors.New("usage: wharf prefetch [flags] (-f FILE | REF...)")
+	if *file != "" && len(refs) > 0 || *file == "" && len(refs) == 0 && len(fromCache) == 0 {
+		return errors.New("usage: wharf prefetch [flags] (-f FILE | REF... | --from-cache PATTERN)")
 	}
 	if *output != "text" && *output != "json" {
 		return fmt.Errorf("--output %q: want text or json", *output)
@@ -48,7 +50,7 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	if err != nil {
 		return err
 	}
-	body, contentType, q, err := prefetchRequest(*file, refs, *pushTo, platforms, renames, *pin)
+	body, contentType, q, err := prefetchRequest(*file, refs, fromCache, *pushTo, platforms, renames, *pin)
 	if err != nil {
 		return err
 	}
@@ -90,15 +92,18 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 // references (or the text list or sync YAML of the -f file, in "list" or
 // "sync") and options. JSON, because a loopback Wharf without credentials
 // takes no other body: a web page could send one.
-func prefetchRequest(file string, refs []string, pushTo string, platforms, renames []string, pin bool) (body []byte, contentType string, q url.Values, err error) {
+func prefetchRequest(file string, refs, fromCache []string, pushTo string, platforms, renames []string, pin bool) (body []byte, contentType string, q url.Values, err error) {
 	q = url.Values{}
-	req := map[string]any{"images": refs, "push_to": pushTo, "platforms": platforms, "pin": pin}
+	req := map[string]any{"images": refs, "push_to": pushTo, "platforms": platforms, "pin": pin, "from_cache": fromCache}
 	if file != "" {
 		if body, contentType, err = readList(file); err != nil {
 			return nil, "", nil, err
 		}
 		switch contentType {
 		case "application/json":
+			if len(fromCache) > 0 {
+				return nil, "", nil, errors.New("--from-cache goes with a text or YAML list, not a JSON file")
+			}
 			if pushTo != "" {
 				q.Set("push_to", pushTo)
 			}
