@@ -42,6 +42,8 @@ type prefetchRequest struct {
 	// takes JSON bodies only.
 	List string `json:"list"`
 	Sync string `json:"sync"`
+	// Referrers false leaves signatures, attestations and SBOMs behind.
+	Referrers *bool `json:"referrers"`
 	// FromCache are patterns (as pins use) whose cached tags the job
 	// copies: "replicate what we use".
 	FromCache []string `json:"from_cache"`
@@ -185,6 +187,13 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 			return req, ociError(http.StatusBadRequest, errInvalid, "rename "+strconv.Quote(rn)+": want from=to")
 		}
 		req.Rename = append(req.Rename, rename{From: from, To: to})
+	}
+	if v := q.Get("referrers"); v != "" {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return req, ociError(http.StatusBadRequest, errInvalid, "referrers "+strconv.Quote(v)+": want true or false")
+		}
+		req.Referrers = &on
 	}
 	if v := q.Get("pin"); v != "" {
 		pin, err := strconv.ParseBool(v)
@@ -351,7 +360,7 @@ func refused(err error) bool {
 // jobSpec validates a request into a job, or lists everything wrong with it.
 func (p *proxy) jobSpec(req prefetchRequest) (replicate.JobSpec, error) {
 	var ps problems
-	spec := replicate.JobSpec{PushTo: req.PushTo, Pin: req.Pin}
+	spec := replicate.JobSpec{PushTo: req.PushTo, Pin: req.Pin, SkipReferrers: req.Referrers != nil && !*req.Referrers}
 	if len(req.Images) == 0 {
 		ps.add(errInvalid, "images", "", "the list of images is empty")
 	}

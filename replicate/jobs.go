@@ -50,6 +50,9 @@ type JobSpec struct {
 	PushTo    string     // a configured target, or ""
 	Pin       bool       // pin each image against eviction
 	Owner     string     // the user who asked, "" for the token or loopback
+	// SkipReferrers leaves signatures, attestations and SBOMs behind;
+	// by default they travel with their image.
+	SkipReferrers bool
 }
 
 // ErrJobNotSaved says a job could not be written to the index: it was not
@@ -60,18 +63,20 @@ var ErrJobNotSaved = errors.New("job state could not be saved")
 // time (Jobs.Images): it is what the API answers for a job and what
 // the index keeps as the job's record, whatever the number of images.
 type Job struct {
-	ID        string     `json:"id"`
-	State     string     `json:"state"`
-	Error     string     `json:"error,omitempty"` // why the job as a whole failed
-	Platforms []string   `json:"platforms,omitempty"`
-	PushTo    string     `json:"push_to,omitempty"`
-	Pin       bool       `json:"pin,omitempty"`
-	Owner     string     `json:"owner,omitempty"`            // who submitted it: users see and cancel their own
-	Cancel    bool       `json:"cancel_requested,omitempty"` // kept so that a restart finishes the cancel
-	Created   time.Time  `json:"created"`
-	Started   *time.Time `json:"started,omitempty"`
-	Finished  *time.Time `json:"finished,omitempty"`
-	Images    int        `json:"images"`
+	ID        string   `json:"id"`
+	State     string   `json:"state"`
+	Error     string   `json:"error,omitempty"` // why the job as a whole failed
+	Platforms []string `json:"platforms,omitempty"`
+	PushTo    string   `json:"push_to,omitempty"`
+	Pin       bool     `json:"pin,omitempty"`
+	// SkipReferrers: the job copies no referrers (referrers: false).
+	SkipReferrers bool       `json:"skip_referrers,omitempty"`
+	Owner         string     `json:"owner,omitempty"`            // who submitted it: users see and cancel their own
+	Cancel        bool       `json:"cancel_requested,omitempty"` // kept so that a restart finishes the cancel
+	Created       time.Time  `json:"created"`
+	Started       *time.Time `json:"started,omitempty"`
+	Finished      *time.Time `json:"finished,omitempty"`
+	Images        int        `json:"images"`
 	Tally
 }
 
@@ -135,6 +140,7 @@ type Image struct {
 	BlobsPushed  int            `json:"blobs_pushed"`
 	BlobsSkipped int            `json:"blobs_skipped"`
 	BlobsMounted int            `json:"blobs_mounted"`
+	Referrers    int            `json:"referrers,omitempty"` // signatures, attestations, SBOMs copied with it
 	Started      *time.Time     `json:"started,omitempty"`
 	Finished     *time.Time     `json:"finished,omitempty"`
 	Seconds      float64        `json:"seconds,omitempty"`
@@ -170,13 +176,14 @@ func (c *Jobs) Submit(spec JobSpec) (Job, error) {
 	rand.Read(rnd[:])
 	now := c.now().UTC()
 	job := Job{
-		ID:      fmt.Sprintf("%016x%s", now.UnixNano(), hex.EncodeToString(rnd[:])),
-		State:   StateQueued,
-		PushTo:  spec.PushTo,
-		Pin:     spec.Pin,
-		Owner:   spec.Owner,
-		Created: now,
-		Images:  len(spec.Images),
+		ID:            fmt.Sprintf("%016x%s", now.UnixNano(), hex.EncodeToString(rnd[:])),
+		State:         StateQueued,
+		PushTo:        spec.PushTo,
+		Pin:           spec.Pin,
+		Owner:         spec.Owner,
+		SkipReferrers: spec.SkipReferrers,
+		Created:       now,
+		Images:        len(spec.Images),
 	}
 	for _, p := range spec.Platforms {
 		job.Platforms = append(job.Platforms, p.String())

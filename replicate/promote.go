@@ -29,6 +29,9 @@ type Target interface {
 	PushBlob(ctx context.Context, repo string, desc ocispec.Descriptor, from string, open func(offset int64) (io.ReadCloser, error)) (mounted bool, err error)
 	// PushManifest puts body under ref (a tag or its digest).
 	PushManifest(ctx context.Context, repo, ref, mediaType string, body []byte) error
+	// Referrers lists what refers to dgst in repo: an error (a 404) from a
+	// registry without the referrers API.
+	Referrers(ctx context.Context, repo string, dgst digest.Digest, artifactType string) (mediaType string, body []byte, err error)
 }
 
 // manifestNode is a manifest to push, with its exact bytes.
@@ -51,9 +54,14 @@ func (c *Jobs) promote(ctx context.Context, r *run, img *Image) error {
 			return err
 		}
 	}
-	p := &plan{seen: map[digest.Digest]bool{}}
+	p := &plan{seen: map[digest.Digest]bool{}, referred: map[digest.Digest]bool{}}
 	if err := c.walk(ctx, r, img, p, desc, body, 0); err != nil {
 		return err
+	}
+	if !r.job.SkipReferrers {
+		if err := c.addReferrers(ctx, r, img, p, p.nodes, 0); err != nil {
+			return err
+		}
 	}
 	var total int64
 	for _, b := range p.blobs {
@@ -70,7 +78,10 @@ func (c *Jobs) promote(ctx context.Context, r *run, img *Image) error {
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	return c.pushManifests(ctx, r, img, p.nodes)
+	if err := c.pushManifests(ctx, r, img, p.nodes); err != nil {
+		return err
+	}
+	return c.pushReferrers(ctx, r, img, p.referrers)
 }
 
 // blobsAtOnce is how many blobs of one image a job copies at once.
@@ -79,9 +90,11 @@ const blobsAtOnce = 4
 // plan is what an image is made of: its manifests, children before their
 // index, and its distinct blobs.
 type plan struct {
-	nodes []manifestNode
-	blobs []ocispec.Descriptor
-	seen  map[digest.Digest]bool
+	nodes     []manifestNode
+	blobs     []ocispec.Descriptor
+	seen      map[digest.Digest]bool
+	referrers []referrer             // artifacts referring to the image's manifests, pushed after them
+	referred  map[digest.Digest]bool // referrers already in the plan
 }
 
 // manifest fetches ref of img through the cache, retrying transient

@@ -208,3 +208,39 @@ func (r *Registry) Get(t T, method, path string) (*http.Response, []byte) {
 	}
 	return resp, body
 }
+
+// PushArtifact pushes an OCI 1.1 artifact (a signature, an SBOM): one
+// payload layer, the empty config, artifactType, and subject if not nil,
+// as cosign, notation and oras write them; tagged tag, or untagged if "".
+// It returns the manifest and the descriptor a referrers list gives it.
+func (r *Registry) PushArtifact(t T, repo, tag, artifactType string, subject *ocispec.Descriptor, payload []byte) (Blob, ocispec.Descriptor) {
+	t.Helper()
+	empty, layer := NewBlob([]byte("{}")), NewBlob(payload)
+	r.PushBlob(t, repo, empty)
+	r.PushBlob(t, repo, layer)
+	m := ocispec.Manifest{
+		MediaType:    ocispec.MediaTypeImageManifest,
+		ArtifactType: artifactType,
+		Config:       ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: empty.Digest, Size: 2},
+		Layers:       []ocispec.Descriptor{{MediaType: artifactType, Digest: layer.Digest, Size: int64(len(payload))}},
+		Subject:      subject,
+		Annotations:  map[string]string{"org.opencontainers.image.created": "2026-12-01T00:00:00Z"},
+	}
+	m.SchemaVersion = 2
+	b, _ := json.Marshal(m)
+	blob := NewBlob(b)
+	r.PushManifest(t, repo, tag, ocispec.MediaTypeImageManifest, blob)
+	return blob, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: blob.Digest, Size: int64(len(b)),
+		ArtifactType: artifactType, Annotations: m.Annotations}
+}
+
+// PushReferrersTag writes the referrers tag schema's index for subject
+// (sha256-<hex>, listing entries): what clients keep on a registry
+// without the referrers API.
+func (r *Registry) PushReferrersTag(t T, repo string, subject digest.Digest, entries ...ocispec.Descriptor) {
+	t.Helper()
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: entries}
+	idx.SchemaVersion = 2
+	b, _ := json.Marshal(idx)
+	r.PushManifest(t, repo, subject.Algorithm().String()+"-"+subject.Encoded(), ocispec.MediaTypeImageIndex, NewBlob(b))
+}

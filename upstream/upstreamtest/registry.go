@@ -18,6 +18,7 @@ import (
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/crypto/bcrypt"
 
@@ -106,6 +107,7 @@ type options struct {
 	user, pass string
 	dir        string
 	rate       int64
+	referrers  bool
 }
 
 // WithBandwidth caps the bytes per second the registry sends, summed over
@@ -190,7 +192,10 @@ func New(t T, opts ...Option) *Registry {
 		}
 		cfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": "upstreamtest", "path": path}}
 	}
-	app := handlers.NewApp(context.Background(), cfg)
+	var app http.Handler = handlers.NewApp(context.Background(), cfg)
+	if o.referrers {
+		app = &referrersAPI{next: app, by: map[string][]ocispec.Descriptor{}}
+	}
 	r := &Registry{user: o.user, pass: o.pass, app: app}
 	if o.rate > 0 {
 		r.link = &link{rate: o.rate}
