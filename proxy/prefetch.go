@@ -44,6 +44,9 @@ type prefetchRequest struct {
 	Sync string `json:"sync"`
 	// Referrers false leaves signatures, attestations and SBOMs behind.
 	Referrers *bool `json:"referrers"`
+	// Index is "verbatim" (the default) or "filter": with platforms, push
+	// indexes listing only the copied children.
+	Index string `json:"index"`
 	// FromCache are patterns (as pins use) whose cached tags the job
 	// copies: "replicate what we use".
 	FromCache []string `json:"from_cache"`
@@ -187,6 +190,9 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 			return req, ociError(http.StatusBadRequest, errInvalid, "rename "+strconv.Quote(rn)+": want from=to")
 		}
 		req.Rename = append(req.Rename, rename{From: from, To: to})
+	}
+	if v := q.Get("index"); v != "" {
+		req.Index = v
 	}
 	if v := q.Get("referrers"); v != "" {
 		on, err := strconv.ParseBool(v)
@@ -360,7 +366,10 @@ func refused(err error) bool {
 // jobSpec validates a request into a job, or lists everything wrong with it.
 func (p *proxy) jobSpec(req prefetchRequest) (replicate.JobSpec, error) {
 	var ps problems
-	spec := replicate.JobSpec{PushTo: req.PushTo, Pin: req.Pin, SkipReferrers: req.Referrers != nil && !*req.Referrers}
+	spec := replicate.JobSpec{PushTo: req.PushTo, Pin: req.Pin, SkipReferrers: req.Referrers != nil && !*req.Referrers, FilterIndex: req.Index == "filter"}
+	if req.Index != "" && req.Index != "filter" && req.Index != "verbatim" {
+		ps.add(errInvalid, "index", req.Index, `want "verbatim" (copy indexes as they are) or "filter" (list only the copied platforms)`)
+	}
 	if len(req.Images) == 0 {
 		ps.add(errInvalid, "images", "", "the list of images is empty")
 	}

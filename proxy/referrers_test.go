@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -117,4 +118,26 @@ func TestReferrersCanStayBehind(t *testing.T) {
 		t.Fatalf("the signature was copied: %d", resp.StatusCode)
 	}
 	wantCounts(t, src, map[string]int{"GET manifest": 1, "GET blob": 2})
+}
+
+// index: filter pushes an index listing only the copied platforms, which
+// a target checking index completeness takes; the job gives its new digest.
+func TestPrefetchFilteredIndex(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
+	p.seed(t)
+	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/multi:v1"], "platforms": ["linux/amd64"], "push_to": "harbor-b", "index": "filter"}`))
+	img := job.Images[0]
+	if job.State != replicate.StateDone || img.FilteredDigest == "" || img.FilteredDigest == p.multi.Manifest.Digest ||
+		!strings.Contains(img.Note, "new digest, "+img.FilteredDigest.String()) {
+		t.Fatalf("job %s: %+v", job.State, img)
+	}
+	resp, body := p.dst.Get(t, "GET", "/v2/"+img.TargetRepo+"/manifests/v1")
+	var idx ocispec.Index
+	if resp.StatusCode != 200 || json.Unmarshal(body, &idx) != nil || digest.FromBytes(body) != img.FilteredDigest {
+		t.Fatalf("target index: %d, digest %s, want %s", resp.StatusCode, digest.FromBytes(body), img.FilteredDigest)
+	}
+	if len(idx.Manifests) != 1 || idx.Manifests[0].Digest != p.multi.Images[0].Manifest.Digest || idx.Manifests[0].Platform.Architecture != "amd64" {
+		t.Fatalf("filtered index lists %+v", idx.Manifests)
+	}
+	wantError(t, p.send(t, "POST", "/api/v1/prefetch", "application/json", `{"images": ["proj/multi:v1"], "index": "sorted"}`), 400, "INVALID")
 }

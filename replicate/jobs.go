@@ -53,6 +53,9 @@ type JobSpec struct {
 	// SkipReferrers leaves signatures, attestations and SBOMs behind;
 	// by default they travel with their image.
 	SkipReferrers bool
+	// FilterIndex pushes, with Platforms, indexes that list only the
+	// copied children (a new digest) instead of the source's verbatim.
+	FilterIndex bool
 }
 
 // ErrJobNotSaved says a job could not be written to the index: it was not
@@ -70,13 +73,15 @@ type Job struct {
 	PushTo    string   `json:"push_to,omitempty"`
 	Pin       bool     `json:"pin,omitempty"`
 	// SkipReferrers: the job copies no referrers (referrers: false).
-	SkipReferrers bool       `json:"skip_referrers,omitempty"`
-	Owner         string     `json:"owner,omitempty"`            // who submitted it: users see and cancel their own
-	Cancel        bool       `json:"cancel_requested,omitempty"` // kept so that a restart finishes the cancel
-	Created       time.Time  `json:"created"`
-	Started       *time.Time `json:"started,omitempty"`
-	Finished      *time.Time `json:"finished,omitempty"`
-	Images        int        `json:"images"`
+	SkipReferrers bool `json:"skip_referrers,omitempty"`
+	// FilterIndex: indexes are pushed listing only the copied platforms (index: filter).
+	FilterIndex bool       `json:"filter_index,omitempty"`
+	Owner       string     `json:"owner,omitempty"`            // who submitted it: users see and cancel their own
+	Cancel      bool       `json:"cancel_requested,omitempty"` // kept so that a restart finishes the cancel
+	Created     time.Time  `json:"created"`
+	Started     *time.Time `json:"started,omitempty"`
+	Finished    *time.Time `json:"finished,omitempty"`
+	Images      int        `json:"images"`
 	Tally
 }
 
@@ -141,10 +146,14 @@ type Image struct {
 	BlobsSkipped int            `json:"blobs_skipped"`
 	BlobsMounted int            `json:"blobs_mounted"`
 	Referrers    int            `json:"referrers,omitempty"` // signatures, attestations, SBOMs copied with it
-	Started      *time.Time     `json:"started,omitempty"`
-	Finished     *time.Time     `json:"finished,omitempty"`
-	Seconds      float64        `json:"seconds,omitempty"`
-	Error        string         `json:"error,omitempty"`
+	// FilteredDigest is the digest of the index pushed instead of the
+	// source's (index: filter), and Note says so in words.
+	FilteredDigest digest.Digest `json:"filtered_digest,omitempty"`
+	Note           string        `json:"note,omitempty"`
+	Started        *time.Time    `json:"started,omitempty"`
+	Finished       *time.Time    `json:"finished,omitempty"`
+	Seconds        float64       `json:"seconds,omitempty"`
+	Error          string        `json:"error,omitempty"`
 }
 
 // SkippedChild is a child of an index left out by the platform filter.
@@ -182,6 +191,7 @@ func (c *Jobs) Submit(spec JobSpec) (Job, error) {
 		Pin:           spec.Pin,
 		Owner:         spec.Owner,
 		SkipReferrers: spec.SkipReferrers,
+		FilterIndex:   spec.FilterIndex,
 		Created:       now,
 		Images:        len(spec.Images),
 	}

@@ -157,6 +157,9 @@ func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []ma
 		return nil
 	}
 	t := c.targets[r.job.PushTo]
+	if r.job.FilterIndex {
+		nodes = filterIndexes(r, img, nodes)
+	}
 	for i, n := range nodes {
 		ref := n.desc.Digest.String()
 		if i == len(nodes)-1 {
@@ -172,8 +175,8 @@ func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []ma
 			err = fmt.Errorf("push manifest %s: %w", targetRef(img.TargetRepo, ref), explain(err, r.job.PushTo, img.TargetRepo, ref))
 			var skipped int
 			r.change(img, func(img *Image) { skipped = len(img.NotCopied) })
-			if s := status(err); skipped > 0 && s >= 400 && s < 500 {
-				err = fmt.Errorf("%w (the index lists %d children left out by the platform filter; this target wants every child of an index present)", err, skipped)
+			if s := status(err); skipped > 0 && s >= 400 && s < 500 && !r.job.FilterIndex {
+				err = fmt.Errorf("%w (the index lists %d children left out by the platform filter; this target wants every child of an index present: ask for \"index\": \"filter\")", err, skipped)
 			}
 			return err
 		}
