@@ -115,6 +115,7 @@ type Cache struct {
 	stopOnce  sync.Once
 	flights   singleflight.Group
 	missing   negative
+	onTag     atomic.Pointer[func(TagEvent)]
 }
 
 // New returns a cache over store. It starts one goroutine, the sweeper of
@@ -228,3 +229,23 @@ func (c *Cache) keep(what string, err error, attrs ...any) {
 
 // Repositories lists what the store holds, for the catalog.
 func (c *Cache) Repositories() ([]storage.Repository, error) { return c.store.Repositories() }
+
+// TagEvent says a tag was first cached, or was seen to point somewhere
+// new: what replication's on_pull rules act on.
+type TagEvent struct {
+	Upstream, Repo, Tag string
+	Digest              digest.Digest
+}
+
+// Subscribe has fn called, synchronously and so briefly, for every
+// TagEvent from now on (one subscriber; a later call replaces it).
+func (c *Cache) Subscribe(fn func(TagEvent)) { c.onTag.Store(&fn) }
+
+// putTag records a tag and tells the subscriber when it is new or moved.
+func (c *Cache) putTag(up, repo, tag string, ti storage.TagInfo) {
+	prev, err := c.store.Tag(up, repo, tag)
+	c.keep("index", c.store.PutTag(up, repo, tag, ti), "repository", repo, "tag", tag)
+	if fn := c.onTag.Load(); fn != nil && (err != nil || prev.Digest != ti.Digest) {
+		(*fn)(TagEvent{Upstream: up, Repo: repo, Tag: tag, Digest: ti.Digest})
+	}
+}

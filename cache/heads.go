@@ -125,6 +125,6 @@ func (c *Cache) resolveTagHead(ctx context.Context, u Upstream, repo, tag string
 	c.metrics.result(u.Name, "manifest", known && head.Digest == ti.Digest)
 	ti = storage.TagInfo{Digest: head.Digest, MediaType: head.MediaType, Size: head.Size, Checked: c.now()}
 	c.admit(u, repo, head.Digest)
-	c.keep("index", c.store.PutTag(u.Name, repo, tag, ti), "repository", repo, "tag", tag)
+	c.putTag(u.Name, repo, tag, ti)
 	return c.tagDesc(ti), nil
 }

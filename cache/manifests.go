@@ -186,7 +186,7 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 		return ocispec.Descriptor{}, nil, err
 	case head.Digest == ti.Digest && stored:
 		ti.Checked = c.now()
-		c.keep("index", c.store.PutTag(u.Name, repo, tag, ti), "repository", repo, "tag", tag)
+		c.putTag(u.Name, repo, tag, ti)
 		c.metrics.result(u.Name, "manifest", true)
 		return desc, body, nil
 	}
@@ -273,7 +273,7 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 	}
 	for _, tag := range tags {
 		ti := storage.TagInfo{Digest: got, MediaType: mt, Size: desc.Size, Checked: c.now()}
-		c.keep("index", c.store.PutTag(u.Name, repo, tag, ti), "repository", repo, "tag", tag)
+		c.putTag(u.Name, repo, tag, ti)
 	}
 	return desc, body, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -16,12 +17,22 @@ import (
 // upstream's tag TTL and fetched once for all concurrent requests; the last
 // list it gave (or the tags resolved through Wharf) when it is unavailable.
 func (c *Cache) Tags(ctx context.Context, up, repo string) ([]string, error) {
+	return c.TagsWithin(ctx, up, repo, -1)
+}
+
+// TagsWithin is Tags with a list no older than maxAge (negative: the
+// upstream's tag TTL; 0: fetched now): a scheduled replication run lists
+// what upstream has now, not what it had a tag TTL ago.
+func (c *Cache) TagsWithin(ctx context.Context, up, repo string, maxAge time.Duration) ([]string, error) {
 	u, err := c.upstream(up)
 	if err != nil {
 		return nil, err
 	}
+	if maxAge < 0 {
+		maxAge = u.TagTTL
+	}
 	cached, checked, lerr := c.store.TagList(u.Name, repo)
-	if lerr == nil && c.now().Sub(checked) < u.TagTTL {
+	if lerr == nil && c.now().Sub(checked) < maxAge {
 		return cached, nil
 	}
 	key := tagsKey(u.Name, repo)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/url"
@@ -33,6 +34,9 @@ var (
 	})
 	errPinUnknown = errcode.Register("wharf", errcode.ErrorDescriptor{
 		Value: "PIN_UNKNOWN", Message: "no such pin", HTTPStatusCode: http.StatusNotFound,
+	})
+	errRuleUnknown = errcode.Register("wharf", errcode.ErrorDescriptor{
+		Value: "RULE_UNKNOWN", Message: "no such replication rule", HTTPStatusCode: http.StatusNotFound,
 	})
 )
 
@@ -222,4 +226,46 @@ func (p *proxy) pins(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, r, map[string]any{"pins": pins})
+}
+
+// replication shows each replication rule: its last run, what is pending
+// and since when, and its failures.
+func (p *proxy) replication(w http.ResponseWriter, r *http.Request) error {
+	rules := []replicate.RuleStatus{}
+	if p.rules != nil {
+		rules = p.rules.Status()
+	}
+	return writeJSON(w, r, map[string]any{"rules": rules})
+}
+
+// replicate runs a rule now: 202 with its job, or 200 with "nothing new".
+func (p *proxy) replicate(w http.ResponseWriter, r *http.Request) error {
+	name := mux.Vars(r)["rule"]
+	if p.rules == nil {
+		return ociError(http.StatusNotFound, errRuleUnknown, "no replication rule "+strconv.Quote(name))
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Minute)
+	defer cancel()
+	job, err := p.rules.Run(ctx, name)
+	switch {
+	case errors.Is(err, replicate.ErrNoRule):
+		return ociError(http.StatusNotFound, errRuleUnknown, "no replication rule "+strconv.Quote(name))
+	case job == nil && err != nil:
+		return err
+	case job == nil:
+		return writeJSON(w, r, map[string]any{"rule": name, "state": "nothing new"})
+	}
+	w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
+	body := map[string]any{"rule": name, "job": job}
+	if err != nil {
+		body["problems"] = err.Error() // some repositories could not be listed; the rest run
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusAccepted)
+	_, err = w.Write(b)
+	return err
 }

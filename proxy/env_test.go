@@ -48,6 +48,7 @@ type env struct {
 	store *storage.Store
 	cache *cache.Cache
 	jobs  *replicate.Jobs
+	rules *replicate.Rules
 	reg   *prometheus.Registry
 	// apiAuth is sent as Authorization on /api/ requests that set none.
 	apiAuth string
@@ -76,16 +77,16 @@ func newEnvAPI(t testing.TB, root string, cfg cache.Config, token string, specs 
 // the disk with).
 func newEnvStore(t testing.TB, root string, sopts storage.Options, cfg cache.Config, token string, specs ...spec) *env {
 	t.Helper()
-	return newEnvFull(t, root, sopts, cfg, replicate.Config{}, token, nil, specs...)
+	return newEnvFull(t, root, sopts, cfg, replicate.Config{}, token, nil, nil, specs...)
 }
 
 // newEnvAccess is a Wharf whose access is decided by ac.
 func newEnvAccess(t testing.TB, ac auth.Config, specs ...spec) *env {
 	t.Helper()
-	return newEnvFull(t, t.TempDir(), storage.Options{}, cache.Config{}, replicate.Config{}, "", &ac, specs...)
+	return newEnvFull(t, t.TempDir(), storage.Options{}, cache.Config{}, replicate.Config{}, "", &ac, nil, specs...)
 }
 
-func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Config, jcfg replicate.Config, token string, ac *auth.Config, specs ...spec) *env {
+func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Config, jcfg replicate.Config, token string, ac *auth.Config, rules []replicate.Rule, specs ...spec) *env {
 	t.Helper()
 	store, err := storage.Open(root, sopts)
 	if err != nil {
@@ -124,7 +125,11 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc := proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: token, Jobs: jobs}
+	rs, err := replicate.NewRules(jobs, rules, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: token, Jobs: jobs, Rules: rs}
 	if ac != nil {
 		ac.Registerer = reg
 		if ac.Logger == nil {
@@ -141,7 +146,8 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 	if err := jobs.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{Server: httptest.NewServer(h), store: store, cache: c, jobs: jobs, reg: reg}
+	rs.Start()
+	e := &env{Server: httptest.NewServer(h), store: store, cache: c, jobs: jobs, rules: rs, reg: reg}
 	t.Cleanup(e.close)
 	return e
 }
@@ -151,6 +157,7 @@ func (e *env) close() {
 		return
 	}
 	e.Server.Close()
+	e.rules.Close()
 	e.jobs.Close()
 	e.cache.Close(context.Background())
 	e.store.Close()

@@ -30,6 +30,7 @@ const srcHost = "harbor-a.example.com"
 // push target behind basic auth ("Harbor B").
 type promotion struct {
 	*env
+	rules    []replicate.Rule // replication rules of the Wharf
 	src, dst *upstreamtest.Registry
 	app      upstreamtest.Image // proj/app:1.0
 	multi    upstreamtest.Index // proj/multi:v1, amd64 and arm64
@@ -43,7 +44,7 @@ func newPromotion(t *testing.T, root string, cfg cache.Config, jcfg replicate.Co
 	return newPromotionOn(t, src, dst, root, cfg, jcfg, token, chunk)
 }
 
-func newPromotionOn(t *testing.T, src, dst *upstreamtest.Registry, root string, cfg cache.Config, jcfg replicate.Config, token string, chunk int64) *promotion {
+func newPromotionOn(t *testing.T, src, dst *upstreamtest.Registry, root string, cfg cache.Config, jcfg replicate.Config, token string, chunk int64, rules ...replicate.Rule) *promotion {
 	t.Helper()
 	target, err := upstream.New(upstream.Config{Name: "harbor-b", URL: dst.URL, Insecure: true,
 		Username: "robot", Password: "s3cret", ChunkSize: chunk}, nil)
@@ -52,8 +53,8 @@ func newPromotionOn(t *testing.T, src, dst *upstreamtest.Registry, root string, 
 	}
 	jcfg.Targets = map[string]replicate.Target{"harbor-b": target}
 	jcfg.RetryBackoff = 5 * time.Millisecond
-	p := &promotion{src: src, dst: dst}
-	p.env = newEnvFull(t, root, storage.Options{}, cfg, jcfg, token, nil, spec{name: srcHost, reg: src, def: true, ttl: time.Hour})
+	p := &promotion{src: src, dst: dst, rules: rules}
+	p.env = newEnvFull(t, root, storage.Options{}, cfg, jcfg, token, nil, p.rules, spec{name: srcHost, reg: src, def: true, ttl: time.Hour})
 	return p
 }
 
@@ -840,7 +841,7 @@ func TestJobFailsWhenItsStateCannotBeSaved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnvFull(t, t.TempDir(), sopts, cache.Config{}, replicate.Config{JobImages: 1, Targets: map[string]replicate.Target{"harbor-b": target}}, "", nil,
+	e := newEnvFull(t, t.TempDir(), sopts, cache.Config{}, replicate.Config{JobImages: 1, Targets: map[string]replicate.Target{"harbor-b": target}}, "", nil, nil,
 		spec{name: srcHost, reg: src, def: true, ttl: time.Hour})
 	p := &promotion{env: e, src: src, dst: dst}
 	p.seed(t)

@@ -39,6 +39,9 @@ type Config struct {
 	APIToken string // only read when Auth is nil
 	// Jobs runs the prefetch jobs of /api/v1 (required).
 	Jobs *replicate.Jobs
+	// Rules are the replication rules /api/v1/replication shows and runs;
+	// nil: none.
+	Rules *replicate.Rules
 }
 
 type proxy struct {
@@ -50,6 +53,7 @@ type proxy struct {
 	log       *slog.Logger
 	metrics   *metrics
 	jobs      *replicate.Jobs
+	rules     *replicate.Rules
 	auth      *auth.Auth
 	// apiCredentials: the API can check credentials, so an anonymous
 	// caller is asked for them (401) rather than told it must be on loopback.
@@ -58,7 +62,7 @@ type proxy struct {
 
 // New returns the HTTP handler for the registry API, /healthz and /metrics.
 func New(c *cache.Cache, cfg Config) (http.Handler, error) {
-	p := &proxy{cache: c, routes: map[string]Route{}, dockerHub: map[string]bool{}, log: cfg.Logger, auth: cfg.Auth, jobs: cfg.Jobs}
+	p := &proxy{cache: c, routes: map[string]Route{}, dockerHub: map[string]bool{}, log: cfg.Logger, auth: cfg.Auth, jobs: cfg.Jobs, rules: cfg.Rules}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -127,6 +131,8 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.Handle("/api/v1/jobs/{id}", p.api("job", "", p.job, http.MethodGet, http.MethodDelete))
 	r.Handle("/api/v1/jobs/{id}/images", p.api("job-images", "", p.jobImages, http.MethodGet))
 	r.Handle("/api/v1/pins", p.api("pins", auth.RightPins, p.pins, http.MethodGet, http.MethodDelete))
+	r.Handle("/api/v1/replication", p.api("replication", auth.RightJobs, p.replication, http.MethodGet))
+	r.Handle("/api/v1/replication/{rule}/run", p.api("replication-run", auth.RightPrefetch, p.replicate, http.MethodPost))
 	r.Handle("/healthz", p.wrap("healthz", func(w http.ResponseWriter, r *http.Request) error {
 		_, err := w.Write([]byte("ok\n"))
 		return err

@@ -56,6 +56,7 @@ type JobSpec struct {
 	// FilterIndex pushes, with Platforms, indexes that list only the
 	// copied children (a new digest) instead of the source's verbatim.
 	FilterIndex bool
+	Rule        string // the replication rule whose run this is, if any
 }
 
 // ErrJobNotSaved says a job could not be written to the index: it was not
@@ -76,6 +77,7 @@ type Job struct {
 	SkipReferrers bool `json:"skip_referrers,omitempty"`
 	// FilterIndex: indexes are pushed listing only the copied platforms (index: filter).
 	FilterIndex bool       `json:"filter_index,omitempty"`
+	Rule        string     `json:"rule,omitempty"`             // the replication rule whose run this is
 	Owner       string     `json:"owner,omitempty"`            // who submitted it: users see and cancel their own
 	Cancel      bool       `json:"cancel_requested,omitempty"` // kept so that a restart finishes the cancel
 	Created     time.Time  `json:"created"`
@@ -192,6 +194,7 @@ func (c *Jobs) Submit(spec JobSpec) (Job, error) {
 		Owner:         spec.Owner,
 		SkipReferrers: spec.SkipReferrers,
 		FilterIndex:   spec.FilterIndex,
+		Rule:          spec.Rule,
 		Created:       now,
 		Images:        len(spec.Images),
 	}

@@ -54,6 +54,8 @@ type Jobs struct {
 	keepJobs     int
 	retryBackoff time.Duration
 
+	reg prometheus.Registerer // for the rules' metrics; nil: none
+
 	mu          sync.Mutex
 	jobs        map[string]*run // queued or running
 	closing     atomic.Bool     // Close has begun: jobs stop, to be resumed
@@ -71,7 +73,7 @@ func New(c *cache.Cache, store *storage.Store, cfg Config) (*Jobs, error) {
 		now = time.Now
 	}
 	return &Jobs{
-		cache: c, store: store, metrics: m, now: now,
+		cache: c, store: store, metrics: m, now: now, reg: cfg.Registerer,
 		log:          cmp.Or(cfg.Logger, slog.Default()),
 		targets:      cfg.Targets,
 		jobs:         map[string]*run{},

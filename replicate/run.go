@@ -182,6 +182,12 @@ func (c *Jobs) copyImage(ctx context.Context, r *run, img *Image) {
 	})
 	state := r.state(img)
 	c.metrics.images.WithLabelValues(state).Inc()
+	if state == StateDone && r.job.Rule != "" && img.Tag != "" {
+		// What the rule pushed: the next run leaves it be until it moves.
+		if err := c.store.SetReplicated(r.job.Rule, img.Upstream, img.Repository, img.Tag, img.Digest); err != nil {
+			c.log.Warn("replicated tag not recorded; the next run pushes it again", "rule", r.job.Rule, "image", img.Source, "error", err)
+		}
+	}
 	if err != nil && !r.isCancelled() {
 		c.log.Warn("prefetch image failed", "job", r.job.ID, "image", img.Source, "error", err)
 	}

@@ -15,10 +15,11 @@ import (
 // one for the job and one per image, so that a step of one image of a
 // large job rewrites a few hundred bytes, not the whole job.
 const (
-	prefixJob      = "j\x00" // j <id>                   → job document (JSON)
-	prefixJobImage = "i\x00" // i <id> <index, 6 digits> → image document (JSON)
-	prefixPin      = "p\x00" // p <up> <repo> <ref>      → digest (string)
-	prefixPushed   = "x\x00" // x <target> <digest>      → repository (string)
+	prefixJob        = "j\x00" // j <id>                   → job document (JSON)
+	prefixJobImage   = "i\x00" // i <id> <index, 6 digits> → image document (JSON)
+	prefixPin        = "p\x00" // p <up> <repo> <ref>      → digest (string)
+	prefixPushed     = "x\x00" // x <target> <digest>      → repository (string)
+	prefixReplicated = "y\x00" // y <rule> <up> <repo> <tag> → digest last pushed by the rule
 )
 
 // MaxJobImages bounds the images of one job: image records are numbered
@@ -263,4 +264,30 @@ func (s *Store) SetPushedTo(target string, dgst digest.Digest, repo string) erro
 		return errors.New("storage: repository name holds NUL")
 	}
 	return s.db.Update(func(txn *badger.Txn) error { return txn.Set(key(prefixPushed, target, dgst.String()), []byte(repo)) })
+}
+
+// Replicated is the digest replication rule last pushed for a tag, "" if
+// none: what tells a new or moved tag from one already on the target.
+func (s *Store) Replicated(rule, up, repo, tag string) digest.Digest {
+	var d digest.Digest
+	_ = s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(key(prefixReplicated, rule, up, repo, tag))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(b []byte) error { d = digest.Digest(b); return nil })
+	})
+	return d
+}
+
+// SetReplicated records that rule pushed dgst for a tag.
+func (s *Store) SetReplicated(rule, up, repo, tag string, dgst digest.Digest) error {
+	for _, part := range []string{rule, up, repo, tag} {
+		if strings.ContainsRune(part, 0) {
+			return errors.New("storage: name holds NUL")
+		}
+	}
+	return s.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(key(prefixReplicated, rule, up, repo, tag), []byte(dgst))
+	})
 }

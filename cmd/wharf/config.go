@@ -47,8 +47,9 @@ type fileConfig struct {
 		Concurrency int `yaml:"concurrency"`
 		Transfers   int `yaml:"transfers"`
 	} `yaml:"prefetch"`
-	Auth *authConfig `yaml:"auth"`
-	TLS  tlsConfig   `yaml:"tls"`
+	Auth        *authConfig  `yaml:"auth"`
+	TLS         tlsConfig    `yaml:"tls"`
+	Replication []ruleConfig `yaml:"replication"`
 }
 
 type storageConfig struct {
@@ -267,6 +268,9 @@ func (c *fileConfig) validate() error {
 		return err
 	}
 	if err := c.validateAccess(); err != nil {
+		return err
+	}
+	if _, err := c.rules(); err != nil {
 		return err
 	}
 	return c.validateTLS()

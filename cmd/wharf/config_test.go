@@ -70,6 +70,12 @@ func TestConfigErrors(t *testing.T) {
 		{base + "auth: {anonymous: ['[']}\n", "auth.anonymous"},
 		{base + "auth: {rules: [{users: [ci], pull: ['a.io/*']}]}\n", "auth.htpasswd is not set"},
 		{base + "tls: {cert_file: /x}\n", "cert_file and key_file together"},
+		{base + "replication: [{name: r, sources: [a.io/x], tags: '((', on_pull: true}]\n", "replication rule r: tag expression"},
+		{base + "replication: [{name: r, sources: [a.io/x], semver: 'one', on_pull: true}]\n", "replication rule r: semver range"},
+		{base + "replication: [{name: r, sources: [a.io/x], tags: x, semver: '>1', on_pull: true}]\n", "not both"},
+		{base + "replication: [{name: r, sources: [a.io/x], platforms: [linux], on_pull: true}]\n", "platform \"linux\""},
+		{base + "replication: [{name: r, sources: [a.io/x], index: sorted, on_pull: true}]\n", "index \"sorted\""},
+		{base + "replication: [{name: r, sources: [a.io/x]}]\n", "no trigger"},
 		{base + "tls: {client_ca_file: /x}\n", "needs tls.cert_file"},
 		{base + "tls: {cert_file: /nonexistent/crt, key_file: /nonexistent/key}\n", "tls: "},
 	}

@@ -41,6 +41,8 @@ const usage = `usage:
                                                      list prefetch jobs, show or cancel one
   wharf pins [--server URL] [--token-file F | --user NAME] [--ca-file F] [--unpin REF]
                                                      list what jobs pinned against eviction, or unpin
+  wharf replicate [--server URL] [--token-file F | --user NAME] [--ca-file F] [RULE --now [--wait]]
+                                                     show the replication rules, or run one now
   wharf version                                      print the version
 `
 
@@ -85,6 +87,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return jobsCmd(args[1:], stdout, stderr)
 	case "pins":
 		return pinsCmd(args[1:], stdout, stderr)
+	case "replicate":
+		return replicateCmd(args[1:], stdout, stderr, isTerminal(stderr))
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -148,12 +152,20 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
+	ruleList, err := cfg.rules()
+	if err != nil {
+		return err
+	}
+	rules, err := replicate.NewRules(jobs, ruleList, 0)
+	if err != nil {
+		return err
+	}
 	access, err := auth.New(cfg.accessConfig(log, reg))
 	if err != nil {
 		return err
 	}
 	cfg.logAccess(log)
-	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, Auth: access, Jobs: jobs})
+	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, Auth: access, Jobs: jobs, Rules: rules})
 	if err != nil {
 		return err
 	}
@@ -191,6 +203,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	if err := jobs.Resume(); err != nil {
 		log.Error("prefetch jobs not resumed", "error", err)
 	}
+	rules.Start()
 	log.Info("listening", "addr", ln.Addr().String(), "tls", tlsConf != nil, "version", versionString(), "root", cfg.Storage.Root)
 	errc := make(chan error, 1)
 	go func() {
@@ -212,6 +225,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		srv.Close()
 		log.Warn("shutdown grace period ended with requests in flight", "error", err)
 	}
+	rules.Close() // no new runs
 	jobs.Close()  // jobs stop where they are, to be resumed at the next start
 	c.Close(sctx) // fills finish within the grace, then the index closes
 	return serveErr

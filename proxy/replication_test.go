@@ -1,0 +1,155 @@
+package proxy_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/route"
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+// ruleJobs lists the jobs of a rule, oldest first.
+func ruleJobs(t *testing.T, e *env, rule string) []replicate.Job {
+	t.Helper()
+	jobs, err := e.jobs.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []replicate.Job
+	for _, j := range jobs {
+		if j.Rule == rule {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
+// waitRuleJobs polls, bounded, until rule has n jobs, and waits for the
+// last to end.
+func waitRuleJobs(t *testing.T, p *promotion, rule string, n int) replicate.Job {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ruleJobs(t, p.env, rule)) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("rule %s: %d jobs within 10s, want %d", rule, len(ruleJobs(t, p.env, rule)), n)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the rule's batching goroutine
+	}
+	jobs := ruleJobs(t, p.env, rule)
+	if len(jobs) != n {
+		t.Fatalf("rule %s: %d jobs, want %d", rule, len(jobs), n)
+	}
+	p.wait(t, jobs[n-1].ID)
+	job, _ := p.env.jobs.Job(jobs[n-1].ID)
+	return job
+}
+
+func mustRegexp(t *testing.T, expr string) func(string) bool {
+	f, err := route.Regexp(expr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// on_pull: a tag matching the rule is pushed within seconds of a client
+// pulling it, once however many clients pull; a tag moved upstream is
+// pushed again after revalidation; a tag the filter refuses is not.
+func TestReplicationOnPull(t *testing.T) {
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
+	rule := replicate.Rule{Name: "services-to-b", Sources: []string{"harbor-a.example.com/proj/*"}, Tags: mustRegexp(t, `^v?[0-9]+\.`),
+		Target: "harbor-b", Rename: map[string]string{"harbor-a.example.com/proj/": "proj-b/"}, OnPull: true}
+	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{Now: clk.now}, replicate.Config{}, "", 0, rule)
+	p.seed(t)
+	src.PushManifest(t, "proj/app", "latest", p.app.MediaType, p.app.Manifest)
+
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { p.getAll(t, 1, "/v2/proj/app/manifests/1.0", p.app.Manifest.Data) })
+	}
+	wg.Wait()
+	p.get(t, "/v2/proj/app/manifests/latest", p.app.Manifest.Data, p.app.Manifest.Digest.String()) // not a version
+	job := waitRuleJobs(t, p, "services-to-b", 1)
+	if job.State != replicate.StateDone || job.Images != 1 || job.PushTo != "harbor-b" {
+		t.Fatalf("on_pull job: %+v", job)
+	}
+	onTarget(t, dst, "proj-b/app", "1.0", p.app.Manifest)
+	if r, _ := dst.Get(t, "GET", "/v2/proj-b/app/manifests/latest"); r.StatusCode != 404 {
+		t.Fatalf("latest, refused by the tag filter, reached the target: %d", r.StatusCode)
+	}
+	if n := dst.Count(http.MethodPut, "manifest"); n != 1 {
+		t.Fatalf("%d manifest PUTs on the target, want 1", n)
+	}
+
+	// Pulled again, unchanged: nothing to do.
+	p.get(t, "/v2/proj/app/manifests/1.0", p.app.Manifest.Data, p.app.Manifest.Digest.String())
+	// Moved upstream: seen on revalidation once tag_ttl has passed, pushed again.
+	for _, b := range p.tool.Blobs() {
+		src.PushBlob(t, "proj/app", b)
+	}
+	src.PushManifest(t, "proj/app", "1.0", p.tool.MediaType, p.tool.Manifest)
+	clk.add(2 * time.Hour)
+	p.get(t, "/v2/proj/app/manifests/1.0", p.tool.Manifest.Data, p.tool.Manifest.Digest.String())
+	job = waitRuleJobs(t, p, "services-to-b", 2)
+	if job.State != replicate.StateDone || job.Images != 1 {
+		t.Fatalf("moved tag job: %+v", job)
+	}
+	onTarget(t, dst, "proj-b/app", "1.0", p.tool.Manifest)
+
+	// The status: two runs, nothing pending, the last done.
+	var status struct{ Rules []replicate.RuleStatus }
+	r := p.do(t, "GET", "/api/v1/replication")
+	if r.status != 200 || json.Unmarshal(r.body, &status) != nil || len(status.Rules) != 1 {
+		t.Fatalf("status: %d %s", r.status, r.body)
+	}
+	s := status.Rules[0]
+	if s.Name != "services-to-b" || s.Runs != 2 || s.Pending != 0 || s.LastRun == nil || s.LastRun.State != replicate.StateDone ||
+		s.LastRun.Trigger != "on_pull" || s.LastRun.Job != job.ID || s.Failures != 0 {
+		t.Fatalf("status %+v", s)
+	}
+	if metric(t, p.env, "wharf_replication_runs_total") != 2 {
+		t.Fatalf("wharf_replication_runs_total %v", metric(t, p.env, "wharf_replication_runs_total"))
+	}
+}
+
+// A rule run by hand (or by its schedule) lists the tags upstream and
+// pushes those its semver range takes that are new or moved, and only
+// those.
+func TestReplicationRunPicksUpNewTags(t *testing.T) {
+	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
+	in, err := route.Semver(">=1.2 <2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule := replicate.Rule{Name: "app-1x", Sources: []string{"harbor-a.example.com/proj/app"}, Tags: in, Target: "harbor-b",
+		Rename: map[string]string{"harbor-a.example.com/proj/": "proj-b/"}, Schedule: "@every 1s"}
+	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0, rule)
+	p.seed(t)
+	for _, tag := range []string{"1.2", "1.5.1", "2.0", "v1.1"} {
+		src.PushManifest(t, "proj/app", tag, p.app.MediaType, p.app.Manifest)
+	}
+	// The schedule's first run (every second) takes 1.2 and 1.5.1.
+	job := waitRuleJobs(t, p, "app-1x", 1)
+	images, _, err := p.env.jobs.Images(job.ID, nil, -1, 10)
+	if err != nil || job.State != replicate.StateDone || len(images) != 2 || images[0].Tag != "1.2" || images[1].Tag != "1.5.1" {
+		t.Fatalf("scheduled run: %s %+v %v", job.State, images, err)
+	}
+	onTarget(t, dst, "proj-b/app", "1.5.1", p.app.Manifest)
+
+	// A new tag in range: run by hand, it is the only one pushed.
+	src.PushManifest(t, "proj/app", "1.7", p.app.MediaType, p.app.Manifest)
+	r := p.send(t, "POST", "/api/v1/replication/app-1x/run", "application/json", "{}")
+	var run struct{ Job replicate.Job }
+	if r.status != 202 || json.Unmarshal(r.body, &run) != nil || run.Job.Images != 1 || run.Job.Rule != "app-1x" {
+		t.Fatalf("manual run: %d %s", r.status, r.body)
+	}
+	p.wait(t, run.Job.ID)
+	onTarget(t, dst, "proj-b/app", "1.7", p.app.Manifest)
+	wantError(t, p.send(t, "POST", "/api/v1/replication/nope/run", "application/json", "{}"), 404, "RULE_UNKNOWN")
+}

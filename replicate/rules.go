@@ -1,0 +1,414 @@
+package replicate
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/robfig/cron/v3"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/route"
+)
+
+// Replication rules keep a target in step with part of what Wharf serves.
+// A rule's runs are ordinary jobs tagged with its name; what a rule pushed
+// is remembered per tag in the index, so that only what is new or moved
+// goes again. Triggers: a tag first cached or seen to move (on_pull,
+// batched), a schedule (list the tags upstream), and by hand.
+
+// Rule is one replication rule.
+type Rule struct {
+	Name      string
+	Sources   []string          // patterns (route.Match) on "<upstream>/<repo>"
+	Tags      func(string) bool // nil: every tag
+	Target    string
+	Rename    map[string]string // "<upstream>/<repo>" prefix → target repository prefix
+	Platforms []Platform
+	// SkipReferrers leaves signatures and attestations behind; FilterIndex
+	// pushes indexes listing only Platforms.
+	SkipReferrers, FilterIndex bool
+	OnPull                     bool
+	Schedule                   string // "@every 10m" or a cron expression; "" for none
+}
+
+// RuleStatus is what GET /api/v1/replication says of a rule.
+type RuleStatus struct {
+	Name       string     `json:"name"`
+	Target     string     `json:"target"`
+	Triggers   []string   `json:"triggers"`
+	LastRun    *RunInfo   `json:"last_run,omitempty"`
+	NextRun    *time.Time `json:"next_run,omitempty"`
+	Pending    int        `json:"pending"`
+	LagSeconds float64    `json:"lag_seconds"` // since the oldest pending tag was seen
+	Runs       int        `json:"runs"`
+	Failures   int        `json:"failures"` // runs that could not start, and images that failed
+}
+
+// RunInfo is one run of a rule: its job, if it had anything to do.
+type RunInfo struct {
+	Trigger string    `json:"trigger"` // on_pull, schedule, manual
+	At      time.Time `json:"at"`
+	Job     string    `json:"job,omitempty"`
+	State   string    `json:"state"` // the job's, or "nothing new", or "failed to start"
+	Images  int       `json:"images"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// onPullBatch is how long on_pull waits for more tags before a run: the
+// pulls of one rollout make one job, not one per tag.
+const onPullBatch = 3 * time.Second
+
+// ErrNoRule says no rule has the name asked for.
+var ErrNoRule = errors.New("no such replication rule")
+
+// Rules runs the replication rules over a job runner.
+type Rules struct {
+	jobs  *Jobs
+	rules []*rule
+	batch time.Duration
+	stop  chan struct{}
+	wg    sync.WaitGroup
+}
+
+type rule struct {
+	Rule
+	sched cron.Schedule // nil without a schedule
+	runMu sync.Mutex    // one listing run at a time: by hand and by schedule
+
+	mu       sync.Mutex
+	pending  map[string]pendingTag // "<up>/<repo>:<tag>"
+	armed    bool                  // a flush is due
+	last     *RunInfo
+	next     time.Time
+	runs     int
+	failures int
+}
+
+type pendingTag struct {
+	up, repo, tag string
+	dgst          digest.Digest
+	since         time.Time
+}
+
+// NewRules checks rules against the jobs' targets. batch is the on_pull
+// window (0: 3s).
+func NewRules(jobs *Jobs, rules []Rule, batch time.Duration) (*Rules, error) {
+	rs := &Rules{jobs: jobs, batch: cmp.Or(batch, onPullBatch), stop: make(chan struct{})}
+	seen := map[string]bool{}
+	for _, r := range rules {
+		switch {
+		case r.Name == "" || strings.ContainsAny(r.Name, "/ \x00"):
+			return nil, fmt.Errorf("replication rule %q: a name without / or spaces is required", r.Name)
+		case seen[r.Name]:
+			return nil, fmt.Errorf("replication rule %s is configured twice", r.Name)
+		case !jobs.HasTarget(r.Target):
+			return nil, fmt.Errorf("replication rule %s: no target %q is configured", r.Name, r.Target)
+		case len(r.Sources) == 0:
+			return nil, fmt.Errorf("replication rule %s: sources is empty", r.Name)
+		}
+		seen[r.Name] = true
+		for _, s := range r.Sources {
+			if err := route.Check(s); err != nil {
+				return nil, fmt.Errorf("replication rule %s: sources: %w", r.Name, err)
+			}
+		}
+		st := &rule{Rule: r, pending: map[string]pendingTag{}}
+		if r.Schedule != "" {
+			sched, err := cron.ParseStandard(r.Schedule)
+			if err != nil {
+				return nil, fmt.Errorf("replication rule %s: schedule %q: want @every 10m, @hourly or a cron expression: %v", r.Name, r.Schedule, err)
+			}
+			st.sched = sched
+		}
+		rs.rules = append(rs.rules, st)
+	}
+	if jobs.reg != nil && len(rs.rules) > 0 {
+		if err := jobs.reg.Register(rulesCollector{rs}); err != nil {
+			return nil, err
+		}
+	}
+	return rs, nil
+}
+
+var (
+	descPending  = prometheus.NewDesc("wharf_replication_pending", "Tags waiting for a replication rule's next run, by rule.", []string{"rule"}, nil)
+	descLag      = prometheus.NewDesc("wharf_replication_lag_seconds", "Time since a rule's oldest pending tag was seen, by rule.", []string{"rule"}, nil)
+	descRuns     = prometheus.NewDesc("wharf_replication_runs_total", "Runs of a replication rule, by rule (those with nothing new included).", []string{"rule"}, nil)
+	descFailures = prometheus.NewDesc("wharf_replication_failures_total", "Runs that could not start and images that failed, by rule (since start, last run's images).", []string{"rule"}, nil)
+)
+
+// rulesCollector reports the rules' state at each scrape; rule names come
+// from the config, so the series are bounded.
+type rulesCollector struct{ rs *Rules }
+
+func (c rulesCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPending, descLag, descRuns, descFailures} {
+		ch <- d
+	}
+}
+
+func (c rulesCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.rs.Status() {
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(s.Pending), s.Name)
+		ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, s.LagSeconds, s.Name)
+		ch <- prometheus.MustNewConstMetric(descRuns, prometheus.CounterValue, float64(s.Runs), s.Name)
+		ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(s.Failures), s.Name)
+	}
+}
+
+// Start subscribes on_pull rules to the cache's tag events and starts the
+// schedules. Close stops them.
+func (rs *Rules) Start() {
+	rs.jobs.cache.Subscribe(rs.onTag)
+	for _, r := range rs.rules {
+		if r.sched == nil {
+			continue
+		}
+		rs.wg.Add(1)
+		go rs.schedule(r)
+	}
+}
+
+// Close stops the schedules and the batching; pending on_pull tags are
+// left (they come again with the next pull that moves them).
+func (rs *Rules) Close() {
+	select {
+	case <-rs.stop:
+	default:
+		close(rs.stop)
+	}
+	rs.wg.Wait()
+}
+
+func (rs *Rules) schedule(r *rule) {
+	defer rs.wg.Done()
+	for {
+		next := r.sched.Next(rs.jobs.now())
+		r.mu.Lock()
+		r.next = next
+		r.mu.Unlock()
+		t := time.NewTimer(time.Until(next))
+		select {
+		case <-rs.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		if _, err := rs.run(ctx, r, "schedule"); err != nil {
+			rs.jobs.log.Warn("replication run failed", "rule", r.Name, "error", err)
+		}
+		cancel()
+	}
+}
+
+// matches reports whether a tag of up/repo falls under r.
+func (r *rule) matches(up, repo, tag string) bool {
+	name := up + "/" + repo
+	return slices.ContainsFunc(r.Sources, func(p string) bool { return route.Match(p, name) }) && (r.Tags == nil || r.Tags(tag))
+}
+
+// onTag queues a new or moved tag for the on_pull rules it falls under.
+func (rs *Rules) onTag(ev cache.TagEvent) {
+	for _, r := range rs.rules {
+		if !r.OnPull || !r.matches(ev.Upstream, ev.Repo, ev.Tag) || rs.jobs.store.Replicated(r.Name, ev.Upstream, ev.Repo, ev.Tag) == ev.Digest {
+			continue
+		}
+		r.mu.Lock()
+		k := ev.Upstream + "/" + ev.Repo + ":" + ev.Tag
+		since := rs.jobs.now()
+		if p, ok := r.pending[k]; ok {
+			since = p.since
+		}
+		r.pending[k] = pendingTag{up: ev.Upstream, repo: ev.Repo, tag: ev.Tag, dgst: ev.Digest, since: since}
+		arm := !r.armed
+		r.armed = true
+		r.mu.Unlock()
+		if arm {
+			rs.wg.Add(1)
+			go rs.flushLater(r)
+		}
+	}
+}
+
+// flushLater runs r's pending tags once the batch window has passed.
+func (rs *Rules) flushLater(r *rule) {
+	defer rs.wg.Done()
+	t := time.NewTimer(rs.batch)
+	select {
+	case <-rs.stop:
+		t.Stop()
+		return
+	case <-t.C:
+	}
+	r.mu.Lock()
+	r.armed = false
+	batch := make([]pendingTag, 0, len(r.pending))
+	for _, p := range r.pending {
+		batch = append(batch, p)
+	}
+	r.pending = map[string]pendingTag{}
+	r.mu.Unlock()
+	if _, err := rs.submit(r, "on_pull", batch); err != nil {
+		rs.jobs.log.Warn("replication run failed", "rule", r.Name, "error", err)
+	}
+}
+
+// Run starts a run of rule name by hand: what is new or moved upstream.
+// A nil job with no error means nothing was.
+func (rs *Rules) Run(ctx context.Context, name string) (*Job, error) {
+	for _, r := range rs.rules {
+		if r.Name == name {
+			return rs.run(ctx, r, "manual")
+		}
+	}
+	return nil, fmt.Errorf("%w %q", ErrNoRule, name)
+}
+
+// run lists the tags of every repository r covers (those Wharf knows of,
+// and sources naming one repository), resolves those its filter takes, and
+// submits a job of the new and moved ones.
+func (rs *Rules) run(ctx context.Context, r *rule, trigger string) (*Job, error) {
+	r.runMu.Lock()
+	defer r.runMu.Unlock()
+	c := rs.jobs.cache
+	repos := map[[2]string]bool{}
+	known, err := c.Repositories()
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range known {
+		if slices.ContainsFunc(r.Sources, func(p string) bool { return route.Match(p, k.Upstream+"/"+k.Name) }) {
+			repos[[2]string{k.Upstream, k.Name}] = true
+		}
+	}
+	for _, s := range r.Sources {
+		if up, repo, ok := strings.Cut(s, "/"); ok && !strings.ContainsAny(s, "*?[") && c.HasUpstream(up) {
+			repos[[2]string{up, repo}] = true
+		}
+	}
+	var batch []pendingTag
+	var problems []error
+	for _, k := range slices.SortedFunc(maps.Keys(repos), func(a, b [2]string) int { return cmp.Or(strings.Compare(a[0], b[0]), strings.Compare(a[1], b[1])) }) {
+		tags, err := c.TagsWithin(ctx, k[0], k[1], 0)
+		if err != nil {
+			problems = append(problems, fmt.Errorf("%s/%s: %w", k[0], k[1], err))
+			continue
+		}
+		for _, tag := range tags {
+			if !r.matches(k[0], k[1], tag) {
+				continue
+			}
+			desc, err := c.ManifestHead(ctx, k[0], k[1], tag)
+			if err != nil {
+				problems = append(problems, fmt.Errorf("%s/%s:%s: %w", k[0], k[1], tag, err))
+				continue
+			}
+			if rs.jobs.store.Replicated(r.Name, k[0], k[1], tag) != desc.Digest {
+				batch = append(batch, pendingTag{up: k[0], repo: k[1], tag: tag, dgst: desc.Digest})
+			}
+		}
+	}
+	// What this run takes is no longer pending for on_pull.
+	r.mu.Lock()
+	for _, p := range batch {
+		delete(r.pending, p.up+"/"+p.repo+":"+p.tag)
+	}
+	r.mu.Unlock()
+	job, err := rs.submit(r, trigger, batch)
+	if err == nil && len(problems) > 0 {
+		err = errors.Join(problems...)
+	}
+	return job, err
+}
+
+// submit starts a job of batch for r and records the run.
+func (rs *Rules) submit(r *rule, trigger string, batch []pendingTag) (*Job, error) {
+	run := &RunInfo{Trigger: trigger, At: rs.jobs.now().UTC(), Images: len(batch), State: "nothing new"}
+	defer func() {
+		r.mu.Lock()
+		r.last, r.runs = run, r.runs+1
+		if run.Error != "" {
+			r.failures++
+		}
+		r.mu.Unlock()
+	}()
+	if len(batch) == 0 {
+		return nil, nil
+	}
+	slices.SortFunc(batch, func(a, b pendingTag) int {
+		return cmp.Or(strings.Compare(a.up, b.up), strings.Compare(a.repo, b.repo), strings.Compare(a.tag, b.tag))
+	})
+	spec := JobSpec{PushTo: r.Target, Platforms: r.Platforms, SkipReferrers: r.SkipReferrers, FilterIndex: r.FilterIndex, Rule: r.Name}
+	for _, p := range batch {
+		spec.Images = append(spec.Images, ImageRef{Source: p.up + "/" + p.repo + ":" + p.tag, Upstream: p.up, Repo: p.repo,
+			Ref: p.dgst.String(), Tag: p.tag, TargetRepo: r.targetRepo(p.up, p.repo)})
+	}
+	job, err := rs.jobs.Submit(spec)
+	if err != nil {
+		run.State, run.Error = "failed to start", err.Error()
+		return nil, err
+	}
+	run.Job, run.State = job.ID, job.State
+	return &job, nil
+}
+
+// targetRepo applies the longest matching rename prefix.
+func (r *rule) targetRepo(up, repo string) string {
+	name := up + "/" + repo
+	best := ""
+	for from := range r.Rename {
+		if strings.HasPrefix(name, from) && len(from) > len(best) {
+			best = from
+		}
+	}
+	if best == "" {
+		return repo
+	}
+	return r.Rename[best] + strings.TrimPrefix(name, best)
+}
+
+// Status reports every rule, in the order configured.
+func (rs *Rules) Status() []RuleStatus {
+	out := make([]RuleStatus, 0, len(rs.rules))
+	now := rs.jobs.now()
+	for _, r := range rs.rules {
+		r.mu.Lock()
+		s := RuleStatus{Name: r.Name, Target: r.Target, Pending: len(r.pending), Runs: r.runs, Failures: r.failures, Triggers: []string{"manual"}}
+		if r.OnPull {
+			s.Triggers = append(s.Triggers, "on_pull")
+		}
+		if r.sched != nil {
+			s.Triggers = append(s.Triggers, "schedule "+r.Schedule)
+			if !r.next.IsZero() {
+				next := r.next
+				s.NextRun = &next
+			}
+		}
+		for _, p := range r.pending {
+			s.LagSeconds = max(s.LagSeconds, now.Sub(p.since).Seconds())
+		}
+		if r.last != nil {
+			last := *r.last
+			s.LastRun = &last
+		}
+		r.mu.Unlock()
+		if s.LastRun != nil && s.LastRun.Job != "" {
+			if job, err := rs.jobs.Job(s.LastRun.Job); err == nil {
+				s.LastRun.State = job.State
+				s.Failures += job.Failed
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
