@@ -53,7 +53,7 @@ func (p *proxy) catalog(w http.ResponseWriter, r *http.Request) error {
 		if !p.auth.MayPull(id, repo.Upstream, repo.Name) {
 			continue
 		}
-		if repo.Upstream == p.fallback {
+		if repo.Upstream == p.router.Default() {
 			names = append(names, repo.Name)
 		} else {
 			names = append(names, repo.Upstream+"/"+repo.Name)

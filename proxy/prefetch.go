@@ -20,7 +20,6 @@ import (
 	"github.com/distribution/reference"
 	"gopkg.in/yaml.v3"
 
-	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/route"
 )
@@ -406,7 +405,7 @@ func (p *proxy) imageRefs(req prefetchRequest, ps *problems) []replicate.ImageRe
 		ref, err := p.parseImage(s)
 		if err != nil {
 			code := errcode.ErrorCodeNameInvalid
-			if errors.Is(err, cache.ErrUnknown) {
+			if errors.Is(err, route.ErrUnknown) {
 				code = errcode.ErrorCodeNameUnknown
 			}
 			ps.add(code, item, s, err.Error())
@@ -476,18 +475,8 @@ func (p *proxy) parseImage(s string) (replicate.ImageRef, error) {
 		return replicate.ImageRef{}, fmt.Errorf("%q names no repository", s)
 	}
 	ref := replicate.ImageRef{Source: s, Ref: "latest"}
-	name := n.Name()
-	first, rest, nested := strings.Cut(name, "/")
-	switch rt, known := p.routes[strings.ToLower(first)]; {
-	case nested && known:
-		ref.Upstream, ref.Repo = rt.Name, rest
-	case p.fallback != "" && !strings.ContainsAny(first, ".:") && first != "localhost":
-		ref.Upstream, ref.Repo = p.fallback, name
-	default:
-		return replicate.ImageRef{}, fmt.Errorf("%w: no upstream is configured for %s", cache.ErrUnknown, first)
-	}
-	if p.dockerHub[ref.Upstream] && !strings.Contains(ref.Repo, "/") {
-		ref.Repo = "library/" + ref.Repo
+	if ref.Upstream, ref.Repo, err = p.router.Resolve(n.Name(), ""); err != nil {
+		return replicate.ImageRef{}, err
 	}
 	t, tagged := named.(reference.Tagged)
 	if tagged {

@@ -442,7 +442,7 @@ func TestPrefetchAPIAuth(t *testing.T) {
 // against the tags upstream has now. Without a target the job only warms
 // the cache.
 func TestPrefetchTextAndSyncYAML(t *testing.T) {
-	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "t0ken", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{JobImages: 1}, "t0ken", 0)
 	p.apiAuth = "Bearer t0ken" // text and YAML bodies need a credential
 	p.seed(t)
 	p.src.PushManifest(t, "proj/tool", "2.1", p.tool.MediaType, p.tool.Manifest)
@@ -485,7 +485,8 @@ func TestPrefetchTextAndSyncYAML(t *testing.T) {
 		t.Fatalf("yaml job %s; app fetched %d cached %d", job.State, job.Images[0].BytesFetched, job.Images[0].BytesCached)
 	}
 	// One tag list, the two tool tags, tool's 2 blobs of its own; a
-	// referrers request per image.
+	// referrers request per image (one image at a time: concurrent ones
+	// for the same digest would share one).
 	wantCounts(t, p.src, map[string]int{"GET tags": 1, "GET manifest": 2, "GET blob": 2, "GET referrers": 3})
 
 	// An empty tag list means every tag there is.

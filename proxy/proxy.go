@@ -17,6 +17,7 @@ import (
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/route"
 )
 
 // Route tells the proxy which requests an upstream serves.
@@ -45,16 +46,14 @@ type Config struct {
 }
 
 type proxy struct {
-	cache     *cache.Cache
-	status    []func() any
-	routes    map[string]Route // by lowercased name and alias
-	fallback  string           // default upstream name, "" if none
-	dockerHub map[string]bool  // upstreams whose one-part names get library/
-	log       *slog.Logger
-	metrics   *metrics
-	jobs      *replicate.Jobs
-	rules     *replicate.Rules
-	auth      *auth.Auth
+	cache   *cache.Cache
+	status  []func() any
+	router  *route.Router
+	log     *slog.Logger
+	metrics *metrics
+	jobs    *replicate.Jobs
+	rules   *replicate.Rules
+	auth    *auth.Auth
 	// apiCredentials: the API can check credentials, so an anonymous
 	// caller is asked for them (401) rather than told it must be on loopback.
 	apiCredentials bool
@@ -62,7 +61,7 @@ type proxy struct {
 
 // New returns the HTTP handler for the registry API, /healthz and /metrics.
 func New(c *cache.Cache, cfg Config) (http.Handler, error) {
-	p := &proxy{cache: c, routes: map[string]Route{}, dockerHub: map[string]bool{}, log: cfg.Logger, auth: cfg.Auth, jobs: cfg.Jobs, rules: cfg.Rules}
+	p := &proxy{cache: c, log: cfg.Logger, auth: cfg.Auth, jobs: cfg.Jobs, rules: cfg.Rules}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -77,27 +76,18 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 		p.auth = a
 	}
 	p.apiCredentials = p.auth.Credentials()
+	var ups []route.Upstream
 	for _, rt := range cfg.Routes {
-		for _, key := range append([]string{rt.Name}, rt.Aliases...) {
-			key = strings.ToLower(key)
-			if prev, dup := p.routes[key]; dup {
-				return nil, fmt.Errorf("proxy: %q names both upstream %s and %s", key, prev.Name, rt.Name)
-			}
-			p.routes[key] = rt
-			if key == "docker.io" {
-				p.dockerHub[rt.Name] = true
-			}
-		}
+		ups = append(ups, route.Upstream{Name: rt.Name, Aliases: rt.Aliases, Default: rt.Default})
 		if rt.Status != nil {
 			p.status = append(p.status, rt.Status)
 		}
-		if rt.Default {
-			if p.fallback != "" {
-				return nil, errors.New("proxy: more than one default upstream")
-			}
-			p.fallback = rt.Name
-		}
 	}
+	router, err := route.NewRouter(ups)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	p.router = router
 	var reg prometheus.Registerer
 	if cfg.Registry != nil {
 		reg = cfg.Registry

@@ -84,32 +84,17 @@ func (p *proxy) resolve(w http.ResponseWriter, r *http.Request) (target, error) 
 	if !validName(name) {
 		return target{}, ociError(http.StatusBadRequest, errcode.ErrorCodeNameInvalid, "invalid repository name")
 	}
-	t := target{name: name, repo: name}
-	first, rest, nested := strings.Cut(name, "/")
 	ns := r.URL.Query().Get("ns")
 	if ns == "" {
 		ns = r.Header.Get("OCI-Namespace")
 	}
-	switch {
-	case ns != "":
-		rt, ok := p.routes[strings.ToLower(ns)]
-		if !ok {
-			return target{}, ociError(http.StatusNotFound, errcode.ErrorCodeNameUnknown, "no upstream is configured for namespace "+ns)
-		}
-		t.upstream, t.byNS = rt.Name, ns
-		if prefix, ok := p.routes[first]; ok && nested && prefix.Name == rt.Name {
-			t.repo = rest // containerd's override_path form: /v2/<ns>/<repo>
-		}
-		w.Header().Set("OCI-Namespace", ns)
-	case nested && p.routes[first].Name != "":
-		t.upstream, t.repo = p.routes[first].Name, rest
-	case p.fallback != "":
-		t.upstream = p.fallback
-	default:
-		return target{}, ociError(http.StatusNotFound, errcode.ErrorCodeNameUnknown, "no upstream serves "+name+" and none is the default")
+	up, repo, err := p.router.Resolve(name, ns)
+	if err != nil {
+		return target{}, ociError(http.StatusNotFound, errcode.ErrorCodeNameUnknown, err.Error())
 	}
-	if p.dockerHub[t.upstream] && !strings.Contains(t.repo, "/") {
-		t.repo = "library/" + t.repo
+	t := target{upstream: up, repo: repo, name: name, byNS: ns}
+	if ns != "" {
+		w.Header().Set("OCI-Namespace", ns)
 	}
 	return t, p.mayPull(r.Context(), t)
 }

@@ -70,3 +70,38 @@ func TestTagFilters(t *testing.T) {
 		t.Fatal("a bad regexp was accepted")
 	}
 }
+
+func TestRouterResolve(t *testing.T) {
+	r, err := NewRouter([]Upstream{{Name: "docker.io", Aliases: []string{"index.docker.io"}, Default: true}, {Name: "ghcr.io"}, {Name: "harbor.internal"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, ns, up, repo, err string }{
+		{"alpine", "", "docker.io", "library/alpine", ""},
+		{"org/app", "", "docker.io", "org/app", ""},
+		{"ghcr.io/org/app", "", "ghcr.io", "org/app", ""},
+		{"GHCR.IO/org/app", "", "ghcr.io", "org/app", ""},
+		{"docker.io/alpine", "", "docker.io", "library/alpine", ""},
+		{"index.docker.io/org/app", "", "docker.io", "org/app", ""},
+		{"quay.io/org/app", "", "", "", "no upstream is configured for quay.io"},
+		{"localhost/app", "", "", "", "no upstream is configured for localhost"},
+		{"org/app", "ghcr.io", "ghcr.io", "org/app", ""},
+		{"ghcr.io/org/app", "ghcr.io", "ghcr.io", "org/app", ""},
+		{"alpine", "docker.io", "docker.io", "library/alpine", ""},
+		{"org/app", "quay.io", "", "", "no upstream is configured for namespace quay.io"},
+	} {
+		up, repo, err := r.Resolve(c.name, c.ns)
+		if up != c.up || repo != c.repo || (err == nil) != (c.err == "") || (err != nil && err.Error() != c.err) {
+			t.Errorf("Resolve(%q, %q) = %q %q %v", c.name, c.ns, up, repo, err)
+		}
+	}
+	if _, err := NewRouter([]Upstream{{Name: "a", Default: true}, {Name: "b", Default: true}}); err == nil {
+		t.Error("two defaults accepted")
+	}
+	if _, err := NewRouter([]Upstream{{Name: "a"}, {Name: "b", Aliases: []string{"A"}}}); err == nil {
+		t.Error("a name meaning two upstreams accepted")
+	}
+	if _, _, err := (&Router{keys: map[string]string{}}).Resolve("x/y", ""); err == nil {
+		t.Error("no default: resolved")
+	}
+}

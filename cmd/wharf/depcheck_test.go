@@ -21,8 +21,8 @@ func TestImportGraph(t *testing.T) {
 		"route":                 {},
 		"auth":                  {"route"},
 		"cache":                 {"storage", "route"},
-		"replicate":             {"cache", "storage"},
-		"proxy":                 {"cache", "auth", "replicate"},
+		"replicate":             {"cache", "storage", "route"},
+		"proxy":                 {"cache", "auth", "replicate", "route"},
 	}
 	for pkg, ok := range allowed {
 		p, err := build.Default.ImportDir(filepath.Join("..", "..", pkg), 0)
