@@ -53,7 +53,7 @@ func TestReferrersTravelWithTheirImage(t *testing.T) {
 				return more
 			}
 			src := upstreamtest.New(t, opts(c.srcAPI)...)
-			dst := upstreamtest.New(t, opts(c.dstAPI, upstreamtest.WithBasicAuth("robot", "s3cret"))...)
+			dst := upstreamtest.New(t, opts(c.dstAPI, upstreamtest.WithTokenAuth("robot", "s3cret"))...)
 			img := src.PushImage(t, "proj/app", "1.0", 81, 2, 8<<10, amd64)
 			subject := img.Descriptor()
 			sig, sigDesc := src.PushArtifact(t, "proj/app", "", "application/vnd.example.signature.v1+json", &subject, []byte("signed"))
@@ -72,6 +72,9 @@ func TestReferrersTravelWithTheirImage(t *testing.T) {
 			job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/app:1.0"], "push_to": "harbor-b", "rename": [{"from": "harbor-a.example.com/proj/", "to": "proj-b/"}]}`))
 			if job.State != replicate.StateDone || job.Images[0].Referrers != 3 {
 				t.Fatalf("job %s, %d referrers: %+v", job.State, job.Images[0].Referrers, job.Images[0])
+			}
+			if dst.Count("GET", "token") == 0 {
+				t.Fatal("the target's token service was never asked")
 			}
 			onTarget(t, dst, "proj-b/app", "1.0", img.Manifest)
 			onTarget(t, dst, "proj-b/app", sig.Digest.String(), sig)

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -62,7 +63,8 @@ func mustRegexp(t *testing.T, expr string) func(string) bool {
 // pushed again after revalidation; a tag the filter refuses is not.
 func TestReplicationOnPull(t *testing.T) {
 	clk := &clock{t: time.Unix(1_800_000_000, 0)}
-	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
+	// The target is behind a token service, as Harbor is.
+	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithTokenAuth("robot", "s3cret"))
 	rule := replicate.Rule{Name: "services-to-b", Sources: []string{"harbor-a.example.com/proj/*"}, Tags: mustRegexp(t, `^v?[0-9]+\.`),
 		Target: "harbor-b", Rename: map[string]string{"harbor-a.example.com/proj/": "proj-b/"}, OnPull: true}
 	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{Now: clk.now}, replicate.Config{}, "", 0, rule)
@@ -83,8 +85,11 @@ func TestReplicationOnPull(t *testing.T) {
 	if r, _ := dst.Get(t, "GET", "/v2/proj-b/app/manifests/latest"); r.StatusCode != 404 {
 		t.Fatalf("latest, refused by the tag filter, reached the target: %d", r.StatusCode)
 	}
-	if n := dst.Count(http.MethodPut, "manifest"); n != 1 {
+	if n := authorizedPuts(dst); n != 1 {
 		t.Fatalf("%d manifest PUTs on the target, want 1", n)
+	}
+	if dst.Count(http.MethodGet, "token") == 0 {
+		t.Fatal("the target's token service was never asked")
 	}
 
 	// Pulled again, unchanged: nothing to do.
@@ -152,4 +157,16 @@ func TestReplicationRunPicksUpNewTags(t *testing.T) {
 	p.wait(t, run.Job.ID)
 	onTarget(t, dst, "proj-b/app", "1.7", p.app.Manifest)
 	wantError(t, p.send(t, "POST", "/api/v1/replication/nope/run", "application/json", "{}"), 404, "RULE_UNKNOWN")
+}
+
+// authorizedPuts counts the manifest PUTs a target took: with its token,
+// not the first try a token challenge answers.
+func authorizedPuts(reg *upstreamtest.Registry) int {
+	n := 0
+	for _, r := range reg.Requests() {
+		if r.Method == http.MethodPut && r.Kind() == "manifest" && strings.HasPrefix(r.Authorization, "Bearer ") {
+			n++
+		}
+	}
+	return n
 }

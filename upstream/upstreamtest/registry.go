@@ -86,6 +86,8 @@ func kind(path string) string {
 		return "catalog"
 	case path == "/v2/" || path == "/v2":
 		return "base"
+	case path == "/service/token":
+		return "token"
 	}
 	return "other"
 }
@@ -108,6 +110,7 @@ type options struct {
 	dir        string
 	rate       int64
 	referrers  bool
+	token      bool // user and pass go through a token service
 }
 
 // WithBandwidth caps the bytes per second the registry sends, summed over
@@ -181,7 +184,7 @@ func New(t T, opts ...Option) *Registry {
 	cfg.Log.Level = "error"
 	cfg.Log.AccessLog.Disabled = true
 	cfg.HTTP.Secret = "upstreamtest"
-	if o.user != "" {
+	if o.user != "" && !o.token {
 		hash, err := bcrypt.GenerateFromPassword([]byte(o.pass), bcrypt.MinCost)
 		if err != nil {
 			t.Fatal(err)
@@ -195,6 +198,9 @@ func New(t T, opts ...Option) *Registry {
 	var app http.Handler = handlers.NewApp(context.Background(), cfg)
 	if o.referrers {
 		app = &referrersAPI{next: app, by: map[string][]ocispec.Descriptor{}}
+	}
+	if o.token {
+		app = &tokenAuth{next: app, user: o.user, pass: o.pass}
 	}
 	r := &Registry{user: o.user, pass: o.pass, app: app}
 	if o.rate > 0 {
