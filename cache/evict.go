@@ -145,36 +145,6 @@ func (c *Cache) pinnedDigests() (map[digest.Digest]bool, error) {
 	return set, nil
 }
 
-// Pin is a reference a prefetch job pinned, and the content it pins.
-type Pin struct {
-	Upstream   string        `json:"upstream"`
-	Repository string        `json:"repository"`
-	Reference  string        `json:"reference"`
-	Digest     digest.Digest `json:"digest"`
-}
-
-// ErrNotPinned says a reference to unpin was not pinned.
-var ErrNotPinned = errors.New("not pinned")
-
-// Pins lists the references prefetch jobs pinned.
-func (c *Cache) Pins() ([]Pin, error) {
-	pins, err := c.store.Pins()
-	out := make([]Pin, 0, len(pins))
-	for _, p := range pins {
-		out = append(out, Pin{Upstream: p.Upstream, Repository: p.Repo, Reference: p.Ref, Digest: p.Digest})
-	}
-	return out, err
-}
-
-// Unpin lets eviction have the content of up/repo:ref again.
-func (c *Cache) Unpin(up, repo, ref string) error {
-	err := c.store.RemovePin(storage.Pin{Upstream: up, Repo: repo, Ref: ref})
-	if errors.Is(err, storage.ErrNotFound) {
-		return fmt.Errorf("%w: %s/%s %s", ErrNotPinned, up, repo, ref)
-	}
-	return err
-}
-
 // CachedTags lists the tags the store holds whose "<upstream>/<repo>" or
 // "<upstream>/<repo>:<tag>" matches pattern (route.Match), sorted: what
 // "replicate what we use" copies.

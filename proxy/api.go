@@ -15,7 +15,6 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/wharf-registry/wharf/auth"
-	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/replicate"
 )
 
@@ -211,8 +210,8 @@ func (p *proxy) pins(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return ociError(http.StatusBadRequest, errInvalid, err.Error())
 		}
-		err = p.cache.Unpin(ref.Upstream, ref.Repo, ref.Ref)
-		if errors.Is(err, cache.ErrNotPinned) {
+		err = p.jobs.Unpin(ref.Upstream, ref.Repo, ref.Ref)
+		if errors.Is(err, replicate.ErrNotPinned) {
 			return ociError(http.StatusNotFound, errPinUnknown, ref.Source+" is not pinned")
 		}
 		if err != nil {
@@ -221,7 +220,7 @@ func (p *proxy) pins(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
-	pins, err := p.cache.Pins()
+	pins, err := p.jobs.Pins()
 	if err != nil {
 		return err
 	}

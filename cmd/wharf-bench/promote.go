@@ -156,3 +156,76 @@ func timedErr(f func() error) (float64, error) {
 	err := f()
 	return time.Since(start).Seconds(), err
 }
+
+// replicateByRule measures the same set copied by a replication rule run
+// by hand (its sources name every repository, as a team's rule would) on a
+// cold Wharf, against `skopeo sync` of the same list in one process.
+func (b *bench) replicateByRule(up *upstreamtest.Registry, imgs []upstreamtest.Image, set func(scenario, tgt string, v float64)) error {
+	const scenario = "replicate all by a rule, cold (direct: skopeo sync)"
+	set(scenario, "distribution", -1)
+	newTarget := func() *upstreamtest.Registry { return upstreamtest.New(b, upstreamtest.WithFilesystem(b.TempDir())) }
+	var sources, yml strings.Builder
+	fmt.Fprintf(&yml, "%s:\n  tls-verify: false\n  images:\n", strings.TrimPrefix(up.URL, "http://"))
+	for i, img := range imgs {
+		if i > 0 {
+			sources.WriteString(", ")
+		}
+		sources.WriteString("docker.io/" + img.Repo)
+		fmt.Fprintf(&yml, "    %s: [%s]\n", img.Repo, img.Tag)
+	}
+	fmt.Fprintln(os.Stderr, "measuring a replication rule...")
+	dst := newTarget()
+	t, err := b.startWharf(up.URL, fmt.Sprintf("targets:\n  - {name: b, url: %s, insecure: true}\nreplication:\n  - {name: all, sources: [%s], target: b, schedule: '@every 24h'}\n", dst.URL, sources.String()))
+	if err != nil {
+		return err
+	}
+	defer t.stop()
+	start := time.Now()
+	resp, err := http.Post(t.url+"/api/v1/replication/all/run", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		return err
+	}
+	var run struct {
+		Job struct{ ID string }
+	}
+	err = json.NewDecoder(resp.Body).Decode(&run)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("replication run: %d %v", resp.StatusCode, err)
+	}
+	resp, err = http.Get(t.url + "/api/v1/jobs/" + run.Job.ID + "?wait=10m")
+	if err != nil {
+		return err
+	}
+	var job struct{ State string }
+	err = json.NewDecoder(resp.Body).Decode(&job)
+	resp.Body.Close()
+	if err != nil || job.State != "done" {
+		return fmt.Errorf("replication job %s ended %s: %v%s", run.Job.ID, job.State, err, failedImages(t.url, run.Job.ID))
+	}
+	set(scenario, "wharf", time.Since(start).Seconds())
+
+	skopeo, err := exec.LookPath("skopeo")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "skopeo not found (make test installs it): no direct figure for the rule")
+		set(scenario, "direct", -1)
+		return nil
+	}
+	file := b.TempDir() + "/sync.yml"
+	if err := os.WriteFile(file, []byte(yml.String()), 0o644); err != nil {
+		return err
+	}
+	dst = newTarget()
+	d, err := timedErr(func() error {
+		out, err := exec.Command(skopeo, "sync", "--src", "yaml", "--dest", "docker", "--dest-tls-verify=false", file, strings.TrimPrefix(dst.URL, "http://")).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("skopeo sync: %v\n%s", err, out)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	set(scenario, "direct", d)
+	return nil
+}

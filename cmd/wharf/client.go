@@ -21,7 +21,6 @@ import (
 
 	"github.com/dustin/go-humanize"
 
-	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/replicate"
 )
 
@@ -304,7 +303,7 @@ func pinsCmd(args []string, stdout, stderr io.Writer) error {
 	if *unpin != "" {
 		return c.call(ctx, http.MethodDelete, "/api/v1/pins?"+url.Values{"image": {*unpin}}.Encode(), "", nil, nil)
 	}
-	var list struct{ Pins []cache.Pin }
+	var list struct{ Pins []replicate.Pin }
 	if err := c.call(ctx, http.MethodGet, "/api/v1/pins", "", nil, &list); err != nil {
 		return err
 	}
