@@ -208,7 +208,11 @@ func (b *bench) run() (rows []row, err error) {
 	if err := b.promote(up, append([]upstreamtest.Image{big}, small...), set); err != nil {
 		return nil, err
 	}
-	if err := b.replicateByRule(up, append([]upstreamtest.Image{big}, small...), set); err != nil {
+	all := [][2]string{{big.Repo, big.Tag}, {idx.Repo, idx.Tag}}
+	for _, img := range small {
+		all = append(all, [2]string{img.Repo, img.Tag})
+	}
+	if err := b.replicateByRule(up, all, set); err != nil {
 		return nil, err
 	}
 	units := map[string]string{"manifest by tag": "req/s", "manifest by tag, authenticated": "req/s", "manifest by tag: authenticated / anonymous": "×", "manifest by digest": "req/s", "manifest by tag p99": "ms",

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -165,5 +166,23 @@ func TestStartupAccessLog(t *testing.T) {
 	}
 	if strings.Contains(log, "auth.htpasswd") {
 		t.Errorf("a 0600 file was warned about:\n%s", log)
+	}
+}
+
+// The CLI's options reach the body: --from-cache, --referrers=false and
+// --index filter.
+func TestPrefetchRequestOptions(t *testing.T) {
+	body, ct, q, err := prefetchRequest("", nil, []string{"harbor-a.example.com/proj/*"}, "harbor-b", []string{"linux/amd64"}, nil, false)
+	if err != nil || ct != "application/json" {
+		t.Fatal(err, ct)
+	}
+	body, q, err = withOptions(body, ct, q, false, "filter")
+	var req struct {
+		FromCache []string `json:"from_cache"`
+		Referrers *bool
+		Index     string
+	}
+	if err != nil || json.Unmarshal(body, &req) != nil || len(req.FromCache) != 1 || req.Referrers == nil || *req.Referrers || req.Index != "filter" || q.Encode() != "" {
+		t.Fatalf("%s %v %v", body, q, err)
 	}
 }

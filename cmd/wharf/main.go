@@ -34,7 +34,7 @@ var version = ""
 const usage = `usage:
   wharf serve --config FILE                          run the mirror
   wharf check --config FILE [--repair] [--sample N]  verify the store and its index
-  wharf prefetch [--server URL] [--token-file F | --user NAME] [--ca-file F] [--push-to TARGET] [--platform OS/ARCH]...
+  wharf prefetch [--server URL] [--token-file F | --user NAME] [--ca-file F] [--push-to TARGET] [--referrers=false] [--index filter] [--platform OS/ARCH]...
                  [--rename FROM=TO]... [--pin] [--wait] [--output json] (-f FILE | REF... | --from-cache PATTERN...)
                                                      warm the cache and copy images to a target
   wharf jobs [--server URL] [--token-file F | --user NAME] [--ca-file F] [--cancel] [--output json] [ID]

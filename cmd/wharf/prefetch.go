@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +35,8 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	var platforms, renames listFlag
 	fs.Var(&platforms, "platform", "copy only this platform's children of an index, os/arch[/variant] (repeatable)")
 	fs.Var(&renames, "rename", "map source repositories starting with FROM to target ones starting with TO, FROM=TO (repeatable)")
+	referrers := fs.Bool("referrers", true, "copy signatures, attestations and SBOMs with their images (--referrers=false: leave them)")
+	index := fs.String("index", "verbatim", "with --platform: verbatim (copy indexes as they are) or filter (push indexes listing only those platforms)")
 	var fromCache listFlag
 	fs.Var(&fromCache, "from-cache", "copy every cached tag matching this pattern on <upstream>/<repo>[:<tag>], as pins use (repeatable)")
 	refs, err := parseInterleaved(fs, args)
@@ -51,6 +54,9 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 		return err
 	}
 	body, contentType, q, err := prefetchRequest(*file, refs, fromCache, *pushTo, platforms, renames, *pin)
+	if err == nil && (!*referrers || *index != "verbatim") {
+		body, q, err = withOptions(body, contentType, q, *referrers, *index)
+	}
 	if err != nil {
 		return err
 	}
@@ -286,4 +292,22 @@ func summary(job replicate.Job) string {
 		s += ": " + job.Error
 	}
 	return s
+}
+
+// withOptions adds referrers and index to a request built by
+// prefetchRequest: into its JSON body, or its query for a JSON file sent
+// as it is.
+func withOptions(body []byte, contentType string, q url.Values, referrers bool, index string) ([]byte, url.Values, error) {
+	if q.Encode() != "" || contentType != "application/json" {
+		q.Set("referrers", strconv.FormatBool(referrers))
+		q.Set("index", index)
+		return body, q, nil
+	}
+	var req map[string]any
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, nil, err
+	}
+	req["referrers"], req["index"] = referrers, index
+	b, err := json.Marshal(req)
+	return b, q, err
 }
