@@ -22,8 +22,12 @@ func pushClient(t *testing.T, reg *upstreamtest.Registry, chunk int64) *Client {
 	return c
 }
 
+// opener serves data from an offset; past its end it yields nothing, as
+// a blob shorter than its descriptor says would.
 func opener(data []byte) func(int64) (io.ReadCloser, error) {
-	return func(off int64) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data[off:])), nil }
+	return func(off int64) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(data[min(off, int64(len(data))):])), nil
+	}
 }
 
 func onRegistry(t *testing.T, reg *upstreamtest.Registry, repo string, b upstreamtest.Blob) {
