@@ -76,7 +76,21 @@ type Rules struct {
 	rules []*rule
 	batch time.Duration
 	stop  chan struct{}
-	wg    sync.WaitGroup
+
+	mu     sync.Mutex // guards closed and every wg.Add
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// goAdd counts a goroutine about to start, unless Close has begun.
+func (rs *Rules) goAdd() bool {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.closed {
+		return false
+	}
+	rs.wg.Add(1)
+	return true
 }
 
 type rule struct {
@@ -170,22 +184,21 @@ func (c rulesCollector) Collect(ch chan<- prometheus.Metric) {
 func (rs *Rules) Start() {
 	rs.jobs.cache.Subscribe(rs.onTag)
 	for _, r := range rs.rules {
-		if r.sched == nil {
-			continue
+		if r.sched != nil && rs.goAdd() {
+			go rs.schedule(r)
 		}
-		rs.wg.Add(1)
-		go rs.schedule(r)
 	}
 }
 
 // Close stops the schedules and the batching; pending on_pull tags are
 // left (they come again with the next pull that moves them).
 func (rs *Rules) Close() {
-	select {
-	case <-rs.stop:
-	default:
+	rs.mu.Lock()
+	if !rs.closed {
+		rs.closed = true
 		close(rs.stop)
 	}
+	rs.mu.Unlock()
 	rs.wg.Wait()
 }
 
@@ -233,8 +246,7 @@ func (rs *Rules) onTag(ev cache.TagEvent) {
 		arm := !r.armed
 		r.armed = true
 		r.mu.Unlock()
-		if arm {
-			rs.wg.Add(1)
+		if arm && rs.goAdd() {
 			go rs.flushLater(r)
 		}
 	}
@@ -259,7 +271,17 @@ func (rs *Rules) flushLater(r *rule) {
 	r.pending = map[string]pendingTag{}
 	r.mu.Unlock()
 	if _, err := rs.submit(r, "on_pull", batch); err != nil {
-		rs.jobs.log.Warn("replication run failed", "rule", r.Name, "error", err)
+		// Nothing is dropped: the tags stay pending (the status shows them
+		// and their lag) for the next pull, schedule or manual run.
+		r.mu.Lock()
+		for _, p := range batch {
+			k := p.up + "/" + p.repo + ":" + p.tag
+			if _, newer := r.pending[k]; !newer {
+				r.pending[k] = p
+			}
+		}
+		r.mu.Unlock()
+		rs.jobs.log.Warn("replication run failed; its tags stay pending", "rule", r.Name, "tags", len(batch), "error", err)
 	}
 }
 
