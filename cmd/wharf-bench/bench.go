@@ -223,7 +223,7 @@ func (b *bench) run() (rows []row, err error) {
 		"manifest by tag, authenticated", "manifest by tag: authenticated / anonymous",
 		"manifest by digest", "manifest by digest p99", "peak RSS"}
 	order = append(order, promoteRows...)
-	order = append(order, "replicate all by a rule, cold (direct: skopeo sync)")
+	order = append(order, "replicate all by a rule, cold (direct: skopeo sync)", "replicate all by a rule, cold (direct: crane copy)")
 	for _, s := range order {
 		u := units[s]
 		if u == "" {
