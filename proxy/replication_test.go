@@ -123,39 +123,62 @@ func TestReplicationOnPull(t *testing.T) {
 	}
 }
 
-// A rule run by hand (or by its schedule) lists the tags upstream and
-// pushes those its semver range takes that are new or moved, and only
-// those.
+// A scheduled rule lists the tags upstream and pushes those its semver
+// range takes that are new or moved, and only those; a rule run by hand
+// does the same, and then has nothing new.
 func TestReplicationRunPicksUpNewTags(t *testing.T) {
 	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
 	in, err := route.Semver(">=1.2 <2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	rule := replicate.Rule{Name: "app-1x", Sources: []string{"harbor-a.example.com/proj/app"}, Tags: in, Target: "harbor-b",
+	scheduled := replicate.Rule{Name: "app-1x", Sources: []string{"harbor-a.example.com/proj/app"}, Tags: in, Target: "harbor-b",
 		Rename: map[string]string{"harbor-a.example.com/proj/": "proj-b/"}, Schedule: "@every 1s"}
-	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0, rule)
+	manual := scheduled
+	manual.Name, manual.Schedule = "app-1x-by-hand", ""
+	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0, scheduled, manual)
 	p.seed(t)
 	for _, tag := range []string{"1.2", "1.5.1", "2.0", "v1.1"} {
 		src.PushManifest(t, "proj/app", tag, p.app.MediaType, p.app.Manifest)
 	}
+	tags := func(job replicate.Job) string {
+		images, _, err := p.env.jobs.Images(job.ID, nil, -1, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, img := range images {
+			out = append(out, img.Tag)
+		}
+		return strings.Join(out, " ")
+	}
 	// The schedule's first run (every second) takes 1.2 and 1.5.1.
 	job := waitRuleJobs(t, p, "app-1x", 1)
-	images, _, err := p.env.jobs.Images(job.ID, nil, -1, 10)
-	if err != nil || job.State != replicate.StateDone || len(images) != 2 || images[0].Tag != "1.2" || images[1].Tag != "1.5.1" {
-		t.Fatalf("scheduled run: %s %+v %v", job.State, images, err)
+	if job.State != replicate.StateDone || tags(job) != "1.2 1.5.1" {
+		t.Fatalf("first scheduled run: %s %q", job.State, tags(job))
 	}
 	onTarget(t, dst, "proj-b/app", "1.5.1", p.app.Manifest)
-
-	// A new tag in range: run by hand, it is the only one pushed.
+	// A new tag in range: a later scheduled run pushes it alone.
 	src.PushManifest(t, "proj/app", "1.7", p.app.MediaType, p.app.Manifest)
-	r := p.send(t, "POST", "/api/v1/replication/app-1x/run", "application/json", "{}")
+	job = waitRuleJobs(t, p, "app-1x", 2)
+	if job.State != replicate.StateDone || tags(job) != "1.7" {
+		t.Fatalf("second scheduled run: %s %q", job.State, tags(job))
+	}
+	onTarget(t, dst, "proj-b/app", "1.7", p.app.Manifest)
+
+	// By hand: the rule's own first run takes all three, the second nothing.
+	r := p.send(t, "POST", "/api/v1/replication/app-1x-by-hand/run", "application/json", "{}")
 	var run struct{ Job replicate.Job }
-	if r.status != 202 || json.Unmarshal(r.body, &run) != nil || run.Job.Images != 1 || run.Job.Rule != "app-1x" {
+	if r.status != 202 || json.Unmarshal(r.body, &run) != nil || run.Job.Images != 3 || run.Job.Rule != "app-1x-by-hand" {
 		t.Fatalf("manual run: %d %s", r.status, r.body)
 	}
-	p.wait(t, run.Job.ID)
-	onTarget(t, dst, "proj-b/app", "1.7", p.app.Manifest)
+	if job := p.wait(t, run.Job.ID); job.State != replicate.StateDone {
+		t.Fatalf("manual run's job %s", job.State)
+	}
+	r = p.send(t, "POST", "/api/v1/replication/app-1x-by-hand/run", "application/json", "{}")
+	if r.status != 200 || !strings.Contains(string(r.body), `"nothing new"`) {
+		t.Fatalf("second manual run: %d %s", r.status, r.body)
+	}
 	wantError(t, p.send(t, "POST", "/api/v1/replication/nope/run", "application/json", "{}"), 404, "RULE_UNKNOWN")
 }
 

@@ -62,6 +62,9 @@ type RunInfo struct {
 	Error   string    `json:"error,omitempty"`
 }
 
+// maxInflight bounds the tags a rule remembers as being pushed.
+const maxInflight = 100_000
+
 // onPullBatch is how long on_pull waits for more tags before a run: the
 // pulls of one rollout make one job, not one per tag.
 const onPullBatch = 3 * time.Second
@@ -99,11 +102,18 @@ type rule struct {
 
 	mu       sync.Mutex
 	pending  map[string]pendingTag // "<up>/<repo>:<tag>"
+	inflight map[string]inflight   // tags of this rule's jobs, until those end
 	armed    bool                  // a flush is due
 	last     *RunInfo
 	next     time.Time
 	runs     int
 	failures int
+}
+
+// inflight is a tag some job of the rule is pushing.
+type inflight struct {
+	dgst digest.Digest
+	job  string
 }
 
 type pendingTag struct {
@@ -134,7 +144,7 @@ func NewRules(jobs *Jobs, rules []Rule, batch time.Duration) (*Rules, error) {
 				return nil, fmt.Errorf("replication rule %s: sources: %w", r.Name, err)
 			}
 		}
-		st := &rule{Rule: r, pending: map[string]pendingTag{}}
+		st := &rule{Rule: r, pending: map[string]pendingTag{}, inflight: map[string]inflight{}}
 		if r.Schedule != "" {
 			sched, err := cron.ParseStandard(r.Schedule)
 			if err != nil {
@@ -209,8 +219,11 @@ func (rs *Rules) onTag(ev cache.TagEvent) {
 		if !r.OnPull || !r.matches(ev.Upstream, ev.Repo, ev.Tag) || rs.jobs.store.Replicated(r.Name, ev.Upstream, ev.Repo, ev.Tag) == ev.Digest {
 			continue
 		}
-		r.mu.Lock()
 		k := ev.Upstream + "/" + ev.Repo + ":" + ev.Tag
+		if rs.pushing(r, k, ev.Digest) {
+			continue
+		}
+		r.mu.Lock()
 		since := rs.jobs.now()
 		if p, ok := r.pending[k]; ok {
 			since = p.since
@@ -223,6 +236,24 @@ func (rs *Rules) onTag(ev cache.TagEvent) {
 			go rs.flushLater(r)
 		}
 	}
+}
+
+// pushing reports whether a job of r is pushing dgst for key now: a second
+// event for it (concurrent pulls, a late revalidation) waits for that job.
+func (rs *Rules) pushing(r *rule, key string, dgst digest.Digest) bool {
+	r.mu.Lock()
+	in, ok := r.inflight[key]
+	r.mu.Unlock()
+	if !ok || in.dgst != dgst {
+		return false
+	}
+	if job, err := rs.jobs.Job(in.job); err == nil && (job.State == StateQueued || job.State == StateRunning) {
+		return true
+	}
+	r.mu.Lock()
+	delete(r.inflight, key)
+	r.mu.Unlock()
+	return false
 }
 
 // flushLater runs r's pending tags once the batch window has passed.
@@ -308,7 +339,8 @@ func (rs *Rules) run(ctx context.Context, r *rule, trigger string) (*Job, error)
 				problems = append(problems, fmt.Errorf("%s/%s:%s: %w", k[0], k[1], tag, err))
 				continue
 			}
-			if rs.jobs.store.Replicated(r.Name, k[0], k[1], tag) != desc.Digest {
+			key := k[0] + "/" + k[1] + ":" + tag
+			if rs.jobs.store.Replicated(r.Name, k[0], k[1], tag) != desc.Digest && !rs.pushing(r, key, desc.Digest) {
 				batch = append(batch, pendingTag{up: k[0], repo: k[1], tag: tag, dgst: desc.Digest})
 			}
 		}
@@ -354,6 +386,14 @@ func (rs *Rules) submit(r *rule, trigger string, batch []pendingTag) (*Job, erro
 		return nil, err
 	}
 	run.Job, run.State = job.ID, job.State
+	r.mu.Lock()
+	if len(r.inflight) > maxInflight {
+		r.inflight = map[string]inflight{} // forgotten: at worst a tag goes twice
+	}
+	for _, p := range batch {
+		r.inflight[p.up+"/"+p.repo+":"+p.tag] = inflight{dgst: p.dgst, job: job.ID}
+	}
+	r.mu.Unlock()
 	return &job, nil
 }
 
