@@ -146,6 +146,14 @@ func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst dige
 		}
 	}
 	r, err := f.open(ctx)
+	if f.eager && err != nil && ctx.Err() == nil && !errors.Is(err, errFillDone) {
+		// An eager fill that failed is nobody's answer: this request
+		// starts its own fill.
+		return nil, errFillDone
+	}
+	if !started && err == nil {
+		c.eagerUsed(f, ocispec.Descriptor{})
+	}
 	if !started && errors.Is(err, ErrNotFound) {
 		// The fill came from another repository, which lacks the blob;
 		// this one was shown to hold it: fetch it through this one.
@@ -179,6 +187,7 @@ func (c *Cache) openStored(ctx context.Context, u Upstream, repo string, dgst di
 	}
 	c.metrics.result(u.Name, "blob", true)
 	c.store.Touch(dgst)
+	c.eagerUsed(nil, ocispec.Descriptor{Digest: dgst})
 	return &Blob{Descriptor: ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: size}, ReadSeekCloser: file, done: c.beginRead(dgst)}, nil
 }
 

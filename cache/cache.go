@@ -62,6 +62,12 @@ type Upstream struct {
 	// FillGrace is how long a fill nobody reads any more (no client, no
 	// job) goes on before it is cancelled (default 30s).
 	FillGrace time.Duration
+	// EagerFill starts the fills of an image manifest's config and layers
+	// as soon as the manifest is fetched, before the client asks for them:
+	// over a WAN their round trips overlap the client's. Only free fill
+	// slots are used, and an eager fill completes whether or not a client
+	// comes for it.
+	EagerFill bool
 }
 
 // Config holds the cache's settings.
@@ -106,16 +112,18 @@ type Cache struct {
 	pins                []string
 	evicting            atomic.Bool
 
-	mu        sync.Mutex
-	fills     map[digest.Digest]*fill
-	fillSlots map[string]chan struct{} // per upstream with MaxFills: one per fill
-	reading   map[digest.Digest]int    // stored blobs being served
-	running   sync.WaitGroup           // fill goroutines
-	stop      chan struct{}            // closed by Close: the sweeper ends
-	stopOnce  sync.Once
-	flights   singleflight.Group
-	missing   negative
-	onTag     atomic.Pointer[func(TagEvent)]
+	mu          sync.Mutex
+	fills       map[digest.Digest]*fill
+	fillSlots   map[string]chan struct{} // per upstream with MaxFills: one per fill
+	reading     map[digest.Digest]int    // stored blobs being served
+	running     sync.WaitGroup           // fill goroutines
+	stop        chan struct{}            // closed by Close: the sweeper ends
+	stopOnce    sync.Once
+	flights     singleflight.Group
+	missing     negative
+	onTag       atomic.Pointer[func(TagEvent)]
+	eagerDone   map[digest.Digest]bool // stored by an eager fill, not read yet (bounded)
+	eagerStored atomic.Int64           // len(eagerDone), read without the lock
 }
 
 // New returns a cache over store. It starts one goroutine, the sweeper of
@@ -131,6 +139,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		fillSlots:   map[string]chan struct{}{},
 		stop:        make(chan struct{}),
 		reading:     map[digest.Digest]int{},
+		eagerDone:   map[digest.Digest]bool{},
 		maxSize:     cfg.MaxSize,
 		highWater:   cmp.Or(cfg.HighWater, 0.9),
 		lowWater:    cmp.Or(cfg.LowWater, 0.8),

@@ -50,12 +50,21 @@ type fill struct {
 	src  Source // for pass-through when the store fails
 	up   string // the upstream it comes from
 	repo string
+
+	eager bool        // started before anyone asked: never abandoned, never remembered as a refusal
+	used  atomic.Bool // an eager fill a reader joined
 }
 
 // startFill returns the fill for dgst, starting it unless one is running.
 // It returns nil if the blob was committed meanwhile. A new fill takes one
 // of the upstream's MaxFills slots, waiting for one at most WaitTimeout.
 func (c *Cache) startFill(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (f *fill, started bool, err error) {
+	return c.beginFill(ctx, u, repo, dgst, false)
+}
+
+// beginFill is startFill; an eager fill takes a slot only if one is free
+// and starts nothing otherwise (nil, false, nil).
+func (c *Cache) beginFill(ctx context.Context, u Upstream, repo string, dgst digest.Digest, eager bool) (f *fill, started bool, err error) {
 	c.mu.Lock()
 	f = c.fills[dgst]
 	c.mu.Unlock()
@@ -63,7 +72,14 @@ func (c *Cache) startFill(ctx context.Context, u Upstream, repo string, dgst dig
 		return f, false, nil
 	}
 	slots := c.fillSlots[u.Name]
-	if slots != nil {
+	switch {
+	case slots != nil && eager:
+		select {
+		case slots <- struct{}{}:
+		default:
+			return nil, false, nil // every slot is taken: clients first
+		}
+	case slots != nil:
 		if err := takeSlot(ctx, slots, u.WaitTimeout); err != nil {
 			c.metrics.failed.WithLabelValues("busy").Inc()
 			return nil, false, err
@@ -80,7 +96,7 @@ func (c *Cache) startFill(ctx context.Context, u Upstream, repo string, dgst dig
 		return nil, false, nil
 	}
 	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1, idle: time.Now(),
-		waiting: c.metrics.waiting, passthrough: c.metrics.passthrough, src: u.Source, up: u.Name, repo: repo}
+		waiting: c.metrics.waiting, passthrough: c.metrics.passthrough, src: u.Source, up: u.Name, repo: repo, eager: eager}
 	fctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
 	f.cancel = cancel
 	c.fills[dgst] = f
@@ -119,9 +135,20 @@ func (c *Cache) run(ctx context.Context, f *fill, u Upstream, repo string) {
 	defer c.running.Done()
 	defer f.cancel()
 	err := c.copyBlob(ctx, f, u, repo)
-	c.remember(u, repo, blobKey(u.Name, repo, f.dgst.String()), err)
+	if !f.eager {
+		// An eager fill's refusal is not remembered: the client's own
+		// request, if it comes, asks again.
+		c.remember(u, repo, blobKey(u.Name, repo, f.dgst.String()), err)
+	}
 	c.mu.Lock()
 	delete(c.fills, f.dgst)
+	if f.eager && err == nil && !f.used.Load() {
+		if len(c.eagerDone) >= maxEagerDone {
+			clear(c.eagerDone)
+		}
+		c.eagerDone[f.dgst] = true
+		c.eagerStored.Store(int64(len(c.eagerDone)))
+	}
 	c.mu.Unlock()
 	c.metrics.fills.Dec()
 	f.finish(err)

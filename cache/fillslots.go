@@ -76,5 +76,5 @@ var sweepEvery = time.Second
 func (f *fill) abandoned(now time.Time, grace time.Duration) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return !f.done && f.refs == 1 && !f.idle.IsZero() && now.Sub(f.idle) > grace
+	return !f.eager && !f.done && f.refs == 1 && !f.idle.IsZero() && now.Sub(f.idle) > grace
 }

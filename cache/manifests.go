@@ -275,6 +275,7 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 		ti := storage.TagInfo{Digest: got, MediaType: mt, Size: desc.Size, Checked: c.now()}
 		c.putTag(u.Name, repo, tag, ti)
 	}
+	c.eager(u, repo, refs)
 	return desc, body, nil
 }
 

@@ -20,6 +20,8 @@ type metrics struct {
 	evictedBytes prometheus.Counter
 	oldest       prometheus.Gauge
 	negative     *prometheus.CounterVec // upstream
+	eager        prometheus.Counter
+	eagerUsed    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func() int) (*metrics, error) {
@@ -72,6 +74,14 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 			Name: "wharf_fill_failures_total",
 			Help: "Blob fills that did not enter the store, by reason (upstream, digest, storage).",
 		}, []string{"reason"}),
+		eager: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wharf_eager_fills_total",
+			Help: "Blob fills started as their image manifest was fetched, before a client asked.",
+		}),
+		eagerUsed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wharf_eager_fills_used_total",
+			Help: "Eager fills a client or job later read (the others are fetched bytes nobody used yet).",
+		}),
 		storeFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_store_failures_total",
 			Help: "Verified manifests (what=manifest) and index records (what=index) the store could not keep; their requests were answered anyway.",
@@ -109,7 +119,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		Name: "wharf_negative_entries",
 		Help: "Upstream refusals (404, 401, 403) remembered for negative_ttl; bounded at 10,000.",
 	}, func() float64 { return float64(remembered()) })
-	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
+	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

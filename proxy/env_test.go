@@ -40,6 +40,7 @@ type spec struct {
 	fillGrace time.Duration // an unread fill is cancelled after this
 	wait      time.Duration // longest wait for an upstream or fill slot
 	maxConc   int           // upstream requests at once
+	eager     bool          // start an image's blob fills with its manifest
 }
 
 // env is a Wharf handler in front of real registries.
@@ -109,7 +110,7 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 			t.Fatal(err)
 		}
 		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale,
-			MaxFills: s.maxFills, FillGrace: s.fillGrace, WaitTimeout: s.wait})
+			MaxFills: s.maxFills, FillGrace: s.fillGrace, WaitTimeout: s.wait, EagerFill: s.eager})
 		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def, Status: func() any { return c.Health() }})
 	}
 	cfg.Upstreams, cfg.Registerer = ups, reg

@@ -149,6 +149,8 @@ type upstreamConfig struct {
 	Revalidate  time.Duration  `yaml:"revalidate_timeout"`
 	MaxFills    int            `yaml:"max_fills"`
 	FillGrace   time.Duration  `yaml:"fill_grace"`
+	// EagerFill starts an image's blob fills with its manifest (default true).
+	EagerFill *bool `yaml:"eager_fill"`
 	// Public says that what this upstream serves may be served to anyone,
 	// although Wharf logs in to it. Without it, a credentialed upstream is
 	// served to loopback clients only (no auth block) or refused at start
