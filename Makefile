@@ -26,7 +26,7 @@ test: lint
 
 # End-to-end figures against direct upstream and distribution's proxy mode.
 bench: build
-	$(GO) run ./cmd/wharf-bench -wharf bin/wharf -json bin/bench.json
+	$(GO) run ./cmd/wharf-bench -wharf bin/wharf -json bin/bench.json -upstream-rtt 20ms
 
 clean:
 	rm -rf bin

@@ -1,10 +1,12 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +20,9 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
 // capture records every request it gets and the Authorization it carried.
@@ -313,5 +318,28 @@ func TestCAFile(t *testing.T) {
 	}
 	if _, err := New(Config{Name: "t", URL: reg.URL, CAFile: "/nonexistent"}, nil); err == nil || !strings.Contains(err.Error(), "ca_file") {
 		t.Fatalf("a missing ca_file: %v", err)
+	}
+}
+
+// Docker Hub's way: a token service, then each blob redirected to a CDN
+// path with a signature; Wharf's client goes through both.
+func TestTokenFlowAndBlobRedirect(t *testing.T) {
+	reg := upstreamtest.New(t, upstreamtest.WithTokenAuth("bot", "pw"), upstreamtest.WithBlobRedirects())
+	img := reg.PushImage(t, "org/app", "1", 5, 1, 4096, ocispec.Platform{OS: "linux", Architecture: "amd64"})
+	c, err := New(Config{Name: "hub", URL: reg.URL, Insecure: true, Username: "bot", Password: "pw"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := c.Blob(t.Context(), "org/app", img.Layers[0].Digest, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(got, img.Layers[0].Data) {
+		t.Fatalf("blob through the token flow and a redirect: %v, %d bytes", err, len(got))
+	}
+	if reg.Count("GET", "token") != 1 {
+		t.Fatalf("token requests: %d", reg.Count("GET", "token"))
 	}
 }

@@ -18,8 +18,9 @@ import (
 // seeding helpers, failing by panic.
 type bench struct {
 	wharfBin     string
-	debugListen  string // pprof address for the Wharf under test
-	upstreamRate int64  // bytes/s, 0 for unlimited
+	debugListen  string        // pprof address for the Wharf under test
+	upstreamRate int64         // bytes/s, 0 for unlimited
+	rtt          time.Duration // the WAN pass's upstream latency; 0: no WAN pass
 	duration     time.Duration
 	workers      int
 	cleanups     []func()
@@ -103,7 +104,7 @@ func (b *bench) run() (rows []row, err error) {
 		start starter
 	}{
 		{"direct", func() (*target, error) {
-			return &target{url: up.URL, stop: func() {}, rss: func() float64 { return -1 }}, nil
+			return &target{url: up.URL, stop: func() {}, rss: func() float64 { return -1 }, cpu: func() float64 { return -1 }}, nil
 		}},
 		{"wharf", func() (*target, error) { return b.startWharf(up.URL) }},
 		{"distribution", func() (*target, error) { return b.startDistribution(up.URL) }},
@@ -129,13 +130,23 @@ func (b *bench) run() (rows []row, err error) {
 		if err != nil {
 			return nil, err
 		}
+		gib := float64(imageSize(big)) / (1 << 30)
+		cpu0 := t.cpu()
 		cold, err := timed(func() error { return pull(t.url, big.Repo, big.Tag) })
 		if err != nil {
 			return nil, err
 		}
+		cpu1 := t.cpu()
 		warm, err := timed(func() error { return pull(t.url, big.Repo, big.Tag) })
 		if err != nil {
 			return nil, err
+		}
+		if cpu0 >= 0 {
+			set("wharf CPU-s per cold GiB", tg.name, (cpu1-cpu0)/gib)
+			set("wharf CPU-s per warm GiB", tg.name, (t.cpu()-cpu1)/gib)
+		} else {
+			set("wharf CPU-s per cold GiB", tg.name, -1)
+			set("wharf CPU-s per warm GiB", tg.name, -1)
 		}
 		set("cold pull, 4 × 64 MiB", tg.name, cold)
 		set("warm pull, 4 × 64 MiB", tg.name, warm)
@@ -215,14 +226,26 @@ func (b *bench) run() (rows []row, err error) {
 	if err := b.replicateByRule(up, all, set); err != nil {
 		return nil, err
 	}
-	units := map[string]string{"manifest by tag": "req/s", "manifest by tag, authenticated": "req/s", "manifest by tag: authenticated / anonymous": "×", "manifest by digest": "req/s", "manifest by tag p99": "ms",
+	var wanRows []string
+	if b.rtt > 0 {
+		if wanRows, err = b.wan(data, big, small, idx, set); err != nil {
+			return nil, err
+		}
+	}
+	units := map[string]string{"wharf CPU-s per cold GiB": "CPU-s", "wharf CPU-s per warm GiB": "CPU-s", "manifest by tag": "req/s", "manifest by tag, authenticated": "req/s", "manifest by tag: authenticated / anonymous": "×", "manifest by digest": "req/s", "manifest by tag p99": "ms",
 		"manifest by digest p99": "ms", "8 concurrent: upstream bytes / image": "×", "peak RSS": "MiB", "promote: peak RSS": "MiB",
 		"promote one image of 64 MiB layers: peak RSS": "MiB", "promote one 512 MiB layer: peak RSS": "MiB"}
-	order := []string{"cold pull, 4 × 64 MiB", "warm pull, 4 × 64 MiB", "8 concurrent cold pulls", "8 concurrent: upstream bytes / image",
+	order := []string{"cold pull, 4 × 64 MiB", "warm pull, 4 × 64 MiB", "wharf CPU-s per cold GiB", "wharf CPU-s per warm GiB", "8 concurrent cold pulls", "8 concurrent: upstream bytes / image",
 		"50 images × 3 × 1 MiB, cold", "50 images × 3 × 1 MiB, warm", "manifest by tag", "manifest by tag p99",
 		"manifest by tag, authenticated", "manifest by tag: authenticated / anonymous",
 		"manifest by digest", "manifest by digest p99", "peak RSS"}
 	order = append(order, promoteRows...)
+	order = append(order, wanRows...)
+	for _, r := range wanRows {
+		if strings.HasPrefix(r, "wharf CPU") {
+			units[r] = "CPU-s"
+		}
+	}
 	order = append(order, "replicate all by a rule, cold (direct: skopeo sync)", "replicate all by a rule, cold (direct: crane copy)")
 	for _, s := range order {
 		u := units[s]

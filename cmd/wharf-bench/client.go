@@ -19,10 +19,12 @@ const accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.
 	"application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json"
 
 // get fetches url, discards the body and checks its length.
-func get(url string, want int64) error {
+func get(url string, want int64) error { return getWith(client, url, want) }
+
+func getWith(c *http.Client, url string, want int64) error {
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Accept", accept)
-	resp, err := client.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return err
 	}
@@ -39,10 +41,12 @@ func get(url string, want int64) error {
 
 // pull does what a client does: resolve the tag, then fetch config and
 // layers, up to 4 at once as containerd does.
-func pull(base, repo, tag string) error {
+func pull(base, repo, tag string) error { return pullWith(client, base, repo, tag) }
+
+func pullWith(c *http.Client, base, repo, tag string) error {
 	req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/manifests/"+tag, nil)
 	req.Header.Set("Accept", accept)
-	resp, err := client.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return err
 	}
@@ -54,8 +58,39 @@ func pull(base, repo, tag string) error {
 	}
 	blobs := append([]ocispec.Descriptor{m.Config}, m.Layers...)
 	return parallel(4, len(blobs), func(i int) error {
-		return get(base+"/v2/"+repo+"/blobs/"+blobs[i].Digest.String(), blobs[i].Size)
+		return getWith(c, base+"/v2/"+repo+"/blobs/"+blobs[i].Digest.String(), blobs[i].Size)
 	})
+}
+
+// pullIndex pulls an index as a client on linux/amd64 does: the index,
+// then that platform's image.
+func pullIndex(c *http.Client, base, repo, tag string) error {
+	req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/manifests/"+tag, nil)
+	req.Header.Set("Accept", accept)
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	var idx ocispec.Index
+	err = jsonDecode(resp, &idx)
+	if err != nil {
+		return fmt.Errorf("index %s:%s: %w", repo, tag, err)
+	}
+	for _, m := range idx.Manifests {
+		if m.Platform != nil && m.Platform.Architecture == "amd64" {
+			return pullWith(c, base, repo, m.Digest.String())
+		}
+	}
+	return fmt.Errorf("index %s:%s has no amd64 image", repo, tag)
+}
+
+// jsonDecode reads a 200 answer's JSON body into v and closes it.
+func jsonDecode(resp *http.Response, v any) error {
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // parallel runs fn(0..n-1) on at most workers goroutines and returns the

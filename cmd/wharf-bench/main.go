@@ -21,9 +21,10 @@ func main() {
 	duration := flag.Duration("duration", 3e9, "length of each request-rate run")
 	workers := flag.Int("workers", 16, "concurrent clients in request-rate runs")
 	rate := flag.Int64("upstream-mibps", 0, "cap the upstream's total send rate in MiB/s, as a remote registry's link would (0: loopback speed)")
+	rtt := flag.Duration("upstream-rtt", 0, "also measure the cold scenarios with the upstream answering each request this late, behind Docker Hub's token flow and blob redirects (e.g. 20ms)")
 	pprof := flag.String("pprof", "", "let the Wharf under test serve pprof on this address (e.g. 127.0.0.1:6060)")
 	flag.Parse()
-	b := &bench{wharfBin: *wharf, duration: *duration, workers: *workers, debugListen: *pprof, upstreamRate: *rate << 20}
+	b := &bench{wharfBin: *wharf, duration: *duration, workers: *workers, debugListen: *pprof, upstreamRate: *rate << 20, rtt: *rtt}
 	defer b.cleanup()
 	rows, err := b.run()
 	if err != nil {

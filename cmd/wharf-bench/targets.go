@@ -26,6 +26,7 @@ type target struct {
 	url  string
 	stop func()
 	rss  func() float64 // peak RSS in MiB, or -1 when not its own process
+	cpu  func() float64 // CPU seconds used so far, or -1 when not its own process
 }
 
 // startDistribution runs distribution's proxy mode in process, caching on
@@ -44,7 +45,7 @@ func (b *bench) startDistribution(upstreamURL string) (*target, error) {
 	cfg.Log.AccessLog.Disabled = true
 	cfg.HTTP.Secret = "wharf-bench"
 	srv := httptest.NewServer(handlers.NewApp(context.Background(), cfg))
-	return &target{url: srv.URL, stop: srv.Close, rss: func() float64 { return -1 }}, nil
+	return &target{url: srv.URL, stop: srv.Close, rss: func() float64 { return -1 }, cpu: func() float64 { return -1 }}, nil
 }
 
 var listenRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
@@ -52,6 +53,12 @@ var listenRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
 // startWharf runs the real binary on a fresh store; extra is appended to
 // its config.
 func (b *bench) startWharf(upstreamURL string, extra ...string) (*target, error) {
+	return b.startWharfAuth(upstreamURL, "", extra...)
+}
+
+// startWharfAuth is startWharf with lines added to the upstream's entry
+// (credentials).
+func (b *bench) startWharfAuth(upstreamURL, upstreamLines string, extra ...string) (*target, error) {
 	dir := b.TempDir()
 	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
 log_level: info
@@ -64,7 +71,7 @@ upstreams:
     default: true
     insecure: true
     tag_ttl: 1h
-%s`, b.debugListen, filepath.Join(dir, "store"), upstreamURL, strings.Join(extra, ""))
+%s%s`, b.debugListen, filepath.Join(dir, "store"), upstreamURL, upstreamLines, strings.Join(extra, ""))
 	path := filepath.Join(dir, "wharf.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -101,6 +108,7 @@ upstreams:
 			})
 		},
 		rss: func() float64 { return peakRSS(cmd.Process.Pid) },
+		cpu: func() float64 { return cpuSeconds(cmd.Process.Pid) },
 	}
 	b.Cleanup(t.stop) // never leave a wharf behind, whatever fails
 	select {

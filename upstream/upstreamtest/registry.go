@@ -111,6 +111,8 @@ type options struct {
 	rate       int64
 	referrers  bool
 	token      bool // user and pass go through a token service
+	latency    time.Duration
+	redirects  bool
 }
 
 // WithBandwidth caps the bytes per second the registry sends, summed over
@@ -199,8 +201,15 @@ func New(t T, opts ...Option) *Registry {
 	if o.referrers {
 		app = &referrersAPI{next: app, by: map[string][]ocispec.Descriptor{}}
 	}
+	inner := app
+	if o.redirects {
+		app = &redirector{next: app, inner: inner}
+	}
 	if o.token {
 		app = &tokenAuth{next: app, user: o.user, pass: o.pass}
+	}
+	if o.latency > 0 {
+		app = late{next: app, d: o.latency}
 	}
 	r := &Registry{user: o.user, pass: o.pass, app: app}
 	if o.rate > 0 {

@@ -37,7 +37,7 @@ func (a *tokenAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]any{"token": issuedToken, "expires_in": 1800})
 		return
 	}
-	if okBasic || r.Header.Get("Authorization") == "Bearer "+issuedToken {
+	if okBasic || r.Header.Get("Authorization") == "Bearer "+issuedToken || strings.HasPrefix(r.URL.Path, "/cdn/") {
 		a.next.ServeHTTP(w, r)
 		return
 	}

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+// The WAN pass: the same data behind an upstream that answers every
+// request rtt late, with Docker Hub's token flow and blob redirects; the
+// cold scenarios again, against direct pulls (which do the token dance
+// too) and distribution's proxy mode.
+
+const hubUser, hubPass = "bench", "bench-password"
+
+// hubTransport does the token dance for direct pulls: on a Bearer
+// challenge it fetches a token from the realm with the bench credentials
+// and sends it from then on, as docker does.
+type hubTransport struct {
+	next  http.RoundTripper
+	mu    sync.Mutex
+	token string
+}
+
+func (h *hubTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	h.mu.Lock()
+	tok := h.token
+	h.mu.Unlock()
+	send := func(tok string) (*http.Response, error) {
+		r := req.Clone(req.Context())
+		if tok != "" {
+			r.Header.Set("Authorization", "Bearer "+tok)
+		}
+		return h.next.RoundTrip(r)
+	}
+	resp, err := send(tok)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		return resp, err
+	}
+	ch := resp.Header.Get("WWW-Authenticate")
+	i := strings.Index(ch, `realm="`)
+	if i < 0 {
+		return resp, nil
+	}
+	realm, _, _ := strings.Cut(ch[i+len(`realm="`):], `"`)
+	resp.Body.Close()
+	treq, _ := http.NewRequestWithContext(req.Context(), http.MethodGet, realm, nil)
+	treq.SetBasicAuth(hubUser, hubPass)
+	tresp, err := h.next.RoundTrip(treq)
+	if err != nil {
+		return nil, err
+	}
+	var body struct{ Token string }
+	err = jsonDecode(tresp, &body)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	h.token = body.Token
+	h.mu.Unlock()
+	return send(body.Token)
+}
+
+// wan measures the cold scenarios at rtt; rows are named with it.
+func (b *bench) wan(data string, big upstreamtest.Image, small []upstreamtest.Image, idx upstreamtest.Index, set func(scenario, tgt string, v float64)) ([]string, error) {
+	at := " @" + b.rtt.String()
+	rows := []string{"cold pull, 4 × 64 MiB" + at, "50 images × 3 × 1 MiB, cold" + at, "two-platform index, cold" + at, "wharf CPU-s per cold GiB" + at}
+	up := upstreamtest.New(b, upstreamtest.WithFilesystem(data), upstreamtest.WithLatency(b.rtt),
+		upstreamtest.WithTokenAuth(hubUser, hubPass), upstreamtest.WithBlobRedirects())
+	direct := &http.Client{Transport: &hubTransport{next: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}}
+	targets := []struct {
+		name  string
+		start func() (*target, error)
+	}{
+		{"direct", func() (*target, error) {
+			return &target{url: up.URL, stop: func() {}, rss: func() float64 { return -1 }, cpu: func() float64 { return -1 }}, nil
+		}},
+		{"wharf", func() (*target, error) {
+			return b.startWharfAuth(up.URL, "    username: "+hubUser+"\n    password: "+hubPass+"\n")
+		}},
+		{"distribution", func() (*target, error) { return b.startDistributionAuth(up.URL, hubUser, hubPass) }},
+	}
+	for _, tg := range targets {
+		fmt.Fprintf(os.Stderr, "measuring %s at %s...\n", tg.name, b.rtt)
+		c := client
+		if tg.name == "direct" {
+			c = direct
+		}
+		for i, run := range []func(*target) error{
+			func(t *target) error { return pullWith(c, t.url, big.Repo, big.Tag) },
+			func(t *target) error {
+				return parallel(4, len(small), func(i int) error { return pullWith(c, t.url, small[i].Repo, small[i].Tag) })
+			},
+			func(t *target) error { return pullIndex(c, t.url, idx.Repo, idx.Tag) },
+		} {
+			t, err := tg.start()
+			if err != nil {
+				return nil, err
+			}
+			cpu := t.cpu()
+			d, err := timedErr(func() error { return run(t) })
+			if i == 0 && cpu >= 0 {
+				set(rows[3], tg.name, (t.cpu()-cpu)/(float64(imageSize(big))/(1<<30)))
+			} else if i == 0 {
+				set(rows[3], tg.name, -1)
+			}
+			t.stop()
+			if err != nil {
+				return nil, fmt.Errorf("%s at %s: %w", tg.name, b.rtt, err)
+			}
+			set(rows[i], tg.name, d)
+		}
+	}
+	return rows, nil
+}
+
+// startDistributionAuth is startDistribution for an upstream with
+// credentials.
+func (b *bench) startDistributionAuth(upstreamURL, user, pass string) (*target, error) {
+	cfg := &configuration.Configuration{
+		Storage: configuration.Storage{
+			"filesystem":  configuration.Parameters{"rootdirectory": b.TempDir()},
+			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
+		},
+		Proxy: configuration.Proxy{RemoteURL: upstreamURL, Username: user, Password: pass},
+	}
+	cfg.Log.Level = "error"
+	cfg.Log.AccessLog.Disabled = true
+	cfg.HTTP.Secret = "wharf-bench"
+	srv := httptest.NewServer(handlers.NewApp(context.Background(), cfg))
+	return &target{url: srv.URL, stop: srv.Close, rss: func() float64 { return -1 }, cpu: func() float64 { return -1 }}, nil
+}
+
+// cpuSeconds reads the user and system CPU time of pid.
+func cpuSeconds(pid int) float64 {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return -1
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
