@@ -245,7 +245,10 @@ func TestStaleTagRevalidatedOnceAfterTTL(t *testing.T) {
 	v1 := up.PushImage(t, "org/app", "stable", 65, 1, 1024, amd64)
 	clk := &clock{t: time.Unix(1_000_000, 0)}
 	var inflight atomic.Int32
-	e := newEnvWith(t, t.TempDir(), cache.Config{Now: clk.now}, spec{name: "docker.io", reg: up, def: true, ttl: time.Minute})
+	// The held HEAD must not time out (nor the revalidation give up) while
+	// the clients arrive, however loaded the machine.
+	e := newEnvWith(t, t.TempDir(), cache.Config{Now: clk.now}, spec{name: "docker.io", reg: up, def: true, ttl: time.Minute,
+		headers: time.Minute, stale: time.Minute})
 	e.Config.Handler = countInflight(e.Config.Handler, &inflight)
 	e.get(t, "/v2/org/app/manifests/stable", v1.Manifest.Data, v1.Manifest.Digest.String())
 
@@ -261,7 +264,7 @@ func TestStaleTagRevalidatedOnceAfterTTL(t *testing.T) {
 	// Hold the first HEAD until every client is inside Wharf.
 	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method == http.MethodHead {
-			deadline := time.Now().Add(10 * time.Second)
+			deadline := time.Now().Add(30 * time.Second)
 			for inflight.Load() < clients && time.Now().Before(deadline) {
 				time.Sleep(time.Millisecond) // polling a condition, bounded
 			}

@@ -252,13 +252,15 @@ func TestTagListsAreCachedAndShared(t *testing.T) {
 	up.PushImage(t, "org/app", "1", 45, 1, 512, amd64)
 	up.PushImage(t, "org/app", "2", 46, 1, 512, amd64)
 	clk := &clock{t: time.Unix(1_000_000, 0)}
-	e := newEnvWith(t, t.TempDir(), cache.Config{Now: clk.now}, spec{name: "docker.io", reg: up, def: true, ttl: time.Minute})
+	// The held fetch must not time out while the clients arrive, however
+	// loaded the machine: a header timeout far above the hold.
+	e := newEnvWith(t, t.TempDir(), cache.Config{Now: clk.now}, spec{name: "docker.io", reg: up, def: true, ttl: time.Minute, headers: time.Minute})
 	var inflight atomic.Int32
 	e.Config.Handler = countInflight(e.Config.Handler, &inflight)
 	up.Reset()
 	// Hold the first upstream fetch until every client is inside Wharf.
 	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(30 * time.Second)
 		for inflight.Load() < 16 && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond) // polling a condition, bounded
 		}
