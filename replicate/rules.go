@@ -188,7 +188,7 @@ func (rs *Rules) Close() {
 func (rs *Rules) schedule(r *rule) {
 	defer rs.wg.Done()
 	for {
-		next := r.sched.Next(rs.jobs.now())
+		next := r.sched.Next(time.Now()) // the wall clock: a schedule is about real time
 		r.mu.Lock()
 		r.next = next
 		r.mu.Unlock()
