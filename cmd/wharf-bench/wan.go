@@ -23,18 +23,32 @@ import (
 
 const hubUser, hubPass = "bench", "bench-password"
 
-// hubTransport does the token dance for direct pulls: on a Bearer
-// challenge it fetches a token from the realm with the bench credentials
-// and sends it from then on, as docker does.
+// hubTransport does the token dance for direct pulls as docker and
+// containerd do: on a Bearer challenge it fetches a token for the
+// repository from the realm with the bench credentials, and sends it for
+// that repository from then on (a token per repository, as Docker Hub's
+// scopes make clients do).
 type hubTransport struct {
-	next  http.RoundTripper
-	mu    sync.Mutex
-	token string
+	next   http.RoundTripper
+	mu     sync.Mutex
+	tokens map[string]string // by repository
+}
+
+// repoOf is the repository a /v2 request path names.
+func repoOf(path string) string {
+	rest := strings.TrimPrefix(path, "/v2/")
+	for _, sep := range []string{"/manifests/", "/blobs/", "/tags/"} {
+		if i := strings.LastIndex(rest, sep); i > 0 {
+			return rest[:i]
+		}
+	}
+	return ""
 }
 
 func (h *hubTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	repo := repoOf(req.URL.Path)
 	h.mu.Lock()
-	tok := h.token
+	tok := h.tokens[repo]
 	h.mu.Unlock()
 	send := func(tok string) (*http.Response, error) {
 		r := req.Clone(req.Context())
@@ -66,7 +80,10 @@ func (h *hubTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	h.mu.Lock()
-	h.token = body.Token
+	if h.tokens == nil {
+		h.tokens = map[string]string{}
+	}
+	h.tokens[repo] = body.Token
 	h.mu.Unlock()
 	return send(body.Token)
 }
