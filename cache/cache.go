@@ -252,9 +252,14 @@ func (c *Cache) Subscribe(fn func(TagEvent)) { c.onTag.Store(&fn) }
 
 // putTag records a tag and tells the subscriber when it is new or moved.
 func (c *Cache) putTag(up, repo, tag string, ti storage.TagInfo) {
+	fn := c.onTag.Load()
+	if fn == nil { // nobody listens: no need to read what the tag was
+		c.keep("index", c.store.PutTag(up, repo, tag, ti), "repository", repo, "tag", tag)
+		return
+	}
 	prev, err := c.store.Tag(up, repo, tag)
 	c.keep("index", c.store.PutTag(up, repo, tag, ti), "repository", repo, "tag", tag)
-	if fn := c.onTag.Load(); fn != nil && (err != nil || prev.Digest != ti.Digest) {
+	if err != nil || prev.Digest != ti.Digest {
 		(*fn)(TagEvent{Upstream: up, Repo: repo, Tag: tag, Digest: ti.Digest})
 	}
 }

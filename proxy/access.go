@@ -75,7 +75,9 @@ func (p *proxy) mayAPI(r *http.Request, right string) error {
 		return nil
 	}
 	if anonymous(id) {
-		if !p.apiCredentials {
+		// Without users or a token there is nothing to ask for: only
+		// loopback gets in.
+		if !p.auth.Credentials() {
 			return ociError(http.StatusForbidden, errcode.ErrorCodeDenied,
 				"the API answers loopback clients only; set api.token_file or auth to open it to the network")
 		}

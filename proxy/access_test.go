@@ -280,9 +280,9 @@ func TestPrivateUpstreamStaysOnLoopback(t *testing.T) {
 	e.get(t, "/v2/harbor.internal/proj/app/manifests/1.0", app.Manifest.Data, app.Manifest.Digest.String())
 	priv.Reset()
 	for _, hdr := range [][]string{{"X-Forwarded-For", "203.0.113.9"}, {"Forwarded", "for=203.0.113.9"}, {"Host", "rebound.example:5000"}} {
-		r := e.hostDo(t, "GET", "/v2/harbor.internal/proj/app/manifests/1.0", hdr...)
+		r := e.do(t, "GET", "/v2/harbor.internal/proj/app/manifests/1.0", hdr...)
 		wantError(t, r, 401, "UNAUTHORIZED")
-		r = e.hostDo(t, "GET", "/v2/docker.io/library/alpine/manifests/1.0", hdr...)
+		r = e.do(t, "GET", "/v2/docker.io/library/alpine/manifests/1.0", hdr...)
 		if r.status != 200 || string(r.body) != string(alpine.Manifest.Data) {
 			t.Fatalf("public upstream with %v: %d", hdr, r.status)
 		}
@@ -297,7 +297,7 @@ func TestPrivateUpstreamStaysOnLoopback(t *testing.T) {
 	if r := only.do(t, "GET", "/v2/"); r.status != 200 {
 		t.Fatalf("GET /v2/ from loopback: %d", r.status)
 	}
-	wantError(t, only.hostDo(t, "GET", "/v2/", "X-Forwarded-For", "203.0.113.9"), 401, "UNAUTHORIZED")
+	wantError(t, only.do(t, "GET", "/v2/", "X-Forwarded-For", "203.0.113.9"), 401, "UNAUTHORIZED")
 }
 
 // With neither users nor a token the API answers loopback clients, and
@@ -319,12 +319,12 @@ func TestLoopbackAPIRefusesBrowsers(t *testing.T) {
 		{"cross-site fetch", "application/json", job, []string{"Sec-Fetch-Site", "cross-site"}},
 		{"rebound host", "application/json", job, []string{"Host", "evil.example:5000"}},
 	} {
-		r := p.hostSend(t, http.MethodPost, "/api/v1/prefetch?push_to=harbor-b", c.contentType, c.body, c.hdr...)
+		r := p.send(t, http.MethodPost, "/api/v1/prefetch?push_to=harbor-b", c.contentType, c.body, c.hdr...)
 		if r.status != http.StatusForbidden {
 			t.Fatalf("%s: %d %s, want 403", c.name, r.status, r.body)
 		}
 	}
-	if r := p.hostSend(t, http.MethodGet, "/api/v1/jobs", "", "", "Host", "evil.example"); r.status != http.StatusForbidden {
+	if r := p.send(t, http.MethodGet, "/api/v1/jobs", "", "", "Host", "evil.example"); r.status != http.StatusForbidden {
 		t.Fatalf("jobs read through a rebound name: %d", r.status)
 	}
 	if n := p.src.Total() + p.dst.Total(); n != 0 {

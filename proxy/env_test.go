@@ -176,12 +176,26 @@ type response struct {
 
 func (e *env) do(t *testing.T, method, path string, hdr ...string) response {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), method, e.URL+path, nil)
+	return e.send(t, method, path, "", "", hdr...)
+}
+
+// send is do with a body. A "Host" pair among hdr becomes the request's
+// Host, as a client addressing Wharf by that name would send it.
+func (e *env) send(t *testing.T, method, path, contentType, body string, hdr ...string) response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, e.URL+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
 	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
+		if hdr[i] == "Host" {
+			req.Host = hdr[i+1]
+		} else {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
 	}
 	e.authorize(req)
 	resp, err := e.Client().Do(req)
@@ -189,11 +203,11 @@ func (e *env) do(t *testing.T, method, path string, hdr ...string) response {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatalf("%s %s: read body: %v", method, path, err)
 	}
-	return response{status: resp.StatusCode, header: resp.Header, body: body}
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
 }
 
 // get asserts a 200 whose body is exactly want and whose digest header is
@@ -295,36 +309,4 @@ func (e *env) authorize(req *http.Request) {
 	if e.apiAuth != "" && strings.HasPrefix(req.URL.Path, "/api/") && req.Header.Get("Authorization") == "" {
 		req.Header.Set("Authorization", e.apiAuth)
 	}
-}
-
-// hostDo is do with a Host header among hdr applied as the request's Host.
-func (e *env) hostDo(t *testing.T, method, path string, hdr ...string) response {
-	t.Helper()
-	return e.hostSend(t, method, path, "", "", hdr...)
-}
-
-// hostSend is send with a Host header among hdr applied as the request's Host.
-func (e *env) hostSend(t *testing.T, method, path, contentType, body string, hdr ...string) response {
-	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), method, e.URL+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		if hdr[i] == "Host" {
-			req.Host = hdr[i+1]
-			continue
-		}
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := e.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return response{status: resp.StatusCode, header: resp.Header, body: b}
 }

@@ -75,30 +75,6 @@ func (p *promotion) seed(t *testing.T) {
 var promoteAll = `{"images": ["harbor-a.example.com/proj/app:1.0", "harbor-a.example.com/proj/multi:v1", "harbor-a.example.com/proj/tool:2.0"],
 	"push_to": "harbor-b", "rename": [{"from": "harbor-a.example.com/proj/", "to": "proj-b/"}]}`
 
-// send is e.do with a body.
-func (e *env) send(t *testing.T, method, path, contentType, body string, hdr ...string) response {
-	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), method, e.URL+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	e.authorize(req)
-	resp, err := e.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var buf bytes.Buffer
-	buf.ReadFrom(resp.Body)
-	return response{status: resp.StatusCode, header: resp.Header, body: buf.Bytes()}
-}
-
 // submit posts a job and returns its id.
 func (e *env) submit(t *testing.T, contentType, query, body string, hdr ...string) string {
 	t.Helper()

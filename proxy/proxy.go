@@ -54,9 +54,6 @@ type proxy struct {
 	jobs    *replicate.Jobs
 	rules   *replicate.Rules
 	auth    *auth.Auth
-	// apiCredentials: the API can check credentials, so an anonymous
-	// caller is asked for them (401) rather than told it must be on loopback.
-	apiCredentials bool
 }
 
 // New returns the HTTP handler for the registry API, /healthz and /metrics.
@@ -75,7 +72,6 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 		}
 		p.auth = a
 	}
-	p.apiCredentials = p.auth.Credentials()
 	var ups []route.Upstream
 	for _, rt := range cfg.Routes {
 		ups = append(ups, route.Upstream{Name: rt.Name, Aliases: rt.Aliases, Default: rt.Default})

@@ -165,13 +165,7 @@ func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []ma
 		if i == len(nodes)-1 {
 			ref = cmp.Or(img.Tag, img.Reference)
 		}
-		err := c.retry(ctx, func() error {
-			if have, _, err := t.Manifest(ctx, img.TargetRepo, ref, true); err == nil && have.Digest == n.desc.Digest {
-				return nil
-			}
-			return t.PushManifest(ctx, img.TargetRepo, ref, n.desc.MediaType, n.body)
-		})
-		if err != nil {
+		if err := c.pushManifest(ctx, t, img.TargetRepo, ref, n); err != nil {
 			err = fmt.Errorf("push manifest %s: %w", targetRef(img.TargetRepo, ref), explain(err, r.job.PushTo, img.TargetRepo, ref))
 			var skipped int
 			r.change(img, func(img *Image) { skipped = len(img.NotCopied) })

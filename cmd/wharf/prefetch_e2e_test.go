@@ -148,17 +148,7 @@ func TestPrefetchJobSurvivesKill(t *testing.T) {
 	app := src.PushImage(t, "proj/app", "1.0", 73, 1, 32<<10, amd64)
 	tool := src.PushImage(t, "proj/tool", "2.0", 74, 2, 32<<10, amd64)
 	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot$push", "s3cret"))
-	reached := make(chan struct{})
-	var once sync.Once
-	dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method == http.MethodPut && r.URL.Path == "/v2/proj/tool/manifests/2.0" {
-			io.Copy(io.Discard, r.Body)
-			once.Do(func() { close(reached) })
-			<-r.Context().Done() // until the crash closes the connection
-			return true
-		}
-		return false
-	})
+	reached := holdPut(dst, "/v2/proj/tool/manifests/2.0")
 	cfg, token := promoteConfig(t, src, dst)
 	w := startWharf(t, cfg)
 	out, stderr, err := wharf(t, "prefetch", "--server", "http://"+w.addr, "--token-file", token, "--push-to", "harbor-b",
@@ -231,4 +221,21 @@ func TestPrefetchProgressOnATerminal(t *testing.T) {
 			t.Fatalf("terminal output lacks %q:\n%q", want, out)
 		}
 	}
+}
+
+// holdPut makes dst take a PUT of path and never answer it, until the
+// connection closes (a crash): reached is closed once it arrived.
+func holdPut(dst *upstreamtest.Registry, path string) (reached <-chan struct{}) {
+	ch := make(chan struct{})
+	var once sync.Once
+	dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPut || r.URL.Path != path {
+			return false
+		}
+		io.Copy(io.Discard, r.Body)
+		once.Do(func() { close(ch) })
+		<-r.Context().Done()
+		return true
+	})
+	return ch
 }

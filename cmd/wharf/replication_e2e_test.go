@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/wharf-registry/wharf/replicate"
@@ -22,17 +20,7 @@ func TestReplicationRunSurvivesKill(t *testing.T) {
 	src.PushManifest(t, "proj/app", "1.3", app.MediaType, app.Manifest)
 	src.PushManifest(t, "proj/app", "2.0", app.MediaType, app.Manifest)
 	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot$push", "s3cret"))
-	reached := make(chan struct{})
-	var once sync.Once
-	dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method == http.MethodPut && r.URL.Path == "/v2/proj-b/app/manifests/1.3" {
-			io.Copy(io.Discard, r.Body)
-			once.Do(func() { close(reached) })
-			<-r.Context().Done() // until the crash closes the connection
-			return true
-		}
-		return false
-	})
+	reached := holdPut(dst, "/v2/proj-b/app/manifests/1.3")
 	cfg, token := promoteConfig(t, src, dst)
 	cfg += `replication:
   - name: app-to-b
