@@ -42,7 +42,7 @@ type spec struct {
 	wait      time.Duration // longest wait for an upstream or fill slot
 	maxConc   int           // upstream requests at once
 	eager     bool          // start an image's blob fills with its manifest
-	headers   time.Duration // upstream response header timeout; 0: 2s
+	headers   time.Duration // upstream response header and idle timeouts; 0: 2s and 3s
 }
 
 // env is a Wharf handler in front of real registries.
@@ -106,7 +106,7 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 			u = s.reg.URL
 		}
 		c, err := upstream.New(upstream.Config{Name: s.name, URL: u, Insecure: true, Username: s.user, Password: s.password,
-			DialTimeout: time.Second, ResponseHeaderTimeout: cmp.Or(s.headers, 2*time.Second), IdleTimeout: 3 * time.Second,
+			DialTimeout: time.Second, ResponseHeaderTimeout: cmp.Or(s.headers, 2*time.Second), IdleTimeout: cmp.Or(s.headers, 3*time.Second),
 			MaxConcurrent: s.maxConc, WaitTimeout: s.wait, Logger: log}, um)
 		if err != nil {
 			t.Fatal(err)

@@ -253,7 +253,7 @@ func TestTagListsAreCachedAndShared(t *testing.T) {
 	up.PushImage(t, "org/app", "2", 46, 1, 512, amd64)
 	clk := &clock{t: time.Unix(1_000_000, 0)}
 	// The held fetch must not time out while the clients arrive, however
-	// loaded the machine: a header timeout far above the hold.
+	// loaded the machine: header and idle timeouts far above the hold.
 	e := newEnvWith(t, t.TempDir(), cache.Config{Now: clk.now}, spec{name: "docker.io", reg: up, def: true, ttl: time.Minute, headers: time.Minute})
 	var inflight atomic.Int32
 	e.Config.Handler = countInflight(e.Config.Handler, &inflight)
