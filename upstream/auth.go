@@ -81,6 +81,13 @@ func (c *tokenCache) Set(ctx context.Context, registry string, scheme auth.Schem
 		c.scheme[registry] = scheme
 		c.makeRoom()
 		c.tokens[k] = cachedToken{token: token, expires: expires}
+		if hinted := strings.Join(auth.GetAllScopesForHost(ctx, registry), " "); scheme == auth.SchemeBearer && hinted != "" && hinted != key {
+			// The challenge asked for more than the request hinted (Harbor
+			// names pull,push for a pull): the next request of the same
+			// repository looks the token up by its hint alone.
+			c.makeRoom()
+			c.tokens[registry+" "+scheme.String()+" "+hinted] = cachedToken{token: token, expires: expires}
+		}
 		c.mu.Unlock()
 		return token, nil
 	})

@@ -1,16 +1,22 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry/remote/auth"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
 func TestTokenCacheHonoursExpiry(t *testing.T) {
@@ -70,5 +76,68 @@ func TestTokenCacheIsBounded(t *testing.T) {
 	last := fmt.Sprintf("repository:random/%d:pull", 3*maxTokens-1)
 	if _, err := c.GetToken(ctx, "reg", auth.SchemeBearer, last); err != nil {
 		t.Fatalf("the newest token was dropped: %v", err)
+	}
+}
+
+// Once a token is held, every request goes out with it: a Harbor-style
+// challenge names more actions (pull,push) than a pull asks for, and the
+// token it brought must still serve the next pull of the repository, not
+// cost a 401 round trip each time. Concurrent first requests share one
+// token fetch; a redirected blob needs none.
+func TestTokenServesEveryRequestOfItsRepository(t *testing.T) {
+	reg := upstreamtest.New(t, upstreamtest.WithTokenAuth("bot", "pw"), upstreamtest.WithBlobRedirects())
+	img := reg.PushImage(t, "org/app", "1", 5, 3, 4096, ocispec.Platform{OS: "linux", Architecture: "amd64"})
+	c, err := New(Config{Name: "hub", URL: reg.URL, Insecure: true, Username: "bot", Password: "pw"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Reset()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			_, rc, err := c.Manifest(t.Context(), "org/app", "1", false)
+			if err == nil {
+				rc.Close()
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := reg.Count("GET", "token"); n != 1 {
+		t.Fatalf("8 concurrent first requests fetched %d tokens, want 1", n)
+	}
+	reg.Reset()
+	for _, b := range img.Blobs() {
+		rc, _, err := c.Blob(t.Context(), "org/app", b.Digest, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, b.Data) {
+			t.Fatalf("blob %s: %v, %d bytes", b.Digest, err, len(got))
+		}
+	}
+	if _, rc, err := c.Manifest(t.Context(), "org/app", "1", false); err != nil {
+		t.Fatal(err)
+	} else {
+		rc.Close()
+	}
+	var unauthenticated []string
+	for _, r := range reg.Requests() {
+		if strings.HasPrefix(r.Path, "/v2/") && r.Authorization == "" {
+			unauthenticated = append(unauthenticated, r.Method+" "+r.Path)
+		}
+	}
+	n := len(img.Blobs())
+	if len(unauthenticated) > 0 || reg.Count("GET", "token") != 0 || reg.Total() != 2*n+1 {
+		t.Fatalf("with a token held: %d requests (want %d: each blob and its redirect, the manifest), %d token fetches, sent without the token: %v",
+			reg.Total(), 2*n+1, reg.Count("GET", "token"), unauthenticated)
 	}
 }
