@@ -25,8 +25,10 @@ test: lint
 	$(GO) test -race -count=1 -timeout 8m ./...
 
 # End-to-end figures against direct upstream and distribution's proxy mode.
+# `make bench PPROF=bin/pprof` also writes CPU profiles of the cold pulls.
 bench: build
-	$(GO) run ./cmd/wharf-bench -wharf bin/wharf -json bin/bench.json -upstream-rtt 20ms
+	$(if $(PPROF),mkdir -p $(PPROF))
+	$(GO) run ./cmd/wharf-bench -wharf bin/wharf -json bin/bench.json -upstream-rtt 20ms $(if $(PPROF),-pprof $(PPROF))
 
 clean:
 	rm -rf bin

@@ -18,7 +18,9 @@ import (
 // seeding helpers, failing by panic.
 type bench struct {
 	wharfBin     string
-	debugListen  string        // pprof address for the Wharf under test
+	profileDir   string        // where CPU profiles of cold pulls go; "": none
+	wanOnly      bool          // only the pass at rtt
+	showRequests bool          // print the upstream requests of each cold pull at rtt
 	upstreamRate int64         // bytes/s, 0 for unlimited
 	rtt          time.Duration // the WAN pass's upstream latency; 0: no WAN pass
 	duration     time.Duration
@@ -98,17 +100,6 @@ func (b *bench) run() (rows []row, err error) {
 		up = upstreamtest.New(b, upstreamtest.WithFilesystem(data), upstreamtest.WithBandwidth(b.upstreamRate))
 	}
 
-	type starter func() (*target, error)
-	targets := []struct {
-		name  string
-		start starter
-	}{
-		{"direct", func() (*target, error) {
-			return &target{url: up.URL, stop: func() {}, rss: func() float64 { return -1 }, cpu: func() float64 { return -1 }}, nil
-		}},
-		{"wharf", func() (*target, error) { return b.startWharf(up.URL) }},
-		{"distribution", func() (*target, error) { return b.startDistribution(up.URL) }},
-	}
 	res := map[string]map[string]float64{}
 	set := func(scenario, tgt string, v float64) {
 		if res[scenario] == nil {
@@ -116,115 +107,10 @@ func (b *bench) run() (rows []row, err error) {
 		}
 		res[scenario][tgt] = v
 	}
-	timed := func(f func() error) (float64, error) {
-		start := time.Now()
-		err := f()
-		return time.Since(start).Seconds(), err
-	}
-	for _, tg := range targets {
-		fmt.Fprintf(os.Stderr, "measuring %s...\n", tg.name)
-		peak := -1.0
-
-		// Big image: cold, warm, then manifest request rates on the warm cache.
-		t, err := tg.start()
-		if err != nil {
+	if !b.wanOnly {
+		if err := b.loopback(up, big, small, idx, set); err != nil {
 			return nil, err
 		}
-		gib := float64(imageSize(big)) / (1 << 30)
-		cpu0 := t.cpu()
-		cold, err := timed(func() error { return pull(t.url, big.Repo, big.Tag) })
-		if err != nil {
-			return nil, err
-		}
-		cpu1 := t.cpu()
-		warm, err := timed(func() error { return pull(t.url, big.Repo, big.Tag) })
-		if err != nil {
-			return nil, err
-		}
-		if cpu0 >= 0 {
-			set("wharf CPU-s per cold GiB", tg.name, (cpu1-cpu0)/gib)
-			set("wharf CPU-s per warm GiB", tg.name, (t.cpu()-cpu1)/gib)
-		} else {
-			set("wharf CPU-s per cold GiB", tg.name, -1)
-			set("wharf CPU-s per warm GiB", tg.name, -1)
-		}
-		set("cold pull, 4 × 64 MiB", tg.name, cold)
-		set("warm pull, 4 × 64 MiB", tg.name, warm)
-		for _, c := range []struct{ name, ref string }{{"manifest by tag", idx.Tag}, {"manifest by digest", idx.Manifest.Digest.String()}} {
-			rps, p99, err := load(t.url+"/v2/"+idx.Repo+"/manifests/"+c.ref, b.workers, b.duration)
-			if err != nil {
-				return nil, err
-			}
-			set(c.name, tg.name, rps)
-			set(c.name+" p99", tg.name, p99)
-		}
-		peak = max(peak, t.rss())
-		t.stop()
-		if tg.name == "wharf" {
-			// With users on: every request authenticated, against the
-			// same Wharf's anonymous rate.
-			open, authed, err := b.authenticatedRate(up.URL, idx)
-			if err != nil {
-				return nil, err
-			}
-			set("manifest by tag, authenticated", tg.name, authed)
-			set("manifest by tag: authenticated / anonymous", tg.name, authed/open)
-		} else {
-			set("manifest by tag, authenticated", tg.name, -1)
-			set("manifest by tag: authenticated / anonymous", tg.name, -1)
-		}
-
-		// Eight clients pull the big image cold at once.
-		if t, err = tg.start(); err != nil {
-			return nil, err
-		}
-		up.Reset()
-		conc, err := timed(func() error {
-			return parallel(8, 8, func(int) error { return pull(t.url, big.Repo, big.Tag) })
-		})
-		if err != nil {
-			return nil, err
-		}
-		set("8 concurrent cold pulls", tg.name, conc)
-		set("8 concurrent: upstream bytes / image", tg.name, float64(up.BytesSent())/float64(imageSize(big)))
-		peak = max(peak, t.rss())
-		t.stop()
-
-		// Fifty small images, four workers, cold then warm.
-		if t, err = tg.start(); err != nil {
-			return nil, err
-		}
-		pullAll := func() error {
-			return parallel(4, len(small), func(i int) error { return pull(t.url, small[i].Repo, small[i].Tag) })
-		}
-		coldSmall, err := timed(pullAll)
-		if err != nil {
-			return nil, err
-		}
-		warmSmall, err := timed(pullAll)
-		if err != nil {
-			return nil, err
-		}
-		set("50 images × 3 × 1 MiB, cold", tg.name, coldSmall)
-		set("50 images × 3 × 1 MiB, warm", tg.name, warmSmall)
-		peak = max(peak, t.rss())
-		t.stop()
-		set("peak RSS", tg.name, peak)
-	}
-	promoteRows := []string{"promote all to a new registry, cold", "promote all again (all present)", "promote all to a new registry, warm cache",
-		"promote: peak RSS", "promote one image of 64 MiB layers: peak RSS", "promote one 512 MiB layer: peak RSS"}
-	for _, s := range promoteRows {
-		set(s, "distribution", -1) // distribution cannot push elsewhere
-	}
-	if err := b.promote(up, append([]upstreamtest.Image{big}, small...), set); err != nil {
-		return nil, err
-	}
-	all := [][2]string{{big.Repo, big.Tag}, {idx.Repo, idx.Tag}}
-	for _, img := range small {
-		all = append(all, [2]string{img.Repo, img.Tag})
-	}
-	if err := b.replicateByRule(up, all, set); err != nil {
-		return nil, err
 	}
 	var wanRows []string
 	if b.rtt > 0 {
@@ -244,10 +130,15 @@ func (b *bench) run() (rows []row, err error) {
 	for _, r := range wanRows {
 		if strings.HasPrefix(r, "wharf CPU") {
 			units[r] = "CPU-s"
+		} else if strings.HasPrefix(r, "upstream requests") {
+			units[r] = "req"
 		}
 	}
 	order = append(order, "replicate all by a rule, cold (direct: skopeo sync)", "replicate all by a rule, cold (direct: crane copy)")
 	for _, s := range order {
+		if res[s] == nil {
+			continue // a pass not run
+		}
 		u := units[s]
 		if u == "" {
 			u = "s"
@@ -255,6 +146,139 @@ func (b *bench) run() (rows []row, err error) {
 		rows = append(rows, row{Scenario: s, Unit: u, Direct: res[s]["direct"], Wharf: res[s]["wharf"], Distribution: res[s]["distribution"]})
 	}
 	return rows, nil
+}
+
+// promoteRows are the promotion scenarios, which distribution cannot run.
+var promoteRows = []string{"promote all to a new registry, cold", "promote all again (all present)", "promote all to a new registry, warm cache",
+	"promote: peak RSS", "promote one image of 64 MiB layers: peak RSS", "promote one 512 MiB layer: peak RSS"}
+
+// loopback measures every scenario at loopback speed on every target.
+func (b *bench) loopback(up *upstreamtest.Registry, big upstreamtest.Image, small []upstreamtest.Image, idx upstreamtest.Index, set func(scenario, tgt string, v float64)) error {
+	type starter func() (*target, error)
+	targets := []struct {
+		name  string
+		start starter
+	}{
+		{"direct", func() (*target, error) {
+			return &target{url: up.URL, stop: func() {}, rss: func() float64 { return -1 }, cpu: func() float64 { return -1 }}, nil
+		}},
+		{"wharf", func() (*target, error) { return b.startWharf(up.URL) }},
+		{"distribution", func() (*target, error) { return b.startDistribution(up.URL) }},
+	}
+	timed := func(f func() error) (float64, error) {
+		start := time.Now()
+		err := f()
+		return time.Since(start).Seconds(), err
+	}
+	for _, tg := range targets {
+		fmt.Fprintf(os.Stderr, "measuring %s...\n", tg.name)
+		peak := -1.0
+
+		// Big image: cold, warm, then manifest request rates on the warm cache.
+		t, err := tg.start()
+		if err != nil {
+			return err
+		}
+		gib := float64(imageSize(big)) / (1 << 30)
+		cpu0 := t.cpu()
+		var cold float64
+		if perr := b.profiled(t, "cold-0s", func() {
+			cold, err = timed(func() error { return pull(t.url, big.Repo, big.Tag) })
+		}); perr != nil {
+			return perr
+		}
+		if err != nil {
+			return err
+		}
+		cpu1 := t.cpu()
+		warm, err := timed(func() error { return pull(t.url, big.Repo, big.Tag) })
+		if err != nil {
+			return err
+		}
+		if cpu0 >= 0 {
+			set("wharf CPU-s per cold GiB", tg.name, (cpu1-cpu0)/gib)
+			set("wharf CPU-s per warm GiB", tg.name, (t.cpu()-cpu1)/gib)
+		} else {
+			set("wharf CPU-s per cold GiB", tg.name, -1)
+			set("wharf CPU-s per warm GiB", tg.name, -1)
+		}
+		set("cold pull, 4 × 64 MiB", tg.name, cold)
+		set("warm pull, 4 × 64 MiB", tg.name, warm)
+		for _, c := range []struct{ name, ref string }{{"manifest by tag", idx.Tag}, {"manifest by digest", idx.Manifest.Digest.String()}} {
+			rps, p99, err := load(t.url+"/v2/"+idx.Repo+"/manifests/"+c.ref, b.workers, b.duration)
+			if err != nil {
+				return err
+			}
+			set(c.name, tg.name, rps)
+			set(c.name+" p99", tg.name, p99)
+		}
+		peak = max(peak, t.rss())
+		t.stop()
+		if tg.name == "wharf" {
+			// With users on: every request authenticated, against the
+			// same Wharf's anonymous rate.
+			open, authed, err := b.authenticatedRate(up.URL, idx)
+			if err != nil {
+				return err
+			}
+			set("manifest by tag, authenticated", tg.name, authed)
+			set("manifest by tag: authenticated / anonymous", tg.name, authed/open)
+		} else {
+			set("manifest by tag, authenticated", tg.name, -1)
+			set("manifest by tag: authenticated / anonymous", tg.name, -1)
+		}
+
+		// Eight clients pull the big image cold at once.
+		if t, err = tg.start(); err != nil {
+			return err
+		}
+		up.Reset()
+		conc, err := timed(func() error {
+			return parallel(8, 8, func(int) error { return pull(t.url, big.Repo, big.Tag) })
+		})
+		if err != nil {
+			return err
+		}
+		set("8 concurrent cold pulls", tg.name, conc)
+		set("8 concurrent: upstream bytes / image", tg.name, float64(up.BytesSent())/float64(imageSize(big)))
+		peak = max(peak, t.rss())
+		t.stop()
+
+		// Fifty small images, four workers, cold then warm.
+		if t, err = tg.start(); err != nil {
+			return err
+		}
+		pullAll := func() error {
+			return parallel(4, len(small), func(i int) error { return pull(t.url, small[i].Repo, small[i].Tag) })
+		}
+		coldSmall, err := timed(pullAll)
+		if err != nil {
+			return err
+		}
+		warmSmall, err := timed(pullAll)
+		if err != nil {
+			return err
+		}
+		set("50 images × 3 × 1 MiB, cold", tg.name, coldSmall)
+		set("50 images × 3 × 1 MiB, warm", tg.name, warmSmall)
+		peak = max(peak, t.rss())
+		t.stop()
+		set("peak RSS", tg.name, peak)
+	}
+	for _, s := range promoteRows {
+		set(s, "distribution", -1) // distribution cannot push elsewhere
+	}
+	if err := b.promote(up, append([]upstreamtest.Image{big}, small...), set); err != nil {
+		return err
+	}
+	all := [][2]string{{big.Repo, big.Tag}, {idx.Repo, idx.Tag}}
+	for _, img := range small {
+		all = append(all, [2]string{img.Repo, img.Tag})
+	}
+	if err := b.replicateByRule(up, all, set); err != nil {
+		return err
+	}
+	return nil
 }
 
 // authenticatedRate measures manifest-by-tag requests per second on one

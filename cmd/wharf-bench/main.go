@@ -22,9 +22,15 @@ func main() {
 	workers := flag.Int("workers", 16, "concurrent clients in request-rate runs")
 	rate := flag.Int64("upstream-mibps", 0, "cap the upstream's total send rate in MiB/s, as a remote registry's link would (0: loopback speed)")
 	rtt := flag.Duration("upstream-rtt", 0, "also measure the cold scenarios with the upstream answering each request this late, behind Docker Hub's token flow and blob redirects (e.g. 20ms)")
-	pprof := flag.String("pprof", "", "let the Wharf under test serve pprof on this address (e.g. 127.0.0.1:6060)")
+	pprof := flag.String("pprof", "", "write a CPU profile of the Wharf under test over each cold 4 × 64 MiB pull into this directory (cold-0s.pprof, cold-20ms.pprof)")
+	wanOnly := flag.Bool("wan-only", false, "measure only the cold scenarios at -upstream-rtt")
+	showRequests := flag.Bool("show-requests", false, "print the upstream requests each target made for the cold 4 × 64 MiB pull at -upstream-rtt")
 	flag.Parse()
-	b := &bench{wharfBin: *wharf, duration: *duration, workers: *workers, debugListen: *pprof, upstreamRate: *rate << 20, rtt: *rtt}
+	if *wanOnly && *rtt <= 0 {
+		fmt.Fprintln(os.Stderr, "wharf-bench: -wan-only needs -upstream-rtt")
+		os.Exit(2)
+	}
+	b := &bench{wharfBin: *wharf, duration: *duration, workers: *workers, profileDir: *pprof, wanOnly: *wanOnly, showRequests: *showRequests, upstreamRate: *rate << 20, rtt: *rtt}
 	defer b.cleanup()
 	rows, err := b.run()
 	if err != nil {

@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -27,6 +30,59 @@ type target struct {
 	stop func()
 	rss  func() float64 // peak RSS in MiB, or -1 when not its own process
 	cpu  func() float64 // CPU seconds used so far, or -1 when not its own process
+	// debug is the pprof address of a Wharf started with a profile
+	// directory, else "".
+	debug string
+}
+
+// profileWindow is how long a profile runs: a cold pull and then some.
+const profileWindow = 4 * time.Second
+
+// profiled runs f inside a CPU profile of t written to profileDir/name.pprof
+// (f alone without a profile directory or a Wharf). The profile starts a
+// moment before f, and is read once its window closes.
+func (b *bench) profiled(t *target, name string, f func()) error {
+	if b.profileDir == "" || t.debug == "" {
+		f()
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", t.debug, int(profileWindow/time.Second))
+		resp, err := http.Get(url)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			done <- fmt.Errorf("%s: %s", url, resp.Status)
+			return
+		}
+		out, err := os.Create(filepath.Join(b.profileDir, name+".pprof"))
+		if err == nil {
+			_, err = io.Copy(out, resp.Body)
+			err = errors.Join(err, out.Close())
+		}
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the profile's request reaches Wharf: a measuring tool's margin, not a test's synchronisation
+	f()
+	if err := <-done; err != nil {
+		return fmt.Errorf("profile %s: %w", name, err)
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s\n", filepath.Join(b.profileDir, name+".pprof"))
+	return nil
+}
+
+// freeAddr is a loopback address nothing listens on now.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }
 
 // startDistribution runs distribution's proxy mode in process, caching on
@@ -60,6 +116,13 @@ func (b *bench) startWharf(upstreamURL string, extra ...string) (*target, error)
 // (credentials).
 func (b *bench) startWharfAuth(upstreamURL, upstreamLines string, extra ...string) (*target, error) {
 	dir := b.TempDir()
+	debug := ""
+	if b.profileDir != "" {
+		var err error
+		if debug, err = freeAddr(); err != nil {
+			return nil, err
+		}
+	}
 	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
 log_level: info
 debug_listen: %q
@@ -71,7 +134,7 @@ upstreams:
     default: true
     insecure: true
     tag_ttl: 1h
-%s%s`, b.debugListen, filepath.Join(dir, "store"), upstreamURL, upstreamLines, strings.Join(extra, ""))
+%s%s`, debug, filepath.Join(dir, "store"), upstreamURL, upstreamLines, strings.Join(extra, ""))
 	path := filepath.Join(dir, "wharf.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -107,8 +170,9 @@ upstreams:
 				cmd.Wait()
 			})
 		},
-		rss: func() float64 { return peakRSS(cmd.Process.Pid) },
-		cpu: func() float64 { return cpuSeconds(cmd.Process.Pid) },
+		rss:   func() float64 { return peakRSS(cmd.Process.Pid) },
+		cpu:   func() float64 { return cpuSeconds(cmd.Process.Pid) },
+		debug: debug,
 	}
 	b.Cleanup(t.stop) // never leave a wharf behind, whatever fails
 	select {

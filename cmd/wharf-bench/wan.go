@@ -91,7 +91,7 @@ func (h *hubTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // wan measures the cold scenarios at rtt; rows are named with it.
 func (b *bench) wan(data string, big upstreamtest.Image, small []upstreamtest.Image, idx upstreamtest.Index, set func(scenario, tgt string, v float64)) ([]string, error) {
 	at := " @" + b.rtt.String()
-	rows := []string{"cold pull, 4 × 64 MiB" + at, "50 images × 3 × 1 MiB, cold" + at, "two-platform index, cold" + at, "wharf CPU-s per cold GiB" + at}
+	rows := []string{"cold pull, 4 × 64 MiB" + at, "50 images × 3 × 1 MiB, cold" + at, "two-platform index, cold" + at, "wharf CPU-s per cold GiB" + at, "upstream requests, cold 4 × 64 MiB" + at}
 	up := upstreamtest.New(b, upstreamtest.WithFilesystem(data), upstreamtest.WithLatency(b.rtt),
 		upstreamtest.WithTokenAuth(hubUser, hubPass), upstreamtest.WithBlobRedirects())
 	direct := &http.Client{Transport: &hubTransport{next: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}}
@@ -124,8 +124,16 @@ func (b *bench) wan(data string, big upstreamtest.Image, small []upstreamtest.Im
 			if err != nil {
 				return nil, err
 			}
+			up.Reset()
 			cpu := t.cpu()
-			d, err := timedErr(func() error { return run(t) })
+			var d float64
+			if i == 0 {
+				if perr := b.profiled(t, "cold-"+b.rtt.String(), func() { d, err = timedErr(func() error { return run(t) }) }); perr != nil {
+					return nil, perr
+				}
+			} else {
+				d, err = timedErr(func() error { return run(t) })
+			}
 			if i == 0 && cpu >= 0 {
 				set(rows[3], tg.name, (t.cpu()-cpu)/(float64(imageSize(big))/(1<<30)))
 			} else if i == 0 {
@@ -134,6 +142,14 @@ func (b *bench) wan(data string, big upstreamtest.Image, small []upstreamtest.Im
 			t.stop()
 			if err != nil {
 				return nil, fmt.Errorf("%s at %s: %w", tg.name, b.rtt, err)
+			}
+			if i == 0 {
+				set(rows[4], tg.name, float64(up.Total()))
+				if b.showRequests {
+					for _, r := range up.Requests() {
+						fmt.Fprintf(os.Stderr, "%s: %s %s auth=%.12s\n", tg.name, r.Method, r.Path, r.Authorization)
+					}
+				}
 			}
 			set(rows[i], tg.name, d)
 		}
