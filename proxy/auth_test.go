@@ -108,13 +108,21 @@ func TestBearerTokenUpstream(t *testing.T) {
 	if len(calls) != 2 || calls[0] != "repository:org/a:pull" || calls[1] != "repository:org/b:pull" {
 		t.Fatalf("token requests: %q", calls)
 	}
+	without := 0
 	for _, req := range up.Requests() {
 		if strings.HasPrefix(req.Authorization, "Basic") {
 			t.Fatalf("registry received the password: %+v", req)
 		}
+		if req.Authorization == "" {
+			without++
+		}
 	}
-	// Each repository: one challenged manifest HEAD, then the HEAD with
-	// the token, and the manifest GET and two blob GETs that carry it from
-	// the start.
-	wantCounts(t, up, map[string]int{"HEAD manifest": 4, "GET manifest": 2, "GET blob": 4})
+	// The first repository: one challenged manifest HEAD, then the HEAD
+	// with the token. The second goes to the realm the challenge named
+	// straight away. Then the manifest GET and two blob GETs of each, all
+	// with their token.
+	wantCounts(t, up, map[string]int{"HEAD manifest": 3, "GET manifest": 2, "GET blob": 4})
+	if without != 1 {
+		t.Fatalf("%d requests went without a token, want only the first", without)
+	}
 }

@@ -47,7 +47,7 @@ func newPromotion(t *testing.T, root string, cfg cache.Config, jcfg replicate.Co
 func newPromotionOn(t *testing.T, src, dst *upstreamtest.Registry, root string, cfg cache.Config, jcfg replicate.Config, token string, chunk int64, rules ...replicate.Rule) *promotion {
 	t.Helper()
 	target, err := upstream.New(upstream.Config{Name: "harbor-b", URL: dst.URL, Insecure: true,
-		Username: "robot", Password: "s3cret", ChunkSize: chunk}, nil)
+		Username: "robot", Password: "s3cret", ChunkSize: chunk, Push: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -814,7 +814,7 @@ func TestJobFailsWhenItsStateCannotBeSaved(t *testing.T) {
 	sopts := storage.Options{MinFree: 64 << 20, Statfs: func() (uint64, uint64, error) { return uint64(free.Load()), 1 << 41, nil }}
 	src := upstreamtest.New(t)
 	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
-	target, err := upstream.New(upstream.Config{Name: "harbor-b", URL: dst.URL, Insecure: true, Username: "robot", Password: "s3cret"}, nil)
+	target, err := upstream.New(upstream.Config{Name: "harbor-b", URL: dst.URL, Insecure: true, Username: "robot", Password: "s3cret", Push: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

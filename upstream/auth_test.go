@@ -141,3 +141,42 @@ func TestTokenServesEveryRequestOfItsRepository(t *testing.T) {
 			reg.Total(), 2*n+1, reg.Count("GET", "token"), unauthenticated)
 	}
 }
+
+// Once the upstream has shown its token challenge, a repository Wharf has
+// no token for yet costs a token fetch, not a request answered 401 first:
+// as docker does, the realm learned once serves every scope.
+func TestNewRepositoryCostsNoUnauthorizedRoundTrip(t *testing.T) {
+	reg := upstreamtest.New(t, upstreamtest.WithTokenAuth("bot", "pw"))
+	a := reg.PushImage(t, "org/a", "1", 5, 1, 512, ocispec.Platform{OS: "linux", Architecture: "amd64"})
+	b := reg.PushImage(t, "org/b", "1", 6, 1, 512, ocispec.Platform{OS: "linux", Architecture: "amd64"})
+	c, err := New(Config{Name: "hub", URL: reg.URL, Insecure: true, Username: "bot", Password: "pw"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(repo string, img upstreamtest.Image) {
+		t.Helper()
+		_, rc, err := c.Manifest(t.Context(), repo, "1", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, img.Manifest.Data) {
+			t.Fatalf("manifest of %s: %v, %q", repo, err, got)
+		}
+	}
+	reg.Reset()
+	get("org/a", a)
+	if reg.Total() != 3 || reg.Count("GET", "token") != 1 {
+		t.Fatalf("first repository: %d requests (want 3: refused, token, manifest), %d token fetches", reg.Total(), reg.Count("GET", "token"))
+	}
+	reg.Reset()
+	get("org/b", b)
+	var kinds []string
+	for _, r := range reg.Requests() {
+		kinds = append(kinds, fmt.Sprintf("%s %s token=%t", r.Method, r.Kind(), r.Authorization != ""))
+	}
+	if want := "GET token token=true,GET manifest token=true"; strings.Join(kinds, ",") != want {
+		t.Fatalf("second repository: %v, want %s", kinds, want)
+	}
+}

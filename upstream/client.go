@@ -57,6 +57,10 @@ type Config struct {
 	// (default 5s), so a client is told to come back rather than hang.
 	WaitTimeout time.Duration
 	ChunkSize   int64 // pushes: larger blobs go in chunks of this size; default DefaultChunkSize
+	// Push marks a push target: its checks ask for push access too, as
+	// docker push does, so that one token serves the checks and the pushes
+	// that follow them.
+	Push      bool
 	UserAgent   string
 	// CAFile adds a CA to the system's for this registry and the hosts it
 	// redirects to: an internal CA is trusted without turning verification off.
@@ -82,6 +86,7 @@ type Client struct {
 	metrics *Metrics
 
 	chunkSize int64
+	push      bool // a push target: see Config.Push
 }
 
 // New builds a client for cfg. It dials nothing until first use.
@@ -120,7 +125,7 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 		return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
 	}
 	hc := &auth.Client{
-		Client: &http.Client{Transport: newGuard(tr, cfg.Name, u, cfg.Logger), CheckRedirect: checkRedirect},
+		Client: &http.Client{Transport: newChallenges(newGuard(tr, cfg.Name, u, cfg.Logger)), CheckRedirect: checkRedirect},
 		Header: http.Header{"User-Agent": {cmp.Or(cfg.UserAgent, "wharf")}},
 		Cache:  newTokenCache(),
 	}
@@ -131,12 +136,16 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 		m = NewMetrics(nil)
 	}
 	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m, wait: cfg.WaitTimeout,
-		slots: make(chan struct{}, cfg.MaxConcurrent), breaker: newBreaker(), chunkSize: cfg.ChunkSize}, nil
+		slots: make(chan struct{}, cfg.MaxConcurrent), breaker: newBreaker(), chunkSize: cfg.ChunkSize, push: cfg.Push}, nil
 }
 
 // do sends one request for repo and turns any non-2xx answer into *Error.
 func (c *Client) do(ctx context.Context, method, repo, rawURL string, hdr http.Header) (*http.Response, error) {
-	ctx = auth.AppendRepositoryScope(ctx, registry.Reference{Registry: c.base.Host, Repository: repo}, auth.ActionPull)
+	actions := []string{auth.ActionPull}
+	if c.push {
+		actions = append(actions, auth.ActionPush)
+	}
+	ctx = auth.AppendRepositoryScope(ctx, registry.Reference{Registry: c.base.Host, Repository: repo}, actions...)
 	req, err := http.NewRequestWithContext(ctx, method, rawURL, nil)
 	if err != nil {
 		return nil, err
@@ -164,7 +173,14 @@ func (c *Client) send(req *http.Request, repo string) (*http.Response, error) {
 		return nil, &Error{Method: method, URL: redact(rawURL), Status: statusOf(err), Retry: time.Second, Err: err}
 	}
 	start := time.Now()
+	a := &answered{}
+	req = req.WithContext(context.WithValue(ctx, answeredKey{}, a))
 	resp, err := c.hc.Do(req)
+	if err == nil && resp.StatusCode == http.StatusUnauthorized && a.used {
+		drain(resp.Body)
+		a.off = true
+		resp, err = c.hc.Do(req)
+	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		ue.URL = redact(ue.URL) // a redirect target may be a presigned URL: not for logs or the health report

@@ -109,12 +109,12 @@ type remote struct {
 // credentialed: Wharf logs in to it, so what it serves may be private.
 func (r *remote) credentialed() bool { return r.Username != "" || r.Password != "" }
 
-// client is the upstream.Client for r.
-func (r *remote) client(m *upstream.Metrics, chunkSize int64, log *slog.Logger) (*upstream.Client, error) {
+// client is the upstream.Client for r, a push target's if push is set.
+func (r *remote) client(m *upstream.Metrics, push bool, chunkSize int64, log *slog.Logger) (*upstream.Client, error) {
 	return upstream.New(upstream.Config{
 		Name: r.Name, URL: r.URL, Username: r.Username, Password: r.Password, Insecure: r.Insecure,
 		DialTimeout: r.DialTimeout, ResponseHeaderTimeout: r.HeaderTimeout, IdleTimeout: r.IdleTimeout,
-		MaxConcurrent: r.MaxConcurrent, WaitTimeout: r.WaitTimeout, ChunkSize: chunkSize,
+		MaxConcurrent: r.MaxConcurrent, WaitTimeout: r.WaitTimeout, ChunkSize: chunkSize, Push: push,
 		UserAgent: "wharf/" + versionString(), CAFile: r.CAFile, CertFile: r.CertFile, KeyFile: r.KeyFile, Logger: log,
 	}, m)
 }

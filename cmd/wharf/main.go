@@ -235,7 +235,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 // upstreams, the proxy's routes and the jobs' push targets.
 func remotes(cfg *fileConfig, um *upstream.Metrics, log *slog.Logger) (ups []cache.Upstream, routes []proxy.Route, targets map[string]replicate.Target, err error) {
 	for _, u := range cfg.Upstreams {
-		client, err := u.client(um, 0, log)
+		client, err := u.client(um, false, 0, log)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -247,7 +247,7 @@ func remotes(cfg *fileConfig, um *upstream.Metrics, log *slog.Logger) (ups []cac
 	}
 	targets = map[string]replicate.Target{}
 	for _, t := range cfg.Targets {
-		client, err := t.client(um, t.chunkBytes, log)
+		client, err := t.client(um, true, t.chunkBytes, log)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("target: %w", err)
 		}
