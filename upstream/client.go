@@ -61,7 +61,7 @@ type Config struct {
 	// docker push does, so that one token serves the checks and the pushes
 	// that follow them.
 	Push      bool
-	UserAgent   string
+	UserAgent string
 	// CAFile adds a CA to the system's for this registry and the hosts it
 	// redirects to: an internal CA is trusted without turning verification off.
 	CAFile string
