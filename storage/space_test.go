@@ -91,14 +91,14 @@ func TestFullDiskRefusesWritesWithoutFailingReads(t *testing.T) {
 	put(t, s, "stored once there is room again")
 }
 
-// The ballast is kept while there is room and given up the moment the
-// filesystem falls under the reserve.
+// The ballast is made when the store opens, not in the middle of its first
+// fills, kept while there is room, and given up the moment the filesystem
+// falls under the reserve.
 func TestBallast(t *testing.T) {
 	d := &disk{}
 	d.avail.Store(1 << 30)
 	root := t.TempDir()
 	s := openDisk(t, root, d)
-	s.sp.keepBallast()
 	fi, err := os.Stat(filepath.Join(root, "reserve"))
 	if err != nil || fi.Size() != s.sp.reserve || s.sp.reserve != 32*mib {
 		t.Fatalf("ballast: %v %v, reserve %d", fi, err, s.sp.reserve)

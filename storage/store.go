@@ -101,6 +101,9 @@ func Open(root string, opts Options) (*Store, error) {
 		s.lock.Close()
 		return nil, err
 	}
+	// The ballast now, before any fill: 64 MiB written and synced while
+	// the first pulls run would slow them.
+	s.sp.keepBallast()
 	go s.watch()
 	return s, nil
 }
