@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"strconv"
 	"time"
 )
 
@@ -45,7 +47,9 @@ type fillReader struct {
 	ctx    context.Context // the client's: a gone client stops reading, not the fill
 	off    int64
 	closed bool
-	direct *direct // set once the fill failed to store: see passthrough.go
+	direct *direct  // set once the fill failed to store: see passthrough.go
+	own    *os.File // the fill's file with an offset of its own, for SendTo
+	noOwn  bool     // the platform cannot give one
 }
 
 // state returns how far a reader may go, whether the blob is final, and a
@@ -164,7 +168,71 @@ func (r *fillReader) Close() error {
 	if !r.closed {
 		r.closed = true
 		r.stopDirect()
+		if r.own != nil {
+			r.own.Close()
+		}
 		r.f.release()
 	}
 	return nil
+}
+
+// SendTo writes up to n bytes of the blob from the reader's offset through
+// dst.ReadFrom with a file: to a socket the kernel copies them itself
+// (sendfile), not through user space. The last byte is held back until the
+// blob verifies, and a failed fill fails, exactly as with Read. ok false,
+// with err nil, means the rest must be read instead: the fill could not be
+// stored and goes on from upstream, or the platform cannot reopen the file.
+func (r *fillReader) SendTo(dst io.ReaderFrom, n int64) (sent int64, ok bool, err error) {
+	for sent < n {
+		if r.direct != nil || !r.reopen() {
+			return sent, false, nil
+		}
+		avail, done, wake, err := r.state()
+		if errors.Is(err, errStore) {
+			return sent, false, nil
+		}
+		if err != nil {
+			return sent, true, err
+		}
+		if r.off < avail {
+			if _, err := r.own.Seek(r.off, io.SeekStart); err != nil {
+				return sent, true, err
+			}
+			m, err := dst.ReadFrom(&io.LimitedReader{R: r.own, N: min(avail-r.off, n-sent)})
+			r.off += m
+			sent += m
+			if err != nil {
+				return sent, true, err
+			}
+			continue
+		}
+		if done {
+			return sent, true, nil
+		}
+		if err := r.wait(wake); err != nil {
+			return sent, true, err
+		}
+	}
+	return sent, true, nil
+}
+
+// reopen gives the reader the fill's file with an offset of its own
+// (sendfile sends from a file's offset, and readers share the fill's
+// file), through /proc/self/fd: the temporary file may have been renamed
+// into the store already. It reports whether the reader has one.
+func (r *fillReader) reopen() bool {
+	if r.own != nil || r.noOwn {
+		return r.own != nil
+	}
+	r.noOwn = true
+	sc, err := r.f.file.SyscallConn()
+	if err != nil {
+		return false
+	}
+	sc.Control(func(fd uintptr) {
+		if f, err := os.Open("/proc/self/fd/" + strconv.FormatUint(uint64(fd), 10)); err == nil {
+			r.own, r.noOwn = f, false
+		}
+	})
+	return r.own != nil
 }

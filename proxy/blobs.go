@@ -76,6 +76,25 @@ type errReader struct {
 	err error
 }
 
+// sender is a fill reader's sendfile path: see cache's fillReader.SendTo.
+type sender interface {
+	SendTo(dst io.ReaderFrom, n int64) (sent int64, ok bool, err error)
+}
+
+// SendTo passes the sendfile path of the reader beneath through,
+// remembering its error as Read does.
+func (e *errReader) SendTo(dst io.ReaderFrom, n int64) (int64, bool, error) {
+	s, ok := e.ReadSeeker.(sender)
+	if !ok {
+		return 0, false, nil
+	}
+	sent, ok, err := s.SendTo(dst, n)
+	if err != nil && e.err == nil {
+		e.err = err
+	}
+	return sent, ok, err
+}
+
 func (e *errReader) Read(p []byte) (int, error) {
 	n, err := e.ReadSeeker.Read(p)
 	if err != nil && !errors.Is(err, io.EOF) && e.err == nil {

@@ -144,3 +144,34 @@ func TestBrokenFillResumes(t *testing.T) {
 	e.get(t, "/v2/library/app/blobs/"+l.Digest.String(), l.Data, l.Digest.String())
 	wantCounts(t, up, map[string]int{})
 }
+
+// A client following a fill gets the bytes as they land but the last one
+// landed, and the blob's last waits for the digest: when the blob turns
+// out corrupt, the client is cut off short of the end, whichever path
+// (sendfile or copying) served it.
+func TestFollowerOfACorruptFillNeverCompletes(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 73, 1, 300_000, amd64)
+	l := img.Layers[0]
+	corrupt := upstreamtest.Blob{Digest: l.Digest, Data: bytes.Clone(l.Data)}
+	corrupt.Data[len(corrupt.Data)-1] ^= 0xff // only the last byte is wrong
+	hook, release := gate(corrupt)
+	t.Cleanup(release)
+	up.SetHook(hook)
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	resp, err := e.Client().Get(e.URL + "/v2/library/app/blobs/" + l.Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	half := make([]byte, len(l.Data)/2-1)
+	if _, err := io.ReadFull(resp.Body, half); err != nil || !bytes.Equal(half, l.Data[:len(half)]) {
+		t.Fatalf("the landed half: %v", err)
+	}
+	release()
+	rest, err := io.ReadAll(resp.Body)
+	got := append(half, rest...)
+	if err == nil || len(got) >= len(l.Data) || !bytes.Equal(got, l.Data[:len(got)]) {
+		t.Fatalf("after the corrupt end: %d of %d bytes, %v; want fewer, all right, and a broken body", len(got), len(l.Data), err)
+	}
+}

@@ -75,21 +75,35 @@ func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // ReadFrom keeps the standard library's sendfile path for stored blobs
-// (*os.File, possibly behind an io.LimitedReader) and copies anything else
-// through a large buffer.
+// (*os.File, possibly behind an io.LimitedReader), takes a fill's own
+// sendfile path (see sender), and copies anything else, or what a fill
+// could not send, through a large buffer.
 func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
-	var n int64
+	var n, m int64
 	var err error
-	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok && isFile(src) {
-		n, err = rf.ReadFrom(src)
+	rf, _ := r.ResponseWriter.(io.ReaderFrom)
+	if lr, ok := src.(*io.LimitedReader); ok && rf != nil {
+		if s, ok := lr.R.(sender); ok {
+			sent, done, serr := s.SendTo(rf, lr.N)
+			lr.N -= sent
+			if done || serr != nil {
+				r.bytes += sent
+				return sent, serr
+			}
+			n = sent
+		}
+	}
+	if rf != nil && isFile(src) {
+		m, err = rf.ReadFrom(src)
 	} else {
 		buf := copyBuffers.Get().(*[]byte)
-		n, err = io.CopyBuffer(flushWriter{r.ResponseWriter}, src, *buf)
+		m, err = io.CopyBuffer(flushWriter{r.ResponseWriter}, src, *buf)
 		copyBuffers.Put(buf)
 	}
+	n += m
 	r.bytes += n
 	return n, err
 }
