@@ -1,16 +1,25 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
 // The per-upstream limit holds a slot for as long as a body is open, and a
@@ -111,5 +120,69 @@ func TestTagListsAreWholeOrAnError(t *testing.T) {
 	pages, next = 0, ""
 	if tags, err := c.Tags(t.Context(), "a/b"); err != nil || len(tags) != 1 {
 		t.Fatalf("one page: %v %v", tags, err)
+	}
+}
+
+// An upstream that offers HTTP/2 gets it: once a connection is up,
+// concurrent requests share it instead of opening one each.
+func TestUpstreamOfferingHTTP2GetsIt(t *testing.T) {
+	reg := upstreamtest.New(t)
+	img := reg.PushImage(t, "org/app", "1", 9, 4, 64<<10, ocispec.Platform{OS: "linux", Architecture: "amd64"})
+	target, _ := url.Parse(reg.URL)
+	var mu sync.Mutex
+	protos := map[string]int{}
+	conns := 0
+	front := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		protos[r.Proto]++
+		mu.Unlock()
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+	}))
+	front.EnableHTTP2 = true
+	front.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			conns++
+			mu.Unlock()
+		}
+	}
+	front.StartTLS()
+	t.Cleanup(front.Close)
+	c, err := New(Config{Name: "h2", URL: front.URL, Insecure: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, rc, err := c.Manifest(t.Context(), "org/app", "1", false); err != nil {
+		t.Fatal(err)
+	} else {
+		rc.Close()
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(img.Layers))
+	for _, l := range img.Layers {
+		wg.Go(func() {
+			rc, _, err := c.Blob(t.Context(), "org/app", l.Digest, 0)
+			if err == nil {
+				var got []byte
+				got, err = io.ReadAll(rc)
+				rc.Close()
+				if err == nil && !bytes.Equal(got, l.Data) {
+					err = fmt.Errorf("blob %s: wrong bytes", l.Digest)
+				}
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if protos["HTTP/2.0"] != len(img.Layers)+1 || len(protos) != 1 || conns != 1 {
+		t.Fatalf("protocols %v over %d connections, want HTTP/2.0 only over one", protos, conns)
 	}
 }
