@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -46,6 +47,20 @@ func (b *bench) cleanup() {
 		b.cleanups[i]()
 	}
 	b.cleanups = nil
+}
+
+// scoped runs f, then the cleanups f registered: a scenario's targets,
+// stores and registries go when it ends, so that the page cache and heap
+// they filled do not weigh on the scenarios after it.
+func (b *bench) scoped(f func() error) error {
+	outer := b.cleanups
+	b.cleanups = nil
+	defer func() {
+		b.cleanup()
+		b.cleanups = outer
+		debug.FreeOSMemory() // in-memory registries' blobs
+	}()
+	return f()
 }
 
 var (
@@ -108,7 +123,7 @@ func (b *bench) run() (rows []row, err error) {
 		res[scenario][tgt] = v
 	}
 	if !b.wanOnly {
-		if err := b.loopback(up, big, small, idx, set); err != nil {
+		if err := b.scoped(func() error { return b.loopback(up, big, small, idx, set) }); err != nil {
 			return nil, err
 		}
 	}
@@ -274,14 +289,14 @@ func (b *bench) loopback(up *upstreamtest.Registry, big upstreamtest.Image, smal
 	for _, s := range promoteRows {
 		set(s, "distribution", -1) // distribution cannot push elsewhere
 	}
-	if err := b.promote(up, append([]upstreamtest.Image{big}, small...), set); err != nil {
+	if err := b.scoped(func() error { return b.promote(up, append([]upstreamtest.Image{big}, small...), set) }); err != nil {
 		return err
 	}
 	all := [][2]string{{big.Repo, big.Tag}, {idx.Repo, idx.Tag}}
 	for _, img := range small {
 		all = append(all, [2]string{img.Repo, img.Tag})
 	}
-	if err := b.replicateByRule(up, all, set); err != nil {
+	if err := b.scoped(func() error { return b.replicateByRule(up, all, set) }); err != nil {
 		return err
 	}
 	return nil

@@ -126,40 +126,46 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 		} {
 			var times, cpus []float64
 			for run := range wanRuns {
-				c := client
-				if tg.name == "direct" {
-					// A cold direct pull fetches its tokens too.
-					c = &http.Client{Transport: &hubTransport{next: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}}
-				}
-				t, err := tg.start()
-				if err != nil {
-					return nil, err
-				}
-				syscall.Sync() // every run starts with no dirty pages of the last one to write back
-				up.Reset()
-				cpu := t.cpu()
-				var d float64
-				if i == 0 && run == 0 {
-					perr := b.profiled(t, "cold-"+rtt.String(), func() { d, err = timedErr(func() error { return pull(c, t) }) })
-					err = cmp.Or(err, perr)
-				} else {
-					d, err = timedErr(func() error { return pull(c, t) })
-				}
-				if i == 0 && cpu >= 0 {
-					cpus = append(cpus, (t.cpu()-cpu)/(float64(imageSize(big))/(1<<30)))
-				}
-				t.stop()
-				if err != nil {
-					return nil, fmt.Errorf("%s at %s: %w", tg.name, rtt, err)
-				}
-				times = append(times, d)
-				if i == 0 {
-					set(rows[4], tg.name, float64(up.Total()))
-					if b.showRequests {
-						for _, r := range up.Requests() {
-							fmt.Fprintf(os.Stderr, "%s: %s %s\n", tg.name, r.Method, r.Path)
+				err := b.scoped(func() error {
+					c := client
+					if tg.name == "direct" {
+						// A cold direct pull fetches its tokens too.
+						c = &http.Client{Transport: &hubTransport{next: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}}
+					}
+					t, err := tg.start()
+					if err != nil {
+						return err
+					}
+					syscall.Sync() // every run starts with no dirty pages of the last one to write back
+					up.Reset()
+					cpu := t.cpu()
+					var d float64
+					if i == 0 && run == 0 {
+						perr := b.profiled(t, "cold-"+rtt.String(), func() { d, err = timedErr(func() error { return pull(c, t) }) })
+						err = cmp.Or(err, perr)
+					} else {
+						d, err = timedErr(func() error { return pull(c, t) })
+					}
+					if i == 0 && cpu >= 0 {
+						cpus = append(cpus, (t.cpu()-cpu)/(float64(imageSize(big))/(1<<30)))
+					}
+					t.stop()
+					if err != nil {
+						return fmt.Errorf("%s at %s: %w", tg.name, rtt, err)
+					}
+					times = append(times, d)
+					if i == 0 {
+						set(rows[4], tg.name, float64(up.Total()))
+						if b.showRequests {
+							for _, r := range up.Requests() {
+								fmt.Fprintf(os.Stderr, "%s: %s %s\n", tg.name, r.Method, r.Path)
+							}
 						}
 					}
+					return nil
+				})
+				if err != nil {
+					return nil, err
 				}
 			}
 			set(rows[i], tg.name, median(times))
