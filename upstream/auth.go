@@ -67,6 +67,15 @@ func (c *tokenCache) GetToken(_ context.Context, registry string, scheme auth.Sc
 func (c *tokenCache) Set(ctx context.Context, registry string, scheme auth.Scheme, key string, fetch func(context.Context) (string, error)) (string, error) {
 	k := registry + " " + scheme.String() + " " + key
 	v, err, _ := c.group.Do(k, func() (any, error) {
+		// A caller that missed the token just before another's fetch
+		// stored it takes that one: concurrent first requests share one
+		// fetch however their 401s interleave.
+		c.mu.Lock()
+		t, ok := c.tokens[k]
+		c.mu.Unlock()
+		if ok && c.now().Before(t.expires) {
+			return t.token, nil
+		}
 		token, err := fetch(ctx)
 		if err != nil {
 			return "", err

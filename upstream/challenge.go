@@ -27,9 +27,10 @@ type challenges struct {
 	base string // origin of the upstream
 	now  func() time.Time
 
-	mu     sync.Mutex
-	bearer string // realm and service of the last Bearer challenge, without its scope
-	seen   time.Time
+	mu      sync.Mutex
+	bearer  string // realm and service of the last Bearer challenge, without its scope
+	actions string // the actions its repository scope named ("pull,push" for Harbor), or ""
+	seen    time.Time
 }
 
 func newChallenges(next *guard) *challenges {
@@ -86,7 +87,28 @@ func (c *challenges) known(req *http.Request) string {
 	if c.bearer == "" || c.now().Sub(c.seen) > challengeAge {
 		return ""
 	}
-	return c.bearer
+	if c.actions == "" {
+		return c.bearer
+	}
+	// The scope the upstream itself would name: the same token, under
+	// the same cache key, as a request it challenged would get.
+	var scopes []string
+	for _, sc := range auth.GetAllScopesForHost(req.Context(), cmp.Or(req.Host, req.URL.Host)) {
+		if name, ok := repositoryOf(sc); ok {
+			scopes = append(scopes, "repository:"+name+":"+c.actions)
+		}
+	}
+	return c.bearer + `,scope="` + strings.Join(scopes, " ") + `"`
+}
+
+// repositoryOf is the repository a "repository:NAME:ACTIONS" scope names.
+func repositoryOf(scope string) (string, bool) {
+	rest, ok := strings.CutPrefix(scope, "repository:")
+	i := strings.LastIndexByte(rest, ':')
+	if !ok || i <= 0 {
+		return "", false
+	}
+	return rest[:i], true
 }
 
 // learn keeps a Bearer challenge's realm and service, and forgets what it
@@ -94,7 +116,7 @@ func (c *challenges) known(req *http.Request) string {
 // guard would not send credentials to.
 func (c *challenges) learn(challenge string) {
 	scheme, params, _ := strings.Cut(strings.TrimSpace(challenge), " ")
-	keep := ""
+	keep, actions := "", ""
 	if strings.EqualFold(scheme, "bearer") {
 		var realm, service string
 		for _, m := range challengeParamRE.FindAllStringSubmatch(params, -1) {
@@ -103,6 +125,12 @@ func (c *challenges) learn(challenge string) {
 				realm = m[2]
 			case "service":
 				service = m[2]
+			case "scope":
+				if first, _, _ := strings.Cut(m[2], " "); strings.HasPrefix(first, "repository:") {
+					if i := strings.LastIndexByte(first, ':'); i > len("repository:") {
+						actions = first[i+1:]
+					}
+				}
 			}
 		}
 		if u, err := url.Parse(realm); err == nil && realm != "" && c.next.mayAuthorize(u) {
@@ -112,7 +140,10 @@ func (c *challenges) learn(challenge string) {
 			}
 		}
 	}
+	if keep == "" {
+		actions = ""
+	}
 	c.mu.Lock()
-	c.bearer, c.seen = keep, c.now()
+	c.bearer, c.actions, c.seen = keep, actions, c.now()
 	c.mu.Unlock()
 }

@@ -23,9 +23,9 @@ import (
 )
 
 // The remembered challenge answers only token-less pulls from the upstream
-// under a repository scope, only while fresh, and only for the realm the
-// guard pinned: never another scheme's, never a realm credentials may not
-// go to.
+// under a repository scope, naming the actions the upstream asked for,
+// only while fresh, and only for the realm the guard pinned: never another
+// scheme's, never a realm credentials may not go to.
 func TestChallengesAnswerOnlyWhatTheyMay(t *testing.T) {
 	base, _ := url.Parse("https://reg.example:443")
 	g := newGuard(http.DefaultTransport, "reg", base, nil)
@@ -43,7 +43,9 @@ func TestChallengesAnswerOnlyWhatTheyMay(t *testing.T) {
 		}
 		return r
 	}
-	want := `Bearer realm="https://auth.example/token",service="reg"`
+	// The scope the upstream would name for org/b: its challenge for org/a
+	// asked pull,push.
+	want := `Bearer realm="https://auth.example/token",service="reg",scope="repository:org/b:pull,push"`
 	for _, tc := range []struct {
 		name string
 		r    *http.Request
@@ -72,6 +74,10 @@ func TestChallengesAnswerOnlyWhatTheyMay(t *testing.T) {
 	c.learn(`Bearer realm="https://elsewhere.example/token",service="reg"`)
 	if got := c.known(pull); got != "" {
 		t.Errorf("a challenge naming a realm the guard refuses answers: %q", got)
+	}
+	c.learn(`Bearer realm="https://auth.example/token",service="reg"`)
+	if got := c.known(pull); got != `Bearer realm="https://auth.example/token",service="reg"` {
+		t.Errorf("a challenge without a scope answers with one: %q", got)
 	}
 	c.learn(first)
 	c.learn(`Basic realm="reg"`)
