@@ -100,6 +100,19 @@ func (b *Blob) Close() error {
 	return b.err
 }
 
+// SendTo is the sendfile path of a fill in progress (see fillReader's);
+// ok is false, with nothing sent, for a reader without one, which is read
+// instead.
+func (b *Blob) SendTo(dst io.ReaderFrom, n int64) (sent int64, ok bool, err error) {
+	s, is := b.ReadSeekCloser.(interface {
+		SendTo(io.ReaderFrom, int64) (int64, bool, error)
+	})
+	if !is {
+		return 0, false, nil
+	}
+	return s.SendTo(dst, n)
+}
+
 // Blob opens blob dgst of repo, starting or joining its fill on a miss.
 func (c *Cache) Blob(ctx context.Context, up, repo string, dgst digest.Digest) (*Blob, error) {
 	u, err := c.upstream(up)
