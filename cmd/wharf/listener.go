@@ -71,22 +71,37 @@ func (c *progressConn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// ReadFrom keeps the kernel's sendfile for stored blobs (net/http hands
-// the file to the connection's ReadFrom), a chunk per deadline.
+// ReadFrom keeps the kernel's sendfile for files (net/http hands a stored
+// blob, or a fill's landed stretch, to the connection's ReadFrom as an
+// *os.File behind an io.LimitedReader), a chunk per deadline. The chunks
+// are limits on the file itself: a limit on a limit would hide the file
+// from sendfile and copy through user space.
 func (c *progressConn) ReadFrom(r io.Reader) (int64, error) {
 	rf, ok := c.Conn.(io.ReaderFrom)
 	if !ok {
 		return io.Copy(struct{ io.Writer }{c}, r)
 	}
+	src, lr := r, (*io.LimitedReader)(nil)
+	if l, ok := r.(*io.LimitedReader); ok {
+		src, lr = l.R, l
+	}
 	var total int64
-	for {
+	for lr == nil || lr.N > 0 {
+		chunk := int64(writeChunk)
+		if lr != nil {
+			chunk = min(chunk, lr.N)
+		}
 		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
 			return total, err
 		}
-		n, err := rf.ReadFrom(io.LimitReader(r, writeChunk))
+		n, err := rf.ReadFrom(&io.LimitedReader{R: src, N: chunk})
 		total += n
-		if err != nil || n < writeChunk {
+		if lr != nil {
+			lr.N -= n
+		}
+		if err != nil || n < chunk {
 			return total, err
 		}
 	}
+	return total, nil
 }
