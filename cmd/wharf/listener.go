@@ -3,41 +3,62 @@ package main
 import (
 	"io"
 	"net"
+	"sync"
 	"time"
-
-	"golang.org/x/net/netutil"
 )
 
 // listen opens the server's listener: at most maxConns connections at once
 // (0: no bound; further clients wait in the kernel's backlog until one
 // closes), each of whose writes must make progress within writeTimeout
-// (0: none). netutil.LimitListener is the standard library's own semaphore
-// listener, kept in x/net: smaller and better tried than one of ours.
+// (0: none). The bound is kept here rather than by x/net's
+// netutil.LimitListener, whose connection wrapper hides the TCP
+// connection's ReadFrom, and with it sendfile, from net/http.
 func listen(addr string, maxConns int, writeTimeout time.Duration) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	if writeTimeout > 0 {
-		ln = progressListener{Listener: ln, timeout: writeTimeout}
-	}
+	l := &listener{Listener: ln, timeout: writeTimeout, closed: make(chan struct{})}
 	if maxConns > 0 {
-		ln = netutil.LimitListener(ln, maxConns)
+		l.slots = make(chan struct{}, maxConns)
 	}
-	return ln, nil
+	return l, nil
 }
 
-type progressListener struct {
+// listener hands out progressConns, one slot each while slots has room.
+type listener struct {
 	net.Listener
 	timeout time.Duration
+	slots   chan struct{} // nil: no bound
+	closed  chan struct{}
+	once    sync.Once
 }
 
-func (l progressListener) Accept() (net.Conn, error) {
+func (l *listener) Accept() (net.Conn, error) {
+	if l.slots != nil {
+		select {
+		case l.slots <- struct{}{}:
+		case <-l.closed:
+			return nil, net.ErrClosed
+		}
+	}
 	c, err := l.Listener.Accept()
 	if err != nil {
+		l.release()
 		return nil, err
 	}
-	return &progressConn{Conn: c, timeout: l.timeout}, nil
+	return &progressConn{Conn: c, timeout: l.timeout, release: l.release}, nil
+}
+
+func (l *listener) release() {
+	if l.slots != nil {
+		<-l.slots
+	}
+}
+
+func (l *listener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }
 
 // writeChunk is the most written under one deadline: a client slower than
@@ -51,14 +72,32 @@ const writeChunk = 256 << 10
 // goroutine, file and fill reference go with it.
 type progressConn struct {
 	net.Conn
-	timeout time.Duration
+	timeout time.Duration // 0: no deadline
+	release func()        // gives the listener's slot back; nil for none
+	once    sync.Once
+}
+
+func (c *progressConn) Close() error {
+	err := c.Conn.Close()
+	if c.release != nil {
+		c.once.Do(c.release)
+	}
+	return err
+}
+
+// deadline starts the write deadline of the next chunk.
+func (c *progressConn) deadline() error {
+	if c.timeout <= 0 {
+		return nil
+	}
+	return c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 }
 
 func (c *progressConn) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		k := min(len(p), writeChunk)
-		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		if err := c.deadline(); err != nil {
 			return n, err
 		}
 		m, err := c.Conn.Write(p[:k])
@@ -91,7 +130,7 @@ func (c *progressConn) ReadFrom(r io.Reader) (int64, error) {
 		if lr != nil {
 			chunk = min(chunk, lr.N)
 		}
-		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		if err := c.deadline(); err != nil {
 			return total, err
 		}
 		n, err := rf.ReadFrom(&io.LimitedReader{R: src, N: chunk})
