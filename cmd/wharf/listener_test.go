@@ -59,3 +59,28 @@ func TestProgressConnKeepsSendfile(t *testing.T) {
 		t.Fatalf("the connection saw %d file sources and %d others, want 4 chunks of the file", sink.files, sink.other)
 	}
 }
+
+// net/http turns a file into sendfile only when the connection the
+// listener hands it has a ReadFrom: bounded or not, it must.
+func TestListenerConnectionsKeepReadFrom(t *testing.T) {
+	for _, maxConns := range []int{0, 2} {
+		ln, err := listen("127.0.0.1:0", maxConns, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := c.(io.ReaderFrom); !ok {
+			t.Errorf("max_connections %d: the connection (%T) has no ReadFrom", maxConns, c)
+		}
+		c.Close()
+		client.Close()
+		ln.Close()
+	}
+}
