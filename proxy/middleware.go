@@ -87,7 +87,7 @@ func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 	rf, _ := r.ResponseWriter.(io.ReaderFrom)
 	if lr, ok := src.(*io.LimitedReader); ok && rf != nil {
 		if s, ok := lr.R.(sender); ok {
-			sent, done, serr := s.SendTo(rf, lr.N)
+			sent, done, serr := s.SendTo(flushReaderFrom{rf, r.ResponseWriter}, lr.N)
 			lr.N -= sent
 			if done || serr != nil {
 				r.bytes += sent
@@ -105,6 +105,22 @@ func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 	}
 	n += m
 	r.bytes += n
+	return n, err
+}
+
+// flushReaderFrom is flushWriter for a fill's sendfile path: net/http
+// keeps a first stretch shorter than its sniffing length in its buffer,
+// and a fill failing then would close a connection that never answered.
+type flushReaderFrom struct {
+	rf io.ReaderFrom
+	w  http.ResponseWriter
+}
+
+func (f flushReaderFrom) ReadFrom(src io.Reader) (int64, error) {
+	n, err := f.rf.ReadFrom(src)
+	if err == nil {
+		err = http.NewResponseController(f.w).Flush()
+	}
 	return n, err
 }
 
