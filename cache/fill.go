@@ -179,8 +179,6 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		c.metrics.failed.WithLabelValues("upstream").Inc()
 		return classify(err)
 	}
-	// Upstream just showed that repo holds the blob.
-	c.keep("index", c.store.AddMembers(u.Name, repo, f.dgst), "repository", repo, "digest", f.dgst)
 	f.size, f.mediaType = size, "application/octet-stream"
 	w, err := c.store.Create(f.dgst, "")
 	if err != nil {
@@ -200,6 +198,9 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	close(f.ready)
 
 	err = c.copyResuming(ctx, f, w, rc, u, repo)
+	// Upstream showed that repo holds the blob. Recorded now, not before
+	// the first byte: an index write costs its readers milliseconds.
+	c.keep("index", c.store.AddMembers(u.Name, repo, f.dgst), "repository", repo, "digest", f.dgst)
 	if errors.Is(err, errStore) {
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		c.log.Error("cannot store blob; its clients go on from upstream", "digest", f.dgst, "error", err)
