@@ -16,6 +16,7 @@ const module = "github.com/wharf-registry/wharf/"
 func TestImportGraph(t *testing.T) {
 	allowed := map[string][]string{
 		"storage":               {},
+		"storage/s3test":        {"upstream/upstreamtest"},
 		"upstream":              {},
 		"upstream/upstreamtest": {},
 		"route":                 {},

@@ -1,0 +1,147 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	"github.com/opencontainers/go-digest"
+
+	// The object stores a fleet of Wharfs can share, registered with
+	// distribution's driver factory.
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
+)
+
+// Remote is the shared, durable tier of blobs when several Wharfs scale
+// out: an object store reached through one of distribution's own storage
+// drivers, configured with the parameters distribution documents for it,
+// and keyed exactly as distribution keys blobs
+// (docker/registry/v2/blobs/<algorithm>/<xx>/<hex>/data), so a bucket can
+// be read by distribution or filled by one. A blob is uploaded whole and
+// only after its digest verified: the drivers' writers commit an object
+// at once (S3 completes a multipart upload in one step) or not at all.
+type Remote struct {
+	d storagedriver.StorageDriver
+}
+
+// OpenRemote creates driver ("s3", or any name distribution's factory
+// knows) with its parameters (for s3: bucket, region, regionendpoint,
+// accesskey, secretkey, forcepathstyle, rootdirectory, ...).
+func OpenRemote(ctx context.Context, driver string, params map[string]any) (*Remote, error) {
+	name := driver
+	if name == "s3" {
+		name = "s3aws"
+	}
+	d, err := factory.Create(ctx, name, params)
+	if err != nil {
+		return nil, fmt.Errorf("storage driver %s: %w", driver, err)
+	}
+	return &Remote{d: d}, nil
+}
+
+// remoteKey is dgst's object key, distribution's.
+func remoteKey(dgst digest.Digest) (string, error) {
+	if err := dgst.Validate(); err != nil {
+		return "", err
+	}
+	hex := dgst.Encoded()
+	return path.Join("/docker/registry/v2/blobs", string(dgst.Algorithm()), hex[:2], hex, "data"), nil
+}
+
+// Upload stores the size bytes r yields as blob dgst. The caller has
+// verified them; a short or failed copy leaves no object behind.
+func (r *Remote) Upload(ctx context.Context, dgst digest.Digest, size int64, src io.Reader) error {
+	key, err := remoteKey(dgst)
+	if err != nil {
+		return err
+	}
+	w, err := r.d.Writer(ctx, key, false)
+	if err != nil {
+		return fmt.Errorf("upload blob %s: %w", dgst, err)
+	}
+	n, err := io.Copy(w, src)
+	if err == nil && n != size {
+		err = fmt.Errorf("%d bytes of %d", n, size)
+	}
+	if err == nil {
+		err = w.Commit(ctx)
+	}
+	if err != nil {
+		err = errors.Join(err, w.Cancel(ctx))
+	}
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("upload blob %s: %w", dgst, err)
+	}
+	return nil
+}
+
+// Stat is blob dgst's size in the object store; ErrNotFound if it has none.
+func (r *Remote) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
+	key, err := remoteKey(dgst)
+	if err != nil {
+		return 0, err
+	}
+	fi, err := r.d.Stat(ctx, key)
+	if err != nil {
+		return 0, remoteErr(dgst, err)
+	}
+	return fi.Size(), nil
+}
+
+// Open reads blob dgst from offset on.
+func (r *Remote) Open(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	key, err := remoteKey(dgst)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := r.d.Reader(ctx, key, offset)
+	if err != nil {
+		return nil, remoteErr(dgst, err)
+	}
+	return rc, nil
+}
+
+// Delete removes blob dgst; ErrNotFound if it has none.
+func (r *Remote) Delete(ctx context.Context, dgst digest.Digest) error {
+	key, err := remoteKey(dgst)
+	if err != nil {
+		return err
+	}
+	return remoteErr(dgst, r.d.Delete(ctx, key))
+}
+
+// RedirectURL is a short-lived URL from which a client may fetch blob dgst
+// itself (a presigned GET for s3), or "" when the driver offers none.
+func (r *Remote) RedirectURL(req *http.Request, dgst digest.Digest) (string, error) {
+	key, err := remoteKey(dgst)
+	if err != nil {
+		return "", err
+	}
+	u, err := r.d.RedirectURL(req, key)
+	if err != nil {
+		return "", remoteErr(dgst, err)
+	}
+	return u, nil
+}
+
+// remoteErr turns a driver's "no such path" into ErrNotFound, and keeps
+// anything else (an outage, a refusal) an error of its own: a bucket that
+// cannot be asked says nothing about whether it holds a blob.
+func remoteErr(dgst digest.Digest, err error) error {
+	if err == nil {
+		return nil
+	}
+	var nf storagedriver.PathNotFoundError
+	if errors.As(err, &nf) {
+		return fmt.Errorf("blob %s in the object store: %w", dgst, ErrNotFound)
+	}
+	return fmt.Errorf("object store, blob %s: %w", dgst, err)
+}

@@ -1,0 +1,100 @@
+package storage
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/storage/s3test"
+)
+
+// failAfter yields n bytes of data and then fails, as a fill's source
+// cut off would.
+type failAfter struct {
+	r io.Reader
+	n int
+}
+
+func (f *failAfter) Read(p []byte) (int, error) {
+	if f.n <= 0 {
+		return 0, errors.New("cut off")
+	}
+	p = p[:min(len(p), f.n)]
+	n, err := f.r.Read(p)
+	f.n -= n
+	return n, err
+}
+
+// Blobs go to a real S3-compatible store through distribution's s3
+// driver, in distribution's key layout, in several parts when large;
+// they read back whole and from an offset; an upload that fails or comes
+// up short leaves no object; "not there" is ErrNotFound and an
+// unreachable store is not.
+func TestRemoteBlobsOnS3(t *testing.T) {
+	s3 := s3test.Start(t)
+	params := s3.Params()
+	params["chunksize"] = 5 << 20 // the driver's smallest part: a 12 MiB blob goes in three
+	r, err := OpenRemote(t.Context(), "s3", params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("wharf keeps blobs in buckets. "), 12<<20/30)
+	dgst := digest.FromBytes(data)
+	if err := r.Upload(t.Context(), dgst, int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := remoteKey(dgst)
+	if key != "/docker/registry/v2/blobs/sha256/"+dgst.Encoded()[:2]+"/"+dgst.Encoded()+"/data" {
+		t.Fatalf("key %s is not distribution's", key)
+	}
+	if onDisk, err := os.ReadFile(s3.ObjectFile(key)); err != nil || !bytes.Equal(onDisk, data) {
+		t.Fatalf("the bucket's object: %v, %d bytes", err, len(onDisk))
+	}
+	if size, err := r.Stat(t.Context(), dgst); err != nil || size != int64(len(data)) {
+		t.Fatalf("stat: %d, %v", size, err)
+	}
+	rc, err := r.Open(t.Context(), dgst, 7<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(tail, data[7<<20:]) {
+		t.Fatalf("read from 7 MiB: %v, %d bytes", err, len(tail))
+	}
+
+	for name, src := range map[string]io.Reader{
+		"cut off":     &failAfter{r: bytes.NewReader(data), n: 6 << 20},
+		"comes short": bytes.NewReader(data[:len(data)-1]),
+	} {
+		other := digest.FromString(name)
+		if err := r.Upload(t.Context(), other, int64(len(data)), src); err == nil {
+			t.Fatalf("%s: upload succeeded", name)
+		}
+		if _, err := r.Stat(t.Context(), other); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s: an object was left: %v", name, err)
+		}
+		key, _ := remoteKey(other)
+		if _, err := os.Stat(s3.ObjectFile(key)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: a file was left in the bucket: %v", name, err)
+		}
+	}
+
+	if _, err := r.Stat(t.Context(), digest.FromString("never stored")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a missing blob: %v, want ErrNotFound", err)
+	}
+	if err := r.Delete(t.Context(), dgst); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Stat(t.Context(), dgst); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
+	}
+	s3.Stop()
+	if _, err := r.Stat(t.Context(), dgst); err == nil || errors.Is(err, ErrNotFound) {
+		t.Fatalf("an unreachable store answered %v; want an error that is not ErrNotFound", err)
+	}
+}

@@ -1,0 +1,94 @@
+// Package s3test starts a real S3-compatible object store for tests:
+// versitygw (Apache-2.0) with its POSIX backend, one bucket, on loopback.
+// `make test` installs versitygw (.ci/install-tools); without it a test
+// fails in CI and skips elsewhere.
+package s3test
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+// Server is a running object store.
+type Server struct {
+	URL       string // http://127.0.0.1:port
+	Bucket    string
+	AccessKey string
+	SecretKey string
+	root      string
+	cmd       *exec.Cmd
+}
+
+// Start runs versitygw on a fresh directory with bucket "wharf"; it stops
+// when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin := upstreamtest.Tool(t, "versitygw")
+	s := &Server{Bucket: "wharf", AccessKey: "wharf-test", SecretKey: "wharf-test-secret", root: t.TempDir()}
+	// The POSIX backend serves each directory under its root as a bucket.
+	if err := os.Mkdir(filepath.Join(s.root, s.Bucket), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	s.URL = "http://" + addr
+	s.cmd = exec.Command(bin, "--access", s.AccessKey, "--secret", s.SecretKey, "--port", addr, "posix", s.root)
+	logs, err := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cmd.Stdout, s.cmd.Stderr = logs, logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Stop()
+		logs.Close()
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return s
+		}
+		if time.Now().After(deadline) {
+			out, _ := os.ReadFile(logs.Name())
+			t.Fatalf("versitygw did not listen on %s within 20s: %v\n%s", addr, err, out)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, bounded
+	}
+}
+
+// Params are the parameters of distribution's s3 driver for this store.
+func (s *Server) Params() map[string]any {
+	return map[string]any{
+		"bucket": s.Bucket, "region": "us-east-1", "regionendpoint": s.URL,
+		"accesskey": s.AccessKey, "secretkey": s.SecretKey,
+		"forcepathstyle": true, "secure": false, "rootdirectory": "/",
+	}
+}
+
+// ObjectFile is where the store keeps the object at key ("/a/b"): tests
+// look at the bucket's layout and contents directly.
+func (s *Server) ObjectFile(key string) string {
+	return filepath.Join(s.root, s.Bucket, filepath.FromSlash(key))
+}
+
+// Stop ends the store (a test of an unreachable bucket); idempotent.
+func (s *Server) Stop() {
+	if s.cmd.ProcessState == nil {
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
+	}
+}
