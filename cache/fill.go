@@ -174,7 +174,11 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		c.maybeEvict()
 		return fmt.Errorf("%w: %w", errStore, storage.ErrNoSpace)
 	}
-	rc, size, err := u.Source.Blob(ctx, repo, f.dgst, 0)
+	open, fromRemote, err := c.blobSource(ctx, u, repo, f.dgst)
+	if err != nil {
+		return err
+	}
+	rc, size, err := open(ctx, 0)
 	if err != nil {
 		c.metrics.failed.WithLabelValues("upstream").Inc()
 		return classify(err)
@@ -197,10 +201,16 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	f.file = file
 	close(f.ready)
 
-	err = c.copyResuming(ctx, f, w, rc, u, repo)
-	// Upstream showed that repo holds the blob. Recorded now, not before
-	// the first byte: an index write costs its readers milliseconds.
-	c.keep("index", c.store.AddMembers(u.Name, repo, f.dgst), "repository", repo, "digest", f.dgst)
+	if fromRemote {
+		w.InRemote()
+	}
+	err = c.copyResuming(ctx, f, w, rc, u.Name, open)
+	if !fromRemote {
+		// Upstream showed that repo holds the blob. Recorded now, not
+		// before the first byte: an index write costs its readers
+		// milliseconds.
+		c.keep("index", c.store.AddMembers(u.Name, repo, f.dgst), "repository", repo, "digest", f.dgst)
+	}
 	if errors.Is(err, errStore) {
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		c.log.Error("cannot store blob; its clients go on from upstream", "digest", f.dgst, "error", err)
@@ -234,13 +244,13 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 // copyResuming copies rc into w, and when the connection breaks asks
 // upstream for the rest, keeping what landed: maxResumes times at most,
 // maxStalls in a row that bring nothing.
-func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc io.ReadCloser, u Upstream, repo string) error {
+func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc io.ReadCloser, up string, open blobOpener) error {
 	buf := make([]byte, fillBuffer)
 	stalls := 0 // attempts in a row that added nothing
 	var err error
 	for attempt := 1; ; attempt++ {
 		before := w.Size()
-		err = c.copyBody(f, w, rc, buf, u.Name)
+		err = c.copyBody(f, w, rc, buf, up)
 		rc.Close()
 		if w.Size() == before {
 			stalls++
@@ -257,7 +267,7 @@ func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc
 			t.Stop()
 			return ctx.Err()
 		}
-		rc, _, err = u.Source.Blob(ctx, repo, f.dgst, w.Size())
+		rc, _, err = open(ctx, w.Size())
 		if err != nil {
 			if !errors.Is(classify(err), ErrUnavailable) {
 				return err

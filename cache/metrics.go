@@ -22,6 +22,7 @@ type metrics struct {
 	negative     *prometheus.CounterVec // upstream
 	eager        prometheus.Counter
 	eagerUsed    prometheus.Counter
+	remote       *prometheus.CounterVec // result
 }
 
 func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func() int) (*metrics, error) {
@@ -82,6 +83,10 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 			Name: "wharf_eager_fills_used_total",
 			Help: "Eager fills a client or job later read (the others are fetched bytes nobody used yet).",
 		}),
+		remote: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_remote_lookups_total",
+			Help: "Fills that asked the remote tier (the bucket) first: hit (filled from it), unavailable (it could not be asked; filled from upstream).",
+		}, []string{"result"}),
 		storeFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_store_failures_total",
 			Help: "Verified manifests (what=manifest) and index records (what=index) the store could not keep; their requests were answered anyway.",
@@ -119,7 +124,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		Name: "wharf_negative_entries",
 		Help: "Upstream refusals (404, 401, 403) remembered for negative_ttl; bounded at 10,000.",
 	}, func() float64 { return float64(remembered()) })
-	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
+	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.remote, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -1,10 +1,12 @@
 package storage
 
 import (
+	"context"
 	_ "crypto/sha512" // SHA-512 for go-digest: sha512 digests are stored too
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -71,7 +73,12 @@ type Writer struct {
 	h         hash.Hash
 	n         int64
 	unchecked int64 // bytes written since the free space was last looked at
+	inRemote  bool  // the remote tier has the blob already: Commit uploads nothing
 }
+
+// InRemote tells Commit that the remote tier holds the blob already (the
+// bytes came from it).
+func (w *Writer) InRemote() { w.inRemote = true }
 
 // Create starts writing the blob dgst. The caller must end with Commit or
 // Cancel; Cancel after Commit is a no-op, so `defer w.Cancel()` is safe.
@@ -118,8 +125,10 @@ func (w *Writer) Write(p []byte) (int, error) {
 func (w *Writer) Size() int64 { return w.n }
 
 // Commit verifies digest and size (size < 0 skips the size check), makes the
-// bytes durable and moves them into place, then records the blob in the
-// index. On any failure the temporary file is removed.
+// bytes durable, uploads them to the remote tier if there is one (a blob
+// is indexed only once the fleet's durable tier has it), moves them into
+// place, then records the blob in the index. On any failure the temporary
+// file is removed.
 func (w *Writer) Commit(size int64) error {
 	if w.f == nil {
 		return errors.New("blob writer already closed")
@@ -130,6 +139,14 @@ func (w *Writer) Commit(size int64) error {
 	}
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("sync blob: %w", err)
+	}
+	if r := w.s.remote; r != nil && !w.inRemote {
+		ctx, cancel := context.WithTimeout(context.Background(), remoteUploadTimeout)
+		err := r.Upload(ctx, w.dgst, w.n, io.NewSectionReader(w.f, 0, w.n))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrRemote, err)
+		}
 	}
 	p, _ := w.s.blobPath(w.dgst)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {

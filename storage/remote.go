@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
@@ -16,6 +17,15 @@ import (
 	// distribution's driver factory.
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
 )
+
+// ErrRemote marks a failure of the remote tier (an upload that did not
+// complete): the blob was verified, but the fleet's durable tier does not
+// hold it, so it is not indexed here either.
+var ErrRemote = errors.New("remote tier")
+
+// remoteUploadTimeout bounds one upload: a bucket that stops answering
+// must not hold a fill's slot forever.
+const remoteUploadTimeout = 15 * time.Minute
 
 // Remote is the shared, durable tier of blobs when several Wharfs scale
 // out: an object store reached through one of distribution's own storage

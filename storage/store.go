@@ -18,14 +18,15 @@ import (
 // Store is the content-addressed blob store plus its Badger index. It is safe
 // for concurrent use.
 type Store struct {
-	root  string
-	db    *db
-	sp    *space
-	lock  *os.File // flock of <root>/wharf.lock: one store per root
-	stop  chan struct{}
-	done  chan struct{}
-	size  atomic.Int64
-	blobs atomic.Int64
+	root   string
+	remote *Remote // nil: the root is the only tier
+	db     *db
+	sp     *space
+	lock   *os.File // flock of <root>/wharf.lock: one store per root
+	stop   chan struct{}
+	done   chan struct{}
+	size   atomic.Int64
+	blobs  atomic.Int64
 
 	// In-memory read caches, written through: a warm manifest request
 	// touches neither Badger nor the disk.
@@ -58,6 +59,10 @@ type Options struct {
 	// Statfs reports the free and total bytes of the filesystem under
 	// root; nil: statfs(2). Tests fill a disk with it.
 	Statfs func() (avail, total uint64, err error)
+	// Remote is the shared tier (a bucket) or nil: every blob committed
+	// here is uploaded to it first, so the root is a fill buffer and a hot
+	// cache in front of it.
+	Remote *Remote
 }
 
 // Open opens (creating if needed) the store under root. Leftover temporary
@@ -67,6 +72,7 @@ type Options struct {
 func Open(root string, opts Options) (*Store, error) {
 	s := &Store{
 		root:    root,
+		remote:  opts.Remote,
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 		small:   newLRU[digest.Digest](smallBlobCache, func(b smallBlob) int { return len(b.data) }),
@@ -182,6 +188,9 @@ func (s *Store) Close() error {
 // Full reports whether the store takes nothing new now: its filesystem is
 // under MinFree, or its index opened read-only. Fills then pass through
 // from the start rather than fetch a blob they cannot keep.
+// Remote is the store's shared tier, or nil.
+func (s *Store) Remote() *Remote { return s.remote }
+
 func (s *Store) Full() bool { return s.sp.low() || s.ReadOnly() }
 
 // FreeSpace reports the free bytes of the filesystem under the store, and

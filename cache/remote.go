@@ -1,0 +1,51 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/storage"
+)
+
+// blobOpener opens the bytes of a fill's blob from offset on; size is what
+// the reader yields, -1 if unknown.
+type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, err error)
+
+// blobSource is where a fill of dgst for repo reads from: the store's
+// remote tier when it holds the blob (the fleet fetched it once already),
+// else upstream. The bucket proves nothing about repo, so repo must be
+// known to hold dgst first (a manifest of it listed the blob, or upstream
+// confirms with a HEAD). A bucket that cannot be asked is passed by: the
+// fill goes upstream, as it would without one.
+func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (open blobOpener, fromRemote bool, err error) {
+	upstream := func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+		return u.Source.Blob(ctx, repo, dgst, offset)
+	}
+	r := c.store.Remote()
+	if r == nil {
+		return upstream, false, nil
+	}
+	size, err := r.Stat(ctx, dgst)
+	if errors.Is(err, storage.ErrNotFound) {
+		return upstream, false, nil
+	}
+	if err != nil {
+		c.metrics.remote.WithLabelValues("unavailable").Inc()
+		c.log.Warn("remote tier unavailable; filling from upstream", "digest", dgst, "error", err)
+		return upstream, false, nil
+	}
+	if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
+		return nil, false, err
+	}
+	c.metrics.remote.WithLabelValues("hit").Inc()
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+		rc, err := r.Open(ctx, dgst, offset)
+		if err != nil {
+			return nil, 0, err
+		}
+		return rc, size - offset, nil
+	}, true, nil
+}
