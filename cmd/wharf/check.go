@@ -32,7 +32,11 @@ func check(args []string, stdout, stderr io.Writer, isTerminal bool) error {
 	if err != nil {
 		return err
 	}
-	store, err := storage.Open(cfg.Storage.Root, cfg.Storage.options())
+	sopts, err := cfg.Storage.options()
+	if err != nil {
+		return err
+	}
+	store, err := storage.Open(cfg.Storage.Root, sopts)
 	if err != nil {
 		return fmt.Errorf("%w (is wharf serve running on this store?)", err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -53,19 +54,70 @@ type fileConfig struct {
 }
 
 type storageConfig struct {
-	Root          string  `yaml:"root"`
-	MaxSize       string  `yaml:"max_size"`
-	HighWatermark float64 `yaml:"high_watermark"`
-	LowWatermark  float64 `yaml:"low_watermark"`
-	MinFree       string  `yaml:"min_free"`
+	Root string `yaml:"root"`
+	// Driver is where blobs live durably: filesystem (under root only) or
+	// s3 (a bucket shared by every replica, root the local fill buffer
+	// and hot cache), through distribution's driver with its parameters.
+	Driver        string         `yaml:"driver"`
+	S3            map[string]any `yaml:"s3"`
+	MaxSize       string         `yaml:"max_size"`
+	HighWatermark float64        `yaml:"high_watermark"`
+	LowWatermark  float64        `yaml:"low_watermark"`
+	MinFree       string         `yaml:"min_free"`
 	maxBytes      int64
 	minFree       int64   // bytes, or
 	minFreeRatio  float64 // a share of the filesystem
 }
 
-// options are the store's settings.
-func (s *storageConfig) options() storage.Options {
-	return storage.Options{MinFree: s.minFree, MinFreeRatio: s.minFreeRatio}
+// options are the store's settings, its remote tier opened.
+func (s *storageConfig) options() (storage.Options, error) {
+	opts := storage.Options{MinFree: s.minFree, MinFreeRatio: s.minFreeRatio}
+	if s.Driver == "s3" {
+		r, err := storage.OpenRemote(context.Background(), "s3", s.S3)
+		if err != nil {
+			return opts, fmt.Errorf("storage.s3: %w", err)
+		}
+		opts.Remote = r
+	}
+	return opts, nil
+}
+
+// checkDriver validates storage.driver and expands ${VAR} in the string
+// values of storage.s3 (keys and secrets come from the environment), an
+// unset variable being an error.
+func (s *storageConfig) checkDriver() error {
+	switch s.Driver {
+	case "", "filesystem":
+		if len(s.S3) > 0 {
+			return errors.New("storage.s3 is set but storage.driver is not s3")
+		}
+		return nil
+	case "s3":
+	default:
+		return fmt.Errorf("storage.driver %q: want filesystem or s3", s.Driver)
+	}
+	if b, _ := s.S3["bucket"].(string); b == "" {
+		return errors.New("storage.s3.bucket must be set with storage.driver: s3")
+	}
+	for k, v := range s.S3 {
+		str, ok := v.(string)
+		if !ok {
+			continue
+		}
+		var missing []string
+		s.S3[k] = envRef.ReplaceAllStringFunc(str, func(ref string) string {
+			name := ref[2 : len(ref)-1]
+			val, ok := os.LookupEnv(name)
+			if !ok {
+				missing = append(missing, name)
+			}
+			return val
+		})
+		if len(missing) > 0 {
+			return fmt.Errorf("storage.s3.%s: environment variable %s is not set", k, strings.Join(missing, ", "))
+		}
+	}
+	return nil
 }
 
 // parseMinFree reads storage.min_free: a size (2GiB) or a percentage (5%).
@@ -217,6 +269,9 @@ func (c *fileConfig) validate() error {
 		return errors.New("storage.root must be set")
 	}
 	if err := c.Storage.parseMinFree(); err != nil {
+		return err
+	}
+	if err := c.Storage.checkDriver(); err != nil {
 		return err
 	}
 	if err := nonNegative(map[string]int64{"server.write_timeout": int64(c.Server.WriteTimeout), "server.max_connections": int64(c.Server.MaxConnections)}); err != nil {

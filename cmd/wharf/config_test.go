@@ -78,6 +78,11 @@ func TestConfigErrors(t *testing.T) {
 		{base + "replication: [{name: r, sources: [a.io/x], index: sorted, on_pull: true}]\n", "index \"sorted\""},
 		{base + "replication: [{name: r, sources: [a.io/x]}]\n", "no trigger"},
 		{base + "tls: {client_ca_file: /x}\n", "needs tls.cert_file"},
+		{"storage: {root: /x, driver: gcs}\nupstreams: [{name: a, url: https://a}]\n", `storage.driver "gcs"`},
+		{"storage: {root: /x, driver: s3}\nupstreams: [{name: a, url: https://a}]\n", "storage.s3.bucket must be set"},
+		{"storage: {root: /x, s3: {bucket: b}}\nupstreams: [{name: a, url: https://a}]\n", "storage.driver is not s3"},
+		{"storage: {root: /x, driver: s3, s3: {bucket: b, secretkey: '${WHARF_TEST_UNSET_VAR}'}}\nupstreams: [{name: a, url: https://a}]\n",
+			"storage.s3.secretkey: environment variable WHARF_TEST_UNSET_VAR is not set"},
 		{base + "tls: {cert_file: /nonexistent/crt, key_file: /nonexistent/key}\n", "tls: "},
 	}
 	for _, c := range cases {
@@ -93,6 +98,10 @@ func TestConfigErrors(t *testing.T) {
 	cfg, err = loadConfig(writeConfig(t, strings.Replace(base, "root: /tmp/x", "root: /tmp/x, max_size: 2GiB", 1)))
 	if err != nil || cfg.Storage.maxBytes != 2<<30 {
 		t.Fatalf("max_size 2GiB: %v %+v", err, cfg)
+	}
+	cfg, err = loadConfig(writeConfig(t, "storage: {root: /x, driver: s3, s3: {bucket: b, region: us-east-1, accesskey: k, secretkey: '${WHARF_TEST_PASS}', forcepathstyle: true}}\nupstreams: [{name: a, url: https://a}]\n"))
+	if err != nil || cfg.Storage.S3["secretkey"] != "from-env" || cfg.Storage.S3["forcepathstyle"] != true {
+		t.Fatalf("storage.s3: %v %+v", err, cfg)
 	}
 	cfg, err = loadConfig(writeConfig(t, base+"    password_file: "+secret+"\n"))
 	if err != nil || cfg.Upstreams[0].Password != "from-file" {

@@ -123,7 +123,11 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
 
-	store, err := storage.Open(cfg.Storage.Root, cfg.Storage.options())
+	sopts, err := cfg.Storage.options()
+	if err != nil {
+		return err
+	}
+	store, err := storage.Open(cfg.Storage.Root, sopts)
 	if err != nil {
 		return err
 	}
