@@ -80,7 +80,11 @@ type Config struct {
 	HighWater, LowWater float64
 	// Pins are patterns (route.Match) on "<upstream>/<repo>" or
 	// "<upstream>/<repo>:<tag>" whose content is never evicted.
-	Pins        []string
+	Pins []string
+	// Redirect answers a blob the store does not hold but its remote tier
+	// does with a short-lived URL of it there (see RemoteURL), instead of
+	// filling it through this replica.
+	Redirect    bool
 	FillTimeout time.Duration         // longest a single blob fill may take; default 1h
 	Registerer  prometheus.Registerer // nil: metrics are not registered
 	Logger      *slog.Logger          // for failures no request sees; nil: slog.Default()
@@ -110,6 +114,7 @@ type Cache struct {
 	maxSize             int64
 	highWater, lowWater float64
 	pins                []string
+	redirect            bool
 	evicting            atomic.Bool
 
 	mu          sync.Mutex
@@ -144,6 +149,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		highWater:   cmp.Or(cfg.HighWater, 0.9),
 		lowWater:    cmp.Or(cfg.LowWater, 0.8),
 		pins:        cfg.Pins,
+		redirect:    cfg.Redirect,
 	}
 	if c.lowWater > c.highWater || c.highWater > 1 || c.lowWater <= 0 {
 		return nil, fmt.Errorf("cache: watermarks must satisfy 0 < low (%v) <= high (%v) <= 1", c.lowWater, c.highWater)

@@ -85,7 +85,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		}),
 		remote: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_remote_lookups_total",
-			Help: "Fills that asked the remote tier (the bucket) first: hit (filled from it), unavailable (it could not be asked; filled from upstream).",
+			Help: "Blobs looked for in the remote tier (the bucket): hit (filled from it), redirect (the client was sent there), unavailable (it could not be asked; filled from upstream).",
 		}, []string{"result"}),
 		storeFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_store_failures_total",

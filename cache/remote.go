@@ -49,3 +49,40 @@ func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst di
 		return rc, size - offset, nil
 	}, true, nil
 }
+
+// RemoteURL is where a client may fetch blob dgst of repo itself, a
+// short-lived URL in the remote tier, when the cache is set to redirect
+// and the blob is there but neither stored here nor being filled; "" when
+// the blob is to be served the usual way. repo must be known to hold the
+// blob, as for any other answer.
+func (c *Cache) RemoteURL(ctx context.Context, up, repo string, dgst digest.Digest) (string, error) {
+	r := c.store.Remote()
+	if !c.redirect || r == nil {
+		return "", nil
+	}
+	u, err := c.upstream(up)
+	if err != nil {
+		return "", err
+	}
+	if _, err := c.store.Blob(dgst); err == nil {
+		return "", nil // a local hit is served here
+	}
+	c.mu.Lock()
+	_, filling := c.fills[dgst]
+	c.mu.Unlock()
+	if filling {
+		return "", nil
+	}
+	if _, err := r.Stat(ctx, dgst); err != nil {
+		return "", nil // not there, or the bucket cannot be asked: a fill decides
+	}
+	if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
+		return "", err
+	}
+	url, err := r.RedirectURL(ctx, dgst)
+	if err != nil || url == "" {
+		return "", nil
+	}
+	c.metrics.remote.WithLabelValues("redirect").Inc()
+	return url, nil
+}

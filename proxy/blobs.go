@@ -35,6 +35,13 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
+	if url, err := p.cache.RemoteURL(r.Context(), t.upstream, t.repo, dgst); err != nil {
+		return err
+	} else if url != "" {
+		w.Header().Set("Docker-Content-Digest", dgst.String())
+		http.Redirect(w, r, url, http.StatusTemporaryRedirect)
+		return nil
+	}
 	b, err := p.cache.Blob(r.Context(), t.upstream, t.repo, dgst)
 	if err != nil {
 		return err

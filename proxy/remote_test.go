@@ -2,8 +2,10 @@ package proxy_test
 
 import (
 	"bytes"
+	"io"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,4 +86,66 @@ func TestWharfsSharingABucket(t *testing.T) {
 	if n := metric(t, fourth, "wharf_remote_lookups_total"); n != 4 {
 		t.Fatalf("bucket lookups that failed: %v, want 4", n)
 	}
+}
+
+// With redirect on, a blob the bucket holds and this replica does not is
+// answered with a 307 to a presigned URL there, which serves the exact
+// bytes, Range included; a repository not known to hold the blob is not
+// sent anywhere.
+func TestRedirectToTheBucket(t *testing.T) {
+	s3 := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 82, 2, 200_000, amd64)
+	other := up.PushImage(t, "library/other", "1", 83, 1, 1000, amd64)
+	replica := func(redirect bool) *env {
+		r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{Redirect: redirect}, replicate.Config{}, "", nil, nil,
+			spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	}
+	first := replica(false)
+	pull(t, first, "app", img, "")
+	if n := settle(func() int { return int(metric(t, first, "wharf_fills_in_flight")) }, 0); n != 0 {
+		t.Fatalf("%d fills still running", n)
+	}
+
+	up.Reset()
+	e := replica(true)
+	e.get(t, "/v2/app/manifests/"+img.Manifest.Digest.String(), img.Manifest.Data, img.Manifest.Digest.String())
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	l := img.Layers[0]
+	resp, err := noFollow.Get(e.URL + "/v2/app/blobs/" + l.Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, s3.URL+"/") || !strings.Contains(loc, "X-Amz-Signature=") {
+		t.Fatalf("blob in the bucket: %d, Location %q", resp.StatusCode, loc)
+	}
+	req, _ := http.NewRequest(http.MethodGet, loc, nil)
+	req.Header.Set("Range", "bytes=10-19")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, l.Data[10:20]) {
+		t.Fatalf("the presigned URL with a Range: %d, %q", resp.StatusCode, got)
+	}
+	// Followed, as a client does: the whole blob.
+	e.get(t, "/v2/app/blobs/"+l.Digest.String(), l.Data, "")
+	wantCounts(t, up, map[string]int{"GET manifest": 1})
+
+	// A repository that does not hold the blob learns nothing of the bucket.
+	up.Reset()
+	if r := e.do(t, http.MethodGet, "/v2/other/blobs/"+l.Digest.String()); r.status != http.StatusNotFound {
+		t.Fatalf("another repository's blob: %d %s", r.status, r.body)
+	}
+	// A blob the bucket lacks is filled as ever.
+	e.get(t, "/v2/other/manifests/"+other.Manifest.Digest.String(), other.Manifest.Data, other.Manifest.Digest.String())
+	e.get(t, "/v2/other/blobs/"+other.Layers[0].Digest.String(), other.Layers[0].Data, other.Layers[0].Digest.String())
 }

@@ -128,10 +128,14 @@ func (r *Remote) Delete(ctx context.Context, dgst digest.Digest) error {
 	return remoteErr(dgst, r.d.Delete(ctx, key))
 }
 
-// RedirectURL is a short-lived URL from which a client may fetch blob dgst
-// itself (a presigned GET for s3), or "" when the driver offers none.
-func (r *Remote) RedirectURL(req *http.Request, dgst digest.Digest) (string, error) {
+// RedirectURL is a short-lived URL from which a client may GET blob dgst
+// itself (a presigned URL for s3), or "" when the driver offers none.
+func (r *Remote) RedirectURL(ctx context.Context, dgst digest.Digest) (string, error) {
 	key, err := remoteKey(dgst)
+	if err != nil {
+		return "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "/", nil)
 	if err != nil {
 		return "", err
 	}

@@ -58,12 +58,15 @@ type storageConfig struct {
 	// Driver is where blobs live durably: filesystem (under root only) or
 	// s3 (a bucket shared by every replica, root the local fill buffer
 	// and hot cache), through distribution's driver with its parameters.
-	Driver        string         `yaml:"driver"`
-	S3            map[string]any `yaml:"s3"`
-	MaxSize       string         `yaml:"max_size"`
-	HighWatermark float64        `yaml:"high_watermark"`
-	LowWatermark  float64        `yaml:"low_watermark"`
-	MinFree       string         `yaml:"min_free"`
+	Driver string         `yaml:"driver"`
+	S3     map[string]any `yaml:"s3"`
+	// Redirect sends clients to a presigned URL for blobs in the bucket
+	// this replica does not hold, as distribution's redirect option does.
+	Redirect      bool    `yaml:"redirect"`
+	MaxSize       string  `yaml:"max_size"`
+	HighWatermark float64 `yaml:"high_watermark"`
+	LowWatermark  float64 `yaml:"low_watermark"`
+	MinFree       string  `yaml:"min_free"`
 	maxBytes      int64
 	minFree       int64   // bytes, or
 	minFreeRatio  float64 // a share of the filesystem
@@ -90,6 +93,9 @@ func (s *storageConfig) checkDriver() error {
 	case "", "filesystem":
 		if len(s.S3) > 0 {
 			return errors.New("storage.s3 is set but storage.driver is not s3")
+		}
+		if s.Redirect {
+			return errors.New("storage.redirect needs storage.driver: s3 (it sends clients to the bucket)")
 		}
 		return nil
 	case "s3":

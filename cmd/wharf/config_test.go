@@ -79,6 +79,7 @@ func TestConfigErrors(t *testing.T) {
 		{base + "replication: [{name: r, sources: [a.io/x]}]\n", "no trigger"},
 		{base + "tls: {client_ca_file: /x}\n", "needs tls.cert_file"},
 		{"storage: {root: /x, driver: gcs}\nupstreams: [{name: a, url: https://a}]\n", `storage.driver "gcs"`},
+		{"storage: {root: /x, redirect: true}\nupstreams: [{name: a, url: https://a}]\n", "storage.redirect needs storage.driver: s3"},
 		{"storage: {root: /x, driver: s3}\nupstreams: [{name: a, url: https://a}]\n", "storage.s3.bucket must be set"},
 		{"storage: {root: /x, s3: {bucket: b}}\nupstreams: [{name: a, url: https://a}]\n", "storage.driver is not s3"},
 		{"storage: {root: /x, driver: s3, s3: {bucket: b, secretkey: '${WHARF_TEST_UNSET_VAR}'}}\nupstreams: [{name: a, url: https://a}]\n",

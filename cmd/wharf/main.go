@@ -147,7 +147,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		return err
 	}
 	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg, Logger: log, Pins: cfg.Pins,
-		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark})
+		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark, Redirect: cfg.Storage.Redirect})
 	if err != nil {
 		return err
 	}
