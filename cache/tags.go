@@ -40,6 +40,10 @@ func (c *Cache) TagsWithin(ctx context.Context, up, repo string, maxAge time.Dur
 		return nil, err
 	}
 	v, err := c.flight(ctx, key, func(ctx context.Context) (any, error) {
+		// As for referrers: a list stored by a flight that just ended.
+		if tags, checked, err := c.store.TagList(u.Name, repo); err == nil && c.now().Sub(checked) < maxAge {
+			return tags, nil
+		}
 		tags, err := u.Source.Tags(ctx, repo)
 		if err = classify(err); err != nil {
 			c.remember(u, repo, key, err)
@@ -102,6 +106,11 @@ func (c *Cache) Referrers(ctx context.Context, up, repo string, dgst digest.Dige
 			return storage.Document{}, false, err
 		}
 		v, err := c.flight(ctx, key, func(ctx context.Context) (any, error) {
+			// A request that missed the record just before another's
+			// flight stored it takes that one, not a second fetch.
+			if doc, err := c.store.Referrers(u.Name, repo, dgst); err == nil && c.now().Sub(doc.Checked) < u.TagTTL {
+				return doc, nil
+			}
 			mt, body, err := u.Source.Referrers(ctx, repo, dgst, "")
 			if err = classify(err); err != nil {
 				c.remember(u, repo, key, err)
