@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -28,7 +29,7 @@ func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst di
 	if r == nil {
 		return upstream, false, nil
 	}
-	size, err := r.Stat(ctx, dgst)
+	size, err := c.remoteStat(ctx, r, dgst)
 	if errors.Is(err, storage.ErrNotFound) {
 		return upstream, false, nil
 	}
@@ -73,7 +74,7 @@ func (c *Cache) RemoteURL(ctx context.Context, up, repo string, dgst digest.Dige
 	if filling {
 		return "", nil
 	}
-	if _, err := r.Stat(ctx, dgst); err != nil {
+	if _, err := c.remoteStat(ctx, r, dgst); err != nil {
 		return "", nil // not there, or the bucket cannot be asked: a fill decides
 	}
 	if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
@@ -85,4 +86,15 @@ func (c *Cache) RemoteURL(ctx context.Context, up, repo string, dgst digest.Dige
 	}
 	c.metrics.remote.WithLabelValues("redirect").Inc()
 	return url, nil
+}
+
+// remoteLookupTimeout bounds asking the bucket whether it holds a blob: a
+// bucket that does not answer (the SDK retries) must not hold up every
+// miss, which upstream can answer instead.
+const remoteLookupTimeout = 2 * time.Second
+
+func (c *Cache) remoteStat(ctx context.Context, r *storage.Remote, dgst digest.Digest) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, remoteLookupTimeout)
+	defer cancel()
+	return r.Stat(ctx, dgst)
 }
