@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"os"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -96,5 +98,65 @@ func TestRemoteBlobsOnS3(t *testing.T) {
 	s3.Stop()
 	if _, err := r.Stat(t.Context(), dgst); err == nil || errors.Is(err, ErrNotFound) {
 		t.Fatalf("an unreachable store answered %v; want an error that is not ErrNotFound", err)
+	}
+}
+
+// gc keeps the bucket under a size by deleting the blobs least recently
+// used across the fleet (a replica's recorded use counts over the
+// upload), sparing what any replica pins, and only says so when dry.
+func TestRemoteGC(t *testing.T) {
+	s3 := s3test.Start(t)
+	r, err := OpenRemote(t.Context(), "s3", s3.Params())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	var ds []digest.Digest
+	for i := range 5 {
+		data := bytes.Repeat([]byte{byte('a' + i)}, 1000)
+		d := digest.FromBytes(data)
+		ds = append(ds, d)
+		if err := r.Upload(t.Context(), d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Uses: 0 oldest ... 4 newest, then 0 used again last of all; 1 pinned.
+	for i, d := range ds {
+		if err := r.Touch(t.Context(), d, now.Add(time.Duration(i)*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Touch(t.Context(), ds[0], now.Add(10*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.PutPins(t.Context(), "wharf-0", []digest.Digest{ds[1]}); err != nil {
+		t.Fatal(err)
+	}
+	dry, err := r.GC(t.Context(), 2500, time.Hour, time.Now(), true)
+	if err != nil || dry.Before != 5000 || dry.After != 2000 || len(dry.Deleted) != 3 || dry.Pinned != 1 {
+		t.Fatalf("dry run: %+v, %v", dry, err)
+	}
+	if got := []digest.Digest{dry.Deleted[0].Digest, dry.Deleted[1].Digest, dry.Deleted[2].Digest}; !slices.Equal(got, []digest.Digest{ds[2], ds[3], ds[4]}) {
+		t.Fatalf("dry run would delete %v, want 2, 3 and 4 (1 is pinned, 0 used last)", got)
+	}
+	for _, d := range ds {
+		if _, err := r.Stat(t.Context(), d); err != nil {
+			t.Fatalf("the dry run deleted %s: %v", d, err)
+		}
+	}
+	res, err := r.GC(t.Context(), 2500, time.Hour, time.Now(), false)
+	if err != nil || len(res.Deleted) != 3 || res.After != 2000 {
+		t.Fatalf("gc: %+v, %v", res, err)
+	}
+	for i, d := range ds {
+		_, err := r.Stat(t.Context(), d)
+		if gone := errors.Is(err, ErrNotFound); gone != (i >= 2) {
+			t.Fatalf("blob %d after gc: %v", i, err)
+		}
+	}
+	// A pin list older than the age given no longer spares anything.
+	res, err = r.GC(t.Context(), 0, -time.Hour, time.Now(), false)
+	if err != nil || res.After != 0 || len(res.Deleted) != 2 {
+		t.Fatalf("gc to nothing with stale pins: %+v, %v", res, err)
 	}
 }
