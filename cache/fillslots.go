@@ -51,11 +51,16 @@ func (c *Cache) sweep() {
 	defer c.running.Done()
 	tick := time.NewTicker(sweepEvery)
 	defer tick.Stop()
+	var published time.Time
 	for {
 		select {
 		case <-c.stop:
 			return
 		case now := <-tick.C:
+			if now.Sub(published) >= pinsEvery {
+				published = now
+				c.publishPins()
+			}
 			c.maybeEvict() // the filesystem may have filled up behind our back
 			c.mu.Lock()
 			for _, f := range c.fills {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -97,4 +98,30 @@ func (c *Cache) remoteStat(ctx context.Context, r *storage.Remote, dgst digest.D
 	ctx, cancel := context.WithTimeout(ctx, remoteLookupTimeout)
 	defer cancel()
 	return r.Stat(ctx, dgst)
+}
+
+// pinsEvery is how often a replica with a remote tier tells it what it
+// pins, so that gc, which sees no replica's index, spares it.
+const pinsEvery = 5 * time.Minute
+
+// publishPins writes this replica's pinned digests to the remote tier.
+func (c *Cache) publishPins() {
+	if c.store.Remote() == nil || len(c.pins) == 0 {
+		return
+	}
+	pinned, err := c.pinnedDigests()
+	if err != nil {
+		c.log.Warn("pinned content not told to the remote tier", "error", err)
+		return
+	}
+	ds := make([]digest.Digest, 0, len(pinned))
+	for d := range pinned {
+		ds = append(ds, d)
+	}
+	slices.Sort(ds)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.store.PublishPins(ctx, ds); err != nil {
+		c.log.Warn("pinned content not told to the remote tier", "error", err)
+	}
 }

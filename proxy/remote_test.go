@@ -149,3 +149,41 @@ func TestRedirectToTheBucket(t *testing.T) {
 	e.get(t, "/v2/other/manifests/"+other.Manifest.Digest.String(), other.Manifest.Data, other.Manifest.Digest.String())
 	e.get(t, "/v2/other/blobs/"+other.Layers[0].Digest.String(), other.Layers[0].Data, other.Layers[0].Digest.String())
 }
+
+// A replica with a bucket tells it what it served (markers gc reads for
+// the fleet's last use) and what it pins.
+func TestReplicaTellsTheBucketUsesAndPins(t *testing.T) {
+	s3 := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 84, 1, 1000, amd64)
+	r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvFull(t, t.TempDir(), storage.Options{Remote: r, Replica: "wharf-0"}, cache.Config{Pins: []string{"docker.io/library/app:1"}},
+		replicate.Config{}, "", nil, nil, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	pull(t, e, "app", img, "")
+	pins := s3.ObjectFile("/wharf/pins/wharf-0")
+	if n := settle(func() int {
+		body, _ := os.ReadFile(pins)
+		if strings.Contains(string(body), img.Manifest.Digest.String()) {
+			return 0
+		}
+		return 1
+	}, 0); n != 0 {
+		body, err := os.ReadFile(pins)
+		t.Fatalf("pin list in the bucket: %v, %s", err, body)
+	}
+	// A fill's upload time is its use; a warm read is told with a marker.
+	if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
+		t.Fatalf("%d fills still running", n)
+	}
+	pull(t, e, "app", img, "")
+	e.close() // flushes the uses
+	for _, b := range img.Blobs() {
+		marker, err := os.ReadFile(s3.ObjectFile("/wharf/access/sha256/" + b.Digest.Encoded()))
+		if at, perr := time.Parse(time.RFC3339Nano, string(marker)); err != nil || perr != nil || time.Since(at) > time.Minute {
+			t.Fatalf("use of %s in the bucket: %v %v %q", b.Digest, err, perr, marker)
+		}
+	}
+}

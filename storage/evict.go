@@ -25,8 +25,12 @@ func (s *Store) Touch(dgst digest.Digest) {
 	if s.access.seen == nil {
 		s.access.seen = map[digest.Digest]time.Time{}
 	}
-	s.access.seen[dgst] = time.Now()
+	now := time.Now()
+	s.access.seen[dgst] = now
 	s.access.mu.Unlock()
+	if s.remote != nil {
+		s.use.note(dgst, now)
+	}
 }
 
 // flushAccess writes the remembered access times into the blob records.

@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,15 +20,17 @@ import (
 // Store is the content-addressed blob store plus its Badger index. It is safe
 // for concurrent use.
 type Store struct {
-	root   string
-	remote *Remote // nil: the root is the only tier
-	db     *db
-	sp     *space
-	lock   *os.File // flock of <root>/wharf.lock: one store per root
-	stop   chan struct{}
-	done   chan struct{}
-	size   atomic.Int64
-	blobs  atomic.Int64
+	root    string
+	remote  *Remote   // nil: the root is the only tier
+	replica string    // this store's name in the remote tier
+	use     remoteUse // blobs served, to tell the remote tier
+	db      *db
+	sp      *space
+	lock    *os.File // flock of <root>/wharf.lock: one store per root
+	stop    chan struct{}
+	done    chan struct{}
+	size    atomic.Int64
+	blobs   atomic.Int64
 
 	// In-memory read caches, written through: a warm manifest request
 	// touches neither Badger nor the disk.
@@ -63,6 +67,9 @@ type Options struct {
 	// here is uploaded to it first, so the root is a fill buffer and a hot
 	// cache in front of it.
 	Remote *Remote
+	// Replica names this store in the remote tier (its pin list); default
+	// the host name, a pod's name in Kubernetes.
+	Replica string
 }
 
 // Open opens (creating if needed) the store under root. Leftover temporary
@@ -73,6 +80,7 @@ func Open(root string, opts Options) (*Store, error) {
 	s := &Store{
 		root:    root,
 		remote:  opts.Remote,
+		replica: opts.Replica,
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 		small:   newLRU[digest.Digest](smallBlobCache, func(b smallBlob) int { return len(b.data) }),
@@ -166,6 +174,7 @@ func (s *Store) watch() {
 		case <-tick.C:
 			s.sp.keepBallast()
 			s.db.reopen()
+			s.flushRemoteUse(false)
 		}
 	}
 }
@@ -176,6 +185,7 @@ func (s *Store) watch() {
 func (s *Store) Close() error {
 	close(s.stop)
 	<-s.done
+	s.flushRemoteUse(true)
 	ferr := s.flushAccess()
 	if errors.Is(ferr, ErrNoSpace) {
 		ferr = nil // access times are a hint; losing them loses nothing
@@ -190,6 +200,18 @@ func (s *Store) Close() error {
 // from the start rather than fetch a blob they cannot keep.
 // Remote is the store's shared tier, or nil.
 func (s *Store) Remote() *Remote { return s.remote }
+
+// PublishPins tells the remote tier which digests this replica pins.
+func (s *Store) PublishPins(ctx context.Context, dgsts []digest.Digest) error {
+	if s.remote == nil {
+		return nil
+	}
+	name := s.replica
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	return s.remote.PutPins(ctx, cmp.Or(name, "wharf"), dgsts)
+}
 
 func (s *Store) Full() bool { return s.sp.low() || s.ReadOnly() }
 
