@@ -131,6 +131,19 @@ func TestCommandLine(t *testing.T) {
 	if err := run([]string{"frobnicate"}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "unknown command") {
 		t.Fatalf("unknown command: %v", err)
 	}
+	local := writeConfig(t, "storage: {root: /tmp/x}\nupstreams: [{name: a, url: https://a}]\n")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"gc", "--config", local}, "usage: wharf gc"},
+		{[]string{"gc", "--config", local, "--keep", "lots"}, `--keep "lots"`},
+		{[]string{"gc", "--config", local, "--keep", "1GiB"}, "needs storage.driver: s3"},
+	} {
+		if err := run(c.args, &out, &errOut); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.args, err, c.want)
+		}
+	}
 }
 
 // A private upstream is served to the network only when the config says

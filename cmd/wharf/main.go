@@ -34,6 +34,7 @@ var version = ""
 const usage = `usage:
   wharf serve --config FILE                          run the mirror
   wharf check --config FILE [--repair] [--sample N]  verify the store and its index
+  wharf gc --config FILE --keep SIZE [--dry-run]     bound the shared bucket (storage.driver: s3)
   wharf prefetch [--server URL] [--token-file F | --user NAME] [--ca-file F] [--push-to TARGET] [--referrers=false] [--index filter] [--platform OS/ARCH]...
                  [--rename FROM=TO]... [--pin] [--wait] [--output json] (-f FILE | REF... | --from-cache PATTERN...)
                                                      warm the cache and copy images to a target
@@ -81,6 +82,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, cfg, stderr)
 	case "check":
 		return check(args[1:], stdout, stderr, isTerminal(stderr))
+	case "gc":
+		return gcCmd(args[1:], stdout, stderr)
 	case "prefetch":
 		return prefetchCmd(args[1:], stdout, stderr, isTerminal(stderr))
 	case "jobs":

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/wharf-registry/wharf/storage/s3test"
@@ -14,7 +16,8 @@ import (
 // Two wharf processes with storage.driver s3 share a bucket: the first
 // puts every blob in it, in distribution's layout; the second, on an empty
 // disk, pulls the image with crane and fetches no blob upstream. The
-// bucket's secret key comes from the environment.
+// bucket's secret key comes from the environment. Then wharf gc empties
+// the bucket under the running replica.
 func TestTwoWharfsShareABucket(t *testing.T) {
 	crane := tool(t, "crane")
 	s3 := s3test.Start(t)
@@ -65,5 +68,49 @@ upstreams:
 	}
 	if n := up.Count("GET", "blob"); n != 0 {
 		t.Fatalf("the second Wharf fetched %d blobs upstream, want 0", n)
+	}
+
+	// wharf gc bounds the bucket while the replica runs: a dry run deletes
+	// nothing, a real one everything down to the size asked, and the
+	// replica, which still indexes the blobs it holds, serves them; a
+	// fresh one fetches them upstream again, byte for byte.
+	gcPath := filepath.Join(t.TempDir(), "gc.yml")
+	if err := os.WriteFile(gcPath, []byte(cfg()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wharfGC := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(wharfBin, append([]string{"gc", "--config", gcPath}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("wharf gc %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	objects := len(img.Blobs()) + 1
+	if out := wharfGC("--keep", "0", "--dry-run"); !strings.Contains(out, fmt.Sprintf("would delete %d blobs", objects)) {
+		t.Fatalf("dry run:\n%s", out)
+	}
+	for _, b := range img.Blobs() {
+		key := "/docker/registry/v2/blobs/sha256/" + b.Digest.Encoded()[:2] + "/" + b.Digest.Encoded() + "/data"
+		if _, err := os.Stat(s3.ObjectFile(key)); err != nil {
+			t.Fatalf("the dry run deleted %s: %v", b.Digest, err)
+		}
+	}
+	if out := wharfGC("--keep", "0"); !strings.Contains(out, fmt.Sprintf("deleted %d blobs", objects)) || !strings.Contains(out, "after; 0 pinned") {
+		t.Fatalf("gc:\n%s", out)
+	}
+	runTool(t, crane, "pull", "--insecure", "--format", "oci", second.addr+"/library/app:1.0", filepath.Join(t.TempDir(), "again"))
+	up.Reset()
+	third := startWharf(t, cfg())
+	layout = filepath.Join(t.TempDir(), "third")
+	runTool(t, crane, "pull", "--insecure", "--format", "oci", third.addr+"/library/app:1.0", layout)
+	for _, b := range img.Blobs() {
+		got, err := os.ReadFile(filepath.Join(layout, "blobs", "sha256", b.Digest.Encoded()))
+		if err != nil || !bytes.Equal(got, b.Data) {
+			t.Fatalf("blob %s after gc differs (%v)", b.Digest, err)
+		}
+	}
+	if n := up.Count("GET", "blob"); n != len(img.Blobs()) {
+		t.Fatalf("after gc a fresh Wharf fetched %d blobs upstream, want %d", n, len(img.Blobs()))
 	}
 }
