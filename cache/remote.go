@@ -125,3 +125,13 @@ func (c *Cache) publishPins() {
 		c.log.Warn("pinned content not told to the remote tier", "error", err)
 	}
 }
+
+// Degraded says why the cache serves less than it should, or "": the
+// remote tier not answering (cached content is still served, misses go
+// upstream, nothing new reaches the fleet's tier).
+func (c *Cache) Degraded(ctx context.Context) string {
+	if r := c.store.Remote(); r != nil && r.Healthy(ctx) != nil {
+		return "the shared bucket does not answer: cached content is served, misses go upstream"
+	}
+	return ""
+}

@@ -120,7 +120,13 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.Handle("/api/v1/replication", p.api("replication", auth.RightJobs, p.replication, http.MethodGet))
 	r.Handle("/api/v1/replication/{rule}/run", p.api("replication-run", auth.RightPrefetch, p.replicate, http.MethodPost))
 	r.Handle("/healthz", p.wrap("healthz", func(w http.ResponseWriter, r *http.Request) error {
-		_, err := w.Write([]byte("ok\n"))
+		// Degraded is still 200: a replica that serves what it holds and
+		// passes misses through must not be restarted or taken out.
+		msg := "ok\n"
+		if why := p.cache.Degraded(r.Context()); why != "" {
+			msg = "degraded: " + why + "\n"
+		}
+		_, err := w.Write([]byte(msg))
 		return err
 	}))
 	if cfg.Registry != nil {

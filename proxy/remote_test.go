@@ -74,9 +74,13 @@ func TestWharfsSharingABucket(t *testing.T) {
 		t.Fatalf("Range from the bucket: %d, %d bytes", r.status, len(r.body))
 	}
 	wantCounts(t, up, map[string]int{"GET manifest": 1})
+	if r := third.do(t, http.MethodGet, "/healthz"); r.status != http.StatusOK || string(r.body) != "ok\n" {
+		t.Fatalf("healthz with the bucket up: %d %q", r.status, r.body)
+	}
 
 	// The bucket gone: a fresh replica serves from upstream, and stores
-	// nothing it could not put in the bucket.
+	// nothing it could not put in the bucket; /healthz says so, still 200
+	// (no restart, no removal from the Service), naming no endpoint.
 	s3.Stop()
 	up.Reset()
 	fourth := replica()
@@ -85,6 +89,10 @@ func TestWharfsSharingABucket(t *testing.T) {
 	wantCounts(t, up, map[string]int{"HEAD manifest": 1, "GET manifest": 1, "GET blob": 4})
 	if n := metric(t, fourth, "wharf_remote_lookups_total"); n != 4 {
 		t.Fatalf("bucket lookups that failed: %v, want 4", n)
+	}
+	if r := fourth.do(t, http.MethodGet, "/healthz"); r.status != http.StatusOK || !strings.HasPrefix(string(r.body), "degraded: ") ||
+		strings.Contains(string(r.body), strings.TrimPrefix(s3.URL, "http://")) {
+		t.Fatalf("healthz with the bucket down: %d %q", r.status, r.body)
 	}
 }
 

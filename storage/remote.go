@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"sync"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -37,6 +38,46 @@ const remoteUploadTimeout = 15 * time.Minute
 // at once (S3 completes a multipart upload in one step) or not at all.
 type Remote struct {
 	d storagedriver.StorageDriver
+
+	mu      sync.Mutex
+	lastErr error     // of the last call that reached a verdict (ErrNotFound is an answer)
+	lastAt  time.Time // when
+	probing sync.Mutex
+}
+
+// healthAge is how long the last call's outcome stands for the bucket's
+// health before Healthy asks again.
+const healthAge = 10 * time.Second
+
+// note records a call's outcome for Healthy.
+func (r *Remote) note(err error) {
+	if errors.Is(err, ErrNotFound) {
+		err = nil
+	}
+	r.mu.Lock()
+	r.lastErr, r.lastAt = err, time.Now()
+	r.mu.Unlock()
+}
+
+// Healthy reports whether the bucket answers: the last call's outcome if
+// recent, else one probe (a Stat, at most one at a time, 2 s at most).
+func (r *Remote) Healthy(ctx context.Context) error {
+	r.mu.Lock()
+	err, fresh := r.lastErr, time.Since(r.lastAt) < healthAge
+	r.mu.Unlock()
+	if fresh || !r.probing.TryLock() {
+		return err
+	}
+	defer r.probing.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err = r.d.Stat(ctx, "/wharf/health")
+	err = remoteErr("", err)
+	r.note(err)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
 }
 
 // OpenRemote creates driver ("s3", or any name distribution's factory
@@ -100,8 +141,12 @@ func (r *Remote) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
 		return 0, err
 	}
 	fi, err := r.d.Stat(ctx, key)
+	err = remoteErr(dgst, err)
+	if ctx.Err() == nil {
+		r.note(err)
+	}
 	if err != nil {
-		return 0, remoteErr(dgst, err)
+		return 0, err
 	}
 	return fi.Size(), nil
 }

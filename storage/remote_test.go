@@ -95,9 +95,15 @@ func TestRemoteBlobsOnS3(t *testing.T) {
 	if _, err := r.Stat(t.Context(), dgst); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("after delete: %v", err)
 	}
+	if err := r.Healthy(t.Context()); err != nil {
+		t.Fatalf("healthy store: %v", err)
+	}
 	s3.Stop()
 	if _, err := r.Stat(t.Context(), dgst); err == nil || errors.Is(err, ErrNotFound) {
 		t.Fatalf("an unreachable store answered %v; want an error that is not ErrNotFound", err)
+	}
+	if err := r.Healthy(t.Context()); err == nil {
+		t.Fatal("an unreachable store is healthy")
 	}
 }
 
