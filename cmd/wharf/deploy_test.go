@@ -15,6 +15,12 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8syaml "sigs.k8s.io/yaml"
 )
 
 // exportedMetrics is every metric name Wharf's code defines: the string
@@ -144,4 +150,108 @@ func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
 			}
 		}
 	}
+}
+
+// The Kubernetes manifests decode strictly into the API's own types (a
+// misspelt field fails), kustomize lists every one of them, their pods
+// run as non-root on a read-only root filesystem with probes on /healthz,
+// and the configuration they mount is one this Wharf loads.
+func TestKubernetesManifests(t *testing.T) {
+	dir := "../../deploy/kubernetes"
+	raw, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kust struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Labels     []struct {
+			Pairs            map[string]string `json:"pairs"`
+			IncludeSelectors bool              `json:"includeSelectors"`
+		} `json:"labels"`
+		Resources []string `json:"resources"`
+	}
+	if err := k8syaml.UnmarshalStrict(raw, &kust); err != nil || kust.Kind != "Kustomization" {
+		t.Fatalf("kustomization.yaml: %v", err)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if len(kust.Resources) != len(files)-1 {
+		t.Fatalf("kustomization lists %v; the directory has %v", kust.Resources, files)
+	}
+	kinds := map[string]int{}
+	var pods []corev1.PodSpec
+	for _, f := range kust.Resources {
+		raw, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(raw), "\n---\n") {
+			var meta metav1.TypeMeta
+			if err := k8syaml.Unmarshal([]byte(doc), &meta); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			var obj any
+			switch meta.Kind {
+			case "ConfigMap":
+				obj = &corev1.ConfigMap{}
+			case "Service":
+				obj = &corev1.Service{}
+			case "StatefulSet":
+				obj = &appsv1.StatefulSet{}
+			case "PodDisruptionBudget":
+				obj = &policyv1.PodDisruptionBudget{}
+			case "CronJob":
+				obj = &batchv1.CronJob{}
+			default:
+				t.Fatalf("%s: unexpected kind %q", f, meta.Kind)
+			}
+			if err := k8syaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+				t.Fatalf("%s (%s): %v", f, meta.Kind, err)
+			}
+			switch o := obj.(type) {
+			case *corev1.ConfigMap:
+				t.Setenv("S3_ACCESS_KEY", "k")
+				t.Setenv("S3_SECRET_KEY", "s")
+				cfg, err := loadConfig(writeConfig(t, o.Data["wharf.yml"]))
+				if err != nil || cfg.Storage.Driver != "s3" {
+					t.Errorf("the ConfigMap's wharf.yml: %v", err)
+				}
+			case *appsv1.StatefulSet:
+				pods = append(pods, o.Spec.Template.Spec)
+			case *batchv1.CronJob:
+				pods = append(pods, o.Spec.JobTemplate.Spec.Template.Spec)
+			}
+			kinds[meta.Kind]++
+		}
+	}
+	for kind, n := range map[string]int{"ConfigMap": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "CronJob": 1} {
+		if kinds[kind] != n {
+			t.Errorf("%d %s, want %d", kinds[kind], kind, n)
+		}
+	}
+	if len(pods) != 2 {
+		t.Fatalf("%d pod templates, want the StatefulSet's and the CronJob's", len(pods))
+	}
+	t.Run("pods", func(t *testing.T) {
+		for _, p := range pods {
+			for _, c := range p.Containers {
+				sc := c.SecurityContext
+				if p.SecurityContext == nil || p.SecurityContext.RunAsNonRoot == nil || !*p.SecurityContext.RunAsNonRoot ||
+					sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+					sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+					t.Errorf("container %s: must run as non-root, read-only, without privilege escalation", c.Name)
+				}
+				if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
+					t.Errorf("container %s: memory requests and limits", c.Name)
+				}
+				if len(c.Args) == 0 || (c.Args[0] != "serve" && c.Args[0] != "gc") {
+					t.Errorf("container %s: args %v are no wharf command", c.Name, c.Args)
+				}
+				if c.Args[0] == "serve" && (c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" ||
+					c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz") {
+					t.Errorf("container %s: readiness and liveness on /healthz", c.Name)
+				}
+			}
+		}
+	})
 }
