@@ -81,6 +81,10 @@ type Config struct {
 	// Pins are patterns (route.Match) on "<upstream>/<repo>" or
 	// "<upstream>/<repo>:<tag>" whose content is never evicted.
 	Pins []string
+	// Peers is the fleet (package cluster) or nil: a blob the store and
+	// its remote tier lack is fetched through the digest's owner, so the
+	// fleet asks upstream once per blob.
+	Peers Peers
 	// Redirect answers a blob the store does not hold but its remote tier
 	// does with a short-lived URL of it there (see RemoteURL), instead of
 	// filling it through this replica.
@@ -115,6 +119,7 @@ type Cache struct {
 	highWater, lowWater float64
 	pins                []string
 	redirect            bool
+	peers               Peers
 	evicting            atomic.Bool
 
 	mu          sync.Mutex
@@ -150,6 +155,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		lowWater:    cmp.Or(cfg.LowWater, 0.8),
 		pins:        cfg.Pins,
 		redirect:    cfg.Redirect,
+		peers:       cfg.Peers,
 	}
 	if c.lowWater > c.highWater || c.highWater > 1 || c.lowWater <= 0 {
 		return nil, fmt.Errorf("cache: watermarks must satisfy 0 < low (%v) <= high (%v) <= 1", c.lowWater, c.highWater)

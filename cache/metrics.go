@@ -23,6 +23,7 @@ type metrics struct {
 	eager        prometheus.Counter
 	eagerUsed    prometheus.Counter
 	remote       *prometheus.CounterVec // result
+	peer         *prometheus.CounterVec // result
 }
 
 func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func() int) (*metrics, error) {
@@ -87,6 +88,10 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 			Name: "wharf_remote_lookups_total",
 			Help: "Blobs looked for in the remote tier (the bucket): hit (filled from it), redirect (the client was sent there), unavailable (it could not be asked; filled from upstream).",
 		}, []string{"result"}),
+		peer: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_peer_fills_total",
+			Help: "Fills of blobs another replica owns: owner (streamed from it), unreachable (it could not be asked; filled from upstream).",
+		}, []string{"result"}),
 		storeFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_store_failures_total",
 			Help: "Verified manifests (what=manifest) and index records (what=index) the store could not keep; their requests were answered anyway.",
@@ -124,7 +129,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		Name: "wharf_negative_entries",
 		Help: "Upstream refusals (404, 401, 403) remembered for negative_ttl; bounded at 10,000.",
 	}, func() float64 { return float64(remembered()) })
-	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.remote, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
+	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.remote, m.peer, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

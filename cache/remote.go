@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"time"
@@ -25,6 +26,9 @@ type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size 
 func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (open blobOpener, fromRemote bool, err error) {
 	upstream := func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
 		return u.Source.Blob(ctx, repo, dgst, offset)
+	}
+	if c.peers != nil {
+		upstream = c.throughOwner(u, repo, dgst, upstream)
 	}
 	r := c.store.Remote()
 	if r == nil {
@@ -134,4 +138,46 @@ func (c *Cache) Degraded(ctx context.Context) string {
 		return "the shared bucket does not answer: cached content is served, misses go upstream"
 	}
 	return ""
+}
+
+// Peers is what the cache needs of the fleet; cluster.Cluster is one.
+type Peers interface {
+	// Owner is the replica that fetches dgst for the fleet, and whether
+	// it is this one.
+	Owner(dgst digest.Digest) (peer string, self bool)
+	// Blob asks peer for blob dgst of repo on upstream up from offset on.
+	Blob(ctx context.Context, peer, up, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, int64, error)
+}
+
+// throughOwner fetches dgst through its owner when that is another
+// replica: the owner fills it once for every replica asking. An owner
+// that cannot be reached or refuses is passed by: the fill goes upstream
+// itself, slower but never an error. The owner's answer, like upstream's,
+// shows that repo holds the blob; the bytes are verified here all the same.
+func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstream blobOpener) blobOpener {
+	peer, self := c.peers.Owner(dgst)
+	if self {
+		return upstream
+	}
+	viaPeer := true
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+		if viaPeer {
+			rc, size, err := c.peers.Blob(ctx, peer, u.Name, repo, dgst, offset)
+			if err == nil {
+				c.metrics.peer.WithLabelValues("owner").Inc()
+				return rc, size, nil
+			}
+			if ctx.Err() != nil {
+				return nil, 0, err
+			}
+			var status interface{ StatusCode() int }
+			if errors.As(err, &status) && status.StatusCode() == 404 {
+				return nil, 0, fmt.Errorf("%w: %w", ErrNotFound, err)
+			}
+			c.metrics.peer.WithLabelValues("unreachable").Inc()
+			c.log.Warn("digest owner unreachable; filling from upstream", "digest", dgst, "error", err)
+			viaPeer = false
+		}
+		return upstream(ctx, offset)
+	}
 }

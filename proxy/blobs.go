@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gorilla/mux"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -42,7 +43,13 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		http.Redirect(w, r, url, http.StatusTemporaryRedirect)
 		return nil
 	}
-	b, err := p.cache.Blob(r.Context(), t.upstream, t.repo, dgst)
+	return p.serveBlob(w, r, t.upstream, t.repo, dgst)
+}
+
+// serveBlob answers a GET of blob dgst of repo on upstream up from the
+// store or a fill, Range included.
+func (p *proxy) serveBlob(w http.ResponseWriter, r *http.Request, up, repo string, dgst digest.Digest) error {
+	b, err := p.cache.Blob(r.Context(), up, repo, dgst)
 	if err != nil {
 		return err
 	}
@@ -55,7 +62,7 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request) error {
 	} else {
 		http.ServeContent(cw, r, "", time.Time{}, content)
 	}
-	p.metrics.served.WithLabelValues(t.upstream, "blob").Add(float64(cw.bytes))
+	p.metrics.served.WithLabelValues(up, "blob").Add(float64(cw.bytes))
 	if content.err != nil && cw.status != 0 {
 		// The blob failed to verify or the fill broke mid-stream: cut the
 		// connection so the client sees a broken transfer, never a clean one.

@@ -133,6 +133,9 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 		t.Fatal(err)
 	}
 	pc := proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: token, Jobs: jobs, Rules: rs}
+	if a, ok := cfg.Peers.(interface{ Authorized(*http.Request) bool }); ok {
+		pc.PeerAuth = a.Authorized // a fleet: see cluster_test.go
+	}
 	if ac != nil {
 		ac.Registerer = reg
 		if ac.Logger == nil {

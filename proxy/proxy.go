@@ -16,6 +16,7 @@ import (
 
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cluster"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/route"
 )
@@ -43,22 +44,26 @@ type Config struct {
 	// Rules are the replication rules /api/v1/replication shows and runs;
 	// nil: none.
 	Rules *replicate.Rules
+	// PeerAuth admits the fleet's other replicas to the peer blob route
+	// (cluster.BlobPath); nil: no fleet, no route.
+	PeerAuth PeerAuth
 }
 
 type proxy struct {
-	cache   *cache.Cache
-	status  []func() any
-	router  *route.Router
-	log     *slog.Logger
-	metrics *metrics
-	jobs    *replicate.Jobs
-	rules   *replicate.Rules
-	auth    *auth.Auth
+	cache    *cache.Cache
+	status   []func() any
+	router   *route.Router
+	log      *slog.Logger
+	metrics  *metrics
+	jobs     *replicate.Jobs
+	rules    *replicate.Rules
+	auth     *auth.Auth
+	peerAuth PeerAuth
 }
 
 // New returns the HTTP handler for the registry API, /healthz and /metrics.
 func New(c *cache.Cache, cfg Config) (http.Handler, error) {
-	p := &proxy{cache: c, log: cfg.Logger, auth: cfg.Auth, jobs: cfg.Jobs, rules: cfg.Rules}
+	p := &proxy{cache: c, log: cfg.Logger, auth: cfg.Auth, jobs: cfg.Jobs, rules: cfg.Rules, peerAuth: cfg.PeerAuth}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -119,6 +124,9 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.Handle("/api/v1/pins", p.api("pins", auth.RightPins, p.pins, http.MethodGet, http.MethodDelete))
 	r.Handle("/api/v1/replication", p.api("replication", auth.RightJobs, p.replication, http.MethodGet))
 	r.Handle("/api/v1/replication/{rule}/run", p.api("replication-run", auth.RightPrefetch, p.replicate, http.MethodPost))
+	if cfg.PeerAuth != nil {
+		r.Handle(cluster.BlobPath+"{digest}", p.wrap("peer-blob", p.peerBlob)).Methods(http.MethodGet)
+	}
 	r.Handle("/healthz", p.wrap("healthz", func(w http.ResponseWriter, r *http.Request) error {
 		// Degraded is still 200: a replica that serves what it holds and
 		// passes misses through must not be restarted or taken out.

@@ -1,0 +1,207 @@
+// Package cluster lets replicas of Wharf fetch each blob from upstream once
+// for the whole fleet: every digest has one owner among the peers
+// (rendezvous hashing), and a replica that misses a blob asks the owner,
+// which fills it once and streams it to every replica asking. Peer
+// requests carry a shared secret. This package knows peers, ownership and
+// the peer request; it knows nothing of caches or HTTP routes.
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// BlobPath is the peer route a replica serves blobs to its peers on.
+const BlobPath = "/internal/v1/blobs/"
+
+// Config describes this replica's place in the fleet.
+type Config struct {
+	Peers     []string // base URLs of every replica, this one included
+	DNS       string   // or host:port of a headless Service, resolved every Refresh
+	Advertise string   // this replica's own base URL, as the others know it
+	Secret    string   // shared by every replica; sent with every peer request
+	Refresh   time.Duration
+	Client    *http.Client // nil: a client with sane timeouts
+	// resolve looks DNS up; tests replace it.
+	resolve func(ctx context.Context, host string) ([]string, error)
+}
+
+// Cluster is one replica's view of the fleet. Safe for concurrent use.
+type Cluster struct {
+	cfg    Config
+	client *http.Client
+
+	mu    sync.Mutex
+	peers []string
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// New starts watching the peers (DNS only) until Close.
+func New(cfg Config) (*Cluster, error) {
+	if cfg.Advertise == "" || cfg.Secret == "" {
+		return nil, errors.New("cluster: advertise and a secret are required")
+	}
+	if len(cfg.Peers) == 0 && cfg.DNS == "" {
+		return nil, errors.New("cluster: set peers or dns")
+	}
+	if cfg.Refresh <= 0 {
+		cfg.Refresh = 10 * time.Second
+	}
+	if cfg.resolve == nil {
+		cfg.resolve = net.DefaultResolver.LookupHost
+	}
+	c := &Cluster{cfg: cfg, client: cfg.Client, stop: make(chan struct{}), done: make(chan struct{})}
+	if c.client == nil {
+		c.client = &http.Client{Transport: &http.Transport{
+			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			ResponseHeaderTimeout: time.Minute, // the owner may be waiting for upstream
+			MaxIdleConnsPerHost:   32,
+		}}
+	}
+	c.setPeers(cfg.Peers)
+	if cfg.DNS != "" {
+		c.refresh()
+		go c.watch()
+	} else {
+		close(c.done)
+	}
+	return c, nil
+}
+
+// Close stops the DNS watch.
+func (c *Cluster) Close() {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	<-c.done
+}
+
+func (c *Cluster) watch() {
+	defer close(c.done)
+	t := time.NewTicker(c.cfg.Refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			c.refresh()
+		}
+	}
+}
+
+// refresh resolves the headless Service into peers; a failed lookup keeps
+// the peers it had.
+func (c *Cluster) refresh() {
+	host, port, err := net.SplitHostPort(c.cfg.DNS)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addrs, err := c.cfg.resolve(ctx, host)
+	if err != nil || len(addrs) == 0 {
+		return
+	}
+	var peers []string
+	for _, a := range addrs {
+		peers = append(peers, "http://"+net.JoinHostPort(a, port))
+	}
+	c.setPeers(append(peers, c.cfg.Advertise))
+}
+
+func (c *Cluster) setPeers(peers []string) {
+	peers = slices.Clone(peers)
+	slices.Sort(peers)
+	peers = slices.Compact(peers)
+	c.mu.Lock()
+	c.peers = peers
+	c.mu.Unlock()
+}
+
+// Peers is the current peer list.
+func (c *Cluster) Peers() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.peers)
+}
+
+// Owner is the peer that fetches dgst for the fleet, and whether it is
+// this replica: the peer scoring highest for the digest (rendezvous
+// hashing), so a peer joining or leaving moves only its own share.
+func (c *Cluster) Owner(dgst digest.Digest) (peer string, self bool) {
+	best, bestScore := "", uint64(0)
+	for _, p := range c.Peers() {
+		h := sha256.Sum256([]byte(p + "\x00" + dgst.String()))
+		if s := binary.BigEndian.Uint64(h[:8]); best == "" || s > bestScore {
+			best, bestScore = p, s
+		}
+	}
+	if best == "" {
+		return c.cfg.Advertise, true
+	}
+	return best, best == c.cfg.Advertise
+}
+
+// Blob asks peer for blob dgst of repo on upstream up, from offset on: the
+// peer fills it once (from the bucket or upstream) and streams it. size is
+// what the reader yields, -1 if unknown.
+func (c *Cluster) Blob(ctx context.Context, peer, up, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, int64, error) {
+	q := url.Values{"upstream": {up}, "repo": {repo}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, peer+BlobPath+dgst.String()+"?"+q.Encode(), nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cfg.Secret)
+	if offset > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("peer %s: %w", peer, err)
+	}
+	want := http.StatusOK
+	if offset > 0 {
+		want = http.StatusPartialContent
+	}
+	if resp.StatusCode != want {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		return nil, 0, &PeerError{Peer: peer, Status: resp.StatusCode}
+	}
+	return resp.Body, resp.ContentLength, nil
+}
+
+// PeerError is a peer's refusal of a blob request.
+type PeerError struct {
+	Peer   string
+	Status int
+}
+
+func (e *PeerError) Error() string { return fmt.Sprintf("peer %s answered %d", e.Peer, e.Status) }
+
+// StatusCode is the peer's HTTP status.
+func (e *PeerError) StatusCode() int { return e.Status }
+
+// Authorized reports whether r carries the fleet's secret.
+func (c *Cluster) Authorized(r *http.Request) bool {
+	return subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+c.cfg.Secret)) == 1
+}

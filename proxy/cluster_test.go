@@ -1,0 +1,143 @@
+package proxy_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cluster"
+	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/storage"
+	"github.com/wharf-registry/wharf/storage/s3test"
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+// fleetPeers is a replica's cluster, set once every replica listens.
+type fleetPeers struct {
+	mu sync.Mutex
+	c  *cluster.Cluster
+}
+
+func (f *fleetPeers) get() *cluster.Cluster {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.c
+}
+
+func (f *fleetPeers) Owner(d digest.Digest) (string, bool) { return f.get().Owner(d) }
+
+func (f *fleetPeers) Blob(ctx context.Context, peer, up, repo string, d digest.Digest, off int64) (io.ReadCloser, int64, error) {
+	return f.get().Blob(ctx, peer, up, repo, d, off)
+}
+
+func (f *fleetPeers) Authorized(r *http.Request) bool { return f.get().Authorized(r) }
+
+// newFleet starts n replicas sharing bucket and knowing each other, and
+// the peers gone besides.
+func newFleet(t *testing.T, n int, up *upstreamtest.Registry, bucket *s3test.Server, secret string, gone ...string) []*env {
+	t.Helper()
+	var envs []*env
+	var peers []*fleetPeers
+	for range n {
+		r, err := storage.OpenRemote(t.Context(), "s3", bucket.Params())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &fleetPeers{}
+		peers = append(peers, p)
+		envs = append(envs, newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{Peers: p}, replicate.Config{}, "", nil, nil,
+			spec{name: "docker.io", reg: up, def: true, ttl: time.Hour}))
+	}
+	urls := slices.Clone(gone)
+	for _, e := range envs {
+		urls = append(urls, e.URL)
+	}
+	for i, e := range envs {
+		c, err := cluster.New(cluster.Config{Peers: urls, Advertise: e.URL, Secret: secret})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		peers[i].mu.Lock()
+		peers[i].c = c
+		peers[i].mu.Unlock()
+	}
+	return envs
+}
+
+// Eight clients spread over three replicas pull the same cold image at
+// once: each blob is fetched from upstream exactly once for the fleet,
+// and every client gets the exact bytes. The peer route admits only the
+// fleet's secret.
+func TestFleetFetchesEachBlobOnce(t *testing.T) {
+	bucket := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 91, 4, 300_000, amd64)
+	fleet := newFleet(t, 3, up, bucket, "fleet-secret-0123456789")
+	for _, e := range fleet {
+		e.get(t, "/v2/app/manifests/"+img.Manifest.Digest.String(), img.Manifest.Data, img.Manifest.Digest.String())
+	}
+	up.Reset()
+	var wg sync.WaitGroup
+	errs := make(chan string, 8*len(img.Blobs()))
+	for i := range 8 {
+		e := fleet[i%3]
+		wg.Go(func() {
+			for _, b := range img.Blobs() {
+				resp, err := e.Client().Get(e.URL + "/v2/app/blobs/" + b.Digest.String())
+				if err != nil {
+					errs <- err.Error()
+					continue
+				}
+				got, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != http.StatusOK || digest.FromBytes(got) != b.Digest {
+					errs <- b.Digest.String() + ": " + resp.Status
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	wantCounts(t, up, map[string]int{"GET blob": len(img.Blobs())})
+
+	l := img.Layers[0]
+	for _, authz := range []string{"", "Bearer wrong"} {
+		r := fleet[0].do(t, http.MethodGet, cluster.BlobPath+l.Digest.String()+"?upstream=docker.io&repo=library/app", "Authorization", authz)
+		if r.status != http.StatusUnauthorized {
+			t.Fatalf("peer route with %q: %d", authz, r.status)
+		}
+	}
+}
+
+// An owner that cannot be reached is passed by: the replica fills from
+// upstream itself, slower, never an error.
+func TestFleetWithAnOwnerGone(t *testing.T) {
+	bucket := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 92, 6, 10_000, amd64)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + l.Addr().String()
+	l.Close() // nothing listens there now
+	fleet := newFleet(t, 2, up, bucket, "fleet-secret-0123456789", dead)
+	for _, e := range fleet {
+		pull(t, e, "app", img, "")
+	}
+	if n := metric(t, fleet[0], "wharf_peer_fills_total") + metric(t, fleet[1], "wharf_peer_fills_total"); n == 0 {
+		t.Fatal("no fill went through a peer or past a dead one: the fleet was not used")
+	}
+}
