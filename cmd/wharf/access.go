@@ -106,6 +106,9 @@ func (c *fileConfig) logAccess(log *slog.Logger) {
 		log.Info("private upstream", "upstream", u.Name, "readers", strings.Join(slices.Compact(readers), ","))
 	}
 	files := map[string]string{"api.token_file": c.API.TokenFile, "tls.key_file": c.TLS.KeyFile}
+	if c.Cluster != nil {
+		files["cluster.secret_file"] = c.Cluster.SecretFile
+	}
 	if c.Auth != nil {
 		files["auth.htpasswd"] = c.Auth.Htpasswd
 	}

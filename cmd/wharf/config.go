@@ -48,9 +48,10 @@ type fileConfig struct {
 		Concurrency int `yaml:"concurrency"`
 		Transfers   int `yaml:"transfers"`
 	} `yaml:"prefetch"`
-	Auth        *authConfig  `yaml:"auth"`
-	TLS         tlsConfig    `yaml:"tls"`
-	Replication []ruleConfig `yaml:"replication"`
+	Auth        *authConfig    `yaml:"auth"`
+	TLS         tlsConfig      `yaml:"tls"`
+	Replication []ruleConfig   `yaml:"replication"`
+	Cluster     *clusterConfig `yaml:"cluster"`
 }
 
 type storageConfig struct {
@@ -362,6 +363,11 @@ func (c *fileConfig) validatePrefetch() error {
 	}
 	if c.Prefetch.Concurrency < 0 || c.Prefetch.Transfers < 0 {
 		return errors.New("prefetch.concurrency and prefetch.transfers must not be negative")
+	}
+	if c.Cluster != nil {
+		if err := c.Cluster.check(c.Storage.Driver); err != nil {
+			return err
+		}
 	}
 	if f := c.API.TokenFile; f != "" {
 		b, err := os.ReadFile(f)

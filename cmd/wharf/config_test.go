@@ -38,6 +38,9 @@ func TestConfigErrors(t *testing.T) {
 	os.WriteFile(secret, []byte("from-file\n"), 0o600)
 	base := "storage: {root: /tmp/x}\nupstreams:\n  - name: a.io\n    url: https://a.io\n"
 	private := base + "    username: robot\n    password: pw\n"
+	s3base := "storage: {root: /tmp/x, driver: s3, s3: {bucket: b, region: us-east-1}}\nupstreams:\n  - name: a.io\n    url: https://a.io\n"
+	peerSecret := filepath.Join(t.TempDir(), "peer")
+	os.WriteFile(peerSecret, []byte("0123456789abcdef-peer\n"), 0o600)
 	cases := []struct{ body, want string }{
 		{"", "the file is empty"},
 		{"listen: :1\nlisten_addr: x\n", `line 2: unknown key "listen_addr"`},
@@ -80,6 +83,15 @@ func TestConfigErrors(t *testing.T) {
 		{base + "tls: {client_ca_file: /x}\n", "needs tls.cert_file"},
 		{"storage: {root: /x, driver: gcs}\nupstreams: [{name: a, url: https://a}]\n", `storage.driver "gcs"`},
 		{"storage: {root: /x, redirect: true}\nupstreams: [{name: a, url: https://a}]\n", "storage.redirect needs storage.driver: s3"},
+		{base + "cluster: {peers: [http://a:5000], advertise: http://a:5000, secret_file: " + secret + "}\n", "cluster needs storage.driver: s3"},
+		{s3base + "cluster: {peers: [http://a:5000, http://b:5000], advertise: http://c:5000, secret_file: " + peerSecret + "}\n", "is not among cluster.peers"},
+		{s3base + "cluster: {peers: [http://a:5000], dns: 'w:5000', advertise: http://a:5000, secret_file: " + peerSecret + "}\n", "peers or dns, not both"},
+		{s3base + "cluster: {advertise: http://a:5000, secret_file: " + peerSecret + "}\n", "set peers"},
+		{s3base + "cluster: {dns: w, advertise: http://a:5000, secret_file: " + peerSecret + "}\n", "cluster.dns"},
+		{s3base + "cluster: {dns: 'w:5000', advertise: 'http://${WHARF_TEST_UNSET_VAR}:5000', secret_file: " + peerSecret + "}\n", "cluster.advertise: environment variable WHARF_TEST_UNSET_VAR"},
+		{s3base + "cluster: {dns: 'w:5000', advertise: a:5000, secret_file: " + peerSecret + "}\n", "want this replica's base URL"},
+		{s3base + "cluster: {dns: 'w:5000', advertise: http://a:5000}\n", "cluster.secret_file must be set"},
+		{s3base + "cluster: {dns: 'w:5000', advertise: http://a:5000, secret_file: " + secret + "}\n", "at least 16 characters"},
 		{"storage: {root: /x, driver: s3}\nupstreams: [{name: a, url: https://a}]\n", "storage.s3.bucket must be set"},
 		{"storage: {root: /x, s3: {bucket: b}}\nupstreams: [{name: a, url: https://a}]\n", "storage.driver is not s3"},
 		{"storage: {root: /x, driver: s3, s3: {bucket: b, secretkey: '${WHARF_TEST_UNSET_VAR}'}}\nupstreams: [{name: a, url: https://a}]\n",
@@ -92,7 +104,12 @@ func TestConfigErrors(t *testing.T) {
 			t.Errorf("config %q: error %v, want %q", c.body, err, c.want)
 		}
 	}
-	cfg, err := loadConfig(writeConfig(t, base+"    username: bot\n    password: ${WHARF_TEST_PASS}\n"))
+	t.Setenv("WHARF_TEST_POD_IP", "10.1.2.3")
+	cfg, err := loadConfig(writeConfig(t, s3base+"cluster: {dns: 'wharf-headless:5000', advertise: 'http://${WHARF_TEST_POD_IP}:5000/', secret_file: "+peerSecret+"}\n"))
+	if err != nil || cfg.Cluster.Advertise != "http://10.1.2.3:5000" || cfg.Cluster.secret != "0123456789abcdef-peer" {
+		t.Fatalf("cluster: %v %+v", err, cfg)
+	}
+	cfg, err = loadConfig(writeConfig(t, base+"    username: bot\n    password: ${WHARF_TEST_PASS}\n"))
 	if err != nil || cfg.Upstreams[0].Password != "from-env" {
 		t.Fatalf("env expansion: %v %+v", err, cfg)
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -149,8 +150,19 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := cache.New(store, cache.Config{Upstreams: ups, Registerer: reg, Logger: log, Pins: cfg.Pins,
-		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark, Redirect: cfg.Storage.Redirect})
+	ccfg := cache.Config{Upstreams: ups, Registerer: reg, Logger: log, Pins: cfg.Pins,
+		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark, Redirect: cfg.Storage.Redirect}
+	var peerAuth proxy.PeerAuth
+	if cfg.Cluster != nil {
+		fleet, err := cfg.Cluster.open()
+		if err != nil {
+			return err
+		}
+		defer fleet.Close()
+		ccfg.Peers, peerAuth = fleet, fleet.Authorized
+		log.Info("cluster", "advertise", cfg.Cluster.Advertise, "peers", strings.Join(fleet.Peers(), ","))
+	}
+	c, err := cache.New(store, ccfg)
 	if err != nil {
 		return err
 	}
@@ -172,7 +184,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		return err
 	}
 	cfg.logAccess(log)
-	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, Auth: access, Jobs: jobs, Rules: rules})
+	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, Auth: access, Jobs: jobs, Rules: rules, PeerAuth: peerAuth})
 	if err != nil {
 		return err
 	}

@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/wharf-registry/wharf/storage/s3test"
@@ -112,5 +116,84 @@ upstreams:
 	}
 	if n := up.Count("GET", "blob"); n != len(img.Blobs()) {
 		t.Fatalf("after gc a fresh Wharf fetched %d blobs upstream, want %d", n, len(img.Blobs()))
+	}
+}
+
+// Three wharf processes with a cluster: block and one bucket: eight
+// clients spread over them pull the same cold image at once, and each blob
+// is fetched from upstream once for the fleet, every client's bytes right.
+func TestClusterOfThreeProcesses(t *testing.T) {
+	s3 := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1.0", 63, 4, 200_000, amd64)
+	secret := filepath.Join(t.TempDir(), "peer")
+	if err := os.WriteFile(secret, []byte("fleet-secret-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WHARF_TEST_S3_SECRET", s3.SecretKey)
+	var addrs []string
+	for range 3 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, l.Addr().String())
+		l.Close()
+	}
+	peers := "[http://" + strings.Join(addrs, ", http://") + "]"
+	var fleet []*wharfProc
+	for _, a := range addrs {
+		fleet = append(fleet, startWharf(t, fmt.Sprintf(`listen: %q
+storage:
+  root: %s
+  driver: s3
+  s3: {bucket: %s, region: us-east-1, regionendpoint: %s, accesskey: %s, secretkey: "${WHARF_TEST_S3_SECRET}", forcepathstyle: true, secure: false}
+cluster:
+  peers: %s
+  advertise: http://%s
+  secret_file: %s
+upstreams:
+  - name: docker.io
+    url: %s
+    default: true
+    insecure: true
+`, a, t.TempDir(), s3.Bucket, s3.URL, s3.AccessKey, peers, a, secret, up.URL)))
+	}
+	// Each replica's manifest fetch starts its eager fills too: they go
+	// through the owners as well.
+	up.Reset()
+	for _, w := range fleet {
+		resp, err := http.Get("http://" + w.addr + "/v2/library/app/manifests/" + img.Manifest.Digest.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 8*len(img.Blobs()))
+	for i := range 8 {
+		w := fleet[i%3]
+		wg.Go(func() {
+			for _, b := range img.Blobs() {
+				resp, err := http.Get("http://" + w.addr + "/v2/library/app/blobs/" + b.Digest.String())
+				if err != nil {
+					errs <- err.Error()
+					continue
+				}
+				got, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || !bytes.Equal(got, b.Data) {
+					errs <- fmt.Sprintf("%s through %s: %d, %v", b.Digest, w.addr, resp.StatusCode, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if n := up.Count("GET", "blob"); n != len(img.Blobs()) {
+		t.Fatalf("the fleet fetched %d blobs upstream, want %d (once each)", n, len(img.Blobs()))
 	}
 }
