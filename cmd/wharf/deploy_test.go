@@ -212,8 +212,13 @@ func TestKubernetesManifests(t *testing.T) {
 			case *corev1.ConfigMap:
 				t.Setenv("S3_ACCESS_KEY", "k")
 				t.Setenv("S3_SECRET_KEY", "s")
-				cfg, err := loadConfig(writeConfig(t, o.Data["wharf.yml"]))
-				if err != nil || cfg.Storage.Driver != "s3" {
+				t.Setenv("POD_IP", "10.0.0.7")
+				// The Secret's file, mounted where the ConfigMap says.
+				peer := filepath.Join(t.TempDir(), "secret")
+				os.WriteFile(peer, []byte("0123456789abcdef0123"), 0o400)
+				body := strings.Replace(o.Data["wharf.yml"], "/run/secrets/wharf-peer/secret", peer, 1)
+				cfg, err := loadConfig(writeConfig(t, body))
+				if err != nil || cfg.Storage.Driver != "s3" || cfg.Cluster == nil || cfg.Cluster.Advertise != "http://10.0.0.7:5000" {
 					t.Errorf("the ConfigMap's wharf.yml: %v", err)
 				}
 			case *appsv1.StatefulSet:

@@ -160,6 +160,12 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		}
 		defer fleet.Close()
 		ccfg.Peers, peerAuth = fleet, fleet.Authorized
+		if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wharf_cluster_peers",
+			Help: "Replicas this one knows in its cluster, itself included.",
+		}, func() float64 { return float64(len(fleet.Peers())) })); err != nil {
+			return err
+		}
 		log.Info("cluster", "advertise", cfg.Cluster.Advertise, "peers", strings.Join(fleet.Peers(), ","))
 	}
 	c, err := cache.New(store, ccfg)
