@@ -9,10 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/wharf-registry/wharf/cluster"
 	"github.com/wharf-registry/wharf/storage/s3test"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
@@ -126,39 +129,7 @@ func TestClusterOfThreeProcesses(t *testing.T) {
 	s3 := s3test.Start(t)
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1.0", 63, 4, 200_000, amd64)
-	secret := filepath.Join(t.TempDir(), "peer")
-	if err := os.WriteFile(secret, []byte("fleet-secret-0123456789\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("WHARF_TEST_S3_SECRET", s3.SecretKey)
-	var addrs []string
-	for range 3 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, l.Addr().String())
-		l.Close()
-	}
-	peers := "[http://" + strings.Join(addrs, ", http://") + "]"
-	var fleet []*wharfProc
-	for _, a := range addrs {
-		fleet = append(fleet, startWharf(t, fmt.Sprintf(`listen: %q
-storage:
-  root: %s
-  driver: s3
-  s3: {bucket: %s, region: us-east-1, regionendpoint: %s, accesskey: %s, secretkey: "${WHARF_TEST_S3_SECRET}", forcepathstyle: true, secure: false}
-cluster:
-  peers: %s
-  advertise: http://%s
-  secret_file: %s
-upstreams:
-  - name: docker.io
-    url: %s
-    default: true
-    insecure: true
-`, a, t.TempDir(), s3.Bucket, s3.URL, s3.AccessKey, peers, a, secret, up.URL)))
-	}
+	fleet := startFleet(t, 3, s3, up.URL)
 	// Each replica's manifest fetch starts its eager fills too: they go
 	// through the owners as well.
 	up.Reset()
@@ -195,5 +166,149 @@ upstreams:
 	}
 	if n := up.Count("GET", "blob"); n != len(img.Blobs()) {
 		t.Fatalf("the fleet fetched %d blobs upstream, want %d (once each)", n, len(img.Blobs()))
+	}
+}
+
+// startFleet runs n wharf processes sharing s3 as a cluster with static
+// peers, in the order of their addresses.
+func startFleet(t *testing.T, n int, s3 *s3test.Server, upstreamURL string) []*wharfProc {
+	t.Helper()
+	secret := filepath.Join(t.TempDir(), "peer")
+	if err := os.WriteFile(secret, []byte(fleetSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WHARF_TEST_S3_SECRET", s3.SecretKey)
+	var addrs []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, l.Addr().String())
+		l.Close()
+	}
+	peers := "[http://" + strings.Join(addrs, ", http://") + "]"
+	var fleet []*wharfProc
+	for _, a := range addrs {
+		fleet = append(fleet, startWharf(t, fmt.Sprintf(`listen: %q
+storage:
+  root: %s
+  driver: s3
+  s3: {bucket: %s, region: us-east-1, regionendpoint: %s, accesskey: %s, secretkey: "${WHARF_TEST_S3_SECRET}", forcepathstyle: true, secure: false}
+cluster:
+  peers: %s
+  advertise: http://%s
+  secret_file: %s
+upstreams:
+  - name: docker.io
+    url: %s
+    default: true
+    insecure: true
+`, a, t.TempDir(), s3.Bucket, s3.URL, s3.AccessKey, peers, a, secret, upstreamURL)))
+	}
+	return fleet
+}
+
+const fleetSecret = "fleet-secret-0123456789"
+
+// The owner of a blob killed with kill -9 in the middle of its fill: the
+// replica streaming from it picks up from upstream where the owner's
+// stream broke, its client gets every byte right, and the bucket holds
+// the whole blob, never a part.
+func TestClusterOwnerKilledMidFill(t *testing.T) {
+	s3 := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1.0", 64, 1, 4<<20, amd64)
+	l := img.Layers[0]
+	released := make(chan struct{})
+	t.Cleanup(func() {
+		select {
+		case <-released:
+		default:
+			close(released)
+		}
+	})
+	// The owner's fill gets half the layer, then upstream stalls; a
+	// resumed request (with Range) is served whole.
+	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, l.Digest.String()) || r.Header.Get("Range") != "" {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(l.Data)))
+		w.Write(l.Data[:len(l.Data)/2])
+		w.(http.Flusher).Flush()
+		<-released
+		return true
+	})
+	fleet := startFleet(t, 3, s3, up.URL)
+	var urls []string
+	for _, w := range fleet {
+		urls = append(urls, "http://"+w.addr)
+	}
+	view, err := cluster.New(cluster.Config{Peers: urls, Advertise: urls[0], Secret: fleetSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer view.Close()
+	owner, _ := view.Owner(l.Digest)
+	var ownerProc, asker *wharfProc
+	for _, w := range fleet {
+		if "http://"+w.addr == owner {
+			ownerProc = w
+		} else if asker == nil {
+			asker = w
+		}
+	}
+	base := "http://" + asker.addr + "/v2/library/app/"
+	resp, err := http.Get(base + "manifests/" + img.Manifest.Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get(base + "blobs/" + l.Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, 1<<20)
+	if _, err := io.ReadFull(resp.Body, first); err != nil || !bytes.Equal(first, l.Data[:len(first)]) {
+		t.Fatalf("the first MiB through %s (owner %s): %v", asker.addr, owner, err)
+	}
+	ownerProc.kill(t)
+	close(released)
+	rest, err := io.ReadAll(resp.Body)
+	if got := append(first, rest...); err != nil || !bytes.Equal(got, l.Data) {
+		t.Fatalf("after the owner died: %d of %d bytes, %v", len(got), len(l.Data), err)
+	}
+	// One whole GET (the owner's) and one resume with Range (the asker's,
+	// from where the owner's stream broke): the asker never fetched the
+	// layer whole itself.
+	var whole, ranged int
+	for _, r := range up.Requests() {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.Path, l.Digest.String()) {
+			if r.Range == "" {
+				whole++
+			} else if strings.HasPrefix(r.Range, "bytes=") && r.Range != "bytes=0-" {
+				ranged++
+			}
+		}
+	}
+	if whole != 1 || ranged != 1 {
+		t.Fatalf("upstream saw %d whole and %d resumed GETs of the layer, want 1 and 1: %+v", whole, ranged, up.Requests())
+	}
+	key := "/docker/registry/v2/blobs/sha256/" + l.Digest.Encoded()[:2] + "/" + l.Digest.Encoded() + "/data"
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got, err := os.ReadFile(s3.ObjectFile(key))
+		if err == nil && bytes.Equal(got, l.Data) {
+			break
+		}
+		if err == nil && len(got) != len(l.Data) {
+			t.Fatalf("a partial object in the bucket: %d of %d bytes", len(got), len(l.Data))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the blob never reached the bucket whole: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition, bounded
 	}
 }
