@@ -174,7 +174,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		c.maybeEvict()
 		return fmt.Errorf("%w: %w", errStore, storage.ErrNoSpace)
 	}
-	open, fromRemote, err := c.blobSource(ctx, u, repo, f.dgst)
+	open, fromRemote, viaOwner, err := c.blobSource(ctx, u, repo, f.dgst)
 	if err != nil {
 		return err
 	}
@@ -205,6 +205,9 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		w.InRemote()
 	}
 	err = c.copyResuming(ctx, f, w, rc, u.Name, open)
+	if *viaOwner {
+		w.InRemote() // the owner uploads it; a second PUT of the same bytes is waste
+	}
 	if !fromRemote {
 		// Upstream showed that repo holds the blob. Recorded now, not
 		// before the first byte: an index write costs its readers

@@ -23,28 +23,32 @@ type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size 
 // known to hold dgst first (a manifest of it listed the blob, or upstream
 // confirms with a HEAD). A bucket that cannot be asked is passed by: the
 // fill goes upstream, as it would without one.
-func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (open blobOpener, fromRemote bool, err error) {
+//
+// viaOwner, once the copy is done, says whether every byte came from the
+// digest's owner, which puts the blob in the bucket itself.
+func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (open blobOpener, fromRemote bool, viaOwner *bool, err error) {
 	upstream := func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
 		return u.Source.Blob(ctx, repo, dgst, offset)
 	}
+	viaOwner = new(bool)
 	if c.peers != nil {
-		upstream = c.throughOwner(u, repo, dgst, upstream)
+		upstream = c.throughOwner(u, repo, dgst, upstream, viaOwner)
 	}
 	r := c.store.Remote()
 	if r == nil {
-		return upstream, false, nil
+		return upstream, false, viaOwner, nil
 	}
 	size, err := c.remoteStat(ctx, r, dgst)
 	if errors.Is(err, storage.ErrNotFound) {
-		return upstream, false, nil
+		return upstream, false, viaOwner, nil
 	}
 	if err != nil {
 		c.metrics.remote.WithLabelValues("unavailable").Inc()
 		c.log.Warn("remote tier unavailable; filling from upstream", "digest", dgst, "error", err)
-		return upstream, false, nil
+		return upstream, false, viaOwner, nil
 	}
 	if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
 	c.metrics.remote.WithLabelValues("hit").Inc()
 	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
@@ -53,7 +57,7 @@ func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst di
 			return nil, 0, err
 		}
 		return rc, size - offset, nil
-	}, true, nil
+	}, true, viaOwner, nil
 }
 
 // RemoteURL is where a client may fetch blob dgst of repo itself, a
@@ -154,7 +158,7 @@ type Peers interface {
 // that cannot be reached or refuses is passed by: the fill goes upstream
 // itself, slower but never an error. The owner's answer, like upstream's,
 // shows that repo holds the blob; the bytes are verified here all the same.
-func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstream blobOpener) blobOpener {
+func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstream blobOpener, served *bool) blobOpener {
 	peer, self := c.peers.Owner(dgst)
 	if self {
 		return upstream
@@ -165,6 +169,7 @@ func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstre
 			rc, size, err := c.peers.Blob(ctx, peer, u.Name, repo, dgst, offset)
 			if err == nil {
 				c.metrics.peer.WithLabelValues("owner").Inc()
+				*served = true
 				return rc, size, nil
 			}
 			if ctx.Err() != nil {
@@ -176,7 +181,7 @@ func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstre
 			}
 			c.metrics.peer.WithLabelValues("unreachable").Inc()
 			c.log.Warn("digest owner unreachable; filling from upstream", "digest", dgst, "error", err)
-			viaPeer = false
+			viaPeer, *served = false, false
 		}
 		return upstream(ctx, offset)
 	}

@@ -156,6 +156,12 @@ func (b *bench) run() (rows []row, err error) {
 		}
 	}
 	order = append(order, "replicate all by a rule, cold (direct: skopeo sync)", "replicate all by a rule, cold (direct: crane copy)")
+	order = append(order, fleetRows...)
+	for _, r := range fleetRows {
+		if strings.HasSuffix(r, "/ image") {
+			units[r] = "×"
+		}
+	}
 	for _, s := range order {
 		if res[s] == nil {
 			continue // a pass not run
@@ -297,6 +303,9 @@ func (b *bench) loopback(up *upstreamtest.Registry, big upstreamtest.Image, smal
 		all = append(all, [2]string{img.Repo, img.Tag})
 	}
 	if err := b.scoped(func() error { return b.replicateByRule(up, all, set) }); err != nil {
+		return err
+	}
+	if err := b.scoped(func() error { return b.fleet(up, big, set) }); err != nil {
 		return err
 	}
 	return nil

@@ -135,6 +135,12 @@ upstreams:
     insecure: true
     tag_ttl: 1h
 %s%s`, debug, filepath.Join(dir, "store"), upstreamURL, upstreamLines, strings.Join(extra, ""))
+	return b.startWharfConfig(dir, cfg, debug)
+}
+
+// startWharfConfig runs the real binary with config cfg, written to dir;
+// debug is its pprof address or "".
+func (b *bench) startWharfConfig(dir, cfg, debug string) (*target, error) {
 	path := filepath.Join(dir, "wharf.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err

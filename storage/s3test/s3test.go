@@ -29,7 +29,13 @@ type Server struct {
 // when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin := upstreamtest.Tool(t, "versitygw")
+	return StartBinary(t, upstreamtest.Tool(t, "versitygw"))
+}
+
+// StartBinary is Start with the versitygw binary at bin, for programs that
+// are not tests (the benchmark).
+func StartBinary(t upstreamtest.T, bin string) *Server {
+	t.Helper()
 	s := &Server{Bucket: "wharf", AccessKey: "wharf-test", SecretKey: "wharf-test-secret", root: t.TempDir()}
 	// The POSIX backend serves each directory under its root as a bucket.
 	if err := os.Mkdir(filepath.Join(s.root, s.Bucket), 0o755); err != nil {
