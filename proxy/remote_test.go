@@ -133,6 +133,10 @@ func TestRedirectToTheBucket(t *testing.T) {
 	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, s3.URL+"/") || !strings.Contains(loc, "X-Amz-Signature=") {
 		t.Fatalf("blob in the bucket: %d, Location %q", resp.StatusCode, loc)
 	}
+	// A signature, never the bucket's secret key.
+	if strings.Contains(loc, s3.SecretKey) {
+		t.Fatalf("the secret key reached a client: %s", loc)
+	}
 	req, _ := http.NewRequest(http.MethodGet, loc, nil)
 	req.Header.Set("Range", "bytes=10-19")
 	resp, err = http.DefaultClient.Do(req)
