@@ -28,17 +28,11 @@ func (c *clusterConfig) check(driver string) error {
 	if driver != "s3" {
 		return errors.New("cluster needs storage.driver: s3: the replicas share the bucket")
 	}
-	var missing []string
-	c.Advertise = envRef.ReplaceAllStringFunc(c.Advertise, func(ref string) string {
-		v, ok := os.LookupEnv(ref[2 : len(ref)-1])
-		if !ok {
-			missing = append(missing, ref[2:len(ref)-1])
-		}
-		return v
-	})
-	if len(missing) > 0 {
-		return fmt.Errorf("cluster.advertise: environment variable %s is not set", strings.Join(missing, ", "))
+	advertise, err := expandEnv(c.Advertise)
+	if err != nil {
+		return fmt.Errorf("cluster.advertise: %w", err)
 	}
+	c.Advertise = advertise
 	if u, err := url.Parse(c.Advertise); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		return fmt.Errorf("cluster.advertise %q: want this replica's base URL, like http://wharf-0.wharf:5000", c.Advertise)
 	}

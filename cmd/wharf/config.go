@@ -111,18 +111,11 @@ func (s *storageConfig) checkDriver() error {
 		if !ok {
 			continue
 		}
-		var missing []string
-		s.S3[k] = envRef.ReplaceAllStringFunc(str, func(ref string) string {
-			name := ref[2 : len(ref)-1]
-			val, ok := os.LookupEnv(name)
-			if !ok {
-				missing = append(missing, name)
-			}
-			return val
-		})
-		if len(missing) > 0 {
-			return fmt.Errorf("storage.s3.%s: environment variable %s is not set", k, strings.Join(missing, ", "))
+		v, err := expandEnv(str)
+		if err != nil {
+			return fmt.Errorf("storage.s3.%s: %w", k, err)
 		}
+		s.S3[k] = v
 	}
 	return nil
 }
@@ -396,24 +389,34 @@ func nonNegative(settings map[string]int64) error {
 // accounts are named robot$name.
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
-// resolveSecrets expands ${VAR} in username and password and reads
-// password_file. A variable that is not set is an error, not an empty
-// password that fails later in a confusing way.
-func (u *remote) resolveSecrets() error {
+// expandEnv replaces each ${VAR} in s with the variable's value. A
+// variable that is not set is an error, not an empty value that fails
+// later in a confusing way.
+func expandEnv(s string) (string, error) {
 	var missing []string
-	expand := func(s string) string {
-		return envRef.ReplaceAllStringFunc(s, func(ref string) string {
-			k := ref[2 : len(ref)-1]
-			v, ok := os.LookupEnv(k)
-			if !ok {
-				missing = append(missing, k)
-			}
-			return v
-		})
-	}
-	u.Username, u.Password = expand(u.Username), expand(u.Password)
+	s = envRef.ReplaceAllStringFunc(s, func(ref string) string {
+		k := ref[2 : len(ref)-1]
+		v, ok := os.LookupEnv(k)
+		if !ok {
+			missing = append(missing, k)
+		}
+		return v
+	})
 	if len(missing) > 0 {
-		return fmt.Errorf("environment variable %s is not set", strings.Join(missing, ", "))
+		return "", fmt.Errorf("environment variable %s is not set", strings.Join(missing, ", "))
+	}
+	return s, nil
+}
+
+// resolveSecrets expands ${VAR} in username and password and reads
+// password_file.
+func (u *remote) resolveSecrets() error {
+	var err error
+	if u.Username, err = expandEnv(u.Username); err != nil {
+		return err
+	}
+	if u.Password, err = expandEnv(u.Password); err != nil {
+		return err
 	}
 	if u.PasswordFile != "" {
 		if u.Password != "" {
