@@ -7,7 +7,9 @@ import (
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -153,9 +155,8 @@ func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
 }
 
 // The Kubernetes manifests decode strictly into the API's own types (a
-// misspelt field fails), kustomize lists every one of them, their pods
-// run as non-root on a read-only root filesystem with probes on /healthz,
-// and the configuration they mount is one this Wharf loads.
+// misspelt field fails), kustomize lists every one of them, and they pass
+// checkManifests.
 func TestKubernetesManifests(t *testing.T) {
 	dir := "../../deploy/kubernetes"
 	raw, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
@@ -178,85 +179,194 @@ func TestKubernetesManifests(t *testing.T) {
 	if len(kust.Resources) != len(files)-1 {
 		t.Fatalf("kustomization lists %v; the directory has %v", kust.Resources, files)
 	}
-	kinds := map[string]int{}
-	var pods []corev1.PodSpec
+	var all strings.Builder
 	for _, f := range kust.Resources {
 		raw, err := os.ReadFile(filepath.Join(dir, f))
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, doc := range strings.Split(string(raw), "\n---\n") {
-			var meta metav1.TypeMeta
-			if err := k8syaml.Unmarshal([]byte(doc), &meta); err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			var obj any
-			switch meta.Kind {
-			case "ConfigMap":
-				obj = &corev1.ConfigMap{}
-			case "Service":
-				obj = &corev1.Service{}
-			case "StatefulSet":
-				obj = &appsv1.StatefulSet{}
-			case "PodDisruptionBudget":
-				obj = &policyv1.PodDisruptionBudget{}
-			case "CronJob":
-				obj = &batchv1.CronJob{}
-			default:
-				t.Fatalf("%s: unexpected kind %q", f, meta.Kind)
-			}
-			if err := k8syaml.UnmarshalStrict([]byte(doc), obj); err != nil {
-				t.Fatalf("%s (%s): %v", f, meta.Kind, err)
-			}
-			switch o := obj.(type) {
-			case *corev1.ConfigMap:
-				t.Setenv("S3_ACCESS_KEY", "k")
-				t.Setenv("S3_SECRET_KEY", "s")
-				t.Setenv("POD_IP", "10.0.0.7")
-				// The Secret's file, mounted where the ConfigMap says.
-				peer := filepath.Join(t.TempDir(), "secret")
-				os.WriteFile(peer, []byte("0123456789abcdef0123"), 0o400)
-				body := strings.Replace(o.Data["wharf.yml"], "/run/secrets/wharf-peer/secret", peer, 1)
-				cfg, err := loadConfig(writeConfig(t, body))
-				if err != nil || cfg.Storage.Driver != "s3" || cfg.Cluster == nil || cfg.Cluster.Advertise != "http://10.0.0.7:5000" {
-					t.Errorf("the ConfigMap's wharf.yml: %v", err)
-				}
-			case *appsv1.StatefulSet:
-				pods = append(pods, o.Spec.Template.Spec)
-			case *batchv1.CronJob:
-				pods = append(pods, o.Spec.JobTemplate.Spec.Template.Spec)
-			}
-			kinds[meta.Kind]++
+		all.Write(raw)
+		all.WriteString("\n---\n")
+	}
+	kinds := checkManifests(t, all.String(), "s3")
+	want := map[string]int{"ConfigMap": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "CronJob": 1}
+	if !maps.Equal(kinds, want) {
+		t.Errorf("objects %v, want %v", kinds, want)
+	}
+}
+
+// The Helm chart passes helm lint and renders, with its default values and
+// with its example, into manifests that pass checkManifests: the example
+// into the same objects deploy/kubernetes holds. Values that would make a
+// replica fail or leak are refused at render time, with a message.
+func TestHelmChart(t *testing.T) {
+	helm := tool(t, "helm")
+	chart := "../../deploy/helm/wharf"
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(helm, args...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("lint", "--strict", "--kube-version", "1.31.0", chart); err != nil {
+		t.Fatalf("helm lint: %v\n%s", err, out)
+	}
+	if out, err := run("lint", "--strict", "--kube-version", "1.31.0", "-f", chart+"/ci/s3-cluster-values.yaml", chart); err != nil {
+		t.Fatalf("helm lint with the example: %v\n%s", err, out)
+	}
+	render := func(t *testing.T, args ...string) string {
+		t.Helper()
+		out, err := run(append([]string{"template", "wharf", chart, "--kube-version", "1.31.0"}, args...)...)
+		if err != nil {
+			t.Fatalf("helm template: %v\n%s", err, out)
 		}
+		return out
 	}
-	for kind, n := range map[string]int{"ConfigMap": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "CronJob": 1} {
-		if kinds[kind] != n {
-			t.Errorf("%d %s, want %d", kinds[kind], kind, n)
-		}
-	}
-	if len(pods) != 2 {
-		t.Fatalf("%d pod templates, want the StatefulSet's and the CronJob's", len(pods))
-	}
-	t.Run("pods", func(t *testing.T) {
-		for _, p := range pods {
-			for _, c := range p.Containers {
-				sc := c.SecurityContext
-				if p.SecurityContext == nil || p.SecurityContext.RunAsNonRoot == nil || !*p.SecurityContext.RunAsNonRoot ||
-					sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
-					sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-					t.Errorf("container %s: must run as non-root, read-only, without privilege escalation", c.Name)
-				}
-				if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
-					t.Errorf("container %s: memory requests and limits", c.Name)
-				}
-				if len(c.Args) == 0 || (c.Args[0] != "serve" && c.Args[0] != "gc") {
-					t.Errorf("container %s: args %v are no wharf command", c.Name, c.Args)
-				}
-				if c.Args[0] == "serve" && (c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" ||
-					c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz") {
-					t.Errorf("container %s: readiness and liveness on /healthz", c.Name)
-				}
-			}
+	t.Run("default", func(t *testing.T) {
+		kinds := checkManifests(t, render(t), "filesystem")
+		want := map[string]int{"ConfigMap": 1, "Service": 2, "StatefulSet": 1}
+		if !maps.Equal(kinds, want) {
+			t.Errorf("objects %v, want %v", kinds, want)
 		}
 	})
+	t.Run("example", func(t *testing.T) {
+		kinds := checkManifests(t, render(t, "-f", chart+"/ci/s3-cluster-values.yaml"), "s3")
+		want := map[string]int{"ConfigMap": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "CronJob": 1}
+		if !maps.Equal(kinds, want) {
+			t.Errorf("objects %v, want %v", kinds, want)
+		}
+	})
+	for _, c := range []struct {
+		name string
+		set  []string
+		want string
+	}{
+		{"bucket keys in values", []string{"storage.driver=s3", "storage.s3.bucket=b", "storage.s3.secretkey=x"}, "name a Secret in storage.s3Secret"},
+		{"no bucket", []string{"storage.driver=s3"}, "storage.s3.bucket is required"},
+		{"no peer secret", []string{"storage.driver=s3", "storage.s3.bucket=b", "replicas=3"}, "cluster.existingSecret is required"},
+		{"unknown driver", []string{"storage.driver=gcs"}, "storage.driver must be filesystem or s3"},
+		{"tls between peers", []string{"storage.driver=s3", "storage.s3.bucket=b", "replicas=2", "cluster.existingSecret=p", "tls.secretName=t"}, "terminate TLS in front"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := []string{"template", "wharf", chart, "--kube-version", "1.31.0"}
+			for _, s := range c.set {
+				args = append(args, "--set", s)
+			}
+			out, err := run(args...)
+			if err == nil || !strings.Contains(out, c.want) {
+				t.Fatalf("rendered (%v), want a refusal saying %q:\n%s", err, c.want, out)
+			}
+		})
+	}
+}
+
+// checkManifests decodes every object of a multi-document YAML strictly
+// into the Kubernetes API's types and counts them by kind. It checks that
+// the pods run as non-root on a read-only root filesystem with memory
+// bounds and probes on /healthz, that the ConfigMap's wharf.yml is one this
+// Wharf loads with the given storage driver, and that every container has
+// the environment variables and secret mounts that configuration names.
+func checkManifests(t *testing.T, all, driver string) map[string]int {
+	t.Helper()
+	kinds := map[string]int{}
+	var pods []corev1.PodSpec
+	var config string
+	for _, doc := range regexp.MustCompile(`(?m)^---$`).Split(all, -1) {
+		var meta metav1.TypeMeta
+		if err := k8syaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("%v:\n%s", err, doc)
+		}
+		var obj any
+		switch meta.Kind {
+		case "":
+			continue // comments only
+		case "ConfigMap":
+			obj = &corev1.ConfigMap{}
+		case "Service":
+			obj = &corev1.Service{}
+		case "StatefulSet":
+			obj = &appsv1.StatefulSet{}
+		case "PodDisruptionBudget":
+			obj = &policyv1.PodDisruptionBudget{}
+		case "CronJob":
+			obj = &batchv1.CronJob{}
+		default:
+			t.Fatalf("unexpected kind %q", meta.Kind)
+		}
+		if err := k8syaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			t.Fatalf("%s: %v", meta.Kind, err)
+		}
+		switch o := obj.(type) {
+		case *corev1.ConfigMap:
+			config = o.Data["wharf.yml"]
+		case *appsv1.StatefulSet:
+			pods = append(pods, o.Spec.Template.Spec)
+		case *batchv1.CronJob:
+			pods = append(pods, o.Spec.JobTemplate.Spec.Template.Spec)
+		}
+		kinds[meta.Kind]++
+	}
+
+	// The configuration loads, each secret file it names standing in with
+	// a 20-character secret, and its ${VAR}s set.
+	secretPath := regexp.MustCompile(`/run/secrets/[a-z0-9-]+/[a-z0-9._-]+`)
+	body := secretPath.ReplaceAllStringFunc(config, func(p string) string {
+		f := filepath.Join(t.TempDir(), "secret")
+		if err := os.WriteFile(f, []byte("0123456789abcdef0123"), 0o400); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	})
+	vars := regexp.MustCompile(`\$\{([A-Z0-9_]+)\}`).FindAllStringSubmatch(config, -1)
+	for _, v := range vars {
+		t.Setenv(v[1], "10.0.0.7")
+	}
+	cfg, err := loadConfig(writeConfig(t, body))
+	if err != nil {
+		t.Fatalf("wharf.yml does not load: %v\n%s", err, config)
+	}
+	if cfg.Storage.Driver != driver || (cfg.Cluster != nil && cfg.Cluster.Advertise != "http://10.0.0.7:5000") {
+		t.Errorf("wharf.yml: driver %q (want %q), cluster %+v", cfg.Storage.Driver, driver, cfg.Cluster)
+	}
+
+	if len(pods) == 0 {
+		t.Fatal("no pod template")
+	}
+	for _, p := range pods {
+		for _, c := range p.Containers {
+			sc := c.SecurityContext
+			if p.SecurityContext == nil || p.SecurityContext.RunAsNonRoot == nil || !*p.SecurityContext.RunAsNonRoot ||
+				sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+				sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+				t.Errorf("container %s: must run as non-root, read-only, without privilege escalation", c.Name)
+			}
+			if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
+				t.Errorf("container %s: memory requests and limits", c.Name)
+			}
+			if len(c.Args) < 3 || (c.Args[0] != "serve" && c.Args[0] != "gc") || c.Args[2] != "/etc/wharf/wharf.yml" {
+				t.Fatalf("container %s: args %v are no wharf command on the ConfigMap's file", c.Name, c.Args)
+			}
+			if c.Args[0] == "serve" && (c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" ||
+				c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz") {
+				t.Errorf("container %s: readiness and liveness on /healthz", c.Name)
+			}
+			mounts := map[string]bool{}
+			for _, m := range c.VolumeMounts {
+				mounts[m.MountPath] = true
+			}
+			for _, p := range append(secretPath.FindAllString(config, -1), "/etc/wharf/wharf.yml") {
+				if !mounts[filepath.Dir(p)] {
+					t.Errorf("container %s: nothing is mounted at %s, which wharf.yml names", c.Name, filepath.Dir(p))
+				}
+			}
+			env := map[string]bool{}
+			for _, e := range c.Env {
+				env[e.Name] = true
+			}
+			for _, v := range vars {
+				if !env[v[1]] {
+					t.Errorf("container %s: wharf.yml reads ${%s}, which is not in the environment", c.Name, v[1])
+				}
+			}
+		}
+	}
+	return kinds
 }
