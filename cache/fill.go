@@ -178,7 +178,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	if err != nil {
 		return err
 	}
-	rc, size, err := open(ctx, 0)
+	rc, size, from, err := open(ctx, 0)
 	if err != nil {
 		c.metrics.failed.WithLabelValues("upstream").Inc()
 		return classify(err)
@@ -204,7 +204,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	if fromRemote {
 		w.InRemote()
 	}
-	err = c.copyResuming(ctx, f, w, rc, u.Name, open)
+	err = c.copyResuming(ctx, f, w, rc, from, u.Name, open)
 	if *viaOwner {
 		w.InRemote() // the owner uploads it; a second PUT of the same bytes is waste
 	}
@@ -244,16 +244,16 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	return nil
 }
 
-// copyResuming copies rc into w, and when the connection breaks asks
-// upstream for the rest, keeping what landed: maxResumes times at most,
-// maxStalls in a row that bring nothing.
-func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc io.ReadCloser, up string, open blobOpener) error {
+// copyResuming copies rc (its bytes coming from from) into w, and when the
+// connection breaks asks the opener for the rest, keeping what landed:
+// maxResumes times at most, maxStalls in a row that bring nothing.
+func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc io.ReadCloser, from, up string, open blobOpener) error {
 	buf := make([]byte, fillBuffer)
 	stalls := 0 // attempts in a row that added nothing
 	var err error
 	for attempt := 1; ; attempt++ {
 		before := w.Size()
-		err = c.copyBody(f, w, rc, buf, up)
+		err = c.copyBody(f, w, rc, buf, c.byteCounters(from, up))
 		rc.Close()
 		if w.Size() == before {
 			stalls++
@@ -270,7 +270,7 @@ func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc
 			t.Stop()
 			return ctx.Err()
 		}
-		rc, _, err = open(ctx, w.Size())
+		rc, _, from, err = open(ctx, w.Size())
 		if err != nil {
 			if !errors.Is(classify(err), ErrUnavailable) {
 				return err
@@ -282,15 +282,27 @@ func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc
 	}
 }
 
+// byteCounters are the counters a fill's bytes from from add to: where
+// they came from, and what upstream up sent.
+func (c *Cache) byteCounters(from, up string) []prometheus.Counter {
+	counters := []prometheus.Counter{c.metrics.filled.WithLabelValues(from)}
+	if from == fromUpstream {
+		counters = append(counters, c.metrics.fetched.WithLabelValues(up))
+	}
+	return counters
+}
+
 // copyBody appends rc to the blob until EOF (nil) or an error.
-func (c *Cache) copyBody(f *fill, w *storage.Writer, rc io.Reader, buf []byte, up string) error {
+func (c *Cache) copyBody(f *fill, w *storage.Writer, rc io.Reader, buf []byte, counters []prometheus.Counter) error {
 	for {
 		n, rerr := rc.Read(buf)
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
 				return fmt.Errorf("%w: %w", errStore, err)
 			}
-			c.metrics.fetched.WithLabelValues(up).Add(float64(n))
+			for _, m := range counters {
+				m.Add(float64(n))
+			}
 			f.progress(int64(n))
 		}
 		if rerr == io.EOF {

@@ -9,6 +9,7 @@ import (
 type metrics struct {
 	requests     *prometheus.CounterVec // upstream, kind, result
 	fetched      *prometheus.CounterVec // upstream
+	filled       *prometheus.CounterVec // source
 	fills        prometheus.Gauge
 	waiting      prometheus.Gauge
 	passthrough  prometheus.Counter
@@ -34,8 +35,12 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		}, []string{"upstream", "kind", "result"}),
 		fetched: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_upstream_fetched_bytes_total",
-			Help: "Bytes of blobs and manifests read from each upstream.",
+			Help: "Bytes of blobs and manifests read from each upstream (not from the bucket or peers).",
 		}, []string{"upstream"}),
+		filled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_filled_bytes_total",
+			Help: "Bytes of blob fills by source: upstream, bucket (the shared remote tier) or peer (the digest's owner among the replicas).",
+		}, []string{"source"}),
 		fills: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wharf_fills_in_flight",
 			Help: "Blob fills from upstream in progress.",
@@ -129,7 +134,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		Name: "wharf_negative_entries",
 		Help: "Upstream refusals (404, 401, 403) remembered for negative_ttl; bounded at 10,000.",
 	}, func() float64 { return float64(remembered()) })
-	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.remote, m.peer, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
+	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.filled, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.remote, m.peer, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -14,8 +14,16 @@ import (
 )
 
 // blobOpener opens the bytes of a fill's blob from offset on; size is what
-// the reader yields, -1 if unknown.
-type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, err error)
+// the reader yields, -1 if unknown, and from is where they come from
+// (fromUpstream, fromBucket, fromPeer).
+type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, from string, err error)
+
+// Where a fill's bytes come from, as wharf_filled_bytes_total's source.
+const (
+	fromUpstream = "upstream"
+	fromBucket   = "bucket"
+	fromPeer     = "peer"
+)
 
 // blobSource is where a fill of dgst for repo reads from: the store's
 // remote tier when it holds the blob (the fleet fetched it once already),
@@ -27,8 +35,9 @@ type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size 
 // viaOwner, once the copy is done, says whether every byte came from the
 // digest's owner, which puts the blob in the bucket itself.
 func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (open blobOpener, fromRemote bool, viaOwner *bool, err error) {
-	upstream := func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
-		return u.Source.Blob(ctx, repo, dgst, offset)
+	upstream := func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
+		rc, size, err := u.Source.Blob(ctx, repo, dgst, offset)
+		return rc, size, fromUpstream, err
 	}
 	viaOwner = new(bool)
 	if c.peers != nil {
@@ -51,12 +60,12 @@ func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst di
 		return nil, false, nil, err
 	}
 	c.metrics.remote.WithLabelValues("hit").Inc()
-	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
 		rc, err := r.Open(ctx, dgst, offset)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, fromBucket, err
 		}
-		return rc, size - offset, nil
+		return rc, size - offset, fromBucket, nil
 	}, true, viaOwner, nil
 }
 
@@ -164,20 +173,20 @@ func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstre
 		return upstream
 	}
 	viaPeer := true
-	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
 		if viaPeer {
 			rc, size, err := c.peers.Blob(ctx, peer, u.Name, repo, dgst, offset)
 			if err == nil {
 				c.metrics.peer.WithLabelValues("owner").Inc()
 				*served = true
-				return rc, size, nil
+				return rc, size, fromPeer, nil
 			}
 			if ctx.Err() != nil {
-				return nil, 0, err
+				return nil, 0, fromPeer, err
 			}
 			var status interface{ StatusCode() int }
 			if errors.As(err, &status) && status.StatusCode() == 404 {
-				return nil, 0, fmt.Errorf("%w: %w", ErrNotFound, err)
+				return nil, 0, fromPeer, fmt.Errorf("%w: %w", ErrNotFound, err)
 			}
 			c.metrics.peer.WithLabelValues("unreachable").Inc()
 			c.log.Warn("digest owner unreachable; filling from upstream", "digest", dgst, "error", err)

@@ -112,6 +112,26 @@ func TestFleetFetchesEachBlobOnce(t *testing.T) {
 	}
 	wantCounts(t, up, map[string]int{"GET blob": len(img.Blobs())})
 
+	// Each replica filled every blob once: the fleet's bytes from upstream
+	// are the image's once, the rest came from peers or the bucket.
+	blobBytes := 0
+	for _, b := range img.Blobs() {
+		blobBytes += len(b.Data)
+	}
+	var fromUpstream, fromElsewhere, fetched float64
+	for _, e := range fleet {
+		if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
+			t.Fatalf("%d fills still running", n)
+		}
+		fromUpstream += metric(t, e, "wharf_filled_bytes_total", "source", "upstream")
+		fromElsewhere += metric(t, e, "wharf_filled_bytes_total", "source", "peer") + metric(t, e, "wharf_filled_bytes_total", "source", "bucket")
+		fetched += metric(t, e, "wharf_upstream_fetched_bytes_total")
+	}
+	if want := float64(blobBytes); fromUpstream != want || fromElsewhere != 2*want || fetched != want+3*float64(len(img.Manifest.Data)) {
+		t.Errorf("fleet filled %v bytes from upstream and %v from peers or the bucket, fetched %v from upstream; the image's blobs are %v",
+			fromUpstream, fromElsewhere, fetched, want)
+	}
+
 	l := img.Layers[0]
 	for _, authz := range []string{"", "Bearer wrong"} {
 		r := fleet[0].do(t, http.MethodGet, cluster.BlobPath+l.Digest.String()+"?upstream=docker.io&repo=library/app", "Authorization", authz)

@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
@@ -262,8 +264,9 @@ func wantCounts(t *testing.T, reg *upstreamtest.Registry, want map[string]int) {
 	}
 }
 
-// metric sums every series of the named counter or gauge.
-func metric(t *testing.T, e *env, name string) float64 {
+// metric sums the series of the named counter or gauge that carry the
+// given label name/value pairs (all of them, with none).
+func metric(t *testing.T, e *env, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := e.reg.Gather()
 	if err != nil {
@@ -274,7 +277,15 @@ func metric(t *testing.T, e *env, name string) float64 {
 		if mf.GetName() != name {
 			continue
 		}
+	series:
 		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool {
+					return l.GetName() == labels[i] && l.GetValue() == labels[i+1]
+				}) {
+					continue series
+				}
+			}
 			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}

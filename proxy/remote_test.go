@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,11 +42,29 @@ func TestWharfsSharingABucket(t *testing.T) {
 			t.Fatalf("%d fills still running", n)
 		}
 	}
+	// Where each replica's bytes came from: blobs by source, and what
+	// upstream sent (blobs and manifests).
+	blobBytes, manifestBytes := 0, len(img.Manifest.Data)
+	for _, b := range img.Blobs() {
+		blobBytes += len(b.Data)
+	}
+	sources := func(e *env, upstream, bucket, fetched int) {
+		t.Helper()
+		got := []float64{metric(t, e, "wharf_filled_bytes_total", "source", "upstream"),
+			metric(t, e, "wharf_filled_bytes_total", "source", "bucket"),
+			metric(t, e, "wharf_filled_bytes_total", "source", "peer"),
+			metric(t, e, "wharf_upstream_fetched_bytes_total")}
+		if want := []float64{float64(upstream), float64(bucket), 0, float64(fetched)}; !slices.Equal(got, want) {
+			t.Errorf("filled bytes from upstream, bucket, peer, and fetched from upstream: %v, want %v", got, want)
+		}
+	}
+
 	up.Reset()
 	first := replica()
 	pull(t, first, "app", img, "")
 	settled(first)
 	wantCounts(t, up, map[string]int{"HEAD manifest": 1, "GET manifest": 1, "GET blob": 4})
+	sources(first, blobBytes, 0, blobBytes+manifestBytes)
 	for _, b := range append(img.Blobs(), img.Manifest) {
 		key := "/docker/registry/v2/blobs/sha256/" + b.Digest.Encoded()[:2] + "/" + b.Digest.Encoded() + "/data"
 		if got, err := os.ReadFile(s3.ObjectFile(key)); err != nil || !bytes.Equal(got, b.Data) {
@@ -63,6 +82,7 @@ func TestWharfsSharingABucket(t *testing.T) {
 	if n := metric(t, second, "wharf_remote_lookups_total"); n != 4 {
 		t.Fatalf("bucket hits: %v, want 4", n)
 	}
+	sources(second, 0, blobBytes, manifestBytes)
 
 	// A third: a Range request of a layer it never held.
 	up.Reset()
@@ -90,6 +110,7 @@ func TestWharfsSharingABucket(t *testing.T) {
 	if n := metric(t, fourth, "wharf_remote_lookups_total"); n != 4 {
 		t.Fatalf("bucket lookups that failed: %v, want 4", n)
 	}
+	sources(fourth, blobBytes, 0, blobBytes+manifestBytes)
 	if r := fourth.do(t, http.MethodGet, "/healthz"); r.status != http.StatusOK || !strings.HasPrefix(string(r.body), "degraded: ") ||
 		strings.Contains(string(r.body), strings.TrimPrefix(s3.URL, "http://")) {
 		t.Fatalf("healthz with the bucket down: %d %q", r.status, r.body)
