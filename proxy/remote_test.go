@@ -98,11 +98,14 @@ func TestWharfsSharingABucket(t *testing.T) {
 		t.Fatalf("healthz with the bucket up: %d %q", r.status, r.body)
 	}
 
-	// The bucket gone: a fresh replica serves from upstream, and stores
-	// nothing it could not put in the bucket; /healthz says so, still 200
+	// The bucket gone: a replica serves what it holds with no request
+	// anywhere; a fresh one serves from upstream, and stores nothing it
+	// could not put in the bucket; /healthz says so, still 200
 	// (no restart, no removal from the Service), naming no endpoint.
 	s3.Stop()
 	up.Reset()
+	pull(t, first, "app", img, "") // what a replica holds is served as ever
+	wantCounts(t, up, map[string]int{})
 	fourth := replica()
 	pull(t, fourth, "app", img, "")
 	settled(fourth)

@@ -212,8 +212,8 @@ upstreams:
 const fleetSecret = "fleet-secret-0123456789"
 
 // The owner of a blob killed with kill -9 in the middle of its fill: the
-// replica streaming from it picks up from upstream where the owner's
-// stream broke, its client gets every byte right, and the bucket holds
+// replicas streaming from it pick up from upstream where the owner's
+// stream broke, their clients get every byte right, and the bucket holds
 // the whole blob, never a part.
 func TestClusterOwnerKilledMidFill(t *testing.T) {
 	s3 := s3test.Start(t)
@@ -251,38 +251,48 @@ func TestClusterOwnerKilledMidFill(t *testing.T) {
 	}
 	defer view.Close()
 	owner, _ := view.Owner(l.Digest)
-	var ownerProc, asker *wharfProc
+	var ownerProc *wharfProc
+	var askers []*wharfProc
 	for _, w := range fleet {
 		if "http://"+w.addr == owner {
 			ownerProc = w
-		} else if asker == nil {
-			asker = w
+		} else {
+			askers = append(askers, w)
 		}
 	}
-	base := "http://" + asker.addr + "/v2/library/app/"
-	resp, err := http.Get(base + "manifests/" + img.Manifest.Digest.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	resp, err = http.Get(base + "blobs/" + l.Digest.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	first := make([]byte, 1<<20)
-	if _, err := io.ReadFull(resp.Body, first); err != nil || !bytes.Equal(first, l.Data[:len(first)]) {
-		t.Fatalf("the first MiB through %s (owner %s): %v", asker.addr, owner, err)
+	// Two clients on each of the other two replicas, each with its first
+	// MiB in hand when the owner dies.
+	var bodies []io.ReadCloser
+	for i := range 4 {
+		base := "http://" + askers[i%2].addr + "/v2/library/app/"
+		resp, err := http.Get(base + "manifests/" + img.Manifest.Digest.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		resp, err = http.Get(base + "blobs/" + l.Digest.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		first := make([]byte, 1<<20)
+		if _, err := io.ReadFull(resp.Body, first); err != nil || !bytes.Equal(first, l.Data[:len(first)]) {
+			t.Fatalf("the first MiB through %s (owner %s): %v", askers[i%2].addr, owner, err)
+		}
+		bodies = append(bodies, resp.Body)
 	}
 	ownerProc.kill(t)
 	close(released)
-	rest, err := io.ReadAll(resp.Body)
-	if got := append(first, rest...); err != nil || !bytes.Equal(got, l.Data) {
-		t.Fatalf("after the owner died: %d of %d bytes, %v", len(got), len(l.Data), err)
+	for i, body := range bodies {
+		rest, err := io.ReadAll(body)
+		if err != nil || !bytes.Equal(rest, l.Data[1<<20:]) {
+			t.Fatalf("client %d after the owner died: %d of %d bytes, %v", i, 1<<20+len(rest), len(l.Data), err)
+		}
 	}
-	// One whole GET (the owner's) and one resume with Range (the asker's,
-	// from where the owner's stream broke): the asker never fetched the
-	// layer whole itself.
+	// One whole GET (the owner's) and one resume with Range for each
+	// asking replica, from where the owner's stream broke: no replica
+	// fetched the layer whole itself, and each fetched it once for its
+	// two clients.
 	var whole, ranged int
 	for _, r := range up.Requests() {
 		if r.Method == http.MethodGet && strings.HasSuffix(r.Path, l.Digest.String()) {
@@ -293,8 +303,8 @@ func TestClusterOwnerKilledMidFill(t *testing.T) {
 			}
 		}
 	}
-	if whole != 1 || ranged != 1 {
-		t.Fatalf("upstream saw %d whole and %d resumed GETs of the layer, want 1 and 1: %+v", whole, ranged, up.Requests())
+	if whole != 1 || ranged != 2 {
+		t.Fatalf("upstream saw %d whole and %d resumed GETs of the layer, want 1 and 2: %+v", whole, ranged, up.Requests())
 	}
 	key := "/docker/registry/v2/blobs/sha256/" + l.Digest.Encoded()[:2] + "/" + l.Digest.Encoded() + "/data"
 	deadline := time.Now().Add(20 * time.Second)
