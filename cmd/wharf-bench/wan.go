@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -100,7 +101,8 @@ const wanRuns = 3
 func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, small []upstreamtest.Image, idx upstreamtest.Index, set func(scenario, tgt string, v float64)) ([]string, error) {
 	at := " @" + rtt.String()
 	rows := []string{"cold pull, 4 × 64 MiB" + at, "50 images × 3 × 1 MiB, cold" + at, "two-platform index, cold" + at,
-		"wharf CPU-s per cold GiB" + at, "upstream requests, cold 4 × 64 MiB" + at}
+		"wharf CPU-s per cold GiB" + at, "upstream requests, cold 4 × 64 MiB" + at,
+		fmt.Sprintf("CPU floor (all CPU-s / %d cores), cold 4 × 64 MiB", runtime.NumCPU()) + at}
 	up := upstreamtest.New(b, upstreamtest.WithFilesystem(data), upstreamtest.WithLatency(rtt),
 		upstreamtest.WithTokenAuth(hubUser, hubPass), upstreamtest.WithBlobRedirects())
 	targets := []struct {
@@ -111,7 +113,7 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 			return &target{url: up.URL, stop: func() {}, rss: func() float64 { return -1 }, cpu: func() float64 { return -1 }}, nil
 		}},
 		{"wharf", func() (*target, error) {
-			return b.startWharfAuth(up.URL, "    username: "+hubUser+"\n    password: "+hubPass+"\n")
+			return b.startWharfAuth(up.URL, "    username: "+hubUser+"\n    password: "+hubPass+"\n    public: true\n")
 		}},
 		{"distribution", func() (*target, error) { return b.startDistributionAuth(up.URL, hubUser, hubPass) }},
 	}
@@ -124,7 +126,7 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 			},
 			func(c *http.Client, t *target) error { return pullIndex(c, t.url, idx.Repo, idx.Tag) },
 		} {
-			var times, cpus []float64
+			var times, cpus, floors []float64
 			for run := range wanRuns {
 				err := b.scoped(func() error {
 					c := client
@@ -138,7 +140,7 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 					}
 					syscall.Sync() // every run starts with no dirty pages of the last one to write back
 					up.Reset()
-					cpu := t.cpu()
+					cpu, self := t.cpu(), selfCPU()
 					var d float64
 					if i == 0 && run == 0 {
 						perr := b.profiled(t, "cold-"+rtt.String(), func() { d, err = timedErr(func() error { return pull(c, t) }) })
@@ -146,8 +148,18 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 					} else {
 						d, err = timedErr(func() error { return pull(c, t) })
 					}
-					if i == 0 && cpu >= 0 {
-						cpus = append(cpus, (t.cpu()-cpu)/(float64(imageSize(big))/(1<<30)))
+					if i == 0 {
+						// Every CPU-second the pull cost: the client's and
+						// upstream's (this process), and the target's
+						// when it runs apart. No pull can take less wall
+						// time than that spread over every core.
+						all := selfCPU() - self
+						if cpu >= 0 {
+							used := t.cpu() - cpu
+							cpus = append(cpus, used/(float64(imageSize(big))/(1<<30)))
+							all += used
+						}
+						floors = append(floors, all/float64(runtime.NumCPU()))
 					}
 					t.stop()
 					if err != nil {
@@ -171,6 +183,7 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 			set(rows[i], tg.name, median(times))
 			if i == 0 {
 				set(rows[3], tg.name, median(cpus))
+				set(rows[5], tg.name, median(floors))
 			}
 		}
 	}
@@ -202,6 +215,16 @@ func (b *bench) startDistributionAuth(upstreamURL, user, pass string) (*target, 
 	cfg.HTTP.Secret = "wharf-bench"
 	srv := httptest.NewServer(handlers.NewApp(context.Background(), cfg))
 	return &target{url: srv.URL, stop: srv.Close, rss: func() float64 { return -1 }, cpu: func() float64 { return -1 }}, nil
+}
+
+// selfCPU is the user and system CPU time of this process: the bench's
+// client, its upstream and, in process, distribution.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // cpuSeconds reads the user and system CPU time of pid.
