@@ -22,7 +22,7 @@ func main() {
 	workers := flag.Int("workers", 16, "concurrent clients in request-rate runs")
 	rate := flag.Int64("upstream-mibps", 0, "cap the upstream's total send rate in MiB/s, as a remote registry's link would (0: loopback speed)")
 	rtt := flag.Duration("upstream-rtt", 0, "also measure the cold scenarios with the upstream answering each request this late, behind Docker Hub's token flow and blob redirects (e.g. 20ms)")
-	pprof := flag.String("pprof", "", "write a CPU profile of the Wharf under test over each cold 4 × 64 MiB pull into this directory (cold-loopback.pprof, and cold-0s.pprof and cold-20ms.pprof through the token flow)")
+	pprof := flag.String("pprof", "", "write a CPU profile of the Wharf under test over each cold 4 × 64 MiB pull into this directory (cold-loopback.pprof, and cold-0s.pprof and cold-20ms.pprof through the token flow), and over the 50 small images (cold-small-0s.pprof, cold-small-20ms.pprof)")
 	wanOnly := flag.Bool("wan-only", false, "measure only the cold scenarios at -upstream-rtt")
 	showRequests := flag.Bool("show-requests", false, "print the upstream requests each target made for the cold 4 × 64 MiB pull at -upstream-rtt")
 	flag.Parse()

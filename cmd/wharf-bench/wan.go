@@ -102,7 +102,8 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 	at := " @" + rtt.String()
 	rows := []string{"cold pull, 4 × 64 MiB" + at, "50 images × 3 × 1 MiB, cold" + at, "two-platform index, cold" + at,
 		"wharf CPU-s per cold GiB" + at, "upstream requests, cold 4 × 64 MiB" + at,
-		fmt.Sprintf("CPU floor (all CPU-s / %d cores), cold 4 × 64 MiB", runtime.NumCPU()) + at}
+		fmt.Sprintf("CPU floor (all CPU-s / %d cores), cold 4 × 64 MiB", runtime.NumCPU()) + at,
+		fmt.Sprintf("CPU floor (all CPU-s / %d cores), 50 images cold", runtime.NumCPU()) + at}
 	up := upstreamtest.New(b, upstreamtest.WithFilesystem(data), upstreamtest.WithLatency(rtt),
 		upstreamtest.WithTokenAuth(hubUser, hubPass), upstreamtest.WithBlobRedirects())
 	targets := []struct {
@@ -142,13 +143,14 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 					up.Reset()
 					cpu, self := t.cpu(), selfCPU()
 					var d float64
-					if i == 0 && run == 0 {
-						perr := b.profiled(t, "cold-"+rtt.String(), func() { d, err = timedErr(func() error { return pull(c, t) }) })
+					if i < 2 && run == 0 {
+						name := []string{"cold-", "cold-small-"}[i] + rtt.String()
+						perr := b.profiled(t, name, func() { d, err = timedErr(func() error { return pull(c, t) }) })
 						err = cmp.Or(err, perr)
 					} else {
 						d, err = timedErr(func() error { return pull(c, t) })
 					}
-					if i == 0 {
+					if i < 2 {
 						// Every CPU-second the pull cost: the client's and
 						// upstream's (this process), and the target's
 						// when it runs apart. No pull can take less wall
@@ -156,7 +158,9 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 						all := selfCPU() - self
 						if cpu >= 0 {
 							used := t.cpu() - cpu
-							cpus = append(cpus, used/(float64(imageSize(big))/(1<<30)))
+							if i == 0 {
+								cpus = append(cpus, used/(float64(imageSize(big))/(1<<30)))
+							}
 							all += used
 						}
 						floors = append(floors, all/float64(runtime.NumCPU()))
@@ -183,7 +187,9 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 			set(rows[i], tg.name, median(times))
 			if i == 0 {
 				set(rows[3], tg.name, median(cpus))
-				set(rows[5], tg.name, median(floors))
+			}
+			if i < 2 {
+				set(rows[5+i], tg.name, median(floors))
 			}
 		}
 	}

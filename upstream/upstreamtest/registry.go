@@ -203,7 +203,7 @@ func New(t T, opts ...Option) *Registry {
 	}
 	inner := app
 	if o.redirects {
-		app = &redirector{next: app, inner: inner}
+		app = &redirector{next: app, inner: inner, dir: o.dir}
 	}
 	if o.token {
 		app = &tokenAuth{next: app, user: o.user, pass: o.pass}
