@@ -83,6 +83,11 @@ func (r *Remote) Healthy(ctx context.Context) error {
 // OpenRemote creates driver ("s3", or any name distribution's factory
 // knows) with its parameters (for s3: bucket, region, regionendpoint,
 // accesskey, secretkey, forcepathstyle, rootdirectory, ...).
+//
+// With AWS_CA_BUNDLE set, the s3 driver's SDK (aws-sdk-go v1) swaps
+// http.DefaultClient's transport for one trusting that bundle, and does so
+// again, racing, for every remote opened: Wharf opens one per process and
+// never uses http.DefaultClient itself.
 func OpenRemote(ctx context.Context, driver string, params map[string]any) (*Remote, error) {
 	name := driver
 	if name == "s3" {

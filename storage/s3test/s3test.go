@@ -27,8 +27,15 @@ type Server struct {
 
 // Start runs versitygw on a fresh directory with bucket "wharf"; it stops
 // when the test ends.
+//
+// AWS_CA_BUNDLE is cleared for the test: with it set, aws-sdk-go v1
+// replaces http.DefaultClient's transport each time a session is created,
+// which races with the sessions a test's other replicas are using. The
+// store is plain HTTP on loopback and needs no CA; a Wharf process opens
+// one session and never uses http.DefaultClient.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	t.Setenv("AWS_CA_BUNDLE", "")
 	return StartBinary(t, upstreamtest.Tool(t, "versitygw"))
 }
 
