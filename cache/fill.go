@@ -16,9 +16,12 @@ import (
 	"github.com/wharf-registry/wharf/storage"
 )
 
-// fillBuffer is the size of each read from upstream; every write wakes the
-// readers, so it trades wake-ups against latency.
-const fillBuffer = 128 << 10
+// fillBuffer is the most one read from upstream takes. A read returns what
+// has arrived, so a larger buffer adds no latency; each read costs a file
+// write, a hash update and a wake-up of every reader, so fewer, larger
+// ones cost less CPU: 512 KiB instead of 128 KiB took a cold GiB from about
+// 2.2 to 1.9 CPU-seconds in make bench.
+const fillBuffer = 512 << 10
 
 // fill is one blob being copied from upstream into the store. It belongs to
 // no client: it runs on its own context until the blob is stored or fails,
