@@ -233,6 +233,9 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	}
 	if err := w.Verify(size); err != nil {
 		c.metrics.failed.WithLabelValues("digest").Inc()
+		if fromRemote {
+			c.dropFromRemote(f.dgst, err)
+		}
 		return fmt.Errorf("%w: %w", ErrBadUpstream, err)
 	}
 	f.verify()

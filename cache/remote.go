@@ -69,6 +69,17 @@ func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst di
 	}, true, viaOwner, nil
 }
 
+// dropFromRemote deletes blob dgst from the remote tier, whose bytes for it
+// did not verify: keyed by their digest, they can never be right, and
+// left there they would fail every replica's fill of the blob. The next
+// fill asks upstream.
+func (c *Cache) dropFromRemote(dgst digest.Digest, why error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := c.store.Remote().Delete(ctx, dgst)
+	c.log.Error("a blob in the remote tier does not match its digest; deleted", "digest", dgst, "why", why, "error", err)
+}
+
 // RemoteURL is where a client may fetch blob dgst of repo itself, a
 // short-lived URL in the remote tier, when the cache is set to redirect
 // and the blob is there but neither stored here nor being filled; "" when

@@ -223,3 +223,58 @@ func TestReplicaTellsTheBucketUsesAndPins(t *testing.T) {
 		}
 	}
 }
+
+// An object in the bucket whose bytes do not hash to its key (corrupted,
+// or written by something else) is never served: the fill from it fails
+// that request, the object is deleted, and the next request fills from
+// upstream and puts the right bytes back.
+func TestCorruptObjectInTheBucket(t *testing.T) {
+	s3 := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 84, 1, 200_000, amd64)
+	replica := func() *env {
+		r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{}, replicate.Config{}, "", nil, nil,
+			spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	}
+	first := replica()
+	pull(t, first, "app", img, "")
+	if n := settle(func() int { return int(metric(t, first, "wharf_fills_in_flight")) }, 0); n != 0 {
+		t.Fatalf("%d fills still running", n)
+	}
+	l := img.Layers[0]
+	key := s3.ObjectFile("/docker/registry/v2/blobs/sha256/" + l.Digest.Encoded()[:2] + "/" + l.Digest.Encoded() + "/data")
+	bad := bytes.Clone(l.Data)
+	bad[len(bad)/2] ^= 0xff
+	if err := os.WriteFile(key, bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	second := replica()
+	second.get(t, "/v2/app/manifests/"+img.Manifest.Digest.String(), img.Manifest.Data, img.Manifest.Digest.String())
+	up.Reset()
+	// The last byte is held back until the digest verifies: the client
+	// sees an error or a cut transfer, never the corrupt blob whole.
+	if resp, err := second.Client().Get(second.URL + "/v2/app/blobs/" + l.Digest.String()); err == nil {
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode == http.StatusOK {
+			t.Fatalf("the corrupt object was served whole: %d bytes, intact %v", len(body), bytes.Equal(body, l.Data))
+		}
+	}
+	if _, err := os.Stat(key); !os.IsNotExist(err) {
+		t.Fatalf("the corrupt object is still in the bucket: %v", err)
+	}
+	wantCounts(t, up, map[string]int{})
+	second.get(t, "/v2/app/blobs/"+l.Digest.String(), l.Data, l.Digest.String())
+	wantCounts(t, up, map[string]int{"GET blob": 1})
+	if n := settle(func() int { return int(metric(t, second, "wharf_fills_in_flight")) }, 0); n != 0 {
+		t.Fatalf("%d fills still running", n)
+	}
+	if got, err := os.ReadFile(key); err != nil || !bytes.Equal(got, l.Data) {
+		t.Fatalf("the bucket after the refill: %v, %d bytes", err, len(got))
+	}
+}
