@@ -264,6 +264,10 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 	// bytes verified: whatever the store cannot keep, the client still
 	// gets its answer.
 	c.keep("index", c.store.AddMembers(u.Name, repo, append(refs.digests(), got)...), "repository", repo, "digest", got)
+	// The blobs' fills start before the manifest is stored: its client
+	// asks for them a round trip later, and each needs two upstream round
+	// trips of its own (token-scoped GET, then the CDN it redirects to).
+	c.eager(u, repo, refs)
 	if err := c.putBlob(got, mt, body); err != nil {
 		c.keep("manifest", err, "repository", repo, "digest", got)
 		return desc, body, nil // a tag must not point at a manifest the store lacks
@@ -275,7 +279,6 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 		ti := storage.TagInfo{Digest: got, MediaType: mt, Size: desc.Size, Checked: c.now()}
 		c.putTag(u.Name, repo, tag, ti)
 	}
-	c.eager(u, repo, refs)
 	return desc, body, nil
 }
 
