@@ -23,6 +23,16 @@ import (
 // 2.2 to 1.9 CPU-seconds in make bench.
 const fillBuffer = 512 << 10
 
+// fillBufferFor is the read buffer for a blob of size bytes (-1: unknown):
+// no larger than the blob, so a config of a few hundred bytes does not
+// cost half a MiB of zeroed memory.
+func fillBufferFor(size int64) int {
+	if size < 0 || size >= fillBuffer {
+		return fillBuffer
+	}
+	return max(int(size), 4<<10)
+}
+
 // fill is one blob being copied from upstream into the store. It belongs to
 // no client: it runs on its own context until the blob is stored or fails,
 // while any number of readers follow the temporary file from their own
@@ -254,7 +264,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 // connection breaks asks the opener for the rest, keeping what landed:
 // maxResumes times at most, maxStalls in a row that bring nothing.
 func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc io.ReadCloser, from, up string, open blobOpener) error {
-	buf := make([]byte, fillBuffer)
+	buf := make([]byte, fillBufferFor(f.size))
 	stalls := 0 // attempts in a row that added nothing
 	var err error
 	for attempt := 1; ; attempt++ {
