@@ -187,10 +187,21 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		c.maybeEvict()
 		return fmt.Errorf("%w: %w", errStore, storage.ErrNoSpace)
 	}
-	open, fromRemote, viaOwner, err := c.blobSource(ctx, u, repo, f.dgst)
+	source, err := c.blobSource(ctx, u, repo, f.dgst)
 	if err != nil {
 		return err
 	}
+	// Where the bytes came from decides what the blob's bytes show and who
+	// uploads them: every read that opened, by its source.
+	read := map[string]bool{}
+	open := func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
+		rc, size, from, err := source(ctx, offset)
+		if err == nil {
+			read[from] = true
+		}
+		return rc, size, from, err
+	}
+	only := func(from string) bool { return len(read) == 1 && read[from] }
 	rc, size, from, err := open(ctx, 0)
 	if err != nil {
 		c.metrics.failed.WithLabelValues("upstream").Inc()
@@ -214,17 +225,14 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	f.file = file
 	close(f.ready)
 
-	if fromRemote {
-		w.InRemote()
-	}
 	err = c.copyResuming(ctx, f, w, rc, from, u.Name, open)
-	if *viaOwner {
-		w.InRemote() // the owner uploads it; a second PUT of the same bytes is waste
+	if only(fromBucket) || only(fromPeer) {
+		w.InRemote() // there already, or the owner uploads it: a second PUT of the same bytes is waste
 	}
-	if !fromRemote {
-		// Upstream showed that repo holds the blob. Recorded now, not
-		// before the first byte: an index write costs its readers
-		// milliseconds.
+	if !only(fromBucket) {
+		// Upstream (or the owner, from upstream) showed that repo holds
+		// the blob. Recorded now, not before the first byte: an index
+		// write costs its readers milliseconds.
 		c.keep("index", c.store.AddMembers(u.Name, repo, f.dgst), "repository", repo, "digest", f.dgst)
 	}
 	if errors.Is(err, errStore) {
@@ -243,7 +251,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	}
 	if err := w.Verify(size); err != nil {
 		c.metrics.failed.WithLabelValues("digest").Inc()
-		if fromRemote {
+		if read[fromBucket] {
 			c.dropFromRemote(f.dgst, err)
 		}
 		return fmt.Errorf("%w: %w", ErrBadUpstream, err)

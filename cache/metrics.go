@@ -91,7 +91,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		}),
 		remote: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_remote_lookups_total",
-			Help: "Blobs looked for in the remote tier (the bucket): hit (filled from it), redirect (the client was sent there), unavailable (it could not be asked; filled from upstream).",
+			Help: "Blobs looked for in the remote tier (the bucket): hit (filled from it), redirect (the client was sent there), unavailable (it could not be asked; filled from upstream), lost (found, then not readable: the fill went on from upstream).",
 		}, []string{"result"}),
 		peer: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_peer_fills_total",

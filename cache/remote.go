@@ -30,43 +30,51 @@ const (
 // else upstream. The bucket proves nothing about repo, so repo must be
 // known to hold dgst first (a manifest of it listed the blob, or upstream
 // confirms with a HEAD). A bucket that cannot be asked is passed by: the
-// fill goes upstream, as it would without one.
-//
-// viaOwner, once the copy is done, says whether every byte came from the
-// digest's owner, which puts the blob in the bucket itself.
-func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (open blobOpener, fromRemote bool, viaOwner *bool, err error) {
+// fill goes upstream, as it would without one; so is one that found the
+// blob and then cannot give it (gc deleted it meanwhile, or the bucket
+// broke): the fill goes on from upstream from the byte it had reached.
+// The opener is called by one goroutine at a time.
+func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (blobOpener, error) {
 	upstream := func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
 		rc, size, err := u.Source.Blob(ctx, repo, dgst, offset)
 		return rc, size, fromUpstream, err
 	}
-	viaOwner = new(bool)
 	if c.peers != nil {
-		upstream = c.throughOwner(u, repo, dgst, upstream, viaOwner)
+		upstream = c.throughOwner(u, repo, dgst, upstream)
 	}
 	r := c.store.Remote()
 	if r == nil {
-		return upstream, false, viaOwner, nil
+		return upstream, nil
 	}
 	size, err := c.remoteStat(ctx, r, dgst)
 	if errors.Is(err, storage.ErrNotFound) {
-		return upstream, false, viaOwner, nil
+		return upstream, nil
 	}
 	if err != nil {
 		c.metrics.remote.WithLabelValues("unavailable").Inc()
 		c.log.Warn("remote tier unavailable; filling from upstream", "digest", dgst, "error", err)
-		return upstream, false, viaOwner, nil
+		return upstream, nil
 	}
 	if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
-		return nil, false, nil, err
+		return nil, err
 	}
 	c.metrics.remote.WithLabelValues("hit").Inc()
+	bucket := true // until a read from it fails
 	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
-		rc, err := r.Open(ctx, dgst, offset)
-		if err != nil {
-			return nil, 0, fromBucket, err
+		if bucket {
+			rc, err := c.remoteOpen(ctx, r, dgst, offset)
+			if err == nil {
+				return rc, size - offset, fromBucket, nil
+			}
+			if ctx.Err() != nil {
+				return nil, 0, fromBucket, err
+			}
+			bucket = false
+			c.metrics.remote.WithLabelValues("lost").Inc()
+			c.log.Warn("blob found in the remote tier but not readable from it; filling from upstream", "digest", dgst, "offset", offset, "error", err)
 		}
-		return rc, size - offset, fromBucket, nil
-	}, true, viaOwner, nil
+		return upstream(ctx, offset)
+	}, nil
 }
 
 // dropFromRemote deletes blob dgst from the remote tier, whose bytes for it
@@ -128,6 +136,35 @@ func (c *Cache) remoteStat(ctx context.Context, r *storage.Remote, dgst digest.D
 	return r.Stat(ctx, dgst)
 }
 
+// remoteOpen is r.Open with the lookup's bound on the wait for the answer,
+// not on reading the body that follows.
+func (c *Cache) remoteOpen(ctx context.Context, r *storage.Remote, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	t := time.AfterFunc(remoteLookupTimeout, cancel)
+	rc, err := r.Open(ctx, dgst, offset)
+	if !t.Stop() && err == nil {
+		rc.Close()
+		err = fmt.Errorf("blob %s in the remote tier: no answer within %v", dgst, remoteLookupTimeout)
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return cancelOnClose{rc, cancel}, nil
+}
+
+// cancelOnClose releases a read's context when the read is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
+}
+
 // pinsEvery is how often a replica with a remote tier tells it what it
 // pins, so that gc, which sees no replica's index, spares it.
 const pinsEvery = 5 * time.Minute
@@ -178,7 +215,7 @@ type Peers interface {
 // that cannot be reached or refuses is passed by: the fill goes upstream
 // itself, slower but never an error. The owner's answer, like upstream's,
 // shows that repo holds the blob; the bytes are verified here all the same.
-func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstream blobOpener, served *bool) blobOpener {
+func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstream blobOpener) blobOpener {
 	peer, self := c.peers.Owner(dgst)
 	if self {
 		return upstream
@@ -189,7 +226,6 @@ func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstre
 			rc, size, err := c.peers.Blob(ctx, peer, u.Name, repo, dgst, offset)
 			if err == nil {
 				c.metrics.peer.WithLabelValues("owner").Inc()
-				*served = true
 				return rc, size, fromPeer, nil
 			}
 			if ctx.Err() != nil {
@@ -201,7 +237,7 @@ func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstre
 			}
 			c.metrics.peer.WithLabelValues("unreachable").Inc()
 			c.log.Warn("digest owner unreachable; filling from upstream", "digest", dgst, "error", err)
-			viaPeer, *served = false, false
+			viaPeer = false
 		}
 		return upstream(ctx, offset)
 	}

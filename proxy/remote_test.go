@@ -3,10 +3,16 @@ package proxy_test
 import (
 	"bytes"
 	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -278,3 +284,106 @@ func TestCorruptObjectInTheBucket(t *testing.T) {
 		t.Fatalf("the bucket after the refill: %v, %d bytes", err, len(got))
 	}
 }
+
+// A bucket object that the lookup found and the read then cannot have, or
+// that breaks mid-read, costs its fill nothing but a trip to upstream:
+// the client gets every byte, never a 404 (the blob exists) or a 503,
+// and the bucket ends up with the blob whole. The object vanishing is
+// `wharf gc` deleting it between the lookup and the read.
+func TestBucketFailingAfterTheLookup(t *testing.T) {
+	const cut = 70_000 // bytes the bucket sends before it breaks
+	for _, fault := range []string{"vanished", "broke"} {
+		t.Run(fault, func(t *testing.T) {
+			s3 := s3test.Start(t)
+			up := upstreamtest.New(t)
+			img := up.PushImage(t, "library/app", "1", 85, 1, 200_000, amd64)
+			l := img.Layers[0]
+			key := "/docker/registry/v2/blobs/sha256/" + l.Digest.Encoded()[:2] + "/" + l.Digest.Encoded() + "/data"
+
+			// The bucket as the replicas see it: a proxy that keeps the
+			// Host they signed for and, once armed, does the fault to
+			// the layer's reads (not to its lookups, which are HEADs).
+			target, _ := url.Parse(s3.URL)
+			var armed atomic.Bool
+			var reads atomic.Int32
+			rp := &httputil.ReverseProxy{
+				Rewrite:  func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host },
+				ErrorLog: log.New(io.Discard, "", 0), // the cut read is the point
+				ModifyResponse: func(resp *http.Response) error {
+					if fault == "broke" && reads.Load() == 1 && strings.HasSuffix(resp.Request.URL.Path, key) && resp.Request.Method == http.MethodGet {
+						resp.Body = struct {
+							io.Reader
+							io.Closer
+						}{io.MultiReader(io.LimitReader(resp.Body, cut), errReader{}), resp.Body}
+					}
+					return nil
+				},
+			}
+			front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if armed.Load() && r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, key) {
+					switch n := reads.Add(1); {
+					case fault == "vanished":
+						os.Remove(s3.ObjectFile(key))
+					case n > 1:
+						http.Error(w, "the bucket is down", http.StatusServiceUnavailable)
+						return
+					}
+				}
+				rp.ServeHTTP(w, r)
+			}))
+			defer front.Close()
+			replica := func() *env {
+				p := s3.Params()
+				p["regionendpoint"] = front.URL
+				r, err := storage.OpenRemote(t.Context(), "s3", p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{}, replicate.Config{}, "", nil, nil,
+					spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+			}
+			settled := func(e *env) {
+				t.Helper()
+				if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
+					t.Fatalf("%d fills still running", n)
+				}
+			}
+			first := replica()
+			pull(t, first, "app", img, "")
+			settled(first)
+
+			second := replica()
+			second.get(t, "/v2/app/manifests/"+img.Manifest.Digest.String(), img.Manifest.Data, img.Manifest.Digest.String())
+			armed.Store(true)
+			up.Reset()
+			second.get(t, "/v2/app/blobs/"+l.Digest.String(), l.Data, l.Digest.String())
+			settled(second)
+			armed.Store(false)
+
+			var gets []string
+			for _, r := range up.Requests() {
+				gets = append(gets, r.Method+" "+r.Kind()+" "+r.Range)
+			}
+			fromBucket, fromUpstream := 0, len(l.Data)
+			want := []string{"GET blob "}
+			if fault == "broke" {
+				fromBucket, fromUpstream = cut, len(l.Data)-cut
+				want = []string{"GET blob bytes=" + strconv.Itoa(cut) + "-"}
+			}
+			if !slices.Equal(gets, want) {
+				t.Errorf("upstream requests: %q, want %q", gets, want)
+			}
+			got := []float64{metric(t, second, "wharf_filled_bytes_total", "source", "bucket"), metric(t, second, "wharf_filled_bytes_total", "source", "upstream")}
+			if !slices.Equal(got, []float64{float64(fromBucket), float64(fromUpstream)}) {
+				t.Errorf("filled from the bucket, upstream: %v, want [%d %d]", got, fromBucket, fromUpstream)
+			}
+			if b, err := os.ReadFile(s3.ObjectFile(key)); err != nil || !bytes.Equal(b, l.Data) {
+				t.Fatalf("the bucket afterwards: %v, %d bytes", err, len(b))
+			}
+		})
+	}
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
