@@ -89,10 +89,14 @@ type Config struct {
 	// does with a short-lived URL of it there (see RemoteURL), instead of
 	// filling it through this replica.
 	Redirect    bool
-	FillTimeout time.Duration         // longest a single blob fill may take; default 1h
-	Registerer  prometheus.Registerer // nil: metrics are not registered
-	Logger      *slog.Logger          // for failures no request sees; nil: slog.Default()
-	Now         func() time.Time      // the clock for tag and negative TTLs; nil: time.Now
+	FillTimeout time.Duration // longest a single blob fill may take; default 1h
+	// StallTimeout is the longest a fill waits for the next byte from the
+	// bucket or a peer before it goes on from upstream (default 30s), as
+	// upstream's own idle_timeout bounds its silences.
+	StallTimeout time.Duration
+	Registerer   prometheus.Registerer // nil: metrics are not registered
+	Logger       *slog.Logger          // for failures no request sees; nil: slog.Default()
+	Now          func() time.Time      // the clock for tag and negative TTLs; nil: time.Now
 }
 
 // Errors the proxy maps to OCI error codes. Upstream errors are wrapped, so
@@ -108,12 +112,13 @@ var (
 
 // Cache answers registry reads for every configured upstream.
 type Cache struct {
-	store       *storage.Store
-	upstreams   map[string]Upstream
-	fillTimeout time.Duration
-	metrics     *metrics
-	log         *slog.Logger
-	now         func() time.Time
+	store        *storage.Store
+	upstreams    map[string]Upstream
+	fillTimeout  time.Duration
+	stallTimeout time.Duration
+	metrics      *metrics
+	log          *slog.Logger
+	now          func() time.Time
 
 	maxSize             int64
 	highWater, lowWater float64
@@ -140,22 +145,23 @@ type Cache struct {
 // abandoned fills, which Close stops.
 func New(store *storage.Store, cfg Config) (*Cache, error) {
 	c := &Cache{
-		store:       store,
-		upstreams:   map[string]Upstream{},
-		fillTimeout: cfg.FillTimeout,
-		now:         cfg.Now,
-		log:         cmp.Or(cfg.Logger, slog.Default()),
-		fills:       map[digest.Digest]*fill{},
-		fillSlots:   map[string]chan struct{}{},
-		stop:        make(chan struct{}),
-		reading:     map[digest.Digest]int{},
-		eagerDone:   map[digest.Digest]bool{},
-		maxSize:     cfg.MaxSize,
-		highWater:   cmp.Or(cfg.HighWater, 0.9),
-		lowWater:    cmp.Or(cfg.LowWater, 0.8),
-		pins:        cfg.Pins,
-		redirect:    cfg.Redirect,
-		peers:       cfg.Peers,
+		store:        store,
+		upstreams:    map[string]Upstream{},
+		fillTimeout:  cfg.FillTimeout,
+		stallTimeout: cmp.Or(cfg.StallTimeout, 30*time.Second),
+		now:          cfg.Now,
+		log:          cmp.Or(cfg.Logger, slog.Default()),
+		fills:        map[digest.Digest]*fill{},
+		fillSlots:    map[string]chan struct{}{},
+		stop:         make(chan struct{}),
+		reading:      map[digest.Digest]int{},
+		eagerDone:    map[digest.Digest]bool{},
+		maxSize:      cfg.MaxSize,
+		highWater:    cmp.Or(cfg.HighWater, 0.9),
+		lowWater:     cmp.Or(cfg.LowWater, 0.8),
+		pins:         cfg.Pins,
+		redirect:     cfg.Redirect,
+		peers:        cfg.Peers,
 	}
 	if c.lowWater > c.highWater || c.highWater > 1 || c.lowWater <= 0 {
 		return nil, fmt.Errorf("cache: watermarks must satisfy 0 < low (%v) <= high (%v) <= 1", c.lowWater, c.highWater)

@@ -196,10 +196,14 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	read := map[string]bool{}
 	open := func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
 		rc, size, from, err := source(ctx, offset)
-		if err == nil {
-			read[from] = true
+		if err != nil {
+			return nil, 0, from, err
 		}
-		return rc, size, from, err
+		read[from] = true
+		if from != fromUpstream { // upstream's transport bounds its own silences (idle_timeout)
+			rc = stallGuard(rc, c.stallTimeout)
+		}
+		return rc, size, from, nil
 	}
 	only := func(from string) bool { return len(read) == 1 && read[from] }
 	rc, size, from, err := open(ctx, 0)
@@ -336,6 +340,40 @@ func (c *Cache) copyBody(f *fill, w *storage.Writer, rc io.Reader, buf []byte, c
 			return rerr
 		}
 	}
+}
+
+// stallGuard closes rc when a read of it waits longer than d for a byte: a
+// bucket or a peer that stops sending mid-body (frozen, or cut off without
+// a reset) must not hold the fill and its clients until FillTimeout. The
+// blocked read then fails, and the fill goes on from the next source.
+func stallGuard(rc io.ReadCloser, d time.Duration) io.ReadCloser {
+	g := &guarded{ReadCloser: rc, d: d}
+	g.t = time.AfterFunc(d, func() {
+		g.stalled.Store(true)
+		rc.Close()
+	})
+	return g
+}
+
+type guarded struct {
+	io.ReadCloser
+	d       time.Duration
+	t       *time.Timer
+	stalled atomic.Bool
+}
+
+func (g *guarded) Read(p []byte) (int, error) {
+	n, err := g.ReadCloser.Read(p)
+	g.t.Reset(g.d)
+	if err != nil && g.stalled.Load() {
+		err = fmt.Errorf("no byte for %v: %w", g.d, err)
+	}
+	return n, err
+}
+
+func (g *guarded) Close() error {
+	g.t.Stop()
+	return g.ReadCloser.Close()
 }
 
 type errReader struct{ err error }

@@ -212,17 +212,19 @@ type Peers interface {
 
 // throughOwner fetches dgst through its owner when that is another
 // replica: the owner fills it once for every replica asking. An owner
-// that cannot be reached or refuses is passed by: the fill goes upstream
-// itself, slower but never an error. The owner's answer, like upstream's,
+// that cannot be reached or refuses is passed by, and so is one whose
+// stream breaks or stalls: the fill goes on from upstream itself, from
+// the byte it had reached, slower but never an error. The owner's answer, like upstream's,
 // shows that repo holds the blob; the bytes are verified here all the same.
 func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstream blobOpener) blobOpener {
 	peer, self := c.peers.Owner(dgst)
 	if self {
 		return upstream
 	}
-	viaPeer := true
+	viaPeer := true // the first read only: an owner whose stream broke or stalled is not asked again
 	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
 		if viaPeer {
+			viaPeer = false
 			rc, size, err := c.peers.Blob(ctx, peer, u.Name, repo, dgst, offset)
 			if err == nil {
 				c.metrics.peer.WithLabelValues("owner").Inc()
@@ -237,7 +239,6 @@ func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstre
 			}
 			c.metrics.peer.WithLabelValues("unreachable").Inc()
 			c.log.Warn("digest owner unreachable; filling from upstream", "digest", dgst, "error", err)
-			viaPeer = false
 		}
 		return upstream(ctx, offset)
 	}

@@ -6,7 +6,10 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,8 +44,8 @@ func (f *fleetPeers) Blob(ctx context.Context, peer, up, repo string, d digest.D
 func (f *fleetPeers) Authorized(r *http.Request) bool { return f.get().Authorized(r) }
 
 // newFleet starts n replicas sharing bucket and knowing each other, and
-// the peers gone besides.
-func newFleet(t *testing.T, n int, up *upstreamtest.Registry, bucket *s3test.Server, secret string, gone ...string) []*env {
+// the peers gone besides; stall is their StallTimeout (0: the default).
+func newFleet(t *testing.T, n int, up *upstreamtest.Registry, bucket *s3test.Server, secret string, stall time.Duration, gone ...string) []*env {
 	t.Helper()
 	var envs []*env
 	var peers []*fleetPeers
@@ -53,7 +56,7 @@ func newFleet(t *testing.T, n int, up *upstreamtest.Registry, bucket *s3test.Ser
 		}
 		p := &fleetPeers{}
 		peers = append(peers, p)
-		envs = append(envs, newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{Peers: p}, replicate.Config{}, "", nil, nil,
+		envs = append(envs, newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{Peers: p, StallTimeout: stall}, replicate.Config{}, "", nil, nil,
 			spec{name: "docker.io", reg: up, def: true, ttl: time.Hour}))
 	}
 	urls := slices.Clone(gone)
@@ -81,7 +84,7 @@ func TestFleetFetchesEachBlobOnce(t *testing.T) {
 	bucket := s3test.Start(t)
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 91, 4, 300_000, amd64)
-	fleet := newFleet(t, 3, up, bucket, "fleet-secret-0123456789")
+	fleet := newFleet(t, 3, up, bucket, "fleet-secret-0123456789", 0)
 	for _, e := range fleet {
 		e.get(t, "/v2/app/manifests/"+img.Manifest.Digest.String(), img.Manifest.Data, img.Manifest.Digest.String())
 	}
@@ -153,11 +156,67 @@ func TestFleetWithAnOwnerGone(t *testing.T) {
 	}
 	dead := "http://" + l.Addr().String()
 	l.Close() // nothing listens there now
-	fleet := newFleet(t, 2, up, bucket, "fleet-secret-0123456789", dead)
+	fleet := newFleet(t, 2, up, bucket, "fleet-secret-0123456789", 0, dead)
 	for _, e := range fleet {
 		pull(t, e, "app", img, "")
 	}
 	if n := metric(t, fleet[0], "wharf_peer_fills_total") + metric(t, fleet[1], "wharf_peer_fills_total"); n == 0 {
 		t.Fatal("no fill went through a peer or past a dead one: the fleet was not used")
+	}
+}
+
+// An owner whose stream stalls (frozen, or cut off without a reset) is
+// passed by once the replica has waited StallTimeout for a byte: the
+// replica goes on from upstream from the byte it had, and its client gets
+// every byte, not a transfer hung until the owner's own upstream gives up.
+func TestFleetWithAStalledOwner(t *testing.T) {
+	const secret = "fleet-secret-0123456789"
+	bucket := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 93, 1, 300_000, amd64)
+	l := img.Layers[0]
+	half := len(l.Data) / 2
+	// The owner's upstream GET of the layer sends half, then nothing
+	// until the test ends; any later GET is answered in full.
+	release := make(chan struct{})
+	var gets atomic.Int32
+	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, l.Digest.String()) || gets.Add(1) > 1 {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(l.Data)))
+		w.Write(l.Data[:half])
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		return true
+	})
+	fleet := newFleet(t, 2, up, bucket, secret, 2*time.Second)
+	defer close(release)
+	c, err := cluster.New(cluster.Config{Peers: []string{fleet[0].URL, fleet[1].URL}, Advertise: fleet[0].URL, Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica := fleet[1] // the one that does not own the layer
+	if _, self := c.Owner(l.Digest); !self {
+		replica = fleet[0]
+	}
+
+	replica.get(t, "/v2/app/manifests/"+img.Manifest.Digest.String(), img.Manifest.Data, img.Manifest.Digest.String())
+	replica.get(t, "/v2/app/blobs/"+l.Digest.String(), l.Data, l.Digest.String())
+	half-- // the owner streams all but the last byte it holds until the blob verifies
+	var got []string
+	for _, r := range up.Requests() {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.Path, l.Digest.String()) {
+			got = append(got, r.Range)
+		}
+	}
+	if want := []string{"", "bytes=" + strconv.Itoa(half) + "-"}; !slices.Equal(got, want) {
+		t.Errorf("upstream GETs of the layer, by Range: %q, want %q (the owner's, then the replica's)", got, want)
+	}
+	if p, u := metric(t, replica, "wharf_filled_bytes_total", "source", "peer"), metric(t, replica, "wharf_filled_bytes_total", "source", "upstream"); p != float64(half) || u != float64(len(l.Data)-half) {
+		t.Errorf("the replica's bytes from the owner, upstream: %v, %v; want %d, %d", p, u, half, len(l.Data)-half)
 	}
 }

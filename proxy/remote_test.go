@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log"
 	"net/http"
@@ -286,13 +287,14 @@ func TestCorruptObjectInTheBucket(t *testing.T) {
 }
 
 // A bucket object that the lookup found and the read then cannot have, or
-// that breaks mid-read, costs its fill nothing but a trip to upstream:
+// that breaks or stalls mid-read, costs its fill nothing but a trip to
+// upstream:
 // the client gets every byte, never a 404 (the blob exists) or a 503,
 // and the bucket ends up with the blob whole. The object vanishing is
 // `wharf gc` deleting it between the lookup and the read.
 func TestBucketFailingAfterTheLookup(t *testing.T) {
 	const cut = 70_000 // bytes the bucket sends before it breaks
-	for _, fault := range []string{"vanished", "broke"} {
+	for _, fault := range []string{"vanished", "broke", "stalled"} {
 		t.Run(fault, func(t *testing.T) {
 			s3 := s3test.Start(t)
 			up := upstreamtest.New(t)
@@ -307,14 +309,19 @@ func TestBucketFailingAfterTheLookup(t *testing.T) {
 			var armed atomic.Bool
 			var reads atomic.Int32
 			rp := &httputil.ReverseProxy{
-				Rewrite:  func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host },
-				ErrorLog: log.New(io.Discard, "", 0), // the cut read is the point
+				Rewrite:       func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host },
+				ErrorLog:      log.New(io.Discard, "", 0), // the cut read is the point
+				FlushInterval: -1,                         // every byte before the fault reaches the replica
 				ModifyResponse: func(resp *http.Response) error {
-					if fault == "broke" && reads.Load() == 1 && strings.HasSuffix(resp.Request.URL.Path, key) && resp.Request.Method == http.MethodGet {
+					if fault != "vanished" && reads.Load() == 1 && strings.HasSuffix(resp.Request.URL.Path, key) && resp.Request.Method == http.MethodGet {
+						var end io.Reader = errReader{} // broke: the connection drops
+						if fault == "stalled" {
+							end = blocked{resp.Request.Context()} // stalled: silence until the reader goes
+						}
 						resp.Body = struct {
 							io.Reader
 							io.Closer
-						}{io.MultiReader(io.LimitReader(resp.Body, cut), errReader{}), resp.Body}
+						}{io.MultiReader(io.LimitReader(resp.Body, cut), end), resp.Body}
 					}
 					return nil
 				},
@@ -339,7 +346,7 @@ func TestBucketFailingAfterTheLookup(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{}, replicate.Config{}, "", nil, nil,
+				return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{StallTimeout: time.Second}, replicate.Config{}, "", nil, nil,
 					spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 			}
 			settled := func(e *env) {
@@ -366,7 +373,7 @@ func TestBucketFailingAfterTheLookup(t *testing.T) {
 			}
 			fromBucket, fromUpstream := 0, len(l.Data)
 			want := []string{"GET blob "}
-			if fault == "broke" {
+			if fault != "vanished" {
 				fromBucket, fromUpstream = cut, len(l.Data)-cut
 				want = []string{"GET blob bytes=" + strconv.Itoa(cut) + "-"}
 			}
@@ -387,3 +394,11 @@ func TestBucketFailingAfterTheLookup(t *testing.T) {
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+
+// blocked reads nothing until ctx ends.
+type blocked struct{ ctx context.Context }
+
+func (b blocked) Read([]byte) (int, error) {
+	<-b.ctx.Done()
+	return 0, b.ctx.Err()
+}
