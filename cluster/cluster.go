@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,6 +63,11 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	if cfg.Refresh <= 0 {
 		cfg.Refresh = 10 * time.Second
+	}
+	cfg.Advertise = Canonical(cfg.Advertise)
+	cfg.Peers = slices.Clone(cfg.Peers)
+	for i, p := range cfg.Peers {
+		cfg.Peers[i] = Canonical(p)
 	}
 	if cfg.resolve == nil {
 		cfg.resolve = net.DefaultResolver.LookupHost
@@ -204,4 +210,28 @@ func (e *PeerError) StatusCode() int { return e.Status }
 // Authorized reports whether r carries the fleet's secret.
 func (c *Cluster) Authorized(r *http.Request) bool {
 	return subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+c.cfg.Secret)) == 1
+}
+
+// Canonical is a peer's base URL written as DNS answers make it. On an
+// IPv6 cluster "http://${POD_IP}:5000" comes out with the address bare,
+// which no URL allows: its last group can only be the port, and the
+// address is put in brackets. Anything else is left as it is.
+func Canonical(base string) string {
+	scheme, rest, ok := strings.Cut(base, "://")
+	if !ok {
+		return base
+	}
+	hostport, path, _ := strings.Cut(rest, "/")
+	i := strings.LastIndexByte(hostport, ':')
+	if strings.Count(hostport, ":") < 2 || strings.HasPrefix(hostport, "[") || i < 0 {
+		return base
+	}
+	host, port := hostport[:i], hostport[i+1:]
+	if net.ParseIP(host) == nil || port == "" || strings.Trim(port, "0123456789") != "" {
+		return base
+	}
+	if path != "" {
+		path = "/" + path
+	}
+	return scheme + "://" + net.JoinHostPort(host, port) + path
 }

@@ -97,3 +97,35 @@ func TestSecret(t *testing.T) {
 		}
 	}
 }
+
+// On an IPv6 cluster "http://${POD_IP}:5000" comes out with the address
+// bare; it is the same replica as DNS's bracketed answer, not another.
+func TestIPv6PodAddress(t *testing.T) {
+	c, err := New(Config{DNS: "wharf-headless:5000", Advertise: "http://fd00::1:5000", Secret: "0123456789abcdef",
+		resolve: func(context.Context, string) ([]string, error) { return []string{"fd00::2", "fd00::1"}, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, want := fmt.Sprint(c.Peers()), "[http://[fd00::1]:5000 http://[fd00::2]:5000]"; got != want {
+		t.Fatalf("peers %s, want %s", got, want)
+	}
+	selfOwned := 0
+	for i := range 64 {
+		peer, self := c.Owner(digest.FromString(fmt.Sprint(i)))
+		if self != (peer == "http://[fd00::1]:5000") {
+			t.Fatalf("owner %s, self %v", peer, self)
+		}
+		if self {
+			selfOwned++
+		}
+	}
+	if selfOwned == 0 || selfOwned == 64 {
+		t.Fatalf("this replica owns %d of 64 digests", selfOwned)
+	}
+	for _, keep := range []string{"http://[fd00::1]:5000", "http://10.0.0.1:5000", "http://wharf-0.wharf:5000", "http://fd00::1"} {
+		if got := Canonical(keep); got != keep {
+			t.Errorf("Canonical(%q) = %q", keep, got)
+		}
+	}
+}

@@ -32,7 +32,7 @@ func (c *clusterConfig) check(driver string) error {
 	if err != nil {
 		return fmt.Errorf("cluster.advertise: %w", err)
 	}
-	c.Advertise = advertise
+	c.Advertise = cluster.Canonical(advertise)
 	if u, err := url.Parse(c.Advertise); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		return fmt.Errorf("cluster.advertise %q: want this replica's base URL, like http://wharf-0.wharf:5000", c.Advertise)
 	}
@@ -42,7 +42,7 @@ func (c *clusterConfig) check(driver string) error {
 		return errors.New("cluster: set peers or dns, not both")
 	case len(c.Peers) > 0:
 		for i, p := range c.Peers {
-			c.Peers[i] = strings.TrimSuffix(p, "/")
+			c.Peers[i] = strings.TrimSuffix(cluster.Canonical(p), "/")
 		}
 		if !slices.Contains(c.Peers, c.Advertise) {
 			return fmt.Errorf("cluster.advertise %s is not among cluster.peers: every replica must see the same list", c.Advertise)

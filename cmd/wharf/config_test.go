@@ -109,6 +109,12 @@ func TestConfigErrors(t *testing.T) {
 	if err != nil || cfg.Cluster.Advertise != "http://10.1.2.3:5000" || cfg.Cluster.secret != "0123456789abcdef-peer" {
 		t.Fatalf("cluster: %v %+v", err, cfg)
 	}
+	// On an IPv6 cluster the pod's address comes bare; it is bracketed.
+	t.Setenv("WHARF_TEST_POD_IP", "fd00::1:2")
+	cfg, err = loadConfig(writeConfig(t, s3base+"cluster: {dns: 'wharf-headless:5000', advertise: 'http://${WHARF_TEST_POD_IP}:5000', secret_file: "+peerSecret+"}\n"))
+	if err != nil || cfg.Cluster.Advertise != "http://[fd00::1:2]:5000" {
+		t.Fatalf("cluster on IPv6: %v %+v", err, cfg)
+	}
 	cfg, err = loadConfig(writeConfig(t, base+"    username: bot\n    password: ${WHARF_TEST_PASS}\n"))
 	if err != nil || cfg.Upstreams[0].Password != "from-env" {
 		t.Fatalf("env expansion: %v %+v", err, cfg)
