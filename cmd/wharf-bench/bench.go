@@ -217,6 +217,9 @@ func (b *bench) loopback(up *upstreamtest.Registry, big upstreamtest.Image, smal
 		if err != nil {
 			return err
 		}
+		if err := t.stored(big.Blobs()); err != nil {
+			return err
+		}
 		cpu1 := t.cpu()
 		warm, err := timed(func() error { return pull(t.url, big.Repo, big.Tag) })
 		if err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 
 	_ "github.com/distribution/distribution/v3/registry/proxy"
 )
@@ -33,6 +34,33 @@ type target struct {
 	// debug is the pprof address of a Wharf started with a profile
 	// directory, else "".
 	debug string
+	root  string // a Wharf's storage root, else ""
+}
+
+// stored waits until a Wharf target holds blobs in its store: a fill
+// releases the last byte to its clients once the digest verifies, and only
+// then makes the blob durable (fsync, rename into place, index). CPU per
+// cold GiB counts that too, and the warm pull after it must not. It looks
+// at the files, not at the target, so that waiting costs the target
+// nothing. Other targets return at once.
+func (t *target) stored(blobs []upstreamtest.Blob) error {
+	if t.root == "" {
+		return nil
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, b := range blobs {
+		p := filepath.Join(t.root, "docker", "registry", "v2", "blobs", "sha256", b.Digest.Encoded()[:2], b.Digest.Encoded(), "data")
+		for {
+			if _, err := os.Stat(p); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: blob %s not stored after 30 s", t.url, b.Digest)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return nil
 }
 
 // profileWindow is how long a profile runs: a cold pull and then some.
@@ -135,7 +163,11 @@ upstreams:
     insecure: true
     tag_ttl: 1h
 %s%s`, debug, filepath.Join(dir, "store"), upstreamURL, upstreamLines, strings.Join(extra, ""))
-	return b.startWharfConfig(dir, cfg, debug)
+	t, err := b.startWharfConfig(dir, cfg, debug)
+	if err == nil {
+		t.root = filepath.Join(dir, "store")
+	}
+	return t, err
 }
 
 // startWharfConfig runs the real binary with config cfg, written to dir;

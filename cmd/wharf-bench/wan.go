@@ -158,10 +158,11 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 						all := selfCPU() - self
 						if cpu >= 0 {
 							used := t.cpu() - cpu
-							if i == 0 {
-								cpus = append(cpus, used/(float64(imageSize(big))/(1<<30)))
-							}
 							all += used
+							if i == 0 && err == nil {
+								err = t.stored(big.Blobs())
+								cpus = append(cpus, (t.cpu()-cpu)/(float64(imageSize(big))/(1<<30)))
+							}
 						}
 						floors = append(floors, all/float64(runtime.NumCPU()))
 					}
