@@ -430,3 +430,15 @@ func (u *remote) resolveSecrets() error {
 	}
 	return nil
 }
+
+// stallTimeout is how long a fill waits for a silent bucket or owner: as
+// long as the owner waits for the longest-waited-for silent upstream, and
+// 10 s more, so that the owner gives up first, resumes, and its stream
+// goes on.
+func (c *fileConfig) stallTimeout() time.Duration {
+	stall := 30 * time.Second // upstreams[].idle_timeout's default
+	for _, u := range c.Upstreams {
+		stall = max(stall, u.IdleTimeout)
+	}
+	return stall + 10*time.Second
+}

@@ -115,6 +115,15 @@ func TestConfigErrors(t *testing.T) {
 	if err != nil || cfg.Cluster.Advertise != "http://[fd00::1:2]:5000" {
 		t.Fatalf("cluster on IPv6: %v %+v", err, cfg)
 	}
+	// A fill waits for a silent owner 10 s longer than the owner waits
+	// for its slowest upstream.
+	if got := cfg.stallTimeout(); got != 40*time.Second {
+		t.Fatalf("stall bound with the default idle_timeout: %v, want 40s", got)
+	}
+	cfg, err = loadConfig(writeConfig(t, base+"    idle_timeout: 5m\n"))
+	if err != nil || cfg.stallTimeout() != 5*time.Minute+10*time.Second {
+		t.Fatalf("stall bound with idle_timeout 5m: %v %v", err, cfg.stallTimeout())
+	}
 	cfg, err = loadConfig(writeConfig(t, base+"    username: bot\n    password: ${WHARF_TEST_PASS}\n"))
 	if err != nil || cfg.Upstreams[0].Password != "from-env" {
 		t.Fatalf("env expansion: %v %+v", err, cfg)

@@ -152,14 +152,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	}
 	ccfg := cache.Config{Upstreams: ups, Registerer: reg, Logger: log, Pins: cfg.Pins,
 		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark, Redirect: cfg.Storage.Redirect}
-	// A fill waits for a silent bucket or owner as long as the owner waits
-	// for a silent upstream, and 10 s more: the owner gives up first, and
-	// resumes, and its stream goes on.
-	stall := 30 * time.Second
-	for _, u := range cfg.Upstreams {
-		stall = max(stall, u.IdleTimeout)
-	}
-	ccfg.StallTimeout = stall + 10*time.Second
+	ccfg.StallTimeout = cfg.stallTimeout()
 	var peerAuth proxy.PeerAuth
 	if cfg.Cluster != nil {
 		fleet, err := cfg.Cluster.open()
