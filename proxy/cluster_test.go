@@ -193,7 +193,7 @@ func TestFleetWithAStalledOwner(t *testing.T) {
 		}
 		return true
 	})
-	fleet := newFleet(t, 2, up, bucket, secret, 2*time.Second)
+	fleet := newFleet(t, 2, up, bucket, secret, time.Second) // the owner's own upstream gives up at 3 s
 	defer close(release)
 	c, err := cluster.New(cluster.Config{Peers: []string{fleet[0].URL, fleet[1].URL}, Advertise: fleet[0].URL, Secret: secret})
 	if err != nil {
