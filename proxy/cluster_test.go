@@ -17,8 +17,6 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cluster"
-	"github.com/wharf-registry/wharf/replicate"
-	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/storage/s3test"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
@@ -50,14 +48,9 @@ func newFleet(t *testing.T, n int, up *upstreamtest.Registry, bucket *s3test.Ser
 	var envs []*env
 	var peers []*fleetPeers
 	for range n {
-		r, err := storage.OpenRemote(t.Context(), "s3", bucket.Params())
-		if err != nil {
-			t.Fatal(err)
-		}
 		p := &fleetPeers{}
 		peers = append(peers, p)
-		envs = append(envs, newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{Peers: p, StallTimeout: stall}, replicate.Config{}, "", nil, nil,
-			spec{name: "docker.io", reg: up, def: true, ttl: time.Hour}))
+		envs = append(envs, bucketReplica(t, up, bucket.Params(), cache.Config{Peers: p, StallTimeout: stall}))
 	}
 	urls := slices.Clone(gone)
 	for _, e := range envs {
@@ -123,9 +116,7 @@ func TestFleetFetchesEachBlobOnce(t *testing.T) {
 	}
 	var fromUpstream, fromElsewhere, fetched float64
 	for _, e := range fleet {
-		if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
-			t.Fatalf("%d fills still running", n)
-		}
+		filled(t, e)
 		fromUpstream += metric(t, e, "wharf_filled_bytes_total", "source", "upstream")
 		fromElsewhere += metric(t, e, "wharf_filled_bytes_total", "source", "peer") + metric(t, e, "wharf_filled_bytes_total", "source", "bucket")
 		fetched += metric(t, e, "wharf_upstream_fetched_bytes_total")

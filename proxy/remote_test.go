@@ -33,22 +33,8 @@ func TestWharfsSharingABucket(t *testing.T) {
 	s3 := s3test.Start(t)
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 81, 3, 300_000, amd64)
-	replica := func() *env {
-		r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{}, replicate.Config{}, "", nil, nil,
-			spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
-	}
+	replica := func() *env { return bucketReplica(t, up, s3.Params(), cache.Config{}) }
 
-	// A fill uploads after its client has every byte.
-	settled := func(e *env) {
-		t.Helper()
-		if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
-			t.Fatalf("%d fills still running", n)
-		}
-	}
 	// Where each replica's bytes came from: blobs by source, and what
 	// upstream sent (blobs and manifests).
 	blobBytes, manifestBytes := 0, len(img.Manifest.Data)
@@ -69,7 +55,7 @@ func TestWharfsSharingABucket(t *testing.T) {
 	up.Reset()
 	first := replica()
 	pull(t, first, "app", img, "")
-	settled(first)
+	filled(t, first)
 	wantCounts(t, up, map[string]int{"HEAD manifest": 1, "GET manifest": 1, "GET blob": 4})
 	sources(first, blobBytes, 0, blobBytes+manifestBytes)
 	for _, b := range append(img.Blobs(), img.Manifest) {
@@ -84,7 +70,7 @@ func TestWharfsSharingABucket(t *testing.T) {
 	up.Reset()
 	second := replica()
 	pull(t, second, "app", img, "")
-	settled(second)
+	filled(t, second)
 	wantCounts(t, up, map[string]int{"HEAD manifest": 1, "GET manifest": 1})
 	if n := metric(t, second, "wharf_remote_lookups_total"); n != 4 {
 		t.Fatalf("bucket hits: %v, want 4", n)
@@ -115,7 +101,7 @@ func TestWharfsSharingABucket(t *testing.T) {
 	wantCounts(t, up, map[string]int{})
 	fourth := replica()
 	pull(t, fourth, "app", img, "")
-	settled(fourth)
+	filled(t, fourth)
 	wantCounts(t, up, map[string]int{"HEAD manifest": 1, "GET manifest": 1, "GET blob": 4})
 	if n := metric(t, fourth, "wharf_remote_lookups_total"); n != 4 {
 		t.Fatalf("bucket lookups that failed: %v, want 4", n)
@@ -136,19 +122,10 @@ func TestRedirectToTheBucket(t *testing.T) {
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 82, 2, 200_000, amd64)
 	other := up.PushImage(t, "library/other", "1", 83, 1, 1000, amd64)
-	replica := func(redirect bool) *env {
-		r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{Redirect: redirect}, replicate.Config{}, "", nil, nil,
-			spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
-	}
+	replica := func(redirect bool) *env { return bucketReplica(t, up, s3.Params(), cache.Config{Redirect: redirect}) }
 	first := replica(false)
 	pull(t, first, "app", img, "")
-	if n := settle(func() int { return int(metric(t, first, "wharf_fills_in_flight")) }, 0); n != 0 {
-		t.Fatalf("%d fills still running", n)
-	}
+	filled(t, first)
 
 	up.Reset()
 	e := replica(true)
@@ -218,9 +195,7 @@ func TestReplicaTellsTheBucketUsesAndPins(t *testing.T) {
 		t.Fatalf("pin list in the bucket: %v, %s", err, body)
 	}
 	// A fill's upload time is its use; a warm read is told with a marker.
-	if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
-		t.Fatalf("%d fills still running", n)
-	}
+	filled(t, e)
 	pull(t, e, "app", img, "")
 	e.close() // flushes the uses
 	for _, b := range img.Blobs() {
@@ -239,19 +214,10 @@ func TestCorruptObjectInTheBucket(t *testing.T) {
 	s3 := s3test.Start(t)
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 84, 1, 200_000, amd64)
-	replica := func() *env {
-		r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{}, replicate.Config{}, "", nil, nil,
-			spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
-	}
+	replica := func() *env { return bucketReplica(t, up, s3.Params(), cache.Config{}) }
 	first := replica()
 	pull(t, first, "app", img, "")
-	if n := settle(func() int { return int(metric(t, first, "wharf_fills_in_flight")) }, 0); n != 0 {
-		t.Fatalf("%d fills still running", n)
-	}
+	filled(t, first)
 	l := img.Layers[0]
 	key := s3.ObjectFile("/docker/registry/v2/blobs/sha256/" + l.Digest.Encoded()[:2] + "/" + l.Digest.Encoded() + "/data")
 	bad := bytes.Clone(l.Data)
@@ -278,9 +244,7 @@ func TestCorruptObjectInTheBucket(t *testing.T) {
 	wantCounts(t, up, map[string]int{})
 	second.get(t, "/v2/app/blobs/"+l.Digest.String(), l.Data, l.Digest.String())
 	wantCounts(t, up, map[string]int{"GET blob": 1})
-	if n := settle(func() int { return int(metric(t, second, "wharf_fills_in_flight")) }, 0); n != 0 {
-		t.Fatalf("%d fills still running", n)
-	}
+	filled(t, second)
 	if got, err := os.ReadFile(key); err != nil || !bytes.Equal(got, l.Data) {
 		t.Fatalf("the bucket after the refill: %v, %d bytes", err, len(got))
 	}
@@ -342,29 +306,18 @@ func TestBucketFailingAfterTheLookup(t *testing.T) {
 			replica := func() *env {
 				p := s3.Params()
 				p["regionendpoint"] = front.URL
-				r, err := storage.OpenRemote(t.Context(), "s3", p)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cache.Config{StallTimeout: time.Second}, replicate.Config{}, "", nil, nil,
-					spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
-			}
-			settled := func(e *env) {
-				t.Helper()
-				if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
-					t.Fatalf("%d fills still running", n)
-				}
+				return bucketReplica(t, up, p, cache.Config{StallTimeout: time.Second})
 			}
 			first := replica()
 			pull(t, first, "app", img, "")
-			settled(first)
+			filled(t, first)
 
 			second := replica()
 			second.get(t, "/v2/app/manifests/"+img.Manifest.Digest.String(), img.Manifest.Data, img.Manifest.Digest.String())
 			armed.Store(true)
 			up.Reset()
 			second.get(t, "/v2/app/blobs/"+l.Digest.String(), l.Data, l.Digest.String())
-			settled(second)
+			filled(t, second)
 			armed.Store(false)
 
 			var gets []string
@@ -401,4 +354,25 @@ type blocked struct{ ctx context.Context }
 func (b blocked) Read([]byte) (int, error) {
 	<-b.ctx.Done()
 	return 0, b.ctx.Err()
+}
+
+// bucketReplica is a replica on an empty disk over the bucket params name,
+// with up as its default upstream.
+func bucketReplica(t *testing.T, up *upstreamtest.Registry, params map[string]any, cfg cache.Config) *env {
+	t.Helper()
+	r, err := storage.OpenRemote(t.Context(), "s3", params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cfg, replicate.Config{}, "", nil, nil,
+		spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+}
+
+// filled waits until e has no fill running: a fill uploads to the bucket,
+// stores and indexes after its client has every byte.
+func filled(t *testing.T, e *env) {
+	t.Helper()
+	if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
+		t.Fatalf("%d fills still running", n)
+	}
 }
