@@ -121,6 +121,15 @@ func (c *Cache) RemoteURL(ctx context.Context, up, repo string, dgst digest.Dige
 	if err != nil || url == "" {
 		return "", nil
 	}
+	// The bucket learns of the use before the client does: gc spares a
+	// blob used within its min-age, and a use Touch collects reaches the
+	// bucket minutes late.
+	mctx, cancel := context.WithTimeout(ctx, remoteLookupTimeout)
+	err = c.store.MarkUsed(mctx, dgst)
+	cancel()
+	if err != nil {
+		return "", nil // gc might delete it under the client: a fill serves it
+	}
 	c.metrics.remote.WithLabelValues("redirect").Inc()
 	return url, nil
 }

@@ -170,6 +170,92 @@ func TestRedirectToTheBucket(t *testing.T) {
 	e.get(t, "/v2/other/blobs/"+other.Layers[0].Digest.String(), other.Layers[0].Data, other.Layers[0].Digest.String())
 }
 
+// A blob long unused in the bucket, which a replica has just redirected a
+// client to, outlives a gc run that starts then: the client's presigned
+// GET finds its bytes, not a 404. What nobody used lately still goes.
+func TestRedirectOutlivesGC(t *testing.T) {
+	s3 := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 85, 2, 50_000, amd64)
+	first := bucketReplica(t, up, s3.Params(), cache.Config{})
+	pull(t, first, "app", img, "")
+	filled(t, first)
+	// Everything in the bucket was last used three hours ago.
+	long := time.Now().Add(-3 * time.Hour)
+	for _, b := range append(img.Blobs(), img.Manifest) {
+		key := "/docker/registry/v2/blobs/sha256/" + b.Digest.Encoded()[:2] + "/" + b.Digest.Encoded() + "/data"
+		if err := os.Chtimes(s3.ObjectFile(key), long, long); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	e := bucketReplica(t, up, s3.Params(), cache.Config{Redirect: true})
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	l := img.Layers[0]
+	resp, err := noFollow.Get(e.URL + "/v2/app/blobs/" + l.Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusTemporaryRedirect {
+		t.Fatalf("blob in the bucket: %d, want a redirect", resp.StatusCode)
+	}
+
+	r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.GC(t.Context(), storage.GCPolicy{Keep: 0, PinsAge: time.Hour, MinAge: time.Hour}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err = http.Get(loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, l.Data) {
+		t.Fatalf("the presigned URL after gc: %d, %d bytes of %d", resp.StatusCode, len(got), len(l.Data))
+	}
+	var deleted []string
+	for _, b := range res.Deleted {
+		deleted = append(deleted, b.Digest.String())
+	}
+	slices.Sort(deleted)
+	want := []string{img.Config.Digest.String(), img.Layers[1].Digest.String(), img.Manifest.Digest.String()}
+	slices.Sort(want)
+	if !slices.Equal(deleted, want) {
+		t.Fatalf("gc deleted %v, want %v (the config, the other layer, the manifest)", deleted, want)
+	}
+
+	// A replica that cannot write the marker sends nobody to the bucket:
+	// it serves the blob itself.
+	target, _ := url.Parse(s3.URL)
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host }}
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/wharf/access/") {
+			http.Error(w, "read-only", http.StatusForbidden)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	p := s3.Params()
+	p["regionendpoint"] = front.URL
+	ro := bucketReplica(t, up, p, cache.Config{Redirect: true})
+	resp, err = noFollow.Get(ro.URL + "/v2/app/blobs/" + l.Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, l.Data) {
+		t.Fatalf("a replica that cannot mark the blob used: %d, Location %q, %d bytes of %d", resp.StatusCode, resp.Header.Get("Location"), len(got), len(l.Data))
+	}
+}
+
 // A replica with a bucket tells it what it served (markers gc reads for
 // the fleet's last use) and what it pins.
 func TestReplicaTellsTheBucketUsesAndPins(t *testing.T) {

@@ -43,6 +43,8 @@ type Remote struct {
 	lastErr error     // of the last call that reached a verdict (ErrNotFound is an answer)
 	lastAt  time.Time // when
 	probing sync.Mutex
+
+	beforeDelete func(digest.Digest) // tests: what happens between gc's listing and a deletion
 }
 
 // healthAge is how long the last call's outcome stands for the bucket's

@@ -109,7 +109,8 @@ func TestRemoteBlobsOnS3(t *testing.T) {
 
 // gc keeps the bucket under a size by deleting the blobs least recently
 // used across the fleet (a replica's recorded use counts over the
-// upload), sparing what any replica pins, and only says so when dry.
+// upload), sparing what any replica pins and what was used within its
+// minimum age, and only says so when dry.
 func TestRemoteGC(t *testing.T) {
 	s3 := s3test.Start(t)
 	r, err := OpenRemote(t.Context(), "s3", s3.Params())
@@ -138,7 +139,8 @@ func TestRemoteGC(t *testing.T) {
 	if err := r.PutPins(t.Context(), "wharf-0", []digest.Digest{ds[1]}); err != nil {
 		t.Fatal(err)
 	}
-	dry, err := r.GC(t.Context(), 2500, time.Hour, time.Now(), true)
+	// The runs below happen later: 11 hours on, every use is past.
+	dry, err := r.GC(t.Context(), GCPolicy{Keep: 2500, PinsAge: 24 * time.Hour, Dry: true}, now.Add(11*time.Hour))
 	if err != nil || dry.Before != 5000 || dry.After != 2000 || len(dry.Deleted) != 3 || dry.Pinned != 1 {
 		t.Fatalf("dry run: %+v, %v", dry, err)
 	}
@@ -150,8 +152,16 @@ func TestRemoteGC(t *testing.T) {
 			t.Fatalf("the dry run deleted %s: %v", d, err)
 		}
 	}
-	res, err := r.GC(t.Context(), 2500, time.Hour, time.Now(), false)
-	if err != nil || len(res.Deleted) != 3 || res.After != 2000 {
+	// Blobs used within MinAge stay, however far above Keep the bucket is.
+	res, err := r.GC(t.Context(), GCPolicy{Keep: 0, PinsAge: 24 * time.Hour, MinAge: 6*time.Hour + 30*time.Minute}, now.Add(10*time.Hour))
+	if err != nil || len(res.Deleted) != 2 || res.Recent != 2 || res.Pinned != 1 || res.After != 3000 {
+		t.Fatalf("gc sparing what was used within 6h30m: %+v, %v", res, err)
+	}
+	if got := []digest.Digest{res.Deleted[0].Digest, res.Deleted[1].Digest}; !slices.Equal(got, []digest.Digest{ds[2], ds[3]}) {
+		t.Fatalf("gc deleted %v, want 2 and 3 (1 is pinned; 4 and 0 used within 6h30m)", got)
+	}
+	res, err = r.GC(t.Context(), GCPolicy{Keep: 2500, PinsAge: 24 * time.Hour}, now.Add(11*time.Hour))
+	if err != nil || len(res.Deleted) != 1 || res.After != 2000 {
 		t.Fatalf("gc: %+v, %v", res, err)
 	}
 	for i, d := range ds {
@@ -161,8 +171,46 @@ func TestRemoteGC(t *testing.T) {
 		}
 	}
 	// A pin list older than the age given no longer spares anything.
-	res, err = r.GC(t.Context(), 0, -time.Hour, time.Now(), false)
+	res, err = r.GC(t.Context(), GCPolicy{}, now.Add(11*time.Hour))
 	if err != nil || res.After != 0 || len(res.Deleted) != 2 {
 		t.Fatalf("gc to nothing with stale pins: %+v, %v", res, err)
+	}
+}
+
+// A blob used after gc listed the bucket (a replica redirected a client to
+// it, and wrote its marker first) is not deleted: gc reads the marker
+// again just before each deletion.
+func TestGCRereadsTheMarker(t *testing.T) {
+	s3 := s3test.Start(t)
+	r, err := OpenRemote(t.Context(), "s3", s3.Params())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []digest.Digest
+	for i := range 3 {
+		data := bytes.Repeat([]byte{byte('a' + i)}, 1000)
+		d := digest.FromBytes(data)
+		ds = append(ds, d)
+		if err := r.Upload(t.Context(), d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	later := time.Now().Add(3 * time.Hour) // every upload is old by then
+	r.beforeDelete = func(d digest.Digest) {
+		if d == ds[1] {
+			if err := r.Touch(t.Context(), d, later.Add(-time.Second)); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	res, err := r.GC(t.Context(), GCPolicy{MinAge: time.Hour}, later)
+	if err != nil || len(res.Deleted) != 2 || res.Recent != 1 || res.After != 1000 {
+		t.Fatalf("gc: %+v, %v", res, err)
+	}
+	for i, d := range ds {
+		_, err := r.Stat(t.Context(), d)
+		if gone := errors.Is(err, ErrNotFound); gone != (i != 1) {
+			t.Fatalf("blob %d after gc: %v", i, err)
+		}
 	}
 }

@@ -52,24 +52,40 @@ type RemoteBlob struct {
 	Used   time.Time // the last use any replica recorded, else the upload
 }
 
+// GCPolicy is what a collection may delete.
+type GCPolicy struct {
+	Keep    int64         // bytes of blobs to bring the bucket down to
+	PinsAge time.Duration // pin lists older than this (a replica gone) spare nothing
+	// MinAge spares every blob used or uploaded more recently, however far
+	// above Keep the bucket stays: a use reaches the bucket up to
+	// remoteUseEvery late, and a client redirected to a blob fetches it up
+	// to a presigned URL's life (20 minutes) after the redirect's marker
+	// (see Store.MarkUsed).
+	MinAge time.Duration
+	Dry    bool // only say what would be deleted
+}
+
 // GCResult is what a collection did (or, dry, would do).
 type GCResult struct {
 	Deleted       []RemoteBlob
 	Before, After int64 // bytes of blobs in the bucket
 	Pinned        int   // blobs spared because a replica pins them
+	Recent        int   // blobs spared because used within MinAge
 }
 
-// GC deletes the least recently used blobs not pinned by any replica whose
-// pin list is younger than pinsAge, until the bucket's blobs total at most
-// keep bytes; dry only says what it would delete. A replica still indexing
-// a deleted blob finds it gone and fetches it again.
-func (r *Remote) GC(ctx context.Context, keep int64, pinsAge time.Duration, now time.Time, dry bool) (GCResult, error) {
+// GC deletes the least recently used blobs that no replica whose pin list
+// is younger than p.PinsAge pins and nobody used within p.MinAge, until
+// the bucket's blobs total at most p.Keep bytes. Each blob's marker is
+// read again just before it is deleted: a replica may have redirected a
+// client to it since the collection listed the bucket. A replica still
+// indexing a deleted blob finds it gone and fetches it again.
+func (r *Remote) GC(ctx context.Context, p GCPolicy, now time.Time) (GCResult, error) {
 	var res GCResult
 	blobs, err := r.blobs(ctx)
 	if err != nil {
 		return res, err
 	}
-	pinned, err := r.pinned(ctx, now.Add(-pinsAge))
+	pinned, err := r.pinned(ctx, now.Add(-p.PinsAge))
 	if err != nil {
 		return res, err
 	}
@@ -77,16 +93,28 @@ func (r *Remote) GC(ctx context.Context, keep int64, pinsAge time.Duration, now 
 		res.Before += b.Size
 	}
 	slices.SortFunc(blobs, func(a, b RemoteBlob) int { return a.Used.Compare(b.Used) })
+	recent := func(t time.Time) bool { return t.After(now.Add(-p.MinAge)) }
 	res.After = res.Before
 	for _, b := range blobs {
-		if res.After <= keep {
+		if res.After <= p.Keep {
 			break
 		}
 		if pinned[b.Digest] {
 			res.Pinned++
 			continue
 		}
-		if !dry {
+		if recent(b.Used) {
+			res.Recent++
+			continue
+		}
+		if !p.Dry {
+			if r.beforeDelete != nil {
+				r.beforeDelete(b.Digest)
+			}
+			if used, ok := r.marker(ctx, b.Digest); ok && recent(used) {
+				res.Recent++
+				continue
+			}
 			if err := r.Delete(ctx, b.Digest); err != nil && !errors.Is(err, ErrNotFound) {
 				return res, err
 			}
@@ -96,6 +124,16 @@ func (r *Remote) GC(ctx context.Context, keep int64, pinsAge time.Duration, now 
 		res.After -= b.Size
 	}
 	return res, nil
+}
+
+// marker is the use recorded in dgst's marker, if it has a readable one.
+func (r *Remote) marker(ctx context.Context, dgst digest.Digest) (time.Time, bool) {
+	body, err := r.d.GetContent(ctx, accessKey(dgst))
+	if err != nil {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(body))
+	return t, err == nil
 }
 
 // blobs lists the bucket's blobs with their last recorded use.
@@ -128,11 +166,7 @@ func (r *Remote) blobs(ctx context.Context) ([]RemoteBlob, error) {
 		if !ok {
 			return nil
 		}
-		body, err := r.d.GetContent(ctx, fi.Path())
-		if err != nil {
-			return nil // gone meanwhile
-		}
-		if t, err := time.Parse(time.RFC3339Nano, string(body)); err == nil && t.After(out[i].Used) {
+		if t, ok := r.marker(ctx, out[i].Digest); ok && t.After(out[i].Used) { // !ok: gone meanwhile
 			out[i].Used = t
 		}
 		return nil

@@ -15,6 +15,7 @@ type remoteUse struct {
 	mu      sync.Mutex
 	pending map[digest.Digest]time.Time // at most maxPendingUses
 	last    time.Time                   // of the last flush
+	marks   map[digest.Digest]time.Time // markers MarkUsed wrote, at most maxPendingUses
 }
 
 const (
@@ -22,7 +23,60 @@ const (
 	maxPendingUses = 100_000
 	// remoteUseFlushTime bounds one flush; what is left waits for the next.
 	remoteUseFlushTime = time.Minute
+	// markFresh is how long a marker MarkUsed wrote stands for the blob's
+	// later redirects: gc's MinAge must exceed it and a presigned URL's
+	// life together (30 minutes).
+	markFresh = 10 * time.Minute
 )
+
+// MarkUsed records in the bucket, before a client is redirected to blob
+// dgst there, that it is in use, unless this replica did so within
+// markFresh: gc must not delete a blob a client has a URL for, and the
+// uses Touch collects reach the bucket up to remoteUseEvery late. An
+// error means the client is better served another way.
+func (s *Store) MarkUsed(ctx context.Context, dgst digest.Digest) error {
+	if s.remote == nil {
+		return nil
+	}
+	now := time.Now()
+	if !s.use.markDue(dgst, now) {
+		return nil
+	}
+	if err := s.remote.Touch(ctx, dgst, now); err != nil {
+		return err
+	}
+	s.use.mark(dgst, now)
+	return nil
+}
+
+// markDue says whether dgst needs a marker written now.
+func (u *remoteUse) markDue(dgst digest.Digest, now time.Time) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	at, ok := u.marks[dgst]
+	return !ok || now.Sub(at) >= markFresh
+}
+
+// mark remembers a marker written at; when the map is full, the stale
+// ones go, and if none is stale the marker is not remembered (the next
+// redirect writes one again).
+func (u *remoteUse) mark(dgst digest.Digest, at time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.marks == nil {
+		u.marks = map[digest.Digest]time.Time{}
+	}
+	if len(u.marks) >= maxPendingUses {
+		for d, t := range u.marks {
+			if at.Sub(t) >= markFresh {
+				delete(u.marks, d)
+			}
+		}
+	}
+	if len(u.marks) < maxPendingUses {
+		u.marks[dgst] = at
+	}
+}
 
 func (u *remoteUse) note(dgst digest.Digest, at time.Time) {
 	u.mu.Lock()

@@ -170,6 +170,7 @@ func TestCommandLine(t *testing.T) {
 	}{
 		{[]string{"gc", "--config", local}, "usage: wharf gc"},
 		{[]string{"gc", "--config", local, "--keep", "lots"}, `--keep "lots"`},
+		{[]string{"gc", "--config", local, "--keep", "1GiB", "--min-age", "-1h"}, "--min-age and --pins-age are durations of 0 or more"},
 		{[]string{"gc", "--config", local, "--keep", "1GiB"}, "needs storage.driver: s3"},
 	} {
 		if err := run(c.args, &out, &errOut); err == nil || !strings.Contains(err.Error(), c.want) {

@@ -94,7 +94,12 @@ upstreams:
 		return string(out)
 	}
 	objects := len(img.Blobs()) + 1
-	if out := wharfGC("--keep", "0", "--dry-run"); !strings.Contains(out, fmt.Sprintf("would delete %d blobs", objects)) {
+	// Everything was just uploaded: within --min-age (1h), nothing goes.
+	if out := wharfGC("--keep", "0"); !strings.Contains(out, "deleted 0 blobs") || !strings.Contains(out, fmt.Sprintf("0 pinned and %d recently used blobs spared", objects)) {
+		t.Fatalf("gc of blobs used within the hour:\n%s", out)
+	}
+	if out := wharfGC("--keep", "0", "--min-age", "0", "--dry-run"); !strings.Contains(out, fmt.Sprintf("would delete %d blobs", objects)) ||
+		!strings.Contains(out, "--min-age 0s is under 30m0s") {
 		t.Fatalf("dry run:\n%s", out)
 	}
 	for _, b := range img.Blobs() {
@@ -103,7 +108,7 @@ upstreams:
 			t.Fatalf("the dry run deleted %s: %v", b.Digest, err)
 		}
 	}
-	if out := wharfGC("--keep", "0"); !strings.Contains(out, fmt.Sprintf("deleted %d blobs", objects)) || !strings.Contains(out, "after; 0 pinned") {
+	if out := wharfGC("--keep", "0", "--min-age", "0"); !strings.Contains(out, fmt.Sprintf("deleted %d blobs", objects)) || !strings.Contains(out, "after; 0 pinned") {
 		t.Fatalf("gc:\n%s", out)
 	}
 	runTool(t, crane, "pull", "--insecure", "--format", "oci", second.addr+"/library/app:1.0", filepath.Join(t.TempDir(), "again"))
