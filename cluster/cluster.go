@@ -2,15 +2,16 @@
 // for the whole fleet: every digest has one owner among the peers
 // (rendezvous hashing), and a replica that misses a blob asks the owner,
 // which fills it once and streams it to every replica asking. Peer
-// requests carry a shared secret. This package knows peers, ownership and
+// requests are signed with a shared secret. This package knows peers, ownership and
 // the peer request; it knows nothing of caches or HTTP routes.
 package cluster
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -34,7 +35,7 @@ type Config struct {
 	Peers     []string // base URLs of every replica, this one included
 	DNS       string   // or host:port of a headless Service, resolved every Refresh
 	Advertise string   // this replica's own base URL, as the others know it
-	Secret    string   // shared by every replica; sent with every peer request
+	Secret    string   // shared by every replica; signs every peer request, never sent
 	Refresh   time.Duration
 	Client    *http.Client // nil: a client with sane timeouts
 	// resolve looks DNS up; tests replace it.
@@ -51,6 +52,34 @@ type Cluster struct {
 
 	stop chan struct{}
 	done chan struct{}
+
+	now func() time.Time // the clock signatures are checked against; tests move it
+}
+
+// peerSignatureLife is how long a signed peer request stands, either way
+// of the clock (replicas' clocks drift apart by seconds, not minutes): a
+// request read off the pod network can be replayed that long, for the
+// same blob at the same offset only.
+const peerSignatureLife = 5 * time.Minute
+
+// peerScheme names the Authorization of a peer request:
+// "Wharf-Peer t=<unix seconds>,sig=<hex HMAC-SHA256>".
+const peerScheme = "Wharf-Peer "
+
+// signature is the HMAC of a peer request: its method, path and query,
+// Range, and when it was signed.
+func (c *Cluster) signature(method, uri, rng string, t int64) []byte {
+	m := hmac.New(sha256.New, []byte(c.cfg.Secret))
+	fmt.Fprintf(m, "%s\n%s\n%s\n%d", method, uri, rng, t)
+	return m.Sum(nil)
+}
+
+// sign sets req's Authorization: the peers talk plain HTTP, so the
+// secret itself never goes on the wire.
+func (c *Cluster) sign(req *http.Request) {
+	t := c.now().Unix()
+	sig := c.signature(req.Method, req.URL.RequestURI(), req.Header.Get("Range"), t)
+	req.Header.Set("Authorization", peerScheme+"t="+strconv.FormatInt(t, 10)+",sig="+hex.EncodeToString(sig))
 }
 
 // New starts watching the peers (DNS only) until Close.
@@ -72,7 +101,7 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.resolve == nil {
 		cfg.resolve = net.DefaultResolver.LookupHost
 	}
-	c := &Cluster{cfg: cfg, client: cfg.Client, stop: make(chan struct{}), done: make(chan struct{})}
+	c := &Cluster{cfg: cfg, client: cfg.Client, stop: make(chan struct{}), done: make(chan struct{}), now: time.Now}
 	if c.client == nil {
 		c.client = &http.Client{Transport: &http.Transport{
 			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
@@ -176,10 +205,10 @@ func (c *Cluster) Blob(ctx context.Context, peer, up, repo string, dgst digest.D
 	if err != nil {
 		return nil, 0, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.cfg.Secret)
 	if offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
+	c.sign(req)
 	resp, err := c.client.Do(req)
 	if err != nil {
 		return nil, 0, fmt.Errorf("peer %s: %w", peer, err)
@@ -207,9 +236,24 @@ func (e *PeerError) Error() string { return fmt.Sprintf("peer %s answered %d", e
 // StatusCode is the peer's HTTP status.
 func (e *PeerError) StatusCode() int { return e.Status }
 
-// Authorized reports whether r carries the fleet's secret.
+// Authorized reports whether r was signed with the fleet's secret, as it
+// is (method, path and query, Range), within peerSignatureLife of now.
 func (c *Cluster) Authorized(r *http.Request) bool {
-	return subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+c.cfg.Secret)) == 1
+	v, ok := strings.CutPrefix(r.Header.Get("Authorization"), peerScheme)
+	if !ok {
+		return false
+	}
+	ts, sig, ok := strings.Cut(v, ",sig=")
+	ts, ok2 := strings.CutPrefix(ts, "t=")
+	t, err := strconv.ParseInt(ts, 10, 64)
+	got, herr := hex.DecodeString(sig)
+	if !ok || !ok2 || err != nil || herr != nil {
+		return false
+	}
+	if age := c.now().Sub(time.Unix(t, 0)); age > peerSignatureLife || age < -peerSignatureLife {
+		return false
+	}
+	return hmac.Equal(got, c.signature(r.Method, r.URL.RequestURI(), r.Header.Get("Range"), t))
 }
 
 // Canonical is a peer's base URL written as DNS answers make it. On an

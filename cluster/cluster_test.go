@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -79,21 +83,90 @@ func TestPeersFromDNS(t *testing.T) {
 	}
 }
 
-// Only the fleet's secret passes, and a cluster needs one.
-func TestSecret(t *testing.T) {
+// A cluster needs a secret, and a peer request proves it knows it without
+// carrying it: the peers talk plain HTTP, and what someone on the pod
+// network reads off one request asks for that blob, at that offset, for
+// a few minutes at most, and for nothing else.
+func TestPeerRequestsAreSigned(t *testing.T) {
 	if _, err := New(Config{Peers: []string{"http://a"}, Advertise: "http://a"}); err == nil {
 		t.Fatal("a cluster without a secret")
 	}
-	c, err := New(Config{Peers: []string{"http://a"}, Advertise: "http://a", Secret: "0123456789abcdef"})
+	const secret = "0123456789abcdef"
+	c, err := New(Config{Peers: []string{"http://a"}, Advertise: "http://a", Secret: secret})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for authz, want := range map[string]bool{"Bearer 0123456789abcdef": true, "": false, "Bearer 0123456789abcdeF": false, "0123456789abcdef": false} {
-		r, _ := http.NewRequest(http.MethodGet, "/", nil)
+	other, err := New(Config{Peers: []string{"http://a"}, Advertise: "http://a", Secret: "another-fleet-secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+
+	// What crosses the wire.
+	var seen *http.Request
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen = r.Clone(r.Context())
+		w.Write([]byte("blob"))
+	}))
+	defer srv.Close()
+	dgst := digest.FromString("blob")
+	rc, _, err := c.Blob(t.Context(), srv.URL, "docker.io", "library/app", dgst, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	dump, _ := httputil.DumpRequest(seen, false)
+	if strings.Contains(string(dump), secret) {
+		t.Fatalf("the secret crossed the wire:\n%s", dump)
+	}
+	if !c.Authorized(seen) {
+		t.Fatalf("the fleet refused its own request:\n%s", dump)
+	}
+	if other.Authorized(seen) {
+		t.Fatal("another fleet's replica admitted the request")
+	}
+
+	// The captured Authorization replayed on anything else, or later.
+	replay := func(method, target, rng string) *http.Request {
+		r := httptest.NewRequest(method, target, nil)
+		r.Header.Set("Authorization", seen.Header.Get("Authorization"))
+		if rng != "" {
+			r.Header.Set("Range", rng)
+		}
+		return r
+	}
+	uri := seen.URL.RequestURI()
+	otherDigest := strings.Replace(uri, dgst.Encoded(), digest.FromString("other").Encoded(), 1)
+	otherRepo := strings.Replace(uri, "library%2Fapp", "private%2Fsecrets", 1)
+	for name, r := range map[string]*http.Request{
+		"another blob":       replay(http.MethodGet, otherDigest, ""),
+		"another repository": replay(http.MethodGet, otherRepo, ""),
+		"another method":     replay(http.MethodDelete, uri, ""),
+		"another offset":     replay(http.MethodGet, uri, "bytes=100-"),
+	} {
+		if c.Authorized(r) {
+			t.Errorf("%s with the captured header was admitted", name)
+		}
+	}
+	if !c.Authorized(replay(http.MethodGet, uri, "")) {
+		t.Fatal("the same request again, at once, was refused")
+	}
+	c.now = func() time.Time { return time.Now().Add(peerSignatureLife + time.Second) }
+	if c.Authorized(replay(http.MethodGet, uri, "")) {
+		t.Fatal("the captured request was admitted after its signature's life")
+	}
+	c.now = func() time.Time { return time.Now().Add(-peerSignatureLife - time.Second) }
+	if c.Authorized(replay(http.MethodGet, uri, "")) {
+		t.Fatal("a request signed in the future beyond the clock skew allowed was admitted")
+	}
+
+	// Neither the secret itself nor anything malformed passes.
+	for _, authz := range []string{"Bearer " + secret, "", secret, "Wharf-Peer", "Wharf-Peer t=1,sig=00", "Wharf-Peer t=x,sig=zz"} {
+		r := httptest.NewRequest(http.MethodGet, uri, nil)
 		r.Header.Set("Authorization", authz)
-		if c.Authorized(r) != want {
-			t.Errorf("Authorization %q: %v", authz, !want)
+		if c.Authorized(r) {
+			t.Errorf("Authorization %q was admitted", authz)
 		}
 	}
 }

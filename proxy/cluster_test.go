@@ -127,7 +127,7 @@ func TestFleetFetchesEachBlobOnce(t *testing.T) {
 	}
 
 	l := img.Layers[0]
-	for _, authz := range []string{"", "Bearer wrong"} {
+	for _, authz := range []string{"", "Bearer wrong", "Bearer fleet-secret-0123456789"} { // the secret itself never passes: requests are signed
 		r := fleet[0].do(t, http.MethodGet, cluster.BlobPath+l.Digest.String()+"?upstream=docker.io&repo=library/app", "Authorization", authz)
 		if r.status != http.StatusUnauthorized {
 			t.Fatalf("peer route with %q: %d", authz, r.status)

@@ -8,8 +8,8 @@ import (
 	"github.com/gorilla/mux"
 )
 
-// PeerAuth admits another replica of the fleet (it carries the fleet's
-// secret: see package cluster).
+// PeerAuth admits another replica of the fleet (its request is signed with
+// the fleet's secret: see package cluster).
 type PeerAuth func(*http.Request) bool
 
 // peerBlob serves a blob to another replica, which asks this one because
@@ -19,7 +19,7 @@ type PeerAuth func(*http.Request) bool
 // a repository proves what upstream's would.
 func (p *proxy) peerBlob(w http.ResponseWriter, r *http.Request) error {
 	if p.peerAuth == nil || !p.peerAuth(r) {
-		return ociError(http.StatusUnauthorized, errcode.ErrorCodeUnauthorized, "peer requests need the fleet's secret")
+		return ociError(http.StatusUnauthorized, errcode.ErrorCodeUnauthorized, "peer requests must be signed with the fleet's secret")
 	}
 	dgst, err := parseDigest(mux.Vars(r)["digest"])
 	if err != nil {
