@@ -72,7 +72,7 @@ func newFleet(t *testing.T, n int, up *upstreamtest.Registry, bucket *s3test.Ser
 // Eight clients spread over three replicas pull the same cold image at
 // once: each blob is fetched from upstream exactly once for the fleet,
 // and every client gets the exact bytes. The peer route admits only the
-// fleet's secret.
+// requests signed with the fleet's secret, not the secret itself.
 func TestFleetFetchesEachBlobOnce(t *testing.T) {
 	bucket := s3test.Start(t)
 	up := upstreamtest.New(t)
