@@ -24,8 +24,9 @@ const (
 	// remoteUseFlushTime bounds one flush; what is left waits for the next.
 	remoteUseFlushTime = time.Minute
 	// markFresh is how long a marker MarkUsed wrote stands for the blob's
-	// later redirects: gc's MinAge must exceed it and a presigned URL's
-	// life together (30 minutes).
+	// later redirects: gc's MinAge must exceed it, a presigned URL's life
+	// and how far another replica's flush can set a marker back
+	// (remoteUseEvery and remoteUseFlushTime) together.
 	markFresh = 10 * time.Minute
 )
 

@@ -15,8 +15,10 @@ import (
 
 // safeMinAge is the least --min-age that spares every blob a client holds
 // a redirect for: a redirect's marker stands for 10 minutes of further
-// redirects, and a presigned URL lives 20 minutes.
-const safeMinAge = 30 * time.Minute
+// redirects, a presigned URL lives 20 minutes, and another replica's
+// periodic marker for the same blob can set its use back by up to 6
+// minutes (36 in all, and room for clocks apart).
+const safeMinAge = 45 * time.Minute
 
 // gcCmd runs `wharf gc`: bound the shared bucket of storage.driver s3 (a
 // Kubernetes CronJob's work). The blobs least recently used across the

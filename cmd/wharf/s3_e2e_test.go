@@ -99,7 +99,7 @@ upstreams:
 		t.Fatalf("gc of blobs used within the hour:\n%s", out)
 	}
 	if out := wharfGC("--keep", "0", "--min-age", "0", "--dry-run"); !strings.Contains(out, fmt.Sprintf("would delete %d blobs", objects)) ||
-		!strings.Contains(out, "--min-age 0s is under 30m0s") {
+		!strings.Contains(out, "--min-age 0s is under 45m0s") {
 		t.Fatalf("dry run:\n%s", out)
 	}
 	for _, b := range img.Blobs() {
