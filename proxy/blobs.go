@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -55,7 +56,8 @@ func (p *proxy) serveBlob(w http.ResponseWriter, r *http.Request, up, repo strin
 	}
 	defer b.Close()
 	setBlobHeaders(w, b.Descriptor)
-	cw := &recorder{ResponseWriter: w}
+	bytesOnly(r)
+	cw := &recorder{ResponseWriter: w, rangeErrors: true, blobSize: b.Descriptor.Size}
 	content := &errReader{ReadSeeker: b}
 	if f, ok := b.ReadSeekCloser.(*os.File); ok {
 		http.ServeContent(cw, r, "", time.Time{}, f) // sendfile
@@ -69,6 +71,20 @@ func (p *proxy) serveBlob(w http.ResponseWriter, r *http.Request, up, repo strin
 		return content.err
 	}
 	return nil
+}
+
+// bytesOnly leaves r a Range that http.ServeContent reads as RFC 9110
+// says: a range unit other than bytes is ignored (the whole blob, 200),
+// and the unit is compared without regard to case.
+func bytesOnly(r *http.Request) {
+	unit, ranges, ok := strings.Cut(r.Header.Get("Range"), "=")
+	switch {
+	case r.Header.Get("Range") == "":
+	case !ok || !strings.EqualFold(strings.TrimSpace(unit), "bytes"):
+		r.Header.Del("Range")
+	default:
+		r.Header.Set("Range", "bytes="+ranges)
+	}
 }
 
 func setBlobHeaders(w http.ResponseWriter, desc ocispec.Descriptor) {

@@ -46,10 +46,33 @@ func TestBlobRanges(t *testing.T) {
 	check("bytes=1000-", 1000, size-1) // cold: starts the fill, serves the slice
 	check("bytes=10-99", 10, 99)       // warm
 	check("bytes=-5", size-5, size-1)
-	if r := e.do(t, "GET", path, "Range", fmt.Sprintf("bytes=%d-", size+10)); r.status != 416 {
-		t.Fatalf("unsatisfiable range: %d", r.status)
+	check("Bytes=20-29", 20, 29) // a range unit is compared without regard to case
+	// A Range it cannot satisfy, or cannot read, is an OCI error saying
+	// how large the blob is; one in a unit other than bytes is ignored.
+	for _, rng := range []string{fmt.Sprintf("bytes=%d-", size+10), "bytes=5-1", "bytes=abc"} {
+		r := e.do(t, "GET", path, "Range", rng)
+		if r.status != 416 || r.header.Get("Content-Type") != "application/json" || !strings.Contains(string(r.body), `"code":"RANGE_INVALID"`) ||
+			r.header.Get("Content-Range") != fmt.Sprintf("bytes */%d", size) {
+			t.Errorf("Range %s: %d %q %q %s", rng, r.status, r.header.Get("Content-Type"), r.header.Get("Content-Range"), r.body)
+		}
+	}
+	for _, rng := range []string{"items=0-1", "0-1", "bytes="} {
+		if r := e.do(t, "GET", path, "Range", rng); r.status != 200 || !bytes.Equal(r.body, l.Data) {
+			t.Errorf("Range %s: %d, %d bytes of %d", rng, r.status, len(r.body), size)
+		}
 	}
 	wantCounts(t, up, map[string]int{"GET blob": 1})
+	// The same of a cold blob: the answer is the error, and the fill it
+	// started serves the next request.
+	img2 := up.PushImage(t, "library/cold", "1", 42, 1, 100_000, amd64)
+	cold := img2.Layers[0]
+	up.Reset()
+	e.get(t, "/v2/cold/manifests/1", img2.Manifest.Data, img2.Manifest.Digest.String())
+	if r := e.do(t, "GET", "/v2/cold/blobs/"+cold.Digest.String(), "Range", "bytes=abc"); r.status != 416 || !strings.Contains(string(r.body), `"code":"RANGE_INVALID"`) {
+		t.Errorf("a cold blob's unreadable Range: %d %s", r.status, r.body)
+	}
+	e.get(t, "/v2/cold/blobs/"+cold.Digest.String(), cold.Data, cold.Digest.String())
+	wantCounts(t, up, map[string]int{"GET manifest": 1, "GET blob": 1})
 	if r := e.do(t, "GET", path, "If-None-Match", `"`+l.Digest.String()+`"`); r.status != 304 {
 		t.Fatalf("If-None-Match: %d", r.status)
 	}

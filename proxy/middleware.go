@@ -50,16 +50,35 @@ type recorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	// rangeErrors: a 416 (http.ServeContent's answer to a Range the blob
+	// cannot satisfy) goes out as an OCI error document, not as the plain
+	// text the standard library writes, which is then dropped.
+	rangeErrors bool
+	blobSize    int64 // for a 416's Content-Range: bytes */<size>, when >= 0
+	dropping    bool
 }
 
 func (r *recorder) WriteHeader(code int) {
 	if r.status == 0 {
 		r.status = code
 	}
+	if code == http.StatusRequestedRangeNotSatisfiable && r.rangeErrors && !r.dropping {
+		r.dropping = true
+		he := &httpError{status: code, err: errcode.ErrorCodeRangeInvalid.WithMessage("the Range asked for is not valid, or not within the blob")}
+		if r.blobSize >= 0 {
+			he.header = http.Header{"Content-Range": {"bytes */" + strconv.FormatInt(r.blobSize, 10)}}
+		}
+		r.Header().Del("X-Content-Type-Options")
+		he.write(r.ResponseWriter)
+		return
+	}
 	r.ResponseWriter.WriteHeader(code)
 }
 
 func (r *recorder) Write(b []byte) (int, error) {
+	if r.dropping {
+		return len(b), nil
+	}
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
