@@ -57,7 +57,7 @@ func (p *proxy) serveBlob(w http.ResponseWriter, r *http.Request, up, repo strin
 	defer b.Close()
 	setBlobHeaders(w, b.Descriptor)
 	bytesOnly(r)
-	cw := &recorder{ResponseWriter: w, rangeErrors: true, blobSize: b.Descriptor.Size}
+	cw := &recorder{ResponseWriter: w, rangeErrors: true, bodySize: b.Descriptor.Size}
 	content := &errReader{ReadSeeker: b}
 	if f, ok := b.ReadSeekCloser.(*os.File); ok {
 		http.ServeContent(cw, r, "", time.Time{}, f) // sendfile

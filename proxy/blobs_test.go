@@ -78,6 +78,23 @@ func TestBlobRanges(t *testing.T) {
 	}
 }
 
+// A manifest's Range errors are OCI errors too, as a blob's are.
+func TestManifestRangeErrors(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 43, 1, 1000, amd64)
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	m := img.Manifest
+	if r := e.do(t, "GET", "/v2/app/manifests/1", "Range", "bytes=0-9"); r.status != 206 || !bytes.Equal(r.body, m.Data[:10]) {
+		t.Fatalf("Range bytes=0-9: %d %q", r.status, r.body)
+	}
+	r := e.do(t, "GET", "/v2/app/manifests/1", "Range", "bytes=abc")
+	if r.status != 416 || r.header.Get("Content-Type") != "application/json" || !strings.Contains(string(r.body), `"code":"RANGE_INVALID"`) ||
+		r.header.Get("Content-Range") != fmt.Sprintf("bytes */%d", len(m.Data)) {
+		t.Fatalf("Range bytes=abc: %d %q %q %s", r.status, r.header.Get("Content-Type"), r.header.Get("Content-Range"), r.body)
+	}
+	e.get(t, "/v2/app/manifests/1", m.Data, m.Digest.String())
+}
+
 // A blob stored through one repository is not readable through another
 // unless that repository's upstream shows it holds it.
 func TestNoBlobLeaksAcrossRepositories(t *testing.T) {

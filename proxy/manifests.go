@@ -42,7 +42,8 @@ func (p *proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	setManifestHeaders(w, desc)
-	cw := &recorder{ResponseWriter: w}
+	bytesOnly(r)
+	cw := &recorder{ResponseWriter: w, rangeErrors: true, bodySize: int64(len(body))}
 	http.ServeContent(cw, r, "", time.Time{}, bytes.NewReader(body))
 	p.metrics.served.WithLabelValues(t.upstream, "manifest").Add(float64(cw.bytes))
 	return nil

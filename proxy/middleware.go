@@ -50,11 +50,11 @@ type recorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
-	// rangeErrors: a 416 (http.ServeContent's answer to a Range the blob
+	// rangeErrors: a 416 (http.ServeContent's answer to a Range the body
 	// cannot satisfy) goes out as an OCI error document, not as the plain
 	// text the standard library writes, which is then dropped.
 	rangeErrors bool
-	blobSize    int64 // for a 416's Content-Range: bytes */<size>, when >= 0
+	bodySize    int64 // for a 416's Content-Range: bytes */<size>, when >= 0
 	dropping    bool
 }
 
@@ -65,8 +65,8 @@ func (r *recorder) WriteHeader(code int) {
 	if code == http.StatusRequestedRangeNotSatisfiable && r.rangeErrors && !r.dropping {
 		r.dropping = true
 		he := &httpError{status: code, err: errcode.ErrorCodeRangeInvalid.WithMessage("the Range asked for is not valid, or not within the blob")}
-		if r.blobSize >= 0 {
-			he.header = http.Header{"Content-Range": {"bytes */" + strconv.FormatInt(r.blobSize, 10)}}
+		if r.bodySize >= 0 {
+			he.header = http.Header{"Content-Range": {"bytes */" + strconv.FormatInt(r.bodySize, 10)}}
 		}
 		r.Header().Del("X-Content-Type-Options")
 		he.write(r.ResponseWriter)
