@@ -133,6 +133,9 @@ func TestFleetFetchesEachBlobOnce(t *testing.T) {
 			t.Fatalf("peer route with %q: %d", authz, r.status)
 		}
 	}
+	if r := fleet[0].do(t, http.MethodPost, cluster.BlobPath+l.Digest.String()); r.status != http.StatusMethodNotAllowed || !strings.Contains(string(r.body), `"code":"UNSUPPORTED"`) {
+		t.Fatalf("POST to the peer route: %d %q", r.status, r.body)
+	}
 }
 
 // An owner that cannot be reached is passed by: the replica fills from

@@ -103,6 +103,9 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.NotFoundHandler = p.wrap("unknown", func(w http.ResponseWriter, r *http.Request) error {
 		return ociError(http.StatusNotFound, errUnsupported, "no such endpoint")
 	})
+	// A route's other methods (the peer route's): an OCI error, not
+	// gorilla's empty 405.
+	r.MethodNotAllowedHandler = p.wrap("unknown", unsupported)
 	// Routes are tried in order, the hot ones first, and matched without
 	// regexps (see apiPath). Uploads come before blobs so that
 	// /blobs/uploads/ is never read as a digest.
