@@ -130,16 +130,10 @@ func TestRedirectToTheBucket(t *testing.T) {
 	up.Reset()
 	e := replica(true)
 	e.get(t, "/v2/app/manifests/"+img.Manifest.Digest.String(), img.Manifest.Data, img.Manifest.Digest.String())
-	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	l := img.Layers[0]
-	resp, err := noFollow.Get(e.URL + "/v2/app/blobs/" + l.Digest.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	loc := resp.Header.Get("Location")
-	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, s3.URL+"/") || !strings.Contains(loc, "X-Amz-Signature=") {
-		t.Fatalf("blob in the bucket: %d, Location %q", resp.StatusCode, loc)
+	status, loc, _ := getNoFollow(t, e.URL+"/v2/app/blobs/"+l.Digest.String())
+	if status != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, s3.URL+"/") || !strings.Contains(loc, "X-Amz-Signature=") {
+		t.Fatalf("blob in the bucket: %d, Location %q", status, loc)
 	}
 	// A signature, never the bucket's secret key.
 	if strings.Contains(loc, s3.SecretKey) {
@@ -147,7 +141,7 @@ func TestRedirectToTheBucket(t *testing.T) {
 	}
 	req, _ := http.NewRequest(http.MethodGet, loc, nil)
 	req.Header.Set("Range", "bytes=10-19")
-	resp, err = http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,16 +184,10 @@ func TestRedirectOutlivesGC(t *testing.T) {
 	}
 
 	e := bucketReplica(t, up, s3.Params(), cache.Config{Redirect: true})
-	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	l := img.Layers[0]
-	resp, err := noFollow.Get(e.URL + "/v2/app/blobs/" + l.Digest.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	loc := resp.Header.Get("Location")
-	if resp.StatusCode != http.StatusTemporaryRedirect {
-		t.Fatalf("blob in the bucket: %d, want a redirect", resp.StatusCode)
+	status, loc, _ := getNoFollow(t, e.URL+"/v2/app/blobs/"+l.Digest.String())
+	if status != http.StatusTemporaryRedirect {
+		t.Fatalf("blob in the bucket: %d, want a redirect", status)
 	}
 
 	r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
@@ -210,14 +198,9 @@ func TestRedirectOutlivesGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err = http.Get(loc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, l.Data) {
-		t.Fatalf("the presigned URL after gc: %d, %d bytes of %d", resp.StatusCode, len(got), len(l.Data))
+	status, _, got := getNoFollow(t, loc)
+	if status != http.StatusOK || !bytes.Equal(got, l.Data) {
+		t.Fatalf("the presigned URL after gc: %d, %d bytes of %d", status, len(got), len(l.Data))
 	}
 	var deleted []string
 	for _, b := range res.Deleted {
@@ -245,15 +228,27 @@ func TestRedirectOutlivesGC(t *testing.T) {
 	p := s3.Params()
 	p["regionendpoint"] = front.URL
 	ro := bucketReplica(t, up, p, cache.Config{Redirect: true})
-	resp, err = noFollow.Get(ro.URL + "/v2/app/blobs/" + l.Digest.String())
+	status, loc, got = getNoFollow(t, ro.URL+"/v2/app/blobs/"+l.Digest.String())
+	if status != http.StatusOK || !bytes.Equal(got, l.Data) {
+		t.Fatalf("a replica that cannot mark the blob used: %d, Location %q, %d bytes of %d", status, loc, len(got), len(l.Data))
+	}
+}
+
+// getNoFollow GETs url as a client that does not follow redirects: the
+// status, Location and body.
+func getNoFollow(t *testing.T, url string) (int, string, []byte) {
+	t.Helper()
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _ = io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, l.Data) {
-		t.Fatalf("a replica that cannot mark the blob used: %d, Location %q, %d bytes of %d", resp.StatusCode, resp.Header.Get("Location"), len(got), len(l.Data))
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return resp.StatusCode, resp.Header.Get("Location"), body
 }
 
 // A replica with a bucket tells it what it served (markers gc reads for

@@ -118,15 +118,7 @@ func TestRemoteGC(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	var ds []digest.Digest
-	for i := range 5 {
-		data := bytes.Repeat([]byte{byte('a' + i)}, 1000)
-		d := digest.FromBytes(data)
-		ds = append(ds, d)
-		if err := r.Upload(t.Context(), d, int64(len(data)), bytes.NewReader(data)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ds := uploadBlobs(t, r, 5)
 	// Uses: 0 oldest ... 4 newest, then 0 used again last of all; 1 pinned.
 	for i, d := range ds {
 		if err := r.Touch(t.Context(), d, now.Add(time.Duration(i)*time.Hour)); err != nil {
@@ -186,15 +178,7 @@ func TestGCRereadsTheMarker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ds []digest.Digest
-	for i := range 3 {
-		data := bytes.Repeat([]byte{byte('a' + i)}, 1000)
-		d := digest.FromBytes(data)
-		ds = append(ds, d)
-		if err := r.Upload(t.Context(), d, int64(len(data)), bytes.NewReader(data)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ds := uploadBlobs(t, r, 3)
 	later := time.Now().Add(3 * time.Hour) // every upload is old by then
 	r.beforeDelete = func(d digest.Digest) {
 		if d == ds[1] {
@@ -213,4 +197,19 @@ func TestGCRereadsTheMarker(t *testing.T) {
 			t.Fatalf("blob %d after gc: %v", i, err)
 		}
 	}
+}
+
+// uploadBlobs puts n blobs of 1000 bytes each ("aaa...", "bbb...") in r.
+func uploadBlobs(t *testing.T, r *Remote, n int) []digest.Digest {
+	t.Helper()
+	var ds []digest.Digest
+	for i := range n {
+		data := bytes.Repeat([]byte{byte('a' + i)}, 1000)
+		d := digest.FromBytes(data)
+		ds = append(ds, d)
+		if err := r.Upload(t.Context(), d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ds
 }
