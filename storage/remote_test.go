@@ -4,8 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -212,4 +218,45 @@ func uploadBlobs(t *testing.T, r *Remote, n int) []digest.Digest {
 		}
 	}
 	return ds
+}
+
+// A marker gc cannot read (the bucket refuses, not "no such key") stops
+// the collection: a blob whose last use is unknown is not deleted on a
+// guess.
+func TestGCStopsAtAnUnreadableMarker(t *testing.T) {
+	s3 := s3test.Start(t)
+	target, _ := url.Parse(s3.URL)
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host }}
+	var refuse atomic.Bool
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if refuse.Load() && r.Method == http.MethodGet && strings.Contains(r.URL.Path, accessPrefix+"/") {
+			http.Error(w, "AccessDenied", http.StatusForbidden)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	p := s3.Params()
+	p["regionendpoint"] = front.URL
+	r, err := OpenRemote(t.Context(), "s3", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := uploadBlobs(t, r, 2)
+	later := time.Now().Add(3 * time.Hour)
+	for _, d := range ds {
+		if err := r.Touch(t.Context(), d, later.Add(-30*time.Minute)); err != nil { // used within MinAge
+			t.Fatal(err)
+		}
+	}
+	refuse.Store(true)
+	res, err := r.GC(t.Context(), GCPolicy{MinAge: time.Hour}, later)
+	if err == nil || len(res.Deleted) != 0 {
+		t.Fatalf("gc with unreadable markers: %+v, %v; want an error and nothing deleted", res, err)
+	}
+	for _, d := range ds {
+		if _, err := r.Stat(t.Context(), d); err != nil {
+			t.Fatalf("%s after gc: %v", d, err)
+		}
+	}
 }

@@ -111,7 +111,11 @@ func (r *Remote) GC(ctx context.Context, p GCPolicy, now time.Time) (GCResult, e
 			if r.beforeDelete != nil {
 				r.beforeDelete(b.Digest)
 			}
-			if used, ok := r.marker(ctx, b.Digest); ok && recent(used) {
+			used, ok, err := r.marker(ctx, b.Digest)
+			if err != nil {
+				return res, fmt.Errorf("blob %s: its last use cannot be read, so it is not deleted: %w", b.Digest, err)
+			}
+			if ok && recent(used) {
 				res.Recent++
 				continue
 			}
@@ -126,14 +130,19 @@ func (r *Remote) GC(ctx context.Context, p GCPolicy, now time.Time) (GCResult, e
 	return res, nil
 }
 
-// marker is the use recorded in dgst's marker, if it has a readable one.
-func (r *Remote) marker(ctx context.Context, dgst digest.Digest) (time.Time, bool) {
+// marker is the use recorded in dgst's marker: ok false if it has none (or
+// one that is no time), err if the bucket would not say.
+func (r *Remote) marker(ctx context.Context, dgst digest.Digest) (used time.Time, ok bool, err error) {
 	body, err := r.d.GetContent(ctx, accessKey(dgst))
-	if err != nil {
-		return time.Time{}, false
+	var nf storagedriver.PathNotFoundError
+	if errors.As(err, &nf) {
+		return time.Time{}, false, nil
 	}
-	t, err := time.Parse(time.RFC3339Nano, string(body))
-	return t, err == nil
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	used, err = time.Parse(time.RFC3339Nano, string(body))
+	return used, err == nil, nil
 }
 
 // blobs lists the bucket's blobs with their last recorded use.
@@ -166,7 +175,9 @@ func (r *Remote) blobs(ctx context.Context) ([]RemoteBlob, error) {
 		if !ok {
 			return nil
 		}
-		if t, ok := r.marker(ctx, out[i].Digest); ok && t.After(out[i].Used) { // !ok: gone meanwhile
+		// One that cannot be read now is read again before its blob
+		// would be deleted.
+		if t, ok, _ := r.marker(ctx, out[i].Digest); ok && t.After(out[i].Used) {
 			out[i].Used = t
 		}
 		return nil
