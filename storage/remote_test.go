@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"path"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -220,43 +221,50 @@ func uploadBlobs(t *testing.T, r *Remote, n int) []digest.Digest {
 	return ds
 }
 
-// A marker gc cannot read (the bucket refuses, not "no such key") stops
-// the collection: a blob whose last use is unknown is not deleted on a
-// guess.
-func TestGCStopsAtAnUnreadableMarker(t *testing.T) {
-	s3 := s3test.Start(t)
-	target, _ := url.Parse(s3.URL)
-	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host }}
-	var refuse atomic.Bool
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if refuse.Load() && r.Method == http.MethodGet && strings.Contains(r.URL.Path, accessPrefix+"/") {
-			http.Error(w, "AccessDenied", http.StatusForbidden)
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	defer front.Close()
-	p := s3.Params()
-	p["regionendpoint"] = front.URL
-	r, err := OpenRemote(t.Context(), "s3", p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ds := uploadBlobs(t, r, 2)
-	later := time.Now().Add(3 * time.Hour)
-	for _, d := range ds {
-		if err := r.Touch(t.Context(), d, later.Add(-30*time.Minute)); err != nil { // used within MinAge
-			t.Fatal(err)
-		}
-	}
-	refuse.Store(true)
-	res, err := r.GC(t.Context(), GCPolicy{MinAge: time.Hour}, later)
-	if err == nil || len(res.Deleted) != 0 {
-		t.Fatalf("gc with unreadable markers: %+v, %v; want an error and nothing deleted", res, err)
-	}
-	for _, d := range ds {
-		if _, err := r.Stat(t.Context(), d); err != nil {
-			t.Fatalf("%s after gc: %v", d, err)
-		}
+// A marker or a pin list gc cannot read (the bucket refuses, not "no such
+// key") stops the collection: a blob whose last use or pin is unknown is
+// not deleted on a guess.
+func TestGCStopsAtWhatItCannotRead(t *testing.T) {
+	for _, refused := range []string{accessPrefix, pinsPrefix} {
+		t.Run(path.Base(refused), func(t *testing.T) {
+			s3 := s3test.Start(t)
+			target, _ := url.Parse(s3.URL)
+			rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host }}
+			var refuse atomic.Bool
+			front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if refuse.Load() && r.Method == http.MethodGet && strings.Contains(r.URL.Path, refused+"/") {
+					http.Error(w, "AccessDenied", http.StatusForbidden)
+					return
+				}
+				rp.ServeHTTP(w, r)
+			}))
+			defer front.Close()
+			p := s3.Params()
+			p["regionendpoint"] = front.URL
+			r, err := OpenRemote(t.Context(), "s3", p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ds := uploadBlobs(t, r, 2)
+			later := time.Now().Add(3 * time.Hour)
+			// One used within MinAge, the other pinned: gc may delete
+			// neither.
+			if err := r.Touch(t.Context(), ds[0], later.Add(-30*time.Minute)); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.PutPins(t.Context(), "wharf-0", ds[1:]); err != nil {
+				t.Fatal(err)
+			}
+			refuse.Store(true)
+			res, err := r.GC(t.Context(), GCPolicy{MinAge: time.Hour, PinsAge: 24 * time.Hour}, later)
+			if err == nil || len(res.Deleted) != 0 {
+				t.Fatalf("gc with %s unreadable: %+v, %v; want an error and nothing deleted", refused, res, err)
+			}
+			for _, d := range ds {
+				if _, err := r.Stat(t.Context(), d); err != nil {
+					t.Fatalf("%s after gc: %v", d, err)
+				}
+			}
+		})
 	}
 }

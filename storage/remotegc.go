@@ -193,8 +193,12 @@ func (r *Remote) pinned(ctx context.Context, since time.Time) (map[digest.Digest
 			return nil
 		}
 		body, err := r.d.GetContent(ctx, fi.Path())
+		var nf storagedriver.PathNotFoundError
+		if errors.As(err, &nf) {
+			return nil // its replica went meanwhile
+		}
 		if err != nil {
-			return nil
+			return fmt.Errorf("pin list %s cannot be read, so nothing is deleted: %w", fi.Path(), err)
 		}
 		var ds []digest.Digest
 		if err := json.Unmarshal(body, &ds); err != nil {
