@@ -342,40 +342,6 @@ func (c *Cache) copyBody(f *fill, w *storage.Writer, rc io.Reader, buf []byte, c
 	}
 }
 
-// stallGuard closes rc when a read of it waits longer than d for a byte: a
-// bucket or a peer that stops sending mid-body (frozen, or cut off without
-// a reset) must not hold the fill and its clients until FillTimeout. The
-// blocked read then fails, and the fill goes on from the next source.
-func stallGuard(rc io.ReadCloser, d time.Duration) io.ReadCloser {
-	g := &guarded{ReadCloser: rc, d: d}
-	g.t = time.AfterFunc(d, func() {
-		g.stalled.Store(true)
-		rc.Close()
-	})
-	return g
-}
-
-type guarded struct {
-	io.ReadCloser
-	d       time.Duration
-	t       *time.Timer
-	stalled atomic.Bool
-}
-
-func (g *guarded) Read(p []byte) (int, error) {
-	n, err := g.ReadCloser.Read(p)
-	g.t.Reset(g.d)
-	if err != nil && g.stalled.Load() {
-		err = fmt.Errorf("no byte for %v: %w", g.d, err)
-	}
-	return n, err
-}
-
-func (g *guarded) Close() error {
-	g.t.Stop()
-	return g.ReadCloser.Close()
-}
-
 type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
