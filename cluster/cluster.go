@@ -66,11 +66,11 @@ const peerSignatureLife = 5 * time.Minute
 // "Wharf-Peer t=<unix seconds>,sig=<hex HMAC-SHA256>".
 const peerScheme = "Wharf-Peer "
 
-// signature is the HMAC of a peer request: its method, path and query,
-// Range, and when it was signed.
-func (c *Cluster) signature(method, uri, rng string, t int64) []byte {
+// signature is the HMAC of a peer request: the peer it is for, its
+// method, path and query, Range, and when it was signed.
+func (c *Cluster) signature(host, method, uri, rng string, t int64) []byte {
 	m := hmac.New(sha256.New, []byte(c.cfg.Secret))
-	fmt.Fprintf(m, "%s\n%s\n%s\n%d", method, uri, rng, t)
+	fmt.Fprintf(m, "%s\n%s\n%s\n%s\n%d", host, method, uri, rng, t)
 	return m.Sum(nil)
 }
 
@@ -78,7 +78,7 @@ func (c *Cluster) signature(method, uri, rng string, t int64) []byte {
 // secret itself never goes on the wire.
 func (c *Cluster) sign(req *http.Request) {
 	t := c.now().Unix()
-	sig := c.signature(req.Method, req.URL.RequestURI(), req.Header.Get("Range"), t)
+	sig := c.signature(req.URL.Host, req.Method, req.URL.RequestURI(), req.Header.Get("Range"), t)
 	req.Header.Set("Authorization", peerScheme+"t="+strconv.FormatInt(t, 10)+",sig="+hex.EncodeToString(sig))
 }
 
@@ -237,7 +237,9 @@ func (e *PeerError) Error() string { return fmt.Sprintf("peer %s answered %d", e
 func (e *PeerError) StatusCode() int { return e.Status }
 
 // Authorized reports whether r was signed with the fleet's secret, as it
-// is (method, path and query, Range), within peerSignatureLife of now.
+// is (for this peer, method, path and query, Range), within
+// peerSignatureLife of now: a request read off the wire opens nothing
+// else, nor the same blob on another replica.
 func (c *Cluster) Authorized(r *http.Request) bool {
 	v, ok := strings.CutPrefix(r.Header.Get("Authorization"), peerScheme)
 	if !ok {
@@ -253,7 +255,7 @@ func (c *Cluster) Authorized(r *http.Request) bool {
 	if age := c.now().Sub(time.Unix(t, 0)); age > peerSignatureLife || age < -peerSignatureLife {
 		return false
 	}
-	return hmac.Equal(got, c.signature(r.Method, r.URL.RequestURI(), r.Header.Get("Range"), t))
+	return hmac.Equal(got, c.signature(r.Host, r.Method, r.URL.RequestURI(), r.Header.Get("Range"), t))
 }
 
 // Canonical is a peer's base URL written as DNS answers make it. On an

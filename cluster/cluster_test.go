@@ -130,6 +130,7 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 	// The captured Authorization replayed on anything else, or later.
 	replay := func(method, target, rng string) *http.Request {
 		r := httptest.NewRequest(method, target, nil)
+		r.Host = seen.Host
 		r.Header.Set("Authorization", seen.Header.Get("Authorization"))
 		if rng != "" {
 			r.Header.Set("Range", rng)
@@ -144,6 +145,7 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 		"another repository": replay(http.MethodGet, otherRepo, ""),
 		"another method":     replay(http.MethodDelete, uri, ""),
 		"another offset":     replay(http.MethodGet, uri, "bytes=100-"),
+		"another replica":    func() *http.Request { r := replay(http.MethodGet, uri, ""); r.Host = "10.0.0.9:5000"; return r }(),
 	} {
 		if c.Authorized(r) {
 			t.Errorf("%s with the captured header was admitted", name)
@@ -164,6 +166,7 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 	// Neither the secret itself nor anything malformed passes.
 	for _, authz := range []string{"Bearer " + secret, "", secret, "Wharf-Peer", "Wharf-Peer t=1,sig=00", "Wharf-Peer t=x,sig=zz"} {
 		r := httptest.NewRequest(http.MethodGet, uri, nil)
+		r.Host = seen.Host
 		r.Header.Set("Authorization", authz)
 		if c.Authorized(r) {
 			t.Errorf("Authorization %q was admitted", authz)
