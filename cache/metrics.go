@@ -95,7 +95,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		}, []string{"result"}),
 		peer: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_peer_fills_total",
-			Help: "Fills of blobs another replica owns: owner (streamed from it), unreachable (it could not be asked; filled from upstream).",
+			Help: "Fills of blobs another replica owns: owner (streamed from it), unreachable (it could not be asked; filled from upstream), refused (it refused this replica's signature: secrets differ or clocks are apart; filled from upstream).",
 		}, []string{"result"}),
 		storeFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_store_failures_total",

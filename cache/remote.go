@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"slices"
 	"time"
 
@@ -243,11 +244,18 @@ func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstre
 				return nil, 0, fromPeer, err
 			}
 			var status interface{ StatusCode() int }
-			if errors.As(err, &status) && status.StatusCode() == 404 {
+			errors.As(err, &status)
+			switch {
+			case status != nil && status.StatusCode() == http.StatusNotFound:
 				return nil, 0, fromPeer, fmt.Errorf("%w: %w", ErrNotFound, err)
+			case status != nil && status.StatusCode() == http.StatusUnauthorized:
+				c.metrics.peer.WithLabelValues("refused").Inc()
+				c.log.Warn("digest owner refused this replica's signed request; filling from upstream: the replicas' cluster.secret_file differ, "+
+					"their clocks are more than 5 minutes apart, or one runs a version before signed peer requests", "digest", dgst, "error", err)
+			default:
+				c.metrics.peer.WithLabelValues("unreachable").Inc()
+				c.log.Warn("digest owner unreachable; filling from upstream", "digest", dgst, "error", err)
 			}
-			c.metrics.peer.WithLabelValues("unreachable").Inc()
-			c.log.Warn("digest owner unreachable; filling from upstream", "digest", dgst, "error", err)
 		}
 		return upstream(ctx, offset)
 	}

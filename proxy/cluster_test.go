@@ -45,9 +45,19 @@ func (f *fleetPeers) Authorized(r *http.Request) bool { return f.get().Authorize
 // the peers gone besides; stall is their StallTimeout (0: the default).
 func newFleet(t *testing.T, n int, up *upstreamtest.Registry, bucket *s3test.Server, secret string, stall time.Duration, gone ...string) []*env {
 	t.Helper()
+	secrets := make([]string, n)
+	for i := range secrets {
+		secrets[i] = secret
+	}
+	return fleetWith(t, up, bucket, secrets, stall, gone...)
+}
+
+// fleetWith is newFleet with a secret for each replica.
+func fleetWith(t *testing.T, up *upstreamtest.Registry, bucket *s3test.Server, secrets []string, stall time.Duration, gone ...string) []*env {
+	t.Helper()
 	var envs []*env
 	var peers []*fleetPeers
-	for range n {
+	for range secrets {
 		p := &fleetPeers{}
 		peers = append(peers, p)
 		envs = append(envs, bucketReplica(t, up, bucket.Params(), cache.Config{Peers: p, StallTimeout: stall}))
@@ -57,7 +67,7 @@ func newFleet(t *testing.T, n int, up *upstreamtest.Registry, bucket *s3test.Ser
 		urls = append(urls, e.URL)
 	}
 	for i, e := range envs {
-		c, err := cluster.New(cluster.Config{Peers: urls, Advertise: e.URL, Secret: secret})
+		c, err := cluster.New(cluster.Config{Peers: urls, Advertise: e.URL, Secret: secrets[i]})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,6 +166,28 @@ func TestFleetWithAnOwnerGone(t *testing.T) {
 	}
 	if n := metric(t, fleet[0], "wharf_peer_fills_total") + metric(t, fleet[1], "wharf_peer_fills_total"); n == 0 {
 		t.Fatal("no fill went through a peer or past a dead one: the fleet was not used")
+	}
+}
+
+// Replicas whose secrets differ (or whose clocks are minutes apart) refuse
+// each other: each fills from upstream itself, every client gets its
+// bytes, and the refusals are counted apart from owners out of reach.
+func TestFleetWithDifferentSecrets(t *testing.T) {
+	bucket := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 94, 6, 10_000, amd64)
+	fleet := fleetWith(t, up, bucket, []string{"fleet-secret-0123456789", "another-secret-0123456789"}, 0)
+	for _, e := range fleet {
+		pull(t, e, "app", img, "")
+	}
+	var refused, owner, unreachable float64
+	for _, e := range fleet {
+		refused += metric(t, e, "wharf_peer_fills_total", "result", "refused")
+		owner += metric(t, e, "wharf_peer_fills_total", "result", "owner")
+		unreachable += metric(t, e, "wharf_peer_fills_total", "result", "unreachable")
+	}
+	if refused == 0 || owner != 0 || unreachable != 0 {
+		t.Fatalf("peer fills: %v refused, %v from the owner, %v unreachable; want refusals only", refused, owner, unreachable)
 	}
 }
 
