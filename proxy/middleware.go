@@ -64,11 +64,10 @@ func (r *recorder) WriteHeader(code int) {
 	}
 	if code == http.StatusRequestedRangeNotSatisfiable && r.rangeErrors && !r.dropping {
 		r.dropping = true
-		he := &httpError{status: code, err: errcode.ErrorCodeRangeInvalid.WithMessage("the Range asked for is not valid, or not within the blob")}
+		he := &httpError{status: code, err: errcode.ErrorCodeRangeInvalid.WithMessage("the Range asked for is not valid, or starts past the end")}
 		if r.bodySize >= 0 {
 			he.header = http.Header{"Content-Range": {"bytes */" + strconv.FormatInt(r.bodySize, 10)}}
 		}
-		r.Header().Del("X-Content-Type-Options")
 		he.write(r.ResponseWriter)
 		return
 	}
