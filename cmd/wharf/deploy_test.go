@@ -12,9 +12,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
@@ -343,6 +345,16 @@ func checkManifests(t *testing.T, all, driver string) map[string]int {
 			}
 			if len(c.Args) < 3 || (c.Args[0] != "serve" && c.Args[0] != "gc") || c.Args[2] != "/etc/wharf/wharf.yml" {
 				t.Fatalf("container %s: args %v are no wharf command on the ConfigMap's file", c.Name, c.Args)
+			}
+			if c.Args[0] == "gc" {
+				// A fleet may redirect clients to the bucket: gc keeps
+				// what was used within a safe age.
+				i := slices.Index(c.Args, "--min-age")
+				if i < 0 || i+1 == len(c.Args) {
+					t.Errorf("container %s: gc without --min-age: %v", c.Name, c.Args)
+				} else if d, err := time.ParseDuration(c.Args[i+1]); err != nil || d < safeMinAge {
+					t.Errorf("container %s: gc --min-age %s, want %v or more", c.Name, c.Args[i+1], safeMinAge)
+				}
 			}
 			if c.Args[0] == "serve" && (c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" ||
 				c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz") {
