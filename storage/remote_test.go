@@ -12,6 +12,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -236,21 +237,14 @@ func uploadBlobs(t *testing.T, r *Remote, n int) []digest.Digest {
 func TestGCStopsAtWhatItCannotRead(t *testing.T) {
 	for _, refused := range []string{accessPrefix, pinsPrefix} {
 		t.Run(path.Base(refused), func(t *testing.T) {
-			s3 := s3test.Start(t)
-			target, _ := url.Parse(s3.URL)
-			rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host }}
 			var refuse atomic.Bool
-			front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r, err := OpenRemote(t.Context(), "s3", behind(t, s3test.Start(t), func(w http.ResponseWriter, r *http.Request) bool {
 				if refuse.Load() && r.Method == http.MethodGet && strings.Contains(r.URL.Path, refused+"/") {
 					http.Error(w, "AccessDenied", http.StatusForbidden)
-					return
+					return true
 				}
-				rp.ServeHTTP(w, r)
+				return false
 			}))
-			defer front.Close()
-			p := s3.Params()
-			p["regionendpoint"] = front.URL
-			r, err := OpenRemote(t.Context(), "s3", p)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -275,5 +269,72 @@ func TestGCStopsAtWhatItCannotRead(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// behind puts the bucket behind a proxy that lets intercept answer a
+// request first (true: answered), and returns the driver parameters that
+// reach the bucket through it.
+func behind(t *testing.T, s3 *s3test.Server, intercept func(http.ResponseWriter, *http.Request) bool) map[string]any {
+	t.Helper()
+	target, _ := url.Parse(s3.URL)
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host }}
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !intercept(w, r) {
+			rp.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(front.Close)
+	p := s3.Params()
+	p["regionendpoint"] = front.URL
+	return p
+}
+
+// Clients redirected to the same blob at once wait for one marker write
+// between them, not one each; a redirect within markFresh writes none.
+func TestMarkUsedWritesOnceForMany(t *testing.T) {
+	var puts atomic.Int32
+	release := make(chan struct{})
+	r, err := OpenRemote(t.Context(), "s3", behind(t, s3test.Start(t), func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, accessPrefix+"/") {
+			puts.Add(1)
+			<-release // held until every caller is under way
+		}
+		return false
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(t.TempDir(), Options{Remote: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	d := digest.FromString("one blob, many clients")
+	errs := make([]error, 8)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Go(func() { errs[i] = s.MarkUsed(t.Context(), d) })
+	}
+	// Give every caller the time to send a marker of its own (bounded:
+	// the point is that they do not).
+	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline) && puts.Load() < int32(len(errs)); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("caller %d: %v", i, err)
+		}
+	}
+	if err := s.MarkUsed(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if n := puts.Load(); n != 1 {
+		t.Fatalf("%d marker writes for %d redirects at once and one more later, want 1", n, len(errs)+1)
+	}
+	if _, ok, err := r.marker(t.Context(), d); !ok || err != nil {
+		t.Fatalf("the marker: %v, %v", ok, err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
 )
 
 // remoteUse collects the blobs this replica served since it last told the
@@ -16,6 +17,7 @@ type remoteUse struct {
 	pending map[digest.Digest]time.Time // at most maxPendingUses
 	last    time.Time                   // of the last flush
 	marks   map[digest.Digest]time.Time // markers MarkUsed wrote, at most maxPendingUses
+	marking singleflight.Group          // one marker write per blob at a time, its redirects waiting on it
 }
 
 const (
@@ -33,21 +35,28 @@ const (
 // MarkUsed records in the bucket, before a client is redirected to blob
 // dgst there, that it is in use, unless this replica did so within
 // markFresh: gc must not delete a blob a client has a URL for, and the
-// uses Touch collects reach the bucket up to remoteUseEvery late. An
+// uses Touch collects reach the bucket up to remoteUseEvery late. Clients
+// redirected to the same blob at once wait for one write between them. An
 // error means the client is better served another way.
 func (s *Store) MarkUsed(ctx context.Context, dgst digest.Digest) error {
 	if s.remote == nil {
 		return nil
 	}
-	now := time.Now()
-	if !s.use.markDue(dgst, now) {
+	if !s.use.markDue(dgst, time.Now()) {
 		return nil
 	}
-	if err := s.remote.Touch(ctx, dgst, now); err != nil {
-		return err
-	}
-	s.use.mark(dgst, now)
-	return nil
+	_, err, _ := s.use.marking.Do(string(dgst), func() (any, error) {
+		now := time.Now()
+		if !s.use.markDue(dgst, now) {
+			return nil, nil // written while this caller waited
+		}
+		if err := s.remote.Touch(ctx, dgst, now); err != nil {
+			return nil, err
+		}
+		s.use.mark(dgst, now)
+		return nil, nil
+	})
+	return err
 }
 
 // markDue says whether dgst needs a marker written now.
