@@ -244,11 +244,14 @@ func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstre
 				return nil, 0, fromPeer, err
 			}
 			var status interface{ StatusCode() int }
-			errors.As(err, &status)
-			switch {
-			case status != nil && status.StatusCode() == http.StatusNotFound:
+			code := 0
+			if errors.As(err, &status) {
+				code = status.StatusCode()
+			}
+			switch code {
+			case http.StatusNotFound:
 				return nil, 0, fromPeer, fmt.Errorf("%w: %w", ErrNotFound, err)
-			case status != nil && status.StatusCode() == http.StatusUnauthorized:
+			case http.StatusUnauthorized:
 				c.metrics.peer.WithLabelValues("refused").Inc()
 				c.log.Warn("digest owner refused this replica's signed request; filling from upstream: the replicas' cluster.secret_file differ, "+
 					"their clocks are more than 5 minutes apart, or one runs a version before signed peer requests", "digest", dgst, "error", err)

@@ -269,7 +269,7 @@ func Canonical(base string) string {
 	}
 	hostport, path, _ := strings.Cut(rest, "/")
 	i := strings.LastIndexByte(hostport, ':')
-	if strings.Count(hostport, ":") < 2 || strings.HasPrefix(hostport, "[") || i < 0 {
+	if strings.Count(hostport, ":") < 2 || strings.HasPrefix(hostport, "[") {
 		return base
 	}
 	host, port := hostport[:i], hostport[i+1:]

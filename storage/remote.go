@@ -198,6 +198,13 @@ func (r *Remote) RedirectURL(ctx context.Context, dgst digest.Digest) (string, e
 	return u, nil
 }
 
+// missing reports whether err is the driver's "no such path", the one
+// failure that means absent rather than unknown.
+func missing(err error) bool {
+	var nf storagedriver.PathNotFoundError
+	return errors.As(err, &nf)
+}
+
 // remoteErr turns a driver's "no such path" into ErrNotFound, and keeps
 // anything else (an outage, a refusal) an error of its own: a bucket that
 // cannot be asked says nothing about whether it holds a blob.
@@ -205,8 +212,7 @@ func remoteErr(dgst digest.Digest, err error) error {
 	if err == nil {
 		return nil
 	}
-	var nf storagedriver.PathNotFoundError
-	if errors.As(err, &nf) {
+	if missing(err) {
 		return fmt.Errorf("blob %s in the object store: %w", dgst, ErrNotFound)
 	}
 	return fmt.Errorf("object store, blob %s: %w", dgst, err)

@@ -134,8 +134,7 @@ func (r *Remote) GC(ctx context.Context, p GCPolicy, now time.Time) (GCResult, e
 // one that is no time), err if the bucket would not say.
 func (r *Remote) marker(ctx context.Context, dgst digest.Digest) (used time.Time, ok bool, err error) {
 	body, err := r.d.GetContent(ctx, accessKey(dgst))
-	var nf storagedriver.PathNotFoundError
-	if errors.As(err, &nf) {
+	if missing(err) {
 		return time.Time{}, false, nil
 	}
 	if err != nil {
@@ -193,8 +192,7 @@ func (r *Remote) pinned(ctx context.Context, since time.Time) (map[digest.Digest
 			return nil
 		}
 		body, err := r.d.GetContent(ctx, fi.Path())
-		var nf storagedriver.PathNotFoundError
-		if errors.As(err, &nf) {
+		if missing(err) {
 			return nil // its replica went meanwhile
 		}
 		if err != nil {
@@ -216,8 +214,7 @@ func (r *Remote) pinned(ctx context.Context, since time.Time) (map[digest.Digest
 // empty, not an error.
 func (r *Remote) walk(ctx context.Context, prefix string, fn func(storagedriver.FileInfo) error) error {
 	err := r.d.Walk(ctx, prefix, func(fi storagedriver.FileInfo) error { return fn(fi) })
-	var nf storagedriver.PathNotFoundError
-	if errors.As(err, &nf) {
+	if missing(err) {
 		return nil
 	}
 	return err
