@@ -206,15 +206,11 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		return rc, size, from, nil
 	}
 	only := func(from string) bool { return len(read) == 1 && read[from] }
-	rc, size, from, err := open(ctx, 0)
-	if err != nil {
-		c.metrics.failed.WithLabelValues("upstream").Inc()
-		return classify(err)
-	}
-	f.size, f.mediaType = size, "application/octet-stream"
+	// The temporary file before the request: it is made while upstream
+	// takes its round trips, not when the bytes arrive, which is when an
+	// image's fills all land at once and compete for the CPU.
 	w, err := c.store.Create(f.dgst, "")
 	if err != nil {
-		rc.Close()
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		c.maybeEvict()
 		return fmt.Errorf("%w: %w", errStore, err)
@@ -222,10 +218,16 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	defer w.Cancel()
 	file, err := os.Open(w.Name())
 	if err != nil {
-		rc.Close()
 		c.metrics.failed.WithLabelValues("storage").Inc()
 		return fmt.Errorf("%w: %w", errStore, err)
 	}
+	rc, size, from, err := open(ctx, 0)
+	if err != nil {
+		file.Close()
+		c.metrics.failed.WithLabelValues("upstream").Inc()
+		return classify(err)
+	}
+	f.size, f.mediaType = size, "application/octet-stream"
 	f.file = file
 	close(f.ready)
 

@@ -2,9 +2,13 @@ package proxy_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -100,12 +104,14 @@ func all(*http.Request) bool { return true }
 func TestUpstreamTroubleIsNeverNotFound(t *testing.T) {
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 20, 1, 1024, amd64)
-	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	root := t.TempDir()
+	e := newEnv(t, root, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 	layer := "/v2/app/blobs/" + img.Layers[0].Digest.String()
 
 	up.SetHook(fault(all, 500, nil, `{"errors":[{"code":"UNKNOWN","message":"boom"}]}`))
 	wantError(t, e.do(t, "GET", "/v2/app/manifests/1"), 503, "UNAVAILABLE")
 	wantError(t, e.do(t, "GET", layer), 503, "UNAVAILABLE")
+	noTempFiles(t, root) // a fill makes its file before it asks upstream
 
 	up.SetHook(fault(all, 429, map[string]string{"Retry-After": "7"}, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`))
 	r := e.do(t, "GET", "/v2/app/manifests/1")
@@ -139,11 +145,26 @@ func TestUpstreamTroubleIsNeverNotFound(t *testing.T) {
 
 	// Genuinely missing content is 404, with the right code per route.
 	up2 := upstreamtest.New(t)
-	e2 := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up2, def: true, ttl: time.Hour})
+	root2 := t.TempDir()
+	e2 := newEnv(t, root2, spec{name: "docker.io", reg: up2, def: true, ttl: time.Hour})
 	wantError(t, e2.do(t, "GET", "/v2/app/manifests/1"), 404, "MANIFEST_UNKNOWN")
 	wantError(t, e2.do(t, "GET", layer), 404, "BLOB_UNKNOWN")
 	if r := e2.do(t, "HEAD", layer); r.status != 404 {
 		t.Fatalf("HEAD missing blob: %d", r.status)
+	}
+	noTempFiles(t, root2)
+}
+
+// noTempFiles fails if a fill left its temporary file in the store at root
+// once its client had the answer.
+func noTempFiles(t *testing.T, root string) {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(root, "docker", "registry", "v2", "tmp"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if len(ents) != 0 {
+		t.Fatalf("%d temporary files left after failed fills, the first %s", len(ents), ents[0].Name())
 	}
 }
 
