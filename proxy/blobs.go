@@ -55,6 +55,18 @@ func (p *proxy) serveBlob(w http.ResponseWriter, r *http.Request, up, repo strin
 		return err
 	}
 	defer b.Close()
+	if b.Descriptor.Size < 0 {
+		// Upstream sent no length: the blob's is known once its fill
+		// ends, verified or not. http.ServeContent would answer a
+		// failure there with a plain-text 500; this is the client's
+		// OCI error.
+		if b.Descriptor.Size, err = b.Seek(0, io.SeekEnd); err != nil {
+			return err
+		}
+		if _, err := b.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+	}
 	setBlobHeaders(w, b.Descriptor)
 	bytesOnly(r)
 	cw := &recorder{ResponseWriter: w, rangeErrors: true, bodySize: b.Descriptor.Size}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -174,4 +175,40 @@ func TestFollowerOfACorruptFillNeverCompletes(t *testing.T) {
 	if err == nil || len(got) >= len(l.Data) || !bytes.Equal(got, l.Data[:len(got)]) {
 		t.Fatalf("after the corrupt end: %d of %d bytes, %v; want fewer, all right, and a broken body", len(got), len(l.Data), err)
 	}
+}
+
+// endlessBlob is an upstream hook for GETs of blob l of library/app: with
+// lie set, a Content-Length one byte longer than the blob and that many
+// bytes; else no length, the blob, then junk without end (64 MiB here).
+func endlessBlob(l upstreamtest.Blob, lie *atomic.Bool) func(http.ResponseWriter, *http.Request) bool {
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || r.URL.Path != "/v2/library/app/blobs/"+l.Digest.String() {
+			return false
+		}
+		if lie.Load() {
+			w.Header().Set("Content-Length", strconv.Itoa(len(l.Data)+1))
+			w.Write(append(bytes.Clone(l.Data), 0))
+			return true
+		}
+		w.Write(l.Data)
+		junk := make([]byte, 32<<10)
+		for range 2048 {
+			w.(http.Flusher).Flush()
+			if _, err := w.Write(junk); err != nil {
+				break
+			}
+		}
+		return true
+	}
+}
+
+// A blob whose upstream sends no length is served once its fill ends;
+// when it fails to verify there, the client gets an OCI error, not
+// http.ServeContent's plain-text 500.
+func TestBlobWithoutLengthThatFails(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 74, 1, 100_000, amd64)
+	up.SetHook(endlessBlob(img.Layers[0], new(atomic.Bool)))
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	wantError(t, e.do(t, http.MethodGet, "/v2/library/app/blobs/"+img.Layers[0].Digest.String()), http.StatusBadGateway, "UNKNOWN")
 }
