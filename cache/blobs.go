@@ -172,6 +172,12 @@ func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst dige
 		// this one was shown to hold it: fetch it through this one.
 		return nil, errFillDone
 	}
+	if !started && errors.Is(err, ErrBadUpstream) && (f.up != u.Name || f.repo != repo) {
+		// Another repository's fill was refused, perhaps for a length
+		// that repository's manifest gave: that says nothing of this
+		// one's, which fetches it through its own.
+		return nil, errFillDone
+	}
 	if errors.Is(err, errFillDone) {
 		b, err := c.openStored(ctx, u, repo, dgst)
 		if errors.Is(err, storage.ErrNotFound) {

@@ -139,6 +139,7 @@ type Cache struct {
 	onTag       atomic.Pointer[func(TagEvent)]
 	eagerDone   map[digest.Digest]bool // stored by an eager fill, not read yet (bounded)
 	eagerStored atomic.Int64           // len(eagerDone), read without the lock
+	sizes       map[string]int64       // by blobKey: the sizes manifests gave, until stored (bounded)
 }
 
 // New returns a cache over store. It starts one goroutine, the sweeper of
@@ -156,6 +157,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		stop:         make(chan struct{}),
 		reading:      map[digest.Digest]int{},
 		eagerDone:    map[digest.Digest]bool{},
+		sizes:        map[string]int64{},
 		maxSize:      cfg.MaxSize,
 		highWater:    cmp.Or(cfg.HighWater, 0.9),
 		lowWater:     cmp.Or(cfg.LowWater, 0.8),

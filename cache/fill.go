@@ -44,6 +44,7 @@ type fill struct {
 
 	// Set before ready is closed, read-only after.
 	size      int64 // -1 if upstream did not say
+	limit     int64 // the most the fill reads: size, or the manifest's; -1: no bound
 	mediaType string
 	file      *os.File // read side of the temporary file, shared via ReadAt
 
@@ -155,6 +156,9 @@ func (c *Cache) run(ctx context.Context, f *fill, u Upstream, repo string) {
 	}
 	c.mu.Lock()
 	delete(c.fills, f.dgst)
+	if err == nil {
+		delete(c.sizes, blobKey(f.up, f.repo, f.dgst.String()))
+	}
 	if f.eager && err == nil && !f.used.Load() {
 		if len(c.eagerDone) >= maxEagerDone {
 			clear(c.eagerDone)
@@ -165,6 +169,40 @@ func (c *Cache) run(ctx context.Context, f *fill, u Upstream, repo string) {
 	c.mu.Unlock()
 	c.metrics.fills.Dec()
 	f.finish(err)
+}
+
+// maxExpected bounds the blob sizes remembered from manifests, forgotten
+// all at once past it. A fill that finds none is bounded by its upstream's
+// length, or, without one, by the disk and the fill timeout only.
+const maxExpected = 20_000
+
+// expect remembers the sizes a manifest of repo on upstream up gives its
+// blobs (refs), until they are stored: a fill for that repository reads
+// no more than that, and refuses an upstream that announces another
+// length before reading a byte. By repository, as membership is: a
+// manifest in one repository says nothing about the fills of another.
+func (c *Cache) expect(up, repo string, refs ManifestRefs) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range refs.blobs() {
+		if d.Size <= 0 {
+			continue // schema 1 gives no sizes
+		}
+		if len(c.sizes) >= maxExpected {
+			clear(c.sizes)
+		}
+		c.sizes[blobKey(up, repo, d.Digest.String())] = d.Size
+	}
+}
+
+// expected is the size a manifest of f's repository gave its blob, or -1.
+func (c *Cache) expected(f *fill) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n, ok := c.sizes[blobKey(f.up, f.repo, f.dgst.String())]; ok {
+		return n
+	}
+	return -1
 }
 
 // Resuming a broken fill: how often in all, how many attempts in a row may
@@ -226,6 +264,18 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		file.Close()
 		c.metrics.failed.WithLabelValues("upstream").Inc()
 		return classify(err)
+	}
+	f.limit = size
+	// Upstream's bodies only: the bucket's and peers' hold what a replica
+	// verified, and a corrupt object there fails the digest and is dropped.
+	if want := c.expected(f); want >= 0 && from == fromUpstream {
+		if size >= 0 && size != want {
+			rc.Close()
+			file.Close()
+			c.metrics.failed.WithLabelValues("digest").Inc()
+			return fmt.Errorf("%w: blob %s: upstream sends %d bytes, its manifest says %d", ErrBadUpstream, f.dgst, size, want)
+		}
+		f.limit = want // no length given: the manifest's bounds what is read
 	}
 	f.size, f.mediaType = size, "application/octet-stream"
 	f.file = file
@@ -322,10 +372,21 @@ func (c *Cache) byteCounters(from, up string) []prometheus.Counter {
 	return counters
 }
 
-// copyBody appends rc to the blob until EOF (nil) or an error.
+// copyBody appends rc to the blob until EOF (nil) or an error, or until
+// f.limit: bytes past the blob's length are not the blob's.
 func (c *Cache) copyBody(f *fill, w *storage.Writer, rc io.Reader, buf []byte, counters []prometheus.Counter) error {
 	for {
-		n, rerr := rc.Read(buf)
+		p := buf
+		if f.limit >= 0 {
+			// One byte past the length: a body that ends there is read
+			// to its EOF, so that its connection is reused.
+			p = buf[:min(int64(len(buf)), f.limit-w.Size()+1)]
+		}
+		n, rerr := rc.Read(p)
+		over := f.limit >= 0 && w.Size()+int64(n) > f.limit
+		if over {
+			n = int(f.limit - w.Size())
+		}
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
 				return fmt.Errorf("%w: %w", errStore, err)
@@ -335,7 +396,7 @@ func (c *Cache) copyBody(f *fill, w *storage.Writer, rc io.Reader, buf []byte, c
 			}
 			f.progress(int64(n))
 		}
-		if rerr == io.EOF {
+		if over || rerr == io.EOF {
 			return nil
 		}
 		if rerr != nil {

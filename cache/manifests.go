@@ -267,6 +267,7 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 	// The blobs' fills start before the manifest is stored: its client
 	// asks for them a round trip later, and each needs two upstream round
 	// trips of its own (token-scoped GET, then the CDN it redirects to).
+	c.expect(u.Name, repo, refs)
 	c.eager(u, repo, refs)
 	if err := c.putBlob(got, mt, body); err != nil {
 		c.keep("manifest", err, "repository", repo, "digest", got)

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
@@ -211,4 +213,129 @@ func TestBlobWithoutLengthThatFails(t *testing.T) {
 	up.SetHook(endlessBlob(img.Layers[0], new(atomic.Bool)))
 	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 	wantError(t, e.do(t, http.MethodGet, "/v2/library/app/blobs/"+img.Layers[0].Digest.String()), http.StatusBadGateway, "UNKNOWN")
+}
+
+// A blob is as long as the manifest that names it says. A body without a
+// length that goes on past that is read no further, and a length that
+// contradicts the manifest is refused before the body is read: neither
+// fills the disk, nor pushes out what the store holds, with bytes no
+// client could use. Both ways: the client's own fill, after the manifest,
+// and the eager fill the manifest starts.
+func TestUpstreamBodyBeyondTheManifest(t *testing.T) {
+	for _, eager := range []bool{false, true} {
+		t.Run(fmt.Sprintf("eager=%v", eager), func(t *testing.T) {
+			up := upstreamtest.New(t)
+			img := up.PushImage(t, "library/app", "1", 74, 1, 100_000, amd64)
+			l := img.Layers[0]
+			path := "/v2/library/app/blobs/" + l.Digest.String()
+			var lie atomic.Bool
+			up.SetHook(endlessBlob(l, &lie))
+			e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour, eager: eager})
+			filled := len(l.Data)
+			if eager {
+				filled += len(img.Config.Data)
+			}
+
+			e.get(t, "/v2/library/app/manifests/1", img.Manifest.Data, img.Manifest.Digest.String())
+			r := e.get(t, path, l.Data, l.Digest.String())
+			if got := r.header.Get("Content-Length"); got != strconv.Itoa(len(l.Data)) {
+				t.Fatalf("Content-Length %q, want the manifest's %d", got, len(l.Data))
+			}
+			e.cache.Close(t.Context())
+			if n := metric(t, e, "wharf_filled_bytes_total"); n != float64(filled) {
+				t.Fatalf("%v bytes written to the store, want %d", n, filled)
+			}
+
+			lie.Store(true)
+			e = newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour, eager: eager})
+			e.get(t, "/v2/library/app/manifests/1", img.Manifest.Data, img.Manifest.Digest.String())
+			wantError(t, e.do(t, http.MethodGet, path), http.StatusBadGateway, "UNKNOWN")
+			e.cache.Close(t.Context())
+			if n := metric(t, e, "wharf_filled_bytes_total"); n != float64(filled-len(l.Data)) {
+				t.Fatalf("%v bytes written to the store, want %d: none of the refused blob", n, filled-len(l.Data))
+			}
+			if n := metric(t, e, "wharf_fill_failures_total", "reason", "digest"); n < 1 {
+				t.Fatalf("refusal not counted: %v", n)
+			}
+		})
+	}
+}
+
+// A repository's manifest bounds only its own fills. evil/app's manifest
+// gives library/app's layer one byte less: evil/app's fill is refused when
+// upstream announces the true length, and a library/app client that
+// joined that fill fetches the blob through its own repository.
+func TestAnotherRepositorysManifestFailsOnlyItsFill(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 75, 1, 100_000, amd64)
+	l := img.Layers[0]
+	up.PushBlob(t, "evil/app", l)
+	var m ocispec.Manifest
+	if err := json.Unmarshal(img.Manifest.Data, &m); err != nil {
+		t.Fatal(err)
+	}
+	m.Layers[0].Size--
+	data, _ := json.Marshal(m)
+	evil := upstreamtest.NewBlob(data)
+	asked, joined, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var askedOnce, joinedOnce sync.Once
+	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case r.URL.Path == "/v2/evil/app/manifests/1":
+			w.Header().Set("Content-Type", ocispec.MediaTypeImageManifest)
+			w.Header().Set("Docker-Content-Digest", evil.Digest.String())
+			w.Header().Set("Content-Length", strconv.Itoa(len(evil.Data)))
+			if r.Method == http.MethodGet {
+				w.Write(evil.Data)
+			}
+			return true
+		case r.Method == http.MethodGet && r.URL.Path == "/v2/evil/app/blobs/"+l.Digest.String():
+			askedOnce.Do(func() { close(asked) })
+			<-release
+		case r.Method == http.MethodHead && r.URL.Path == "/v2/library/app/blobs/"+l.Digest.String():
+			joinedOnce.Do(func() { close(joined) }) // library/app's client found the fill: is this repository's?
+		}
+		return false
+	})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	e.get(t, "/v2/evil/app/manifests/1", evil.Data, evil.Digest.String())
+
+	type result struct {
+		status int
+		body   []byte
+		err    error
+	}
+	get := func(path string, out chan<- result) {
+		resp, err := e.Client().Get(e.URL + path)
+		if err != nil {
+			out <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		out <- result{resp.StatusCode, body, err}
+	}
+	evilGot, libGot := make(chan result, 1), make(chan result, 1)
+	go get("/v2/evil/app/blobs/"+l.Digest.String(), evilGot)
+	<-asked
+	go get("/v2/library/app/blobs/"+l.Digest.String(), libGot)
+	<-joined
+	close(release)
+
+	if r := <-evilGot; r.err != nil || r.status != http.StatusBadGateway {
+		t.Fatalf("evil/app: %d %s %v, want 502", r.status, r.body, r.err)
+	}
+	if r := <-libGot; r.err != nil || r.status != http.StatusOK || !bytes.Equal(r.body, l.Data) {
+		t.Fatalf("library/app: %d, %d bytes, %v; want 200 and the layer", r.status, len(r.body), r.err)
+	}
+	if n := up.Count("GET", "blob"); n != 2 {
+		t.Fatalf("%d upstream GETs of the layer, want 2: evil/app's and library/app's own", n)
+	}
 }
