@@ -264,10 +264,10 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 	// bytes verified: whatever the store cannot keep, the client still
 	// gets its answer.
 	c.keep("index", c.store.AddMembers(u.Name, repo, append(refs.digests(), got)...), "repository", repo, "digest", got)
+	c.expect(u.Name, repo, refs)
 	// The blobs' fills start before the manifest is stored: its client
 	// asks for them a round trip later, and each needs two upstream round
 	// trips of its own (token-scoped GET, then the CDN it redirects to).
-	c.expect(u.Name, repo, refs)
 	c.eager(u, repo, refs)
 	if err := c.putBlob(got, mt, body); err != nil {
 		c.keep("manifest", err, "repository", repo, "digest", got)
