@@ -19,18 +19,25 @@ import (
 // fillBuffer is the most one read from upstream takes. A read returns what
 // has arrived, so a larger buffer adds no latency; each read costs a file
 // write, a hash update and a wake-up of every reader, so fewer, larger
-// ones cost less CPU: 512 KiB instead of 128 KiB took a cold GiB from about
-// 2.2 to 1.9 CPU-seconds in make bench.
-const fillBuffer = 512 << 10
+// ones cost less CPU. In make bench, a cold GiB took about 2.2 CPU-seconds
+// with 128 KiB, 1.9–2.1 with 512 KiB and 1.8 with 1 MiB, where loopback
+// reads still come back full.
+const fillBuffer = 1 << 20
 
-// fillBufferFor is the read buffer for a blob of size bytes (-1: unknown):
-// no larger than the blob, so a config of a few hundred bytes does not
-// cost half a MiB of zeroed memory.
-func fillBufferFor(size int64) int {
+// fillBuffers are the full-size read buffers, reused: a fresh MiB for each
+// fill is memory to zero and fault in, which cost the 50 small images
+// more CPU than the larger reads saved.
+var fillBuffers = sync.Pool{New: func() any { b := make([]byte, fillBuffer); return &b }}
+
+// fillBufferFor returns the read buffer for a blob of size bytes (-1:
+// unknown) and how to give it back: no larger than the blob, so a config
+// of a few hundred bytes does not hold a MiB.
+func fillBufferFor(size int64) (buf []byte, done func()) {
 	if size < 0 || size >= fillBuffer {
-		return fillBuffer
+		b := fillBuffers.Get().(*[]byte)
+		return *b, func() { fillBuffers.Put(b) }
 	}
-	return max(int(size), 4<<10)
+	return make([]byte, max(int(size), 4<<10)), func() {}
 }
 
 // fill is one blob being copied from upstream into the store. It belongs to
@@ -328,7 +335,8 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 // connection breaks asks the opener for the rest, keeping what landed:
 // maxResumes times at most, maxStalls in a row that bring nothing.
 func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc io.ReadCloser, from, up string, open blobOpener) error {
-	buf := make([]byte, fillBufferFor(f.size))
+	buf, done := fillBufferFor(f.size)
+	defer done()
 	stalls := 0 // attempts in a row that added nothing
 	var err error
 	for attempt := 1; ; attempt++ {
