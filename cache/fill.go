@@ -51,7 +51,7 @@ type fill struct {
 
 	// Set before ready is closed, read-only after.
 	size      int64 // -1 if upstream did not say
-	limit     int64 // the most the fill reads: size, or the manifest's; -1: no bound
+	limit     int64 // the most the fill reads: size, or want; -1: no bound
 	mediaType string
 	file      *os.File // read side of the temporary file, shared via ReadAt
 
@@ -71,6 +71,7 @@ type fill struct {
 	src  Source // for pass-through when the store fails
 	up   string // the upstream it comes from
 	repo string
+	want int64 // the size repo's manifest gave the blob (see expect), -1: none
 
 	eager bool        // started before anyone asked: never abandoned, never remembered as a refusal
 	used  atomic.Bool // an eager fill a reader joined
@@ -116,7 +117,11 @@ func (c *Cache) beginFill(ctx context.Context, u Upstream, repo string, dgst dig
 		releaseSlot(slots)
 		return nil, false, nil
 	}
-	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1, idle: time.Now(),
+	want, ok := c.sizes[blobKey(u.Name, repo, dgst.String())]
+	if !ok {
+		want = -1
+	}
+	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1, want: want, idle: time.Now(),
 		waiting: c.metrics.waiting, passthrough: c.metrics.passthrough, src: u.Source, up: u.Name, repo: repo, eager: eager}
 	fctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
 	f.cancel = cancel
@@ -202,16 +207,6 @@ func (c *Cache) expect(up, repo string, refs ManifestRefs) {
 	}
 }
 
-// expected is the size a manifest of f's repository gave its blob, or -1.
-func (c *Cache) expected(f *fill) int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if n, ok := c.sizes[blobKey(f.up, f.repo, f.dgst.String())]; ok {
-		return n
-	}
-	return -1
-}
-
 // Resuming a broken fill: how often in all, how many attempts in a row may
 // bring nothing (so a dead upstream is given up on quickly), and the first
 // back-off, doubled each time.
@@ -275,14 +270,14 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 	f.limit = size
 	// Upstream's bodies only: the bucket's and peers' hold what a replica
 	// verified, and a corrupt object there fails the digest and is dropped.
-	if want := c.expected(f); want >= 0 && from == fromUpstream {
-		if size >= 0 && size != want {
+	if f.want >= 0 && from == fromUpstream {
+		if size >= 0 && size != f.want {
 			rc.Close()
 			file.Close()
 			c.metrics.failed.WithLabelValues("digest").Inc()
-			return fmt.Errorf("%w: blob %s: upstream sends %d bytes, its manifest says %d", ErrBadUpstream, f.dgst, size, want)
+			return fmt.Errorf("%w: blob %s: upstream sends %d bytes, its manifest says %d", ErrBadUpstream, f.dgst, size, f.want)
 		}
-		f.limit = want // no length given: the manifest's bounds what is read
+		f.limit = f.want // no length given: the manifest's bounds what is read
 	}
 	f.size, f.mediaType = size, "application/octet-stream"
 	f.file = file

@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -47,8 +46,11 @@ func (r *fillReader) startDirect() error {
 		size = from + n
 	}
 	if size < 0 {
+		size = f.want // upstream sends no length: its manifest's, if the fill's repository has one
+	}
+	if size < 0 {
 		rc.Close()
-		return errors.New("pass-through needs the blob's size, and upstream did not send it")
+		return fmt.Errorf("%w: pass-through of %s needs the blob's size, and neither upstream nor a manifest gave it", ErrUnavailable, f.dgst)
 	}
 	if _, err := io.CopyN(h, rc, r.off-from); err != nil {
 		rc.Close()

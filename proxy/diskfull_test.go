@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"errors"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,5 +48,38 @@ func TestDiskFullFallsBackToPassThrough(t *testing.T) {
 	e.cache.Close(t.Context()) // the client is served before the commit
 	if _, err := e.store.Blob(img.Config.Digest); err != nil {
 		t.Fatalf("config not stored after the disk-full episode: %v", err)
+	}
+}
+
+// The same with an upstream that sends the blob without a length: the
+// pass-through takes the length the manifest gave.
+func TestDiskFullPassesThroughABlobWithoutLength(t *testing.T) {
+	upstreamtest.NeedRoot(t, "mounting a small tmpfs")
+	root := t.TempDir()
+	blobsFS := filepath.Join(root, "docker")
+	os.MkdirAll(blobsFS, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", blobsFS).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs (root, but the kernel refused): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", blobsFS).Run() })
+
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 27, 1, 3<<20, amd64) // 3 MiB layer, 1 MiB disk
+	l := img.Layers[0]
+	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || r.URL.Path != "/v2/library/app/blobs/"+l.Digest.String() {
+			return false
+		}
+		for b := l.Data; len(b) > 0; b = b[min(len(b), 64<<10):] {
+			w.Write(b[:min(len(b), 64<<10)])
+			w.(http.Flusher).Flush() // no Content-Length: chunked
+		}
+		return true
+	})
+	e := newEnv(t, root, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	e.get(t, "/v2/library/app/manifests/1", img.Manifest.Data, img.Manifest.Digest.String())
+	e.get(t, "/v2/library/app/blobs/"+l.Digest.String(), l.Data, l.Digest.String())
+	if n := metric(t, e, "wharf_fill_passthrough_total"); n < 1 {
+		t.Fatalf("pass-through not counted: %v", n)
 	}
 }
