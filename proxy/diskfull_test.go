@@ -17,14 +17,7 @@ import (
 // whole, verified blob (from upstream), nothing partial is kept or indexed,
 // and the server goes on serving.
 func TestDiskFullFallsBackToPassThrough(t *testing.T) {
-	upstreamtest.NeedRoot(t, "mounting a small tmpfs")
-	root := t.TempDir()
-	blobsFS := filepath.Join(root, "docker")
-	os.MkdirAll(blobsFS, 0o755)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", blobsFS).CombinedOutput(); err != nil {
-		t.Fatalf("mount tmpfs (root, but the kernel refused): %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", blobsFS).Run() })
+	root, blobsFS := smallDisk(t)
 
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 26, 1, 3<<20, amd64) // 3 MiB layer, 1 MiB disk
@@ -54,14 +47,7 @@ func TestDiskFullFallsBackToPassThrough(t *testing.T) {
 // The same with an upstream that sends the blob without a length: the
 // pass-through takes the length the manifest gave.
 func TestDiskFullPassesThroughABlobWithoutLength(t *testing.T) {
-	upstreamtest.NeedRoot(t, "mounting a small tmpfs")
-	root := t.TempDir()
-	blobsFS := filepath.Join(root, "docker")
-	os.MkdirAll(blobsFS, 0o755)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", blobsFS).CombinedOutput(); err != nil {
-		t.Fatalf("mount tmpfs (root, but the kernel refused): %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", blobsFS).Run() })
+	root, _ := smallDisk(t)
 
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 27, 1, 3<<20, amd64) // 3 MiB layer, 1 MiB disk
@@ -82,4 +68,18 @@ func TestDiskFullPassesThroughABlobWithoutLength(t *testing.T) {
 	if n := metric(t, e, "wharf_fill_passthrough_total"); n < 1 {
 		t.Fatalf("pass-through not counted: %v", n)
 	}
+}
+
+// smallDisk is a store root whose blob filesystem is a 1 MiB tmpfs, and
+// that filesystem's mount point.
+func smallDisk(t *testing.T) (root, blobsFS string) {
+	upstreamtest.NeedRoot(t, "mounting a small tmpfs")
+	root = t.TempDir()
+	blobsFS = filepath.Join(root, "docker")
+	os.MkdirAll(blobsFS, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", blobsFS).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs (root, but the kernel refused): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", blobsFS).Run() })
+	return root, blobsFS
 }
