@@ -172,11 +172,22 @@ func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst dige
 		// this one was shown to hold it: fetch it through this one.
 		return nil, errFillDone
 	}
-	if !started && errors.Is(err, ErrBadUpstream) && (f.up != u.Name || f.repo != repo) {
+	other := f.up != u.Name || f.repo != repo
+	if !started && errors.Is(err, ErrBadUpstream) && other {
 		// Another repository's fill was refused, perhaps for a length
 		// that repository's manifest gave: that says nothing of this
 		// one's, which fetches it through its own.
 		return nil, errFillDone
+	}
+	if !started && err == nil && other && f.size < 0 && f.want >= 0 {
+		// The same where upstream sends no length and that manifest's
+		// bounds the fill: its end decides. This client waits for the
+		// end anyway (it is told the length first), so it waits here,
+		// where a failure can still send it through its own repository.
+		if _, err := r.size(); errors.Is(err, ErrBadUpstream) {
+			r.Close()
+			return nil, errFillDone
+		}
 	}
 	if errors.Is(err, errFillDone) {
 		b, err := c.openStored(ctx, u, repo, dgst)

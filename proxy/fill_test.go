@@ -263,9 +263,16 @@ func TestUpstreamBodyBeyondTheManifest(t *testing.T) {
 
 // A repository's manifest bounds only its own fills. evil/app's manifest
 // gives library/app's layer one byte less: evil/app's fill is refused when
-// upstream announces the true length, and a library/app client that
-// joined that fill fetches the blob through its own repository.
+// upstream announces the true length, or fails its digest where upstream
+// sends none, and a library/app client that joined that fill fetches the
+// blob through its own repository.
 func TestAnotherRepositorysManifestFailsOnlyItsFill(t *testing.T) {
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) { anotherRepositorysManifest(t, chunked) })
+	}
+}
+
+func anotherRepositorysManifest(t *testing.T, chunked bool) {
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 75, 1, 100_000, amd64)
 	l := img.Layers[0]
@@ -288,6 +295,13 @@ func TestAnotherRepositorysManifestFailsOnlyItsFill(t *testing.T) {
 			if r.Method == http.MethodGet {
 				w.Write(evil.Data)
 			}
+			return true
+		case r.Method == http.MethodGet && r.URL.Path == "/v2/evil/app/blobs/"+l.Digest.String() && chunked:
+			w.Write(l.Data[:len(l.Data)/2])
+			w.(http.Flusher).Flush()
+			askedOnce.Do(func() { close(asked) })
+			<-release
+			w.Write(l.Data[len(l.Data)/2:])
 			return true
 		case r.Method == http.MethodGet && r.URL.Path == "/v2/evil/app/blobs/"+l.Digest.String():
 			askedOnce.Do(func() { close(asked) })
