@@ -23,6 +23,7 @@ lint: tools
 
 test: lint
 	$(GO) test -race -count=1 -timeout 8m ./...
+	$(GO) test -run NONE -fuzz FuzzMembership -fuzztime 10s ./cache
 
 # End-to-end figures against direct upstream and distribution's proxy mode.
 # `make bench PPROF=bin/pprof` also writes CPU profiles of the cold pulls.

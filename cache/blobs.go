@@ -43,8 +43,8 @@ func (c *Cache) authorize(ctx context.Context, u Upstream, repo string, dgst dig
 // keeps a manifest's content in the manifest's repository.
 func (c *Cache) admit(u Upstream, repo string, dgst digest.Digest) {
 	members := []digest.Digest{dgst}
-	if _, body, err := c.storedManifest(dgst); err == nil {
-		members = append(members, ParseManifest(body).digests()...)
+	if desc, body, err := c.storedManifest(dgst); err == nil {
+		members = append(members, ParseManifest(body, desc.MediaType).digests()...)
 	}
 	c.keep("index", c.store.AddMembers(u.Name, repo, members...), "repository", repo, "digest", dgst)
 }

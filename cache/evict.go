@@ -102,14 +102,14 @@ func (c *Cache) pinnedDigests() (map[digest.Digest]bool, error) {
 			return nil
 		}
 		set[d] = true
-		body, _, err := c.store.ReadSmall(d, MaxManifestSize)
+		body, bi, err := c.store.ReadSmall(d, MaxManifestSize)
 		if errors.Is(err, storage.ErrNotFound) {
 			return nil // not stored: nothing below it to keep
 		}
 		if err != nil {
 			return fmt.Errorf("pinned manifest %s: %w", d, err)
 		}
-		m := ParseManifest(body)
+		m := ParseManifest(body, bi.MediaType)
 		for _, b := range m.blobs() {
 			set[b.Digest] = true
 		}

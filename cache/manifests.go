@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -220,7 +219,7 @@ func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, 
 		// Adopted after a crash (no type on record), or recorded by an
 		// older Wharf from a Content-Type like application/json: the body
 		// says (wharf check --repair corrects the record).
-		if mt = mediaTypeOf(ParseManifest(body), mt); mt == "" {
+		if mt = mediaTypeOf(decodeManifest(body), mt); mt == "" {
 			return ocispec.Descriptor{}, nil, fmt.Errorf("manifest %s has no media type on record: %w", dgst, storage.ErrNotFound)
 		}
 	}
@@ -253,8 +252,9 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 		}
 	}
 	c.metrics.fetched.WithLabelValues(u.Name).Add(float64(len(body)))
-	refs := ParseManifest(body)
-	mt := mediaTypeOf(refs, desc.MediaType)
+	raw := decodeManifest(body)
+	mt := mediaTypeOf(raw, desc.MediaType)
+	refs := raw.only(mt)
 	if mt == "" {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s has no media type", ErrBadUpstream, ref, repo)
 	}
@@ -302,24 +302,56 @@ func (c *Cache) putBlob(dgst digest.Digest, mediaType string, body []byte) error
 	return nil
 }
 
-// ManifestRefs is the union of the fields of every manifest kind that point
-// at other content: what membership, eviction's pins and jobs walk.
+// mediaTypeArtifact is the OCI artifact manifest of image-spec 1.1's
+// release candidates, withdrawn since: the one kind that defines "blobs".
+const mediaTypeArtifact = "application/vnd.oci.artifact.manifest.v1+json"
+
+// ManifestRefs is what a manifest points at, read by the fields its media
+// type defines and no others: what membership, eviction's pins and jobs
+// walk. A registry accepts unknown fields and checks only the defined
+// ones, so an extra "blobs" in an image manifest is whatever its pusher
+// wrote, and membership opens content.
 type ManifestRefs struct {
 	MediaType string               `json:"mediaType"`
 	Config    *ocispec.Descriptor  `json:"config"`
 	Layers    []ocispec.Descriptor `json:"layers"`
 	Manifests []ocispec.Descriptor `json:"manifests"`
 	Blobs     []ocispec.Descriptor `json:"blobs"`
-	Subject   *ocispec.Descriptor  `json:"subject"`
 }
 
-// ParseManifest reads the references of any manifest kind; an
-// unparseable manifest refers to nothing.
-func ParseManifest(body []byte) ManifestRefs {
+// ParseManifest reads the references of a manifest of mediaType (as
+// recorded; "" for what the body declares), keeping only the fields that
+// type defines: config and layers for image manifests, manifests for
+// indexes, blobs for artifact manifests; never a subject, a pointer
+// anyone may write into a referrer. An unparseable manifest, or one of
+// another type, refers to nothing.
+func ParseManifest(body []byte, mediaType string) ManifestRefs {
+	raw := decodeManifest(body)
+	return raw.only(mediaTypeOf(raw, mediaType))
+}
+
+// decodeManifest reads every field any manifest kind defines, whatever
+// the body's type: only to tell the type.
+func decodeManifest(body []byte) ManifestRefs {
 	var m ManifestRefs
-	dec := json.NewDecoder(bytes.NewReader(body))
-	_ = dec.Decode(&m) // an unparseable manifest refers to nothing
+	if json.Unmarshal(body, &m) != nil {
+		return ManifestRefs{}
+	}
 	return m
+}
+
+// only keeps the fields manifests of type mt define.
+func (m ManifestRefs) only(mt string) ManifestRefs {
+	out := ManifestRefs{MediaType: m.MediaType}
+	switch mt {
+	case ocispec.MediaTypeImageManifest, mediaTypeDockerManifest:
+		out.Config, out.Layers = m.Config, m.Layers
+	case ocispec.MediaTypeImageIndex, mediaTypeDockerList:
+		out.Manifests = m.Manifests
+	case mediaTypeArtifact:
+		out.Blobs = m.Blobs
+	}
+	return out
 }
 
 // MaxIndexDepth bounds how deep indexes may nest in one image.
@@ -342,15 +374,10 @@ func (m ManifestRefs) blobs() []ocispec.Descriptor {
 }
 
 // digests lists the valid digests the manifest contains: its config,
-// layers, blobs and child manifests. Not its subject: that is a pointer
-// anyone may write into a referrer, and membership opens content.
+// layers, blobs and child manifests, as its type defines them.
 func (m ManifestRefs) digests() []digest.Digest {
-	descs := append(append(append([]ocispec.Descriptor{}, m.Layers...), m.Manifests...), m.Blobs...)
-	if m.Config != nil {
-		descs = append(descs, *m.Config)
-	}
 	var out []digest.Digest
-	for _, d := range descs {
+	for _, d := range append(m.blobs(), m.Manifests...) {
 		if d.Digest.Validate() == nil {
 			out = append(out, d.Digest)
 		}

@@ -116,7 +116,7 @@ func (c *Jobs) manifest(ctx context.Context, img *Image, ref string) (desc ocisp
 // walk adds a manifest, and for an index the children the platform filter
 // lets through, to p; the children it leaves out are noted on img.
 func (c *Jobs) walk(ctx context.Context, r *run, img *Image, p *plan, desc ocispec.Descriptor, body []byte, depth int) error {
-	m := cache.ParseManifest(body)
+	m := cache.ParseManifest(body, desc.MediaType)
 	for _, child := range m.Manifests {
 		if !wanted(r.platforms, child.Platform) {
 			sc := SkippedChild{Digest: child.Digest, Platform: platformString(child.Platform)}
