@@ -158,8 +158,11 @@ type remote struct {
 	KeyFile       string        `yaml:"key_file"`
 }
 
-// credentialed: Wharf logs in to it, so what it serves may be private.
-func (r *remote) credentialed() bool { return r.Username != "" || r.Password != "" }
+// credentialed: Wharf logs in to it, with a password, a token or a client
+// certificate, so what it serves may be private.
+func (r *remote) credentialed() bool {
+	return r.Username != "" || r.Password != "" || r.CertFile != "" || r.KeyFile != ""
+}
 
 // client is the upstream.Client for r, a push target's if push is set.
 func (r *remote) client(m *upstream.Metrics, push bool, chunkSize int64, log *slog.Logger) (*upstream.Client, error) {

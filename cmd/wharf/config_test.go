@@ -71,6 +71,7 @@ func TestConfigErrors(t *testing.T) {
 		{private + "auth: {anonymous: ['*/*']}\n", "auth.anonymous \"*/*\" would serve upstream a.io, which Wharf logs in to, to anyone. Either set public: true on upstream a.io"},
 		{private + "auth: {anonymous: ['a.io/library/*']}\n", "narrow auth.anonymous"},
 		{private + "    public: false\nauth: {anonymous: ['a.io/*']}\n", "would serve upstream a.io"},
+		{base + "    cert_file: /c.pem\n    key_file: /k.pem\nauth: {anonymous: ['a.io/*']}\n", "would serve upstream a.io, which Wharf logs in to"},
 		{base + "auth: {anonymous: ['[']}\n", "auth.anonymous"},
 		{base + "auth: {rules: [{users: [ci], pull: ['a.io/*']}]}\n", "auth.htpasswd is not set"},
 		{base + "tls: {cert_file: /x}\n", "cert_file and key_file together"},
@@ -188,6 +189,8 @@ func TestPrivateUpstreamConfigs(t *testing.T) {
 		base + ", public: true}\n": {"docker.io/*", "a.io/*"},
 		base + ", public: true}\nauth: {anonymous: ['*/*']}\n": {"*/*"},
 		base + "}\nauth: {anonymous: [docker.io/*]}\n":         {"docker.io/*"},
+		// A client certificate is a credential like a password.
+		"storage: {root: /tmp/x}\nupstreams:\n  - {name: docker.io, url: https://registry-1.docker.io}\n  - {name: m.io, url: https://m.io, cert_file: /c.pem, key_file: /k.pem}\n": {"docker.io/*"},
 	} {
 		cfg, err := loadConfig(writeConfig(t, body))
 		if err != nil {
