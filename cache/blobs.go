@@ -13,42 +13,6 @@ import (
 	"github.com/wharf-registry/wharf/storage"
 )
 
-// authorize makes sure repo of upstream u is known to hold dgst before the
-// store serves it there: either a manifest cached for repo listed it, or
-// upstream says so now. Without this, anyone could read a private blob
-// through any repository by guessing its digest.
-func (c *Cache) authorize(ctx context.Context, u Upstream, repo string, dgst digest.Digest, manifest bool) error {
-	ok, err := c.store.IsMember(u.Name, repo, dgst)
-	if err != nil || ok {
-		return err
-	}
-	if manifest {
-		_, _, err = u.Source.Manifest(ctx, repo, dgst.String(), true)
-	} else {
-		_, err = u.Source.StatBlob(ctx, repo, dgst)
-	}
-	if err != nil {
-		return classify(err)
-	}
-	if manifest {
-		c.admit(u, repo, dgst)
-	} else {
-		c.keep("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
-	}
-	return nil
-}
-
-// admit records that upstream showed repo to hold the manifest dgst, and
-// so, when the manifest is stored, everything it refers to: a registry
-// keeps a manifest's content in the manifest's repository.
-func (c *Cache) admit(u Upstream, repo string, dgst digest.Digest) {
-	members := []digest.Digest{dgst}
-	if desc, body, err := c.storedManifest(dgst); err == nil {
-		members = append(members, ParseManifest(body, desc.MediaType).digests()...)
-	}
-	c.keep("index", c.store.AddMembers(u.Name, repo, members...), "repository", repo, "digest", dgst)
-}
-
 // StatBlob describes blob dgst of repo without transferring it. A blob that
 // is neither stored nor being filled is asked about upstream with a HEAD.
 func (c *Cache) StatBlob(ctx context.Context, up, repo string, dgst digest.Digest) (ocispec.Descriptor, error) {
@@ -57,7 +21,7 @@ func (c *Cache) StatBlob(ctx context.Context, up, repo string, dgst digest.Diges
 		return ocispec.Descriptor{}, err
 	}
 	if bi, err := c.store.Blob(dgst); err == nil {
-		if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
+		if err := c.authorizeBlob(ctx, u, repo, dgst, bi); err != nil {
 			return ocispec.Descriptor{}, err
 		}
 		return ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}, nil
@@ -153,8 +117,9 @@ func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst dige
 		return c.openStored(ctx, u, repo, dgst)
 	}
 	if !started {
-		// Someone else's fill proves nothing about this repository.
-		if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
+		// Someone else's fill proves nothing about this repository, and
+		// a private upstream's fill nothing about another upstream.
+		if err := c.authorizeBlob(ctx, u, repo, dgst, storage.BlobInfo{Size: -1, Sources: []string{f.up}}); err != nil {
 			return nil, err
 		}
 	}
@@ -211,7 +176,7 @@ func (c *Cache) openStored(ctx context.Context, u Upstream, repo string, dgst di
 	if err != nil {
 		return nil, err
 	}
-	if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
+	if err := c.authorizeBlob(ctx, u, repo, dgst, bi); err != nil {
 		file.Close()
 		return nil, err
 	}

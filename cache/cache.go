@@ -68,6 +68,11 @@ type Upstream struct {
 	// slots are used, and an eager fill completes whether or not a client
 	// comes for it.
 	EagerFill bool
+	// Private says Wharf reaches this upstream with credentials (or a
+	// client certificate) and nobody declared its content public: what
+	// only it served is not opened under another upstream by that
+	// upstream's word (see membership.go).
+	Private bool
 }
 
 // Config holds the cache's settings.
@@ -124,6 +129,7 @@ type Cache struct {
 	highWater, lowWater float64
 	pins                []string
 	redirect            bool
+	private             bool // some upstream is Private
 	peers               Peers
 	evicting            atomic.Bool
 
@@ -195,6 +201,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 			return nil, fmt.Errorf("cache: upstream %q configured twice", u.Name)
 		}
 		c.upstreams[u.Name] = u
+		c.private = c.private || u.Private
 	}
 	m, err := newMetrics(cfg.Registerer, store, c.missing.len)
 	if err != nil {

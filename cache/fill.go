@@ -216,6 +216,10 @@ const (
 	resumeBackoff = 100 * time.Millisecond
 )
 
+// blobMediaType is the type a fill records a blob under: it is what it
+// is whatever manifest names it.
+const blobMediaType = "application/octet-stream"
+
 // errStore marks a failure of the local disk rather than of upstream.
 var errStore = errors.New("store")
 
@@ -227,7 +231,7 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		c.maybeEvict()
 		return fmt.Errorf("%w: %w", errStore, storage.ErrNoSpace)
 	}
-	source, err := c.blobSource(ctx, u, repo, f.dgst)
+	source, bucket, err := c.blobSource(ctx, u, repo, f.dgst)
 	if err != nil {
 		return err
 	}
@@ -279,13 +283,19 @@ func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) 
 		}
 		f.limit = f.want // no length given: the manifest's bounds what is read
 	}
-	f.size, f.mediaType = size, "application/octet-stream"
+	f.size, f.mediaType = size, blobMediaType
 	f.file = file
 	close(f.ready)
 
 	err = c.copyResuming(ctx, f, w, rc, from, u.Name, open)
 	if only(fromBucket) || only(fromPeer) {
 		w.InRemote() // there already, or the owner uploads it: a second PUT of the same bytes is waste
+	}
+	// Whose bytes these are: the bucket's sources, and u when it (or the
+	// owner, from it) sent any: the whole still has to verify.
+	w.From(bucket...)
+	if !only(fromBucket) {
+		w.From(u.Name)
 	}
 	if !only(fromBucket) {
 		// Upstream (or the owner, from upstream) showed that repo holds

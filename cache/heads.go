@@ -38,7 +38,7 @@ func (c *Cache) ManifestHead(ctx context.Context, up, repo, ref string) (ocispec
 		})
 		return desc, err
 	}
-	desc, _, err := c.storedManifest(dgst)
+	desc, _, err := c.manifestFor(u, dgst)
 	if err == nil {
 		if err := c.authorize(ctx, u, repo, dgst, true); err != nil {
 			return ocispec.Descriptor{}, err

@@ -78,10 +78,10 @@ func (c *Cache) Manifest(ctx context.Context, up, repo, ref string) (ocispec.Des
 }
 
 func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (ocispec.Descriptor, []byte, error) {
-	desc, body, err := c.storedManifest(dgst)
+	desc, body, err := c.manifestFor(u, dgst)
 	if errors.Is(err, storage.ErrNotFound) {
 		return c.shared(ctx, "d", u, repo, dgst.String(), func(ctx context.Context) (ocispec.Descriptor, []byte, error) {
-			if desc, body, err := c.storedManifest(dgst); err == nil {
+			if desc, body, err := c.manifestFor(u, dgst); err == nil {
 				return desc, body, nil // stored by a flight that ended just before this one began
 			}
 			c.metrics.result(u.Name, "manifest", false)
@@ -101,7 +101,7 @@ func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, d
 func (c *Cache) manifestByTag(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, []byte, error) {
 	ti, err := c.store.Tag(u.Name, repo, tag)
 	if err == nil && c.fresh(u, ti) {
-		desc, body, err := c.storedManifest(ti.Digest)
+		desc, body, err := c.manifestFor(u, ti.Digest)
 		if err == nil {
 			c.metrics.result(u.Name, "manifest", true)
 			return desc, body, nil
@@ -159,7 +159,7 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	desc, body, serr := c.storedManifest(ti.Digest)
+	desc, body, serr := c.manifestFor(u, ti.Digest)
 	if serr != nil && !errors.Is(serr, storage.ErrNotFound) {
 		return ocispec.Descriptor{}, nil, serr
 	}
@@ -207,24 +207,37 @@ func (c *Cache) revalidate(ctx context.Context, u Upstream, repo, tag string) (o
 
 // storedManifest reads a manifest from the store (or its memory of it).
 func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, error) {
+	desc, body, _, err := c.storedManifestInfo(dgst)
+	return desc, body, err
+}
+
+// storedManifestInfo is storedManifest with the blob's record. A stored
+// blob that is not a manifest (a config, a layer) is not one as far as
+// manifest requests go, whatever its bytes look like.
+func (c *Cache) storedManifestInfo(dgst digest.Digest) (ocispec.Descriptor, []byte, storage.BlobInfo, error) {
 	body, bi, err := c.store.ReadSmall(dgst, MaxManifestSize)
 	if errors.Is(err, storage.ErrNotFound) && c.store.Adopt(dgst) == nil {
 		body, bi, err = c.store.ReadSmall(dgst, MaxManifestSize)
 	}
 	if err != nil {
-		return ocispec.Descriptor{}, nil, err
+		return ocispec.Descriptor{}, nil, bi, err
 	}
 	mt := bi.MediaType
-	if !slices.Contains(manifestTypes, mt) {
-		// Adopted after a crash (no type on record), or recorded by an
-		// older Wharf from a Content-Type like application/json: the body
-		// says (wharf check --repair corrects the record).
-		if mt = mediaTypeOf(decodeManifest(body), mt); mt == "" {
-			return ocispec.Descriptor{}, nil, fmt.Errorf("manifest %s has no media type on record: %w", dgst, storage.ErrNotFound)
+	if !manifestMediaType(mt) {
+		// No type on record (a blob fill, or a file adopted after a
+		// crash), or one an older Wharf took from a Content-Type like
+		// application/json: the body says (wharf check --repair corrects
+		// the record), if it is a manifest at all. An image config has
+		// a "config" too, but no schemaVersion.
+		if mt = mediaTypeOf(decodeManifest(body), mt); !isManifest(body) {
+			mt = ""
+		}
+		if !manifestMediaType(mt) {
+			return ocispec.Descriptor{}, nil, bi, fmt.Errorf("blob %s is not a manifest: %w", dgst, storage.ErrNotFound)
 		}
 	}
 	c.store.Touch(dgst)
-	return ocispec.Descriptor{MediaType: mt, Digest: dgst, Size: bi.Size}, body, nil
+	return ocispec.Descriptor{MediaType: mt, Digest: dgst, Size: bi.Size}, body, bi, nil
 }
 
 // fetchManifest GETs ref from upstream, verifies it, stores it, records which
@@ -269,7 +282,7 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 	// asks for them a round trip later, and each needs two upstream round
 	// trips of its own (token-scoped GET, then the CDN it redirects to).
 	c.eager(u, repo, refs)
-	if err := c.putBlob(got, mt, body); err != nil {
+	if err := c.putManifest(u, got, mt, body); err != nil {
 		c.keep("manifest", err, "repository", repo, "digest", got)
 		return desc, body, nil // a tag must not point at a manifest the store lacks
 	}
@@ -283,15 +296,28 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 	return desc, body, nil
 }
 
-func (c *Cache) putBlob(dgst digest.Digest, mediaType string, body []byte) error {
-	if _, _, err := c.store.ReadSmall(dgst, MaxManifestSize); err == nil {
-		return nil // stored and intact
+// putManifest stores a manifest u served, or, stored already, records
+// that u served it and that it is a manifest (fetched as a blob first).
+func (c *Cache) putManifest(u Upstream, dgst digest.Digest, mediaType string, body []byte) error {
+	if _, bi, err := c.store.ReadSmall(dgst, MaxManifestSize); err == nil { // stored and intact
+		if bi.MediaType != mediaType && !manifestMediaType(bi.MediaType) {
+			if err := c.store.SetMediaType(dgst, mediaType); err != nil {
+				return err
+			}
+		}
+		if !slices.Contains(bi.Sources, u.Name) {
+			ctx, cancel := context.WithTimeout(context.Background(), remoteLookupTimeout)
+			defer cancel()
+			return c.store.AddSource(ctx, dgst, u.Name)
+		}
+		return nil
 	}
 	w, err := c.store.Create(dgst, mediaType)
 	if err != nil {
 		return err
 	}
 	defer w.Cancel()
+	w.From(u.Name)
 	if _, err := w.Write(body); err != nil {
 		return err
 	}
@@ -338,6 +364,15 @@ func decodeManifest(body []byte) ManifestRefs {
 		return ManifestRefs{}
 	}
 	return m
+}
+
+// isManifest reports whether body says it is a manifest of this
+// generation: OCI's and Docker's schema 2 alike carry schemaVersion 2.
+func isManifest(body []byte) bool {
+	var v struct {
+		SchemaVersion int `json:"schemaVersion"`
+	}
+	return json.Unmarshal(body, &v) == nil && v.SchemaVersion == 2
 }
 
 // only keeps the fields manifests of type mt define.

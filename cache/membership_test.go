@@ -7,6 +7,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/storage"
 )
 
 // defined is the oracle of FuzzMembership: the digests a manifest's type
@@ -88,4 +90,33 @@ func FuzzMembership(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Which sources let an upstream's word open a blob: its own, a public
+// upstream's, none on record; never only another private upstream's, nor
+// an unknown origin while any upstream is private.
+func TestVouched(t *testing.T) {
+	ups := map[string]Upstream{"pub": {Name: "pub"}, "mirror": {Name: "mirror"}, "a": {Name: "a", Private: true}, "b": {Name: "b", Private: true}}
+	c := &Cache{upstreams: ups, private: true}
+	for _, tc := range []struct {
+		u       string
+		sources []string
+		want    bool
+	}{
+		{"pub", nil, true},
+		{"a", []string{"a"}, true},
+		{"a", []string{"pub"}, true},
+		{"mirror", []string{"a", "pub"}, true},
+		{"pub", []string{"a"}, false},
+		{"b", []string{"a"}, false},
+		{"pub", []string{"gone"}, false},
+		{"pub", []string{storage.Unsourced}, false},
+	} {
+		if got := c.vouched(ups[tc.u], tc.sources); got != tc.want {
+			t.Errorf("%s vouches for %v: %v, want %v", tc.u, tc.sources, got, tc.want)
+		}
+	}
+	if !(&Cache{upstreams: ups}).vouched(ups["pub"], []string{storage.Unsourced}) {
+		t.Error("without a private upstream, a blob of unknown origin is public")
+	}
 }

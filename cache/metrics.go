@@ -25,6 +25,7 @@ type metrics struct {
 	eagerUsed    prometheus.Counter
 	remote       *prometheus.CounterVec // result
 	peer         *prometheus.CounterVec // result
+	proofs       *prometheus.CounterVec // result
 }
 
 func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func() int) (*metrics, error) {
@@ -97,6 +98,10 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 			Name: "wharf_peer_fills_total",
 			Help: "Fills of blobs another replica owns: owner (streamed from it), unreachable (it could not be asked; filled from upstream), refused (it refused this replica's signature: secrets differ or clocks are apart; filled from upstream).",
 		}, []string{"result"}),
+		proofs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wharf_upstream_proofs_total",
+			Help: "Blobs only private upstreams had served, downloaded and hashed from another upstream before it may serve them: served (the bytes verified) or refused.",
+		}, []string{"result"}),
 		storeFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_store_failures_total",
 			Help: "Verified manifests (what=manifest) and index records (what=index) the store could not keep; their requests were answered anyway.",
@@ -134,7 +139,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		Name: "wharf_negative_entries",
 		Help: "Upstream refusals (404, 401, 403) remembered for negative_ttl; bounded at 10,000.",
 	}, func() float64 { return float64(remembered()) })
-	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.filled, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.remote, m.peer, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
+	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.filled, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.remote, m.peer, m.proofs, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

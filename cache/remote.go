@@ -30,12 +30,15 @@ const (
 // remote tier when it holds the blob (the fleet fetched it once already),
 // else upstream. The bucket proves nothing about repo, so repo must be
 // known to hold dgst first (a manifest of it listed the blob, or upstream
-// confirms with a HEAD). A bucket that cannot be asked is passed by: the
-// fill goes upstream, as it would without one; so is one that found the
-// blob and then cannot give it (gc deleted it meanwhile, or the bucket
-// broke): the fill goes on from upstream from the byte it had reached.
-// The opener is called by one goroutine at a time.
-func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (blobOpener, error) {
+// confirms with a HEAD), and u must vouch for the bucket's sources (see
+// membership.go): a blob there that only another private upstream served
+// is filled from u, whose bytes then prove it. bucket is what the bucket
+// records as the blob's sources when it is read from. A bucket that cannot
+// be asked is passed by: the fill goes upstream, as it would without one;
+// so is one that found the blob and then cannot give it (gc deleted it
+// meanwhile, or the bucket broke): the fill goes on from upstream from
+// the byte it had reached. The opener is called by one goroutine at a time.
+func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (open blobOpener, bucket []string, err error) {
 	upstream := func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
 		rc, size, err := u.Source.Blob(ctx, repo, dgst, offset)
 		return rc, size, fromUpstream, err
@@ -45,24 +48,27 @@ func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst di
 	}
 	r := c.store.Remote()
 	if r == nil {
-		return upstream, nil
+		return upstream, nil, nil
 	}
-	size, err := c.remoteStat(ctx, r, dgst)
+	size, sources, err := c.remoteLookup(ctx, r, dgst)
 	if errors.Is(err, storage.ErrNotFound) {
-		return upstream, nil
+		return upstream, nil, nil
 	}
 	if err != nil {
 		c.metrics.remote.WithLabelValues("unavailable").Inc()
 		c.log.Warn("remote tier unavailable; filling from upstream", "digest", dgst, "error", err)
-		return upstream, nil
+		return upstream, nil, nil
+	}
+	if !c.vouched(u, sources) {
+		return upstream, nil, nil
 	}
 	if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c.metrics.remote.WithLabelValues("hit").Inc()
-	bucket := true // until a read from it fails
+	inBucket := true // until a read from it fails
 	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
-		if bucket {
+		if inBucket {
 			rc, err := c.remoteOpen(ctx, r, dgst, offset)
 			if err == nil {
 				return rc, size - offset, fromBucket, nil
@@ -70,12 +76,25 @@ func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst di
 			if ctx.Err() != nil {
 				return nil, 0, fromBucket, err
 			}
-			bucket = false
+			inBucket = false
 			c.metrics.remote.WithLabelValues("lost").Inc()
 			c.log.Warn("blob found in the remote tier but not readable from it; filling from upstream", "digest", dgst, "offset", offset, "error", err)
 		}
 		return upstream(ctx, offset)
-	}, nil
+	}, sources, nil
+}
+
+// remoteLookup asks the bucket for blob dgst's size and sources, within
+// remoteLookupTimeout for the two.
+func (c *Cache) remoteLookup(ctx context.Context, r *storage.Remote, dgst digest.Digest) (int64, []string, error) {
+	ctx, cancel := context.WithTimeout(ctx, remoteLookupTimeout)
+	defer cancel()
+	size, err := r.Stat(ctx, dgst)
+	if err != nil {
+		return 0, nil, err
+	}
+	sources, err := r.Sources(ctx, dgst)
+	return size, sources, err
 }
 
 // dropFromRemote deletes blob dgst from the remote tier, whose bytes for it
@@ -112,8 +131,8 @@ func (c *Cache) RemoteURL(ctx context.Context, up, repo string, dgst digest.Dige
 	if filling {
 		return "", nil
 	}
-	if _, err := c.remoteStat(ctx, r, dgst); err != nil {
-		return "", nil // not there, or the bucket cannot be asked: a fill decides
+	if _, sources, err := c.remoteLookup(ctx, r, dgst); err != nil || !c.vouched(u, sources) {
+		return "", nil // not there, the bucket cannot be asked, or u must prove it: a fill decides
 	}
 	if err := c.authorize(ctx, u, repo, dgst, false); err != nil {
 		return "", err
@@ -139,12 +158,6 @@ func (c *Cache) RemoteURL(ctx context.Context, up, repo string, dgst digest.Dige
 // bucket that does not answer (the SDK retries) must not hold up every
 // miss, which upstream can answer instead.
 const remoteLookupTimeout = 2 * time.Second
-
-func (c *Cache) remoteStat(ctx context.Context, r *storage.Remote, dgst digest.Digest) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, remoteLookupTimeout)
-	defer cancel()
-	return r.Stat(ctx, dgst)
-}
 
 // remoteOpen is r.Open with the lookup's bound on the wait for the answer,
 // not on reading the body that follows.

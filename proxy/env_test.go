@@ -114,7 +114,7 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 			t.Fatal(err)
 		}
 		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale,
-			MaxFills: s.maxFills, FillGrace: s.fillGrace, WaitTimeout: s.wait, EagerFill: s.eager})
+			MaxFills: s.maxFills, FillGrace: s.fillGrace, WaitTimeout: s.wait, EagerFill: s.eager, Private: s.user != "" || s.password != ""})
 		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def, Status: func() any { return c.Health() }})
 	}
 	cfg.Upstreams, cfg.Registerer = ups, reg

@@ -3,12 +3,19 @@ package proxy_test
 import (
 	"encoding/json"
 	"net/http"
+	"os"
+	"path"
+	"strings"
 	"testing"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/wharf-registry/wharf/auth"
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/storage"
+	"github.com/wharf-registry/wharf/storage/s3test"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
@@ -21,26 +28,38 @@ type isolation struct {
 	secret    upstreamtest.Image // harbor.internal/team-b/secret:1.0, cached by bob's pull
 }
 
-func newIsolation(t *testing.T, pubOpts ...upstreamtest.Option) *isolation {
+func newIsolation(t *testing.T, more ...spec) *isolation {
 	t.Helper()
-	s := &isolation{pub: upstreamtest.New(t, pubOpts...), priv: upstreamtest.New(t, upstreamtest.WithBasicAuth("wharf", "wharf-pw"))}
+	s := &isolation{pub: upstreamtest.New(t), priv: upstreamtest.New(t, upstreamtest.WithBasicAuth("wharf", "wharf-pw"))}
 	s.secret = s.priv.PushImage(t, "team-b/secret", "1.0", 61, 2, 4<<10, amd64)
-	s.env = newEnvAccess(t, auth.Config{
+	s.env = s.replica(t, t.TempDir(), storage.Options{}, more...)
+	s.pullSecret(t, s.env)
+	return s
+}
+
+// replica is a Wharf of s's upstreams (and more), users and rules.
+func (s *isolation) replica(t *testing.T, root string, sopts storage.Options, more ...spec) *env {
+	specs := append([]spec{{name: "docker.io", reg: s.pub, ttl: time.Hour},
+		{name: "harbor.internal", reg: s.priv, ttl: time.Hour, user: "wharf", password: "wharf-pw"}}, more...)
+	return newEnvFull(t, root, sopts, cache.Config{}, replicate.Config{}, "", &auth.Config{
 		Htpasswd:  htpasswd(t, "alice", "bob"),
-		Anonymous: []string{"docker.io/*"},
+		Anonymous: []string{"docker.io/*", "mirror.io/*"},
 		Rules: []auth.Rule{
 			{Users: []string{"alice"}, Pull: []string{"harbor.internal/team-a/*"}},
 			{Users: []string{"bob"}, Pull: []string{"harbor.internal/team-b/*"}},
 		},
-	}, spec{name: "docker.io", reg: s.pub, ttl: time.Hour},
-		spec{name: "harbor.internal", reg: s.priv, ttl: time.Hour, user: "wharf", password: "wharf-pw"})
-	for _, b := range append(s.secret.Blobs(), s.secret.Manifest) {
-		r := s.do(t, http.MethodGet, "/v2/harbor.internal/team-b/secret/"+kindOf(b, s.secret)+"/"+b.Digest.String(), "Authorization", basic("bob", "bob-pw"))
-		if r.status != http.StatusOK {
+	}, nil, specs...)
+}
+
+// pullSecret has bob pull the private image through e, every byte exact.
+func (s *isolation) pullSecret(t *testing.T, e *env) {
+	t.Helper()
+	for _, b := range append([]upstreamtest.Blob{s.secret.Manifest}, s.secret.Blobs()...) {
+		r := e.do(t, http.MethodGet, "/v2/harbor.internal/team-b/secret/"+kindOf(b, s.secret)+"/"+b.Digest.String(), "Authorization", basic("bob", "bob-pw"))
+		if r.status != http.StatusOK || string(r.body) != string(b.Data) {
 			t.Fatalf("bob's pull of %s: %d %s", b.Digest, r.status, r.body)
 		}
 	}
-	return s
 }
 
 func kindOf(b upstreamtest.Blob, img upstreamtest.Image) string {
@@ -91,6 +110,24 @@ func descs(img upstreamtest.Image) []ocispec.Descriptor {
 // who (an Authorization value, "" for anonymous): GET, HEAD and Range.
 func wantRefused(t *testing.T, e *env, name, who string, img upstreamtest.Image) {
 	t.Helper()
+	wantUnread(t, e, name, who, img)
+	for _, b := range append(img.Blobs(), img.Manifest) {
+		path := "/v2/" + name + "/" + kindOf(b, img) + "/" + b.Digest.String()
+		var hdr []string
+		if who != "" {
+			hdr = []string{"Authorization", who}
+		}
+		if r := e.do(t, http.MethodHead, path, hdr...); r.status != http.StatusNotFound {
+			t.Fatalf("HEAD %s: %d, want 404", path, r.status)
+		}
+	}
+}
+
+// wantUnread is wantRefused for GET and Range only: a HEAD of what is
+// not stored here passes on what upstream says, which tells nothing of
+// the bytes.
+func wantUnread(t *testing.T, e *env, name, who string, img upstreamtest.Image) {
+	t.Helper()
 	for _, b := range append(img.Blobs(), img.Manifest) {
 		k := kindOf(b, img)
 		code := map[string]string{"blobs": "BLOB_UNKNOWN", "manifests": "MANIFEST_UNKNOWN"}[k]
@@ -101,9 +138,6 @@ func wantRefused(t *testing.T, e *env, name, who string, img upstreamtest.Image)
 		}
 		wantError(t, e.do(t, http.MethodGet, path, hdr...), http.StatusNotFound, code)
 		wantError(t, e.do(t, http.MethodGet, path, append(hdr, "Range", "bytes=0-9")...), http.StatusNotFound, code)
-		if r := e.do(t, http.MethodHead, path, hdr...); r.status != http.StatusNotFound {
-			t.Fatalf("HEAD %s: %d, want 404", path, r.status)
-		}
 	}
 }
 
@@ -128,4 +162,102 @@ func TestTeamPusherCannotReadAnotherTeam(t *testing.T) {
 		t.Fatalf("alice's own manifest: %d %s", r.status, r.body)
 	}
 	wantRefused(t, s.env, "harbor.internal/team-a/app", alice, s.secret)
+}
+
+// yesMan answers every HEAD of a blob or manifest 200, as a hostile,
+// compromised or merely permissive upstream might.
+func yesMan(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodHead || !(strings.Contains(r.URL.Path, "/blobs/") || strings.Contains(r.URL.Path, "/manifests/")) {
+		return false
+	}
+	w.Header().Set("Docker-Content-Digest", path.Base(r.URL.Path))
+	w.Header().Set("Content-Length", "100")
+	w.WriteHeader(http.StatusOK)
+	return true
+}
+
+// Attack 3: one upstream's HEAD does not open what only another, private
+// upstream served.
+func TestUpstreamCannotVouchForAnother(t *testing.T) {
+	s := newIsolation(t)
+	s.pub.SetHook(yesMan)
+	wantRefused(t, s.env, "docker.io/any/repo", "", s.secret)
+	// And bob, who may read the private image, still reads it.
+	s.priv.Reset()
+	r := s.do(t, http.MethodGet, "/v2/harbor.internal/team-b/secret/blobs/"+s.secret.Layers[0].Digest.String(), "Authorization", basic("bob", "bob-pw"))
+	if r.status != http.StatusOK || string(r.body) != string(s.secret.Layers[0].Data) || s.priv.Total() != 0 {
+		t.Fatalf("bob's layer: %d, %d upstream requests", r.status, s.priv.Total())
+	}
+}
+
+// An upstream that really holds private content proves it by serving the
+// bytes, once; from then on the store serves them there too.
+func TestAnotherUpstreamProvesWhatItHolds(t *testing.T) {
+	mirror := upstreamtest.New(t)
+	s := newIsolation(t, spec{name: "mirror.io", reg: mirror, ttl: time.Hour})
+	layer := s.secret.Layers[0]
+	mirror.PushBlob(t, "copy/secret", layer)
+	mirror.Reset()
+	s.get(t, "/v2/mirror.io/copy/secret/blobs/"+layer.Digest.String(), layer.Data, layer.Digest.String())
+	wantCounts(t, mirror, map[string]int{"GET blob": 1})
+	mirror.Reset()
+	s.get(t, "/v2/mirror.io/copy/secret/blobs/"+layer.Digest.String(), layer.Data, layer.Digest.String())
+	wantCounts(t, mirror, map[string]int{})
+	if got := metric(t, s.env, "wharf_upstream_proofs_total", "result", "served"); got != 1 {
+		t.Fatalf("wharf_upstream_proofs_total{result=served} %v, want 1", got)
+	}
+}
+
+// Content a public upstream served is public: another upstream's HEAD is
+// enough to serve it there, as before.
+func TestPublicContentNeedsOnlyAHead(t *testing.T) {
+	mirror := upstreamtest.New(t)
+	s := newIsolation(t, spec{name: "mirror.io", reg: mirror, ttl: time.Hour})
+	img := s.pub.PushImage(t, "library/alpine", "1.0", 62, 1, 4<<10, amd64)
+	pull(t, s.env, "docker.io/library/alpine", img, "")
+	mirror.PushBlob(t, "library/alpine", img.Layers[0])
+	mirror.Reset()
+	s.get(t, "/v2/mirror.io/library/alpine/blobs/"+img.Layers[0].Digest.String(), img.Layers[0].Data, img.Layers[0].Digest.String())
+	wantCounts(t, mirror, map[string]int{"HEAD blob": 1})
+}
+
+// A blob is not a manifest: a config a manifest of the repository lists
+// is not served as a manifest where upstream has no such manifest.
+func TestConfigIsNotServedAsManifest(t *testing.T) {
+	s := newIsolation(t)
+	r := s.do(t, http.MethodGet, "/v2/harbor.internal/team-b/secret/manifests/"+s.secret.Config.Digest.String(), "Authorization", basic("bob", "bob-pw"))
+	wantError(t, r, http.StatusNotFound, "MANIFEST_UNKNOWN")
+}
+
+// Attack 3 across a fleet: the bucket keeps who served each blob, so a
+// replica that never saw the private pull still refuses it under another
+// upstream's word, and still serves it to those who may read it, from
+// the bucket.
+func TestBucketKeepsWhoServedABlob(t *testing.T) {
+	s3 := s3test.Start(t)
+	s := &isolation{pub: upstreamtest.New(t), priv: upstreamtest.New(t, upstreamtest.WithBasicAuth("wharf", "wharf-pw"))}
+	s.secret = s.priv.PushImage(t, "team-b/secret", "1.0", 61, 2, 4<<10, amd64)
+	replica := func() *env {
+		r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.replica(t, t.TempDir(), storage.Options{Remote: r})
+	}
+	first := replica()
+	s.pullSecret(t, first)
+	filled(t, first)
+	for _, b := range append(s.secret.Blobs(), s.secret.Manifest) {
+		if _, err := os.Stat(s3.ObjectFile("/wharf/sources/sha256/" + b.Digest.Encoded() + "/harbor.internal")); err != nil {
+			t.Fatalf("the bucket does not say who served %s: %v", b.Digest, err)
+		}
+	}
+	s.pub.SetHook(yesMan)
+	second := replica()
+	wantUnread(t, second, "docker.io/any/repo", "", s.secret)
+	s.priv.Reset()
+	s.pullSecret(t, second)
+	// The manifest twice: this replica's first request to the private
+	// upstream learns it wants Basic credentials. No blob.
+	wantCounts(t, s.priv, map[string]int{"GET manifest": 2})
 }

@@ -74,7 +74,12 @@ type Writer struct {
 	n         int64
 	unchecked int64 // bytes written since the free space was last looked at
 	inRemote  bool  // the remote tier has the blob already: Commit uploads nothing
+	sources   []string
 }
+
+// From names whoever's bytes these are (see BlobInfo.Sources), recorded
+// with the blob, and in the remote tier with its upload.
+func (w *Writer) From(sources ...string) { w.sources = union(w.sources, sources) }
 
 // InRemote tells Commit that the remote tier holds the blob already (the
 // bytes came from it).
@@ -141,8 +146,13 @@ func (w *Writer) Commit(size int64) error {
 		return fmt.Errorf("sync blob: %w", err)
 	}
 	if r := w.s.remote; r != nil && !w.inRemote {
+		// Sources first: the bucket never holds a blob of this Wharf's
+		// without them, which would read as a blob of unknown origin.
 		ctx, cancel := context.WithTimeout(context.Background(), remoteUploadTimeout)
-		err := r.Upload(ctx, w.dgst, w.n, io.NewSectionReader(w.f, 0, w.n))
+		err := r.AddSources(ctx, w.dgst, w.sources...)
+		if err == nil {
+			err = r.Upload(ctx, w.dgst, w.n, io.NewSectionReader(w.f, 0, w.n))
+		}
 		cancel()
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrRemote, err)
@@ -157,7 +167,7 @@ func (w *Writer) Commit(size int64) error {
 	}
 	w.f.Close()
 	w.f = nil
-	return w.s.recordBlob(w.dgst, w.n, w.mediaType)
+	return w.s.recordBlob(w.dgst, w.n, w.mediaType, w.sources)
 }
 
 // Verify reports whether the bytes written so far are the blob: they hash

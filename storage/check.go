@@ -84,7 +84,7 @@ func (s *Store) Check(opts CheckOptions) ([]Problem, error) {
 		if !indexed {
 			problems = append(problems, Problem{dgst, "orphan", fmt.Sprintf("%d bytes on disk, not in the index", size)})
 			if opts.Repair {
-				if err := s.recordBlob(dgst, size, ""); err != nil {
+				if err := s.recordBlob(dgst, size, "", []string{Unsourced}); err != nil {
 					return problems, err
 				}
 			}
@@ -144,7 +144,7 @@ func (s *Store) checkMediaTypes(repair bool) ([]Problem, error) {
 		return problems, err
 	}
 	for dgst, mt := range fixed {
-		if err := s.setMediaType(dgst, mt); err != nil {
+		if err := s.SetMediaType(dgst, mt); err != nil {
 			return problems, err
 		}
 	}
@@ -163,25 +163,6 @@ func (s *Store) checkMediaTypes(repair bool) ([]Problem, error) {
 
 // maxManifest is the largest blob checkMediaTypes reads as a manifest.
 const maxManifest = 4 << 20
-
-// setMediaType rewrites the media type of dgst's record.
-func (s *Store) setMediaType(dgst digest.Digest, mt string) error {
-	s.small.remove(dgst)
-	return retryConflict(func() error {
-		return s.db.Update(func(txn *badger.Txn) error {
-			item, err := txn.Get(blobKey(dgst))
-			if err != nil {
-				return err
-			}
-			var bi BlobInfo
-			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
-				return err
-			}
-			bi.MediaType = mt
-			return setJSON(txn, blobKey(dgst), bi)
-		})
-	})
-}
 
 // blobFiles lists every data file under blobs/ with its size. Files whose
 // path is not a valid digest are ignored: they cannot be served.
@@ -290,5 +271,5 @@ func (s *Store) Adopt(dgst digest.Digest) error {
 		os.Remove(p)
 		return fmt.Errorf("blob %s on disk is damaged, removed: %w", dgst, ErrNotFound)
 	}
-	return s.recordBlob(dgst, fi.Size(), "")
+	return s.recordBlob(dgst, fi.Size(), "", []string{Unsourced})
 }

@@ -20,12 +20,56 @@ import (
 // used across the fleet down to a size, sparing the pinned ones. Markers
 // and pin lists live beside distribution's tree, under /wharf/.
 const (
-	accessPrefix = "/wharf/access"
-	pinsPrefix   = "/wharf/pins"
+	accessPrefix  = "/wharf/access"
+	pinsPrefix    = "/wharf/pins"
+	sourcesPrefix = "/wharf/sources" // <alg>/<hex>/<source>: see Store.AddSource
 )
 
 func accessKey(dgst digest.Digest) string {
 	return path.Join(accessPrefix, string(dgst.Algorithm()), dgst.Encoded())
+}
+
+func sourcesKey(dgst digest.Digest) string {
+	return path.Join(sourcesPrefix, string(dgst.Algorithm()), dgst.Encoded())
+}
+
+// AddSources records in the bucket that each of sources served blob dgst
+// (see BlobInfo.Sources): one empty object each, so replicas adding
+// theirs at once never overwrite each other's.
+func (r *Remote) AddSources(ctx context.Context, dgst digest.Digest, sources ...string) error {
+	if err := dgst.Validate(); err != nil {
+		return err
+	}
+	for _, s := range sources {
+		if s == "" || strings.ContainsAny(s, "/ ") {
+			return fmt.Errorf("source %q of blob %s: not a name", s, dgst)
+		}
+		if err := r.d.PutContent(ctx, path.Join(sourcesKey(dgst), s), []byte{}); err != nil {
+			return fmt.Errorf("object store, sources of blob %s: %w", dgst, err)
+		}
+	}
+	return nil
+}
+
+// Sources lists what the bucket records as sources of blob dgst; none for
+// a blob uploaded by a Wharf before sources were kept.
+func (r *Remote) Sources(ctx context.Context, dgst digest.Digest) ([]string, error) {
+	if err := dgst.Validate(); err != nil {
+		return nil, err
+	}
+	keys, err := r.d.List(ctx, sourcesKey(dgst))
+	if missing(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("object store, sources of blob %s: %w", dgst, err)
+	}
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, path.Base(k))
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // Touch records that blob dgst was served at t.
@@ -123,6 +167,7 @@ func (r *Remote) GC(ctx context.Context, p GCPolicy, now time.Time) (GCResult, e
 				return res, err
 			}
 			r.d.Delete(ctx, accessKey(b.Digest)) // a marker may be missing; a leftover one costs nothing
+			r.d.Delete(ctx, sourcesKey(b.Digest))
 		}
 		res.Deleted = append(res.Deleted, b)
 		res.After -= b.Size

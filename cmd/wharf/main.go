@@ -267,7 +267,8 @@ func remotes(cfg *fileConfig, um *upstream.Metrics, log *slog.Logger) (ups []cac
 		}
 		ups = append(ups, cache.Upstream{Name: u.Name, Source: client, TagTTL: *u.TagTTL,
 			NegativeTTL: *u.NegativeTTL, RevalidateTimeout: u.Revalidate,
-			MaxFills: u.maxFills(), FillGrace: u.FillGrace, WaitTimeout: u.WaitTimeout, EagerFill: u.EagerFill == nil || *u.EagerFill})
+			MaxFills: u.maxFills(), FillGrace: u.FillGrace, WaitTimeout: u.WaitTimeout, EagerFill: u.EagerFill == nil || *u.EagerFill,
+			Private: u.private()})
 		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default,
 			Status: func() any { return client.Health() }})
 	}
