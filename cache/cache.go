@@ -142,6 +142,7 @@ type Cache struct {
 	stopOnce    sync.Once
 	flights     singleflight.Group
 	missing     negative
+	retries     retries // of stale tags upstream could not revalidate
 	onTag       atomic.Pointer[func(TagEvent)]
 	eagerDone   map[digest.Digest]bool // stored by an eager fill, not read yet (bounded)
 	eagerStored atomic.Int64           // len(eagerDone), read without the lock

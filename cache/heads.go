@@ -28,7 +28,7 @@ func (c *Cache) ManifestHead(ctx context.Context, up, repo, ref string) (ocispec
 		return ocispec.Descriptor{}, err
 	}
 	if !isDigest {
-		if ti, err := c.store.Tag(u.Name, repo, ref); err == nil && c.fresh(u, ti) {
+		if ti, err := c.store.Tag(u.Name, repo, ref); err == nil && c.trusted(u, repo, ref, ti) {
 			c.metrics.result(u.Name, "manifest", true)
 			return c.tagDesc(ti), nil
 		}
@@ -64,6 +64,7 @@ func (c *Cache) ManifestHead(ctx context.Context, up, repo, ref string) (ocispec
 		if !describes(head) {
 			return c.fetchManifest(ctx, u, repo, ref, dgst)
 		}
+		c.found(u, repo)
 		c.admit(u, repo, dgst)
 		return head, nil, nil
 	})
@@ -114,6 +115,7 @@ func (c *Cache) resolveTagHead(ctx context.Context, u Upstream, repo, tag string
 	case errors.Is(err, ErrUnavailable) && known:
 		c.metrics.result(u.Name, "manifest", true)
 		c.metrics.stale.WithLabelValues(u.Name).Inc()
+		c.retries.failed(manifestKey(u.Name, repo, tag), c.now())
 		return c.tagDesc(ti), nil
 	case err != nil:
 		return ocispec.Descriptor{}, err
@@ -123,6 +125,7 @@ func (c *Cache) resolveTagHead(ctx context.Context, u Upstream, repo, tag string
 		return desc, err
 	}
 	c.metrics.result(u.Name, "manifest", known && head.Digest == ti.Digest)
+	c.found(u, repo)
 	ti = storage.TagInfo{Digest: head.Digest, MediaType: head.MediaType, Size: head.Size, Checked: c.now()}
 	c.admit(u, repo, head.Digest)
 	c.putTag(u.Name, repo, tag, ti)

@@ -100,7 +100,7 @@ func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, d
 
 func (c *Cache) manifestByTag(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, []byte, error) {
 	ti, err := c.store.Tag(u.Name, repo, tag)
-	if err == nil && c.fresh(u, ti) {
+	if err == nil && c.trusted(u, repo, tag, ti) {
 		desc, body, err := c.manifestFor(u, ti.Digest)
 		if err == nil {
 			c.metrics.result(u.Name, "manifest", true)
@@ -180,6 +180,7 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 		// Serve what we have rather than fail a rollout on a flaky upstream.
 		c.metrics.result(u.Name, "manifest", true)
 		c.metrics.stale.WithLabelValues(u.Name).Inc()
+		c.retries.failed(manifestKey(u.Name, repo, tag), c.now())
 		return desc, body, nil
 	case err != nil:
 		return ocispec.Descriptor{}, nil, err
@@ -202,7 +203,24 @@ func (c *Cache) revalidate(ctx context.Context, u Upstream, repo, tag string) (o
 	hctx, cancel := context.WithTimeout(ctx, u.RevalidateTimeout)
 	defer cancel()
 	head, _, err := u.Source.Manifest(hctx, repo, tag, true)
-	return head, classify(err)
+	if err = classify(err); !errors.Is(err, ErrUnavailable) {
+		c.retries.ok(manifestKey(u.Name, repo, tag))
+	}
+	return head, err
+}
+
+// trusted reports whether tag's cached resolution is served without
+// asking upstream: it is fresh, or it is stale and upstream was found
+// unavailable within its back-off (counted as a stale answer).
+func (c *Cache) trusted(u Upstream, repo, tag string, ti storage.TagInfo) bool {
+	if c.fresh(u, ti) {
+		return true
+	}
+	if c.retries.waiting(manifestKey(u.Name, repo, tag), c.now()) {
+		c.metrics.stale.WithLabelValues(u.Name).Inc()
+		return true
+	}
+	return false
 }
 
 // storedManifest reads a manifest from the store (or its memory of it).
@@ -265,6 +283,7 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 		}
 	}
 	c.metrics.fetched.WithLabelValues(u.Name).Add(float64(len(body)))
+	c.found(u, repo)
 	raw := decodeManifest(body)
 	mt := mediaTypeOf(raw, desc.MediaType)
 	refs := raw.only(mt)

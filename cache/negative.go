@@ -65,6 +65,15 @@ func (n *negative) add(key string, err error, until, now time.Time) {
 	n.entries[key] = negEntry{until: until, err: err}
 }
 
+// forget drops what was remembered of keys.
+func (n *negative) forget(keys ...string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, k := range keys {
+		delete(n.entries, k)
+	}
+}
+
 func (n *negative) len() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -106,4 +115,66 @@ func (c *Cache) remember(u Upstream, repo, key string, err error) {
 	}
 	now := c.now()
 	c.missing.add(key, err, now.Add(u.NegativeTTL), now)
+}
+
+// found forgets what upstream said of repo as a whole: a repository whose
+// manifest it just served exists, and its tag list (a 404 while it had no
+// tags) is worth asking for again.
+func (c *Cache) found(u Upstream, repo string) {
+	c.missing.forget(repoKey(u.Name, repo), tagsKey(u.Name, repo))
+}
+
+// Back-off of stale tags: a tag whose revalidation found upstream
+// unavailable is served stale without asking again until its back-off
+// ends, 1 s after the first failure, doubling up to maxRetryWait, so that
+// a broken repository costs upstream one request per back-off, not one
+// per client request. Bounded as the negative cache is; no timers.
+const (
+	firstRetryWait = time.Second
+	maxRetryWait   = time.Minute
+)
+
+type retries struct {
+	mu sync.Mutex
+	m  map[string]retry
+}
+
+type retry struct {
+	until time.Time
+	wait  time.Duration
+}
+
+// waiting reports whether key's back-off runs at now.
+func (r *retries) waiting(key string, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.m[key]
+	return ok && now.Before(e.until)
+}
+
+// failed starts key's next back-off.
+func (r *retries) failed(key string, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[string]retry{}
+	}
+	e, ok := r.m[key]
+	if !ok && len(r.m) >= maxNegative {
+		for k, e := range r.m { // expired first, then at random
+			if !now.Before(e.until) || len(r.m) >= maxNegative*9/10 {
+				delete(r.m, k)
+			}
+		}
+	}
+	e.wait = min(max(2*e.wait, firstRetryWait), maxRetryWait)
+	e.until = now.Add(e.wait)
+	r.m[key] = e
+}
+
+// ok ends key's back-off: upstream answered.
+func (r *retries) ok(key string) {
+	r.mu.Lock()
+	delete(r.m, key)
+	r.mu.Unlock()
 }

@@ -237,6 +237,15 @@ func TestBaseAsksForLoginWhenNothingIsOpen(t *testing.T) {
 		t.Fatalf("logged in: %d", r.status)
 	}
 	wantError(t, a.do(t, "GET", "/v2/docker.io/library/alpine/manifests/1.0"), 401, "UNAUTHORIZED")
+	// The catalog too, as distribution's own asks for a login.
+	r = a.do(t, "GET", "/v2/_catalog")
+	wantError(t, r, 401, "UNAUTHORIZED")
+	if r.header.Get("WWW-Authenticate") != `Basic realm="wharf"` {
+		t.Fatalf("catalog challenge %q", r.header.Get("WWW-Authenticate"))
+	}
+	if r := a.do(t, "GET", "/v2/_catalog", "Authorization", basic("bob", "bob-pw")); r.status != 200 {
+		t.Fatalf("catalog logged in: %d", r.status)
+	}
 }
 
 // Failed logins from one address are counted: past the limit it is told

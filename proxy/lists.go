@@ -36,8 +36,12 @@ func (p *proxy) tags(w http.ResponseWriter, r *http.Request) error {
 
 // catalog lists the repositories Wharf holds that the caller may pull, as
 // names a client can pull: plain for the default upstream, prefixed with
-// the upstream otherwise.
+// the upstream otherwise. Like GET /v2/, it asks an anonymous caller who
+// may pull nothing to log in.
 func (p *proxy) catalog(w http.ResponseWriter, r *http.Request) error {
+	if p.auth.MustLogIn(identity(r.Context())) {
+		return p.unauthorized("authentication required")
+	}
 	n, err := pageParams(r)
 	if err != nil {
 		return err

@@ -311,3 +311,61 @@ func TestTagListsAreCachedAndShared(t *testing.T) {
 	clk.add(2 * time.Minute)
 	wantError(t, e.do(t, http.MethodGet, "/v2/org/app/tags/list"), 403, "DENIED")
 }
+
+// A repository's tag list that upstream called missing (no tags yet) is
+// asked for again once a manifest of it is fetched or resolved: a
+// remembered 404 must not contradict a tag just served.
+func TestFoundManifestForgetsMissingTagList(t *testing.T) {
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		up := upstreamtest.New(t)
+		e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour, negTTL: time.Hour})
+		wantError(t, e.do(t, http.MethodGet, "/v2/team/app/tags/list"), http.StatusNotFound, "NAME_UNKNOWN")
+		up.PushImage(t, "team/app", "v1", 71, 1, 1024, amd64)
+		if r := e.do(t, method, "/v2/team/app/manifests/v1"); r.status != http.StatusOK {
+			t.Fatalf("%s of the new tag: %d", method, r.status)
+		}
+		r := e.do(t, http.MethodGet, "/v2/team/app/tags/list")
+		if r.status != http.StatusOK || string(r.body) != `{"name":"team/app","tags":["v1"]}` {
+			t.Fatalf("after a %s of its manifest, the tag list: %d %s", method, r.status, r.body)
+		}
+	}
+}
+
+// A stale tag whose repository keeps failing is asked about once per
+// back-off, not once per request: 1 s after the first failure, then 2 s;
+// the stale answer is served meanwhile; upstream's first good answer ends
+// it.
+func TestStaleTagBacksOff(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "org/app", "1", 42, 1, 1024, amd64)
+	clk := &clock{t: time.Unix(1_000_000, 0)}
+	e := newEnvWith(t, t.TempDir(), cache.Config{Now: clk.now}, spec{name: "harbor.example", reg: up, def: true, ttl: time.Minute})
+	e.get(t, "/v2/org/app/manifests/1", img.Manifest.Data, img.Manifest.Digest.String())
+	clk.add(2 * time.Minute)
+	up.SetHook(fault(func(r *http.Request) bool { return r.Method == http.MethodHead }, http.StatusServiceUnavailable, nil, ""))
+	up.Reset()
+	burst := func() {
+		t.Helper()
+		for i := range 20 {
+			method := []string{http.MethodGet, http.MethodHead}[i%2]
+			if r := e.do(t, method, "/v2/org/app/manifests/1"); r.status != http.StatusOK || r.header.Get("Docker-Content-Digest") != img.Manifest.Digest.String() {
+				t.Fatalf("%s of a stale tag while upstream fails: %d", method, r.status)
+			}
+		}
+	}
+	burst()
+	wantCounts(t, up, map[string]int{"HEAD manifest": 1})
+	clk.add(1500 * time.Millisecond) // past the first back-off
+	burst()
+	wantCounts(t, up, map[string]int{"HEAD manifest": 2})
+	clk.add(1500 * time.Millisecond) // not past the second (2 s)
+	burst()
+	wantCounts(t, up, map[string]int{"HEAD manifest": 2})
+	up.SetHook(nil)
+	clk.add(time.Second)
+	burst()
+	wantCounts(t, up, map[string]int{"HEAD manifest": 3}) // fresh again: one HEAD, the rest from the index
+	if n := metric(t, e, "wharf_stale_served_total"); n != 60 {
+		t.Fatalf("stale answers: %v, want 60", n)
+	}
+}
