@@ -1,7 +1,9 @@
 package storage
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -53,6 +55,15 @@ func openDB(dir string, sp *space) (*db, error) {
 	d := &db{dir: dir, sp: sp, readOnly: sp.critical()}
 	if err := trimHoles(dir); err != nil {
 		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, badger.ManifestFilename)); d.readOnly && errors.Is(err, fs.ErrNotExist) {
+		// A new index cannot be opened read-only, and there is no room
+		// to create one: an empty one in memory stands in, taking no
+		// writes, until reopen finds room (a first deployment on a
+		// nearly full disk serves, passing misses through).
+		var err error
+		d.bdb, err = badger.Open(badgerOptions("", false).WithInMemory(true))
+		return d, err
 	}
 	var err error
 	for range 8 {

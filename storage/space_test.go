@@ -190,3 +190,37 @@ func TestEvictionOnAFullDisk(t *testing.T) {
 		t.Fatalf("totals: %d bytes, %d blobs", b, n)
 	}
 }
+
+// A new store on a nearly full filesystem starts (a first deployment must
+// not crash-loop): its empty index stands in memory, takes no writes, and
+// moves to disk, read-write, once there is room.
+func TestNewStoreStartsOnAFullDisk(t *testing.T) {
+	d := &disk{}
+	d.avail.Store(4 * mib) // under half the reserve
+	root := t.TempDir()
+	s, err := Open(root, Options{MinFree: 64 * mib, Statfs: d.statfs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.ReadOnly() {
+		t.Fatal("a store opened on a full filesystem takes writes")
+	}
+	if _, err := s.Blob(digest.FromString("x")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a blob of the empty store: %v", err)
+	}
+	if err := s.PutTag("u", "r", "1", TagInfo{}); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("a write while full: %v", err)
+	}
+	d.set(s, 1<<30)
+	if err := s.db.reopen(); err != nil || s.ReadOnly() {
+		t.Fatalf("with room again: %v, read-only %v", err, s.ReadOnly())
+	}
+	kept := put(t, s, "stored once there was room")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openDisk(t, root, d)
+	if _, err := s.Blob(kept); err != nil {
+		t.Fatalf("after a restart: %v", err)
+	}
+}
