@@ -143,6 +143,7 @@ type Cache struct {
 	flights     singleflight.Group
 	missing     negative
 	retries     retries // of stale tags upstream could not revalidate
+	lists       lists   // referrers lists the index does not keep
 	onTag       atomic.Pointer[func(TagEvent)]
 	eagerDone   map[digest.Digest]bool // stored by an eager fill, not read yet (bounded)
 	eagerStored atomic.Int64           // len(eagerDone), read without the lock

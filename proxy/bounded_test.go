@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
@@ -214,4 +215,46 @@ func TestRandomNamesStayBounded(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Attack 6: referrers of random digests, which a spec-conformant upstream
+// answers 200 with an empty list, cost one upstream request per digest and
+// no index record; a list of a cached manifest that names something is
+// kept in the index, and survives a restart.
+func TestRandomReferrersStayOutOfTheIndex(t *testing.T) {
+	up := upstreamtest.New(t, upstreamtest.WithReferrersAPI())
+	img := up.PushImage(t, "org/real", "1", 53, 1, 1024, amd64)
+	_, sig := up.PushArtifact(t, "org/real", "sig", "application/vnd.example.sig", &ocispec.Descriptor{MediaType: img.MediaType, Digest: img.Manifest.Digest, Size: int64(len(img.Manifest.Data))}, []byte("signed"))
+	root := t.TempDir()
+	e := newEnv(t, root, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	e.get(t, "/v2/org/real/manifests/1", img.Manifest.Data, img.Manifest.Digest.String())
+	records, err := e.store.Records()
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Reset()
+	const n = 1000
+	for round := range 2 {
+		for i := range n {
+			r := e.do(t, http.MethodGet, "/v2/org/real/referrers/"+digest.FromString(fmt.Sprint("random", i)).String())
+			if r.status != http.StatusOK || !strings.Contains(string(r.body), `"manifests":[]`) {
+				t.Fatalf("round %d, referrers of a random digest: %d %s", round, r.status, r.body)
+			}
+		}
+	}
+	wantCounts(t, up, map[string]int{"GET referrers": n})
+	if got, _ := e.store.Records(); got != records {
+		t.Fatalf("index records: %d before, %d after", records, got)
+	}
+	path := "/v2/org/real/referrers/" + img.Manifest.Digest.String()
+	if r := e.do(t, http.MethodGet, path); r.status != http.StatusOK || !strings.Contains(string(r.body), sig.Digest.String()) {
+		t.Fatalf("referrers of the cached manifest: %d %s", r.status, r.body)
+	}
+	e.close()
+	up.Reset()
+	e = newEnv(t, root, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	if r := e.do(t, http.MethodGet, path); r.status != http.StatusOK || !strings.Contains(string(r.body), sig.Digest.String()) {
+		t.Fatalf("referrers of the cached manifest after a restart: %d %s", r.status, r.body)
+	}
+	wantCounts(t, up, map[string]int{})
 }
