@@ -28,7 +28,7 @@ import (
 // scheme's, never a realm credentials may not go to.
 func TestChallengesAnswerOnlyWhatTheyMay(t *testing.T) {
 	base, _ := url.Parse("https://reg.example:443")
-	g := newGuard(http.DefaultTransport, "reg", base, nil)
+	g := newGuard(http.DefaultTransport, "reg", base, nil, nil)
 	c := newChallenges(g)
 	now := time.Unix(1_000_000, 0)
 	c.now = func() time.Time { return now }

@@ -70,7 +70,8 @@ type Config struct {
 	CertFile, KeyFile string
 	Logger            *slog.Logger // refused requests are logged here; nil: slog.Default()
 
-	dial func(ctx context.Context, network, addr string) (net.Conn, error) // tests: record dials
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error) // tests: record dials
+	resolve func(ctx context.Context, host string) ([]net.IPAddr, error)      // tests: answer lookups
 }
 
 // Client reads from one remote registry. It is safe for concurrent use and
@@ -125,7 +126,7 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 		return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
 	}
 	hc := &auth.Client{
-		Client: &http.Client{Transport: newChallenges(newGuard(tr, cfg.Name, u, cfg.Logger)), CheckRedirect: checkRedirect},
+		Client: &http.Client{Transport: newChallenges(newGuard(tr, cfg.Name, u, cfg.Logger, cfg.resolve)), CheckRedirect: checkRedirect},
 		Header: http.Header{"User-Agent": {cmp.Or(cfg.UserAgent, "wharf")}},
 		Cache:  newTokenCache(),
 	}

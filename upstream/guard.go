@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -58,17 +59,26 @@ type guard struct {
 // more is broken anyway, and the oldest are forgotten.
 const maxMoved = 16
 
-func newGuard(next http.RoundTripper, name string, base *url.URL, log *slog.Logger) *guard {
+func newGuard(next http.RoundTripper, name string, base *url.URL, log *slog.Logger, resolve func(context.Context, string) ([]net.IPAddr, error)) *guard {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &guard{next: next, name: name, base: base, resolve: net.DefaultResolver.LookupIPAddr, log: log}
+	if resolve == nil {
+		resolve = net.DefaultResolver.LookupIPAddr
+	}
+	return &guard{next: next, name: name, base: base, resolve: resolve, log: log}
 }
 
 func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
-	if err := g.check(req); err != nil {
+	ips, err := g.check(req)
+	if err != nil {
 		g.log.Warn("upstream request refused", "upstream", g.name, "host", req.URL.Host, "reason", err)
 		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	if ips != nil {
+		// Dial what was checked, not what the name resolves to a moment
+		// later (DNS rebinding).
+		req = req.WithContext(context.WithValue(req.Context(), dialPlanKey{}, dialPlan{host: req.URL.Hostname(), ips: ips}))
 	}
 	if req.Header.Get("Authorization") != "" && !g.mayAuthorize(req.URL) {
 		// A redirect to another host of the same name: Go keeps the header,
@@ -83,17 +93,19 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// check refuses what may never be sent.
-func (g *guard) check(req *http.Request) error {
+// check refuses what may never be sent. For a host other than the
+// upstream's own it returns the addresses checked, which are the only
+// ones dialled.
+func (g *guard) check(req *http.Request) ([]net.IP, error) {
 	if g.base.Scheme == "https" && req.URL.Scheme != "https" {
-		return fmt.Errorf("%s is plain http and the upstream is https", origin(req.URL))
+		return nil, fmt.Errorf("%s is plain http and the upstream is https", origin(req.URL))
 	}
 	if origin(req.URL) == origin(g.base) {
-		return nil
+		return nil, nil
 	}
 	// Not the registry: a token realm, a redirect's target, an upload location.
 	if req.Header.Get("Authorization") != "" && g.movedRealm(req.URL) {
-		return fmt.Errorf("credentials for %s requested by token realm %s, which is not the realm of the upstream's first challenge", g.base.Host, origin(req.URL))
+		return nil, fmt.Errorf("credentials for %s requested by token realm %s, which is not the realm of the upstream's first challenge", g.base.Host, origin(req.URL))
 	}
 	return g.checkAddress(req.Context(), req.URL.Hostname())
 }
@@ -145,18 +157,74 @@ func (g *guard) pin(challenge string) {
 	g.realm = origin(u)
 }
 
-// addrKind sorts addresses by who may be behind them.
+// addrKind sorts addresses by who may be behind them, from the least to
+// the most sensitive.
 type addrKind int
 
 const (
 	public addrKind = iota
-	loopback
 	private
+	loopback
 	linkLocal
-	special // unspecified, multicast: never dialled
+	special // unspecified, multicast, reserved, documentation: never dialled
 )
 
+var kindNames = [...]string{"public", "private-range", "loopback", "link-local", "special"}
+
+// Ranges the standard library's predicates do not know, and IPv6
+// prefixes that carry an IPv4 address a dial may end up at.
+var (
+	privateRanges = prefixes("100.64.0.0/10", "198.18.0.0/15", "64:ff9b:1::/48", "fec0::/10") // shared (CGNAT: cloud metadata 100.100.100.200), benchmarking, local NAT64, site-local
+	specialRanges = prefixes("0.0.0.0/8", "192.0.0.0/24", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4", "2001:db8::/32", "100::/64")
+	nat64         = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFour     = netip.MustParsePrefix("2002::/16")
+	teredo        = netip.MustParsePrefix("2001::/32")
+	v4Compatible  = netip.MustParsePrefix("::/96")
+)
+
+func prefixes(ps ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(ps))
+	for i, p := range ps {
+		out[i] = netip.MustParsePrefix(p)
+	}
+	return out
+}
+
+func inAny(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// kindOf is who may be behind ip. An IPv6 address that embeds an IPv4 one
+// (IPv4-mapped and -compatible, NAT64, 6to4, Teredo) is of the embedded
+// address's kind, or worse: routers translate it to that address.
 func kindOf(ip net.IP) addrKind {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return special
+	}
+	a = a.Unmap()
+	b := a.As16()
+	v4 := func(x []byte) addrKind { return kindOf(net.IP(x)) }
+	switch {
+	case a.Is6() && a != netip.IPv6Unspecified() && a != netip.IPv6Loopback() && v4Compatible.Contains(a):
+		return v4(b[12:])
+	case nat64.Contains(a):
+		return v4(b[12:])
+	case sixToFour.Contains(a):
+		return v4(b[2:6])
+	case teredo.Contains(a):
+		client := [4]byte{^b[12], ^b[13], ^b[14], ^b[15]}
+		return max(v4(b[4:8]), v4(client[:]))
+	case inAny(specialRanges, a):
+		return special
+	case inAny(privateRanges, a):
+		return private
+	}
 	switch {
 	case ip.IsLoopback():
 		return loopback
@@ -171,23 +239,24 @@ func kindOf(ip net.IP) addrKind {
 }
 
 // checkAddress admits host if every address it has is public or of a kind
-// the upstream itself is on. Literals are judged without a lookup, so a
+// the upstream itself is on, and returns them: the only addresses the
+// request may be dialled to. Literals are judged without a lookup, so a
 // refused literal is never dialled.
-func (g *guard) checkAddress(ctx context.Context, host string) error {
+func (g *guard) checkAddress(ctx context.Context, host string) ([]net.IP, error) {
 	addrs, err := g.addrs(ctx, host)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	home, err := g.homeKinds(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, ip := range addrs {
 		if k := kindOf(ip); k == special || (k != public && !home[k]) {
-			return fmt.Errorf("%s is a %s address and the upstream is not on one", host, [...]string{"public", "loopback", "private-range", "link-local", "special"}[k])
+			return nil, fmt.Errorf("%s is a %s address and the upstream is not on one", host, kindNames[k])
 		}
 	}
-	return nil
+	return addrs, nil
 }
 
 func (g *guard) addrs(ctx context.Context, host string) ([]net.IP, error) {
@@ -244,4 +313,35 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		return fmt.Errorf("%w: more than %d redirects", ErrRefused, maxRedirects)
 	}
 	return nil
+}
+
+// dialPlan is the addresses the guard checked for a host, carried to the
+// dial in the request's context.
+type dialPlan struct {
+	host string
+	ips  []net.IP
+}
+
+type dialPlanKey struct{}
+
+// pinnedDial dials addr through dial, at one of the addresses the guard
+// checked when addr's host has a plan in ctx (in order, the first that
+// answers), else as it is: the upstream's own host, or a proxy.
+func pinnedDial(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		plan, ok := ctx.Value(dialPlanKey{}).(dialPlan)
+		host, port, err := net.SplitHostPort(addr)
+		if !ok || err != nil || !strings.EqualFold(strings.Trim(host, "[]"), strings.Trim(plan.host, "[]")) {
+			return dial(ctx, network, addr)
+		}
+		var errs []error
+		for _, ip := range plan.ips {
+			c, err := dial(ctx, network, net.JoinHostPort(ip.String(), port))
+			if err == nil {
+				return c, nil
+			}
+			errs = append(errs, err)
+		}
+		return nil, errors.Join(errs...)
+	}
 }

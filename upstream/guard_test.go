@@ -126,7 +126,7 @@ func TestFirstBearerRealmIsPinned(t *testing.T) {
 		w.WriteHeader(http.StatusUnauthorized)
 	}))
 	defer reg.Close()
-	g := newGuard(http.DefaultTransport, "t", mustURL(t, reg.URL), nil)
+	g := newGuard(http.DefaultTransport, "t", mustURL(t, reg.URL), nil, nil)
 	send := func(u string) error {
 		req, _ := http.NewRequest("GET", u, nil)
 		req.Header.Set("Authorization", "Basic c2VjcmV0")
@@ -208,6 +208,13 @@ func TestRedirectPolicy(t *testing.T) {
 		{"metadata service", "http://169.254.169.254/latest/meta-data/", false, "169.254.169.254:80"},
 		{"private range", "http://10.1.2.3:8080/blob", false, "10.1.2.3:8080"},
 		{"ipv6 link-local", "http://[fe80::1]/blob", false, "[fe80::1]:80"},
+		{"cloud metadata in the shared range", "http://100.100.100.200/latest/meta-data/", false, "100.100.100.200:80"},
+		{"benchmarking range", "http://198.18.0.1/blob", false, "198.18.0.1:80"},
+		{"metadata through NAT64", "http://[64:ff9b::a9fe:a9fe]/", false, "[64:ff9b::a9fe:a9fe]:80"},
+		{"metadata as IPv4-compatible", "http://[::a9fe:a9fe]/", false, "[::a9fe:a9fe]:80"},
+		{"metadata as IPv4-mapped", "http://[::ffff:a9fe:a9fe]/", false, "[::ffff:a9fe:a9fe]:80"},
+		{"private range through 6to4", "http://[2002:a01:203::1]/", false, "[2002:a01:203::1]:80"},
+		{"metadata as a Teredo client", "http://[2001:0:808:808::5601:5601]/", false, "[2001:0:808:808::5601:5601]:80"},
 		{"https to http", plain.URL + "/blob", true, strings.TrimPrefix(plain.URL, "http://")},
 		{"loop", "loop", false, ""},
 	} {
@@ -259,9 +266,52 @@ func TestKindOf(t *testing.T) {
 		"127.0.0.1": loopback, "::1": loopback, "10.0.0.1": private, "192.168.1.1": private, "172.16.0.1": private,
 		"fd00::1": private, "169.254.169.254": linkLocal, "fe80::1": linkLocal, "0.0.0.0": special, "::": special,
 		"224.0.0.1": special, "8.8.8.8": public, "2001:4860::1": public, "::ffff:169.254.169.254": linkLocal,
+		"100.100.100.200": private, "198.19.255.1": private, "100.128.0.1": public, "192.0.2.1": special, "240.0.0.1": special,
+		"64:ff9b::7f00:1": loopback, "64:ff9b::808:808": public, "64:ff9b:1::1": private, "::7f00:1": loopback,
+		"2002:7f00:1::1": loopback, "2002:808:808::1": public, "2001:0:808:808::80ff:fffe": loopback,
+		"2001:0:808:808::f7f7:f7f7": public, "2001:db8::1": special, "fec0::1": private,
 	} {
 		if got := kindOf(net.ParseIP(addr)); got != want {
 			t.Errorf("kindOf(%s) = %d, want %d", addr, got, want)
+		}
+	}
+}
+
+// A redirect's host name is resolved once: the addresses checked are the
+// ones dialled, whatever the name resolves to a moment later (DNS
+// rebinding).
+func TestRedirectDialsWhatWasChecked(t *testing.T) {
+	cdn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("blob")) }))
+	defer cdn.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(cdn.URL, "http://"))
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://cdn.example:"+port+"/blob", http.StatusTemporaryRedirect)
+	}))
+	defer reg.Close()
+	var lookups atomic.Int32
+	rebind := func(ctx context.Context, host string) ([]net.IPAddr, error) {
+		if host != "cdn.example" {
+			return net.DefaultResolver.LookupIPAddr(ctx, host)
+		}
+		if lookups.Add(1) == 1 {
+			return []net.IPAddr{{IP: net.ParseIP("127.0.0.1")}}, nil
+		}
+		return []net.IPAddr{{IP: net.ParseIP("169.254.169.254")}}, nil // a second lookup would be rebound
+	}
+	d := &dials{}
+	c, err := New(Config{Name: "t", URL: reg.URL, Insecure: true, dial: d.dial, resolve: rebind}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := c.Blob(t.Context(), "a/b", digest.FromString("blob"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	regAddr := strings.TrimPrefix(reg.URL, "http://")
+	for _, a := range d.list() {
+		if a != regAddr && a != "127.0.0.1:"+port {
+			t.Fatalf("dialled %s: not an address the guard checked", a)
 		}
 	}
 }
