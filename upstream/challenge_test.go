@@ -27,17 +27,17 @@ import (
 // only while fresh, and only for the realm the guard pinned: never another
 // scheme's, never a realm credentials may not go to.
 func TestChallengesAnswerOnlyWhatTheyMay(t *testing.T) {
-	base, _ := url.Parse("https://reg.example:443")
+	base, _ := url.Parse("https://registry.example.com:443")
 	g := newGuard(http.DefaultTransport, "reg", base, nil, nil)
 	c := newChallenges(g)
 	now := time.Unix(1_000_000, 0)
 	c.now = func() time.Time { return now }
-	first := `Bearer realm="https://auth.example/token",service="reg",scope="repository:org/a:pull,push"`
+	first := `Bearer realm="https://auth.example.com/token",service="reg",scope="repository:org/a:pull,push"`
 	g.pin(first)
 	c.learn(first)
-	scoped := auth.AppendRepositoryScope(context.Background(), registry.Reference{Registry: "reg.example:443", Repository: "org/b"}, auth.ActionPull)
+	scoped := auth.AppendRepositoryScope(context.Background(), registry.Reference{Registry: "registry.example.com:443", Repository: "org/b"}, auth.ActionPull)
 	req := func(ctx context.Context, method, path, authz string) *http.Request {
-		r, _ := http.NewRequestWithContext(ctx, method, "https://reg.example:443"+path, nil)
+		r, _ := http.NewRequestWithContext(ctx, method, "https://registry.example.com:443"+path, nil)
 		if authz != "" {
 			r.Header.Set("Authorization", authz)
 		}
@@ -45,7 +45,7 @@ func TestChallengesAnswerOnlyWhatTheyMay(t *testing.T) {
 	}
 	// The scope the upstream would name for org/b: its challenge for org/a
 	// asked pull,push.
-	want := `Bearer realm="https://auth.example/token",service="reg",scope="repository:org/b:pull,push"`
+	want := `Bearer realm="https://auth.example.com/token",service="reg",scope="repository:org/b:pull,push"`
 	for _, tc := range []struct {
 		name string
 		r    *http.Request
@@ -75,8 +75,8 @@ func TestChallengesAnswerOnlyWhatTheyMay(t *testing.T) {
 	if got := c.known(pull); got != "" {
 		t.Errorf("a challenge naming a realm the guard refuses answers: %q", got)
 	}
-	c.learn(`Bearer realm="https://auth.example/token",service="reg"`)
-	if got := c.known(pull); got != `Bearer realm="https://auth.example/token",service="reg"` {
+	c.learn(`Bearer realm="https://auth.example.com/token",service="reg"`)
+	if got := c.known(pull); got != `Bearer realm="https://auth.example.com/token",service="reg"` {
 		t.Errorf("a challenge without a scope answers with one: %q", got)
 	}
 	c.learn(first)

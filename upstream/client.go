@@ -68,7 +68,12 @@ type Config struct {
 	// CertFile and KeyFile are a client certificate for registries that
 	// require mutual TLS.
 	CertFile, KeyFile string
-	Logger            *slog.Logger // refused requests are logged here; nil: slog.Default()
+	// TokenRealms are origins (https://auth.example.com) of token services
+	// that may receive the credentials although they are on another site
+	// than the registry: by default only the registry's own host and its
+	// registrable domain may (auth.docker.io for registry-1.docker.io).
+	TokenRealms []string
+	Logger      *slog.Logger // refused requests are logged here; nil: slog.Default()
 
 	dial    func(ctx context.Context, network, addr string) (net.Conn, error) // tests: record dials
 	resolve func(ctx context.Context, host string) ([]net.IPAddr, error)      // tests: answer lookups
@@ -125,8 +130,16 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
 	}
+	g := newGuard(tr, cfg.Name, u, cfg.Logger, cfg.resolve)
+	for _, r := range cfg.TokenRealms {
+		ru, err := url.Parse(r)
+		if err != nil || ru.Host == "" || (ru.Scheme != "https" && ru.Scheme != "http") || strings.Trim(ru.Path, "/") != "" || ru.User != nil {
+			return nil, fmt.Errorf("upstream %s: token_realms: %q: want the realm's origin, like https://auth.example.com", cfg.Name, r)
+		}
+		g.realms = append(g.realms, origin(ru))
+	}
 	hc := &auth.Client{
-		Client: &http.Client{Transport: newChallenges(newGuard(tr, cfg.Name, u, cfg.Logger, cfg.resolve)), CheckRedirect: checkRedirect},
+		Client: &http.Client{Transport: newChallenges(g), CheckRedirect: checkRedirect},
 		Header: http.Header{"User-Agent": {cmp.Or(cfg.UserAgent, "wharf")}},
 		Cache:  newTokenCache(),
 	}

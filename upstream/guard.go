@@ -10,8 +10,11 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
+
+	"golang.org/x/net/publicsuffix"
 )
 
 // maxRedirects is how many redirects a request may follow: a blob CDN needs
@@ -32,7 +35,8 @@ var challengeRE = regexp.MustCompile(`(?i)^\s*(\w+)(?:\s.*?\brealm="([^"]*)")?`)
 // which hosts may be contacted at all, whatever an answer asks for.
 //
 //   - Authorization goes to the upstream's own scheme, host and port, and to
-//     the token realm of the upstream's first challenge. A later challenge
+//     the token realm of the upstream's first challenge, if that realm is on
+//     the upstream's own site or listed in token_realms. A later challenge
 //     naming another realm gets nothing: the token request is refused before
 //     it is sent. A first challenge of Basic pins no realm at all. Any other
 //     request to another host (a redirect, an upload location) goes without
@@ -45,6 +49,7 @@ type guard struct {
 	next    http.RoundTripper
 	name    string
 	base    *url.URL // scheme and canonical host:port of the upstream
+	realms  []string // origins token_realms adds to the upstream's own site
 	resolve func(ctx context.Context, host string) ([]net.IPAddr, error)
 	log     *slog.Logger
 
@@ -150,11 +155,42 @@ func (g *guard) pin(challenge string) {
 		return
 	}
 	u, err := url.Parse(m[2])
-	if err != nil || u.Host == "" || (u.Scheme != "https" && (u.Scheme != "http" || g.base.Scheme == "https")) {
-		g.log.Warn("upstream names a token realm credentials may not go to", "upstream", g.name, "realm", redact(m[2]))
+	if err != nil || u.Host == "" || !g.realmAllowed(u) {
+		g.log.Warn("upstream names a token realm credentials may not go to: on another site than the upstream's own, and not in its token_realms", "upstream", g.name, "realm", redact(m[2]))
 		return
 	}
 	g.realm = origin(u)
+}
+
+// realmAllowed reports whether the upstream's credentials may go to a
+// token realm at u: over https (or http for an http upstream), on the
+// upstream's own host or site (auth.docker.io for registry-1.docker.io,
+// by the public suffix list; an address only the same address), or at an
+// origin configured in token_realms.
+func (g *guard) realmAllowed(u *url.URL) bool {
+	if u.Scheme != "https" && (u.Scheme != "http" || g.base.Scheme == "https") {
+		return false
+	}
+	if slices.Contains(g.realms, origin(u)) {
+		return true
+	}
+	return sameSite(u.Hostname(), g.base.Hostname())
+}
+
+// sameSite reports whether hosts a and b belong to one site: the same
+// name or address, or names under the same registrable domain.
+func sameSite(a, b string) bool {
+	a, b = strings.TrimSuffix(strings.ToLower(a), "."), strings.TrimSuffix(strings.ToLower(b), ".")
+	if a == b {
+		return true
+	}
+	ipA, ipB := net.ParseIP(a), net.ParseIP(b)
+	if ipA != nil || ipB != nil {
+		return ipA != nil && ipB != nil && ipA.Equal(ipB)
+	}
+	siteA, errA := publicsuffix.EffectiveTLDPlusOne(a)
+	siteB, errB := publicsuffix.EffectiveTLDPlusOne(b)
+	return errA == nil && errB == nil && siteA == siteB
 }
 
 // addrKind sorts addresses by who may be behind them, from the least to

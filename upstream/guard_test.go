@@ -165,6 +165,78 @@ func TestFirstBearerRealmIsPinned(t *testing.T) {
 	}
 }
 
+// A first challenge's realm gets the credentials only on the upstream's
+// own site (the same address, for an address) or when token_realms lists
+// it: a realm on another host gets the token request without them.
+func TestRealmOnAnotherSiteGetsNothing(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skip("no 127.0.0.2 on this machine:", err)
+	}
+	realm := &capture{}
+	realmSrv := &httptest.Server{Listener: l, Config: &http.Server{Handler: realm}}
+	realmSrv.Start()
+	defer realmSrv.Close()
+	samePort := httptest.NewServer(realm) // 127.0.0.1, another port
+	defer samePort.Close()
+	for _, tc := range []struct {
+		realm, listed string
+		want          string
+	}{
+		{realmSrv.URL, "", "GET /token auth="},
+		{realmSrv.URL, realmSrv.URL, "GET /token auth=Basic c2VjcmV0"},
+		{samePort.URL, "", "GET /token auth=Basic c2VjcmV0"},
+	} {
+		reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+tc.realm+`/token",service="x"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}))
+		g := newGuard(http.DefaultTransport, "t", mustURL(t, reg.URL), nil, nil)
+		if tc.listed != "" {
+			g.realms = []string{origin(mustURL(t, tc.listed))}
+		}
+		for _, u := range []string{reg.URL + "/v2/", tc.realm + "/token"} {
+			req, _ := http.NewRequest("GET", u, nil)
+			req.Header.Set("Authorization", "Basic c2VjcmV0")
+			resp, err := g.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+		}
+		reg.Close()
+		if got := realm.requests(); len(got) != 1 || got[0] != tc.want {
+			t.Errorf("realm %s (listed %q) got %q, want %q", tc.realm, tc.listed, got, tc.want)
+		}
+		realm.mu.Lock()
+		realm.seen = nil
+		realm.mu.Unlock()
+	}
+}
+
+func TestSameSite(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"registry-1.docker.io", "auth.docker.io", true},
+		{"ghcr.io", "GHCR.io.", true},
+		{"quay.io", "evil.io", false},
+		{"a.github.io", "b.github.io", false}, // github.io is a public suffix
+		{"harbor.corp.example.com", "sso.example.com", true},
+		{"10.0.0.1", "10.0.0.1", true},
+		{"10.0.0.1", "10.0.0.2", false},
+		{"::1", "0:0::1", true},
+		{"localhost", "localhost", true},
+		{"registry.localhost", "other.localhost", false},
+		{"example.com", "10.0.0.1", false},
+	} {
+		if got := sameSite(tc.a, tc.b); got != tc.want {
+			t.Errorf("sameSite(%s, %s) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
+
 // dials records every address a client dials.
 type dials struct {
 	mu    sync.Mutex

@@ -156,6 +156,7 @@ type remote struct {
 	CAFile        string        `yaml:"ca_file"`
 	CertFile      string        `yaml:"cert_file"`
 	KeyFile       string        `yaml:"key_file"`
+	TokenRealms   []string      `yaml:"token_realms"`
 }
 
 // credentialed: Wharf logs in to it, with a password, a token or a client
@@ -170,7 +171,7 @@ func (r *remote) client(m *upstream.Metrics, push bool, chunkSize int64, log *sl
 		Name: r.Name, URL: r.URL, Username: r.Username, Password: r.Password, Insecure: r.Insecure,
 		DialTimeout: r.DialTimeout, ResponseHeaderTimeout: r.HeaderTimeout, IdleTimeout: r.IdleTimeout,
 		MaxConcurrent: r.MaxConcurrent, WaitTimeout: r.WaitTimeout, ChunkSize: chunkSize, Push: push,
-		UserAgent: "wharf/" + versionString(), CAFile: r.CAFile, CertFile: r.CertFile, KeyFile: r.KeyFile, Logger: log,
+		UserAgent: "wharf/" + versionString(), CAFile: r.CAFile, CertFile: r.CertFile, KeyFile: r.KeyFile, TokenRealms: r.TokenRealms, Logger: log,
 	}, m)
 }
 
