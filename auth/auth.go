@@ -6,6 +6,8 @@
 package auth
 
 import (
+	"cmp"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -14,9 +16,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,8 +55,9 @@ type Config struct {
 	// LoopbackAPI also grants loopback clients the API: the default with
 	// neither users nor an API token.
 	LoopbackAPI bool
-	// FailureLimit is how many failed logins an address may have in a
-	// minute before it is refused for a while; 0: 10.
+	// FailureLimit is how many failed logins of one user name one client
+	// (an address, an IPv6 /64) may have before that name's attempts are
+	// paced (see throttle); 0: 5.
 	FailureLimit int
 	// APIToken is a machine credential (Authorization: Bearer) with every right.
 	APIToken   string
@@ -75,31 +78,30 @@ var (
 	ErrUnauthorized = errors.New("authentication failed")
 )
 
-// TooManyError refuses an address that failed to log in too often.
+// TooManyError refuses a login attempt of a user name that failed too
+// often, whose turn is further off than a request should wait.
 type TooManyError struct{ Retry time.Duration }
 
-func (e *TooManyError) Error() string { return "too many failed logins from this address" }
+func (e *TooManyError) Error() string { return "too many failed logins of this user; try again later" }
 
 // Auth answers who a request is and what it may do. Safe for concurrent use.
 type Auth struct {
 	cfg     Config
 	users   *users
 	creds   credCache
-	fails   limiter
+	fails   throttle
 	verify  singleflight.Group
 	log     *slog.Logger
 	failed  *prometheus.CounterVec
-	limited prometheus.Counter
+	limited *prometheus.CounterVec
 	now     func() time.Time
+	sleep   func(context.Context, time.Duration) error
 }
 
 // New checks cfg's patterns and rights and loads the users file.
 func New(cfg Config) (*Auth, error) {
-	a := &Auth{cfg: cfg, log: cfg.Logger, now: time.Now}
-	a.fails.max = cfg.FailureLimit
-	if a.fails.max <= 0 {
-		a.fails.max = maxFailures
-	}
+	a := &Auth{cfg: cfg, log: cfg.Logger, now: time.Now, sleep: sleep}
+	a.fails.clientFree = cmp.Or(max(cfg.FailureLimit, 0), clientFree)
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -128,7 +130,7 @@ func New(cfg Config) (*Auth, error) {
 		}
 	}
 	if cfg.Htpasswd != "" {
-		u, err := loadUsers(cfg.Htpasswd, a.log.Warn, a.creds.clear)
+		u, err := loadUsers(cfg.Htpasswd, a.log.Warn, a.creds.clear, func() time.Time { return a.now() })
 		if err != nil {
 			return nil, fmt.Errorf("auth.htpasswd: %w", err)
 		}
@@ -138,10 +140,10 @@ func New(cfg Config) (*Auth, error) {
 		Name: "wharf_auth_failures_total",
 		Help: "Failed authentications, by reason (password, user, malformed, token).",
 	}, []string{"reason"})
-	a.limited = prometheus.NewCounter(prometheus.CounterOpts{
+	a.limited = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "wharf_auth_limited_total",
-		Help: "Requests refused with 429 because their address failed to log in too often.",
-	})
+		Help: "Login attempts of a user name that failed too often: slowed (made to wait their turn) or refused (429, their turn too far off).",
+	}, []string{"action"})
 	if cfg.Registerer != nil {
 		for _, c := range []prometheus.Collector{a.failed, a.limited} {
 			if err := cfg.Registerer.Register(c); err != nil {
@@ -157,8 +159,9 @@ func New(cfg Config) (*Auth, error) {
 func (a *Auth) Challenge() string { return `Basic realm="wharf"` }
 
 // Authenticate reads the request's credentials. No Authorization header is
-// an anonymous identity, not an error; a wrong one is ErrUnauthorized, and
-// an address with too many failures gets *TooManyError before any check.
+// an anonymous identity, not an error; a wrong one is ErrUnauthorized. A
+// user name that failed too often is paced (see throttle): the attempt
+// waits its turn, or gets *TooManyError when that is too far off.
 func (a *Auth) Authenticate(r *http.Request) (Identity, error) {
 	h := r.Header.Get("Authorization")
 	tok, bearer := cutScheme(h, "Bearer")
@@ -167,38 +170,40 @@ func (a *Auth) Authenticate(r *http.Request) (Identity, error) {
 		// to a Wharf without users is served as anyone else is.
 		return Identity{Loopback: a.cfg.Loopback && loopback(r)}, nil
 	}
-	addr := remoteHost(r)
-	now := a.now()
-	key := sha256.Sum256([]byte(h))
-	if user, ok := a.creds.get(key, now); ok {
-		// Known good: served even to an address that is being limited,
-		// which costs nothing and spares the other clients behind a NAT.
-		return Identity{User: user}, nil
+	if a.users != nil {
+		a.users.refresh() // a removed user is out within a second, cached or not
 	}
-	if wait := a.fails.blocked(addr, now); wait > 0 {
-		a.limited.Inc()
-		return Identity{}, &TooManyError{Retry: wait}
+	key := sha256.Sum256([]byte(h))
+	if user, ok := a.creds.get(key, a.now()); ok {
+		return Identity{User: user}, nil // known good: never paced
+	}
+	client := clientOf(r)
+	name, pass, ok := ParseBasic(h)
+	switch {
+	case bearer:
+		name = "(api token)"
+	case !ok:
+		name = "(malformed)"
+	}
+	if err := a.wait(r.Context(), client, name); err != nil {
+		return Identity{}, err
 	}
 	if bearer {
 		if subtle.ConstantTimeCompare([]byte(tok), []byte(a.cfg.APIToken)) == 1 {
+			a.fails.succeed(client, name)
 			return Identity{Token: true}, nil
 		}
-		return Identity{}, a.failure(r, addr, "token", "")
+		return Identity{}, a.failure(r, client, "token", name)
 	}
-	name, pass, ok := ParseBasic(h)
 	if !ok {
-		return Identity{}, a.failure(r, addr, "malformed", "")
+		return Identity{}, a.failure(r, client, "malformed", name)
 	}
 	// Concurrent requests with the same header share one bcrypt run.
 	reason, _, _ := a.verify.Do(string(key[:]), func() (any, error) {
-		var hash []byte
-		found := false
-		if a.users != nil {
-			hash, found = a.users.lookup(name)
-		}
+		hash, found, dummy := a.users.lookup(name)
 		if !found {
-			// Spend the same time as a wrong password: user names stay private.
-			bcrypt.CompareHashAndPassword(dummyHash(), []byte(pass))
+			// The same work as a wrong password: user names stay private.
+			bcrypt.CompareHashAndPassword(dummy, []byte(pass))
 			return "user", nil
 		}
 		if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil {
@@ -208,25 +213,59 @@ func (a *Auth) Authenticate(r *http.Request) (Identity, error) {
 		return "", nil
 	})
 	if reason != "" {
-		return Identity{}, a.failure(r, addr, reason.(string), name)
+		return Identity{}, a.failure(r, client, reason.(string), name)
 	}
+	a.fails.succeed(client, name)
 	return Identity{User: name}, nil
 }
 
-// dummyHash is a bcrypt hash of nothing anyone knows, at the default cost,
-// made on first use: every command links this package, few check users.
-var dummyHash = sync.OnceValue(func() []byte {
-	h, _ := bcrypt.GenerateFromPassword([]byte("wharf: no such user"), bcrypt.DefaultCost)
-	return h
-})
+// wait holds an attempt of name from client until its turn.
+func (a *Auth) wait(ctx context.Context, client, name string) error {
+	d, ok := a.fails.turn(client, name, a.now())
+	if !ok {
+		a.limited.WithLabelValues("refused").Inc()
+		return &TooManyError{Retry: d}
+	}
+	if d <= 0 {
+		return nil
+	}
+	a.limited.WithLabelValues("slowed").Inc()
+	return a.sleep(ctx, d)
+}
 
-func (a *Auth) failure(r *http.Request, addr, reason, user string) error {
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// clientOf is who failures are counted by: the remote address, or its
+// /64 for IPv6, which one host may hold whole.
+func clientOf(r *http.Request) string {
+	host := remoteHost(r)
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	if ip = ip.Unmap(); ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.String()
+	}
+	return ip.String()
+}
+
+func (a *Auth) failure(r *http.Request, client, reason, user string) error {
 	a.failed.WithLabelValues(reason).Inc()
+	a.fails.fail(client, user, a.now())
 	if len(user) > maxNameInLog {
 		user = user[:maxNameInLog] + "…"
 	}
-	blocked := a.fails.fail(addr, a.now())
-	a.log.Warn("login failed", "user", user, "reason", reason, "remote", r.RemoteAddr, "path", r.URL.Path, "now_limited", blocked)
+	a.log.Warn("login failed", "user", user, "reason", reason, "remote", r.RemoteAddr, "path", r.URL.Path)
 	return ErrUnauthorized
 }
 

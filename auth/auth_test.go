@@ -1,8 +1,11 @@
 package auth
 
 import (
+	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -126,15 +129,147 @@ func TestVerifiedCredentialsAreCached(t *testing.T) {
 // Neither memory grows with what clients send.
 func TestMemoriesAreBounded(t *testing.T) {
 	var c credCache
-	var l limiter
-	l.max = maxFailures
+	th := throttle{clientFree: clientFree}
 	now := time.Unix(1_000_000, 0)
-	for i := range 3 * maxCreds {
+	for i := range 3 * maxPaces {
 		c.put([32]byte{byte(i), byte(i >> 8), byte(i >> 16)}, "u", now)
-		l.fail(fmt.Sprintf("198.51.100.%d:%d", i%256, i), now)
-		if c.len() > maxCreds || l.len() > maxAddrs {
-			t.Fatalf("after %d: %d credentials, %d addresses", i, c.len(), l.len())
+		th.fail(fmt.Sprintf("198.51.100.%d", i%256), fmt.Sprint("user", i), now)
+		if c.len() > maxCreds || th.len() > maxPaces {
+			t.Fatalf("after %d: %d credentials, %d paces", i, c.len(), th.len())
 		}
+	}
+}
+
+// pacing is an Auth of users ci and bob whose clock only moves when an
+// attempt waits for its turn; waits records each wait.
+type pacing struct {
+	*Auth
+	now   time.Time
+	waits []time.Duration
+}
+
+func newPacing(t *testing.T) *pacing {
+	f := filepath.Join(t.TempDir(), "htpasswd")
+	os.WriteFile(f, []byte("ci:"+hash(t, "ci-pw")+"\nbob:"+hash(t, "bob-pw")+"\n"), 0o600)
+	a, err := New(Config{Htpasswd: f, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pacing{Auth: a, now: time.Unix(1_000_000, 0)}
+	a.now = func() time.Time { return p.now }
+	a.sleep = func(_ context.Context, d time.Duration) error {
+		p.waits = append(p.waits, d)
+		p.now = p.now.Add(d)
+		return nil
+	}
+	return p
+}
+
+// try logs in as user from addr; the outcome is "ok", "401" or "429".
+func (p *pacing) try(user, pass, addr string) string {
+	r := request(user, pass)
+	r.RemoteAddr = addr
+	_, err := p.Authenticate(r)
+	var tm *TooManyError
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.As(err, &tm):
+		return "429"
+	}
+	return "401"
+}
+
+// Attack 4: failed logins slow down the user name they guess, from that
+// client and, past more of them, from anywhere; never another user
+// behind the same address; an IPv6 /64 is one client.
+func TestFailedLoginsArePaced(t *testing.T) {
+	p := newPacing(t)
+	nat := "192.0.2.7:40000"
+	var got []string
+	for i := range 10 {
+		got = append(got, p.try("ci", fmt.Sprint("guess", i), nat))
+	}
+	// Five free, then turns 1 s, 2 s and 4 s apart, and a turn more than
+	// 3 s off is refused.
+	if want := "401 401 401 401 401 401 401 401 401 429"; strings.Join(got, " ") != want {
+		t.Fatalf("guesses: %s, want %s", strings.Join(got, " "), want)
+	}
+	if fmt.Sprint(p.waits) != "[1s 2s]" {
+		t.Fatalf("waits %v", p.waits)
+	}
+	// bob behind the same address is neither refused nor slowed.
+	if r := p.try("bob", "bob-pw", nat); r != "ok" || len(p.waits) != 2 {
+		t.Fatalf("bob behind the NAT: %s, waits %v", r, p.waits)
+	}
+	// ci's own password waits its turn, then works, and forgives the client.
+	p.now = p.now.Add(10 * time.Second)
+	if r := p.try("ci", "ci-pw", nat); r != "ok" {
+		t.Fatalf("ci's password after the guessing: %s", r)
+	}
+
+	// An IPv6 /64 is one client, whichever of its addresses guesses.
+	p = newPacing(t)
+	got = nil
+	for i := range 10 {
+		got = append(got, p.try("ci", "guess", fmt.Sprintf("[2001:db8:1:2::%x]:40000", i+1)))
+	}
+	if got[9] != "429" {
+		t.Fatalf("guesses from one /64: %v", got)
+	}
+	if r := p.try("ci", "guess", "[2001:db8:1:3::1]:40000"); r != "401" {
+		t.Fatalf("another /64: %s", r)
+	}
+
+	// Many clients guessing one name: past 20 failures in all, every
+	// client's attempts at it are paced; other names are not.
+	p = newPacing(t)
+	for i := range 20 {
+		if r := p.try("ci", "guess", fmt.Sprintf("198.51.100.%d:1", i)); r != "401" {
+			t.Fatalf("guess %d: %s", i, r)
+		}
+	}
+	for i := range 3 {
+		p.try("ci", "guess", fmt.Sprintf("203.0.113.%d:1", i+1))
+	}
+	if len(p.waits) == 0 {
+		t.Fatal("a distributed guessing of one name is not slowed")
+	}
+	waits := len(p.waits)
+	if r := p.try("bob", "bob-pw", "203.0.113.9:1"); r != "ok" || len(p.waits) != waits {
+		t.Fatalf("bob during an attack on ci: %s", r)
+	}
+}
+
+// An unknown user name costs the same bcrypt work as a wrong password:
+// the stand-in hash has the file's cost.
+func TestUnknownUserCostsTheSame(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "htpasswd")
+	h, _ := bcrypt.GenerateFromPassword([]byte("pw"), 6)
+	os.WriteFile(f, []byte("ci:"+string(h)+"\n"), 0o600)
+	a, err := New(Config{Htpasswd: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, found, dummy := a.users.lookup("nobody")
+	if cost, err := bcrypt.Cost(dummy); found || err != nil || cost != 6 {
+		t.Fatalf("stand-in hash: cost %d %v, want 6", cost, err)
+	}
+}
+
+// A user removed from the file, or whose password changed, is refused
+// within a second even with a credential verified just before.
+func TestRemovedUserIsOutWithinASecond(t *testing.T) {
+	p := newPacing(t)
+	if r := p.try("ci", "ci-pw", "192.0.2.7:1"); r != "ok" {
+		t.Fatal(r)
+	}
+	tmp := p.users.path + ".tmp"
+	os.WriteFile(tmp, []byte("bob:"+hash(t, "bob-pw")+"\n"), 0o600)
+	os.Rename(tmp, p.users.path)
+	p.now = p.now.Add(recheck)
+	if r := p.try("ci", "ci-pw", "192.0.2.7:1"); r != "401" {
+		t.Fatalf("a removed user a second later: %s", r)
 	}
 }
 

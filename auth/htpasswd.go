@@ -23,34 +23,42 @@ type users struct {
 	path    string
 	warn    func(msg string, args ...any)
 	changed func() // called after a reload: verified credentials are forgotten
+	now     func() time.Time
 
-	next atomic.Int64 // unix nanos of the next stat
-	mu   sync.Mutex
-	hash map[string][]byte
-	stat os.FileInfo
+	next  atomic.Int64 // unix nanos of the next stat
+	mu    sync.Mutex
+	hash  map[string][]byte
+	stat  os.FileInfo
+	dummy []byte // a hash of nothing anyone knows, at the file's highest cost
 }
 
-func loadUsers(path string, warn func(string, ...any), changed func()) (*users, error) {
-	u := &users{path: path, warn: warn, changed: changed}
+func loadUsers(path string, warn func(string, ...any), changed func(), now func() time.Time) (*users, error) {
+	u := &users{path: path, warn: warn, changed: changed, now: now}
 	if err := u.reload(); err != nil {
 		return nil, err
 	}
 	return u, nil
 }
 
-// lookup returns name's bcrypt hash, reading the file again first if it
-// changed.
-func (u *users) lookup(name string) ([]byte, bool) {
-	if now := time.Now().UnixNano(); now >= u.next.Load() {
+// refresh reads the file again if it changed, looking at most once per
+// recheck: a removed or changed user is out within it.
+func (u *users) refresh() {
+	if now := u.now().UnixNano(); now >= u.next.Load() {
 		u.next.Store(now + int64(recheck))
 		if err := u.reload(); err != nil {
 			u.warn("htpasswd not re-read; the users loaded before stay", "file", u.path, "error", err)
 		}
 	}
+}
+
+// lookup returns name's bcrypt hash, and a hash of the same cost to spend
+// the same time on when name is not a user.
+func (u *users) lookup(name string) (hash []byte, ok bool, dummy []byte) {
+	u.refresh()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	h, ok := u.hash[name]
-	return h, ok
+	return h, ok, u.dummy
 }
 
 func (u *users) reload() error {
@@ -60,6 +68,7 @@ func (u *users) reload() error {
 	}
 	u.mu.Lock()
 	same := u.stat != nil && os.SameFile(fi, u.stat) && fi.ModTime().Equal(u.stat.ModTime()) && fi.Size() == u.stat.Size()
+	dummy := u.dummy
 	u.mu.Unlock()
 	if same {
 		return nil
@@ -72,8 +81,19 @@ func (u *users) reload() error {
 	for _, p := range problems {
 		u.warn("htpasswd line skipped", "file", u.path, "problem", p)
 	}
+	cost := bcrypt.MinCost
+	for _, h := range hash {
+		if c, err := bcrypt.Cost(h); err == nil {
+			cost = max(cost, c)
+		}
+	}
+	if c, err := bcrypt.Cost(dummy); err != nil || c != cost {
+		if dummy, err = bcrypt.GenerateFromPassword([]byte("wharf: no such user"), cost); err != nil {
+			return err
+		}
+	}
 	u.mu.Lock()
-	u.hash, u.stat = hash, fi
+	u.hash, u.stat, u.dummy = hash, fi, dummy
 	u.mu.Unlock()
 	if u.changed != nil {
 		u.changed()

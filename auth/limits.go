@@ -5,15 +5,18 @@ import (
 	"time"
 )
 
-// Bounds of the two memories authentication keeps: neither grows with
-// what anonymous clients send.
+// Bounds of the two memories authentication keeps, neither growing with
+// what anonymous clients send, and the pace of failing logins.
 const (
 	credTTL      = time.Minute // a verified credential is trusted this long
 	maxCreds     = 4096        // verified credentials remembered
-	maxAddrs     = 4096        // remote addresses with recent failures remembered
-	failWindow   = time.Minute
-	maxFailures  = 10              // failed logins per address and window before 429, by default
-	blockFor     = 2 * time.Minute // how long an address then waits
+	maxPaces     = 8192        // failing (client, user) pairs and user names remembered
+	failWindow   = 15 * time.Minute
+	clientFree   = 5  // failures of one user name from one client before its attempts are paced, by default
+	userFree     = 20 // failures of one user name from anywhere before its attempts are paced
+	firstDelay   = time.Second
+	maxDelay     = time.Minute
+	maxWait      = 3 * time.Second // the longest an attempt waits for its turn; further off, 429
 	maxNameInLog = 64
 )
 
@@ -67,71 +70,130 @@ func (c *credCache) len() int {
 	return len(c.m)
 }
 
-// limiter counts failed logins per remote address: past maxFailures in a
-// window the address is refused for blockFor, without a bcrypt run.
-type limiter struct {
-	max int // failures in a window
-	mu  sync.Mutex
-	m   map[string]*failures
+// throttle paces the login attempts of a user name that keeps failing,
+// instead of locking anyone out. Failures are counted per user name from
+// one client (an address; an IPv6 /64, which one host may hold whole) and
+// per user name from anywhere. Past clientFree of the first or userFree of
+// the second within failWindow, attempts for that name take turns:
+// firstDelay apart, doubling with each further failure up to maxDelay. An
+// attempt waits for its turn up to maxWait, else it is told to come back
+// (429 with Retry-After). Only the name under attack is slowed: another
+// user behind the same address (a NAT, a load balancer, Kubernetes SNAT)
+// is not, and a credential verified before is never.
+type throttle struct {
+	clientFree int
+
+	mu sync.Mutex
+	m  map[string]*pace // "c" client user, "u" user: at most maxPaces
 }
 
-type failures struct {
-	start time.Time // of the window
-	n     int
-	until time.Time // blocked until
+type pace struct {
+	start time.Time // of the counting window
+	fails int
+	next  time.Time // the next attempt's turn
 }
 
-// blocked is how long addr must still wait, 0 if it may try.
-func (l *limiter) blocked(addr string, now time.Time) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if f := l.m[addr]; f != nil && now.Before(f.until) {
-		return f.until.Sub(now)
+func clientKey(client, user string) string { return "c\x00" + client + "\x00" + user }
+func userKey(user string) string           { return "u\x00" + user }
+
+// delay is the pace of p's attempts, 0 while it has failures to spare.
+func (p *pace) delay(free int) time.Duration {
+	over := p.fails - free
+	if over <= 0 {
+		return 0
 	}
-	return 0
+	return min(firstDelay<<min(over-1, 16), maxDelay)
 }
 
-// fail counts a failure of addr and reports whether it is now blocked.
-func (l *limiter) fail(addr string, now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.m == nil {
-		l.m = map[string]*failures{}
+// turn books the next attempt of user from client and says how long it
+// must wait for it; ok is false when that is past maxWait (nothing is
+// booked, and wait is how long to stay away).
+func (t *throttle) turn(client, user string, now time.Time) (wait time.Duration, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	type paced struct {
+		p     *pace
+		delay time.Duration
 	}
-	f := l.m[addr]
-	if f == nil || now.Sub(f.start) > failWindow {
-		if f == nil && len(l.m) >= maxAddrs {
-			l.prune(now)
+	var ps []paced
+	at := now
+	for key, free := range map[string]int{clientKey(client, user): t.clientFree, userKey(user): userFree} {
+		p := t.current(key, now)
+		if p == nil {
+			continue
 		}
-		f = &failures{start: now}
-		l.m[addr] = f
-	}
-	f.n++
-	if f.n >= l.max {
-		f.until = now.Add(blockFor)
-		return true
-	}
-	return false
-}
-
-// prune drops addresses neither blocked nor in a current window, then,
-// if that was not enough, any; l.mu is held.
-func (l *limiter) prune(now time.Time) {
-	for k, f := range l.m {
-		if now.After(f.until) && now.Sub(f.start) > failWindow {
-			delete(l.m, k)
+		if d := p.delay(free); d > 0 {
+			ps = append(ps, paced{p, d})
+			if p.next.After(at) {
+				at = p.next
+			}
 		}
 	}
-	for k := range l.m {
-		if len(l.m) < maxAddrs*3/4 {
+	if wait = at.Sub(now); wait > maxWait {
+		return wait, false
+	}
+	for _, x := range ps {
+		x.p.next = at.Add(x.delay)
+	}
+	return wait, true
+}
+
+// current is key's pace within the window, nil if it has none; t.mu is held.
+func (t *throttle) current(key string, now time.Time) *pace {
+	p := t.m[key]
+	if p != nil && now.Sub(p.start) > failWindow {
+		delete(t.m, key)
+		return nil
+	}
+	return p
+}
+
+// fail counts a failed login of user from client.
+func (t *throttle) fail(client, user string, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = map[string]*pace{}
+	}
+	for _, key := range []string{clientKey(client, user), userKey(user)} {
+		p := t.current(key, now)
+		if p == nil {
+			if len(t.m) >= maxPaces {
+				t.prune(now)
+			}
+			p = &pace{start: now}
+			t.m[key] = p
+		}
+		p.fails++
+	}
+}
+
+// succeed forgets client's failures for user: the one who knows the
+// password is back.
+func (t *throttle) succeed(client, user string) {
+	t.mu.Lock()
+	delete(t.m, clientKey(client, user))
+	t.mu.Unlock()
+}
+
+// prune drops paces past their window, then, if that was not enough,
+// any; t.mu is held.
+func (t *throttle) prune(now time.Time) {
+	for k, p := range t.m {
+		if now.Sub(p.start) > failWindow {
+			delete(t.m, k)
+		}
+	}
+	for k := range t.m {
+		if len(t.m) < maxPaces*3/4 {
 			break
 		}
-		delete(l.m, k)
+		delete(t.m, k)
 	}
 }
 
-func (l *limiter) len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.m)
+func (t *throttle) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
 }

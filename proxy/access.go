@@ -33,7 +33,7 @@ func (p *proxy) authenticate(r *http.Request) (*http.Request, error) {
 	switch {
 	case errors.As(err, &tm):
 		return nil, &httpError{status: http.StatusTooManyRequests, retry: tm.Retry,
-			err: errcode.ErrorCodeTooManyRequests.WithMessage("too many failed logins from this address; try again later")}
+			err: errcode.ErrorCodeTooManyRequests.WithMessage("too many failed logins of this user; try again later")}
 	case err != nil:
 		return nil, p.unauthorized("the credentials were not accepted")
 	}
