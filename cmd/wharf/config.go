@@ -37,6 +37,9 @@ type fileConfig struct {
 		ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
 		WriteTimeout      time.Duration `yaml:"write_timeout"`
 		MaxConnections    int           `yaml:"max_connections"`
+		// MaxConnectionsPerAddress bounds one remote address's share of
+		// max_connections (0: none).
+		MaxConnectionsPerAddress int `yaml:"max_connections_per_address"`
 	} `yaml:"server"`
 	Upstreams []upstreamConfig `yaml:"upstreams"`
 	Targets   []targetConfig   `yaml:"targets"`
@@ -278,7 +281,8 @@ func (c *fileConfig) validate() error {
 	if err := c.Storage.checkDriver(); err != nil {
 		return err
 	}
-	if err := nonNegative(map[string]int64{"server.write_timeout": int64(c.Server.WriteTimeout), "server.max_connections": int64(c.Server.MaxConnections)}); err != nil {
+	if err := nonNegative(map[string]int64{"server.write_timeout": int64(c.Server.WriteTimeout), "server.max_connections": int64(c.Server.MaxConnections),
+		"server.max_connections_per_address": int64(c.Server.MaxConnectionsPerAddress)}); err != nil {
 		return err
 	}
 	if c.Storage.MaxSize != "" {

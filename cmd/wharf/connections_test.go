@@ -107,3 +107,32 @@ func TestMaxConnections(t *testing.T) {
 	resp.Body.Close()
 	idle[1].Close()
 }
+
+// Attack 5: clients that send one request and then hold their keep-alive
+// connections idle fill max_connections; a real pull still gets a slot,
+// the idle connections giving way.
+func TestIdleConnectionsGiveWayToAPull(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 69, 1, 64<<10, amd64)
+	const max = 32
+	w := startWharf(t, mirrorConfig(t.TempDir(), up.URL)+fmt.Sprintf("server:\n  max_connections: %d\n", max))
+	for range max {
+		c, br := rawGet(t, w.addr, "/healthz")
+		if _, err := io.ReadAll(io.LimitReader(br, 3)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c // held open, idle, until the test ends
+	}
+	client := &http.Client{Timeout: 30 * time.Second}
+	for _, path := range []string{"/v2/library/app/manifests/1", "/v2/library/app/blobs/" + img.Layers[0].Digest.String()} {
+		resp, err := client.Get("http://" + w.addr + path)
+		if err != nil {
+			t.Fatalf("GET %s with every slot held by an idle connection: %v", path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d", path, resp.StatusCode)
+		}
+	}
+}

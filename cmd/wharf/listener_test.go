@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -64,7 +66,7 @@ func TestProgressConnKeepsSendfile(t *testing.T) {
 // listener hands it has a ReadFrom: bounded or not, it must.
 func TestListenerConnectionsKeepReadFrom(t *testing.T) {
 	for _, maxConns := range []int{0, 2} {
-		ln, err := listen("127.0.0.1:0", maxConns, time.Minute)
+		ln, err := listen("127.0.0.1:0", maxConns, 0, time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -83,4 +85,103 @@ func TestListenerConnectionsKeepReadFrom(t *testing.T) {
 		client.Close()
 		ln.Close()
 	}
+}
+
+// At max_connections the connection idle the longest gives way to a new
+// one; busy ones (and new ones that sent nothing yet) never do.
+func TestIdlestConnectionGivesWay(t *testing.T) {
+	ln, err := listen("127.0.0.1:0", 3, 0, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var server []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		sc, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		server = append(server, sc)
+	}
+	ln.ConnState(server[1], http.StateIdle) // idle first
+	ln.ConnState(server[2], http.StateIdle)
+	ln.ConnState(server[0], http.StateActive)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := ln.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	var closed []int
+	for i, sc := range server {
+		if _, err := sc.Write([]byte("x")); err != nil {
+			closed = append(closed, i)
+		}
+	}
+	if fmt.Sprint(closed) != "[1]" {
+		t.Fatalf("closed %v, want [1], the connection idle the longest", closed)
+	}
+}
+
+// Past max_connections_per_address a new connection from that address is
+// closed at once; one from elsewhere, or once one of its own closed, is
+// accepted.
+func TestConnectionsPerAddress(t *testing.T) {
+	ln, err := listen("127.0.0.1:0", 0, 2, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 8)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	var mine []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		mine = append(mine, c)
+	}
+	first, second := <-accepted, <-accepted
+	// The third was closed by the listener: its read ends.
+	mine[2].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := mine[2].Read(make([]byte, 1)); err == nil {
+		t.Fatal("a third connection from one address was kept")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("a third connection from one address was neither accepted nor closed")
+	}
+	from2 := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	if other, err := from2.Dial("tcp", ln.Addr().String()); err == nil {
+		defer other.Close()
+		if c := <-accepted; remoteIP(c) != "127.0.0.2" {
+			t.Fatalf("accepted %s, want the other address", remoteIP(c))
+		}
+	}
+	first.Close()
+	again, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if c := <-accepted; c == nil {
+		t.Fatal("no room after one of the address's connections closed")
+	}
+	second.Close()
 }

@@ -200,12 +200,13 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		return err
 	}
 
-	ln, err := listen(cfg.Listen, cfg.Server.MaxConnections, cfg.Server.WriteTimeout)
+	ln, err := listen(cfg.Listen, cfg.Server.MaxConnections, cfg.Server.MaxConnectionsPerAddress, cfg.Server.WriteTimeout)
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{
 		Handler:           h,
+		ConnState:         ln.ConnState,
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 		IdleTimeout:       cfg.Server.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
