@@ -46,6 +46,7 @@ type Config struct {
 type Cluster struct {
 	cfg    Config
 	client *http.Client
+	self   string // host:port of Advertise: what requests for this replica are signed for
 
 	mu    sync.Mutex
 	peers []string
@@ -70,7 +71,7 @@ const peerScheme = "Wharf-Peer "
 // method, path and query, Range, and when it was signed.
 func (c *Cluster) signature(host, method, uri, rng string, t int64) []byte {
 	m := hmac.New(sha256.New, []byte(c.cfg.Secret))
-	fmt.Fprintf(m, "%s\n%s\n%s\n%s\n%d", host, method, uri, rng, t)
+	fmt.Fprintf(m, "%s\n%s\n%s\n%s\n%d", strings.ToLower(host), method, uri, rng, t)
 	return m.Sum(nil)
 }
 
@@ -101,7 +102,11 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.resolve == nil {
 		cfg.resolve = net.DefaultResolver.LookupHost
 	}
-	c := &Cluster{cfg: cfg, client: cfg.Client, stop: make(chan struct{}), done: make(chan struct{}), now: time.Now}
+	self, err := url.Parse(cfg.Advertise)
+	if err != nil || self.Host == "" {
+		return nil, fmt.Errorf("cluster: advertise %q: want this replica's base URL, like http://10.0.0.5:5000", cfg.Advertise)
+	}
+	c := &Cluster{cfg: cfg, client: cfg.Client, self: self.Host, stop: make(chan struct{}), done: make(chan struct{}), now: time.Now}
 	if c.client == nil {
 		c.client = &http.Client{Transport: &http.Transport{
 			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
@@ -237,9 +242,10 @@ func (e *PeerError) Error() string { return fmt.Sprintf("peer %s answered %d", e
 func (e *PeerError) StatusCode() int { return e.Status }
 
 // Authorized reports whether r was signed with the fleet's secret, as it
-// is (for this peer, method, path and query, Range), within
-// peerSignatureLife of now: a request read off the wire opens nothing
-// else, nor the same blob on another replica.
+// is (for this replica by its advertise URL, whatever Host r names; its
+// method, path and query, Range), within peerSignatureLife of now: a
+// request read off the wire opens nothing else, nor the same blob on
+// another replica.
 func (c *Cluster) Authorized(r *http.Request) bool {
 	v, ok := strings.CutPrefix(r.Header.Get("Authorization"), peerScheme)
 	if !ok {
@@ -255,7 +261,7 @@ func (c *Cluster) Authorized(r *http.Request) bool {
 	if age := c.now().Sub(time.Unix(t, 0)); age > peerSignatureLife || age < -peerSignatureLife {
 		return false
 	}
-	return hmac.Equal(got, c.signature(r.Host, r.Method, r.URL.RequestURI(), r.Header.Get("Range"), t))
+	return hmac.Equal(got, c.signature(c.self, r.Method, r.URL.RequestURI(), r.Header.Get("Range"), t))
 }
 
 // Canonical is a peer's base URL written as DNS answers make it. On an

@@ -120,6 +120,12 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 	if strings.Contains(string(dump), secret) {
 		t.Fatalf("the secret crossed the wire:\n%s", dump)
 	}
+	// The replica it was for, which knows itself by its advertise URL.
+	c, err = New(Config{Peers: []string{srv.URL}, Advertise: srv.URL, Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	if !c.Authorized(seen) {
 		t.Fatalf("the fleet refused its own request:\n%s", dump)
 	}
@@ -145,7 +151,6 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 		"another repository": replay(http.MethodGet, otherRepo, ""),
 		"another method":     replay(http.MethodDelete, uri, ""),
 		"another offset":     replay(http.MethodGet, uri, "bytes=100-"),
-		"another replica":    func() *http.Request { r := replay(http.MethodGet, uri, ""); r.Host = "10.0.0.9:5000"; return r }(),
 	} {
 		if c.Authorized(r) {
 			t.Errorf("%s with the captured header was admitted", name)
@@ -153,6 +158,17 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 	}
 	if !c.Authorized(replay(http.MethodGet, uri, "")) {
 		t.Fatal("the same request again, at once, was refused")
+	}
+	// Sent to another replica with the Host of the one it was signed for:
+	// a replica checks the signature against its own name, never the
+	// request's.
+	b, err := New(Config{Peers: []string{srv.URL, "http://10.0.0.9:5000"}, Advertise: "http://10.0.0.9:5000", Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.Authorized(replay(http.MethodGet, uri, "")) {
+		t.Fatal("a request signed for one replica was admitted by another under its Host")
 	}
 	c.now = func() time.Time { return time.Now().Add(peerSignatureLife + time.Second) }
 	if c.Authorized(replay(http.MethodGet, uri, "")) {
