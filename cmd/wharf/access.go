@@ -139,6 +139,6 @@ func (c *fileConfig) validateTLS() error {
 	if t.CertFile == "" {
 		return nil
 	}
-	_, err := newCertSource(t.CertFile, t.KeyFile)
+	_, err := newCertSource(t.CertFile, t.KeyFile, t.ClientCAFile)
 	return err
 }

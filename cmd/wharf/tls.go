@@ -10,35 +10,47 @@ import (
 	"time"
 )
 
-// certSource serves the listener's certificate and loads it again when
-// either file changes: a renewed certificate (cert-manager, certbot) is
-// picked up within a second, without a restart and without dropping a
-// connection. A pair that does not load keeps the old one in use.
+// certSource serves the listener's TLS configuration and loads it again
+// when one of its files changes: a renewed certificate (cert-manager,
+// certbot) or a rotated client CA is picked up within a second, without a
+// restart and without dropping a connection. Files that do not load keep
+// the old configuration in use.
 type certSource struct {
-	certFile, keyFile string
-	log               *slog.Logger
+	certFile, keyFile, caFile string // caFile "" for no client certificates
+	base                      *tls.Config
+	log                       *slog.Logger
 
 	mu      sync.Mutex
-	cert    *tls.Certificate
-	stamp   string // sizes and times of both files when cert was loaded
+	conf    *tls.Config
+	stamp   string // sizes and times of the files when conf was loaded
 	checked time.Time
 }
 
-func newCertSource(certFile, keyFile string) (*certSource, error) {
-	s := &certSource{certFile: certFile, keyFile: keyFile, log: slog.Default()}
+func newCertSource(certFile, keyFile, caFile string) (*certSource, error) {
+	s := &certSource{certFile: certFile, keyFile: keyFile, caFile: caFile, log: slog.Default(),
+		// HTTP/2 is offered as net/http would offer it with a static
+		// certificate: a handshake's config replaces the server's whole.
+		base: &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}}
 	stamp, err := s.stampNow()
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
 	if err := s.load(stamp); err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
+		return nil, err
 	}
 	return s, nil
 }
 
+func (s *certSource) files() []string {
+	if s.caFile == "" {
+		return []string{s.certFile, s.keyFile}
+	}
+	return []string{s.certFile, s.keyFile, s.caFile}
+}
+
 func (s *certSource) stampNow() (string, error) {
 	var stamp string
-	for _, f := range []string{s.certFile, s.keyFile} {
+	for _, f := range s.files() {
 		fi, err := os.Stat(f)
 		if err != nil {
 			return "", err
@@ -51,27 +63,40 @@ func (s *certSource) stampNow() (string, error) {
 func (s *certSource) load(stamp string) error {
 	cert, err := tls.LoadX509KeyPair(s.certFile, s.keyFile)
 	if err != nil {
-		return err
+		return fmt.Errorf("tls: %w", err)
 	}
-	s.cert, s.stamp = &cert, stamp
+	c := s.base.Clone()
+	c.Certificates = []tls.Certificate{cert}
+	if s.caFile != "" {
+		pem, err := os.ReadFile(s.caFile)
+		if err != nil {
+			return fmt.Errorf("tls.client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("tls.client_ca_file %s: no PEM certificate in it", s.caFile)
+		}
+		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	s.conf, s.stamp = c, stamp
 	return nil
 }
 
-// getCertificate is tls.Config.GetCertificate.
-func (s *certSource) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+// configForClient is tls.Config.GetConfigForClient.
+func (s *certSource) configForClient(*tls.ClientHelloInfo) (*tls.Config, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if now := time.Now(); now.Sub(s.checked) >= time.Second {
 		s.checked = now
 		if stamp, err := s.stampNow(); err == nil && stamp != s.stamp {
 			if err := s.load(stamp); err != nil {
-				s.log.Warn("tls: the changed certificate does not load; the old one stays in use", "error", err)
+				s.log.Warn("tls: the changed files do not load; the old configuration stays in use", "error", err)
 			} else {
-				s.log.Info("tls: certificate reloaded", "cert_file", s.certFile)
+				s.log.Info("tls: certificate and client CA reloaded", "cert_file", s.certFile, "client_ca_file", s.caFile)
 			}
 		}
 	}
-	return s.cert, nil
+	return s.conf, nil
 }
 
 // serverTLS is the listener's TLS configuration: TLS 1.2 at least, the
@@ -80,22 +105,10 @@ func (t tlsConfig) serverTLS(log *slog.Logger) (*tls.Config, error) {
 	if t.CertFile == "" {
 		return nil, nil
 	}
-	src, err := newCertSource(t.CertFile, t.KeyFile)
+	src, err := newCertSource(t.CertFile, t.KeyFile, t.ClientCAFile)
 	if err != nil {
 		return nil, err
 	}
 	src.log = log
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: src.getCertificate}
-	if t.ClientCAFile != "" {
-		pem, err := os.ReadFile(t.ClientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls.client_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls.client_ca_file %s: no PEM certificate in it", t.ClientCAFile)
-		}
-		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
-	}
-	return tc, nil
+	return &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: src.base.NextProtos, GetConfigForClient: src.configForClient}, nil
 }

@@ -350,6 +350,31 @@ func TestMutualTLS(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("with a client certificate: %v %v", resp, err)
 	}
+	// The client CA rotated: within a second the new CA's clients get in
+	// and the old one's do not, without a restart.
+	next := newCA(t)
+	ncert, nkey := next.issue(t, t.TempDir(), "client", 302, true)
+	npair, err := tls.LoadX509KeyPair(ncert, nkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(next.file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(clientCA.file+".new", raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(clientCA.file+".new", clientCA.file); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the rotated client CA's client let in", func() bool {
+		resp, err := s.get(s.client(npair), "/v2/library/app/manifests/1.0", "ci")
+		return err == nil && resp.StatusCode == 200
+	})
+	if _, err := s.get(s.client(pair), "/v2/", "ci"); err == nil {
+		t.Fatal("a client of the CA rotated out still got an answer")
+	}
 }
 
 func runToolEnv(t *testing.T, env []string, name string, args ...string) []byte {
