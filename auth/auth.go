@@ -36,11 +36,15 @@ const (
 	RightAdmin    = "admin"    // everything: pull all, cancel any job, upstream health
 )
 
-// Rule grants users pull rights on content and rights on the API.
+// Rule grants users pull rights on content, push rights on the targets
+// jobs push to, and rights on the API.
 type Rule struct {
 	Users []string // user names; "*" is every authenticated user
 	Pull  []string // patterns (route.Match) on "<upstream>/<repo>"
-	API   []string // prefetch, jobs, pins, admin
+	// Push are patterns on "<target>/<repo>": where these users' jobs
+	// may push. The prefetch right alone only warms the cache.
+	Push []string
+	API  []string // prefetch, jobs, pins, admin
 }
 
 // Config is who may do what.
@@ -121,6 +125,9 @@ func New(cfg Config) (*Auth, error) {
 			return nil, fmt.Errorf("auth.rules[%d]: users is empty", i)
 		}
 		if err := check(fmt.Sprintf("auth.rules[%d].pull", i), r.Pull); err != nil {
+			return nil, err
+		}
+		if err := check(fmt.Sprintf("auth.rules[%d].push", i), r.Push); err != nil {
 			return nil, err
 		}
 		for _, right := range r.API {
@@ -284,6 +291,30 @@ func (a *Auth) MayPull(id Identity, upstream, repo string) bool {
 	}
 	for _, r := range a.cfg.Rules {
 		if a.applies(r, id) && (matchAny(r.Pull, name) || slices.Contains(r.API, RightAdmin)) {
+			return true
+		}
+	}
+	return false
+}
+
+// MayPush reports whether id's jobs may push to repo of target: a rule's
+// push patterns, admin, the API token, or loopback where it holds the API.
+func (a *Auth) MayPush(id Identity, target, repo string) bool {
+	return a.mayPush(id, func(p string) bool { return route.Match(p, target+"/"+repo) })
+}
+
+// MayPushTo reports whether id may push to some repository of target: to
+// run a replication rule of that target by hand.
+func (a *Auth) MayPushTo(id Identity, target string) bool {
+	return a.mayPush(id, func(p string) bool { return route.MayMatchUpstream(p, target) })
+}
+
+func (a *Auth) mayPush(id Identity, match func(pattern string) bool) bool {
+	if id.Token || (id.Loopback && a.cfg.LoopbackAPI) {
+		return true
+	}
+	for _, r := range a.cfg.Rules {
+		if a.applies(r, id) && (slices.Contains(r.API, RightAdmin) || slices.ContainsFunc(r.Push, match)) {
 			return true
 		}
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"mime"
@@ -60,6 +61,22 @@ func (p *proxy) mayPull(ctx context.Context, t target) error {
 	}
 	return ociError(http.StatusForbidden, errcode.ErrorCodeDenied, id.User+" may not pull "+t.name)
 }
+
+// mayPush refuses a job's push to repo of target (none: a job that only
+// warms the cache) to a caller without push rights there.
+func (p *proxy) mayPush(ctx context.Context, target, repo string) error {
+	id := identity(ctx)
+	if target == "" || p.auth.MayPush(id, target, repo) {
+		return nil
+	}
+	return ociError(http.StatusForbidden, errcode.ErrorCodeDenied, cmp.Or(id.User, "this caller")+" may not push to "+target+"/"+repo+
+		": a user's jobs push only where auth.rules[].push allows")
+}
+
+// seesAll reports whether the caller may see details of what others'
+// jobs and rules touch: upstream and target addresses in errors, and
+// repositories it may not pull.
+func (p *proxy) seesAll(r *http.Request) bool { return p.auth.MayAPI(identity(r.Context()), auth.RightJobs) }
 
 // mayAPI refuses a right on /api/v1. Callers on loopback with no
 // credentials (Wharf's default without auth or a token) are also refused

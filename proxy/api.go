@@ -243,12 +243,20 @@ func (p *proxy) replicate(w http.ResponseWriter, r *http.Request) error {
 	if p.rules == nil {
 		return ociError(http.StatusNotFound, errRuleUnknown, "no replication rule "+strconv.Quote(name))
 	}
+	for _, s := range p.rules.Status() {
+		if s.Name == name && !p.auth.MayPushTo(identity(r.Context()), s.Target) {
+			return ociError(http.StatusForbidden, errcode.ErrorCodeDenied, "running rule "+strconv.Quote(name)+" pushes to "+s.Target+
+				", where this caller may not push (auth.rules[].push)")
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Minute)
 	defer cancel()
 	job, err := p.rules.Run(ctx, name)
 	switch {
 	case errors.Is(err, replicate.ErrNoRule):
 		return ociError(http.StatusNotFound, errRuleUnknown, "no replication rule "+strconv.Quote(name))
+	case job == nil && err != nil && !p.seesAll(r):
+		return ociError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable, "rule "+strconv.Quote(name)+" could not list its repositories; Wharf's log says why")
 	case job == nil && err != nil:
 		return err
 	case job == nil:
@@ -256,8 +264,10 @@ func (p *proxy) replicate(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
 	body := map[string]any{"rule": name, "job": job}
-	if err != nil {
-		body["problems"] = err.Error() // some repositories could not be listed; the rest run
+	if err != nil && p.seesAll(r) {
+		// Some repositories could not be listed (the rest run): their
+		// names and upstreams are for those who see every job.
+		body["problems"] = err.Error()
 	}
 	b, err := json.Marshal(body)
 	if err != nil {

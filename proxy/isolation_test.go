@@ -16,6 +16,7 @@ import (
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/storage/s3test"
+	"github.com/wharf-registry/wharf/upstream"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
@@ -260,4 +261,81 @@ func TestBucketKeepsWhoServedABlob(t *testing.T) {
 	// The manifest twice: this replica's first request to the private
 	// upstream learns it wants Basic credentials. No blob.
 	wantCounts(t, s.priv, map[string]int{"GET manifest": 2})
+}
+
+// pushRights is a Wharf with a source (harbor-a.example.com, the default)
+// and a push target harbor-b: ci may pull proj/* and push to proj-b/* of
+// harbor-b; warm may only start jobs that warm the cache; ops has the jobs
+// right; root is admin. The rule to-b pushes proj/* to harbor-b's proj-b/.
+func pushRights(t *testing.T) (*env, *upstreamtest.Registry, upstreamtest.Image) {
+	t.Helper()
+	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
+	img := src.PushImage(t, "proj/app", "1.0", 63, 1, 4<<10, amd64)
+	target, err := upstream.New(upstream.Config{Name: "harbor-b", URL: dst.URL, Insecure: true, Username: "robot", Password: "s3cret", Push: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule := replicate.Rule{Name: "to-b", Sources: []string{"harbor-a.example.com/proj/app"}, Target: "harbor-b",
+		Rename: map[string]string{"harbor-a.example.com/proj/": "proj-b/"}}
+	e := newEnvFull(t, t.TempDir(), storage.Options{}, cache.Config{}, replicate.Config{Targets: map[string]replicate.Target{"harbor-b": target}, RetryBackoff: time.Millisecond}, "",
+		&auth.Config{
+			Htpasswd: htpasswd(t, "ci", "warm", "ops", "root"),
+			Rules: []auth.Rule{
+				{Users: []string{"ci"}, Pull: []string{"harbor-a.example.com/proj/*"}, Push: []string{"harbor-b/proj-b/*"}, API: []string{auth.RightPrefetch}},
+				{Users: []string{"warm"}, Pull: []string{"harbor-a.example.com/proj/*"}, API: []string{auth.RightPrefetch}},
+				{Users: []string{"ops"}, API: []string{auth.RightJobs}},
+				{Users: []string{"root"}, API: []string{auth.RightAdmin}},
+			},
+		}, []replicate.Rule{rule}, spec{name: srcHost, reg: src, def: true, ttl: time.Hour})
+	return e, src, img
+}
+
+// Attack 8: the prefetch right warms the cache; pushing needs a push
+// pattern on that target repository (or admin), and running a rule by
+// hand needs push rights on its target.
+func TestPushNeedsPushRights(t *testing.T) {
+	e, _, _ := pushRights(t)
+	ci, warm, root := basic("ci", "ci-pw"), basic("warm", "warm-pw"), basic("root", "root-pw")
+	push := func(to string) string {
+		return `{"images": ["harbor-a.example.com/proj/app:1.0"], "push_to": "harbor-b", "rename": [{"from": "harbor-a.example.com/proj/", "to": "` + to + `"}]}`
+	}
+	for _, c := range []struct {
+		who, body string
+		want      int
+	}{
+		{ci, push("proj-b/"), http.StatusAccepted},
+		{ci, push("prod/critical-"), http.StatusForbidden},
+		{warm, push("proj-b/"), http.StatusForbidden},
+		{warm, `{"images": ["harbor-a.example.com/proj/app:1.0"]}`, http.StatusAccepted},
+		{root, push("prod/critical-"), http.StatusAccepted},
+	} {
+		r := e.send(t, http.MethodPost, "/api/v1/prefetch", "application/json", c.body, "Authorization", c.who)
+		if r.status != c.want {
+			t.Fatalf("%s: %d %s, want %d", c.body, r.status, r.body, c.want)
+		}
+		if c.want == http.StatusForbidden {
+			wantError(t, r, http.StatusForbidden, "DENIED")
+		}
+	}
+	wantError(t, e.send(t, http.MethodPost, "/api/v1/replication/to-b/run", "application/json", "{}", "Authorization", warm), http.StatusForbidden, "DENIED")
+	if r := e.send(t, http.MethodPost, "/api/v1/replication/to-b/run", "application/json", "{}", "Authorization", ci); r.status != http.StatusAccepted && r.status != http.StatusOK {
+		t.Fatalf("ci runs the rule it may push for: %d %s", r.status, r.body)
+	}
+}
+
+// Attack 8: a job's owner reads why an image failed without learning
+// where the upstream is.
+func TestJobErrorsNameNoUpstream(t *testing.T) {
+	e, src, _ := pushRights(t)
+	src.SetHook(fault(all, http.StatusInternalServerError, nil, `{"errors":[{"code":"UNKNOWN","message":"backend `+src.Host()+` is down"}]}`))
+	ci := basic("ci", "ci-pw")
+	job := e.wait(t, e.submit(t, "application/json", "", `{"images": ["harbor-a.example.com/proj/app:1.0"]}`, "Authorization", ci), "Authorization", ci)
+	if job.State != replicate.StateFailed || len(job.Images) != 1 || job.Images[0].Error == "" {
+		t.Fatalf("job %s, images %+v", job.State, job.Images)
+	}
+	msg := job.Images[0].Error
+	host, _, _ := strings.Cut(src.Host(), ":")
+	if strings.Contains(msg, host) || strings.Contains(msg, "http://") || !strings.Contains(msg, "500") {
+		t.Fatalf("the image's error: %q", msg)
+	}
 }

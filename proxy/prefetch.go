@@ -105,6 +105,9 @@ func (p *proxy) prefetch(w http.ResponseWriter, r *http.Request) error {
 		if err := p.mayPull(r.Context(), target{upstream: img.Upstream, repo: img.Repo, name: img.Source}); err != nil {
 			return err
 		}
+		if err := p.mayPush(r.Context(), spec.PushTo, img.TargetRepo); err != nil {
+			return err
+		}
 	}
 	spec.Owner = identity(r.Context()).User
 	job, err := p.jobs.Submit(spec)

@@ -53,3 +53,29 @@ func fromSource(err error) bool {
 	}
 	return false
 }
+
+// public is err's message with each upstream error in it redacted (see
+// upstream.Error's Redacted): a job's record is read by its owner, who is
+// not to learn where Wharf's upstreams and targets are. The log keeps the
+// whole message.
+func public(err error) string {
+	s := err.Error()
+	var walk func(error)
+	walk = func(e error) {
+		if r, ok := e.(interface{ Redacted() string }); ok {
+			s = strings.ReplaceAll(s, e.Error(), r.Redacted())
+		}
+		switch u := e.(type) {
+		case interface{ Unwrap() error }:
+			if inner := u.Unwrap(); inner != nil {
+				walk(inner)
+			}
+		case interface{ Unwrap() []error }:
+			for _, inner := range u.Unwrap() {
+				walk(inner)
+			}
+		}
+	}
+	walk(err)
+	return s
+}

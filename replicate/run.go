@@ -175,7 +175,7 @@ func (c *Jobs) copyImage(ctx context.Context, r *run, img *Image) {
 		case r.cancelled:
 			img.State = StateCancelled
 		case err != nil:
-			img.State, img.Error = StateFailed, err.Error()
+			img.State, img.Error = StateFailed, public(err)
 		default:
 			img.State, img.BytesDone = StateDone, img.BytesTotal // resumed chunks may have counted twice
 		}

@@ -2,8 +2,10 @@ package upstream
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -39,6 +41,33 @@ func (e *Error) Error() string {
 	}
 	if e.Detail != "" {
 		msg += ": " + e.Detail
+	}
+	return msg
+}
+
+// Redacted is Error without the request's URL, or the addresses a
+// transport error names: what may be shown to someone who is not to learn
+// where Wharf's upstreams are (a job's record, read by its owner).
+func (e *Error) Redacted() string {
+	if e.Err != nil {
+		var ne net.Error
+		why := "no answer"
+		switch {
+		case errors.Is(e.Err, ErrCircuitOpen):
+			why = ErrCircuitOpen.Error()
+		case errors.Is(e.Err, ErrRefused):
+			why = ErrRefused.Error()
+		case errors.As(e.Err, &ne) && ne.Timeout():
+			why = "no answer in time"
+		}
+		return fmt.Sprintf("upstream %s: %s", e.Method, why)
+	}
+	msg := fmt.Sprintf("upstream %s: %d %s", e.Method, e.Status, http.StatusText(e.Status))
+	if len(e.Codes) > 0 {
+		msg += " " + strings.Join(e.Codes, ",")
+	}
+	if e.Detail != "" {
+		msg += ": " + e.Detail // scrubbed of URLs and hosts when read
 	}
 	return msg
 }

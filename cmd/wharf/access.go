@@ -22,6 +22,7 @@ type authConfig struct {
 	Rules     []struct {
 		Users []string `yaml:"users"`
 		Pull  []string `yaml:"pull"`
+		Push  []string `yaml:"push"`
 		API   []string `yaml:"api"`
 	} `yaml:"rules"`
 }
@@ -48,6 +49,16 @@ func (c *fileConfig) validateAccess() error {
 	}
 	if c.Auth.Htpasswd == "" && len(c.Auth.Rules) > 0 {
 		return errors.New("auth.rules name users, but auth.htpasswd is not set")
+	}
+	for i, r := range c.Auth.Rules {
+		for _, p := range r.Push {
+			if err := route.Check(p); err != nil {
+				return fmt.Errorf("auth.rules[%d].push: %w", i, err)
+			}
+			if !slices.ContainsFunc(c.Targets, func(t targetConfig) bool { return route.MayMatchUpstream(p, t.Name) }) {
+				return fmt.Errorf("auth.rules[%d].push %q names no configured target: push patterns are <target>/<repository>, like harbor-b/proj/*", i, p)
+			}
+		}
 	}
 	for _, p := range c.Auth.Anonymous {
 		if err := route.Check(p); err != nil {
@@ -80,7 +91,7 @@ func (c *fileConfig) accessConfig(log *slog.Logger, reg prometheus.Registerer) a
 	}
 	ac.Htpasswd, ac.Anonymous = c.Auth.Htpasswd, c.Auth.Anonymous
 	for _, r := range c.Auth.Rules {
-		ac.Rules = append(ac.Rules, auth.Rule{Users: r.Users, Pull: r.Pull, API: r.API})
+		ac.Rules = append(ac.Rules, auth.Rule{Users: r.Users, Pull: r.Pull, Push: r.Push, API: r.API})
 	}
 	return ac
 }

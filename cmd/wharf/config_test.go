@@ -74,6 +74,7 @@ func TestConfigErrors(t *testing.T) {
 		{base + "    cert_file: /c.pem\n    key_file: /k.pem\nauth: {anonymous: ['a.io/*']}\n", "would serve upstream a.io, which Wharf logs in to"},
 		{base + "auth: {anonymous: ['[']}\n", "auth.anonymous"},
 		{base + "auth: {rules: [{users: [ci], pull: ['a.io/*']}]}\n", "auth.htpasswd is not set"},
+		{base + "targets: [{name: b, url: https://b}]\nauth: {htpasswd: /h, rules: [{users: [ci], push: ['c/proj/*']}]}\n", `auth.rules[0].push "c/proj/*" names no configured target`},
 		{base + "tls: {cert_file: /x}\n", "cert_file and key_file together"},
 		{base + "replication: [{name: r, sources: [a.io/x], tags: '((', on_pull: true}]\n", "replication rule r: tag expression"},
 		{base + "replication: [{name: r, sources: [a.io/x], semver: 'one', on_pull: true}]\n", "replication rule r: semver range"},
