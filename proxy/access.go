@@ -76,7 +76,9 @@ func (p *proxy) mayPush(ctx context.Context, target, repo string) error {
 // seesAll reports whether the caller may see details of what others'
 // jobs and rules touch: upstream and target addresses in errors, and
 // repositories it may not pull.
-func (p *proxy) seesAll(r *http.Request) bool { return p.auth.MayAPI(identity(r.Context()), auth.RightJobs) }
+func (p *proxy) seesAll(r *http.Request) bool {
+	return p.auth.MayAPI(identity(r.Context()), auth.RightJobs)
+}
 
 // mayAPI refuses a right on /api/v1. Callers on loopback with no
 // credentials (Wharf's default without auth or a token) are also refused
