@@ -255,10 +255,12 @@ func (p *proxy) replicate(w http.ResponseWriter, r *http.Request) error {
 	switch {
 	case errors.Is(err, replicate.ErrNoRule):
 		return ociError(http.StatusNotFound, errRuleUnknown, "no replication rule "+strconv.Quote(name))
-	case job == nil && err != nil && !p.seesAll(r):
-		return ociError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable, "rule "+strconv.Quote(name)+" could not list its repositories; Wharf's log says why")
 	case job == nil && err != nil:
-		return err
+		he := toHTTP(err, errcode.ErrorCodeNameUnknown)
+		if !p.seesAll(r) {
+			he.err = he.err.Code.WithMessage("rule " + strconv.Quote(name) + " could not list or resolve some of its repositories; Wharf's log says which")
+		}
+		return he
 	case job == nil:
 		return writeJSON(w, r, map[string]any{"rule": name, "state": "nothing new"})
 	}

@@ -266,7 +266,8 @@ func TestBucketKeepsWhoServedABlob(t *testing.T) {
 // pushRights is a Wharf with a source (harbor-a.example.com, the default)
 // and a push target harbor-b: ci may pull proj/* and push to proj-b/* of
 // harbor-b; warm may only start jobs that warm the cache; ops has the jobs
-// right; root is admin. The rule to-b pushes proj/* to harbor-b's proj-b/.
+// right; root is admin. The rule to-b pushes proj/app, and team-x/secret
+// (which does not exist), to harbor-b's proj-b/.
 func pushRights(t *testing.T) (*env, *upstreamtest.Registry, upstreamtest.Image) {
 	t.Helper()
 	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
@@ -275,7 +276,7 @@ func pushRights(t *testing.T) (*env, *upstreamtest.Registry, upstreamtest.Image)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rule := replicate.Rule{Name: "to-b", Sources: []string{"harbor-a.example.com/proj/app"}, Target: "harbor-b",
+	rule := replicate.Rule{Name: "to-b", Sources: []string{"harbor-a.example.com/proj/app", "harbor-a.example.com/team-x/secret"}, Target: "harbor-b",
 		Rename: map[string]string{"harbor-a.example.com/proj/": "proj-b/"}}
 	e := newEnvFull(t, t.TempDir(), storage.Options{}, cache.Config{}, replicate.Config{Targets: map[string]replicate.Target{"harbor-b": target}, RetryBackoff: time.Millisecond}, "",
 		&auth.Config{
@@ -338,4 +339,28 @@ func TestJobErrorsNameNoUpstream(t *testing.T) {
 	if strings.Contains(msg, host) || strings.Contains(msg, "http://") || !strings.Contains(msg, "500") {
 		t.Fatalf("the image's error: %q", msg)
 	}
+}
+
+// Attack 8: a rule run by hand by a user who may push for it names no
+// repository of the rule the user may not pull (team-x/secret, which could
+// not be listed), whether the run starts a job or has nothing new.
+func TestRuleRunNamesOnlyWhatTheCallerMaySee(t *testing.T) {
+	e, _, _ := pushRights(t)
+	ci, root := basic("ci", "ci-pw"), basic("root", "root-pw")
+	r := e.send(t, http.MethodPost, "/api/v1/replication/to-b/run", "application/json", "{}", "Authorization", ci)
+	if r.status != http.StatusAccepted || strings.Contains(string(r.body), "team-x") || strings.Contains(string(r.body), "problems") {
+		t.Fatalf("ci's run: %d %s", r.status, r.body)
+	}
+	var run struct{ Job replicate.Job }
+	if err := json.Unmarshal(r.body, &run); err != nil {
+		t.Fatal(err)
+	}
+	e.wait(t, run.Job.ID, "Authorization", root)
+	// Nothing new, and a repository that cannot be listed.
+	r = e.send(t, http.MethodPost, "/api/v1/replication/to-b/run", "application/json", "{}", "Authorization", ci)
+	wantError(t, r, http.StatusNotFound, "NAME_UNKNOWN")
+	if strings.Contains(string(r.body), "team-x") {
+		t.Fatalf("ci told of team-x: %s", r.body)
+	}
+	wantError(t, e.send(t, http.MethodPost, "/api/v1/replication/to-b/run", "application/json", "{}", "Authorization", root), http.StatusNotFound, "NAME_UNKNOWN")
 }
