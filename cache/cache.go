@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/wharf-registry/wharf/route"
@@ -104,17 +104,6 @@ type Config struct {
 	Now          func() time.Time      // the clock for tag and negative TTLs; nil: time.Now
 }
 
-// Errors the proxy maps to OCI error codes. Upstream errors are wrapped, so
-// errors.As still finds the upstream's status, codes and RetryAfter.
-var (
-	ErrNotFound    = errors.New("not found upstream")            // the registry itself said 404
-	ErrDenied      = errors.New("upstream denied access")        // 401, 403
-	ErrRejected    = errors.New("upstream refused the request")  // any other 4xx, passed on as it is
-	ErrBadUpstream = errors.New("upstream sent invalid content") // wrong digest, oversized, unreadable
-	ErrUnavailable = errors.New("upstream unavailable")          // no answer, timeout, 5xx, 429
-	ErrUnknown     = errors.New("unknown upstream")              // no such upstream configured
-)
-
 // Cache answers registry reads for every configured upstream.
 type Cache struct {
 	store        *storage.Store
@@ -135,10 +124,10 @@ type Cache struct {
 
 	mu          sync.Mutex
 	fills       map[digest.Digest]*fill
-	fillSlots   map[string]chan struct{} // per upstream with MaxFills: one per fill
-	reading     map[digest.Digest]int    // stored blobs being served
-	running     sync.WaitGroup           // fill goroutines
-	stop        chan struct{}            // closed by Close: the sweeper ends
+	fillSlots   map[string]*semaphore.Weighted // per upstream with MaxFills: one per fill
+	reading     map[digest.Digest]int          // stored blobs being served
+	running     sync.WaitGroup                 // fill goroutines
+	stop        chan struct{}                  // closed by Close: the sweeper ends
 	stopOnce    sync.Once
 	flights     singleflight.Group
 	missing     negative
@@ -161,7 +150,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		now:          cfg.Now,
 		log:          cmp.Or(cfg.Logger, slog.Default()),
 		fills:        map[digest.Digest]*fill{},
-		fillSlots:    map[string]chan struct{}{},
+		fillSlots:    map[string]*semaphore.Weighted{},
 		stop:         make(chan struct{}),
 		reading:      map[digest.Digest]int{},
 		eagerDone:    map[digest.Digest]bool{},
@@ -197,7 +186,7 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		u.WaitTimeout = cmp.Or(max(u.WaitTimeout, 0), 5*time.Second)
 		u.FillGrace = cmp.Or(max(u.FillGrace, 0), 30*time.Second)
 		if u.MaxFills > 0 {
-			c.fillSlots[u.Name] = make(chan struct{}, u.MaxFills)
+			c.fillSlots[u.Name] = semaphore.NewWeighted(int64(u.MaxFills))
 		}
 		if _, dup := c.upstreams[u.Name]; dup {
 			return nil, fmt.Errorf("cache: upstream %q configured twice", u.Name)
@@ -224,34 +213,6 @@ func (c *Cache) upstream(name string) (Upstream, error) {
 		return Upstream{}, fmt.Errorf("%w %q", ErrUnknown, name)
 	}
 	return u, nil
-}
-
-// classify wraps an upstream error in the sentinel that says what a client
-// should be told. Only an explicit 404 of the registry means "not found";
-// only no answer, a timeout, a 5xx or a 429 means "unavailable" (and
-// allows serving a stale answer); any other 4xx is passed on.
-func classify(err error) error {
-	if err == nil {
-		return nil
-	}
-	var sc interface{ StatusCode() int }
-	status := 0
-	if errors.As(err, &sc) {
-		status = sc.StatusCode()
-	}
-	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrDenied), errors.Is(err, ErrRejected),
-		errors.Is(err, ErrUnavailable), errors.Is(err, ErrBadUpstream):
-		return err
-	case status == http.StatusNotFound:
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
-	case status == http.StatusUnauthorized || status == http.StatusForbidden:
-		return fmt.Errorf("%w: %w", ErrDenied, err)
-	case status >= 400 && status < 500 && status != http.StatusTooManyRequests && status != http.StatusRequestTimeout:
-		return fmt.Errorf("%w: %w", ErrRejected, err)
-	default:
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
 }
 
 // keep reports a failure to store something an answer does not depend on

@@ -9,6 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/wharf-registry/wharf/oci"
 	"github.com/wharf-registry/wharf/route"
 	"github.com/wharf-registry/wharf/storage"
 )
@@ -102,7 +103,7 @@ func (c *Cache) pinnedDigests() (map[digest.Digest]bool, error) {
 			return nil
 		}
 		set[d] = true
-		body, bi, err := c.store.ReadSmall(d, MaxManifestSize)
+		body, bi, err := c.store.ReadSmall(d, oci.MaxManifestSize)
 		if errors.Is(err, storage.ErrNotFound) {
 			return nil // not stored: nothing below it to keep
 		}

@@ -96,9 +96,7 @@ func (c *Cache) beginFill(ctx context.Context, u Upstream, repo string, dgst dig
 	slots := c.fillSlots[u.Name]
 	switch {
 	case slots != nil && eager:
-		select {
-		case slots <- struct{}{}:
-		default:
+		if !slots.TryAcquire(1) {
 			return nil, false, nil // every slot is taken: clients first
 		}
 	case slots != nil:

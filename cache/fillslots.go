@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // Bounds on fills: a cap per upstream, so that fills never take every
@@ -19,28 +21,26 @@ func (e busyError) Error() string {
 func (e busyError) Unwrap() error             { return ErrUnavailable }
 func (e busyError) RetryAfter() time.Duration { return time.Second }
 
-// takeSlot takes one of slots, waiting at most wait.
-func takeSlot(ctx context.Context, slots chan struct{}, wait time.Duration) error {
-	select {
-	case slots <- struct{}{}:
+// takeSlot takes one of a fill cap's slots, waiting at most wait: past
+// it, busyError. golang.org/x/sync's semaphore keeps waiters in order.
+func takeSlot(ctx context.Context, slots *semaphore.Weighted, wait time.Duration) error {
+	if slots.TryAcquire(1) {
 		return nil
-	default:
 	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case slots <- struct{}{}:
-		return nil
-	case <-t.C:
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := slots.Acquire(wctx, 1); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		return busyError{wait}
-	case <-ctx.Done():
-		return ctx.Err()
 	}
+	return nil
 }
 
-func releaseSlot(slots chan struct{}) {
+func releaseSlot(slots *semaphore.Weighted) {
 	if slots != nil {
-		<-slots
+		slots.Release(1)
 	}
 }
 

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/wharf-registry/wharf/oci"
 	"github.com/wharf-registry/wharf/storage"
 )
 
@@ -74,7 +74,7 @@ func (c *Cache) ManifestHead(ctx context.Context, up, repo, ref string) (ocispec
 // describes reports whether a HEAD answer says all a client needs: a
 // digest, a length, and a manifest media type.
 func describes(head ocispec.Descriptor) bool {
-	return head.Digest.Validate() == nil && head.Size > 0 && head.Size <= MaxManifestSize && slices.Contains(manifestTypes, head.MediaType)
+	return head.Digest.Validate() == nil && head.Size > 0 && head.Size <= oci.MaxManifestSize && oci.IsManifestType(head.MediaType)
 }
 
 // fresh reports whether a tag's resolution is young enough to trust

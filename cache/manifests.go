@@ -14,21 +14,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/wharf-registry/wharf/oci"
 	"github.com/wharf-registry/wharf/storage"
 )
-
-// MaxManifestSize is the largest manifest Wharf stores or serves; clients
-// reject anything larger.
-const MaxManifestSize = 4 << 20
-
-// Manifest media types: the four a pull asks for, and the only ones a
-// Content-Type is believed for.
-const (
-	mediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
-	mediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
-)
-
-var manifestTypes = []string{ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageIndex, mediaTypeDockerManifest, mediaTypeDockerList}
 
 // mediaTypeOf is what a manifest is: the mediaType its body declares,
 // whatever the Content-Type said; for a body that declares none (older OCI
@@ -38,7 +26,7 @@ func mediaTypeOf(m ManifestRefs, contentType string) string {
 	switch {
 	case m.MediaType != "":
 		return m.MediaType
-	case slices.Contains(manifestTypes, contentType):
+	case oci.IsManifestType(contentType):
 		return contentType
 	case m.Manifests != nil:
 		return ocispec.MediaTypeImageIndex
@@ -130,20 +118,13 @@ func (c *Cache) shared(ctx context.Context, kind string, u Upstream, repo, ref s
 	if err := c.recall(u, repo, key); err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	ch := c.flights.DoChan(kind+"\x00"+key, func() (any, error) {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFlightTimeout)
-		defer cancel()
-		desc, body, err := fn(fctx)
+	v, err := c.flight(ctx, kind+"\x00"+key, 0, func(ctx context.Context) (any, error) {
+		desc, body, err := fn(ctx)
 		c.remember(u, repo, key, err)
 		return result{desc, body}, err
 	})
-	select {
-	case r := <-ch:
-		res, _ := r.Val.(result)
-		return res.desc, res.body, r.Err
-	case <-ctx.Done():
-		return ocispec.Descriptor{}, nil, ctx.Err()
-	}
+	res, _ := v.(result)
+	return res.desc, res.body, err
 }
 
 // resolveTag answers a GET of a tag that is unknown or stale: fetch it, or
@@ -233,9 +214,9 @@ func (c *Cache) storedManifest(dgst digest.Digest) (ocispec.Descriptor, []byte, 
 // blob that is not a manifest (a config, a layer) is not one as far as
 // manifest requests go, whatever its bytes look like.
 func (c *Cache) storedManifestInfo(dgst digest.Digest) (ocispec.Descriptor, []byte, storage.BlobInfo, error) {
-	body, bi, err := c.store.ReadSmall(dgst, MaxManifestSize)
+	body, bi, err := c.store.ReadSmall(dgst, oci.MaxManifestSize)
 	if errors.Is(err, storage.ErrNotFound) && c.store.Adopt(dgst) == nil {
-		body, bi, err = c.store.ReadSmall(dgst, MaxManifestSize)
+		body, bi, err = c.store.ReadSmall(dgst, oci.MaxManifestSize)
 	}
 	if err != nil {
 		return ocispec.Descriptor{}, nil, bi, err
@@ -268,12 +249,12 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 	if err != nil {
 		return ocispec.Descriptor{}, nil, classify(err)
 	}
-	body, err := io.ReadAll(io.LimitReader(rc, MaxManifestSize+1))
+	body, err := io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
 	rc.Close()
 	if err != nil {
 		return ocispec.Descriptor{}, nil, classify(err)
 	}
-	if len(body) > MaxManifestSize {
+	if len(body) > oci.MaxManifestSize {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s is larger than 4 MiB", ErrBadUpstream, ref, repo)
 	}
 	got := cmp.Or(want, digest.FromBytes(body))
@@ -318,7 +299,7 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 // putManifest stores a manifest u served, or, stored already, records
 // that u served it and that it is a manifest (fetched as a blob first).
 func (c *Cache) putManifest(u Upstream, dgst digest.Digest, mediaType string, body []byte) error {
-	if _, bi, err := c.store.ReadSmall(dgst, MaxManifestSize); err == nil { // stored and intact
+	if _, bi, err := c.store.ReadSmall(dgst, oci.MaxManifestSize); err == nil { // stored and intact
 		if bi.MediaType != mediaType && !manifestMediaType(bi.MediaType) {
 			if err := c.store.SetMediaType(dgst, mediaType); err != nil {
 				return err
@@ -398,9 +379,9 @@ func isManifest(body []byte) bool {
 func (m ManifestRefs) only(mt string) ManifestRefs {
 	out := ManifestRefs{MediaType: m.MediaType}
 	switch mt {
-	case ocispec.MediaTypeImageManifest, mediaTypeDockerManifest:
+	case ocispec.MediaTypeImageManifest, oci.MediaTypeDockerManifest:
 		out.Config, out.Layers = m.Config, m.Layers
-	case ocispec.MediaTypeImageIndex, mediaTypeDockerList:
+	case ocispec.MediaTypeImageIndex, oci.MediaTypeDockerList:
 		out.Manifests = m.Manifests
 	case mediaTypeArtifact:
 		out.Blobs = m.Blobs

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/wharf-registry/wharf/oci"
 	"github.com/wharf-registry/wharf/storage"
 )
 
@@ -108,27 +108,20 @@ func (c *Cache) prove(ctx context.Context, u Upstream, repo string, dgst digest.
 	if err := c.recall(u, repo, key); err != nil {
 		return err
 	}
-	ch := c.flights.DoChan(key, func() (any, error) {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.fillTimeout)
-		defer cancel()
-		err := c.hashFrom(fctx, u, repo, dgst, size)
+	_, err := c.flight(ctx, key, c.fillTimeout, func(ctx context.Context) (any, error) {
+		err := c.hashFrom(ctx, u, repo, dgst, size)
 		c.remember(u, repo, key, err)
 		c.metrics.proofs.WithLabelValues(map[bool]string{true: "served", false: "refused"}[err == nil]).Inc()
 		if err != nil {
 			return nil, err
 		}
 		c.keep("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
-		if err := c.store.AddSource(fctx, dgst, u.Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		if err := c.store.AddSource(ctx, dgst, u.Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			c.keep("index", err, "repository", repo, "digest", dgst)
 		}
 		return nil, nil
 	})
-	select {
-	case r := <-ch:
-		return r.Err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return err
 }
 
 // hashFrom reads blob dgst of repo from u (no more than size bytes and
@@ -157,5 +150,5 @@ func (c *Cache) hashFrom(ctx context.Context, u Upstream, repo string, dgst dige
 
 // manifestMediaType reports whether a record's type makes it a manifest.
 func manifestMediaType(mt string) bool {
-	return slices.Contains(manifestTypes, mt) || mt == mediaTypeArtifact
+	return oci.IsManifestType(mt) || mt == mediaTypeArtifact
 }

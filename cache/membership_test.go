@@ -8,6 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/wharf-registry/wharf/oci"
 	"github.com/wharf-registry/wharf/storage"
 )
 
@@ -21,7 +22,7 @@ func defined(body []byte, contentType string) map[digest.Digest]bool {
 	}
 	_ = json.Unmarshal(body, &head)
 	mt := head.MediaType
-	if mt == "" && slices.Contains(manifestTypes, contentType) {
+	if mt == "" && oci.IsManifestType(contentType) {
 		mt = contentType
 	}
 	out := map[digest.Digest]bool{}
@@ -43,9 +44,9 @@ func defined(body []byte, contentType string) map[digest.Digest]bool {
 		}
 	}
 	switch mt {
-	case ocispec.MediaTypeImageManifest, mediaTypeDockerManifest:
+	case ocispec.MediaTypeImageManifest, oci.MediaTypeDockerManifest:
 		image()
-	case ocispec.MediaTypeImageIndex, mediaTypeDockerList:
+	case ocispec.MediaTypeImageIndex, oci.MediaTypeDockerList:
 		index()
 	case mediaTypeArtifact:
 		var a struct {
@@ -73,7 +74,7 @@ func FuzzMembership(f *testing.F) {
 		{`{"schemaVersion":2,"mediaType":"` + ocispec.MediaTypeImageManifest + `","config":` + desc('a') + `,"layers":[` + desc('b') + `],"blobs":[` + desc('c') + `],"manifests":[` + desc('d') + `],"subject":` + desc('e') + `}`, ""},
 		{`{"schemaVersion":2,"mediaType":"` + ocispec.MediaTypeImageIndex + `","manifests":[` + desc('a') + `],"layers":[` + desc('b') + `],"config":` + desc('c') + `,"blobs":[` + desc('f') + `]}`, ocispec.MediaTypeImageIndex},
 		{`{"schemaVersion":2,"config":` + desc('a') + `,"layers":[` + desc('b') + `],"blobs":[` + desc('c') + `]}`, ""},
-		{`{"schemaVersion":2,"config":` + desc('a') + `,"Blobs":[` + desc('c') + `]}`, mediaTypeDockerManifest},
+		{`{"schemaVersion":2,"config":` + desc('a') + `,"Blobs":[` + desc('c') + `]}`, oci.MediaTypeDockerManifest},
 		{`{"schemaVersion":2,"mediaType":"` + mediaTypeArtifact + `","blobs":[` + desc('c') + `],"layers":[` + desc('b') + `],"subject":` + desc('e') + `}`, ""},
 		{`{"mediaType":"application/vnd.example","blobs":[` + desc('c') + `],"layers":[` + desc('b') + `]}`, ocispec.MediaTypeImageManifest},
 		{`{"mediaType":"` + ocispec.MediaTypeImageIndex + `","mediaType":"` + ocispec.MediaTypeImageManifest + `","manifests":[` + desc('a') + `],"layers":[` + desc('b') + `]}`, ""},

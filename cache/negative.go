@@ -109,7 +109,7 @@ func (c *Cache) remember(u Upstream, repo, key string, err error) {
 	if u.NegativeTTL <= 0 || !(errors.Is(err, ErrNotFound) || errors.Is(err, ErrDenied)) {
 		return
 	}
-	var oc interface{ OCICodes() []string }
+	var oc OCICoder
 	if strings.HasPrefix(key, "m\x00") && errors.Is(err, ErrNotFound) && errors.As(err, &oc) && slices.Contains(oc.OCICodes(), "NAME_UNKNOWN") {
 		key = repoKey(u.Name, repo)
 	}

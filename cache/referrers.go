@@ -32,7 +32,7 @@ func (c *Cache) Referrers(ctx context.Context, up, repo string, dgst digest.Dige
 		if err := c.recall(u, repo, key); err != nil {
 			return storage.Document{}, false, err
 		}
-		v, err := c.flight(ctx, key, func(ctx context.Context) (any, error) {
+		v, err := c.flight(ctx, key, 0, func(ctx context.Context) (any, error) {
 			// A request that missed the record just before another's
 			// flight stored it takes that one, not a second fetch.
 			if doc, err := c.referrerList(u, repo, key, dgst); err == nil && c.now().Sub(doc.Checked) < u.TagTTL {

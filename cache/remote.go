@@ -256,12 +256,7 @@ func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstre
 			if ctx.Err() != nil {
 				return nil, 0, fromPeer, err
 			}
-			var status interface{ StatusCode() int }
-			code := 0
-			if errors.As(err, &status) {
-				code = status.StatusCode()
-			}
-			switch code {
+			switch Status(err) {
 			case http.StatusNotFound:
 				return nil, 0, fromPeer, fmt.Errorf("%w: %w", ErrNotFound, err)
 			case http.StatusUnauthorized:

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -33,7 +34,7 @@ func (c *Cache) TagsWithin(ctx context.Context, up, repo string, maxAge time.Dur
 	if err := c.recall(u, repo, key); err != nil {
 		return nil, err
 	}
-	v, err := c.flight(ctx, key, func(ctx context.Context) (any, error) {
+	v, err := c.flight(ctx, key, 0, func(ctx context.Context) (any, error) {
 		// As for referrers: a list stored by a flight that just ended.
 		if tags, checked, err := c.store.TagList(u.Name, repo); err == nil && c.now().Sub(checked) < maxAge {
 			return tags, nil
@@ -66,11 +67,11 @@ func (c *Cache) TagsWithin(ctx context.Context, up, repo string, maxAge time.Dur
 func tagsKey(up, repo string) string { return "l\x00" + up + "\x00" + repo }
 
 // flight runs fn once for all concurrent callers of key, detached from the
-// first caller's context and bounded like a manifest fetch; each caller
-// waits at most for its own context.
-func (c *Cache) flight(ctx context.Context, key string, fn func(context.Context) (any, error)) (any, error) {
+// first caller's context and bounded by timeout (manifestFlightTimeout when
+// 0); each caller waits at most for its own context.
+func (c *Cache) flight(ctx context.Context, key string, timeout time.Duration, fn func(context.Context) (any, error)) (any, error) {
 	ch := c.flights.DoChan(key, func() (any, error) {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFlightTimeout)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmp.Or(timeout, manifestFlightTimeout))
 		defer cancel()
 		return fn(fctx)
 	})

@@ -41,8 +41,7 @@ func toHTTP(err error, notFound errcode.ErrorCode) *httpError {
 	if errors.As(err, &he) {
 		return he
 	}
-	var ra interface{ RetryAfter() time.Duration }
-	var sc interface{ StatusCode() int }
+	var ra cache.RetryAfterer
 	switch {
 	case errors.Is(err, cache.ErrUnknown):
 		return &httpError{status: http.StatusNotFound, err: errcode.ErrorCodeNameUnknown.WithMessage(err.Error())}
@@ -51,8 +50,8 @@ func toHTTP(err error, notFound errcode.ErrorCode) *httpError {
 	case errors.Is(err, cache.ErrDenied), errors.Is(err, cache.ErrRejected):
 		// Passed on as upstream said it, with its code when it is one.
 		status := http.StatusForbidden
-		if errors.As(err, &sc) && sc.StatusCode() >= 400 && sc.StatusCode() < 500 {
-			status = sc.StatusCode()
+		if s := cache.Status(err); s >= 400 && s < 500 {
+			status = s
 		}
 		sentinel := cache.ErrRejected
 		if errors.Is(err, cache.ErrDenied) {
@@ -66,7 +65,7 @@ func toHTTP(err error, notFound errcode.ErrorCode) *httpError {
 		if errors.As(err, &ra) {
 			he.retry = ra.RetryAfter()
 		}
-		if he.retry <= 0 && errors.As(err, &sc) && sc.StatusCode() == http.StatusTooManyRequests {
+		if he.retry <= 0 && cache.Status(err) == http.StatusTooManyRequests {
 			he.retry = 30 * time.Second
 		}
 		return he
@@ -80,7 +79,7 @@ func toHTTP(err error, notFound errcode.ErrorCode) *httpError {
 // upstream answer is inside it, else the sentinel, the upstream's status
 // and its OCI message, without the request's URL.
 func message(err, sentinel error) string {
-	var sc interface{ StatusCode() int }
+	var sc cache.StatusCoder
 	if !errors.As(err, &sc) {
 		return err.Error()
 	}
@@ -88,7 +87,7 @@ func message(err, sentinel error) string {
 	if s := sc.StatusCode(); s > 0 {
 		msg += " (" + strconv.Itoa(s) + " " + http.StatusText(s) + ")"
 	}
-	var om interface{ OCIMessage() string }
+	var om cache.OCIMessager
 	if errors.As(err, &om) && om.OCIMessage() != "" {
 		msg += ": " + om.OCIMessage()
 	}
@@ -98,7 +97,7 @@ func message(err, sentinel error) string {
 // upstreamCode is the OCI code a refusal is passed on with: the upstream's
 // own when it is a registered one, else the usual code for its status.
 func upstreamCode(err error, status int) errcode.ErrorCode {
-	var oc interface{ OCICodes() []string }
+	var oc cache.OCICoder
 	if errors.As(err, &oc) {
 		for _, c := range oc.OCICodes() {
 			if code := errcode.ParseErrorCode(c); code != errcode.ErrorCodeUnknown || c == "UNKNOWN" {

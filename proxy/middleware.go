@@ -11,6 +11,8 @@ import (
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wharf-registry/wharf/oci"
 )
 
 type metrics struct {
@@ -164,16 +166,6 @@ func isFile(r io.Reader) bool {
 	return ok
 }
 
-// methodLabel keeps the method label of the request metric to a fixed set:
-// a client chooses the method, and each new value would be a new series.
-func methodLabel(m string) string {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
-		return m
-	}
-	return "other"
-}
-
 var notFoundCodes = map[string]errcode.ErrorCode{
 	"manifest":  errcode.ErrorCodeManifestUnknown,
 	"referrers": errcode.ErrorCodeManifestUnknown,
@@ -198,7 +190,7 @@ func (p *proxy) wrap(route string, h func(http.ResponseWriter, *http.Request) er
 			if aborted {
 				status = 0 // connection cut on purpose: see blob
 			}
-			p.metrics.requests.WithLabelValues(route, methodLabel(r.Method), strconv.Itoa(status)).Inc()
+			p.metrics.requests.WithLabelValues(route, oci.MethodLabel(r.Method), strconv.Itoa(status)).Inc()
 			p.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 			level := slog.LevelInfo
 			attrs := []any{"method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"), "route", route,

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/cache"
 )
 
 // blobCopy is one blob of one image of a job on its way.
@@ -142,7 +144,7 @@ func (bc *blobCopy) push(ctx context.Context) (outcome string, err error) {
 			outcome = "skipped"
 			return nil
 		}
-		if status(err) != http.StatusNotFound {
+		if cache.Status(err) != http.StatusNotFound {
 			return fmt.Errorf("check target: %w", err)
 		}
 		from := bc.c.store.PushedTo(target, bc.desc.Digest)

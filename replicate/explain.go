@@ -17,9 +17,9 @@ func explain(err error, target, repo, ref string) error {
 	if err == nil || fromSource(err) {
 		return err
 	}
-	s := status(err)
-	var oc interface{ OCICodes() []string }
-	var om interface{ OCIMessage() string }
+	s := cache.Status(err)
+	var oc cache.OCICoder
+	var om cache.OCIMessager
 	var text string
 	if errors.As(err, &om) {
 		text = strings.ToLower(om.OCIMessage())
@@ -62,7 +62,7 @@ func public(err error) string {
 	s := err.Error()
 	var walk func(error)
 	walk = func(e error) {
-		if r, ok := e.(interface{ Redacted() string }); ok {
+		if r, ok := e.(cache.Redacter); ok {
 			s = strings.ReplaceAll(s, e.Error(), r.Redacted())
 		}
 		switch u := e.(type) {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -169,7 +168,7 @@ func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []ma
 			err = fmt.Errorf("push manifest %s: %w", targetRef(img.TargetRepo, ref), explain(err, r.job.PushTo, img.TargetRepo, ref))
 			var skipped int
 			r.change(img, func(img *Image) { skipped = len(img.NotCopied) })
-			if s := status(err); skipped > 0 && s >= 400 && s < 500 && !r.job.FilterIndex {
+			if s := cache.Status(err); skipped > 0 && s >= 400 && s < 500 && !r.job.FilterIndex {
 				err = fmt.Errorf("%w (the index lists %d children left out by the platform filter; this target wants every child of an index present: ask for \"index\": \"filter\")", err, skipped)
 			}
 			return err
@@ -190,11 +189,11 @@ func (c *Jobs) retry(ctx context.Context, fn func() error) error {
 	wait := c.retryBackoff
 	for attempt := 1; ; attempt++ {
 		err := fn()
-		if err == nil || attempt == retryAttempts || !transient(err) || ctx.Err() != nil {
+		if err == nil || attempt == retryAttempts || !cache.Transient(err) || ctx.Err() != nil {
 			return err
 		}
 		d := wait
-		var ra interface{ RetryAfter() time.Duration }
+		var ra cache.RetryAfterer
 		if errors.As(err, &ra) && ra.RetryAfter() > 0 {
 			d = min(ra.RetryAfter(), maxRetryWait)
 		}
@@ -207,30 +206,4 @@ func (c *Jobs) retry(ctx context.Context, fn func() error) error {
 		}
 		wait *= 2
 	}
-}
-
-// transient: a registry that did not answer, timed out, limited the rate or
-// failed on its side. "Not found", "denied" and bad content are final.
-func transient(err error) bool {
-	switch {
-	case errors.Is(err, context.Canceled), errors.Is(err, cache.ErrNotFound), errors.Is(err, cache.ErrDenied),
-		errors.Is(err, cache.ErrRejected), errors.Is(err, cache.ErrBadUpstream):
-		return false
-	case errors.Is(err, cache.ErrUnavailable):
-		return true
-	}
-	var sc interface{ StatusCode() int }
-	if !errors.As(err, &sc) {
-		return false // not a registry's answer: a local failure
-	}
-	s := sc.StatusCode()
-	return s == 0 || s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500
-}
-
-func status(err error) int {
-	var sc interface{ StatusCode() int }
-	if errors.As(err, &sc) {
-		return sc.StatusCode()
-	}
-	return 0
 }

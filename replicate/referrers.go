@@ -211,7 +211,7 @@ func (c *Jobs) pushReferrers(ctx context.Context, r *run, img *Image, refs []ref
 			err := c.retry(ctx, func() error {
 				_, _, err := t.Referrers(ctx, img.TargetRepo, f.subject, "")
 				api = err == nil
-				if s := status(err); err != nil && (s == 0 || s == http.StatusTooManyRequests || s >= 500) {
+				if s := cache.Status(err); err != nil && (s == 0 || s == http.StatusTooManyRequests || s >= 500) {
 					return err
 				}
 				return nil
@@ -256,7 +256,7 @@ func (c *Jobs) indexReferrer(ctx context.Context, t Target, repo string, f refer
 			if err != nil {
 				return fmt.Errorf("the target's %s is not an index: %w", tag, err)
 			}
-		case status(err) != http.StatusNotFound:
+		case cache.Status(err) != http.StatusNotFound:
 			return err
 		}
 		if slices.ContainsFunc(idx.Manifests, func(d ocispec.Descriptor) bool { return d.Digest == f.entry.Digest }) {

@@ -18,29 +18,17 @@ import (
 	"sync"
 	"time"
 
-	"github.com/distribution/distribution/v3/manifest/manifestlist"
-	"github.com/distribution/distribution/v3/manifest/schema2"
 	v2 "github.com/distribution/distribution/v3/registry/api/v2"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/semaphore"
 	"oras.land/oras-go/v2/registry"
 	"oras.land/oras-go/v2/registry/remote/auth"
 	orascode "oras.land/oras-go/v2/registry/remote/errcode"
+
+	"github.com/wharf-registry/wharf/oci"
 )
-
-// MaxManifestSize is the largest manifest (or referrers list) read from
-// upstream; clients reject larger ones, and the read is cut off there.
-const MaxManifestSize = 4 << 20
-
-// manifestAccept lists every manifest type Wharf stores, so upstream answers
-// with its native representation and the digest never changes.
-var manifestAccept = strings.Join([]string{
-	ocispec.MediaTypeImageManifest,
-	ocispec.MediaTypeImageIndex,
-	schema2.MediaTypeManifest,
-	manifestlist.MediaTypeManifestList,
-}, ", ")
 
 // Config describes one remote registry.
 type Config struct {
@@ -86,8 +74,8 @@ type Client struct {
 	base    *url.URL
 	urls    *v2.URLBuilder
 	hc      *auth.Client
-	slots   chan struct{} // one per request in flight, held until its body is closed
-	wait    time.Duration // longest wait for a slot
+	slots   *semaphore.Weighted // one per request in flight, held until its body is closed
+	wait    time.Duration       // longest wait for a slot
 	breaker *breaker
 	metrics *Metrics
 
@@ -150,7 +138,7 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 		m = NewMetrics(nil)
 	}
 	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m, wait: cfg.WaitTimeout,
-		slots: make(chan struct{}, cfg.MaxConcurrent), breaker: newBreaker(), chunkSize: cfg.ChunkSize, push: cfg.Push}, nil
+		slots: semaphore.NewWeighted(int64(cfg.MaxConcurrent)), breaker: newBreaker(), chunkSize: cfg.ChunkSize, push: cfg.Push}, nil
 }
 
 // do sends one request for repo and turns any non-2xx answer into *Error.
@@ -203,7 +191,7 @@ func (c *Client) send(req *http.Request, repo string) (*http.Response, error) {
 	if err == nil {
 		status = strconv.Itoa(resp.StatusCode)
 	}
-	c.metrics.duration.WithLabelValues(c.name, methodLabel(method), status).Observe(time.Since(start).Seconds())
+	c.metrics.duration.WithLabelValues(c.name, oci.MethodLabel(method), status).Observe(time.Since(start).Seconds())
 	if ctx.Err() == nil {
 		c.breaker.record(repo, resp, err)
 		c.metrics.observe(c.Health())
@@ -211,7 +199,7 @@ func (c *Client) send(req *http.Request, repo string) (*http.Response, error) {
 		c.breaker.release() // a caller giving up says nothing about upstream
 	}
 	if err != nil {
-		<-c.slots
+		c.slots.Release(1)
 		return nil, authError(method, rawURL, c.base.Host, err)
 	}
 	resp.Body = &slotBody{ReadCloser: resp.Body, slots: c.slots}
@@ -221,23 +209,21 @@ func (c *Client) send(req *http.Request, repo string) (*http.Response, error) {
 	return resp, nil
 }
 
-// takeSlot waits for one of the MaxConcurrent slots, at most WaitTimeout.
+// takeSlot waits for one of the MaxConcurrent slots, at most WaitTimeout;
+// golang.org/x/sync's semaphore keeps the waiters in order.
 func (c *Client) takeSlot(ctx context.Context) error {
-	select {
-	case c.slots <- struct{}{}:
+	if c.slots.TryAcquire(1) {
 		return nil
-	default:
 	}
-	t := time.NewTimer(c.wait)
-	defer t.Stop()
-	select {
-	case c.slots <- struct{}{}:
-		return nil
-	case <-t.C:
+	wctx, cancel := context.WithTimeout(ctx, c.wait)
+	defer cancel()
+	if err := c.slots.Acquire(wctx, 1); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("waiting for a free upstream slot: %w", ctx.Err())
+		}
 		return fmt.Errorf("%w for %v", ErrBusy, c.wait)
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for a free upstream slot: %w", ctx.Err())
 	}
+	return nil
 }
 
 // statusOf is the status a request that got no slot answers with: 503 when
@@ -249,31 +235,22 @@ func statusOf(err error) int {
 	return 0
 }
 
-// methodLabel keeps the metric's method label to a fixed set.
-func methodLabel(m string) string {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
-		return m
-	}
-	return "other"
-}
-
 // slotBody gives the request's slot back when its body is closed.
 type slotBody struct {
 	io.ReadCloser
-	slots chan struct{}
+	slots *semaphore.Weighted
 	once  sync.Once
 }
 
 func (b *slotBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.once.Do(func() { <-b.slots })
+	b.once.Do(func() { b.slots.Release(1) })
 	return err
 }
 
 // Manifest resolves ref (a tag or digest) in repo. With head set only the
 // descriptor is fetched and rc is nil; otherwise rc is capped at
-// MaxManifestSize+1 bytes so the caller can detect an oversized manifest.
+// oci.MaxManifestSize+1 bytes so the caller can detect an oversized manifest.
 // desc.Digest is upstream's Docker-Content-Digest and may be empty.
 func (c *Client) Manifest(ctx context.Context, repo, ref string, head bool) (ocispec.Descriptor, io.ReadCloser, error) {
 	named, err := reference.WithName(repo)
@@ -297,7 +274,7 @@ func (c *Client) Manifest(ctx context.Context, repo, ref string, head bool) (oci
 	if head {
 		method = http.MethodHead
 	}
-	resp, err := c.do(ctx, method, repo, u, http.Header{"Accept": {manifestAccept}})
+	resp, err := c.do(ctx, method, repo, u, http.Header{"Accept": {oci.Accept}})
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
@@ -306,7 +283,7 @@ func (c *Client) Manifest(ctx context.Context, repo, ref string, head bool) (oci
 		drain(resp.Body)
 		return desc, nil, nil
 	}
-	return desc, limitBody(resp.Body, MaxManifestSize+1), nil
+	return desc, limitBody(resp.Body, oci.MaxManifestSize+1), nil
 }
 
 // Blob opens the blob dgst of repo from byte offset on (0 for all of it).
@@ -396,11 +373,11 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 		return "", nil, err
 	}
 	defer drain(resp.Body)
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
 	if err != nil {
 		return "", nil, &Error{Method: http.MethodGet, URL: redact(u.String()), Err: err}
 	}
-	if len(body) > MaxManifestSize {
+	if len(body) > oci.MaxManifestSize {
 		return "", nil, &Error{Method: http.MethodGet, URL: redact(u.String()), Status: http.StatusBadGateway, Detail: "referrers list exceeds 4 MiB"}
 	}
 	return describe(resp).MediaType, body, nil

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+
+	"github.com/wharf-registry/wharf/oci"
 )
 
 // maxTagPages bounds how many pages of a tag list are followed (of 1000
@@ -41,7 +43,7 @@ func (c *Client) Tags(ctx context.Context, repo string) ([]string, error) {
 		var doc struct {
 			Tags []string `json:"tags"`
 		}
-		err = json.NewDecoder(io.LimitReader(resp.Body, MaxManifestSize)).Decode(&doc)
+		err = json.NewDecoder(io.LimitReader(resp.Body, oci.MaxManifestSize)).Decode(&doc)
 		link := resp.Header.Get("Link")
 		drain(resp.Body)
 		if err != nil {

@@ -11,19 +11,21 @@ import (
 const module = "github.com/wharf-registry/wharf/"
 
 // TestImportGraph keeps imports pointing one way: cmd → proxy → cache →
-// storage, with upstream wired in by cmd only and importing nothing of
-// ours; auth (who may do what) and route (patterns) sit beside them.
+// storage, with upstream wired in by cmd only; auth (who may do what) and
+// route (patterns) sit beside them; oci, the protocol's shared facts,
+// imports nothing of ours and sits below all.
 func TestImportGraph(t *testing.T) {
 	allowed := map[string][]string{
+		"oci":                   {},
 		"storage":               {},
 		"storage/s3test":        {"upstream/upstreamtest"},
-		"upstream":              {},
+		"upstream":              {"oci"},
 		"upstream/upstreamtest": {},
 		"route":                 {},
 		"auth":                  {"route"},
-		"cache":                 {"storage", "route"},
+		"cache":                 {"storage", "route", "oci"},
 		"replicate":             {"cache", "storage", "route"},
-		"proxy":                 {"cache", "auth", "replicate", "route", "cluster"},
+		"proxy":                 {"cache", "auth", "replicate", "route", "cluster", "oci"},
 		"cluster":               {},
 	}
 	for pkg, ok := range allowed {
