@@ -277,7 +277,7 @@ func pushRights(t *testing.T) (*env, *upstreamtest.Registry, upstreamtest.Image)
 		t.Fatal(err)
 	}
 	rule := replicate.Rule{Name: "to-b", Sources: []string{"harbor-a.example.com/proj/app", "harbor-a.example.com/team-x/secret"}, Target: "harbor-b",
-		Rename: map[string]string{"harbor-a.example.com/proj/": "proj-b/"}}
+		Rename: []replicate.Rename{{From: "harbor-a.example.com/proj/", To: "proj-b/"}}}
 	e := newEnvFull(t, t.TempDir(), storage.Options{}, cache.Config{}, replicate.Config{Targets: map[string]replicate.Target{"harbor-b": target}, RetryBackoff: time.Millisecond}, "",
 		&auth.Config{
 			Htpasswd: htpasswd(t, "ci", "warm", "ops", "root"),

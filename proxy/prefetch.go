@@ -28,11 +28,11 @@ const maxPrefetchBody = 16 << 20
 // prefetchRequest is the JSON form of POST /api/v1/prefetch. The text and
 // YAML forms carry the same options as query parameters.
 type prefetchRequest struct {
-	Images    []string `json:"images"`
-	Platforms []string `json:"platforms"`
-	PushTo    string   `json:"push_to"`
-	Rename    []rename `json:"rename"`
-	Pin       bool     `json:"pin"`
+	Images    []string           `json:"images"`
+	Platforms []string           `json:"platforms"`
+	PushTo    string             `json:"push_to"`
+	Rename    []replicate.Rename `json:"rename"`
+	Pin       bool               `json:"pin"`
 	// List and Sync carry a text list or a skopeo sync YAML file inside
 	// JSON: what the CLI sends, since a loopback Wharf without credentials
 	// takes JSON bodies only.
@@ -46,13 +46,6 @@ type prefetchRequest struct {
 	// FromCache are patterns (as pins use) whose cached tags the job
 	// copies: "replicate what we use".
 	FromCache []string `json:"from_cache"`
-}
-
-// rename maps source repositories that start with From to target
-// repositories that start with To.
-type rename struct {
-	From string `json:"from"`
-	To   string `json:"to"`
 }
 
 // problems collects what is wrong with a request, item by item, so one
@@ -188,7 +181,7 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 		if !ok {
 			return req, ociError(http.StatusBadRequest, errInvalid, "rename "+strconv.Quote(rn)+": want from=to")
 		}
-		req.Rename = append(req.Rename, rename{From: from, To: to})
+		req.Rename = append(req.Rename, replicate.Rename{From: from, To: to})
 	}
 	if v := q.Get("index"); v != "" {
 		req.Index = v
@@ -266,7 +259,7 @@ func (p *proxy) imageRefs(req prefetchRequest, ps *problems) []replicate.ImageRe
 		}
 		seen[key] = i
 		if req.PushTo != "" {
-			ref.TargetRepo = renamed(req.Rename, ref, s)
+			ref.TargetRepo = replicate.TargetRepo(req.Rename, ref.Upstream, ref.Repo, trimRef(s))
 			if !validName(ref.TargetRepo) {
 				ps.add(errcode.ErrorCodeNameInvalid, item, s, "target repository "+strconv.Quote(ref.TargetRepo)+" is not a valid name")
 				continue
@@ -281,21 +274,6 @@ func (p *proxy) imageRefs(req prefetchRequest, ps *problems) []replicate.ImageRe
 		refs = append(refs, ref)
 	}
 	return refs
-}
-
-// renamed is the target repository of ref: the first rename whose from is
-// a prefix of the reference as written (s) or of its routed form,
-// <upstream>/<repo>, replaces that prefix with its to; no match keeps the
-// repository path.
-func renamed(rules []rename, ref replicate.ImageRef, s string) string {
-	for _, rn := range rules {
-		for _, name := range []string{trimRef(s), ref.Upstream + "/" + ref.Repo} {
-			if rest, ok := strings.CutPrefix(name, rn.From); ok && rn.From != "" {
-				return rn.To + rest
-			}
-		}
-	}
-	return ref.Repo
 }
 
 // trimRef cuts the :tag or @digest off a reference's remainder.

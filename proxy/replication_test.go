@@ -66,7 +66,7 @@ func TestReplicationOnPull(t *testing.T) {
 	// The target is behind a token service, as Harbor is.
 	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithTokenAuth("robot", "s3cret"))
 	rule := replicate.Rule{Name: "services-to-b", Sources: []string{"harbor-a.example.com/proj/*"}, Tags: mustRegexp(t, `^v?[0-9]+\.`),
-		Target: "harbor-b", Rename: map[string]string{"harbor-a.example.com/proj/": "proj-b/"}, OnPull: true}
+		Target: "harbor-b", Rename: []replicate.Rename{{From: "harbor-a.example.com/proj/", To: "proj-b/"}}, OnPull: true}
 	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{Now: clk.now}, replicate.Config{}, "", 0, rule)
 	p.seed(t)
 	src.PushManifest(t, "proj/app", "latest", p.app.MediaType, p.app.Manifest)
@@ -133,7 +133,7 @@ func TestReplicationRunPicksUpNewTags(t *testing.T) {
 		t.Fatal(err)
 	}
 	scheduled := replicate.Rule{Name: "app-1x", Sources: []string{"harbor-a.example.com/proj/app"}, Tags: in, Target: "harbor-b",
-		Rename: map[string]string{"harbor-a.example.com/proj/": "proj-b/"}, Schedule: "@every 1s"}
+		Rename: []replicate.Rename{{From: "harbor-a.example.com/proj/", To: "proj-b/"}}, Schedule: "@every 1s"}
 	manual := scheduled
 	manual.Name, manual.Schedule = "app-1x-by-hand", ""
 	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0, scheduled, manual)

@@ -30,7 +30,7 @@ type Rule struct {
 	Sources   []string          // patterns (route.Match) on "<upstream>/<repo>"
 	Tags      func(string) bool // nil: every tag
 	Target    string
-	Rename    map[string]string // "<upstream>/<repo>" prefix → target repository prefix
+	Rename    []Rename
 	Platforms []Platform
 	// SkipReferrers leaves signatures and attestations behind; FilterIndex
 	// pushes indexes listing only Platforms.
@@ -378,7 +378,7 @@ func (rs *Rules) submit(r *rule, trigger string, batch []pendingTag) (*Job, erro
 	spec := JobSpec{PushTo: r.Target, Platforms: r.Platforms, SkipReferrers: r.SkipReferrers, FilterIndex: r.FilterIndex, Rule: r.Name}
 	for _, p := range batch {
 		spec.Images = append(spec.Images, ImageRef{Source: p.up + "/" + p.repo + ":" + p.tag, Upstream: p.up, Repo: p.repo,
-			Ref: p.dgst.String(), Tag: p.tag, TargetRepo: r.targetRepo(p.up, p.repo)})
+			Ref: p.dgst.String(), Tag: p.tag, TargetRepo: TargetRepo(r.Rename, p.up, p.repo, "")})
 	}
 	job, err := rs.jobs.Submit(spec)
 	if err != nil {
@@ -395,19 +395,4 @@ func (rs *Rules) submit(r *rule, trigger string, batch []pendingTag) (*Job, erro
 	}
 	r.mu.Unlock()
 	return &job, nil
-}
-
-// targetRepo applies the longest matching rename prefix.
-func (r *rule) targetRepo(up, repo string) string {
-	name := up + "/" + repo
-	best := ""
-	for from := range r.Rename {
-		if strings.HasPrefix(name, from) && len(from) > len(best) {
-			best = from
-		}
-	}
-	if best == "" {
-		return repo
-	}
-	return r.Rename[best] + strings.TrimPrefix(name, best)
 }

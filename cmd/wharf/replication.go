@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -32,7 +34,7 @@ type ruleConfig struct {
 
 // rule checks rc and turns it into a replicate.Rule.
 func (rc ruleConfig) rule() (replicate.Rule, error) {
-	r := replicate.Rule{Name: rc.Name, Sources: rc.Sources, Target: rc.Target, Rename: rc.Rename,
+	r := replicate.Rule{Name: rc.Name, Sources: rc.Sources, Target: rc.Target, Rename: renames(rc.Rename),
 		SkipReferrers: rc.Referrers != nil && !*rc.Referrers, OnPull: rc.OnPull, Schedule: rc.Schedule}
 	fail := func(err error) (replicate.Rule, error) {
 		return replicate.Rule{}, fmt.Errorf("replication rule %s: %w", rc.Name, err)
@@ -144,4 +146,15 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 		return fmt.Errorf("job %s ended %s", job.ID, job.State)
 	}
 	return nil
+}
+
+// renames is a rule's rename map as the rename list jobs take; the longest
+// prefix wins either way (replicate.TargetRepo), so the order is only for
+// reading.
+func renames(m map[string]string) []replicate.Rename {
+	var out []replicate.Rename
+	for _, from := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, replicate.Rename{From: from, To: m[from]})
+	}
+	return out
 }
