@@ -12,6 +12,8 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/httpx"
 )
 
 // blob answers HEAD from the index (or an upstream HEAD, never a download)
@@ -69,15 +71,15 @@ func (p *proxy) serveBlob(w http.ResponseWriter, r *http.Request, up, repo strin
 	}
 	setBlobHeaders(w, b.Descriptor)
 	bytesOnly(r)
-	cw := &recorder{ResponseWriter: w, rangeErrors: true, bodySize: b.Descriptor.Size}
+	cw := &httpx.Recorder{ResponseWriter: w, RangeErrors: true, BodySize: b.Descriptor.Size}
 	content := &errReader{ReadSeeker: b}
 	if f, ok := b.ReadSeekCloser.(*os.File); ok {
 		http.ServeContent(cw, r, "", time.Time{}, f) // sendfile
 	} else {
 		http.ServeContent(cw, r, "", time.Time{}, content)
 	}
-	p.metrics.served.WithLabelValues(up, "blob").Add(float64(cw.bytes))
-	if content.err != nil && cw.status != 0 {
+	p.metrics.served.WithLabelValues(up, "blob").Add(float64(cw.Bytes()))
+	if content.err != nil && cw.Status() != 0 {
 		// The blob failed to verify or the fill broke mid-stream: cut the
 		// connection so the client sees a broken transfer, never a clean one.
 		return content.err
@@ -118,15 +120,10 @@ type errReader struct {
 	err error
 }
 
-// sender is a fill reader's sendfile path: see cache's fillReader.SendTo.
-type sender interface {
-	SendTo(dst io.ReaderFrom, n int64) (sent int64, ok bool, err error)
-}
-
 // SendTo passes the sendfile path of the reader beneath through,
 // remembering its error as Read does.
 func (e *errReader) SendTo(dst io.ReaderFrom, n int64) (int64, bool, error) {
-	s, ok := e.ReadSeeker.(sender)
+	s, ok := e.ReadSeeker.(httpx.Sender)
 	if !ok {
 		return 0, false, nil
 	}

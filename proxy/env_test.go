@@ -20,8 +20,9 @@ import (
 
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
-	"github.com/wharf-registry/wharf/proxy"
 	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/route"
+	"github.com/wharf-registry/wharf/server"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
@@ -54,6 +55,7 @@ type env struct {
 	cache *cache.Cache
 	jobs  *replicate.Jobs
 	rules *replicate.Rules
+	srv   *server.Server
 	reg   *prometheus.Registry
 	// apiAuth is sent as Authorization on /api/ requests that set none.
 	apiAuth string
@@ -99,9 +101,8 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 	}
 	reg := prometheus.NewRegistry()
 	um := upstream.NewMetrics(reg)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var ups []cache.Upstream
-	var routes []proxy.Route
+	log := cmp.Or(cfg.Logger, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	scfg := server.Config{Jobs: jcfg, Rules: rules, RuleBatch: 50 * time.Millisecond, Auth: ac, APIToken: token, Registry: reg, Logger: log}
 	for _, s := range specs {
 		u := s.url
 		if u == "" {
@@ -113,49 +114,23 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 		if err != nil {
 			t.Fatal(err)
 		}
-		ups = append(ups, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale,
+		cfg.Upstreams = append(cfg.Upstreams, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale,
 			MaxFills: s.maxFills, FillGrace: s.fillGrace, WaitTimeout: s.wait, EagerFill: s.eager, Private: s.user != "" || s.password != ""})
-		routes = append(routes, proxy.Route{Name: s.name, Aliases: s.aliases, Default: s.def, Status: func() any { return c.Health() }})
+		scfg.Upstreams = append(scfg.Upstreams, route.Upstream{Name: s.name, Aliases: s.aliases, Default: s.def})
+		scfg.Status = append(scfg.Status, func() any { return c.Health() })
 	}
-	cfg.Upstreams, cfg.Registerer = ups, reg
-	if cfg.Logger == nil {
-		cfg.Logger = log
-	}
-	c, err := cache.New(store, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jcfg.Registerer, jcfg.Logger, jcfg.Now = reg, cfg.Logger, cfg.Now
-	jobs, err := replicate.New(c, store, jcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := replicate.NewRules(jobs, rules, 50*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc := proxy.Config{Routes: routes, Logger: log, Registry: reg, APIToken: token, Jobs: jobs, Rules: rs}
+	scfg.Cache = cfg
 	if a, ok := cfg.Peers.(interface{ Authorized(*http.Request) bool }); ok {
-		pc.PeerAuth = a.Authorized // a fleet: see cluster_test.go
+		scfg.PeerAuth = a.Authorized // a fleet: see cluster_test.go
 	}
-	if ac != nil {
-		ac.Registerer = reg
-		if ac.Logger == nil {
-			ac.Logger = log
-		}
-		if pc.Auth, err = auth.New(*ac); err != nil {
-			t.Fatal(err)
-		}
-	}
-	h, err := proxy.New(c, pc)
+	srv, err := server.New(store, scfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := jobs.Resume(); err != nil {
+	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	rs.Start()
-	e := &env{Server: httptest.NewServer(h), store: store, cache: c, jobs: jobs, rules: rs, reg: reg}
+	e := &env{Server: httptest.NewServer(srv.Handler), store: store, cache: srv.Cache, jobs: srv.Jobs, rules: srv.Rules, srv: srv, reg: reg}
 	t.Cleanup(e.close)
 	return e
 }
@@ -165,9 +140,7 @@ func (e *env) close() {
 		return
 	}
 	e.Server.Close()
-	e.rules.Close()
-	e.jobs.Close()
-	e.cache.Close(context.Background())
+	e.srv.Close(context.Background())
 	e.store.Close()
 	e.store = nil
 }

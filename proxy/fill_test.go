@@ -14,6 +14,7 @@ import (
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 

@@ -8,6 +8,8 @@ import (
 
 	"github.com/gorilla/mux"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/httpx"
 )
 
 // manifest answers HEAD and GET of a manifest with upstream's exact bytes
@@ -43,9 +45,9 @@ func (p *proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	}
 	setManifestHeaders(w, desc)
 	bytesOnly(r)
-	cw := &recorder{ResponseWriter: w, rangeErrors: true, bodySize: int64(len(body))}
+	cw := &httpx.Recorder{ResponseWriter: w, RangeErrors: true, BodySize: int64(len(body))}
 	http.ServeContent(cw, r, "", time.Time{}, bytes.NewReader(body))
-	p.metrics.served.WithLabelValues(t.upstream, "manifest").Add(float64(cw.bytes))
+	p.metrics.served.WithLabelValues(t.upstream, "manifest").Add(float64(cw.Bytes()))
 	return nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
 	"github.com/gorilla/mux"
+
+	"github.com/wharf-registry/wharf/httpx"
 )
 
 // PeerAuth admits another replica of the fleet (its request is signed with
@@ -19,7 +21,7 @@ type PeerAuth func(*http.Request) bool
 // a repository proves what upstream's would.
 func (p *proxy) peerBlob(w http.ResponseWriter, r *http.Request) error {
 	if p.peerAuth == nil || !p.peerAuth(r) {
-		return ociError(http.StatusUnauthorized, errcode.ErrorCodeUnauthorized, "peer requests must be signed with the fleet's secret")
+		return httpx.OCIError(http.StatusUnauthorized, errcode.ErrorCodeUnauthorized, "peer requests must be signed with the fleet's secret")
 	}
 	dgst, err := parseDigest(mux.Vars(r)["digest"])
 	if err != nil {
@@ -27,10 +29,10 @@ func (p *proxy) peerBlob(w http.ResponseWriter, r *http.Request) error {
 	}
 	up, repo := r.URL.Query().Get("upstream"), r.URL.Query().Get("repo")
 	if !p.cache.HasUpstream(up) {
-		return ociError(http.StatusNotFound, errcode.ErrorCodeUnknown, "no such upstream")
+		return httpx.OCIError(http.StatusNotFound, errcode.ErrorCodeUnknown, "no such upstream")
 	}
 	if _, err := reference.WithName(repo); err != nil {
-		return ociError(http.StatusBadRequest, errcode.ErrorCodeUnknown, "invalid repository name")
+		return httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeUnknown, "invalid repository name")
 	}
 	return p.serveBlob(w, r, up, repo, dgst)
 }

@@ -1,15 +1,16 @@
-// Package proxy is Wharf's HTTP surface: the OCI Distribution read API,
-// routing of each request to an upstream, OCI error mapping, request logs
-// and metrics. The cache does the work; this package speaks HTTP.
+// Package proxy is Wharf's registry surface: the OCI Distribution read
+// API under /v2/, routing of each request to an upstream, the peer route
+// of a fleet, /healthz and /metrics. The cache does the work; this package
+// speaks HTTP (through httpx, which the API under /api/ shares).
 package proxy
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -17,33 +18,20 @@ import (
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cluster"
-	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/httpx"
 	"github.com/wharf-registry/wharf/route"
 )
 
-// Route tells the proxy which requests an upstream serves.
-type Route struct {
-	Name    string     // key matched against ?ns= and the path prefix
-	Aliases []string   // other hosts that mean the same upstream
-	Default bool       // serves requests that name no upstream
-	Status  func() any // health for GET /api/v1/upstreams, JSON-encoded; nil: none
-}
-
 // Config holds the proxy's settings.
 type Config struct {
-	Routes   []Route
+	Router *route.Router // which upstream a request means (required)
+	Auth   *auth.Auth    // who may pull what (required)
+	// API serves everything under /api/ (package api); nil: no API.
+	API      http.Handler
 	Logger   *slog.Logger         // nil: slog.Default()
-	Registry *prometheus.Registry // metrics are registered here and served on /metrics; nil: none
-	// Auth decides who may pull what and use the API. nil: anyone may pull
-	// anything, and the API needs APIToken, or without one answers
-	// loopback clients only.
-	Auth     *auth.Auth
-	APIToken string // only read when Auth is nil
-	// Jobs runs the prefetch jobs of /api/v1 (required).
-	Jobs *replicate.Jobs
-	// Rules are the replication rules /api/v1/replication shows and runs;
-	// nil: none.
-	Rules *replicate.Rules
+	Registry *prometheus.Registry // served on /metrics; nil: none
+	// Metrics count every request, the API's too (required).
+	Metrics *httpx.Metrics
 	// PeerAuth admits the fleet's other replicas to the peer blob route
 	// (cluster.BlobPath); nil: no fleet, no route.
 	PeerAuth PeerAuth
@@ -51,44 +39,24 @@ type Config struct {
 
 type proxy struct {
 	cache    *cache.Cache
-	status   []func() any
 	router   *route.Router
 	log      *slog.Logger
+	http     *httpx.Metrics
 	metrics  *metrics
-	jobs     *replicate.Jobs
-	rules    *replicate.Rules
 	auth     *auth.Auth
 	peerAuth PeerAuth
 }
 
-// New returns the HTTP handler for the registry API, /healthz and /metrics.
+// New returns the HTTP handler for the registry API, the peer route,
+// /healthz and /metrics, with cfg.API under /api/.
 func New(c *cache.Cache, cfg Config) (http.Handler, error) {
-	p := &proxy{cache: c, log: cfg.Logger, auth: cfg.Auth, jobs: cfg.Jobs, rules: cfg.Rules, peerAuth: cfg.PeerAuth}
+	if cfg.Router == nil || cfg.Auth == nil || cfg.Metrics == nil {
+		return nil, errors.New("proxy: Router, Auth and Metrics are required")
+	}
+	p := &proxy{cache: c, router: cfg.Router, log: cfg.Logger, http: cfg.Metrics, auth: cfg.Auth, peerAuth: cfg.PeerAuth}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
-	if p.jobs == nil {
-		return nil, errors.New("proxy: Config.Jobs is required")
-	}
-	if p.auth == nil {
-		a, err := auth.New(auth.Config{Anonymous: []string{"*/*"}, Loopback: true, LoopbackAPI: cfg.APIToken == "", APIToken: cfg.APIToken, Logger: p.log})
-		if err != nil {
-			return nil, err
-		}
-		p.auth = a
-	}
-	var ups []route.Upstream
-	for _, rt := range cfg.Routes {
-		ups = append(ups, route.Upstream{Name: rt.Name, Aliases: rt.Aliases, Default: rt.Default})
-		if rt.Status != nil {
-			p.status = append(p.status, rt.Status)
-		}
-	}
-	router, err := route.NewRouter(ups)
-	if err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
-	}
-	p.router = router
 	var reg prometheus.Registerer
 	if cfg.Registry != nil {
 		reg = cfg.Registry
@@ -101,7 +69,7 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 
 	r := mux.NewRouter().SkipClean(true)
 	r.NotFoundHandler = p.wrap("unknown", func(w http.ResponseWriter, r *http.Request) error {
-		return ociError(http.StatusNotFound, errUnsupported, "no such endpoint")
+		return httpx.OCIError(http.StatusNotFound, errcode.ErrorCodeUnsupported, "no such endpoint")
 	})
 	// A route's other methods (the peer route's): an OCI error, not
 	// gorilla's empty 405.
@@ -117,16 +85,9 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.Handle("/v2", p.read("base", p.base))
 	r.Handle("/v2/", p.read("base", p.base))
 	r.Handle("/v2/_catalog", p.read("catalog", p.catalog))
-	// The API's rights: the one named here to enter; job routes also check
-	// whose job it is.
-	r.Handle("/api/v1/upstreams", p.api("status", auth.RightAdmin, p.upstreams, http.MethodGet))
-	r.Handle("/api/v1/prefetch", p.api("prefetch", auth.RightPrefetch, p.prefetch, http.MethodPost))
-	r.Handle("/api/v1/jobs", p.api("jobs", "", p.listJobs, http.MethodGet))
-	r.Handle("/api/v1/jobs/{id}", p.api("job", "", p.job, http.MethodGet, http.MethodDelete))
-	r.Handle("/api/v1/jobs/{id}/images", p.api("job-images", "", p.jobImages, http.MethodGet))
-	r.Handle("/api/v1/pins", p.api("pins", auth.RightPins, p.pins, http.MethodGet, http.MethodDelete))
-	r.Handle("/api/v1/replication", p.api("replication", auth.RightJobs, p.replication, http.MethodGet))
-	r.Handle("/api/v1/replication/{rule}/run", p.api("replication-run", auth.RightPrefetch, p.replicate, http.MethodPost))
+	if cfg.API != nil {
+		r.PathPrefix("/api/").Handler(cfg.API)
+	}
 	if cfg.PeerAuth != nil {
 		r.Handle(cluster.BlobPath+"{digest}", p.wrap("peer-blob", p.peerBlob)).Methods(http.MethodGet)
 	}
@@ -190,7 +151,7 @@ func (p *proxy) read(route string, h func(http.ResponseWriter, *http.Request) er
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			return unsupported(w, r)
 		}
-		r, err := p.authenticate(r)
+		r, err := httpx.Authenticate(p.auth, r)
 		if err != nil {
 			return err
 		}
@@ -199,24 +160,14 @@ func (p *proxy) read(route string, h func(http.ResponseWriter, *http.Request) er
 }
 
 func unsupported(w http.ResponseWriter, r *http.Request) error {
-	return ociError(http.StatusMethodNotAllowed, errUnsupported, "wharf is a read-only mirror: "+r.Method+" is not supported")
-}
-
-// upstreams reports each upstream's health: circuit state, failures, rate
-// limits. Read-only and free of secrets.
-func (p *proxy) upstreams(w http.ResponseWriter, r *http.Request) error {
-	list := make([]any, 0, len(p.status))
-	for _, s := range p.status {
-		list = append(list, s())
-	}
-	return writeJSON(w, r, map[string]any{"upstreams": list})
+	return httpx.OCIError(http.StatusMethodNotAllowed, errcode.ErrorCodeUnsupported, "wharf is a read-only mirror: "+r.Method+" is not supported")
 }
 
 // base answers the version check. An anonymous caller who may pull
 // nothing is asked to log in, which is how `docker login` learns it must.
 func (p *proxy) base(w http.ResponseWriter, r *http.Request) error {
-	if p.auth.MustLogIn(identity(r.Context())) {
-		return p.unauthorized("authentication required")
+	if p.auth.MustLogIn(httpx.Identity(r.Context())) {
+		return httpx.Unauthorized(p.auth, "authentication required")
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", "2")

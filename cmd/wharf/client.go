@@ -21,7 +21,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
-	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/api"
 )
 
 // The client side of the /api/v1 prefetch API: wharf prefetch and wharf jobs.
@@ -201,7 +201,7 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx := context.Background()
 	if len(ids) == 0 {
-		var list struct{ Jobs []replicate.Job }
+		var list api.JobList
 		if err := c.call(ctx, http.MethodGet, "/api/v1/jobs", "", nil, &list); err != nil {
 			return err
 		}
@@ -219,16 +219,16 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	if *cancel {
 		method = http.MethodDelete
 	}
-	var job replicate.Job
+	var job api.Job
 	if err := c.call(ctx, method, "/api/v1/jobs/"+url.PathEscape(ids[0]), "", nil, &job); err != nil {
 		return err
 	}
-	state := ""
+	var state api.State
 	if *failed {
-		state = replicate.StateFailed
+		state = api.StateFailed
 	}
-	var images []replicate.Image
-	err = c.eachImage(ctx, job.ID, state, func(img replicate.Image) {
+	var images []api.Image
+	err = c.eachImage(ctx, job.ID, state, func(img api.Image) {
 		if *output == "json" {
 			images = append(images, img)
 		} else {
@@ -240,7 +240,7 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	if *output == "json" {
 		if images == nil {
-			images = []replicate.Image{}
+			images = []api.Image{}
 		}
 		return writeJob(stdout, map[string]any{"job": job, "images": images})
 	}
@@ -250,25 +250,25 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 
 // images reads one page of a job's images after index last (-1: from the
 // first), only those in state if it is set; more says another page follows.
-func (c *apiClient) images(ctx context.Context, id, state string, last, n int) (page []replicate.Image, more bool, err error) {
+func (c *apiClient) images(ctx context.Context, id string, state api.State, last, n int) (page []api.Image, more bool, err error) {
 	q := url.Values{"n": {strconv.Itoa(n)}}
 	if last >= 0 {
 		q.Set("last", strconv.Itoa(last))
 	}
 	if state != "" {
-		q.Set("state", state)
+		q.Set("state", string(state))
 	}
-	var doc struct{ Images []replicate.Image }
+	var doc api.ImagePage
 	hdr, err := c.callHeader(ctx, http.MethodGet, "/api/v1/jobs/"+url.PathEscape(id)+"/images?"+q.Encode(), &doc)
 	return doc.Images, strings.Contains(hdr.Get("Link"), `rel="next"`), err
 }
 
 // eachImage calls fn with every image of a job (in state, if set), a page
 // at a time.
-func (c *apiClient) eachImage(ctx context.Context, id, state string, fn func(replicate.Image)) error {
+func (c *apiClient) eachImage(ctx context.Context, id string, state api.State, fn func(api.Image)) error {
 	last := -1
 	for {
-		page, more, err := c.images(ctx, id, state, last, replicate.MaxImagesPage)
+		page, more, err := c.images(ctx, id, state, last, api.MaxImagesPage)
 		if err != nil {
 			return err
 		}
@@ -303,7 +303,7 @@ func pinsCmd(args []string, stdout, stderr io.Writer) error {
 	if *unpin != "" {
 		return c.call(ctx, http.MethodDelete, "/api/v1/pins?"+url.Values{"image": {*unpin}}.Encode(), "", nil, nil)
 	}
-	var list struct{ Pins []replicate.Pin }
+	var list api.PinList
 	if err := c.call(ctx, http.MethodGet, "/api/v1/pins", "", nil, &list); err != nil {
 		return err
 	}

@@ -10,10 +10,11 @@ import (
 
 const module = "github.com/wharf-registry/wharf/"
 
-// TestImportGraph keeps imports pointing one way: cmd → proxy → cache →
-// storage, with upstream wired in by cmd only; auth (who may do what) and
-// route (patterns) sit beside them; oci, the protocol's shared facts,
-// imports nothing of ours and sits below all.
+// TestImportGraph keeps imports pointing one way: cmd → server → proxy
+// (/v2) and api (/api/v1), which share httpx and never import each other;
+// api → replicate → cache → storage; upstream wired in by cmd only; auth
+// (who may do what) and route (patterns) beside them; oci, the protocol's
+// shared facts, imports nothing of ours and sits below all.
 func TestImportGraph(t *testing.T) {
 	allowed := map[string][]string{
 		"oci":                   {},
@@ -25,7 +26,10 @@ func TestImportGraph(t *testing.T) {
 		"auth":                  {"route"},
 		"cache":                 {"storage", "route", "oci"},
 		"replicate":             {"cache", "storage", "route"},
-		"proxy":                 {"cache", "auth", "replicate", "route", "cluster", "oci"},
+		"httpx":                 {"auth", "cache", "oci"},
+		"proxy":                 {"httpx", "cache", "auth", "route", "cluster", "oci"},
+		"api":                   {"httpx", "cache", "auth", "replicate", "route", "oci"},
+		"server":                {"proxy", "api", "httpx", "cache", "auth", "replicate", "route", "storage"},
 		"cluster":               {},
 	}
 	for pkg, ok := range allowed {

@@ -21,10 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
-	"github.com/wharf-registry/wharf/proxy"
 	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/route"
+	"github.com/wharf-registry/wharf/server"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream"
 )
@@ -126,7 +126,6 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
-
 	sopts, err := cfg.Storage.options()
 	if err != nil {
 		return err
@@ -143,78 +142,83 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	if store.ReadOnly() {
 		log.Warn("the filesystem under storage.root is full: the index is read-only and nothing is stored until there is room", "root", cfg.Storage.Root)
 	}
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ups, routes, targets, err := remotes(cfg, upstream.NewMetrics(reg), log)
+	scfg, closeFleet, err := cfg.server(reg, log)
 	if err != nil {
 		return err
 	}
-	ccfg := cache.Config{Upstreams: ups, Registerer: reg, Logger: log, Pins: cfg.Pins,
-		MaxSize: cfg.Storage.maxBytes, HighWater: cfg.Storage.HighWatermark, LowWater: cfg.Storage.LowWatermark, Redirect: cfg.Storage.Redirect}
-	ccfg.StallTimeout = cfg.stallTimeout()
-	var peerAuth proxy.PeerAuth
-	if cfg.Cluster != nil {
-		fleet, err := cfg.Cluster.open()
-		if err != nil {
-			return err
-		}
-		defer fleet.Close()
-		ccfg.Peers, peerAuth = fleet, fleet.Authorized
-		if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "wharf_cluster_peers",
-			Help: "Replicas this one knows in its cluster, itself included.",
-		}, func() float64 { return float64(len(fleet.Peers())) })); err != nil {
-			return err
-		}
-		log.Info("cluster", "advertise", cfg.Cluster.Advertise, "peers", strings.Join(fleet.Peers(), ","))
-	}
-	c, err := cache.New(store, ccfg)
-	if err != nil {
-		return err
-	}
-	jobs, err := replicate.New(c, store, replicate.Config{Targets: targets, JobImages: cfg.Prefetch.Concurrency,
-		JobTransfers: cfg.Prefetch.Transfers, Registerer: reg, Logger: log})
-	if err != nil {
-		return err
-	}
-	ruleList, err := cfg.rules()
-	if err != nil {
-		return err
-	}
-	rules, err := replicate.NewRules(jobs, ruleList, 0)
-	if err != nil {
-		return err
-	}
-	access, err := auth.New(cfg.accessConfig(log, reg))
+	defer closeFleet()
+	srv, err := server.New(store, scfg)
 	if err != nil {
 		return err
 	}
 	cfg.logAccess(log)
-	h, err := proxy.New(c, proxy.Config{Routes: routes, Logger: log, Registry: reg, Auth: access, Jobs: jobs, Rules: rules, PeerAuth: peerAuth})
-	if err != nil {
-		return err
-	}
-	tlsConf, err := cfg.TLS.serverTLS(log)
-	if err != nil {
-		return err
-	}
+	return cfg.listenAndServe(ctx, srv, log)
+}
 
-	ln, err := listen(cfg.Listen, cfg.Server.MaxConnections, cfg.Server.MaxConnectionsPerAddress, cfg.Server.WriteTimeout)
+// server is the configuration of one Wharf, its upstreams' and targets'
+// clients built, and its fleet joined (close leaves it).
+func (c *fileConfig) server(reg *prometheus.Registry, log *slog.Logger) (cfg server.Config, close func(), err error) {
+	close = func() {}
+	ups, routes, status, targets, err := remotes(c, upstream.NewMetrics(reg), log)
+	if err != nil {
+		return cfg, close, err
+	}
+	rules, err := c.rules()
+	if err != nil {
+		return cfg, close, err
+	}
+	ac := c.accessConfig(log, reg)
+	cfg = server.Config{
+		Cache: cache.Config{Upstreams: ups, Pins: c.Pins, MaxSize: c.Storage.maxBytes, HighWater: c.Storage.HighWatermark,
+			LowWater: c.Storage.LowWatermark, Redirect: c.Storage.Redirect, StallTimeout: c.stallTimeout()},
+		Upstreams: routes, Status: status,
+		Jobs:  replicate.Config{Targets: targets, JobImages: c.Prefetch.Concurrency, JobTransfers: c.Prefetch.Transfers},
+		Rules: rules, Auth: &ac, Registry: reg, Logger: log,
+	}
+	if c.Cluster == nil {
+		return cfg, close, nil
+	}
+	fleet, err := c.Cluster.open()
+	if err != nil {
+		return cfg, close, err
+	}
+	cfg.Cache.Peers, cfg.PeerAuth = fleet, fleet.Authorized
+	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wharf_cluster_peers",
+		Help: "Replicas this one knows in its cluster, itself included.",
+	}, func() float64 { return float64(len(fleet.Peers())) })); err != nil {
+		fleet.Close()
+		return cfg, close, err
+	}
+	log.Info("cluster", "advertise", c.Cluster.Advertise, "peers", strings.Join(fleet.Peers(), ","))
+	return cfg, fleet.Close, nil
+}
+
+// listenAndServe serves srv on the configured listener (and the debug
+// one) until ctx ends, then shuts down: responses finish within the grace
+// period, then the rules, the jobs and the fills stop.
+func (c *fileConfig) listenAndServe(ctx context.Context, srv *server.Server, log *slog.Logger) error {
+	tlsConf, err := c.TLS.serverTLS(log)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           h,
+	ln, err := listen(c.Listen, c.Server.MaxConnections, c.Server.MaxConnectionsPerAddress, c.Server.WriteTimeout)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{
+		Handler:           srv.Handler,
 		ConnState:         ln.ConnState,
-		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
-		IdleTimeout:       cfg.Server.IdleTimeout,
+		ReadHeaderTimeout: c.Server.ReadHeaderTimeout,
+		IdleTimeout:       c.Server.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         tlsConf, // HTTP/2 is offered over TLS
 	}
-	if cfg.DebugListen != "" {
-		dln, err := net.Listen("tcp", cfg.DebugListen)
+	if c.DebugListen != "" {
+		dln, err := net.Listen("tcp", c.DebugListen)
 		if err != nil {
 			return err
 		}
@@ -225,61 +229,57 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		defer dsrv.Close()
 		log.Info("debug listening", "addr", dln.Addr().String())
 	}
-	// Interrupted prefetch jobs go on; resumed before the first request,
-	// so that nobody sees a resumed job as anything but running.
-	if err := jobs.Resume(); err != nil {
+	if err := srv.Start(); err != nil {
 		log.Error("prefetch jobs not resumed", "error", err)
 	}
-	rules.Start()
-	log.Info("listening", "addr", ln.Addr().String(), "tls", tlsConf != nil, "version", versionString(), "root", cfg.Storage.Root)
+	log.Info("listening", "addr", ln.Addr().String(), "tls", tlsConf != nil, "version", versionString(), "root", c.Storage.Root)
 	errc := make(chan error, 1)
 	go func() {
 		if tlsConf != nil {
-			errc <- srv.ServeTLS(ln, "", "")
+			errc <- hs.ServeTLS(ln, "", "")
 			return
 		}
-		errc <- srv.Serve(ln)
+		errc <- hs.Serve(ln)
 	}()
 	var serveErr error
 	select {
 	case serveErr = <-errc:
 	case <-ctx.Done():
 	}
-	log.Info("shutting down", "grace", cfg.Server.ShutdownTimeout)
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
+	log.Info("shutting down", "grace", c.Server.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), c.Server.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
 		log.Warn("shutdown grace period ended with requests in flight", "error", err)
 	}
-	rules.Close() // no new runs
-	jobs.Close()  // jobs stop where they are, to be resumed at the next start
-	c.Close(sctx) // fills finish within the grace, then the index closes
+	srv.Close(sctx) // fills finish within the grace, then the index closes
 	return serveErr
 }
 
 // remotes builds a client per upstream and per target: the cache's
-// upstreams, the proxy's routes and the jobs' push targets.
-func remotes(cfg *fileConfig, um *upstream.Metrics, log *slog.Logger) (ups []cache.Upstream, routes []proxy.Route, targets map[string]replicate.Target, err error) {
+// upstreams, how requests name them, their health, and the jobs' push
+// targets.
+func remotes(cfg *fileConfig, um *upstream.Metrics, log *slog.Logger) (ups []cache.Upstream, routes []route.Upstream, status []func() any, targets map[string]replicate.Target, err error) {
 	for _, u := range cfg.Upstreams {
 		client, err := u.client(um, false, 0, log)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 		ups = append(ups, cache.Upstream{Name: u.Name, Source: client, TagTTL: *u.TagTTL,
 			NegativeTTL: *u.NegativeTTL, RevalidateTimeout: u.Revalidate,
 			MaxFills: u.maxFills(), FillGrace: u.FillGrace, WaitTimeout: u.WaitTimeout, EagerFill: u.EagerFill == nil || *u.EagerFill,
 			Private: u.private()})
-		routes = append(routes, proxy.Route{Name: u.Name, Aliases: u.Aliases, Default: u.Default,
-			Status: func() any { return client.Health() }})
+		routes = append(routes, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default})
+		status = append(status, func() any { return client.Health() })
 	}
 	targets = map[string]replicate.Target{}
 	for _, t := range cfg.Targets {
 		client, err := t.client(um, true, t.chunkBytes, log)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("target: %w", err)
+			return nil, nil, nil, nil, fmt.Errorf("target: %w", err)
 		}
 		targets[t.Name] = client
 	}
-	return ups, routes, targets, nil
+	return ups, routes, status, targets, nil
 }

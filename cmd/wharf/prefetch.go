@@ -17,7 +17,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
-	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/api"
 )
 
 // wharf prefetch: submit a job and follow it.
@@ -65,7 +65,7 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 		path += "?" + q.Encode()
 	}
 	ctx := context.Background()
-	var job replicate.Job
+	var job api.Job
 	if err := c.call(ctx, http.MethodPost, path, contentType, body, &job); err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 			return err
 		}
 	}
-	if job.State != replicate.StateDone {
+	if job.State != api.StateDone {
 		return fmt.Errorf("job %s ended %s", job.ID, job.State)
 	}
 	return nil
@@ -100,7 +100,7 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 // takes no other body: a web page could send one.
 func prefetchRequest(file string, refs, fromCache []string, pushTo string, platforms, renames []string, pin bool) (body []byte, contentType string, q url.Values, err error) {
 	q = url.Values{}
-	req := map[string]any{"images": refs, "push_to": pushTo, "platforms": platforms, "pin": pin, "from_cache": fromCache}
+	req := api.PrefetchRequest{Images: refs, PushTo: pushTo, Platforms: platforms, Pin: pin, FromCache: fromCache}
 	if file != "" {
 		if body, contentType, err = readList(file); err != nil {
 			return nil, "", nil, err
@@ -119,20 +119,18 @@ func prefetchRequest(file string, refs, fromCache []string, pushTo string, platf
 			}
 			return body, contentType, q, nil
 		case "application/yaml":
-			req["sync"] = string(body)
+			req.Sync = string(body)
 		default:
-			req["list"] = string(body)
+			req.List = string(body)
 		}
 	}
-	var rn []map[string]string
 	for _, r := range renames {
 		from, to, ok := strings.Cut(r, "=")
 		if !ok {
 			return nil, "", nil, fmt.Errorf("--rename %q: want FROM=TO", r)
 		}
-		rn = append(rn, map[string]string{"from": from, "to": to})
+		req.Rename = append(req.Rename, api.Rename{From: from, To: to})
 	}
-	req["rename"] = rn
 	body, err = json.Marshal(req)
 	return body, "application/json", q, err
 }
@@ -169,12 +167,12 @@ func writeJob(w io.Writer, job any) error {
 // image, in the job's order, and on a terminal a bar per running image and
 // the overall bytes, redrawn in place below them. It reads the job's
 // record and a page or two of images per poll, whatever the job's size.
-func follow(ctx context.Context, c *apiClient, job replicate.Job, w io.Writer, tty bool) (replicate.Job, error) {
+func follow(ctx context.Context, c *apiClient, job api.Job, w io.Writer, tty bool) (api.Job, error) {
 	reported := -1 // index of the last image reported: all before it are too
 	drawn := 0
 	for {
 		var err error
-		var next replicate.Job
+		var next api.Job
 		for attempt := 0; ; attempt++ {
 			err = c.call(ctx, http.MethodGet, "/api/v1/jobs/"+job.ID+"?wait=1s", "", nil, &next)
 			if err == nil || attempt == 5 {
@@ -198,7 +196,7 @@ func follow(ctx context.Context, c *apiClient, job replicate.Job, w io.Writer, t
 			return job, nil
 		}
 		if tty {
-			running, _, err := c.images(ctx, job.ID, replicate.StateRunning, -1, 50)
+			running, _, err := c.images(ctx, job.ID, api.StateRunning, -1, 50)
 			if err != nil {
 				return job, err
 			}
@@ -217,7 +215,7 @@ func reportFinished(ctx context.Context, c *apiClient, id string, last int, w io
 			return last, err
 		}
 		for _, img := range page {
-			if !finished(img.State) {
+			if !img.State.Ended() {
 				return last, nil
 			}
 			fmt.Fprintln(w, imageLine(img))
@@ -229,13 +227,9 @@ func reportFinished(ctx context.Context, c *apiClient, id string, last int, w io
 	}
 }
 
-func finished(state string) bool {
-	return state == replicate.StateDone || state == replicate.StateFailed || state == replicate.StateCancelled
-}
-
 // drawBars writes a bar per running image and a line of overall bytes, and
 // returns how many lines it wrote.
-func drawBars(w io.Writer, job replicate.Job, running []replicate.Image) int {
+func drawBars(w io.Writer, job api.Job, running []api.Image) int {
 	const width = 30
 	for _, img := range running {
 		frac := 0.0
@@ -251,7 +245,7 @@ func drawBars(w io.Writer, job replicate.Job, running []replicate.Image) int {
 	return len(running) + 1
 }
 
-func imageLine(img replicate.Image) string {
+func imageLine(img api.Image) string {
 	s := fmt.Sprintf("%-9s %s", img.State, img.Source)
 	if img.Target != "" {
 		s += " -> " + img.Target
@@ -270,7 +264,7 @@ func imageLine(img replicate.Image) string {
 	return s
 }
 
-func summary(job replicate.Job) string {
+func summary(job api.Job) string {
 	s := fmt.Sprintf("job %s %s: %d of %d images done", job.ID, job.State, job.Done, job.Images)
 	if job.Failed > 0 {
 		s += fmt.Sprintf(", %d failed", job.Failed)
@@ -303,11 +297,11 @@ func withOptions(body []byte, contentType string, q url.Values, referrers bool, 
 		q.Set("index", index)
 		return body, q, nil
 	}
-	var req map[string]any
+	var req api.PrefetchRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, nil, err
 	}
-	req["referrers"], req["index"] = referrers, index
+	req.Referrers, req.Index = &referrers, index
 	b, err := json.Marshal(req)
 	return b, q, err
 }

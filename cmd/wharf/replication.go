@@ -13,6 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/wharf-registry/wharf/api"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/route"
 )
@@ -104,7 +105,7 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	}
 	ctx := context.Background()
 	if !*now {
-		var list struct{ Rules []replicate.RuleStatus }
+		var list api.RuleList
 		if err := c.call(ctx, http.MethodGet, "/api/v1/replication", "", nil, &list); err != nil {
 			return err
 		}
@@ -119,11 +120,7 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 		}
 		return tw.Flush()
 	}
-	var out struct {
-		State    string
-		Job      *replicate.Job
-		Problems string
-	}
+	var out api.RuleRun
 	if err := c.call(ctx, http.MethodPost, "/api/v1/replication/"+url.PathEscape(rest[0])+"/run", "application/json", []byte("{}"), &out); err != nil {
 		return err
 	}
@@ -142,7 +139,7 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	if err != nil {
 		return err
 	}
-	if job.State != replicate.StateDone {
+	if job.State != api.StateDone {
 		return fmt.Errorf("job %s ended %s", job.ID, job.State)
 	}
 	return nil

@@ -1,4 +1,4 @@
-package proxy
+package api
 
 import (
 	"bytes"
@@ -17,6 +17,8 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
 
+	"github.com/wharf-registry/wharf/httpx"
+	"github.com/wharf-registry/wharf/oci"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/route"
 )
@@ -24,29 +26,6 @@ import (
 // maxPrefetchBody bounds a prefetch request: room for a hundred thousand
 // references.
 const maxPrefetchBody = 16 << 20
-
-// prefetchRequest is the JSON form of POST /api/v1/prefetch. The text and
-// YAML forms carry the same options as query parameters.
-type prefetchRequest struct {
-	Images    []string           `json:"images"`
-	Platforms []string           `json:"platforms"`
-	PushTo    string             `json:"push_to"`
-	Rename    []replicate.Rename `json:"rename"`
-	Pin       bool               `json:"pin"`
-	// List and Sync carry a text list or a skopeo sync YAML file inside
-	// JSON: what the CLI sends, since a loopback Wharf without credentials
-	// takes JSON bodies only.
-	List string `json:"list"`
-	Sync string `json:"sync"`
-	// Referrers false leaves signatures, attestations and SBOMs behind.
-	Referrers *bool `json:"referrers"`
-	// Index is "verbatim" (the default) or "filter": with platforms, push
-	// indexes listing only the copied children.
-	Index string `json:"index"`
-	// FromCache are patterns (as pins use) whose cached tags the job
-	// copies: "replicate what we use".
-	FromCache []string `json:"from_cache"`
-}
 
 // problems collects what is wrong with a request, item by item, so one
 // answer lists every mistake (the first maxProblems of them, and how many
@@ -80,57 +59,50 @@ func (ps *problems) err() error {
 	if ps.more > 0 {
 		rest = append(rest, errInvalid.WithMessage(fmt.Sprintf("%d more problems not listed", ps.more)))
 	}
-	return &httpError{status: http.StatusBadRequest, err: first, more: rest}
+	return &httpx.Error{Status: http.StatusBadRequest, Err: first, More: rest}
 }
 
 // prefetch accepts a job: 202 and its report, or 400 listing every bad item
 // with nothing started.
-func (p *proxy) prefetch(w http.ResponseWriter, r *http.Request) error {
-	req, err := p.readPrefetch(r)
+func (a *api) prefetch(w http.ResponseWriter, r *http.Request) error {
+	req, err := a.readPrefetch(r)
 	if err != nil {
 		return err
 	}
-	spec, err := p.jobSpec(req)
+	spec, err := a.jobSpec(req)
 	if err != nil {
 		return err
 	}
 	for _, img := range spec.Images {
-		if err := p.mayPull(r.Context(), target{upstream: img.Upstream, repo: img.Repo, name: img.Source}); err != nil {
+		if err := httpx.MayPull(a.auth, r.Context(), img.Upstream, img.Repo, img.Source); err != nil {
 			return err
 		}
-		if err := p.mayPush(r.Context(), spec.PushTo, img.TargetRepo); err != nil {
+		if err := a.mayPush(r.Context(), spec.PushTo, img.TargetRepo); err != nil {
 			return err
 		}
 	}
-	spec.Owner = identity(r.Context()).User
-	job, err := p.jobs.Submit(spec)
+	spec.Owner = httpx.Identity(r.Context()).User
+	job, err := a.jobs.Submit(spec)
 	if errors.Is(err, replicate.ErrJobNotSaved) {
-		return ociError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable, err.Error())
+		return httpx.OCIError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable, err.Error())
 	}
 	if err != nil {
-		return ociError(http.StatusBadRequest, errInvalid, err.Error())
+		return httpx.OCIError(http.StatusBadRequest, errInvalid, err.Error())
 	}
 	w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
-	b, err := json.Marshal(job)
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusAccepted)
-	_, err = w.Write(b)
-	return err
+	return httpx.WriteJSONStatus(w, r, http.StatusAccepted, jobOf(job))
 }
 
 // readPrefetch decodes the body by its Content-Type: JSON, text (one
 // reference per line) or skopeo sync YAML.
-func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
-	var req prefetchRequest
+func (a *api) readPrefetch(r *http.Request) (PrefetchRequest, error) {
+	var req PrefetchRequest
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxPrefetchBody+1))
 	if err != nil {
-		return req, ociError(http.StatusBadRequest, errInvalid, "reading the body: "+err.Error())
+		return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "reading the body: "+err.Error())
 	}
 	if len(body) > maxPrefetchBody {
-		return req, ociError(http.StatusBadRequest, errInvalid, "the body is larger than 16 MiB")
+		return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "the body is larger than 16 MiB")
 	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch mt {
@@ -138,10 +110,10 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			return req, ociError(http.StatusBadRequest, errInvalid, "JSON body: "+err.Error())
+			return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "JSON body: "+err.Error())
 		}
 		req.Images = append(req.Images, textList([]byte(req.List))...)
-		cached, err := p.fromCache(r.Context(), req.FromCache)
+		cached, err := a.fromCache(r.Context(), req.FromCache)
 		if err != nil {
 			return req, err
 		}
@@ -149,7 +121,7 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 		if req.Sync != "" {
 			ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
 			defer cancel()
-			refs, err := p.syncList(ctx, []byte(req.Sync))
+			refs, err := a.syncList(ctx, []byte(req.Sync))
 			if err != nil {
 				return req, err
 			}
@@ -160,18 +132,18 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 	case "application/yaml", "application/x-yaml", "text/yaml":
 		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
 		defer cancel()
-		if req.Images, err = p.syncList(ctx, body); err != nil {
+		if req.Images, err = a.syncList(ctx, body); err != nil {
 			return req, err
 		}
 	default:
-		return req, ociError(http.StatusBadRequest, errInvalid,
+		return req, httpx.OCIError(http.StatusBadRequest, errInvalid,
 			"Content-Type "+mt+" is not understood: send application/json, text/plain or application/yaml")
 	}
 	// Options as query parameters, for the text and YAML forms.
 	q := r.URL.Query()
 	if v := q.Get("push_to"); v != "" {
 		if req.PushTo != "" && req.PushTo != v {
-			return req, ociError(http.StatusBadRequest, errInvalid, "push_to is given twice")
+			return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "push_to is given twice")
 		}
 		req.PushTo = v
 	}
@@ -179,9 +151,9 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 	for _, rn := range q["rename"] {
 		from, to, ok := strings.Cut(rn, "=")
 		if !ok {
-			return req, ociError(http.StatusBadRequest, errInvalid, "rename "+strconv.Quote(rn)+": want from=to")
+			return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "rename "+strconv.Quote(rn)+": want from=to")
 		}
-		req.Rename = append(req.Rename, replicate.Rename{From: from, To: to})
+		req.Rename = append(req.Rename, Rename{From: from, To: to})
 	}
 	if v := q.Get("index"); v != "" {
 		req.Index = v
@@ -189,14 +161,14 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 	if v := q.Get("referrers"); v != "" {
 		on, err := strconv.ParseBool(v)
 		if err != nil {
-			return req, ociError(http.StatusBadRequest, errInvalid, "referrers "+strconv.Quote(v)+": want true or false")
+			return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "referrers "+strconv.Quote(v)+": want true or false")
 		}
 		req.Referrers = &on
 	}
 	if v := q.Get("pin"); v != "" {
 		pin, err := strconv.ParseBool(v)
 		if err != nil {
-			return req, ociError(http.StatusBadRequest, errInvalid, "pin "+strconv.Quote(v)+": want true or false")
+			return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "pin "+strconv.Quote(v)+": want true or false")
 		}
 		req.Pin = req.Pin || pin
 	}
@@ -204,7 +176,7 @@ func (p *proxy) readPrefetch(r *http.Request) (prefetchRequest, error) {
 }
 
 // jobSpec validates a request into a job, or lists everything wrong with it.
-func (p *proxy) jobSpec(req prefetchRequest) (replicate.JobSpec, error) {
+func (a *api) jobSpec(req PrefetchRequest) (replicate.JobSpec, error) {
 	var ps problems
 	spec := replicate.JobSpec{PushTo: req.PushTo, Pin: req.Pin, SkipReferrers: req.Referrers != nil && !*req.Referrers, FilterIndex: req.Index == "filter"}
 	if req.Index != "" && req.Index != "filter" && req.Index != "verbatim" {
@@ -213,7 +185,7 @@ func (p *proxy) jobSpec(req prefetchRequest) (replicate.JobSpec, error) {
 	if len(req.Images) == 0 {
 		ps.add(errInvalid, "images", "", "the list of images is empty")
 	}
-	if req.PushTo != "" && !p.jobs.HasTarget(req.PushTo) {
+	if req.PushTo != "" && !a.jobs.HasTarget(req.PushTo) {
 		ps.add(errInvalid, "push_to", req.PushTo, "no push target "+strconv.Quote(req.PushTo)+" is configured")
 	}
 	if req.PushTo == "" && len(req.Rename) > 0 {
@@ -232,18 +204,18 @@ func (p *proxy) jobSpec(req prefetchRequest) (replicate.JobSpec, error) {
 			ps.add(errInvalid, fmt.Sprintf("rename[%d]", i), rn.From, "rename needs a from prefix")
 		}
 	}
-	spec.Images = p.imageRefs(req, &ps)
+	spec.Images = a.imageRefs(req, &ps)
 	return spec, ps.err()
 }
 
 // imageRefs routes each image of req and names its target repository,
 // noting each bad, duplicate or colliding one in ps.
-func (p *proxy) imageRefs(req prefetchRequest, ps *problems) []replicate.ImageRef {
+func (a *api) imageRefs(req PrefetchRequest, ps *problems) []replicate.ImageRef {
 	var refs []replicate.ImageRef
 	seen, targets := map[string]int{}, map[string]int{}
 	for i, s := range req.Images {
 		item := fmt.Sprintf("images[%d]", i)
-		ref, err := p.parseImage(s)
+		ref, err := a.parseImage(s)
 		if err != nil {
 			code := errcode.ErrorCodeNameInvalid
 			if errors.Is(err, route.ErrUnknown) {
@@ -259,8 +231,8 @@ func (p *proxy) imageRefs(req prefetchRequest, ps *problems) []replicate.ImageRe
 		}
 		seen[key] = i
 		if req.PushTo != "" {
-			ref.TargetRepo = replicate.TargetRepo(req.Rename, ref.Upstream, ref.Repo, trimRef(s))
-			if !validName(ref.TargetRepo) {
+			ref.TargetRepo = replicate.TargetRepo(renamesOf(req.Rename), ref.Upstream, ref.Repo, trimRef(s))
+			if !oci.ValidName(ref.TargetRepo) {
 				ps.add(errcode.ErrorCodeNameInvalid, item, s, "target repository "+strconv.Quote(ref.TargetRepo)+" is not a valid name")
 				continue
 			}
@@ -291,7 +263,7 @@ func trimRef(s string) string {
 // through Wharf would be: a first part naming an upstream (by name or
 // alias) picks it, otherwise the default upstream serves the whole path.
 // No tag means latest; tag@digest fetches the digest and pushes the tag.
-func (p *proxy) parseImage(s string) (replicate.ImageRef, error) {
+func (a *api) parseImage(s string) (replicate.ImageRef, error) {
 	named, err := reference.Parse(s)
 	if err != nil {
 		return replicate.ImageRef{}, fmt.Errorf("%q is not a valid image reference: %w", s, err)
@@ -301,7 +273,7 @@ func (p *proxy) parseImage(s string) (replicate.ImageRef, error) {
 		return replicate.ImageRef{}, fmt.Errorf("%q names no repository", s)
 	}
 	ref := replicate.ImageRef{Source: s, Ref: "latest"}
-	if ref.Upstream, ref.Repo, err = p.router.Resolve(n.Name(), ""); err != nil {
+	if ref.Upstream, ref.Repo, err = a.router.Resolve(n.Name(), ""); err != nil {
 		return replicate.ImageRef{}, err
 	}
 	t, tagged := named.(reference.Tagged)
@@ -309,7 +281,7 @@ func (p *proxy) parseImage(s string) (replicate.ImageRef, error) {
 		ref.Ref = t.Tag()
 	}
 	if d, ok := named.(reference.Digested); ok {
-		if _, err := parseDigest(d.Digest().String()); err != nil {
+		if _, ok := oci.ParseDigest(d.Digest().String()); !ok {
 			return replicate.ImageRef{}, fmt.Errorf("%q: only sha256 and sha512 digests are supported", s)
 		}
 		ref.Ref = d.Digest().String()

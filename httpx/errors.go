@@ -1,4 +1,4 @@
-package proxy
+package httpx
 
 import (
 	"context"
@@ -14,39 +14,38 @@ import (
 	"github.com/wharf-registry/wharf/cache"
 )
 
-var errUnsupported = errcode.ErrorCodeUnsupported
-
-// httpError is an OCI error with the status to send it with; handlers return
+// Error is an OCI error with the status to send it with; handlers return
 // it for problems they detect themselves.
-type httpError struct {
-	status int
-	err    errcode.Error
-	more   errcode.Errors // further errors of the same request (a bad list)
-	retry  time.Duration
-	header http.Header // e.g. WWW-Authenticate
+type Error struct {
+	Status int
+	Err    errcode.Error
+	More   errcode.Errors // further errors of the same request (a bad list)
+	Retry  time.Duration
+	Header http.Header // e.g. WWW-Authenticate
 }
 
-func (e *httpError) Error() string { return e.err.Error() }
+func (e *Error) Error() string { return e.Err.Error() }
 
-func ociError(status int, code errcode.ErrorCode, msg string) error {
-	return &httpError{status: status, err: code.WithMessage(msg)}
+// OCIError is an Error of status with code and msg.
+func OCIError(status int, code errcode.ErrorCode, msg string) error {
+	return &Error{Status: status, Err: code.WithMessage(msg)}
 }
 
-// toHTTP decides what a client is told about err. notFound is the code for
+// ToHTTP decides what a client is told about err. notFound is the code for
 // "does not exist upstream" on the route that failed. What a client reads
 // is about what it asked for: an upstream's status and OCI message, never
 // the URLs, hosts or addresses Wharf used (those go to the log).
-func toHTTP(err error, notFound errcode.ErrorCode) *httpError {
-	var he *httpError
+func ToHTTP(err error, notFound errcode.ErrorCode) *Error {
+	var he *Error
 	if errors.As(err, &he) {
 		return he
 	}
 	var ra cache.RetryAfterer
 	switch {
 	case errors.Is(err, cache.ErrUnknown):
-		return &httpError{status: http.StatusNotFound, err: errcode.ErrorCodeNameUnknown.WithMessage(err.Error())}
+		return &Error{Status: http.StatusNotFound, Err: errcode.ErrorCodeNameUnknown.WithMessage(err.Error())}
 	case errors.Is(err, cache.ErrNotFound):
-		return &httpError{status: http.StatusNotFound, err: notFound.WithMessage(message(err, cache.ErrNotFound))}
+		return &Error{Status: http.StatusNotFound, Err: notFound.WithMessage(message(err, cache.ErrNotFound))}
 	case errors.Is(err, cache.ErrDenied), errors.Is(err, cache.ErrRejected):
 		// Passed on as upstream said it, with its code when it is one.
 		status := http.StatusForbidden
@@ -57,22 +56,22 @@ func toHTTP(err error, notFound errcode.ErrorCode) *httpError {
 		if errors.Is(err, cache.ErrDenied) {
 			sentinel = cache.ErrDenied
 		}
-		return &httpError{status: status, err: upstreamCode(err, status).WithMessage(message(err, sentinel))}
+		return &Error{Status: status, Err: upstreamCode(err, status).WithMessage(message(err, sentinel))}
 	case errors.Is(err, cache.ErrBadUpstream):
-		return &httpError{status: http.StatusBadGateway, err: errcode.ErrorCodeUnknown.WithMessage(message(err, cache.ErrBadUpstream))}
+		return &Error{Status: http.StatusBadGateway, Err: errcode.ErrorCodeUnknown.WithMessage(message(err, cache.ErrBadUpstream))}
 	case errors.Is(err, cache.ErrUnavailable):
-		he := &httpError{status: http.StatusServiceUnavailable, err: errcode.ErrorCodeUnavailable.WithMessage(message(err, cache.ErrUnavailable))}
+		he := &Error{Status: http.StatusServiceUnavailable, Err: errcode.ErrorCodeUnavailable.WithMessage(message(err, cache.ErrUnavailable))}
 		if errors.As(err, &ra) {
-			he.retry = ra.RetryAfter()
+			he.Retry = ra.RetryAfter()
 		}
-		if he.retry <= 0 && cache.Status(err) == http.StatusTooManyRequests {
-			he.retry = 30 * time.Second
+		if he.Retry <= 0 && cache.Status(err) == http.StatusTooManyRequests {
+			he.Retry = 30 * time.Second
 		}
 		return he
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return &httpError{status: http.StatusServiceUnavailable, err: errcode.ErrorCodeUnavailable.WithMessage("request cancelled")}
+		return &Error{Status: http.StatusServiceUnavailable, Err: errcode.ErrorCodeUnavailable.WithMessage("request cancelled")}
 	}
-	return &httpError{status: http.StatusInternalServerError, err: errcode.ErrorCodeUnknown.WithMessage("internal error")}
+	return &Error{Status: http.StatusInternalServerError, Err: errcode.ErrorCodeUnknown.WithMessage("internal error")}
 }
 
 // message is what a client is told of err: Wharf's own words when no
@@ -114,19 +113,19 @@ func upstreamCode(err error, status int) errcode.ErrorCode {
 	return errcode.ErrorCodeUnknown
 }
 
-// write sends he as an OCI error document.
-func (he *httpError) write(w http.ResponseWriter) {
+// Write sends he as an OCI error document.
+func (he *Error) Write(w http.ResponseWriter) {
 	h := w.Header()
 	for _, k := range []string{"Content-Length", "Content-Range", "Docker-Content-Digest", "Etag", "Accept-Ranges"} {
 		h.Del(k)
 	}
 	h.Set("Content-Type", "application/json")
-	if he.retry > 0 {
-		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(he.retry.Seconds()))))
+	if he.Retry > 0 {
+		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(he.Retry.Seconds()))))
 	}
-	for k, v := range he.header {
+	for k, v := range he.Header {
 		h[k] = v
 	}
-	w.WriteHeader(he.status)
-	json.NewEncoder(w).Encode(append(errcode.Errors{he.err}, he.more...))
+	w.WriteHeader(he.Status)
+	json.NewEncoder(w).Encode(append(errcode.Errors{he.Err}, he.More...))
 }

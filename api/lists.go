@@ -1,4 +1,4 @@
-package proxy
+package api
 
 import (
 	"bufio"
@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/wharf-registry/wharf/httpx"
 	"github.com/wharf-registry/wharf/route"
 )
 
@@ -48,12 +49,12 @@ type syncRegistry struct {
 // and digests as they are, an empty list as every tag, a regexp
 // (images-by-tag-regex) or a semver range (images-by-semver) as the tags
 // it matches now upstream.
-func (p *proxy) syncList(ctx context.Context, body []byte) ([]string, error) {
+func (a *api) syncList(ctx context.Context, body []byte) ([]string, error) {
 	var doc map[string]syncRegistry
 	dec := yaml.NewDecoder(bytes.NewReader(body))
 	dec.KnownFields(true)
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		return nil, ociError(http.StatusBadRequest, errInvalid, "YAML body: "+err.Error())
+		return nil, httpx.OCIError(http.StatusBadRequest, errInvalid, "YAML body: "+err.Error())
 	}
 	var ps problems
 	var refs []string
@@ -68,7 +69,7 @@ func (p *proxy) syncList(ctx context.Context, body []byte) ([]string, error) {
 		for _, repo := range sortedKeys(reg.Images) {
 			tags := reg.Images[repo]
 			if len(tags) == 0 {
-				all, err := p.tagsOf(ctx, host+"/"+repo)
+				all, err := a.tagsOf(ctx, host+"/"+repo)
 				if err != nil {
 					if refused(err) {
 						return nil, err
@@ -94,7 +95,7 @@ func (p *proxy) syncList(ctx context.Context, body []byte) ([]string, error) {
 					ps.add(errInvalid, host+"/"+repo, f.exprs[repo], f.key+": "+err.Error())
 					continue
 				}
-				all, err := p.tagsOf(ctx, host+"/"+repo)
+				all, err := a.tagsOf(ctx, host+"/"+repo)
 				if err != nil {
 					if refused(err) {
 						return nil, err
@@ -123,36 +124,36 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // tagsOf lists the tags of a repository named as in a reference.
-func (p *proxy) tagsOf(ctx context.Context, name string) ([]string, error) {
-	ref, err := p.parseImage(name)
+func (a *api) tagsOf(ctx context.Context, name string) ([]string, error) {
+	ref, err := a.parseImage(name)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.mayPull(ctx, target{upstream: ref.Upstream, repo: ref.Repo, name: name}); err != nil {
+	if err := httpx.MayPull(a.auth, ctx, ref.Upstream, ref.Repo, name); err != nil {
 		return nil, err
 	}
-	return p.cache.Tags(ctx, ref.Upstream, ref.Repo)
+	return a.cache.Tags(ctx, ref.Upstream, ref.Repo)
 }
 
 // fromCache expands patterns into the cached tags they match that the
 // caller may pull; a pattern that matches none is a problem of the request.
-func (p *proxy) fromCache(ctx context.Context, patterns []string) ([]string, error) {
+func (a *api) fromCache(ctx context.Context, patterns []string) ([]string, error) {
 	var ps problems
 	var refs []string
-	id := identity(ctx)
+	id := httpx.Identity(ctx)
 	for i, pat := range patterns {
 		item := fmt.Sprintf("from_cache[%d]", i)
 		if err := route.Check(pat); err != nil {
 			ps.add(errInvalid, item, pat, err.Error())
 			continue
 		}
-		tags, err := p.cache.CachedTags(pat)
+		tags, err := a.cache.CachedTags(pat)
 		if err != nil {
 			return nil, err
 		}
 		n := 0
 		for _, t := range tags {
-			if p.auth.MayPull(id, t.Upstream, t.Repo) {
+			if a.auth.MayPull(id, t.Upstream, t.Repo) {
 				refs = append(refs, t.Upstream+"/"+t.Repo+":"+t.Tag)
 				n++
 			}
@@ -167,6 +168,6 @@ func (p *proxy) fromCache(ctx context.Context, patterns []string) ([]string, err
 // refused reports whether err is an access refusal, which is the answer to
 // the whole request, not one problem in a list.
 func refused(err error) bool {
-	var he *httpError
-	return errors.As(err, &he) && (he.status == http.StatusUnauthorized || he.status == http.StatusForbidden)
+	var he *httpx.Error
+	return errors.As(err, &he) && (he.Status == http.StatusUnauthorized || he.Status == http.StatusForbidden)
 }

@@ -1,4 +1,4 @@
-package proxy
+package oci
 
 import (
 	"regexp"
@@ -15,8 +15,8 @@ func TestValidNameMatchesTheSpecPattern(t *testing.T) {
 		"a__", "__a", "a.-b", "0", "9-9", "a:5000/b", strings.Repeat("a", 255), strings.Repeat("a", 256)}
 	for _, n := range names {
 		want := specName.MatchString(n) && len(n) <= maxNameLength
-		if got := validName(n); got != want {
-			t.Errorf("validName(%q) = %v, spec says %v", n, got, want)
+		if got := ValidName(n); got != want {
+			t.Errorf("ValidName(%q) = %v, spec says %v", n, got, want)
 		}
 	}
 }
@@ -27,8 +27,8 @@ func FuzzValidName(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, n string) {
 		want := specName.MatchString(n) && len(n) <= maxNameLength
-		if got := validName(n); got != want {
-			t.Fatalf("validName(%q) = %v, spec says %v", n, got, want)
+		if got := ValidName(n); got != want {
+			t.Fatalf("ValidName(%q) = %v, spec says %v", n, got, want)
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package proxy
+package httpx
 
 import (
 	"io"
@@ -15,22 +15,20 @@ import (
 	"github.com/wharf-registry/wharf/oci"
 )
 
-type metrics struct {
+// Metrics are the request metrics of both HTTP surfaces, registered
+// once.
+type Metrics struct {
 	requests *prometheus.CounterVec   // route, method, status
-	served   *prometheus.CounterVec   // upstream, kind
 	duration *prometheus.HistogramVec // route
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{
+// NewMetrics registers the request metrics with reg (nil: none).
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_http_requests_total",
 			Help: "Requests answered, by route, method and status.",
 		}, []string{"route", "method", "status"}),
-		served: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wharf_served_bytes_total",
-			Help: "Body bytes sent to clients, by upstream and kind (manifest, blob).",
-		}, []string{"upstream", "kind"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "wharf_http_request_duration_seconds",
 			Help:    "Time to answer a request, by route.",
@@ -38,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"route"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.served, m.duration} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -47,36 +45,44 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-// recorder remembers the status and body size of a response.
-type recorder struct {
+// Recorder remembers the status and body size of a response. The
+// handlers' wrapper puts one around every response; a handler serving a
+// body with http.ServeContent puts another with RangeErrors set.
+type Recorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
-	// rangeErrors: a 416 (http.ServeContent's answer to a Range the body
+	// RangeErrors: a 416 (http.ServeContent's answer to a Range the body
 	// cannot satisfy) goes out as an OCI error document, not as the plain
 	// text the standard library writes, which is then dropped.
-	rangeErrors bool
-	bodySize    int64 // for a 416's Content-Range: bytes */<size>, when >= 0
+	RangeErrors bool
+	BodySize    int64 // for a 416's Content-Range: bytes */<size>, when >= 0
 	dropping    bool
 }
 
-func (r *recorder) WriteHeader(code int) {
+// Status is the status written so far, 0 for none.
+func (r *Recorder) Status() int { return r.status }
+
+// Bytes is the number of body bytes written.
+func (r *Recorder) Bytes() int64 { return r.bytes }
+
+func (r *Recorder) WriteHeader(code int) {
 	if r.status == 0 {
 		r.status = code
 	}
-	if code == http.StatusRequestedRangeNotSatisfiable && r.rangeErrors && !r.dropping {
+	if code == http.StatusRequestedRangeNotSatisfiable && r.RangeErrors && !r.dropping {
 		r.dropping = true
-		he := &httpError{status: code, err: errcode.ErrorCodeRangeInvalid.WithMessage("the Range asked for is not valid, or starts past the end")}
-		if r.bodySize >= 0 {
-			he.header = http.Header{"Content-Range": {"bytes */" + strconv.FormatInt(r.bodySize, 10)}}
+		he := &Error{Status: code, Err: errcode.ErrorCodeRangeInvalid.WithMessage("the Range asked for is not valid, or starts past the end")}
+		if r.BodySize >= 0 {
+			he.Header = http.Header{"Content-Range": {"bytes */" + strconv.FormatInt(r.BodySize, 10)}}
 		}
-		he.write(r.ResponseWriter)
+		he.Write(r.ResponseWriter)
 		return
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
 
-func (r *recorder) Write(b []byte) (int, error) {
+func (r *Recorder) Write(b []byte) (int, error) {
 	if r.dropping {
 		return len(b), nil
 	}
@@ -88,7 +94,7 @@ func (r *recorder) Write(b []byte) (int, error) {
 	return n, err
 }
 
-func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+func (r *Recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // copyBuffers serve blob bodies that are not plain files (fills in
 // progress): one 256 KiB read and write at a time instead of io.Copy's 32 KiB.
@@ -96,9 +102,9 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return
 
 // ReadFrom keeps the standard library's sendfile path for stored blobs
 // (*os.File, possibly behind an io.LimitedReader), takes a fill's own
-// sendfile path (see sender), and copies anything else, or what a fill
+// sendfile path (see Sender), and copies anything else, or what a fill
 // could not send, through a large buffer.
-func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+func (r *Recorder) ReadFrom(src io.Reader) (int64, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
@@ -106,7 +112,7 @@ func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 	var err error
 	rf, _ := r.ResponseWriter.(io.ReaderFrom)
 	if lr, ok := src.(*io.LimitedReader); ok && rf != nil {
-		if s, ok := lr.R.(sender); ok {
+		if s, ok := lr.R.(Sender); ok {
 			sent, done, serr := s.SendTo(flushReaderFrom{rf, r.ResponseWriter}, lr.N)
 			lr.N -= sent
 			if done || serr != nil {
@@ -166,32 +172,28 @@ func isFile(r io.Reader) bool {
 	return ok
 }
 
-var notFoundCodes = map[string]errcode.ErrorCode{
-	"manifest":  errcode.ErrorCodeManifestUnknown,
-	"referrers": errcode.ErrorCodeManifestUnknown,
-	"blob":      errcode.ErrorCodeBlobUnknown,
+// Sender is a fill reader's sendfile path: see cache's fillReader.SendTo.
+type Sender interface {
+	SendTo(dst io.ReaderFrom, n int64) (sent int64, ok bool, err error)
 }
 
-// wrap is the one place a handler's error becomes an OCI error response, and
-// where every request is logged once and counted.
-func (p *proxy) wrap(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
-	notFound, ok := notFoundCodes[route]
-	if !ok {
-		notFound = errcode.ErrorCodeNameUnknown
-	}
+// Wrap is the one place a handler's error becomes an OCI error response
+// (notFound: the code of "does not exist upstream" on this route), and
+// where every request is logged once and counted, by route.
+func Wrap(log *slog.Logger, m *Metrics, route string, notFound errcode.ErrorCode, h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &recorder{ResponseWriter: w}
+		rec := &Recorder{ResponseWriter: w}
 		rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 		var err error
 		aborted := true
 		defer func() {
 			status := rec.status
 			if aborted {
-				status = 0 // connection cut on purpose: see blob
+				status = 0 // connection cut on purpose: see proxy's blob
 			}
-			p.metrics.requests.WithLabelValues(route, oci.MethodLabel(r.Method), strconv.Itoa(status)).Inc()
-			p.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+			m.requests.WithLabelValues(route, oci.MethodLabel(r.Method), strconv.Itoa(status)).Inc()
+			m.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 			level := slog.LevelInfo
 			attrs := []any{"method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"), "route", route,
 				"status", status, "bytes", rec.bytes, "duration", time.Since(start), "remote", r.RemoteAddr}
@@ -201,7 +203,7 @@ func (p *proxy) wrap(route string, h func(http.ResponseWriter, *http.Request) er
 					level = slog.LevelWarn
 				}
 			}
-			p.log.Log(r.Context(), level, "request", attrs...)
+			log.Log(r.Context(), level, "request", attrs...)
 		}()
 		err = h(rec, r)
 		if err != nil {
@@ -209,7 +211,7 @@ func (p *proxy) wrap(route string, h func(http.ResponseWriter, *http.Request) er
 				// Headers are gone: the only honest signal left is a broken connection.
 				panic(http.ErrAbortHandler)
 			}
-			toHTTP(err, notFound).write(rec)
+			ToHTTP(err, notFound).Write(rec)
 		}
 		aborted = false
 	})
