@@ -2,9 +2,6 @@ package cache
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -12,8 +9,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/wharf-registry/wharf/storage"
 )
 
 // fillBuffer is the most one read from upstream takes. A read returns what
@@ -128,7 +123,7 @@ func (c *Cache) beginFill(ctx context.Context, u Upstream, repo string, dgst dig
 	c.running.Add(1)
 	go func() {
 		defer releaseSlot(slots)
-		c.run(fctx, f, u, repo)
+		c.runFill(fctx, f, u, repo)
 	}()
 	return f, true, nil
 }
@@ -153,9 +148,9 @@ func (c *Cache) Close(ctx context.Context) {
 	<-done
 }
 
-// run copies the blob and ends the fill. The store entry is committed before
+// runFill copies the blob and ends the fill. The store entry is committed before
 // the fill leaves c.fills, so a reader either joins it or finds the blob.
-func (c *Cache) run(ctx context.Context, f *fill, u Upstream, repo string) {
+func (c *Cache) runFill(ctx context.Context, f *fill, u Upstream, repo string) {
 	defer c.running.Done()
 	defer f.cancel()
 	err := c.copyBlob(ctx, f, u, repo)
@@ -204,221 +199,6 @@ func (c *Cache) expect(up, repo string, refs ManifestRefs) {
 		c.sizes[blobKey(up, repo, d.Digest.String())] = d.Size
 	}
 }
-
-// Resuming a broken fill: how often in all, how many attempts in a row may
-// bring nothing (so a dead upstream is given up on quickly), and the first
-// back-off, doubled each time.
-const (
-	maxResumes    = 5
-	maxStalls     = 2
-	resumeBackoff = 100 * time.Millisecond
-)
-
-// blobMediaType is the type a fill records a blob under: it is what it
-// is whatever manifest names it.
-const blobMediaType = "application/octet-stream"
-
-// errStore marks a failure of the local disk rather than of upstream.
-var errStore = errors.New("store")
-
-func (c *Cache) copyBlob(ctx context.Context, f *fill, u Upstream, repo string) error {
-	if c.store.Full() {
-		// Nowhere to put it: every reader goes straight to upstream,
-		// and eviction makes room if the store may.
-		c.metrics.failed.WithLabelValues("storage").Inc()
-		c.maybeEvict()
-		return fmt.Errorf("%w: %w", errStore, storage.ErrNoSpace)
-	}
-	source, bucket, err := c.blobSource(ctx, u, repo, f.dgst)
-	if err != nil {
-		return err
-	}
-	// Where the bytes came from decides what the blob's bytes show and who
-	// uploads them: every read that opened, by its source.
-	read := map[string]bool{}
-	open := func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
-		rc, size, from, err := source(ctx, offset)
-		if err != nil {
-			return nil, 0, from, err
-		}
-		read[from] = true
-		if from != fromUpstream { // upstream's transport bounds its own silences (idle_timeout)
-			rc = stallGuard(rc, c.stallTimeout)
-		}
-		return rc, size, from, nil
-	}
-	only := func(from string) bool { return len(read) == 1 && read[from] }
-	// The temporary file before the request: it is made while upstream
-	// takes its round trips, not when the bytes arrive, which is when an
-	// image's fills all land at once and compete for the CPU.
-	w, err := c.store.Create(f.dgst, "")
-	if err != nil {
-		c.metrics.failed.WithLabelValues("storage").Inc()
-		c.maybeEvict()
-		return fmt.Errorf("%w: %w", errStore, err)
-	}
-	defer w.Cancel()
-	file, err := os.Open(w.Name())
-	if err != nil {
-		c.metrics.failed.WithLabelValues("storage").Inc()
-		return fmt.Errorf("%w: %w", errStore, err)
-	}
-	rc, size, from, err := open(ctx, 0)
-	if err != nil {
-		file.Close()
-		c.metrics.failed.WithLabelValues("upstream").Inc()
-		return classify(err)
-	}
-	f.limit = size
-	// Upstream's bodies only: the bucket's and peers' hold what a replica
-	// verified, and a corrupt object there fails the digest and is dropped.
-	if f.want >= 0 && from == fromUpstream {
-		if size >= 0 && size != f.want {
-			rc.Close()
-			file.Close()
-			c.metrics.failed.WithLabelValues("digest").Inc()
-			return fmt.Errorf("%w: blob %s: upstream sends %d bytes, its manifest says %d", ErrBadUpstream, f.dgst, size, f.want)
-		}
-		f.limit = f.want // no length given: the manifest's bounds what is read
-	}
-	f.size, f.mediaType = size, blobMediaType
-	f.file = file
-	close(f.ready)
-
-	err = c.copyResuming(ctx, f, w, rc, from, u.Name, open)
-	if only(fromBucket) || only(fromPeer) {
-		w.InRemote() // there already, or the owner uploads it: a second PUT of the same bytes is waste
-	}
-	// Whose bytes these are: the bucket's sources, and u when it (or the
-	// owner, from it) sent any: the whole still has to verify.
-	w.From(bucket...)
-	if !only(fromBucket) {
-		w.From(u.Name)
-	}
-	if !only(fromBucket) {
-		// Upstream (or the owner, from upstream) showed that repo holds
-		// the blob. Recorded now, not before the first byte: an index
-		// write costs its readers milliseconds.
-		c.keep("index", c.store.AddMembers(u.Name, repo, f.dgst), "repository", repo, "digest", f.dgst)
-	}
-	if errors.Is(err, errStore) {
-		c.metrics.failed.WithLabelValues("storage").Inc()
-		c.log.Error("cannot store blob; its clients go on from upstream", "digest", f.dgst, "error", err)
-		c.maybeEvict() // a full filesystem: make room if the store may
-		return err
-	}
-	if err != nil && f.dropped.Load() {
-		c.metrics.failed.WithLabelValues("abandoned").Inc()
-		return fmt.Errorf("%w: blob %s: fill cancelled, nobody read it", ErrUnavailable, f.dgst)
-	}
-	if err != nil {
-		c.metrics.failed.WithLabelValues("upstream").Inc()
-		return fmt.Errorf("%w: blob %s: %w", ErrUnavailable, f.dgst, err)
-	}
-	if err := w.Verify(size); err != nil {
-		c.metrics.failed.WithLabelValues("digest").Inc()
-		if read[fromBucket] {
-			c.dropFromRemote(f.dgst, err)
-		}
-		return fmt.Errorf("%w: %w", ErrBadUpstream, err)
-	}
-	f.verify()
-	if err := w.Commit(size); err != nil {
-		// Every byte verified and stays readable through the open temporary
-		// file: the readers finish, only the store misses out.
-		c.metrics.failed.WithLabelValues("storage").Inc()
-		c.log.Error("verified blob not stored; its readers are served", "digest", f.dgst, "error", err)
-		return nil
-	}
-	c.maybeEvict()
-	return nil
-}
-
-// copyResuming copies rc (its bytes coming from from) into w, and when the
-// connection breaks asks the opener for the rest, keeping what landed:
-// maxResumes times at most, maxStalls in a row that bring nothing.
-func (c *Cache) copyResuming(ctx context.Context, f *fill, w *storage.Writer, rc io.ReadCloser, from, up string, open blobOpener) error {
-	buf, done := fillBufferFor(f.size)
-	defer done()
-	stalls := 0 // attempts in a row that added nothing
-	var err error
-	for attempt := 1; ; attempt++ {
-		before := w.Size()
-		err = c.copyBody(f, w, rc, buf, c.byteCounters(from, up))
-		rc.Close()
-		if w.Size() == before {
-			stalls++
-		} else {
-			stalls = 0
-		}
-		if err == nil || errors.Is(err, errStore) || attempt > maxResumes || stalls >= maxStalls {
-			return err
-		}
-		t := time.NewTimer(resumeBackoff << (attempt - 1))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		}
-		rc, _, from, err = open(ctx, w.Size())
-		if err != nil {
-			if !errors.Is(classify(err), ErrUnavailable) {
-				return err
-			}
-			rc = io.NopCloser(errReader{err})
-			continue
-		}
-		c.metrics.resumed.Inc()
-	}
-}
-
-// byteCounters are the counters a fill's bytes from from add to: where
-// they came from, and what upstream up sent.
-func (c *Cache) byteCounters(from, up string) []prometheus.Counter {
-	counters := []prometheus.Counter{c.metrics.filled.WithLabelValues(from)}
-	if from == fromUpstream {
-		counters = append(counters, c.metrics.fetched.WithLabelValues(up))
-	}
-	return counters
-}
-
-// copyBody appends rc to the blob until EOF (nil) or an error, or until
-// f.limit: bytes past the blob's length are not the blob's.
-func (c *Cache) copyBody(f *fill, w *storage.Writer, rc io.Reader, buf []byte, counters []prometheus.Counter) error {
-	for {
-		p := buf
-		if f.limit >= 0 {
-			// One byte past the length: a body that ends there is read
-			// to its EOF, so that its connection is reused.
-			p = buf[:min(int64(len(buf)), f.limit-w.Size()+1)]
-		}
-		n, rerr := rc.Read(p)
-		over := f.limit >= 0 && w.Size()+int64(n) > f.limit
-		if over {
-			n = int(f.limit - w.Size())
-		}
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
-				return fmt.Errorf("%w: %w", errStore, err)
-			}
-			for _, m := range counters {
-				m.Add(float64(n))
-			}
-			f.progress(int64(n))
-		}
-		if over || rerr == io.EOF {
-			return nil
-		}
-		if rerr != nil {
-			return rerr
-		}
-	}
-}
-
-type errReader struct{ err error }
-
-func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 func (f *fill) progress(n int64) {
 	f.mu.Lock()

@@ -110,6 +110,16 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 	if reg == nil {
 		return m, nil
 	}
+	for _, c := range append(storeGauges(store, remembered), m.requests, m.fetched, m.filled, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.remote, m.peer, m.proofs, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest) {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// storeGauges read the store's state when scraped.
+func storeGauges(store *storage.Store, remembered func() int) []prometheus.Collector {
 	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "wharf_store_bytes",
 		Help: "Bytes of blobs in the store.",
@@ -139,12 +149,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		Name: "wharf_negative_entries",
 		Help: "Upstream refusals (404, 401, 403) remembered for negative_ttl; bounded at 10,000.",
 	}, func() float64 { return float64(remembered()) })
-	for _, c := range []prometheus.Collector{negatives, m.requests, m.fetched, m.filled, m.fills, m.waiting, m.passthrough, m.resumed, m.failed, m.storeFailed, m.eager, m.eagerUsed, m.remote, m.peer, m.proofs, m.stale, m.negative, m.evicted, m.evictedBytes, m.oldest, size, count, free, short, readOnly} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
-	}
-	return m, nil
+	return []prometheus.Collector{negatives, size, count, free, short, readOnly}
 }
 
 func (m *metrics) result(up, kind string, hit bool) {
