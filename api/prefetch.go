@@ -23,10 +23,6 @@ import (
 	"github.com/wharf-registry/wharf/route"
 )
 
-// maxPrefetchBody bounds a prefetch request: room for a hundred thousand
-// references.
-const maxPrefetchBody = 16 << 20
-
 // problems collects what is wrong with a request, item by item, so one
 // answer lists every mistake (the first maxProblems of them, and how many
 // more there are).
@@ -94,16 +90,20 @@ func (a *api) prefetch(w http.ResponseWriter, r *http.Request) error {
 }
 
 // readPrefetch decodes the body by its Content-Type: JSON, text (one
-// reference per line) or skopeo sync YAML.
+// reference per line) or skopeo sync YAML, with the options as query
+// parameters for the last two.
 func (a *api) readPrefetch(r *http.Request) (PrefetchRequest, error) {
 	var req PrefetchRequest
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxPrefetchBody+1))
+	body, err := io.ReadAll(io.LimitReader(r.Body, replicate.MaxListSize+1))
 	if err != nil {
 		return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "reading the body: "+err.Error())
 	}
-	if len(body) > maxPrefetchBody {
+	if len(body) > replicate.MaxListSize {
 		return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "the body is larger than 16 MiB")
 	}
+	l := lister{a: a, ctx: r.Context()}
+	ctx, cancel := context.WithTimeout(r.Context(), time.Minute) // tags listed upstream for sync files
+	defer cancel()
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch mt {
 	case "application/json", "":
@@ -112,38 +112,39 @@ func (a *api) readPrefetch(r *http.Request) (PrefetchRequest, error) {
 		if err := dec.Decode(&req); err != nil {
 			return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "JSON body: "+err.Error())
 		}
-		req.Images = append(req.Images, textList([]byte(req.List))...)
-		cached, err := a.fromCache(r.Context(), req.FromCache)
+		req.Images = append(req.Images, replicate.TextList([]byte(req.List))...)
+		cached, err := listed(replicate.FromCache(req.FromCache, l))
 		if err != nil {
 			return req, err
 		}
 		req.Images = append(req.Images, cached...)
 		if req.Sync != "" {
-			ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
-			defer cancel()
-			refs, err := a.syncList(ctx, []byte(req.Sync))
+			refs, err := listed(replicate.SyncList(ctx, []byte(req.Sync), l))
 			if err != nil {
 				return req, err
 			}
 			req.Images = append(req.Images, refs...)
 		}
 	case "text/plain":
-		req.Images = textList(body)
+		req.Images = replicate.TextList(body)
 	case "application/yaml", "application/x-yaml", "text/yaml":
-		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
-		defer cancel()
-		if req.Images, err = a.syncList(ctx, body); err != nil {
+		if req.Images, err = listed(replicate.SyncList(ctx, body, l)); err != nil {
 			return req, err
 		}
 	default:
 		return req, httpx.OCIError(http.StatusBadRequest, errInvalid,
 			"Content-Type "+mt+" is not understood: send application/json, text/plain or application/yaml")
 	}
-	// Options as query parameters, for the text and YAML forms.
+	return req, queryOptions(r, &req)
+}
+
+// queryOptions adds the options a text or YAML body carries as query
+// parameters to req.
+func queryOptions(r *http.Request, req *PrefetchRequest) error {
 	q := r.URL.Query()
 	if v := q.Get("push_to"); v != "" {
 		if req.PushTo != "" && req.PushTo != v {
-			return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "push_to is given twice")
+			return httpx.OCIError(http.StatusBadRequest, errInvalid, "push_to is given twice")
 		}
 		req.PushTo = v
 	}
@@ -151,7 +152,7 @@ func (a *api) readPrefetch(r *http.Request) (PrefetchRequest, error) {
 	for _, rn := range q["rename"] {
 		from, to, ok := strings.Cut(rn, "=")
 		if !ok {
-			return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "rename "+strconv.Quote(rn)+": want from=to")
+			return httpx.OCIError(http.StatusBadRequest, errInvalid, "rename "+strconv.Quote(rn)+": want from=to")
 		}
 		req.Rename = append(req.Rename, Rename{From: from, To: to})
 	}
@@ -161,18 +162,18 @@ func (a *api) readPrefetch(r *http.Request) (PrefetchRequest, error) {
 	if v := q.Get("referrers"); v != "" {
 		on, err := strconv.ParseBool(v)
 		if err != nil {
-			return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "referrers "+strconv.Quote(v)+": want true or false")
+			return httpx.OCIError(http.StatusBadRequest, errInvalid, "referrers "+strconv.Quote(v)+": want true or false")
 		}
 		req.Referrers = &on
 	}
 	if v := q.Get("pin"); v != "" {
 		pin, err := strconv.ParseBool(v)
 		if err != nil {
-			return req, httpx.OCIError(http.StatusBadRequest, errInvalid, "pin "+strconv.Quote(v)+": want true or false")
+			return httpx.OCIError(http.StatusBadRequest, errInvalid, "pin "+strconv.Quote(v)+": want true or false")
 		}
 		req.Pin = req.Pin || pin
 	}
-	return req, nil
+	return nil
 }
 
 // jobSpec validates a request into a job, or lists everything wrong with it.

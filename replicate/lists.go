@@ -1,0 +1,182 @@
+package replicate
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/wharf-registry/wharf/route"
+)
+
+// Image lists: what a job may be asked for besides plain references. A
+// text list, a skopeo sync YAML file, and patterns over what the cache
+// holds, each expanded here into references; the tag filters a sync file
+// names (a regexp, a semver range) are route's, as replication rules'.
+
+// MaxListSize bounds a list: room for a hundred thousand references.
+const MaxListSize = 16 << 20
+
+// ListProblem is one item of a list that could not be expanded; the
+// others are.
+type ListProblem struct {
+	Item  string // where in the list: a repository, from_cache[i]
+	Input string // what it said, if anything
+	Msg   string
+}
+
+// Lister is what expanding a list asks of its caller: the tags a
+// repository named as in a reference has now (the API's checks the
+// caller's pull rights, and an error it means as the whole answer, a
+// refusal, it wraps in Refused), and the cached tags a pattern matches
+// that the caller may pull.
+type Lister interface {
+	Tags(ctx context.Context, name string) ([]string, error)
+	CachedTags(pattern string) ([]string, error)
+}
+
+// Refused wraps a Lister's error that answers the whole request (the
+// caller may not read a repository the list names), not one problem.
+type Refused struct{ Err error }
+
+func (r Refused) Error() string { return r.Err.Error() }
+func (r Refused) Unwrap() error { return r.Err }
+
+// TextList reads one reference per line; # starts a comment.
+func TextList(body []byte) []string {
+	var refs []string
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	sc.Buffer(make([]byte, 0, 64<<10), MaxListSize)
+	for sc.Scan() {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		if line = strings.TrimSpace(line); line != "" {
+			refs = append(refs, line)
+		}
+	}
+	return refs
+}
+
+// syncRegistry is one registry of a skopeo sync YAML file. Credentials and
+// TLS settings are skopeo's business; Wharf uses its own upstream config.
+type syncRegistry struct {
+	Images           map[string][]string `yaml:"images"`
+	ImagesByTagRegex map[string]string   `yaml:"images-by-tag-regex"`
+	ImagesBySemver   map[string]string   `yaml:"images-by-semver"`
+	Credentials      any                 `yaml:"credentials"`
+	TLSVerify        any                 `yaml:"tls-verify"`
+	CertDir          any                 `yaml:"cert-dir"`
+}
+
+// ErrSyncYAML says a sync file does not decode.
+var ErrSyncYAML = errors.New("YAML body")
+
+// SyncList expands a skopeo sync YAML file into references: listed tags
+// and digests as they are, an empty list as every tag, a regexp
+// (images-by-tag-regex) or a semver range (images-by-semver) as the tags
+// it matches now upstream. A repository it cannot list is a problem; a
+// Refused error ends it.
+func SyncList(ctx context.Context, body []byte, l Lister) ([]string, []ListProblem, error) {
+	var doc map[string]syncRegistry
+	dec := yaml.NewDecoder(bytes.NewReader(body))
+	dec.KnownFields(true)
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, nil, fmt.Errorf("%w: %w", ErrSyncYAML, err)
+	}
+	var refs []string
+	var ps []ListProblem
+	for _, host := range slices.Sorted(maps.Keys(doc)) {
+		r, p, err := syncRegistryRefs(ctx, host, doc[host], l)
+		if err != nil {
+			return nil, nil, err
+		}
+		refs, ps = append(refs, r...), append(ps, p...)
+	}
+	return refs, ps, nil
+}
+
+func syncRegistryRefs(ctx context.Context, host string, reg syncRegistry, l Lister) (refs []string, ps []ListProblem, err error) {
+	join := func(repo, ref string) string {
+		if strings.HasPrefix(ref, "sha256:") || strings.HasPrefix(ref, "sha512:") {
+			return host + "/" + repo + "@" + ref
+		}
+		return host + "/" + repo + ":" + ref
+	}
+	// tags lists repo's tags, or notes the problem (nil, nil).
+	tags := func(repo string) ([]string, error) {
+		all, err := l.Tags(ctx, host+"/"+repo)
+		var refused Refused
+		if errors.As(err, &refused) {
+			return nil, err
+		}
+		if err != nil {
+			ps = append(ps, ListProblem{Item: host + "/" + repo, Msg: "listing its tags: " + err.Error()})
+		}
+		return all, nil
+	}
+	for _, repo := range slices.Sorted(maps.Keys(reg.Images)) {
+		listed := reg.Images[repo]
+		if len(listed) == 0 {
+			if listed, err = tags(repo); err != nil {
+				return nil, nil, err
+			}
+		}
+		for _, t := range listed {
+			refs = append(refs, join(repo, t))
+		}
+	}
+	// A regexp or a semver range, matched against the tags upstream has now.
+	for _, f := range []struct {
+		key     string
+		exprs   map[string]string
+		compile func(string) (func(string) bool, error)
+	}{{"images-by-tag-regex", reg.ImagesByTagRegex, route.Regexp}, {"images-by-semver", reg.ImagesBySemver, route.Semver}} {
+		for _, repo := range slices.Sorted(maps.Keys(f.exprs)) {
+			match, err := f.compile(f.exprs[repo])
+			if err != nil {
+				ps = append(ps, ListProblem{Item: host + "/" + repo, Input: f.exprs[repo], Msg: f.key + ": " + err.Error()})
+				continue
+			}
+			all, err := tags(repo)
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, t := range all {
+				if match(t) {
+					refs = append(refs, join(repo, t))
+				}
+			}
+		}
+	}
+	return refs, ps, nil
+}
+
+// FromCache expands patterns (as pins use) into the cached tags they
+// match that the caller may pull: "replicate what we use". A pattern that
+// matches none is a problem.
+func FromCache(patterns []string, l Lister) ([]string, []ListProblem, error) {
+	var refs []string
+	var ps []ListProblem
+	for i, pat := range patterns {
+		item := fmt.Sprintf("from_cache[%d]", i)
+		if err := route.Check(pat); err != nil {
+			ps = append(ps, ListProblem{Item: item, Input: pat, Msg: err.Error()})
+			continue
+		}
+		tags, err := l.CachedTags(pat)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(tags) == 0 {
+			ps = append(ps, ListProblem{Item: item, Input: pat, Msg: "no cached tag matches"})
+		}
+		refs = append(refs, tags...)
+	}
+	return refs, ps, nil
+}
