@@ -123,13 +123,13 @@ func (a *api) jobImages(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	q := r.URL.Query()
-	var states []string
+	var states []replicate.State
 	for _, v := range q["state"] {
 		for s := range strings.SplitSeq(v, ",") {
-			switch s {
+			switch st := replicate.State(s); st {
 			case "":
 			case replicate.StateQueued, replicate.StateRunning, replicate.StateDone, replicate.StateFailed, replicate.StateCancelled:
-				states = append(states, s)
+				states = append(states, st)
 			default:
 				return httpx.OCIError(http.StatusBadRequest, errInvalid, "state "+strconv.Quote(s)+": want queued, running, done, failed or cancelled")
 			}
@@ -158,7 +158,7 @@ func (a *api) jobImages(w http.ResponseWriter, r *http.Request) error {
 	if more && len(images) > 0 {
 		next := url.Values{"n": {strconv.Itoa(min(n, replicate.MaxImagesPage))}, "last": {strconv.Itoa(images[len(images)-1].Index)}}
 		if len(states) > 0 {
-			next.Set("state", strings.Join(states, ","))
+			next.Set("state", strings.Join(each(states, func(s replicate.State) string { return string(s) }), ","))
 		}
 		w.Header().Set("Link", "</api/v1/jobs/"+url.PathEscape(id)+"/images?"+next.Encode()+`>; rel="next"`)
 	}

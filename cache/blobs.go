@@ -21,7 +21,7 @@ func (c *Cache) StatBlob(ctx context.Context, up, repo string, dgst digest.Diges
 		return ocispec.Descriptor{}, err
 	}
 	if bi, err := c.store.Blob(dgst); err == nil {
-		if err := c.authorizeBlob(ctx, u, repo, dgst, bi); err != nil {
+		if err := c.holdsBlob(ctx, u, repo, dgst, bi); err != nil {
 			return ocispec.Descriptor{}, err
 		}
 		return ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: bi.Size}, nil
@@ -36,7 +36,7 @@ func (c *Cache) StatBlob(ctx context.Context, up, repo string, dgst digest.Diges
 		c.remember(u, repo, key, err)
 		return ocispec.Descriptor{}, err
 	}
-	c.keep("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
+	c.unstored("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
 	return desc, nil
 }
 
@@ -119,7 +119,7 @@ func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst dige
 	if !started {
 		// Someone else's fill proves nothing about this repository, and
 		// a private upstream's fill nothing about another upstream.
-		if err := c.authorizeBlob(ctx, u, repo, dgst, storage.BlobInfo{Size: -1, Sources: []string{f.up}}); err != nil {
+		if err := c.holdsBlob(ctx, u, repo, dgst, storage.BlobInfo{Size: -1, Sources: []string{f.up}}); err != nil {
 			return nil, err
 		}
 	}
@@ -176,7 +176,7 @@ func (c *Cache) openStored(ctx context.Context, u Upstream, repo string, dgst di
 	if err != nil {
 		return nil, err
 	}
-	if err := c.authorizeBlob(ctx, u, repo, dgst, bi); err != nil {
+	if err := c.holdsBlob(ctx, u, repo, dgst, bi); err != nil {
 		file.Close()
 		return nil, err
 	}

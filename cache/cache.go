@@ -91,7 +91,7 @@ type Config struct {
 	// fleet asks upstream once per blob.
 	Peers Peers
 	// Redirect answers a blob the store does not hold but its remote tier
-	// does with a short-lived URL of it there (see RemoteURL), instead of
+	// does with a short-lived URL of it there (see RedirectURL), instead of
 	// filling it through this replica.
 	Redirect    bool
 	FillTimeout time.Duration // longest a single blob fill may take; default 1h
@@ -215,10 +215,10 @@ func (c *Cache) upstream(name string) (Upstream, error) {
 	return u, nil
 }
 
-// keep reports a failure to store something an answer does not depend on
+// unstored reports a failure to store something an answer does not depend on
 // (a verified manifest, an index record): the client is answered anyway,
 // and the failure is logged and counted (what: manifest or index).
-func (c *Cache) keep(what string, err error, attrs ...any) {
+func (c *Cache) unstored(what string, err error, attrs ...any) {
 	if err == nil {
 		return
 	}
@@ -244,11 +244,11 @@ func (c *Cache) Subscribe(fn func(TagEvent)) { c.onTag.Store(&fn) }
 func (c *Cache) putTag(up, repo, tag string, ti storage.TagInfo) {
 	fn := c.onTag.Load()
 	if fn == nil { // nobody listens: no need to read what the tag was
-		c.keep("index", c.store.PutTag(up, repo, tag, ti), "repository", repo, "tag", tag)
+		c.unstored("index", c.store.PutTag(up, repo, tag, ti), "repository", repo, "tag", tag)
 		return
 	}
 	prev, err := c.store.Tag(up, repo, tag)
-	c.keep("index", c.store.PutTag(up, repo, tag, ti), "repository", repo, "tag", tag)
+	c.unstored("index", c.store.PutTag(up, repo, tag, ti), "repository", repo, "tag", tag)
 	if err != nil || prev.Digest != ti.Digest {
 		(*fn)(TagEvent{Upstream: up, Repo: repo, Tag: tag, Digest: ti.Digest})
 	}

@@ -147,7 +147,7 @@ func (c *Cache) finishFill(f *fill, u Upstream, repo string, w *storage.Writer, 
 		// Upstream (or the owner, from upstream) showed that repo holds
 		// the blob. Recorded now, not before the first byte: an index
 		// write costs its readers milliseconds.
-		c.keep("index", c.store.AddMembers(u.Name, repo, f.dgst), "repository", repo, "digest", f.dgst)
+		c.unstored("index", c.store.AddMembers(u.Name, repo, f.dgst), "repository", repo, "digest", f.dgst)
 	}
 	switch {
 	case errors.Is(err, errStore):
@@ -165,7 +165,7 @@ func (c *Cache) finishFill(f *fill, u Upstream, repo string, w *storage.Writer, 
 	if err := w.Verify(f.size); err != nil {
 		c.metrics.failed.WithLabelValues("digest").Inc()
 		if src.read[fromBucket] {
-			c.dropFromRemote(f.dgst, err)
+			c.dropFromBucket(f.dgst, err)
 		}
 		return fmt.Errorf("%w: %w", ErrBadUpstream, err)
 	}

@@ -2,10 +2,12 @@ package cache
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -165,4 +167,30 @@ func (c *Cache) CachedTags(pattern string) ([]storage.TagRef, error) {
 		return cmp.Or(strings.Compare(a.Upstream, b.Upstream), strings.Compare(a.Repo, b.Repo), strings.Compare(a.Tag, b.Tag))
 	})
 	return out, nil
+}
+
+// pinsEvery is how often a replica with a remote tier tells it what it
+// pins, so that gc, which sees no replica's index, spares it.
+const pinsEvery = 5 * time.Minute
+
+// publishPins writes this replica's pinned digests to the remote tier.
+func (c *Cache) publishPins() {
+	if c.store.Bucket() == nil || len(c.pins) == 0 {
+		return
+	}
+	pinned, err := c.pinnedDigests()
+	if err != nil {
+		c.log.Warn("pinned content not told to the remote tier", "error", err)
+		return
+	}
+	ds := make([]digest.Digest, 0, len(pinned))
+	for d := range pinned {
+		ds = append(ds, d)
+	}
+	slices.Sort(ds)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.store.PublishPins(ctx, ds); err != nil {
+		c.log.Warn("pinned content not told to the remote tier", "error", err)
+	}
 }

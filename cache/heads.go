@@ -40,7 +40,7 @@ func (c *Cache) ManifestHead(ctx context.Context, up, repo, ref string) (ocispec
 	}
 	desc, _, err := c.manifestFor(u, dgst)
 	if err == nil {
-		if err := c.authorize(ctx, u, repo, dgst, true); err != nil {
+		if err := c.holds(ctx, u, repo, dgst, true); err != nil {
 			return ocispec.Descriptor{}, err
 		}
 		c.metrics.result(u.Name, "manifest", true)

@@ -78,7 +78,7 @@ func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, d
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	if err := c.authorize(ctx, u, repo, dgst, true); err != nil {
+	if err := c.holds(ctx, u, repo, dgst, true); err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
 	c.metrics.result(u.Name, "manifest", true)
@@ -275,14 +275,14 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 	// by-digest request for it must not have to ask upstream again. The
 	// bytes verified: whatever the store cannot keep, the client still
 	// gets its answer.
-	c.keep("index", c.store.AddMembers(u.Name, repo, append(refs.digests(), got)...), "repository", repo, "digest", got)
+	c.unstored("index", c.store.AddMembers(u.Name, repo, append(refs.digests(), got)...), "repository", repo, "digest", got)
 	c.expect(u.Name, repo, refs)
 	// The blobs' fills start before the manifest is stored: its client
 	// asks for them a round trip later, and each needs two upstream round
 	// trips of its own (token-scoped GET, then the CDN it redirects to).
 	c.eager(u, repo, refs)
 	if err := c.putManifest(u, got, mt, body); err != nil {
-		c.keep("manifest", err, "repository", repo, "digest", got)
+		c.unstored("manifest", err, "repository", repo, "digest", got)
 		return desc, body, nil // a tag must not point at a manifest the store lacks
 	}
 	if want == "" {
@@ -305,7 +305,7 @@ func (c *Cache) putManifest(u Upstream, dgst digest.Digest, mediaType string, bo
 			}
 		}
 		if !slices.Contains(bi.Sources, u.Name) {
-			ctx, cancel := context.WithTimeout(context.Background(), remoteLookupTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), bucketLookupTimeout)
 			defer cancel()
 			return c.store.AddSource(ctx, dgst, u.Name)
 		}

@@ -42,11 +42,11 @@ func (c *Cache) vouched(u Upstream, sources []string) bool {
 	return false
 }
 
-// authorize makes sure repo of upstream u is known to hold dgst before the
+// holds makes sure repo of upstream u is known to hold dgst before the
 // store serves it there: either a manifest cached for repo listed it, or
 // upstream says so now. Without this, anyone could read a private blob
 // through any repository by guessing its digest.
-func (c *Cache) authorize(ctx context.Context, u Upstream, repo string, dgst digest.Digest, manifest bool) error {
+func (c *Cache) holds(ctx context.Context, u Upstream, repo string, dgst digest.Digest, manifest bool) error {
 	ok, err := c.store.IsMember(u.Name, repo, dgst)
 	if err != nil || ok {
 		return err
@@ -62,19 +62,19 @@ func (c *Cache) authorize(ctx context.Context, u Upstream, repo string, dgst dig
 	if manifest {
 		c.admit(u, repo, dgst)
 	} else {
-		c.keep("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
+		c.unstored("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
 	}
 	return nil
 }
 
-// authorizeBlob is authorize for a blob described by bi (Size -1 when it is
+// holdsBlob is holds for a blob described by bi (Size -1 when it is
 // still being filled), which u must also vouch for: when its sources do
 // not, u proves that repo holds it by serving it.
-func (c *Cache) authorizeBlob(ctx context.Context, u Upstream, repo string, dgst digest.Digest, bi storage.BlobInfo) error {
+func (c *Cache) holdsBlob(ctx context.Context, u Upstream, repo string, dgst digest.Digest, bi storage.BlobInfo) error {
 	if !c.vouched(u, bi.Sources) {
 		return c.prove(ctx, u, repo, dgst, bi.Size)
 	}
-	return c.authorize(ctx, u, repo, dgst, false)
+	return c.holds(ctx, u, repo, dgst, false)
 }
 
 // admit records that upstream showed repo to hold the manifest dgst, and
@@ -85,7 +85,7 @@ func (c *Cache) admit(u Upstream, repo string, dgst digest.Digest) {
 	if desc, body, err := c.storedManifest(dgst); err == nil {
 		members = append(members, ParseManifest(body, desc.MediaType).digests()...)
 	}
-	c.keep("index", c.store.AddMembers(u.Name, repo, members...), "repository", repo, "digest", dgst)
+	c.unstored("index", c.store.AddMembers(u.Name, repo, members...), "repository", repo, "digest", dgst)
 }
 
 // manifestFor is a stored manifest that u may serve: one of another
@@ -115,9 +115,9 @@ func (c *Cache) prove(ctx context.Context, u Upstream, repo string, dgst digest.
 		if err != nil {
 			return nil, err
 		}
-		c.keep("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
+		c.unstored("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
 		if err := c.store.AddSource(ctx, dgst, u.Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
-			c.keep("index", err, "repository", repo, "digest", dgst)
+			c.unstored("index", err, "repository", repo, "digest", dgst)
 		}
 		return nil, nil
 	})

@@ -81,7 +81,7 @@ func (c *Cache) keepReferrers(u Upstream, repo, key string, dgst digest.Digest, 
 	_, ierr := c.store.Referrers(u.Name, repo, dgst)
 	if json.Unmarshal(doc.Body, &idx) == nil && len(idx.Manifests) > 0 && serr == nil || ierr == nil {
 		c.lists.forget(key)
-		c.keep("index", c.store.PutReferrers(u.Name, repo, dgst, doc), "repository", repo, "digest", dgst)
+		c.unstored("index", c.store.PutReferrers(u.Name, repo, dgst, doc), "repository", repo, "digest", dgst)
 		return
 	}
 	c.lists.put(key, doc)

@@ -46,7 +46,7 @@ func (c *Cache) TagsWithin(ctx context.Context, up, repo string, maxAge time.Dur
 		}
 		slices.Sort(tags)
 		tags = slices.Compact(tags)
-		c.keep("index", c.store.PutTagList(u.Name, repo, tags, c.now()), "repository", repo)
+		c.unstored("index", c.store.PutTagList(u.Name, repo, tags, c.now()), "repository", repo)
 		return tags, nil
 	})
 	if err == nil {

@@ -39,7 +39,7 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	if url, err := p.cache.RemoteURL(r.Context(), t.upstream, t.repo, dgst); err != nil {
+	if url, err := p.cache.RedirectURL(r.Context(), t.upstream, t.repo, dgst); err != nil {
 		return err
 	} else if url != "" {
 		w.Header().Set("Docker-Content-Digest", dgst.String())
@@ -72,7 +72,7 @@ func (p *proxy) serveBlob(w http.ResponseWriter, r *http.Request, up, repo strin
 	setBlobHeaders(w, b.Descriptor)
 	bytesOnly(r)
 	cw := &httpx.Recorder{ResponseWriter: w, RangeErrors: true, BodySize: b.Descriptor.Size}
-	content := &errReader{ReadSeeker: b}
+	content := &catchingReader{ReadSeeker: b}
 	if f, ok := b.ReadSeekCloser.(*os.File); ok {
 		http.ServeContent(cw, r, "", time.Time{}, f) // sendfile
 	} else {
@@ -113,16 +113,16 @@ func setBlobHeaders(w http.ResponseWriter, desc ocispec.Descriptor) {
 	h.Set("Accept-Ranges", "bytes")
 }
 
-// errReader remembers the first read error other than EOF, which
+// catchingReader remembers the first read error other than EOF, which
 // ServeContent would otherwise swallow.
-type errReader struct {
+type catchingReader struct {
 	io.ReadSeeker
 	err error
 }
 
 // SendTo passes the sendfile path of the reader beneath through,
 // remembering its error as Read does.
-func (e *errReader) SendTo(dst io.ReaderFrom, n int64) (int64, bool, error) {
+func (e *catchingReader) SendTo(dst io.ReaderFrom, n int64) (int64, bool, error) {
 	s, ok := e.ReadSeeker.(httpx.Sender)
 	if !ok {
 		return 0, false, nil
@@ -134,7 +134,7 @@ func (e *errReader) SendTo(dst io.ReaderFrom, n int64) (int64, bool, error) {
 	return sent, ok, err
 }
 
-func (e *errReader) Read(p []byte) (int, error) {
+func (e *catchingReader) Read(p []byte) (int, error) {
 	n, err := e.ReadSeeker.Read(p)
 	if err != nil && !errors.Is(err, io.EOF) && e.err == nil {
 		e.err = err

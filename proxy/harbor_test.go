@@ -79,7 +79,7 @@ func TestPrefetchFromCache(t *testing.T) {
 	job := p.wait(t, p.submit(t, "application/json", "", body))
 	var got []string
 	for _, img := range job.Images {
-		got = append(got, img.Source+" "+img.State)
+		got = append(got, img.Source+" "+string(img.State))
 	}
 	if want := "harbor-a.example.com/proj/app:1.0 done,harbor-a.example.com/proj/tool:2.0 done"; strings.Join(got, ",") != want {
 		t.Fatalf("from_cache copied %q, want %q", got, want)

@@ -239,11 +239,11 @@ func TestBucketKeepsWhoServedABlob(t *testing.T) {
 	s := &isolation{pub: upstreamtest.New(t), priv: upstreamtest.New(t, upstreamtest.WithBasicAuth("wharf", "wharf-pw"))}
 	s.secret = s.priv.PushImage(t, "team-b/secret", "1.0", 61, 2, 4<<10, amd64)
 	replica := func() *env {
-		r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
+		r, err := storage.OpenBucket(t.Context(), "s3", s3.Params())
 		if err != nil {
 			t.Fatal(err)
 		}
-		return s.replica(t, t.TempDir(), storage.Options{Remote: r})
+		return s.replica(t, t.TempDir(), storage.Options{Bucket: r})
 	}
 	first := replica()
 	s.pullSecret(t, first)

@@ -117,9 +117,9 @@ func (e *env) wait(t *testing.T, id string, hdr ...string) report {
 
 // images reads a job's images (in state, if set) page by page, n at a time
 // (0: the server's default), following the Link header.
-func (e *env) images(t *testing.T, id, state string, n int, hdr ...string) []replicate.Image {
+func (e *env) images(t *testing.T, id string, state replicate.State, n int, hdr ...string) []replicate.Image {
 	t.Helper()
-	path := "/api/v1/jobs/" + id + "/images?state=" + state
+	path := "/api/v1/jobs/" + id + "/images?state=" + string(state)
 	if n > 0 {
 		path += fmt.Sprintf("&n=%d", n)
 	}

@@ -190,7 +190,7 @@ func TestRedirectOutlivesGC(t *testing.T) {
 		t.Fatalf("blob in the bucket: %d, want a redirect", status)
 	}
 
-	r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
+	r, err := storage.OpenBucket(t.Context(), "s3", s3.Params())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,11 +257,11 @@ func TestReplicaTellsTheBucketUsesAndPins(t *testing.T) {
 	s3 := s3test.Start(t)
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 84, 1, 1000, amd64)
-	r, err := storage.OpenRemote(t.Context(), "s3", s3.Params())
+	r, err := storage.OpenBucket(t.Context(), "s3", s3.Params())
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnvFull(t, t.TempDir(), storage.Options{Remote: r, Replica: "wharf-0"}, cache.Config{Pins: []string{"docker.io/library/app:1"}},
+	e := newEnvFull(t, t.TempDir(), storage.Options{Bucket: r, Replica: "wharf-0"}, cache.Config{Pins: []string{"docker.io/library/app:1"}},
 		replicate.Config{}, "", nil, nil, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 	pull(t, e, "app", img, "")
 	pins := s3.ObjectFile("/wharf/pins/wharf-0")
@@ -359,7 +359,7 @@ func TestBucketFailingAfterTheLookup(t *testing.T) {
 				FlushInterval: -1,                         // every byte before the fault reaches the replica
 				ModifyResponse: func(resp *http.Response) error {
 					if fault != "vanished" && reads.Load() == 1 && strings.HasSuffix(resp.Request.URL.Path, key) && resp.Request.Method == http.MethodGet {
-						var end io.Reader = errReader{} // broke: the connection drops
+						var end io.Reader = catchingReader{} // broke: the connection drops
 						if fault == "stalled" {
 							end = blocked{resp.Request.Context()} // stalled: silence until the reader goes
 						}
@@ -425,9 +425,9 @@ func TestBucketFailingAfterTheLookup(t *testing.T) {
 	}
 }
 
-type errReader struct{}
+type catchingReader struct{}
 
-func (errReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+func (catchingReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
 
 // blocked reads nothing until ctx ends.
 type blocked struct{ ctx context.Context }
@@ -441,11 +441,11 @@ func (b blocked) Read([]byte) (int, error) {
 // with up as its default upstream.
 func bucketReplica(t *testing.T, up *upstreamtest.Registry, params map[string]any, cfg cache.Config) *env {
 	t.Helper()
-	r, err := storage.OpenRemote(t.Context(), "s3", params)
+	r, err := storage.OpenBucket(t.Context(), "s3", params)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newEnvFull(t, t.TempDir(), storage.Options{Remote: r}, cfg, replicate.Config{}, "", nil, nil,
+	return newEnvFull(t, t.TempDir(), storage.Options{Bucket: r}, cfg, replicate.Config{}, "", nil, nil,
 		spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 }
 

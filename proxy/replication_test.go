@@ -114,7 +114,7 @@ func TestReplicationOnPull(t *testing.T) {
 		t.Fatalf("status: %d %s", r.status, r.body)
 	}
 	s := status.Rules[0]
-	if s.Name != "services-to-b" || s.Runs != 2 || s.Pending != 0 || s.LastRun == nil || s.LastRun.State != replicate.StateDone ||
+	if s.Name != "services-to-b" || s.Runs != 2 || s.Pending != 0 || s.LastRun == nil || s.LastRun.State != string(replicate.StateDone) ||
 		s.LastRun.Trigger != "on_pull" || s.LastRun.Job != job.ID || s.Failures != 0 {
 		t.Fatalf("status %+v", s)
 	}

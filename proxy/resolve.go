@@ -16,8 +16,8 @@ import (
 // tagRE is the OCI distribution spec's tag pattern.
 var tagRE = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
 
-// target is where a request goes: an upstream key and a repository there.
-type target struct {
+// routed is where a request goes: an upstream key and a repository there.
+type routed struct {
 	upstream string
 	repo     string
 	name     string // the name as the client wrote it, for answers
@@ -28,10 +28,10 @@ type target struct {
 // OCI-Namespace header first, then a path prefix naming an upstream, then
 // the default. An unknown ns is an error, never a host to dial. A caller
 // who may not pull the result is refused here, before anything is read.
-func (p *proxy) resolve(w http.ResponseWriter, r *http.Request) (target, error) {
+func (p *proxy) resolve(w http.ResponseWriter, r *http.Request) (routed, error) {
 	name := mux.Vars(r)["name"]
 	if !oci.ValidName(name) {
-		return target{}, httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeNameInvalid, "invalid repository name")
+		return routed{}, httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeNameInvalid, "invalid repository name")
 	}
 	ns := r.URL.Query().Get("ns")
 	if ns == "" {
@@ -39,9 +39,9 @@ func (p *proxy) resolve(w http.ResponseWriter, r *http.Request) (target, error) 
 	}
 	up, repo, err := p.router.Resolve(name, ns)
 	if err != nil {
-		return target{}, httpx.OCIError(http.StatusNotFound, errcode.ErrorCodeNameUnknown, err.Error())
+		return routed{}, httpx.OCIError(http.StatusNotFound, errcode.ErrorCodeNameUnknown, err.Error())
 	}
-	t := target{upstream: up, repo: repo, name: name, byNS: ns}
+	t := routed{upstream: up, repo: repo, name: name, byNS: ns}
 	if ns != "" {
 		w.Header().Set("OCI-Namespace", ns)
 	}

@@ -14,6 +14,16 @@ import (
 	"github.com/wharf-registry/wharf/cache"
 )
 
+// pushOutcome is what became of a blob on the target, as
+// wharf_push_blobs_total's outcome says.
+type pushOutcome string
+
+const (
+	pushed  pushOutcome = "pushed"  // uploaded
+	mounted pushOutcome = "mounted" // from another repository of the target
+	skipped pushOutcome = "skipped" // there already
+)
+
 // blobCopy is one blob of one image of a job on its way.
 type blobCopy struct {
 	c        *Jobs
@@ -46,7 +56,7 @@ func (c *Jobs) transferBlob(ctx context.Context, r *run, img *Image, desc ocispe
 	l := r.lock(desc.Digest)
 	l.Lock()
 	defer l.Unlock()
-	outcome := "skipped"
+	outcome := skipped
 	if !r.seenOnTarget(img.TargetRepo, desc.Digest) {
 		if outcome, err = bc.push(ctx); err != nil {
 			return fmt.Errorf("push blob %s: %w", desc.Digest, explain(err, r.job.PushTo, img.TargetRepo, cmp.Or(img.Tag, img.Reference)))
@@ -56,19 +66,19 @@ func (c *Jobs) transferBlob(ctx context.Context, r *run, img *Image, desc ocispe
 		}
 		r.sawOnTarget(img.TargetRepo, desc.Digest)
 	}
-	c.metrics.pushed.WithLabelValues(r.job.PushTo, outcome).Inc()
+	c.metrics.pushed.WithLabelValues(r.job.PushTo, string(outcome)).Inc()
 	r.change(img, func(img *Image) {
 		switch outcome {
-		case "skipped":
+		case skipped:
 			img.BlobsSkipped++
-		case "mounted":
+		case mounted:
 			img.BlobsMounted++
 		default:
 			img.BlobsPushed++
 			img.BytesPushed += desc.Size
 		}
 	})
-	if outcome == "pushed" {
+	if outcome == pushed {
 		c.metrics.pushedBytes.WithLabelValues(r.job.PushTo).Add(float64(desc.Size))
 		bc.fetched()
 		return nil
@@ -134,14 +144,14 @@ func (bc *blobCopy) warm(ctx context.Context) error {
 
 // push puts the blob on the target and says how: skipped, mounted or
 // pushed.
-func (bc *blobCopy) push(ctx context.Context) (outcome string, err error) {
+func (bc *blobCopy) push(ctx context.Context) (outcome pushOutcome, err error) {
 	target, repo := bc.r.job.PushTo, bc.img.TargetRepo
 	t := bc.c.targets[target]
 	err = bc.c.retry(ctx, func() error {
 		bc.progress.Store(0)
 		_, err := t.StatBlob(ctx, repo, bc.desc.Digest)
 		if err == nil {
-			outcome = "skipped"
+			outcome = skipped
 			return nil
 		}
 		if cache.Status(err) != http.StatusNotFound {
@@ -152,14 +162,14 @@ func (bc *blobCopy) push(ctx context.Context) (outcome string, err error) {
 			from = ""
 		}
 		open := func(offset int64) (io.ReadCloser, error) { return bc.open(ctx, offset) }
-		mounted, err := t.PushBlob(ctx, repo, bc.desc, from, open)
+		wasMounted, err := t.PushBlob(ctx, repo, bc.desc, from, open)
 		if err != nil {
 			bc.undo()
 			return err
 		}
-		outcome = "pushed"
-		if mounted {
-			outcome = "mounted"
+		outcome = pushed
+		if wasMounted {
+			outcome = mounted
 		}
 		return nil
 	})

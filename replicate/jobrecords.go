@@ -155,7 +155,7 @@ const MaxImagesPage = 1000
 // Images returns up to n images of job id (at most MaxImagesPage) after
 // index after (-1: from the first), those in one of states if any are
 // given, and whether more may follow.
-func (c *Jobs) Images(id string, states []string, after, n int) ([]Image, bool, error) {
+func (c *Jobs) Images(id string, states []State, after, n int) ([]Image, bool, error) {
 	n = min(max(n, 1), MaxImagesPage)
 	var page []Image
 	more := false

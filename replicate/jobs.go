@@ -20,14 +20,17 @@ import (
 // moment it is accepted, is saved at every step, and is picked up again
 // after a restart: it is never reported done unless every image is.
 
+// State is a job's or an image's state.
+type State string
+
 // Job and image states.
 const (
-	StateQueued    = "queued"
-	StateRunning   = "running"
-	StateDone      = "done"
-	StateFailed    = "failed"    // a job none of whose images made it, or one image
-	StatePartial   = "partial"   // a job some of whose images failed
-	StateCancelled = "cancelled" // by DELETE /api/v1/jobs/{id}
+	StateQueued    State = "queued"
+	StateRunning   State = "running"
+	StateDone      State = "done"
+	StateFailed    State = "failed"    // a job none of whose images made it, or one image
+	StatePartial   State = "partial"   // a job some of whose images failed
+	StateCancelled State = "cancelled" // by DELETE /api/v1/jobs/{id}
 )
 
 // ErrJobNotFound says no job has the id asked for.
@@ -68,7 +71,7 @@ var ErrJobNotSaved = errors.New("job state could not be saved")
 // the index keeps as the job's record, whatever the number of images.
 type Job struct {
 	ID        string   `json:"id"`
-	State     string   `json:"state"`
+	State     State    `json:"state"`
 	Error     string   `json:"error,omitempty"` // why the job as a whole failed
 	Platforms []string `json:"platforms,omitempty"`
 	PushTo    string   `json:"push_to,omitempty"`
@@ -135,7 +138,7 @@ type Image struct {
 	Tag          string         `json:"tag,omitempty"` // pushed under, when Reference is a digest
 	Target       string         `json:"target,omitempty"`
 	TargetRepo   string         `json:"target_repository,omitempty"`
-	State        string         `json:"state"`
+	State        State          `json:"state"`
 	Digest       digest.Digest  `json:"digest,omitempty"`
 	MediaType    string         `json:"media_type,omitempty"`
 	NotCopied    []SkippedChild `json:"not_copied,omitempty"`

@@ -200,7 +200,7 @@ func (rs *Rules) schedule(r *rule) {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		if _, err := rs.run(ctx, r, "schedule"); err != nil {
+		if _, err := rs.scan(ctx, r, "schedule"); err != nil {
 			rs.jobs.log.Warn("replication run failed", "rule", r.Name, "error", err)
 		}
 		cancel()
@@ -294,16 +294,16 @@ func (rs *Rules) flushLater(r *rule) {
 func (rs *Rules) Run(ctx context.Context, name string) (*Job, error) {
 	for _, r := range rs.rules {
 		if r.Name == name {
-			return rs.run(ctx, r, "manual")
+			return rs.scan(ctx, r, "manual")
 		}
 	}
 	return nil, fmt.Errorf("%w %q", ErrNoRule, name)
 }
 
-// run lists the tags of every repository r covers (those Wharf knows of,
+// scan lists the tags of every repository r covers (those Wharf knows of,
 // and sources naming one repository), resolves those its filter takes, and
 // submits a job of the new and moved ones.
-func (rs *Rules) run(ctx context.Context, r *rule, trigger string) (*Job, error) {
+func (rs *Rules) scan(ctx context.Context, r *rule, trigger string) (*Job, error) {
 	r.runMu.Lock()
 	defer r.runMu.Unlock()
 	c := rs.jobs.cache
@@ -385,7 +385,7 @@ func (rs *Rules) submit(r *rule, trigger string, batch []pendingTag) (*Job, erro
 		run.State, run.Error = "failed to start", err.Error()
 		return nil, err
 	}
-	run.Job, run.State = job.ID, job.State
+	run.Job, run.State = job.ID, string(job.State)
 	r.mu.Lock()
 	if len(r.inflight) > maxInflight {
 		r.inflight = map[string]inflight{} // forgotten: at worst a tag goes twice

@@ -31,7 +31,7 @@ func (rs *Rules) Status() []RuleStatus {
 		r.mu.Unlock()
 		if s.LastRun != nil && s.LastRun.Job != "" {
 			if job, err := rs.jobs.Job(s.LastRun.Job); err == nil {
-				s.LastRun.State = job.State
+				s.LastRun.State = string(job.State)
 				s.Failures += job.Failed
 			}
 		}

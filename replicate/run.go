@@ -138,7 +138,7 @@ func (c *Jobs) forget(r *run) {
 }
 
 // settledState decides a finished job's state from its images'.
-func settledState(t Tally, images int) string {
+func settledState(t Tally, images int) State {
 	switch {
 	case t.Done == images:
 		return StateDone
@@ -181,7 +181,7 @@ func (c *Jobs) copyImage(ctx context.Context, r *run, img *Image) {
 		}
 	})
 	state := r.state(img)
-	c.metrics.images.WithLabelValues(state).Inc()
+	c.metrics.images.WithLabelValues(string(state)).Inc()
 	if state == StateDone && r.job.Rule != "" && img.Tag != "" {
 		// What the rule pushed: the next run leaves it be until it moves.
 		if err := c.store.SetReplicated(r.job.Rule, img.Upstream, img.Repository, img.Tag, img.Digest); err != nil {
@@ -212,7 +212,7 @@ func (r *run) change(img *Image, fn func(*Image)) {
 }
 
 // state reads an image's state under the job's lock.
-func (r *run) state(img *Image) string {
+func (r *run) state(img *Image) State {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return img.State

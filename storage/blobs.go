@@ -145,7 +145,7 @@ func (w *Writer) Commit(size int64) error {
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("sync blob: %w", err)
 	}
-	if r := w.s.remote; r != nil && !w.inRemote {
+	if r := w.s.bucket; r != nil && !w.inRemote {
 		// Sources first: the bucket never holds a blob of this Wharf's
 		// without them, which would read as a blob of unknown origin.
 		ctx, cancel := context.WithTimeout(context.Background(), remoteUploadTimeout)

@@ -28,7 +28,7 @@ func (s *Store) Touch(dgst digest.Digest) {
 	now := time.Now()
 	s.access.seen[dgst] = now
 	s.access.mu.Unlock()
-	if s.remote != nil {
+	if s.bucket != nil {
 		s.use.note(dgst, now)
 	}
 }

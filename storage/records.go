@@ -102,8 +102,8 @@ func (s *Store) SetMediaType(dgst digest.Digest, mt string) error {
 // AddSource records that source's own bytes verified as blob dgst, here
 // and, with a remote tier, in the bucket for the other replicas.
 func (s *Store) AddSource(ctx context.Context, dgst digest.Digest, source string) error {
-	if s.remote != nil {
-		if err := s.remote.AddSources(ctx, dgst, source); err != nil {
+	if s.bucket != nil {
+		if err := s.bucket.AddSources(ctx, dgst, source); err != nil {
 			return err
 		}
 	}

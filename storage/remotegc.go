@@ -36,7 +36,7 @@ func sourcesKey(dgst digest.Digest) string {
 // AddSources records in the bucket that each of sources served blob dgst
 // (see BlobInfo.Sources): one empty object each, so replicas adding
 // theirs at once never overwrite each other's.
-func (r *Remote) AddSources(ctx context.Context, dgst digest.Digest, sources ...string) error {
+func (r *Bucket) AddSources(ctx context.Context, dgst digest.Digest, sources ...string) error {
 	if err := dgst.Validate(); err != nil {
 		return err
 	}
@@ -53,7 +53,7 @@ func (r *Remote) AddSources(ctx context.Context, dgst digest.Digest, sources ...
 
 // Sources lists what the bucket records as sources of blob dgst; none for
 // a blob uploaded by a Wharf before sources were kept.
-func (r *Remote) Sources(ctx context.Context, dgst digest.Digest) ([]string, error) {
+func (r *Bucket) Sources(ctx context.Context, dgst digest.Digest) ([]string, error) {
 	if err := dgst.Validate(); err != nil {
 		return nil, err
 	}
@@ -73,7 +73,7 @@ func (r *Remote) Sources(ctx context.Context, dgst digest.Digest) ([]string, err
 }
 
 // Touch records that blob dgst was served at t.
-func (r *Remote) Touch(ctx context.Context, dgst digest.Digest, t time.Time) error {
+func (r *Bucket) Touch(ctx context.Context, dgst digest.Digest, t time.Time) error {
 	if err := dgst.Validate(); err != nil {
 		return err
 	}
@@ -81,7 +81,7 @@ func (r *Remote) Touch(ctx context.Context, dgst digest.Digest, t time.Time) err
 }
 
 // PutPins records the digests replica keeps pinned.
-func (r *Remote) PutPins(ctx context.Context, replica string, dgsts []digest.Digest) error {
+func (r *Bucket) PutPins(ctx context.Context, replica string, dgsts []digest.Digest) error {
 	body, err := json.Marshal(dgsts)
 	if err != nil {
 		return err
@@ -123,7 +123,7 @@ type GCResult struct {
 // read again just before it is deleted: a replica may have redirected a
 // client to it since the collection listed the bucket. A replica still
 // indexing a deleted blob finds it gone and fetches it again.
-func (r *Remote) GC(ctx context.Context, p GCPolicy, now time.Time) (GCResult, error) {
+func (r *Bucket) GC(ctx context.Context, p GCPolicy, now time.Time) (GCResult, error) {
 	var res GCResult
 	blobs, err := r.blobs(ctx)
 	if err != nil {
@@ -177,7 +177,7 @@ func (r *Remote) GC(ctx context.Context, p GCPolicy, now time.Time) (GCResult, e
 
 // marker is the use recorded in dgst's marker: ok false if it has none (or
 // one that is no time), err if the bucket would not say.
-func (r *Remote) marker(ctx context.Context, dgst digest.Digest) (used time.Time, ok bool, err error) {
+func (r *Bucket) marker(ctx context.Context, dgst digest.Digest) (used time.Time, ok bool, err error) {
 	body, err := r.d.GetContent(ctx, accessKey(dgst))
 	if missing(err) {
 		return time.Time{}, false, nil
@@ -190,7 +190,7 @@ func (r *Remote) marker(ctx context.Context, dgst digest.Digest) (used time.Time
 }
 
 // blobs lists the bucket's blobs with their last recorded use.
-func (r *Remote) blobs(ctx context.Context) ([]RemoteBlob, error) {
+func (r *Bucket) blobs(ctx context.Context) ([]RemoteBlob, error) {
 	var out []RemoteBlob
 	byDigest := map[digest.Digest]int{}
 	err := r.walk(ctx, "/docker/registry/v2/blobs", func(fi storagedriver.FileInfo) error {
@@ -230,7 +230,7 @@ func (r *Remote) blobs(ctx context.Context) ([]RemoteBlob, error) {
 }
 
 // pinned is the union of the pin lists written since since.
-func (r *Remote) pinned(ctx context.Context, since time.Time) (map[digest.Digest]bool, error) {
+func (r *Bucket) pinned(ctx context.Context, since time.Time) (map[digest.Digest]bool, error) {
 	pinned := map[digest.Digest]bool{}
 	err := r.walk(ctx, pinsPrefix, func(fi storagedriver.FileInfo) error {
 		if fi.IsDir() || fi.ModTime().Before(since) {
@@ -257,7 +257,7 @@ func (r *Remote) pinned(ctx context.Context, since time.Time) (map[digest.Digest
 
 // walk visits everything under prefix; a prefix with nothing under it is
 // empty, not an error.
-func (r *Remote) walk(ctx context.Context, prefix string, fn func(storagedriver.FileInfo) error) error {
+func (r *Bucket) walk(ctx context.Context, prefix string, fn func(storagedriver.FileInfo) error) error {
 	err := r.d.Walk(ctx, prefix, func(fi storagedriver.FileInfo) error { return fn(fi) })
 	if missing(err) {
 		return nil

@@ -39,7 +39,7 @@ const (
 // redirected to the same blob at once wait for one write between them. An
 // error means the client is better served another way.
 func (s *Store) MarkUsed(ctx context.Context, dgst digest.Digest) error {
-	if s.remote == nil {
+	if s.bucket == nil {
 		return nil
 	}
 	if !s.use.markDue(dgst, time.Now()) {
@@ -50,7 +50,7 @@ func (s *Store) MarkUsed(ctx context.Context, dgst digest.Digest) error {
 		if !s.use.markDue(dgst, now) {
 			return nil, nil // written while this caller waited
 		}
-		if err := s.remote.Touch(ctx, dgst, now); err != nil {
+		if err := s.bucket.Touch(ctx, dgst, now); err != nil {
 			return nil, err
 		}
 		s.use.mark(dgst, now)
@@ -116,7 +116,7 @@ func (u *remoteUse) take(now time.Time, force bool) map[digest.Digest]time.Time 
 // Remote.Touch), when due or forced (at Close). A marker that cannot be
 // written is dropped: a use is a hint for gc, never a correctness matter.
 func (s *Store) flushRemoteUse(force bool) {
-	if s.remote == nil {
+	if s.bucket == nil {
 		return
 	}
 	uses := s.use.take(time.Now(), force)
@@ -129,6 +129,6 @@ func (s *Store) flushRemoteUse(force bool) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.remote.Touch(ctx, d, at)
+		s.bucket.Touch(ctx, d, at)
 	}
 }

@@ -19,7 +19,7 @@ import (
 // for concurrent use.
 type Store struct {
 	root    string
-	remote  *Remote   // nil: the root is the only tier
+	bucket  *Bucket   // nil: the root is the only tier
 	replica string    // this store's name in the remote tier
 	use     remoteUse // blobs served, to tell the remote tier
 	db      *db
@@ -61,10 +61,10 @@ type Options struct {
 	// Statfs reports the free and total bytes of the filesystem under
 	// root; nil: statfs(2). Tests fill a disk with it.
 	Statfs func() (avail, total uint64, err error)
-	// Remote is the shared tier (a bucket) or nil: every blob committed
+	// Bucket is the shared tier or nil: every blob committed
 	// here is uploaded to it first, so the root is a fill buffer and a hot
 	// cache in front of it.
-	Remote *Remote
+	Bucket *Bucket
 	// Replica names this store in the remote tier (its pin list); default
 	// the host name, a pod's name in Kubernetes.
 	Replica string
@@ -77,7 +77,7 @@ type Options struct {
 func Open(root string, opts Options) (*Store, error) {
 	s := &Store{
 		root:    root,
-		remote:  opts.Remote,
+		bucket:  opts.Bucket,
 		replica: opts.Replica,
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -196,19 +196,19 @@ func (s *Store) Close() error {
 // Full reports whether the store takes nothing new now: its filesystem is
 // under MinFree, or its index opened read-only. Fills then pass through
 // from the start rather than fetch a blob they cannot keep.
-// Remote is the store's shared tier, or nil.
-func (s *Store) Remote() *Remote { return s.remote }
+// Bucket is the store's shared tier, or nil.
+func (s *Store) Bucket() *Bucket { return s.bucket }
 
 // PublishPins tells the remote tier which digests this replica pins.
 func (s *Store) PublishPins(ctx context.Context, dgsts []digest.Digest) error {
-	if s.remote == nil {
+	if s.bucket == nil {
 		return nil
 	}
 	name := s.replica
 	if name == "" {
 		name, _ = os.Hostname()
 	}
-	return s.remote.PutPins(ctx, cmp.Or(name, "wharf"), dgsts)
+	return s.bucket.PutPins(ctx, cmp.Or(name, "wharf"), dgsts)
 }
 
 func (s *Store) Full() bool { return s.sp.low() || s.ReadOnly() }

@@ -80,11 +80,11 @@ type storageConfig struct {
 func (s *storageConfig) options() (storage.Options, error) {
 	opts := storage.Options{MinFree: s.minFree, MinFreeRatio: s.minFreeRatio}
 	if s.Driver == "s3" {
-		r, err := storage.OpenRemote(context.Background(), "s3", s.S3)
+		r, err := storage.OpenBucket(context.Background(), "s3", s.S3)
 		if err != nil {
 			return opts, fmt.Errorf("storage.s3: %w", err)
 		}
-		opts.Remote = r
+		opts.Bucket = r
 	}
 	return opts, nil
 }
@@ -142,9 +142,9 @@ func (s *storageConfig) parseMinFree() error {
 	return nil
 }
 
-// remote is what upstreams and targets share: a registry, and how to
+// registryConfig is what upstreams and targets share: a registry, and how to
 // reach and log in to it.
-type remote struct {
+type registryConfig struct {
 	Name          string        `yaml:"name"`
 	URL           string        `yaml:"url"`
 	Username      string        `yaml:"username"`
@@ -164,12 +164,12 @@ type remote struct {
 
 // credentialed: Wharf logs in to it, with a password, a token or a client
 // certificate, so what it serves may be private.
-func (r *remote) credentialed() bool {
+func (r *registryConfig) credentialed() bool {
 	return r.Username != "" || r.Password != "" || r.CertFile != "" || r.KeyFile != ""
 }
 
 // client is the upstream.Client for r, a push target's if push is set.
-func (r *remote) client(m *upstream.Metrics, push bool, chunkSize int64, log *slog.Logger) (*upstream.Client, error) {
+func (r *registryConfig) client(m *upstream.Metrics, push bool, chunkSize int64, log *slog.Logger) (*upstream.Client, error) {
 	return upstream.New(upstream.Config{
 		Name: r.Name, URL: r.URL, Username: r.Username, Password: r.Password, Insecure: r.Insecure,
 		DialTimeout: r.DialTimeout, ResponseHeaderTimeout: r.HeaderTimeout, IdleTimeout: r.IdleTimeout,
@@ -178,8 +178,8 @@ func (r *remote) client(m *upstream.Metrics, push bool, chunkSize int64, log *sl
 	}, m)
 }
 
-// validate checks what every remote needs; kind names it in errors.
-func (r *remote) validate(kind string, i int) error {
+// validate checks what every registry needs; kind names it in errors.
+func (r *registryConfig) validate(kind string, i int) error {
 	if r.Name == "" || r.URL == "" {
 		return fmt.Errorf("%ss[%d]: name and url are required", kind, i)
 	}
@@ -194,20 +194,20 @@ func (r *remote) validate(kind string, i int) error {
 
 // targetConfig is a registry prefetch jobs may push to.
 type targetConfig struct {
-	remote     `yaml:",inline"`
-	ChunkSize  string `yaml:"chunk_size"`
-	chunkBytes int64
+	registryConfig `yaml:",inline"`
+	ChunkSize      string `yaml:"chunk_size"`
+	chunkBytes     int64
 }
 
 type upstreamConfig struct {
-	remote      `yaml:",inline"`
-	Aliases     []string       `yaml:"aliases"`
-	Default     bool           `yaml:"default"`
-	TagTTL      *time.Duration `yaml:"tag_ttl"`
-	NegativeTTL *time.Duration `yaml:"negative_ttl"`
-	Revalidate  time.Duration  `yaml:"revalidate_timeout"`
-	MaxFills    int            `yaml:"max_fills"`
-	FillGrace   time.Duration  `yaml:"fill_grace"`
+	registryConfig `yaml:",inline"`
+	Aliases        []string       `yaml:"aliases"`
+	Default        bool           `yaml:"default"`
+	TagTTL         *time.Duration `yaml:"tag_ttl"`
+	NegativeTTL    *time.Duration `yaml:"negative_ttl"`
+	Revalidate     time.Duration  `yaml:"revalidate_timeout"`
+	MaxFills       int            `yaml:"max_fills"`
+	FillGrace      time.Duration  `yaml:"fill_grace"`
 	// EagerFill starts an image's blob fills with its manifest (default true).
 	EagerFill *bool `yaml:"eager_fill"`
 	// Public says that what this upstream serves may be served to anyone,
@@ -418,7 +418,7 @@ func expandEnv(s string) (string, error) {
 
 // resolveSecrets expands ${VAR} in username and password and reads
 // password_file.
-func (u *remote) resolveSecrets() error {
+func (u *registryConfig) resolveSecrets() error {
 	var err error
 	if u.Username, err = expandEnv(u.Username); err != nil {
 		return err

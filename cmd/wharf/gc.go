@@ -61,7 +61,7 @@ func gcCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res, err := sopts.Remote.GC(context.Background(), storage.GCPolicy{Keep: int64(n), PinsAge: *pinsAge, MinAge: *minAge, Dry: *dry}, time.Now())
+	res, err := sopts.Bucket.GC(context.Background(), storage.GCPolicy{Keep: int64(n), PinsAge: *pinsAge, MinAge: *minAge, Dry: *dry}, time.Now())
 	if err != nil {
 		return fmt.Errorf("gc: %w", err)
 	}

@@ -78,7 +78,7 @@ func (j *largeJob) job(t *testing.T, addr, id, wait string) replicate.Job {
 }
 
 // exact asserts a finished job of n images ended state, every image counted.
-func exact(t *testing.T, job replicate.Job, state string, n int) {
+func exact(t *testing.T, job replicate.Job, state replicate.State, n int) {
 	t.Helper()
 	if job.State != state || job.Finished == nil || job.Images != n ||
 		job.Done+job.Failed+job.Cancelled != n || job.Queued+job.Running != 0 || job.Error != "" {
@@ -182,7 +182,7 @@ func TestPrefetchFiftyThousandImagesCancel(t *testing.T) {
 	if len(shown.Images) != n || shown.Job.Cancelled == 0 || shown.Job.Done < 100 {
 		t.Fatalf("cancelled job shows %d images, %d cancelled", len(shown.Images), shown.Job.Cancelled)
 	}
-	counts := map[string]int{}
+	counts := map[replicate.State]int{}
 	for _, img := range shown.Images {
 		counts[img.State]++
 	}

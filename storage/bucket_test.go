@@ -48,7 +48,7 @@ func TestRemoteBlobsOnS3(t *testing.T) {
 	s3 := s3test.Start(t)
 	params := s3.Params()
 	params["chunksize"] = 5 << 20 // the driver's smallest part: a 12 MiB blob goes in three
-	r, err := OpenRemote(t.Context(), "s3", params)
+	r, err := OpenBucket(t.Context(), "s3", params)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestRemoteBlobsOnS3(t *testing.T) {
 		// upload is abandoned while net/http may still be reading the
 		// last part from it (no happens-before the race detector can
 		// see), and the next upload writes into it.
-		r, err := OpenRemote(t.Context(), "s3", params)
+		r, err := OpenBucket(t.Context(), "s3", params)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -130,7 +130,7 @@ func TestRemoteBlobsOnS3(t *testing.T) {
 // minimum age, and only says so when dry.
 func TestRemoteGC(t *testing.T) {
 	s3 := s3test.Start(t)
-	r, err := OpenRemote(t.Context(), "s3", s3.Params())
+	r, err := OpenBucket(t.Context(), "s3", s3.Params())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestRemoteGC(t *testing.T) {
 // again just before each deletion.
 func TestGCRereadsTheMarker(t *testing.T) {
 	s3 := s3test.Start(t)
-	r, err := OpenRemote(t.Context(), "s3", s3.Params())
+	r, err := OpenBucket(t.Context(), "s3", s3.Params())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestGCRereadsTheMarker(t *testing.T) {
 }
 
 // uploadBlobs puts n blobs of 1000 bytes each ("aaa...", "bbb...") in r.
-func uploadBlobs(t *testing.T, r *Remote, n int) []digest.Digest {
+func uploadBlobs(t *testing.T, r *Bucket, n int) []digest.Digest {
 	t.Helper()
 	var ds []digest.Digest
 	for i := range n {
@@ -238,7 +238,7 @@ func TestGCStopsAtWhatItCannotRead(t *testing.T) {
 	for _, refused := range []string{accessPrefix, pinsPrefix} {
 		t.Run(path.Base(refused), func(t *testing.T) {
 			var refuse atomic.Bool
-			r, err := OpenRemote(t.Context(), "s3", behind(t, s3test.Start(t), func(w http.ResponseWriter, r *http.Request) bool {
+			r, err := OpenBucket(t.Context(), "s3", behind(t, s3test.Start(t), func(w http.ResponseWriter, r *http.Request) bool {
 				if refuse.Load() && r.Method == http.MethodGet && strings.Contains(r.URL.Path, refused+"/") {
 					http.Error(w, "AccessDenied", http.StatusForbidden)
 					return true
@@ -295,7 +295,7 @@ func behind(t *testing.T, s3 *s3test.Server, intercept func(http.ResponseWriter,
 func TestMarkUsedWritesOnceForMany(t *testing.T) {
 	var puts atomic.Int32
 	release := make(chan struct{})
-	r, err := OpenRemote(t.Context(), "s3", behind(t, s3test.Start(t), func(w http.ResponseWriter, r *http.Request) bool {
+	r, err := OpenBucket(t.Context(), "s3", behind(t, s3test.Start(t), func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, accessPrefix+"/") {
 			puts.Add(1)
 			<-release // held until every caller is under way
@@ -305,7 +305,7 @@ func TestMarkUsedWritesOnceForMany(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(t.TempDir(), Options{Remote: r})
+	s, err := Open(t.TempDir(), Options{Bucket: r})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ var ErrRemote = errors.New("remote tier")
 // must not hold a fill's slot forever.
 const remoteUploadTimeout = 15 * time.Minute
 
-// Remote is the shared, durable tier of blobs when several Wharfs scale
+// Bucket is the shared, durable tier of blobs when several Wharfs scale
 // out: an object store reached through one of distribution's own storage
 // drivers, configured with the parameters distribution documents for it,
 // and keyed exactly as distribution keys blobs
@@ -36,7 +36,7 @@ const remoteUploadTimeout = 15 * time.Minute
 // be read by distribution or filled by one. A blob is uploaded whole and
 // only after its digest verified: the drivers' writers commit an object
 // at once (S3 completes a multipart upload in one step) or not at all.
-type Remote struct {
+type Bucket struct {
 	d storagedriver.StorageDriver
 
 	mu      sync.Mutex
@@ -52,7 +52,7 @@ type Remote struct {
 const healthAge = 10 * time.Second
 
 // note records a call's outcome for Healthy.
-func (r *Remote) note(err error) {
+func (r *Bucket) note(err error) {
 	if errors.Is(err, ErrNotFound) {
 		err = nil
 	}
@@ -63,7 +63,7 @@ func (r *Remote) note(err error) {
 
 // Healthy reports whether the bucket answers: the last call's outcome if
 // recent, else one probe (a Stat, at most one at a time, 2 s at most).
-func (r *Remote) Healthy(ctx context.Context) error {
+func (r *Bucket) Healthy(ctx context.Context) error {
 	r.mu.Lock()
 	err, fresh := r.lastErr, time.Since(r.lastAt) < healthAge
 	r.mu.Unlock()
@@ -90,7 +90,7 @@ func (r *Remote) Healthy(ctx context.Context) error {
 // http.DefaultClient's transport for one trusting that bundle, and does so
 // again, racing, for every remote opened: Wharf opens one per process and
 // never uses http.DefaultClient itself.
-func OpenRemote(ctx context.Context, driver string, params map[string]any) (*Remote, error) {
+func OpenBucket(ctx context.Context, driver string, params map[string]any) (*Bucket, error) {
 	name := driver
 	if name == "s3" {
 		name = "s3aws"
@@ -99,7 +99,7 @@ func OpenRemote(ctx context.Context, driver string, params map[string]any) (*Rem
 	if err != nil {
 		return nil, fmt.Errorf("storage driver %s: %w", driver, err)
 	}
-	return &Remote{d: d}, nil
+	return &Bucket{d: d}, nil
 }
 
 // remoteKey is dgst's object key, distribution's.
@@ -113,7 +113,7 @@ func remoteKey(dgst digest.Digest) (string, error) {
 
 // Upload stores the size bytes r yields as blob dgst. The caller has
 // verified them; a short or failed copy leaves no object behind.
-func (r *Remote) Upload(ctx context.Context, dgst digest.Digest, size int64, src io.Reader) error {
+func (r *Bucket) Upload(ctx context.Context, dgst digest.Digest, size int64, src io.Reader) error {
 	key, err := remoteKey(dgst)
 	if err != nil {
 		return err
@@ -142,7 +142,7 @@ func (r *Remote) Upload(ctx context.Context, dgst digest.Digest, size int64, src
 }
 
 // Stat is blob dgst's size in the object store; ErrNotFound if it has none.
-func (r *Remote) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
+func (r *Bucket) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
 	key, err := remoteKey(dgst)
 	if err != nil {
 		return 0, err
@@ -159,7 +159,7 @@ func (r *Remote) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
 }
 
 // Open reads blob dgst from offset on.
-func (r *Remote) Open(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+func (r *Bucket) Open(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
 	key, err := remoteKey(dgst)
 	if err != nil {
 		return nil, err
@@ -172,7 +172,7 @@ func (r *Remote) Open(ctx context.Context, dgst digest.Digest, offset int64) (io
 }
 
 // Delete removes blob dgst; ErrNotFound if it has none.
-func (r *Remote) Delete(ctx context.Context, dgst digest.Digest) error {
+func (r *Bucket) Delete(ctx context.Context, dgst digest.Digest) error {
 	key, err := remoteKey(dgst)
 	if err != nil {
 		return err
@@ -182,7 +182,7 @@ func (r *Remote) Delete(ctx context.Context, dgst digest.Digest) error {
 
 // RedirectURL is a short-lived URL from which a client may GET blob dgst
 // itself (a presigned URL for s3), or "" when the driver offers none.
-func (r *Remote) RedirectURL(ctx context.Context, dgst digest.Digest) (string, error) {
+func (r *Bucket) RedirectURL(ctx context.Context, dgst digest.Digest) (string, error) {
 	key, err := remoteKey(dgst)
 	if err != nil {
 		return "", err

@@ -1,0 +1,58 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Peers is what the cache needs of the fleet; cluster.Cluster is one.
+type Peers interface {
+	// Owner is the replica that fetches dgst for the fleet, and whether
+	// it is this one.
+	Owner(dgst digest.Digest) (peer string, self bool)
+	// Blob asks peer for blob dgst of repo on upstream up from offset on.
+	Blob(ctx context.Context, peer, up, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, int64, error)
+}
+
+// throughOwner fetches dgst through its owner when that is another
+// replica: the owner fills it once for every replica asking. An owner
+// that cannot be reached or refuses is passed by, and so is one whose
+// stream breaks or stalls: the fill goes on from upstream itself, from
+// the byte it had reached, slower but never an error. The owner's answer, like upstream's,
+// shows that repo holds the blob; the bytes are verified here all the same.
+func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstream blobOpener) blobOpener {
+	peer, self := c.peers.Owner(dgst)
+	if self {
+		return upstream
+	}
+	viaPeer := true // the first read only: an owner whose stream broke or stalled is not asked again
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
+		if viaPeer {
+			viaPeer = false
+			rc, size, err := c.peers.Blob(ctx, peer, u.Name, repo, dgst, offset)
+			if err == nil {
+				c.metrics.peer.WithLabelValues("owner").Inc()
+				return rc, size, fromPeer, nil
+			}
+			if ctx.Err() != nil {
+				return nil, 0, fromPeer, err
+			}
+			switch Status(err) {
+			case http.StatusNotFound:
+				return nil, 0, fromPeer, fmt.Errorf("%w: %w", ErrNotFound, err)
+			case http.StatusUnauthorized:
+				c.metrics.peer.WithLabelValues("refused").Inc()
+				c.log.Warn("digest owner refused this replica's signed request; filling from upstream: the replicas' cluster.secret_file differ, "+
+					"their clocks are more than 5 minutes apart, or one runs a version before signed peer requests", "digest", dgst, "error", err)
+			default:
+				c.metrics.peer.WithLabelValues("unreachable").Inc()
+				c.log.Warn("digest owner unreachable; filling from upstream", "digest", dgst, "error", err)
+			}
+		}
+		return upstream(ctx, offset)
+	}
+}
