@@ -76,6 +76,7 @@ func newAccess(t *testing.T, limit int, anonymous ...string) *access {
 // Every identity against every kind of request: exact statuses, and no
 // upstream request for any refused one.
 func TestAccessRules(t *testing.T) {
+	t.Parallel()
 	a := newAccess(t, 1000, "docker.io/*")
 	who := map[string]string{
 		"anon": "", "ci": basic("ci", "ci-pw"), "bob": basic("bob", "bob-pw"), "ops": basic("ops", "ops-pw"),
@@ -200,6 +201,7 @@ func TestAccessRules(t *testing.T) {
 
 // The catalog lists what the caller may pull, no more.
 func TestCatalogFollowsPullRights(t *testing.T) {
+	t.Parallel()
 	a := newAccess(t, 1000, "docker.io/*")
 	root := basic("root", "root-pw")
 	for _, p := range []string{"/v2/docker.io/library/alpine/manifests/1.0", "/v2/harbor.internal/proj/app/manifests/1.0", "/v2/harbor.internal/other/x/manifests/1.0"} {
@@ -227,6 +229,7 @@ func TestCatalogFollowsPullRights(t *testing.T) {
 // When anonymous may pull nothing, GET /v2/ asks for credentials, which is
 // what makes `docker login` work.
 func TestBaseAsksForLoginWhenNothingIsOpen(t *testing.T) {
+	t.Parallel()
 	a := newAccess(t, 0)
 	r := a.do(t, "GET", "/v2/")
 	wantError(t, r, 401, "UNAUTHORIZED")
@@ -253,6 +256,7 @@ func TestBaseAsksForLoginWhenNothingIsOpen(t *testing.T) {
 // other users behind the same address (here every client is 127.0.0.1)
 // are never refused, whether they logged in before or not.
 func TestFailedLoginsArePaced(t *testing.T) {
+	t.Parallel()
 	a := newAccess(t, 0, "docker.io/*")
 	bob := basic("bob", "bob-pw")
 	if r := a.do(t, "GET", "/v2/", "Authorization", bob); r.status != 200 {
@@ -289,6 +293,7 @@ func TestFailedLoginsArePaced(t *testing.T) {
 // a request forwarded by a proxy on this host, or addressed by a name DNS
 // could have rebound, is not loopback.
 func TestPrivateUpstreamStaysOnLoopback(t *testing.T) {
+	t.Parallel()
 	pub, priv := upstreamtest.New(t), upstreamtest.New(t)
 	alpine := pub.PushImage(t, "library/alpine", "1.0", 41, 1, 1<<10, amd64)
 	app := priv.PushImage(t, "proj/app", "1.0", 42, 1, 1<<10, amd64)
@@ -320,6 +325,7 @@ func TestPrivateUpstreamStaysOnLoopback(t *testing.T) {
 // With neither users nor a token the API answers loopback clients, and
 // refuses what a web page in a browser on this host could send.
 func TestLoopbackAPIRefusesBrowsers(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	job := `{"images": ["harbor-a.example.com/proj/app:1.0"], "push_to": "harbor-b"}`

@@ -14,6 +14,7 @@ import (
 )
 
 func TestBasicAuthUpstream(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
 	img := up.PushImage(t, "org/private", "1", 30, 2, 8192, amd64)
 	up.Reset()
@@ -78,6 +79,7 @@ func (ts *tokenServer) scopeOf(token string) (string, bool) {
 }
 
 func TestBearerTokenUpstream(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	a := up.PushImage(t, "org/a", "1", 31, 1, 4096, amd64)
 	b := up.PushImage(t, "org/b", "1", 32, 1, 4096, amd64)

@@ -15,6 +15,7 @@ import (
 )
 
 func TestColdBlobHeadNeverDownloads(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 40, 1, 50_000, amd64)
 	up.Reset()
@@ -28,6 +29,7 @@ func TestColdBlobHeadNeverDownloads(t *testing.T) {
 }
 
 func TestBlobRanges(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 41, 1, 100_000, amd64)
 	up.Reset()
@@ -80,6 +82,7 @@ func TestBlobRanges(t *testing.T) {
 
 // A manifest's Range errors are OCI errors too, as a blob's are.
 func TestManifestRangeErrors(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 43, 1, 1000, amd64)
 	e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
@@ -98,6 +101,7 @@ func TestManifestRangeErrors(t *testing.T) {
 // A blob stored through one repository is not readable through another
 // unless that repository's upstream shows it holds it.
 func TestNoBlobLeaksAcrossRepositories(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	secret := up.PushImage(t, "team/secret", "1", 42, 1, 4096, amd64)
 	up.PushImage(t, "team/public", "1", 43, 1, 4096, amd64)
@@ -125,6 +129,7 @@ func TestNoBlobLeaksAcrossRepositories(t *testing.T) {
 // A blob whose upstream bytes do not hash to its digest never completes
 // cleanly for the client and never enters the store.
 func TestBlobDigestMismatchBreaksTheTransfer(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 44, 1, 200_000, amd64)
 	l := img.Layers[0]
@@ -178,6 +183,7 @@ func TestBlobDigestMismatchBreaksTheTransfer(t *testing.T) {
 
 // Concurrent cold pulls of one image fetch each blob once.
 func TestConcurrentColdPullsFetchOnce(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 45, 3, 300_000, amd64)
 	up.Reset()

@@ -37,6 +37,7 @@ func stall(ended chan<- string) func(http.ResponseWriter, *http.Request) bool {
 // after the grace period: it no longer holds an upstream slot for up to an
 // hour.
 func TestAbandonedFillIsCancelled(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 48, 1, 1024, amd64)
 	ended := make(chan string, 4)
@@ -68,6 +69,7 @@ func TestAbandonedFillIsCancelled(t *testing.T) {
 // miss waits its WaitTimeout and is told 503 with Retry-After, and manifest
 // requests still find a slot.
 func TestFillsAreCappedBelowTheRequestLimit(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	var imgs []upstreamtest.Image
 	for i := range 3 {
@@ -222,6 +224,7 @@ func TestRandomNamesStayBounded(t *testing.T) {
 // no index record; a list of a cached manifest that names something is
 // kept in the index, and survives a restart.
 func TestRandomReferrersStayOutOfTheIndex(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t, upstreamtest.WithReferrersAPI())
 	img := up.PushImage(t, "org/real", "1", 53, 1, 1024, amd64)
 	_, sig := up.PushArtifact(t, "org/real", "sig", "application/vnd.example.sig", &ocispec.Descriptor{MediaType: img.MediaType, Digest: img.Manifest.Digest, Size: int64(len(img.Manifest.Data))}, []byte("signed"))

@@ -17,6 +17,7 @@ import (
 // whole, verified blob (from upstream), nothing partial is kept or indexed,
 // and the server goes on serving.
 func TestDiskFullFallsBackToPassThrough(t *testing.T) {
+	t.Parallel()
 	root, blobsFS := smallDisk(t)
 
 	up := upstreamtest.New(t)
@@ -47,6 +48,7 @@ func TestDiskFullFallsBackToPassThrough(t *testing.T) {
 // The same with an upstream that sends the blob without a length: the
 // pass-through takes the length the manifest gave.
 func TestDiskFullPassesThroughABlobWithoutLength(t *testing.T) {
+	t.Parallel()
 	root, _ := smallDisk(t)
 
 	up := upstreamtest.New(t)

@@ -34,6 +34,7 @@ func waitStored(t *testing.T, e *env, blobs []upstreamtest.Blob) {
 // config and layers finishing on their own; the blobs it asks for later
 // come from the store, one upstream GET each in all.
 func TestEagerFillsFinishOnTheirOwn(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1.0", 91, 3, 32<<10, amd64)
 	up.Reset()
@@ -55,6 +56,7 @@ func TestEagerFillsFinishOnTheirOwn(t *testing.T) {
 // However the client's blob requests interleave with the eager fills
 // (before, during, after), each blob is fetched from upstream once.
 func TestEagerFillsFetchEachBlobOnce(t *testing.T) {
+	t.Parallel()
 	for round := range 5 {
 		up := upstreamtest.New(t)
 		img := up.PushImage(t, "library/app", "1.0", uint64(92+round), 4, 256<<10, amd64)
@@ -76,6 +78,7 @@ func TestEagerFillsFetchEachBlobOnce(t *testing.T) {
 // An eager fill that fails does not fail the client's own request, which
 // starts a normal fill, and is not remembered as a refusal.
 func TestEagerFillFailureIsNobodysAnswer(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1.0", 97, 1, 8<<10, amd64)
 	layer := img.Layers[0].Digest
@@ -112,6 +115,7 @@ func TestEagerFillFailureIsNobodysAnswer(t *testing.T) {
 // An index starts nothing: only the child a client asks for is fetched,
 // with its blobs; the other platform costs no upstream request.
 func TestEagerFillsOnlyForRequestedPlatforms(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	a := up.PushImage(t, "library/multi", "", 98, 2, 8<<10, amd64)
 	b := up.PushImage(t, "library/multi", "", 99, 2, 8<<10, ocispec.Platform{OS: "linux", Architecture: "arm64"})

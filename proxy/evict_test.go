@@ -14,6 +14,7 @@ import (
 // Past storage.max_size the least recently used blobs go, pinned tags and
 // blobs being read stay, and an evicted image is pulled again transparently.
 func TestEvictionKeepsPinsAndReaders(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t, upstreamtest.WithFilesystem(t.TempDir()))
 	image := func(i, size int) upstreamtest.Image {
 		l := upstreamtest.NewBlob(upstreamtest.Random(uint64(90+i), size))

@@ -21,6 +21,7 @@ import (
 // N concurrent cold pulls of one image: one upstream GET per manifest and
 // blob, every client byte-exact.
 func TestConcurrentColdPullsOfAnImage(t *testing.T) {
+	t.Parallel()
 	for _, clients := range []int{8, 32} {
 		t.Run(strconv.Itoa(clients), func(t *testing.T) {
 			up := upstreamtest.New(t)
@@ -59,6 +60,7 @@ func gate(l upstreamtest.Blob) (hook func(http.ResponseWriter, *http.Request) bo
 // are answered at once, slow and vanished clients block nobody, and nobody
 // goes upstream on their own.
 func TestReadersOfAFillInProgress(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 71, 1, 400_000, amd64)
 	l := img.Layers[0]
@@ -117,6 +119,7 @@ func TestReadersOfAFillInProgress(t *testing.T) {
 // A connection that breaks at 40 % is resumed with a Range request; the
 // client sees one clean, verified stream.
 func TestBrokenFillResumes(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 72, 1, 500_000, amd64)
 	l := img.Layers[0]
@@ -154,6 +157,7 @@ func TestBrokenFillResumes(t *testing.T) {
 // out corrupt, the client is cut off short of the end, whichever path
 // (sendfile or copying) served it.
 func TestFollowerOfACorruptFillNeverCompletes(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 73, 1, 300_000, amd64)
 	l := img.Layers[0]
@@ -209,6 +213,7 @@ func endlessBlob(l upstreamtest.Blob, lie *atomic.Bool) func(http.ResponseWriter
 // when it fails to verify there, the client gets an OCI error, not
 // http.ServeContent's plain-text 500.
 func TestBlobWithoutLengthThatFails(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 74, 1, 100_000, amd64)
 	up.SetHook(endlessBlob(img.Layers[0], new(atomic.Bool)))
@@ -223,6 +228,7 @@ func TestBlobWithoutLengthThatFails(t *testing.T) {
 // client could use. Both ways: the client's own fill, after the manifest,
 // and the eager fill the manifest starts.
 func TestUpstreamBodyBeyondTheManifest(t *testing.T) {
+	t.Parallel()
 	for _, eager := range []bool{false, true} {
 		t.Run(fmt.Sprintf("eager=%v", eager), func(t *testing.T) {
 			up := upstreamtest.New(t)
@@ -268,6 +274,7 @@ func TestUpstreamBodyBeyondTheManifest(t *testing.T) {
 // sends none, and a library/app client that joined that fill fetches the
 // blob through its own repository.
 func TestAnotherRepositorysManifestFailsOnlyItsFill(t *testing.T) {
+	t.Parallel()
 	for _, chunked := range []bool{false, true} {
 		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) { anotherRepositorysManifest(t, chunked) })
 	}

@@ -13,6 +13,7 @@ import (
 // images of the job go on: an immutable tag (412), a project that does not
 // exist, an account without push rights, a spent quota.
 func TestHarborRefusalsAreSpelledOut(t *testing.T) {
+	t.Parallel()
 	harbor := func(status int, code, msg string) func(http.ResponseWriter) {
 		return func(w http.ResponseWriter) {
 			w.Header().Set("Content-Type", "application/json")
@@ -68,6 +69,7 @@ func TestHarborRefusalsAreSpelledOut(t *testing.T) {
 // "Replicate what we use": from_cache copies exactly the cached tags its
 // pattern matches, nothing upstream has that nobody pulled.
 func TestPrefetchFromCache(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	for _, path := range []string{"/v2/proj/app/manifests/1.0", "/v2/proj/tool/manifests/2.0"} {

@@ -146,6 +146,7 @@ func wantUnread(t *testing.T, e *env, name, who string, img upstreamtest.Image) 
 // field an image manifest does not define. Wharf must not take them as
 // members of the attacker's repository.
 func TestPusherCannotUnlockPrivateContent(t *testing.T) {
+	t.Parallel()
 	s := newIsolation(t)
 	evil := craft(t, s.pub, "evil/x", map[string]any{"blobs": descs(s.secret)})
 	s.get(t, "/v2/docker.io/evil/x/manifests/evil", evil.Data, evil.Digest.String())
@@ -155,6 +156,7 @@ func TestPusherCannotUnlockPrivateContent(t *testing.T) {
 // Attack 1 within one upstream: alice may push to team-a and pull it; a
 // manifest there naming team-b's digests must not open them to her.
 func TestTeamPusherCannotReadAnotherTeam(t *testing.T) {
+	t.Parallel()
 	s := newIsolation(t)
 	alice := basic("alice", "alice-pw")
 	evil := craft(t, s.priv, "team-a/app", map[string]any{"blobs": descs(s.secret)})
@@ -180,6 +182,7 @@ func yesMan(w http.ResponseWriter, r *http.Request) bool {
 // Attack 3: one upstream's HEAD does not open what only another, private
 // upstream served.
 func TestUpstreamCannotVouchForAnother(t *testing.T) {
+	t.Parallel()
 	s := newIsolation(t)
 	s.pub.SetHook(yesMan)
 	wantRefused(t, s.env, "docker.io/any/repo", "", s.secret)
@@ -194,6 +197,7 @@ func TestUpstreamCannotVouchForAnother(t *testing.T) {
 // An upstream that really holds private content proves it by serving the
 // bytes, once; from then on the store serves them there too.
 func TestAnotherUpstreamProvesWhatItHolds(t *testing.T) {
+	t.Parallel()
 	mirror := upstreamtest.New(t)
 	s := newIsolation(t, spec{name: "mirror.io", reg: mirror, ttl: time.Hour})
 	layer := s.secret.Layers[0]
@@ -212,6 +216,7 @@ func TestAnotherUpstreamProvesWhatItHolds(t *testing.T) {
 // Content a public upstream served is public: another upstream's HEAD is
 // enough to serve it there, as before.
 func TestPublicContentNeedsOnlyAHead(t *testing.T) {
+	t.Parallel()
 	mirror := upstreamtest.New(t)
 	s := newIsolation(t, spec{name: "mirror.io", reg: mirror, ttl: time.Hour})
 	img := s.pub.PushImage(t, "library/alpine", "1.0", 62, 1, 4<<10, amd64)
@@ -225,6 +230,7 @@ func TestPublicContentNeedsOnlyAHead(t *testing.T) {
 // A blob is not a manifest: a config a manifest of the repository lists
 // is not served as a manifest where upstream has no such manifest.
 func TestConfigIsNotServedAsManifest(t *testing.T) {
+	t.Parallel()
 	s := newIsolation(t)
 	r := s.do(t, http.MethodGet, "/v2/harbor.internal/team-b/secret/manifests/"+s.secret.Config.Digest.String(), "Authorization", basic("bob", "bob-pw"))
 	wantError(t, r, http.StatusNotFound, "MANIFEST_UNKNOWN")
@@ -295,6 +301,7 @@ func pushRights(t *testing.T) (*env, *upstreamtest.Registry, upstreamtest.Image)
 // pattern on that target repository (or admin), and running a rule by
 // hand needs push rights on its target.
 func TestPushNeedsPushRights(t *testing.T) {
+	t.Parallel()
 	e, _, _ := pushRights(t)
 	ci, warm, root := basic("ci", "ci-pw"), basic("warm", "warm-pw"), basic("root", "root-pw")
 	push := func(to string) string {
@@ -327,6 +334,7 @@ func TestPushNeedsPushRights(t *testing.T) {
 // Attack 8: a job's owner reads why an image failed without learning
 // where the upstream is.
 func TestJobErrorsNameNoUpstream(t *testing.T) {
+	t.Parallel()
 	e, src, _ := pushRights(t)
 	src.SetHook(fault(all, http.StatusInternalServerError, nil, `{"errors":[{"code":"UNKNOWN","message":"backend `+src.Host()+` is down"}]}`))
 	ci := basic("ci", "ci-pw")
@@ -345,6 +353,7 @@ func TestJobErrorsNameNoUpstream(t *testing.T) {
 // repository of the rule the user may not pull (team-x/secret, which could
 // not be listed), whether the run starts a job or has nothing new.
 func TestRuleRunNamesOnlyWhatTheCallerMaySee(t *testing.T) {
+	t.Parallel()
 	e, _, _ := pushRights(t)
 	ci, root := basic("ci", "ci-pw"), basic("root", "root-pw")
 	r := e.send(t, http.MethodPost, "/api/v1/replication/to-b/run", "application/json", "{}", "Authorization", ci)

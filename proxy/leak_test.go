@@ -13,6 +13,7 @@ import (
 // Whatever goes wrong upstream, a client's error body names what it asked
 // for and never the upstream's URL, host, address or a query string.
 func TestErrorBodiesNameNoUpstream(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "proj/app", "1.0", 51, 1, 1<<10, amd64)
 	host := up.Host()

@@ -14,6 +14,7 @@ import (
 )
 
 func TestTagsList(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	for _, tag := range []string{"b", "a", "d", "c"} {
 		up.PushImage(t, "library/app", tag, 50, 1, 512, amd64)
@@ -41,6 +42,7 @@ func TestTagsList(t *testing.T) {
 }
 
 func TestTagsFallBackToResolvedTags(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "org/app", "v1", 51, 1, 512, amd64)
 	up.PushImage(t, "org/app", "v2", 52, 1, 512, amd64)
@@ -54,6 +56,7 @@ func TestTagsFallBackToResolvedTags(t *testing.T) {
 }
 
 func TestCatalog(t *testing.T) {
+	t.Parallel()
 	hub := upstreamtest.New(t)
 	ghcr := upstreamtest.New(t)
 	a := hub.PushImage(t, "library/alpine", "3", 53, 1, 512, amd64)
@@ -78,6 +81,7 @@ func TestCatalog(t *testing.T) {
 }
 
 func TestReferrersPassThroughAndCache(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "org/app", "1", 56, 1, 512, amd64)
 	sig := digest.FromString("signature")

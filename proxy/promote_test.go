@@ -168,6 +168,7 @@ func totals(job report) sums {
 // from the source and sent once to the target (a layer shared across
 // repositories is mounted). The same job again moves nothing.
 func TestPrefetchPushesExactTags(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	job := p.wait(t, p.submit(t, "application/json", "", promoteAll))
@@ -245,6 +246,7 @@ func TestPrefetchPushesExactTags(t *testing.T) {
 
 // Blobs the target already holds are not sent again.
 func TestPrefetchSendsOnlyMissingBlobs(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	p.dst.PushBlob(t, "proj-b/app", p.app.Config)
@@ -271,6 +273,7 @@ func TestPrefetchSendsOnlyMissingBlobs(t *testing.T) {
 // the job partial, with the reason; a server error is retried first. The
 // failing tag never appears on the target.
 func TestPrefetchPartialWhenTargetFailsOneManifest(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	p.dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
@@ -313,6 +316,7 @@ func TestPrefetchPartialWhenTargetFailsOneManifest(t *testing.T) {
 
 // Bad input is refused whole, every problem listed, nothing started.
 func TestPrefetchRejectsBadInput(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "t0ken", 0)
 	p.apiAuth = "Bearer t0ken" // text and YAML bodies need a credential
 	for _, tc := range []struct {
@@ -381,6 +385,7 @@ func manyProblems() []string {
 // With api.token_file the API wants the token; without one it answers
 // loopback clients only.
 func TestPrefetchAPIAuth(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "t0ken", 0)
 	p.seed(t)
 	body := `{"images": ["harbor-a.example.com/proj/app:1.0"]}`
@@ -418,6 +423,7 @@ func TestPrefetchAPIAuth(t *testing.T) {
 // against the tags upstream has now. Without a target the job only warms
 // the cache.
 func TestPrefetchTextAndSyncYAML(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{JobImages: 1}, "t0ken", 0)
 	p.apiAuth = "Bearer t0ken" // text and YAML bodies need a credential
 	p.seed(t)
@@ -486,6 +492,7 @@ func TestPrefetchTextAndSyncYAML(t *testing.T) {
 // A large blob goes in chunks; a chunk that fails is resumed from what the
 // target holds.
 func TestPrefetchChunkedUploadResumes(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 64<<10)
 	big := upstreamtest.NewBlob(upstreamtest.Random(21, 200<<10))
 	img := p.src.PushLayers(t, "proj/big", "1", []upstreamtest.Blob{big}, nil, amd64)
@@ -518,6 +525,7 @@ func TestPrefetchChunkedUploadResumes(t *testing.T) {
 // done are not redone, blobs already pushed are skipped, and the job ends
 // done only when every image is on the target.
 func TestPrefetchResumesAfterRestart(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	src := upstreamtest.New(t)
 	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
@@ -563,6 +571,7 @@ func TestPrefetchResumesAfterRestart(t *testing.T) {
 
 // DELETE stops a running job; it ends cancelled and stays so.
 func TestPrefetchCancel(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	reached := make(chan struct{})
@@ -592,6 +601,7 @@ func TestPrefetchCancel(t *testing.T) {
 
 // pin: true keeps a prefetched image through eviction until it is unpinned.
 func TestPrefetchPins(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{MaxSize: 400 << 10, HighWater: 0.9, LowWater: 0.5}, replicate.Config{}, "", 0)
 	p.seed(t)
 	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/app:1.0"], "pin": true}`))
@@ -626,6 +636,7 @@ func TestPrefetchPins(t *testing.T) {
 // target repository, for pull and push, serves every request there, and the
 // password only ever reaches the token service.
 func TestPrefetchPushesWithBearerTokens(t *testing.T) {
+	t.Parallel()
 	src, dst := upstreamtest.New(t), upstreamtest.New(t)
 	ts := newTokenServer(t, "robot", "s3cret")
 	dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
@@ -678,6 +689,7 @@ func TestPrefetchPushesWithBearerTokens(t *testing.T) {
 
 // Finished jobs beyond KeepJobs are forgotten, oldest first.
 func TestPrefetchForgetsOldJobs(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{KeepJobs: 2}, "", 0)
 	p.seed(t)
 	var ids []string
@@ -707,6 +719,7 @@ func TestPrefetchForgetsOldJobs(t *testing.T) {
 // Harbor do by default, refuses it: the image fails and says why, and the
 // tag never appears there.
 func TestPrefetchPlatformFilterOnACompleteIndexTarget(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/multi:v1"], "platforms": ["linux/amd64"], "push_to": "harbor-b"}`))
@@ -730,6 +743,7 @@ func TestPrefetchPlatformFilterOnACompleteIndexTarget(t *testing.T) {
 // All jobs together copy at most JobTransfers blobs at once, leaving the
 // rest of an upstream's request slots to pulling clients.
 func TestPrefetchBoundsTransfers(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{JobTransfers: 2}, "", 0)
 	p.seed(t)
 	var mu sync.Mutex
@@ -769,6 +783,7 @@ func TestPrefetchBoundsTransfers(t *testing.T) {
 // A job of 50,000 references is accepted and stored whole; its images are
 // read a page at a time; cancelling it accounts for every one.
 func TestPrefetchFiftyThousandReferences(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{JobImages: 1}, "t0ken", 0)
 	p.apiAuth = "Bearer t0ken" // text and YAML bodies need a credential
 	p.seed(t)
@@ -809,6 +824,7 @@ func TestPrefetchFiftyThousandReferences(t *testing.T) {
 // fails where everyone sees it: its state, its error, the metric. Nothing
 // it did goes unrecorded as done.
 func TestJobFailsWhenItsStateCannotBeSaved(t *testing.T) {
+	t.Parallel()
 	var free atomic.Int64
 	free.Store(1 << 40)
 	sopts := storage.Options{MinFree: 64 << 20, Statfs: func() (uint64, uint64, error) { return uint64(free.Load()), 1 << 41, nil }}

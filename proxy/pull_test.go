@@ -42,6 +42,7 @@ func pull(t *testing.T, e *env, name string, img upstreamtest.Image, query strin
 }
 
 func TestPullImageColdThenWarm(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1.0", 1, 3, 64<<10, amd64)
 	up.Reset()
@@ -60,6 +61,7 @@ func TestPullImageColdThenWarm(t *testing.T) {
 }
 
 func TestPullIndexColdThenWarm(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	a := up.PushImage(t, "org/multi", "", 2, 2, 16<<10, amd64)
 	b := up.PushImage(t, "org/multi", "", 3, 2, 16<<10, ocispec.Platform{OS: "linux", Architecture: "arm64"})
@@ -87,6 +89,7 @@ func TestPullIndexColdThenWarm(t *testing.T) {
 }
 
 func TestRestartServesFromStore(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1.0", 4, 2, 32<<10, amd64)
 	root := t.TempDir()
@@ -104,6 +107,7 @@ func TestRestartServesFromStore(t *testing.T) {
 }
 
 func TestTagMovesAfterTTL(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	v1 := up.PushImage(t, "org/app", "stable", 5, 1, 1024, amd64)
 	// Two upstream entries over the same registry: one trusts tags for an
@@ -135,6 +139,7 @@ func TestTagMovesAfterTTL(t *testing.T) {
 }
 
 func TestRouting(t *testing.T) {
+	t.Parallel()
 	hub := upstreamtest.New(t)
 	ghcr := upstreamtest.New(t)
 	hubImg := hub.PushImage(t, "org/app", "1", 7, 1, 2048, amd64)
@@ -187,6 +192,7 @@ func TestRouting(t *testing.T) {
 }
 
 func TestNoDefaultUpstream(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	e := newEnv(t, t.TempDir(), spec{name: "ghcr.io", reg: up, ttl: time.Hour})
 	wantError(t, e.do(t, http.MethodGet, "/v2/org/app/manifests/1"), http.StatusNotFound, "NAME_UNKNOWN")
@@ -194,6 +200,7 @@ func TestNoDefaultUpstream(t *testing.T) {
 }
 
 func TestPullManyImagesCounts(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	var imgs []upstreamtest.Image
 	for i := range 5 {
@@ -211,6 +218,7 @@ func TestPullManyImagesCounts(t *testing.T) {
 // taken to the extreme): verified files on disk are adopted, not fetched
 // again; only what the files cannot tell (tags) goes upstream.
 func TestLostIndexAdoptsVerifiedFiles(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 64, 2, 32<<10, amd64)
 	root := t.TempDir()
@@ -241,6 +249,7 @@ func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unloc
 // A tag is trusted for exactly its TTL; once stale, any number of
 // concurrent requests for it cost upstream one HEAD.
 func TestStaleTagRevalidatedOnceAfterTTL(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	v1 := up.PushImage(t, "org/app", "stable", 65, 1, 1024, amd64)
 	clk := &clock{t: time.Unix(1_000_000, 0)}

@@ -44,6 +44,7 @@ func referrersOf(t *testing.T, reg *upstreamtest.Registry, repo string, subject 
 // API to a target with or without it; the target's referrers answer lists
 // the same digests as the source's, and the digests are unchanged.
 func TestReferrersTravelWithTheirImage(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct{ srcAPI, dstAPI bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
 		t.Run(fmt.Sprintf("source API %v, target API %v", c.srcAPI, c.dstAPI), func(t *testing.T) {
 			opts := func(api bool, more ...upstreamtest.Option) []upstreamtest.Option {
@@ -106,6 +107,7 @@ func TestReferrersTravelWithTheirImage(t *testing.T) {
 
 // referrers: false leaves them behind.
 func TestReferrersCanStayBehind(t *testing.T) {
+	t.Parallel()
 	src := upstreamtest.New(t, upstreamtest.WithReferrersAPI())
 	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
 	img := src.PushImage(t, "proj/app", "1.0", 82, 1, 4<<10, amd64)
@@ -126,6 +128,7 @@ func TestReferrersCanStayBehind(t *testing.T) {
 // index: filter pushes an index listing only the copied platforms, which
 // a target checking index completeness takes; the job gives its new digest.
 func TestPrefetchFilteredIndex(t *testing.T) {
+	t.Parallel()
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
 	p.seed(t)
 	job := p.wait(t, p.submit(t, "application/json", "", `{"images": ["proj/multi:v1"], "platforms": ["linux/amd64"], "push_to": "harbor-b", "index": "filter"}`))

@@ -62,6 +62,7 @@ func mustRegexp(t *testing.T, expr string) func(string) bool {
 // pulling it, once however many clients pull; a tag moved upstream is
 // pushed again after revalidation; a tag the filter refuses is not.
 func TestReplicationOnPull(t *testing.T) {
+	t.Parallel()
 	clk := &clock{t: time.Unix(1_800_000_000, 0)}
 	// The target is behind a token service, as Harbor is.
 	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithTokenAuth("robot", "s3cret"))
@@ -127,6 +128,7 @@ func TestReplicationOnPull(t *testing.T) {
 // range takes that are new or moved, and only those; a rule run by hand
 // does the same, and then has nothing new.
 func TestReplicationRunPicksUpNewTags(t *testing.T) {
+	t.Parallel()
 	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
 	in, err := route.Semver(">=1.2 <2")
 	if err != nil {

@@ -33,6 +33,7 @@ func block(t *testing.T, root string, dgst digest.Digest) (unblock func()) {
 // then fails; nothing is indexed, and once the store can take it again the
 // next pull stores it.
 func TestVerifiedBlobSurvivesAFailedCommit(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 27, 1, 2<<20, amd64)
 	root := t.TempDir()
@@ -61,6 +62,7 @@ func TestVerifiedBlobSurvivesAFailedCommit(t *testing.T) {
 // A manifest that verified is answered even when the store cannot keep it;
 // the failure is logged and counted, never a 500.
 func TestVerifiedManifestSurvivesAFailedStore(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 28, 1, 1024, amd64)
 	root := t.TempDir()
@@ -83,6 +85,7 @@ func TestVerifiedManifestSurvivesAFailedStore(t *testing.T) {
 // start; a Range request of such a blob gets exactly its bytes, and one
 // that runs to the end is verified whole.
 func TestPassThroughRangesOnAFullStore(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 29, 1, 300_000, amd64)
 	full := storage.Options{MinFree: 1 << 30, Statfs: func() (uint64, uint64, error) { return 512 << 20, 1 << 40, nil }}

@@ -16,6 +16,7 @@ import (
 // private manifest as its subject, pushed into a repository of another
 // upstream, must not open that manifest (or its blobs) there.
 func TestSubjectGrantsNoMembership(t *testing.T) {
+	t.Parallel()
 	private, public := upstreamtest.New(t), upstreamtest.New(t)
 	img := private.PushImage(t, "proj/app", "1.0", 7, 2, 4<<10, amd64)
 	cfg := upstreamtest.NewBlob([]byte("{}"))

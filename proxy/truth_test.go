@@ -25,6 +25,7 @@ import (
 // 429); any other answer (access revoked, Harbor's "prevent vulnerable
 // images" 412, a bad request) is passed on as it is, for GET and HEAD.
 func TestStaleOnlyWhenUpstreamIsUnavailable(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "org/app", "1", 40, 1, 1024, amd64)
 	clk := &clock{t: time.Unix(1_000_000, 0)}
@@ -76,6 +77,7 @@ func TestStaleOnlyWhenUpstreamIsUnavailable(t *testing.T) {
 // "Not found" is only what the registry itself says: a 404 from its token
 // service or from where it redirected a blob is a broken gateway, 503.
 func TestNotFoundOnlyFromTheRegistry(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "org/app", "1", 41, 1, 1024, amd64)
 	realm := httptest.NewServer(http.NotFoundHandler())
@@ -119,6 +121,7 @@ func TestNotFoundOnlyFromTheRegistry(t *testing.T) {
 // The media type of a manifest is what its body declares, whatever the
 // upstream's Content-Type said: stored and served so, for GET and HEAD.
 func TestManifestMediaTypeComesFromTheBody(t *testing.T) {
+	t.Parallel()
 	for _, ct := range []string{"application/json", "text/plain", "application/octet-stream", ""} {
 		t.Run(strings.ReplaceAll(cmpOr(ct, "none"), "/", "_"), func(t *testing.T) {
 			up := upstreamtest.New(t)
@@ -161,6 +164,7 @@ func cmpOr(a, b string) string {
 // verified with SHA-512 and stored under blobs/sha512; a manifest by sha512
 // digest is verified the same way; a missing one is 404 as upstream says.
 func TestSHA512Digests(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	data := upstreamtest.Random(43, 100_000)
 	d := digest.SHA512.FromBytes(data)
@@ -225,6 +229,7 @@ func TestSHA512Digests(t *testing.T) {
 // A cold manifest HEAD, by tag or digest, costs upstream a HEAD, never a
 // GET (Docker Hub counts GETs against the pull limit).
 func TestColdManifestHeadIsAnUpstreamHead(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 44, 1, 1024, amd64)
 	up.Reset()
@@ -248,6 +253,7 @@ func TestColdManifestHeadIsAnUpstreamHead(t *testing.T) {
 // share one upstream fetch, and a stale list is served only when upstream
 // is unavailable.
 func TestTagListsAreCachedAndShared(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	up.PushImage(t, "org/app", "1", 45, 1, 512, amd64)
 	up.PushImage(t, "org/app", "2", 46, 1, 512, amd64)
@@ -316,6 +322,7 @@ func TestTagListsAreCachedAndShared(t *testing.T) {
 // asked for again once a manifest of it is fetched or resolved: a
 // remembered 404 must not contradict a tag just served.
 func TestFoundManifestForgetsMissingTagList(t *testing.T) {
+	t.Parallel()
 	for _, method := range []string{http.MethodGet, http.MethodHead} {
 		up := upstreamtest.New(t)
 		e := newEnv(t, t.TempDir(), spec{name: "docker.io", reg: up, def: true, ttl: time.Hour, negTTL: time.Hour})
@@ -336,6 +343,7 @@ func TestFoundManifestForgetsMissingTagList(t *testing.T) {
 // the stale answer is served meanwhile; upstream's first good answer ends
 // it.
 func TestStaleTagBacksOff(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "org/app", "1", 42, 1, 1024, amd64)
 	clk := &clock{t: time.Unix(1_000_000, 0)}

@@ -26,8 +26,18 @@ type bench struct {
 	rtt          time.Duration // the WAN pass's upstream latency; 0: no WAN pass
 	duration     time.Duration
 	workers      int
+	sizes        sizes
 	cleanups     []func()
 }
+
+// sizes are the data set's: the figures' names say the full sizes, which
+// only a smoke test changes.
+type sizes struct {
+	big, small, huge int // bytes of a layer of the big image, of the small ones, of the huge one
+	images           int // small images
+}
+
+var fullSizes = sizes{big: 64 << 20, small: 1 << 20, huge: 512 << 20, images: 50}
 
 func (b *bench) Helper()                      {}
 func (b *bench) Fatal(args ...any)            { panic(fmt.Sprint(args...)) }
@@ -81,12 +91,12 @@ func seed(b *bench, up *upstreamtest.Registry) (big upstreamtest.Image, small []
 		}
 		return up.PushLayers(b, repo, tag, layers, diffIDs, p)
 	}
-	big = image("bench/big", "v1", 1, 4, 64<<20, amd64)
-	for i := range 50 {
-		small = append(small, image(fmt.Sprintf("bench/small-%02d", i), "v1", uint64(10+i), 3, 1<<20, amd64))
+	big = image("bench/big", "v1", 1, 4, b.sizes.big, amd64)
+	for i := range b.sizes.images {
+		small = append(small, image(fmt.Sprintf("bench/small-%02d", i), "v1", uint64(10+i), 3, b.sizes.small, amd64))
 	}
-	a := image("bench/multi", "", 90, 1, 1<<20, amd64)
-	m := image("bench/multi", "", 91, 1, 1<<20, arm64)
+	a := image("bench/multi", "", 90, 1, b.sizes.small, amd64)
+	m := image("bench/multi", "", 91, 1, b.sizes.small, arm64)
 	idx = up.PushIndex(b, "bench/multi", "v1", a, m)
 	return big, small, idx
 }

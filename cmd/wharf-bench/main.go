@@ -30,7 +30,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "wharf-bench: -wan-only needs -upstream-rtt")
 		os.Exit(2)
 	}
-	b := &bench{wharfBin: *wharf, duration: *duration, workers: *workers, profileDir: *pprof, wanOnly: *wanOnly, showRequests: *showRequests, upstreamRate: *rate << 20, rtt: *rtt}
+	b := &bench{wharfBin: *wharf, duration: *duration, workers: *workers, profileDir: *pprof, wanOnly: *wanOnly, showRequests: *showRequests,
+		upstreamRate: *rate << 20, rtt: *rtt, sizes: fullSizes}
 	defer b.cleanup()
 	rows, err := b.run()
 	if err != nil {

@@ -101,7 +101,7 @@ func (b *bench) promote(up *upstreamtest.Registry, imgs []upstreamtest.Image, se
 
 // hugeImage pushes an image of one 512 MiB layer and returns its reference.
 func (b *bench) hugeImage(up *upstreamtest.Registry) string {
-	l := upstreamtest.NewBlob(upstreamtest.Random(7, 512<<20))
+	l := upstreamtest.NewBlob(upstreamtest.Random(7, b.sizes.huge))
 	up.PushLayers(b, "bench/huge", "v1", []upstreamtest.Blob{l}, []digest.Digest{l.Digest}, amd64)
 	return "bench/huge:v1"
 }

@@ -25,6 +25,8 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8syaml "sigs.k8s.io/yaml"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
 // exportedMetrics is every metric name Wharf's code defines: the string
@@ -202,7 +204,7 @@ func TestKubernetesManifests(t *testing.T) {
 // into the same objects deploy/kubernetes holds. Values that would make a
 // replica fail or leak are refused at render time, with a message.
 func TestHelmChart(t *testing.T) {
-	helm := tool(t, "helm")
+	helm := upstreamtest.Tool(t, "helm")
 	chart := "../../deploy/helm/wharf"
 	run := func(args ...string) (string, error) {
 		out, err := exec.Command(helm, args...).CombinedOutput()

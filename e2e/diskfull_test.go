@@ -1,4 +1,6 @@
-package main
+//go:build e2e
+
+package e2e
 
 import (
 	"bufio"
@@ -91,17 +93,12 @@ func metricValue(t *testing.T, addr, name string) string {
 	return ""
 }
 
-// checkStore runs wharf check, in this process and as a process of its
-// own, and fails the test unless both succeed.
+// checkStore runs wharf check and fails the test unless it succeeds.
 func checkStore(t *testing.T, cfg string) {
 	t.Helper()
 	cfgPath := filepath.Join(t.TempDir(), "wharf.yml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
-	var out, errOut bytes.Buffer
-	if err := run([]string{"check", "--config", cfgPath}, &out, &errOut); err != nil {
-		t.Fatalf("wharf check: %v\n%s%s", err, out.String(), errOut.String())
-	}
-	if b, err := exec.Command(wharfBin, "check", "--config", cfgPath).CombinedOutput(); err != nil {
+	if b, err := exec.Command(wharfBinary(t), "check", "--config", cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("wharf check (a process): %v\n%s", err, b)
 	}
 }

@@ -1,4 +1,6 @@
-package main
+//go:build e2e
+
+package e2e
 
 import (
 	"bufio"
@@ -112,6 +114,7 @@ func TestMaxConnections(t *testing.T) {
 // connections idle fill max_connections; a real pull still gets a slot,
 // the idle connections giving way.
 func TestIdleConnectionsGiveWayToAPull(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 69, 1, 64<<10, amd64)
 	const max = 32

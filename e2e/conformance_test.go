@@ -1,4 +1,6 @@
-package main
+//go:build e2e
+
+package e2e
 
 import (
 	"net/http"
@@ -64,6 +66,7 @@ func onlyIn(wharf, direct []string) []string {
 // left out of the comparison; tags and refusals are not cached here
 // (tag_ttl and negative_ttl 0), as a push-then-pull test needs.
 func TestOCIConformance(t *testing.T) {
+	t.Parallel()
 	bin := tool(t, "conformance")
 	up := upstreamtest.New(t)
 	a := up.PushImage(t, "conformance/ro", "v1", 1, 2, 4096, amd64)

@@ -1,4 +1,6 @@
-package main
+//go:build e2e
+
+package e2e
 
 import (
 	"bytes"
@@ -15,6 +17,7 @@ import (
 // half way: after the restart the job resumes and finishes, and the rule
 // then knows both tags are on the target (a second run has nothing new).
 func TestReplicationRunSurvivesKill(t *testing.T) {
+	t.Parallel()
 	src := upstreamtest.New(t)
 	app := src.PushImage(t, "proj/app", "1.2", 75, 1, 32<<10, amd64)
 	src.PushManifest(t, "proj/app", "1.3", app.MediaType, app.Manifest)

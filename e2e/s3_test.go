@@ -1,4 +1,6 @@
-package main
+//go:build e2e
+
+package e2e
 
 import (
 	"bytes"
@@ -87,7 +89,7 @@ upstreams:
 	}
 	wharfGC := func(args ...string) string {
 		t.Helper()
-		out, err := exec.Command(wharfBin, append([]string{"gc", "--config", gcPath}, args...)...).CombinedOutput()
+		out, err := exec.Command(wharfBinary(t), append([]string{"gc", "--config", gcPath}, args...)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("wharf gc %v: %v\n%s", args, err, out)
 		}

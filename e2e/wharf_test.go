@@ -1,4 +1,6 @@
-package main
+//go:build e2e
+
+package e2e
 
 import (
 	"bufio"
@@ -11,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,21 +23,42 @@ import (
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
-// wharfBin is the real binary, built once for the end-to-end tests.
-var wharfBin string
+// The real binary, built once, on the first test that needs it, with the
+// race detector when the tests run with it.
+var (
+	buildOnce sync.Once
+	wharfBin  string
+	buildErr  error
+)
+
+func wharfBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "wharf-e2e-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		wharfBin = filepath.Join(dir, "wharf")
+		args := []string{"build", "-o", wharfBin}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		if out, err := exec.Command("go", append(args, "../cmd/wharf")...).CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build wharf: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return wharfBin
+}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "wharf-e2e-")
-	if err != nil {
-		panic(err)
-	}
-	wharfBin = filepath.Join(dir, "wharf")
-	if out, err := exec.Command("go", "build", "-race", "-o", wharfBin, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build wharf: %v\n%s", err, out)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if wharfBin != "" {
+		os.RemoveAll(filepath.Dir(wharfBin))
+	}
 	os.Exit(code)
 }
 
@@ -88,7 +112,7 @@ func startWharf(t *testing.T, config string) *wharfProc {
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(wharfBin, "serve", "--config", cfgPath)
+	cmd := exec.Command(wharfBinary(t), "serve", "--config", cfgPath)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -161,6 +185,7 @@ upstreams:
 var amd64 = ocispec.Platform{OS: "linux", Architecture: "amd64"}
 
 func TestSkopeoAndCrane(t *testing.T) {
+	t.Parallel()
 	skopeo, crane := tool(t, "skopeo"), tool(t, "crane")
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1.0", 60, 2, 256<<10, amd64)

@@ -1,4 +1,6 @@
-package main
+//go:build e2e
+
+package e2e
 
 import (
 	"encoding/json"
@@ -89,6 +91,7 @@ func exact(t *testing.T, job replicate.Job, state replicate.State, n int) {
 // 10,000 tag@digest references without a target: accepted, stored whole,
 // run, and --wait returns with every image done.
 func TestPrefetchTenThousandImages(t *testing.T) {
+	t.Parallel()
 	const n = 10_000
 	j := newLargeJob(t, n)
 	server := "http://" + startWharf(t, j.cfg).addr
@@ -119,6 +122,7 @@ func TestPrefetchTenThousandImages(t *testing.T) {
 // Wharf resumes the job with every image and ends it done, every tag on the
 // target.
 func TestPrefetchTenThousandImagesSurviveKill(t *testing.T) {
+	t.Parallel()
 	const n = 10_000
 	j := newLargeJob(t, n)
 	w := startWharf(t, j.cfg)
@@ -155,6 +159,7 @@ func TestPrefetchTenThousandImagesSurviveKill(t *testing.T) {
 // the job ends it cancelled, every image accounted for, and the cancel
 // holds across a restart.
 func TestPrefetchFiftyThousandImagesCancel(t *testing.T) {
+	t.Parallel()
 	const n = 50_000
 	j := newLargeJob(t, n)
 	w := startWharf(t, j.cfg)

@@ -1,10 +1,13 @@
-package main
+//go:build e2e
+
+package e2e
 
 import (
 	"bytes"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +20,7 @@ import (
 // half-written is served or indexed, the temp file is gone, and the blob is
 // fetched again, whole and verified.
 func TestKillMidFillThenRestart(t *testing.T) {
+	t.Parallel()
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 63, 1, 2<<20, amd64)
 	l := img.Layers[0]
@@ -59,7 +63,9 @@ func TestKillMidFillThenRestart(t *testing.T) {
 	cfgPath := filepath.Join(t.TempDir(), "wharf.yml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
 	var out, errOut bytes.Buffer
-	if err := run([]string{"check", "--config", cfgPath}, &out, &errOut); err != nil {
+	check := exec.Command(wharfBinary(t), "check", "--config", cfgPath)
+	check.Stdout, check.Stderr = &out, &errOut
+	if err := check.Run(); err != nil {
 		t.Fatalf("wharf check after the crash: %v\n%s%s", err, out.String(), errOut.String())
 	}
 	if !strings.Contains(out.String(), "found 0 orphan, 0 dangling, 0 corrupt, 0 mediatype") {

@@ -1,4 +1,6 @@
-package main
+//go:build e2e
+
+package e2e
 
 import (
 	"bytes"
@@ -51,7 +53,7 @@ prefetch:
 
 // wharf runs the binary as a client.
 func wharf(t *testing.T, args ...string) (stdout, stderr string, err error) {
-	cmd := exec.CommandContext(t.Context(), wharfBin, args...)
+	cmd := exec.CommandContext(t.Context(), wharfBinary(t), args...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()
@@ -61,6 +63,7 @@ func wharf(t *testing.T, args ...string) (stdout, stderr string, err error) {
 // wharf prefetch --wait against the real binary promotes tags from a source
 // registry to a basic-auth target; crane then reads the same digests there.
 func TestPrefetchPromotesWithCLI(t *testing.T) {
+	t.Parallel()
 	crane := tool(t, "crane")
 	src := upstreamtest.New(t)
 	app := src.PushImage(t, "proj/app", "1.0", 70, 2, 64<<10, amd64)
@@ -144,6 +147,7 @@ func TestPrefetchPromotesWithCLI(t *testing.T) {
 // kill -9 in the middle of a job: the restarted Wharf resumes it by itself,
 // leaves the image already done alone and finishes the other.
 func TestPrefetchJobSurvivesKill(t *testing.T) {
+	t.Parallel()
 	src := upstreamtest.New(t)
 	app := src.PushImage(t, "proj/app", "1.0", 73, 1, 32<<10, amd64)
 	tool := src.PushImage(t, "proj/tool", "2.0", 74, 2, 32<<10, amd64)
@@ -196,29 +200,6 @@ func TestPrefetchJobSurvivesKill(t *testing.T) {
 		resp, body := dst.Get(t, http.MethodGet, "/v2/"+name+"/manifests/"+tag)
 		if resp.StatusCode != http.StatusOK || !bytes.Equal(body, m.Data) {
 			t.Fatalf("target %s: %d", repo, resp.StatusCode)
-		}
-	}
-}
-
-// On a terminal, --wait redraws a bar per running image and the overall
-// bytes in place, and leaves a line per finished image.
-func TestPrefetchProgressOnATerminal(t *testing.T) {
-	src := upstreamtest.New(t, upstreamtest.WithBandwidth(1<<20)) // 2 MiB take two seconds: bars get drawn
-	src.PushImage(t, "proj/slow", "1", 75, 2, 1<<20, amd64)
-	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot$push", "s3cret"))
-	cfg, token := promoteConfig(t, src, dst)
-	w := startWharf(t, cfg)
-	var stdout, stderr bytes.Buffer
-	err := prefetchCmd([]string{"--server", "http://" + w.addr, "--token-file", token, "--push-to", "harbor-b", "--wait",
-		"harbor-a.example.com/proj/slow:1"}, &stdout, &stderr, true)
-	if err != nil {
-		t.Fatalf("%v\n%s", err, stderr.String())
-	}
-	out := stderr.String()
-	for _, want := range []string{"] ", " / 2.0 MiB   harbor-a.example.com/proj/slow:1\n", "0/1 images, ", "\x1b[2A\x1b[J",
-		"done      harbor-a.example.com/proj/slow:1 -> proj/slow:1 ", "done: 1 of 1 images done"} {
-		if !strings.Contains(out, want) {
-			t.Fatalf("terminal output lacks %q:\n%q", want, out)
 		}
 	}
 }
