@@ -39,34 +39,35 @@ const (
 // Rule grants users pull rights on content, push rights on the targets
 // jobs push to, and rights on the API.
 type Rule struct {
-	Users []string // user names; "*" is every authenticated user
-	Pull  []string // patterns (route.Match) on "<upstream>/<repo>"
+	Users []string `yaml:"users"` // user names; "*" is every authenticated user
+	Pull  []string `yaml:"pull"`  // patterns (route.Match) on "<upstream>/<repo>"
 	// Push are patterns on "<target>/<repo>": where these users' jobs
 	// may push. The prefetch right alone only warms the cache.
-	Push []string
-	API  []string // prefetch, jobs, pins, admin
+	Push []string `yaml:"push"`
+	API  []string `yaml:"api"` // prefetch, jobs, pins, admin
 }
 
-// Config is who may do what.
+// Config is who may do what: the configuration file's auth: block (its
+// first three fields), and what Wharf sets besides.
 type Config struct {
-	Htpasswd  string   // bcrypt users; "" for none
-	Anonymous []string // pull patterns open to anyone
-	Rules     []Rule
+	Htpasswd  string   `yaml:"htpasswd"`  // bcrypt users; "" for none
+	Anonymous []string `yaml:"anonymous"` // pull patterns open to anyone
+	Rules     []Rule   `yaml:"rules"`
 	// Loopback grants loopback clients everything without credentials:
 	// Wharf's behaviour with no auth block, so a private upstream is served
 	// on its own host only.
-	Loopback bool
+	Loopback bool `yaml:"-"`
 	// LoopbackAPI also grants loopback clients the API: the default with
 	// neither users nor an API token.
-	LoopbackAPI bool
+	LoopbackAPI bool `yaml:"-"`
 	// FailureLimit is how many failed logins of one user name one client
 	// (an address, an IPv6 /64) may have before that name's attempts are
 	// paced (see throttle); 0: 5.
-	FailureLimit int
+	FailureLimit int `yaml:"-"`
 	// APIToken is a machine credential (Authorization: Bearer) with every right.
-	APIToken   string
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	APIToken   string                `yaml:"-"`
+	Logger     *slog.Logger          `yaml:"-"`
+	Registerer prometheus.Registerer `yaml:"-"`
 }
 
 // Identity is who sent a request.

@@ -30,14 +30,18 @@ import (
 // BlobPath is the peer route a replica serves blobs to its peers on.
 const BlobPath = "/internal/v1/blobs/"
 
-// Config describes this replica's place in the fleet.
+// Config describes this replica's place in the fleet: the cluster: block
+// of the configuration file (Check reads the secret), and what tests set.
 type Config struct {
-	Peers     []string // base URLs of every replica, this one included
-	DNS       string   // or host:port of a headless Service, resolved every Refresh
-	Advertise string   // this replica's own base URL, as the others know it
-	Secret    string   // shared by every replica; signs every peer request, never sent
-	Refresh   time.Duration
-	Client    *http.Client // nil: a client with sane timeouts
+	Peers      []string `yaml:"peers"`       // base URLs of every replica, this one included
+	DNS        string   `yaml:"dns"`         // or host:port of a headless Service, resolved every Refresh
+	Advertise  string   `yaml:"advertise"`   // this replica's own base URL, as the others know it
+	SecretFile string   `yaml:"secret_file"` // holds Secret, 16+ characters
+	// Secret is shared by every replica; it signs every peer request and
+	// is never sent.
+	Secret  string        `yaml:"-"`
+	Refresh time.Duration `yaml:"-"`
+	Client  *http.Client  `yaml:"-"` // nil: a client with sane timeouts
 	// resolve looks DNS up; tests replace it.
 	resolve func(ctx context.Context, host string) ([]string, error)
 }

@@ -7,6 +7,7 @@ package replicate
 
 import (
 	"cmp"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -21,22 +22,31 @@ import (
 // Config holds the jobs' settings.
 type Config struct {
 	// Targets are the registries jobs may push to, by name.
-	Targets map[string]Target
+	Targets map[string]Target `yaml:"-"`
 	// JobImages is how many images of one job are copied at once (default
 	// 4); each copies up to 4 blobs at once. At most 2 jobs run at a time.
-	JobImages int
+	JobImages int `yaml:"concurrency"`
 	// JobTransfers bounds the blobs all jobs copy at once (default 8), so
 	// that clients keep most of each upstream's request slots.
-	JobTransfers int
+	JobTransfers int `yaml:"transfers"`
 	// KeepJobs is how many finished jobs the index keeps (default 200);
 	// older ones are forgotten as new ones are submitted.
-	KeepJobs int
+	KeepJobs int `yaml:"-"`
 	// RetryBackoff is the first wait before a job retries a transient
 	// failure (default 1s), doubled for each of up to 3 retries.
-	RetryBackoff time.Duration
-	Registerer   prometheus.Registerer // nil: metrics are not registered
-	Logger       *slog.Logger          // nil: slog.Default()
-	Now          func() time.Time      // nil: time.Now
+	RetryBackoff time.Duration         `yaml:"-"`
+	Registerer   prometheus.Registerer `yaml:"-"` // nil: metrics are not registered
+	Logger       *slog.Logger          `yaml:"-"` // nil: slog.Default()
+	Now          func() time.Time      `yaml:"-"` // nil: time.Now
+}
+
+// Check validates the settings the configuration file's prefetch: block
+// gives.
+func (c Config) Check() error {
+	if c.JobImages < 0 || c.JobTransfers < 0 {
+		return errors.New("prefetch.concurrency and prefetch.transfers must not be negative")
+	}
+	return nil
 }
 
 // Jobs runs prefetch jobs over a cache and its store.

@@ -15,18 +15,6 @@ import (
 	"github.com/wharf-registry/wharf/route"
 )
 
-// authConfig is the auth block: users, what anyone may pull, and rules.
-type authConfig struct {
-	Htpasswd  string   `yaml:"htpasswd"`
-	Anonymous []string `yaml:"anonymous"`
-	Rules     []struct {
-		Users []string `yaml:"users"`
-		Pull  []string `yaml:"pull"`
-		Push  []string `yaml:"push"`
-		API   []string `yaml:"api"`
-	} `yaml:"rules"`
-}
-
 // tlsConfig is the listener's certificate, and the CA client certificates
 // must be signed by for mutual TLS.
 type tlsConfig struct {
@@ -89,10 +77,7 @@ func (c *fileConfig) accessConfig(log *slog.Logger, reg prometheus.Registerer) a
 		}
 		return ac
 	}
-	ac.Htpasswd, ac.Anonymous = c.Auth.Htpasswd, c.Auth.Anonymous
-	for _, r := range c.Auth.Rules {
-		ac.Rules = append(ac.Rules, auth.Rule{Users: r.Users, Pull: r.Pull, Push: r.Push, API: r.API})
-	}
+	ac.Htpasswd, ac.Anonymous, ac.Rules = c.Auth.Htpasswd, c.Auth.Anonymous, c.Auth.Rules
 	return ac
 }
 

@@ -32,7 +32,7 @@ func check(args []string, stdout, stderr io.Writer, isTerminal bool) error {
 	if err != nil {
 		return err
 	}
-	sopts, err := cfg.Storage.options()
+	sopts, err := cfg.Storage.Options()
 	if err != nil {
 		return err
 	}

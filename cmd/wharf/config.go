@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"cmp"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,13 +11,15 @@ import (
 	"os"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
 
+	"github.com/wharf-registry/wharf/auth"
+	"github.com/wharf-registry/wharf/cluster"
+	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream"
 )
@@ -26,11 +27,11 @@ import (
 // fileConfig is the YAML file, key for key. External tools generate these
 // names, so they change only with a migration.
 type fileConfig struct {
-	Listen      string        `yaml:"listen"`
-	DebugListen string        `yaml:"debug_listen"`
-	LogLevel    string        `yaml:"log_level"`
-	Storage     storageConfig `yaml:"storage"`
-	Pins        []string      `yaml:"pins"`
+	Listen      string         `yaml:"listen"`
+	DebugListen string         `yaml:"debug_listen"`
+	LogLevel    string         `yaml:"log_level"`
+	Storage     storage.Config `yaml:"storage"`
+	Pins        []string       `yaml:"pins"`
 	Server      struct {
 		ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 		IdleTimeout       time.Duration `yaml:"idle_timeout"`
@@ -47,99 +48,12 @@ type fileConfig struct {
 		TokenFile string `yaml:"token_file"`
 		token     string
 	} `yaml:"api"`
-	Prefetch struct {
-		Concurrency int `yaml:"concurrency"`
-		Transfers   int `yaml:"transfers"`
-	} `yaml:"prefetch"`
-	Auth        *authConfig    `yaml:"auth"`
-	TLS         tlsConfig      `yaml:"tls"`
-	Replication []ruleConfig   `yaml:"replication"`
-	Cluster     *clusterConfig `yaml:"cluster"`
-}
-
-type storageConfig struct {
-	Root string `yaml:"root"`
-	// Driver is where blobs live durably: filesystem (under root only) or
-	// s3 (a bucket shared by every replica, root the local fill buffer
-	// and hot cache), through distribution's driver with its parameters.
-	Driver string         `yaml:"driver"`
-	S3     map[string]any `yaml:"s3"`
-	// Redirect sends clients to a presigned URL for blobs in the bucket
-	// this replica does not hold, as distribution's redirect option does.
-	Redirect      bool    `yaml:"redirect"`
-	MaxSize       string  `yaml:"max_size"`
-	HighWatermark float64 `yaml:"high_watermark"`
-	LowWatermark  float64 `yaml:"low_watermark"`
-	MinFree       string  `yaml:"min_free"`
-	maxBytes      int64
-	minFree       int64   // bytes, or
-	minFreeRatio  float64 // a share of the filesystem
-}
-
-// options are the store's settings, its remote tier opened.
-func (s *storageConfig) options() (storage.Options, error) {
-	opts := storage.Options{MinFree: s.minFree, MinFreeRatio: s.minFreeRatio}
-	if s.Driver == "s3" {
-		r, err := storage.OpenBucket(context.Background(), "s3", s.S3)
-		if err != nil {
-			return opts, fmt.Errorf("storage.s3: %w", err)
-		}
-		opts.Bucket = r
-	}
-	return opts, nil
-}
-
-// checkDriver validates storage.driver and expands ${VAR} in the string
-// values of storage.s3 (keys and secrets come from the environment), an
-// unset variable being an error.
-func (s *storageConfig) checkDriver() error {
-	switch s.Driver {
-	case "", "filesystem":
-		if len(s.S3) > 0 {
-			return errors.New("storage.s3 is set but storage.driver is not s3")
-		}
-		if s.Redirect {
-			return errors.New("storage.redirect needs storage.driver: s3 (it sends clients to the bucket)")
-		}
-		return nil
-	case "s3":
-	default:
-		return fmt.Errorf("storage.driver %q: want filesystem or s3", s.Driver)
-	}
-	if b, _ := s.S3["bucket"].(string); b == "" {
-		return errors.New("storage.s3.bucket must be set with storage.driver: s3")
-	}
-	for k, v := range s.S3 {
-		str, ok := v.(string)
-		if !ok {
-			continue
-		}
-		v, err := expandEnv(str)
-		if err != nil {
-			return fmt.Errorf("storage.s3.%s: %w", k, err)
-		}
-		s.S3[k] = v
-	}
-	return nil
-}
-
-// parseMinFree reads storage.min_free: a size (2GiB) or a percentage (5%).
-func (s *storageConfig) parseMinFree() error {
-	v := strings.TrimSpace(s.MinFree)
-	if pct, ok := strings.CutSuffix(v, "%"); ok {
-		f, err := strconv.ParseFloat(strings.TrimSpace(pct), 64)
-		if err != nil || f <= 0 || f >= 50 {
-			return fmt.Errorf("storage.min_free %q: want a percentage above 0 and under 50, like 5%%", s.MinFree)
-		}
-		s.minFreeRatio = f / 100
-		return nil
-	}
-	n, err := humanize.ParseBytes(v)
-	if err != nil || n < 1<<20 {
-		return fmt.Errorf("storage.min_free %q: want a size of at least 1MiB, like 2GiB, or a percentage, like 5%%", s.MinFree)
-	}
-	s.minFree = int64(n)
-	return nil
+	// Prefetch is the prefetch: block, which configures replicate's jobs.
+	Prefetch    replicate.Config       `yaml:"prefetch"`
+	Auth        *auth.Config           `yaml:"auth"`
+	TLS         tlsConfig              `yaml:"tls"`
+	Replication []replicate.RuleConfig `yaml:"replication"`
+	Cluster     *cluster.Config        `yaml:"cluster"`
 }
 
 // registryConfig is what upstreams and targets share: a registry, and how to
@@ -272,28 +186,12 @@ func (c *fileConfig) validate() error {
 	if c.Listen == "" {
 		return errors.New("listen must be set")
 	}
-	if c.Storage.Root == "" {
-		return errors.New("storage.root must be set")
-	}
-	if err := c.Storage.parseMinFree(); err != nil {
-		return err
-	}
-	if err := c.Storage.checkDriver(); err != nil {
+	if err := c.Storage.Check(expandEnv); err != nil {
 		return err
 	}
 	if err := nonNegative(map[string]int64{"server.write_timeout": int64(c.Server.WriteTimeout), "server.max_connections": int64(c.Server.MaxConnections),
 		"server.max_connections_per_address": int64(c.Server.MaxConnectionsPerAddress)}); err != nil {
 		return err
-	}
-	if c.Storage.MaxSize != "" {
-		n, err := humanize.ParseBytes(c.Storage.MaxSize)
-		if err != nil || n == 0 {
-			return fmt.Errorf("storage.max_size %q: want a size like 50GiB", c.Storage.MaxSize)
-		}
-		c.Storage.maxBytes = int64(n)
-	}
-	if h, l := c.Storage.HighWatermark, c.Storage.LowWatermark; h < 0 || l < 0 || h > 1 || (h > 0 && l > h) {
-		return fmt.Errorf("storage watermarks: want 0 < low_watermark <= high_watermark <= 1, got %v and %v", l, h)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -362,11 +260,19 @@ func (c *fileConfig) validatePrefetch() error {
 			t.chunkBytes = int64(n)
 		}
 	}
-	if c.Prefetch.Concurrency < 0 || c.Prefetch.Transfers < 0 {
-		return errors.New("prefetch.concurrency and prefetch.transfers must not be negative")
+	if err := c.Prefetch.Check(); err != nil {
+		return err
 	}
 	if c.Cluster != nil {
-		if err := c.Cluster.check(c.Storage.Driver); err != nil {
+		if c.Storage.Driver != "s3" {
+			return errors.New("cluster needs storage.driver: s3: the replicas share the bucket")
+		}
+		advertise, err := expandEnv(c.Cluster.Advertise)
+		if err != nil {
+			return fmt.Errorf("cluster.advertise: %w", err)
+		}
+		c.Cluster.Advertise = advertise // a pod's IP, from the downward API
+		if err := c.Cluster.Check(); err != nil {
 			return err
 		}
 	}

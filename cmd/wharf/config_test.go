@@ -108,7 +108,7 @@ func TestConfigErrors(t *testing.T) {
 	}
 	t.Setenv("WHARF_TEST_POD_IP", "10.1.2.3")
 	cfg, err := loadConfig(writeConfig(t, s3base+"cluster: {dns: 'wharf-headless:5000', advertise: 'http://${WHARF_TEST_POD_IP}:5000/', secret_file: "+peerSecret+"}\n"))
-	if err != nil || cfg.Cluster.Advertise != "http://10.1.2.3:5000" || cfg.Cluster.secret != "0123456789abcdef-peer" {
+	if err != nil || cfg.Cluster.Advertise != "http://10.1.2.3:5000" || cfg.Cluster.Secret != "0123456789abcdef-peer" {
 		t.Fatalf("cluster: %v %+v", err, cfg)
 	}
 	// On an IPv6 cluster the pod's address comes bare; it is bracketed.
@@ -131,7 +131,7 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatalf("env expansion: %v %+v", err, cfg)
 	}
 	cfg, err = loadConfig(writeConfig(t, strings.Replace(base, "root: /tmp/x", "root: /tmp/x, max_size: 2GiB", 1)))
-	if err != nil || cfg.Storage.maxBytes != 2<<30 {
+	if err != nil || cfg.Storage.MaxBytes() != 2<<30 {
 		t.Fatalf("max_size 2GiB: %v %+v", err, cfg)
 	}
 	cfg, err = loadConfig(writeConfig(t, "storage: {root: /x, driver: s3, s3: {bucket: b, region: us-east-1, accesskey: k, secretkey: '${WHARF_TEST_PASS}', forcepathstyle: true}}\nupstreams: [{name: a, url: https://a}]\n"))

@@ -57,7 +57,7 @@ func gcCmd(args []string, stdout, stderr io.Writer) error {
 	if cfg.Storage.Driver != "s3" {
 		return errors.New("wharf gc bounds the shared bucket: it needs storage.driver: s3 (a local store is bounded by storage.max_size)")
 	}
-	sopts, err := cfg.Storage.options()
+	sopts, err := cfg.Storage.Options()
 	if err != nil {
 		return err
 	}

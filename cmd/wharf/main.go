@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cluster"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/route"
 	"github.com/wharf-registry/wharf/server"
@@ -126,7 +127,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
-	sopts, err := cfg.Storage.options()
+	sopts, err := cfg.Storage.Options()
 	if err != nil {
 		return err
 	}
@@ -171,16 +172,16 @@ func (c *fileConfig) server(reg *prometheus.Registry, log *slog.Logger) (cfg ser
 	}
 	ac := c.accessConfig(log, reg)
 	cfg = server.Config{
-		Cache: cache.Config{Upstreams: ups, Pins: c.Pins, MaxSize: c.Storage.maxBytes, HighWater: c.Storage.HighWatermark,
+		Cache: cache.Config{Upstreams: ups, Pins: c.Pins, MaxSize: c.Storage.MaxBytes(), HighWater: c.Storage.HighWatermark,
 			LowWater: c.Storage.LowWatermark, Redirect: c.Storage.Redirect, StallTimeout: c.stallTimeout()},
 		Upstreams: routes, Status: status,
-		Jobs:  replicate.Config{Targets: targets, JobImages: c.Prefetch.Concurrency, JobTransfers: c.Prefetch.Transfers},
+		Jobs:  replicate.Config{Targets: targets, JobImages: c.Prefetch.JobImages, JobTransfers: c.Prefetch.JobTransfers},
 		Rules: rules, Auth: &ac, Registry: reg, Logger: log,
 	}
 	if c.Cluster == nil {
 		return cfg, close, nil
 	}
-	fleet, err := c.Cluster.open()
+	fleet, err := cluster.New(*c.Cluster)
 	if err != nil {
 		return cfg, close, err
 	}

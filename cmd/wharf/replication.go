@@ -6,77 +6,20 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/wharf-registry/wharf/api"
 	"github.com/wharf-registry/wharf/replicate"
-	"github.com/wharf-registry/wharf/route"
 )
-
-// ruleConfig is one entry of replication: in the config file.
-type ruleConfig struct {
-	Name      string            `yaml:"name"`
-	Sources   []string          `yaml:"sources"`
-	Tags      string            `yaml:"tags"`   // a regular expression on tags
-	Semver    string            `yaml:"semver"` // or a semantic version range
-	Target    string            `yaml:"target"`
-	Rename    map[string]string `yaml:"rename"`
-	Platforms []string          `yaml:"platforms"`
-	Referrers *bool             `yaml:"referrers"`
-	Index     string            `yaml:"index"`
-	OnPull    bool              `yaml:"on_pull"`
-	Schedule  string            `yaml:"schedule"`
-}
-
-// rule checks rc and turns it into a replicate.Rule.
-func (rc ruleConfig) rule() (replicate.Rule, error) {
-	r := replicate.Rule{Name: rc.Name, Sources: rc.Sources, Target: rc.Target, Rename: renames(rc.Rename),
-		SkipReferrers: rc.Referrers != nil && !*rc.Referrers, OnPull: rc.OnPull, Schedule: rc.Schedule}
-	fail := func(err error) (replicate.Rule, error) {
-		return replicate.Rule{}, fmt.Errorf("replication rule %s: %w", rc.Name, err)
-	}
-	var err error
-	switch {
-	case rc.Tags != "" && rc.Semver != "":
-		return fail(errors.New("set tags (a regular expression) or semver (a range), not both"))
-	case rc.Tags != "":
-		r.Tags, err = route.Regexp(rc.Tags)
-	case rc.Semver != "":
-		r.Tags, err = route.Semver(rc.Semver)
-	}
-	if err != nil {
-		return fail(err)
-	}
-	for _, s := range rc.Platforms {
-		p, err := replicate.ParsePlatform(s)
-		if err != nil {
-			return fail(err)
-		}
-		r.Platforms = append(r.Platforms, p)
-	}
-	switch rc.Index {
-	case "", "verbatim":
-	case "filter":
-		r.FilterIndex = true
-	default:
-		return fail(fmt.Errorf("index %q: want verbatim or filter", rc.Index))
-	}
-	if !rc.OnPull && rc.Schedule == "" {
-		return fail(errors.New("no trigger: set on_pull, schedule, or both (a rule also runs with wharf replicate RULE --now)"))
-	}
-	return r, nil
-}
 
 // rules checks every replication rule.
 func (c *fileConfig) rules() ([]replicate.Rule, error) {
 	var out []replicate.Rule
 	for _, rc := range c.Replication {
-		r, err := rc.rule()
+		r, err := rc.Rule()
 		if err != nil {
 			return nil, err
 		}
@@ -143,15 +86,4 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 		return fmt.Errorf("job %s ended %s", job.ID, job.State)
 	}
 	return nil
-}
-
-// renames is a rule's rename map as the rename list jobs take; the longest
-// prefix wins either way (replicate.TargetRepo), so the order is only for
-// reading.
-func renames(m map[string]string) []replicate.Rename {
-	var out []replicate.Rename
-	for _, from := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, replicate.Rename{From: from, To: m[from]})
-	}
-	return out
 }
