@@ -189,9 +189,11 @@ func (b *bench) run() (rows []row, err error) {
 var promoteRows = []string{"promote all to a new registry, cold", "promote all again (all present)", "promote all to a new registry, warm cache",
 	"promote: peak RSS", "promote one image of 64 MiB layers: peak RSS", "promote one 512 MiB layer: peak RSS"}
 
+// starter starts a target of the loopback pass.
+type starter func() (*target, error)
+
 // loopback measures every scenario at loopback speed on every target.
 func (b *bench) loopback(up *upstreamtest.Registry, big upstreamtest.Image, small []upstreamtest.Image, idx upstreamtest.Index, set func(scenario, tgt string, v float64)) error {
-	type starter func() (*target, error)
 	targets := []struct {
 		name  string
 		start starter
@@ -202,108 +204,21 @@ func (b *bench) loopback(up *upstreamtest.Registry, big upstreamtest.Image, smal
 		{"wharf", func() (*target, error) { return b.startWharf(up.URL) }},
 		{"distribution", func() (*target, error) { return b.startDistribution(up.URL) }},
 	}
-	timed := func(f func() error) (float64, error) {
-		start := time.Now()
-		err := f()
-		return time.Since(start).Seconds(), err
-	}
 	for _, tg := range targets {
 		fmt.Fprintf(os.Stderr, "measuring %s...\n", tg.name)
-		peak := -1.0
-
-		// Big image: cold, warm, then manifest request rates on the warm cache.
-		t, err := tg.start()
+		peak, err := b.bigImage(tg.name, tg.start, up, big, idx, set)
 		if err != nil {
 			return err
 		}
-		gib := float64(imageSize(big)) / (1 << 30)
-		cpu0 := t.cpu()
-		var cold float64
-		if perr := b.profiled(t, "cold-loopback", func() {
-			cold, err = timed(func() error { return pull(t.url, big.Repo, big.Tag) })
-		}); perr != nil {
-			return perr
-		}
+		p, err := b.concurrentPulls(tg.name, tg.start, up, big, set)
 		if err != nil {
 			return err
 		}
-		if err := t.stored(big.Blobs()); err != nil {
-			return err
-		}
-		cpu1 := t.cpu()
-		warm, err := timed(func() error { return pull(t.url, big.Repo, big.Tag) })
+		q, err := b.smallImages(tg.name, tg.start, small, set)
 		if err != nil {
 			return err
 		}
-		if cpu0 >= 0 {
-			set("wharf CPU-s per cold GiB", tg.name, (cpu1-cpu0)/gib)
-			set("wharf CPU-s per warm GiB", tg.name, (t.cpu()-cpu1)/gib)
-		} else {
-			set("wharf CPU-s per cold GiB", tg.name, -1)
-			set("wharf CPU-s per warm GiB", tg.name, -1)
-		}
-		set("cold pull, 4 × 64 MiB", tg.name, cold)
-		set("warm pull, 4 × 64 MiB", tg.name, warm)
-		for _, c := range []struct{ name, ref string }{{"manifest by tag", idx.Tag}, {"manifest by digest", idx.Manifest.Digest.String()}} {
-			rps, p99, err := load(t.url+"/v2/"+idx.Repo+"/manifests/"+c.ref, b.workers, b.duration)
-			if err != nil {
-				return err
-			}
-			set(c.name, tg.name, rps)
-			set(c.name+" p99", tg.name, p99)
-		}
-		peak = max(peak, t.rss())
-		t.stop()
-		if tg.name == "wharf" {
-			// With users on: every request authenticated, against the
-			// same Wharf's anonymous rate.
-			open, authed, err := b.authenticatedRate(up.URL, idx)
-			if err != nil {
-				return err
-			}
-			set("manifest by tag, authenticated", tg.name, authed)
-			set("manifest by tag: authenticated / anonymous", tg.name, authed/open)
-		} else {
-			set("manifest by tag, authenticated", tg.name, -1)
-			set("manifest by tag: authenticated / anonymous", tg.name, -1)
-		}
-
-		// Eight clients pull the big image cold at once.
-		if t, err = tg.start(); err != nil {
-			return err
-		}
-		up.Reset()
-		conc, err := timed(func() error {
-			return parallel(8, 8, func(int) error { return pull(t.url, big.Repo, big.Tag) })
-		})
-		if err != nil {
-			return err
-		}
-		set("8 concurrent cold pulls", tg.name, conc)
-		set("8 concurrent: upstream bytes / image", tg.name, float64(up.BytesSent())/float64(imageSize(big)))
-		peak = max(peak, t.rss())
-		t.stop()
-
-		// Fifty small images, four workers, cold then warm.
-		if t, err = tg.start(); err != nil {
-			return err
-		}
-		pullAll := func() error {
-			return parallel(4, len(small), func(i int) error { return pull(t.url, small[i].Repo, small[i].Tag) })
-		}
-		coldSmall, err := timed(pullAll)
-		if err != nil {
-			return err
-		}
-		warmSmall, err := timed(pullAll)
-		if err != nil {
-			return err
-		}
-		set("50 images × 3 × 1 MiB, cold", tg.name, coldSmall)
-		set("50 images × 3 × 1 MiB, warm", tg.name, warmSmall)
-		peak = max(peak, t.rss())
-		t.stop()
-		set("peak RSS", tg.name, peak)
+		set("peak RSS", tg.name, max(peak, p, q))
 	}
 	for _, s := range promoteRows {
 		set(s, "distribution", -1) // distribution cannot push elsewhere
@@ -318,10 +233,119 @@ func (b *bench) loopback(up *upstreamtest.Registry, big upstreamtest.Image, smal
 	if err := b.scoped(func() error { return b.replicateByRule(up, all, set) }); err != nil {
 		return err
 	}
-	if err := b.scoped(func() error { return b.fleet(up, big, set) }); err != nil {
-		return err
+	return b.scoped(func() error { return b.fleet(up, big, set) })
+}
+
+func timed(f func() error) (float64, error) {
+	start := time.Now()
+	err := f()
+	return time.Since(start).Seconds(), err
+}
+
+// bigImage pulls the big image through a fresh target cold, then warm,
+// measures manifest request rates on the warm cache (and, for Wharf, with
+// users on), and returns the target's peak RSS.
+func (b *bench) bigImage(name string, start starter, up *upstreamtest.Registry, big upstreamtest.Image, idx upstreamtest.Index, set func(scenario, tgt string, v float64)) (float64, error) {
+	t, err := start()
+	if err != nil {
+		return 0, err
 	}
-	return nil
+	defer t.stop()
+	gib := float64(imageSize(big)) / (1 << 30)
+	cpu0 := t.cpu()
+	var cold float64
+	if perr := b.profiled(t, "cold-loopback", func() {
+		cold, err = timed(func() error { return pull(t.url, big.Repo, big.Tag) })
+	}); perr != nil {
+		return 0, perr
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := t.stored(big.Blobs()); err != nil {
+		return 0, err
+	}
+	cpu1 := t.cpu()
+	warm, err := timed(func() error { return pull(t.url, big.Repo, big.Tag) })
+	if err != nil {
+		return 0, err
+	}
+	if cpu0 >= 0 {
+		set("wharf CPU-s per cold GiB", name, (cpu1-cpu0)/gib)
+		set("wharf CPU-s per warm GiB", name, (t.cpu()-cpu1)/gib)
+	} else {
+		set("wharf CPU-s per cold GiB", name, -1)
+		set("wharf CPU-s per warm GiB", name, -1)
+	}
+	set("cold pull, 4 × 64 MiB", name, cold)
+	set("warm pull, 4 × 64 MiB", name, warm)
+	for _, c := range []struct{ name, ref string }{{"manifest by tag", idx.Tag}, {"manifest by digest", idx.Manifest.Digest.String()}} {
+		rps, p99, err := load(t.url+"/v2/"+idx.Repo+"/manifests/"+c.ref, b.workers, b.duration)
+		if err != nil {
+			return 0, err
+		}
+		set(c.name, name, rps)
+		set(c.name+" p99", name, p99)
+	}
+	peak := t.rss()
+	if name != "wharf" {
+		set("manifest by tag, authenticated", name, -1)
+		set("manifest by tag: authenticated / anonymous", name, -1)
+		return peak, nil
+	}
+	// With users on: every request authenticated, against the same
+	// Wharf's anonymous rate.
+	open, authed, err := b.authenticatedRate(up.URL, idx)
+	if err != nil {
+		return 0, err
+	}
+	set("manifest by tag, authenticated", name, authed)
+	set("manifest by tag: authenticated / anonymous", name, authed/open)
+	return peak, nil
+}
+
+// concurrentPulls has eight clients pull the big image cold at once
+// through a fresh target, and returns its peak RSS.
+func (b *bench) concurrentPulls(name string, start starter, up *upstreamtest.Registry, big upstreamtest.Image, set func(scenario, tgt string, v float64)) (float64, error) {
+	t, err := start()
+	if err != nil {
+		return 0, err
+	}
+	defer t.stop()
+	up.Reset()
+	conc, err := timed(func() error {
+		return parallel(8, 8, func(int) error { return pull(t.url, big.Repo, big.Tag) })
+	})
+	if err != nil {
+		return 0, err
+	}
+	set("8 concurrent cold pulls", name, conc)
+	set("8 concurrent: upstream bytes / image", name, float64(up.BytesSent())/float64(imageSize(big)))
+	return t.rss(), nil
+}
+
+// smallImages pulls the small images, four at a time, cold then warm,
+// through a fresh target, and returns its peak RSS.
+func (b *bench) smallImages(name string, start starter, small []upstreamtest.Image, set func(scenario, tgt string, v float64)) (float64, error) {
+	t, err := start()
+	if err != nil {
+		return 0, err
+	}
+	defer t.stop()
+	pullAll := func() error {
+		return parallel(4, len(small), func(i int) error { return pull(t.url, small[i].Repo, small[i].Tag) })
+	}
+	coldSmall, err := timed(pullAll)
+	if err != nil {
+		return 0, err
+	}
+	warmSmall, err := timed(pullAll)
+	if err != nil {
+		return 0, err
+	}
+	set("50 images × 3 × 1 MiB, cold", name, coldSmall)
+	set("50 images × 3 × 1 MiB, warm", name, warmSmall)
+	return t.rss(), nil
 }
 
 // authenticatedRate measures manifest-by-tag requests per second on one

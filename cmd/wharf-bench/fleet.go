@@ -39,43 +39,9 @@ func (b *bench) fleet(up *upstreamtest.Registry, big upstreamtest.Image, set fun
 		return nil
 	}
 	fmt.Fprintln(os.Stderr, "measuring three replicas over a bucket...")
-	s3 := s3test.StartBinary(b, bin)
-	secret := filepath.Join(b.TempDir(), "peer")
-	if err := os.WriteFile(secret, []byte("bench-fleet-secret-0123"), 0o600); err != nil {
+	replica, fleet, err := b.startFleet(up, bin)
+	if err != nil {
 		return err
-	}
-	var addrs []string
-	for range 3 {
-		a, err := freeAddr()
-		if err != nil {
-			return err
-		}
-		addrs = append(addrs, a)
-	}
-	replica := func(listen, cluster string) (*target, error) {
-		dir := b.TempDir()
-		return b.startWharfConfig(dir, fmt.Sprintf(`listen: %q
-log_level: info
-storage:
-  root: %s
-  driver: s3
-  s3: {bucket: %s, region: us-east-1, regionendpoint: %s, accesskey: %s, secretkey: %s, forcepathstyle: true, secure: false}
-%supstreams:
-  - name: docker.io
-    url: %s
-    default: true
-    insecure: true
-    tag_ttl: 1h
-`, listen, filepath.Join(dir, "store"), s3.Bucket, s3.URL, s3.AccessKey, s3.SecretKey, cluster, up.URL), "")
-	}
-	peers := "[http://" + strings.Join(addrs, ", http://") + "]"
-	var fleet []*target
-	for _, a := range addrs {
-		t, err := replica(a, fmt.Sprintf("cluster: {peers: %s, advertise: 'http://%s', secret_file: %s}\n", peers, a, secret))
-		if err != nil {
-			return err
-		}
-		fleet = append(fleet, t)
 	}
 	size := float64(imageSize(big))
 	threeAt := func(url func(i int) string) (float64, error) {
@@ -119,4 +85,48 @@ storage:
 	set(fleetRows[2], "wharf", w)
 	set(fleetRows[3], "wharf", float64(up.BytesSent())/size)
 	return nil
+}
+
+// startFleet starts three clustered replicas over a bucket of a fresh
+// object store, and returns them with a starter of further replicas over
+// the same bucket (cluster: the block, "" for none).
+func (b *bench) startFleet(up *upstreamtest.Registry, versitygw string) (replica func(listen, cluster string) (*target, error), fleet []*target, err error) {
+	s3 := s3test.StartBinary(b, versitygw)
+	secret := filepath.Join(b.TempDir(), "peer")
+	if err := os.WriteFile(secret, []byte("bench-fleet-secret-0123"), 0o600); err != nil {
+		return nil, nil, err
+	}
+	var addrs []string
+	for range 3 {
+		a, err := freeAddr()
+		if err != nil {
+			return nil, nil, err
+		}
+		addrs = append(addrs, a)
+	}
+	replica = func(listen, cluster string) (*target, error) {
+		dir := b.TempDir()
+		return b.startWharfConfig(dir, fmt.Sprintf(`listen: %q
+log_level: info
+storage:
+  root: %s
+  driver: s3
+  s3: {bucket: %s, region: us-east-1, regionendpoint: %s, accesskey: %s, secretkey: %s, forcepathstyle: true, secure: false}
+%supstreams:
+  - name: docker.io
+    url: %s
+    default: true
+    insecure: true
+    tag_ttl: 1h
+`, listen, filepath.Join(dir, "store"), s3.Bucket, s3.URL, s3.AccessKey, s3.SecretKey, cluster, up.URL), "")
+	}
+	peers := "[http://" + strings.Join(addrs, ", http://") + "]"
+	for _, a := range addrs {
+		t, err := replica(a, fmt.Sprintf("cluster: {peers: %s, advertise: 'http://%s', secret_file: %s}\n", peers, a, secret))
+		if err != nil {
+			return nil, nil, err
+		}
+		fleet = append(fleet, t)
+	}
+	return replica, fleet, nil
 }

@@ -108,7 +108,7 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 		upstreamtest.WithTokenAuth(hubUser, hubPass), upstreamtest.WithBlobRedirects())
 	targets := []struct {
 		name  string
-		start func() (*target, error)
+		start starter
 	}{
 		{"direct", func() (*target, error) {
 			return &target{url: up.URL, stop: func() {}, rss: func() float64 { return -1 }, cpu: func() float64 { return -1 }}, nil
@@ -129,60 +129,23 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 		} {
 			var times, cpus, floors []float64
 			for run := range wanRuns {
-				err := b.scoped(func() error {
-					c := client
-					if tg.name == "direct" {
-						// A cold direct pull fetches its tokens too.
-						c = &http.Client{Transport: &hubTransport{next: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}}
-					}
-					t, err := tg.start()
-					if err != nil {
-						return err
-					}
-					syscall.Sync() // every run starts with no dirty pages of the last one to write back
-					up.Reset()
-					cpu, self := t.cpu(), selfCPU()
-					var d float64
-					if i < 2 && run == 0 {
-						name := []string{"cold-", "cold-small-"}[i] + rtt.String()
-						perr := b.profiled(t, name, func() { d, err = timedErr(func() error { return pull(c, t) }) })
-						err = cmp.Or(err, perr)
-					} else {
-						d, err = timedErr(func() error { return pull(c, t) })
-					}
-					if i < 2 {
-						// Every CPU-second the pull cost: the client's and
-						// upstream's (this process), and the target's
-						// when it runs apart. No pull can take less wall
-						// time than that spread over every core.
-						all := selfCPU() - self
-						if cpu >= 0 {
-							used := t.cpu() - cpu
-							all += used
-							if i == 0 && err == nil {
-								err = t.stored(big.Blobs())
-								cpus = append(cpus, (t.cpu()-cpu)/(float64(imageSize(big))/(1<<30)))
-							}
-						}
-						floors = append(floors, all/float64(runtime.NumCPU()))
-					}
-					t.stop()
-					if err != nil {
-						return fmt.Errorf("%s at %s: %w", tg.name, rtt, err)
-					}
-					times = append(times, d)
-					if i == 0 {
-						set(rows[4], tg.name, float64(up.Total()))
-						if b.showRequests {
-							for _, r := range up.Requests() {
-								fmt.Fprintf(os.Stderr, "%s: %s %s\n", tg.name, r.Method, r.Path)
-							}
-						}
-					}
-					return nil
+				var r wanResult
+				err := b.scoped(func() (err error) {
+					r, err = b.wanRun(tg.name, tg.start, up, rtt, i, run, pull, big)
+					return err
 				})
 				if err != nil {
 					return nil, err
+				}
+				times = append(times, r.seconds)
+				if r.cpuPerGiB >= 0 {
+					cpus = append(cpus, r.cpuPerGiB)
+				}
+				if r.floor >= 0 {
+					floors = append(floors, r.floor)
+				}
+				if i == 0 {
+					set(rows[4], tg.name, float64(r.requests))
 				}
 			}
 			set(rows[i], tg.name, median(times))
@@ -195,6 +158,65 @@ func (b *bench) wan(rtt time.Duration, data string, big upstreamtest.Image, smal
 		}
 	}
 	return rows, nil
+}
+
+// wanResult is one cold pull's figures: its time, the target's CPU per
+// GiB (the big image on Wharf only; -1 otherwise), the CPU floor (-1 for
+// the index), and the upstream requests it made.
+type wanResult struct {
+	seconds, cpuPerGiB, floor float64
+	requests                  int
+}
+
+// wanRun pulls cold (i: 0 the big image, 1 the small ones, 2 the index)
+// through a fresh target of the WAN pass, the first run of the first two
+// profiled.
+func (b *bench) wanRun(name string, start starter, up *upstreamtest.Registry, rtt time.Duration, i, run int, pull func(*http.Client, *target) error, big upstreamtest.Image) (wanResult, error) {
+	res := wanResult{cpuPerGiB: -1, floor: -1}
+	c := client
+	if name == "direct" {
+		// A cold direct pull fetches its tokens too.
+		c = &http.Client{Transport: &hubTransport{next: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}}
+	}
+	t, err := start()
+	if err != nil {
+		return res, err
+	}
+	defer t.stop()
+	syscall.Sync() // every run starts with no dirty pages of the last one to write back
+	up.Reset()
+	cpu, self := t.cpu(), selfCPU()
+	if i < 2 && run == 0 {
+		profile := []string{"cold-", "cold-small-"}[i] + rtt.String()
+		perr := b.profiled(t, profile, func() { res.seconds, err = timedErr(func() error { return pull(c, t) }) })
+		err = cmp.Or(err, perr)
+	} else {
+		res.seconds, err = timedErr(func() error { return pull(c, t) })
+	}
+	if i < 2 {
+		// Every CPU-second the pull cost: the client's and upstream's
+		// (this process), and the target's when it runs apart. No pull
+		// can take less wall time than that spread over every core.
+		all := selfCPU() - self
+		if cpu >= 0 {
+			all += t.cpu() - cpu
+			if i == 0 && err == nil {
+				err = t.stored(big.Blobs())
+				res.cpuPerGiB = (t.cpu() - cpu) / (float64(imageSize(big)) / (1 << 30))
+			}
+		}
+		res.floor = all / float64(runtime.NumCPU())
+	}
+	if err != nil {
+		return res, fmt.Errorf("%s at %s: %w", name, rtt, err)
+	}
+	res.requests = up.Total()
+	if i == 0 && b.showRequests {
+		for _, r := range up.Requests() {
+			fmt.Fprintf(os.Stderr, "%s: %s %s\n", name, r.Method, r.Path)
+		}
+	}
+	return res, nil
 }
 
 // median of vs, -1 for none.
