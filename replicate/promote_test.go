@@ -1,0 +1,101 @@
+package replicate
+
+import (
+	"bytes"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+)
+
+func push(tag, to string) JobSpec {
+	return JobSpec{PushTo: "b", Images: []ImageRef{{Source: "src/proj/app:" + tag, Upstream: "src", Repo: "proj/app", Ref: tag, TargetRepo: to}}}
+}
+
+// An image lands on the target byte for byte under the renamed
+// repository: every blob before the tag, each once; the same job again
+// sends nothing; into another repository, blobs are mounted.
+func TestPromoteCopiesBlobsThenTheTag(t *testing.T) {
+	src, dst := newMemRegistry(), newMemRegistry()
+	img := src.image("proj/app", "1.0", 1, 3)
+	jobs := jobsOver(t, src, dst)
+
+	job, images := runJob(t, jobs, push("1.0", "copy/app"))
+	if job.State != StateDone || images[0].BlobsPushed != 4 || images[0].Digest != img.Digest {
+		t.Fatalf("job %s, image %+v", job.State, images[0])
+	}
+	d, body, _, ok := dst.resolve("copy/app", "1.0")
+	_, want, _, _ := src.resolve("proj/app", "1.0")
+	if !ok || d != img.Digest || !bytes.Equal(body, want) {
+		t.Fatalf("target's copy/app:1.0: %s, want %s", d, img.Digest)
+	}
+	tagAt := slices.IndexFunc(dst.calls, func(c string) bool { return strings.HasPrefix(c, "PushManifest copy/app 1.0") })
+	lastBlob := -1
+	for i, c := range dst.calls {
+		if strings.HasPrefix(c, "PushBlob ") {
+			lastBlob = i
+		}
+	}
+	if tagAt < 0 || lastBlob > tagAt || dst.count("PushBlob") != 4 {
+		t.Fatalf("target calls %v", dst.calls)
+	}
+
+	again, images := runJob(t, jobs, push("1.0", "copy/app"))
+	if again.State != StateDone || images[0].BlobsSkipped != 4 || dst.count("PushBlob") != 4 {
+		t.Fatalf("again: %s, %+v, %d blob pushes", again.State, images[0], dst.count("PushBlob"))
+	}
+
+	other, images := runJob(t, jobs, push("1.0", "other/app"))
+	if other.State != StateDone || images[0].BlobsMounted != 4 {
+		t.Fatalf("into another repository: %s, %+v", other.State, images[0])
+	}
+	for _, c := range dst.calls {
+		if strings.HasPrefix(c, "PushBlob other/app") && !strings.HasSuffix(c, " copy/app") {
+			t.Fatalf("a blob was not mounted from copy/app: %s", c)
+		}
+	}
+}
+
+// An index goes after its children, each by digest: the target never
+// holds a tag whose content is missing.
+func TestPromoteIndexChildrenFirst(t *testing.T) {
+	src, dst := newMemRegistry(), newMemRegistry()
+	a, b := src.image("proj/app", "", 2, 1), src.image("proj/app", "", 3, 1)
+	idx := src.index("proj/app", "multi", a, b)
+	job, _ := runJob(t, jobsOver(t, src, dst), push("multi", "proj/app"))
+	if job.State != StateDone {
+		t.Fatalf("job %s", job.State)
+	}
+	var manifests []string
+	for _, c := range dst.calls {
+		if strings.HasPrefix(c, "PushManifest ") {
+			manifests = append(manifests, strings.TrimPrefix(c, "PushManifest proj/app "))
+		}
+	}
+	if len(manifests) != 3 || manifests[2] != "multi" || !slices.Contains(manifests[:2], a.Digest.String()) || !slices.Contains(manifests[:2], b.Digest.String()) {
+		t.Fatalf("manifests pushed %v, want both children, then multi (%s)", manifests, idx)
+	}
+}
+
+// A target failing for a moment is retried and the job ends done; one
+// refusing for good fails the image with what to do about it.
+func TestPromoteRetriesAndExplains(t *testing.T) {
+	src, dst := newMemRegistry(), newMemRegistry()
+	src.image("proj/app", "1.0", 4, 2)
+	jobs := jobsOver(t, src, dst)
+	dst.failNext["PushBlob"] = 2
+	job, _ := runJob(t, jobs, push("1.0", "copy/app"))
+	if job.State != StateDone {
+		t.Fatalf("after two 503s: %s", job.State)
+	}
+	if _, ok := dst.holds("copy/app", digest.FromBytes(bytes.Repeat([]byte{4, 0}, 1000))); !ok {
+		t.Fatal("the first layer is not on the target")
+	}
+	dst.failFinal["PushManifest"] = http.StatusForbidden
+	job, images := runJob(t, jobs, push("1.0", "denied/app"))
+	if job.State != StateFailed || !strings.Contains(images[0].Error, "may not push to denied/app") || dst.count("PushManifest") != 2 {
+		t.Fatalf("a refusal: %s %q, %d manifest pushes", job.State, images[0].Error, dst.count("PushManifest"))
+	}
+}
