@@ -83,9 +83,9 @@ type Config struct {
 	// to LowWater (default 0.8).
 	MaxSize             int64
 	HighWater, LowWater float64
-	// Pins are patterns (route.Match) on "<upstream>/<repo>" or
+	// PinPatterns are patterns (route.Match) on "<upstream>/<repo>" or
 	// "<upstream>/<repo>:<tag>" whose content is never evicted.
-	Pins []string
+	PinPatterns []string
 	// Peers is the fleet (package cluster) or nil: a blob the store and
 	// its remote tier lack is fetched through the digest's owner, so the
 	// fleet asks upstream once per blob.
@@ -116,7 +116,7 @@ type Cache struct {
 
 	maxSize             int64
 	highWater, lowWater float64
-	pins                []string
+	pinPatterns         []string
 	redirect            bool
 	private             bool // some upstream is Private
 	peers               Peers
@@ -158,14 +158,14 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 		maxSize:      cfg.MaxSize,
 		highWater:    cmp.Or(cfg.HighWater, 0.9),
 		lowWater:     cmp.Or(cfg.LowWater, 0.8),
-		pins:         cfg.Pins,
+		pinPatterns:  cfg.PinPatterns,
 		redirect:     cfg.Redirect,
 		peers:        cfg.Peers,
 	}
 	if c.lowWater > c.highWater || c.highWater > 1 || c.lowWater <= 0 {
 		return nil, fmt.Errorf("cache: watermarks must satisfy 0 < low (%v) <= high (%v) <= 1", c.lowWater, c.highWater)
 	}
-	for _, p := range c.pins {
+	for _, p := range c.pinPatterns {
 		if err := route.Check(p); err != nil {
 			return nil, fmt.Errorf("cache: pin: %w", err)
 		}

@@ -85,7 +85,7 @@ func (c *Cache) evict() {
 // pinned reports whether a tag matches a pin: a pattern (route.Match) on
 // "<upstream>/<repo>" or "<upstream>/<repo>:<tag>".
 func (c *Cache) pinned(up, repo, tag string) bool {
-	for _, p := range c.pins {
+	for _, p := range c.pinPatterns {
 		if route.Match(p, up+"/"+repo) || route.Match(p, up+"/"+repo+":"+tag) {
 			return true
 		}
@@ -123,7 +123,7 @@ func (c *Cache) pinnedDigests() (map[digest.Digest]bool, error) {
 		}
 		return nil
 	}
-	if len(c.pins) > 0 {
+	if len(c.pinPatterns) > 0 {
 		tags, err := c.store.AllTags()
 		if err != nil {
 			return nil, err
@@ -175,7 +175,7 @@ const pinsEvery = 5 * time.Minute
 
 // publishPins writes this replica's pinned digests to the remote tier.
 func (c *Cache) publishPins() {
-	if c.store.Bucket() == nil || len(c.pins) == 0 {
+	if c.store.Bucket() == nil || len(c.pinPatterns) == 0 {
 		return
 	}
 	pinned, err := c.pinnedDigests()

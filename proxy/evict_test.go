@@ -28,7 +28,7 @@ func TestEvictionKeepsPinsAndReaders(t *testing.T) {
 	}
 	const maxSize = 40 << 20
 	e := newEnvWith(t, t.TempDir(), cache.Config{MaxSize: maxSize, HighWater: 0.9, LowWater: 0.5,
-		Pins: []string{"docker.io/team/app0:v1"}}, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+		PinPatterns: []string{"docker.io/team/app0:v1"}}, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 
 	pull(t, e, imgs[0].Repo, imgs[0], "")
 	pull(t, e, imgs[1].Repo, imgs[1], "")

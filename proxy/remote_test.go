@@ -261,7 +261,7 @@ func TestReplicaTellsTheBucketUsesAndPins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnvFull(t, t.TempDir(), storage.Options{Bucket: r, Replica: "wharf-0"}, cache.Config{Pins: []string{"docker.io/library/app:1"}},
+	e := newEnvFull(t, t.TempDir(), storage.Options{Bucket: r, Replica: "wharf-0"}, cache.Config{PinPatterns: []string{"docker.io/library/app:1"}},
 		replicate.Config{}, "", nil, nil, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 	pull(t, e, "app", img, "")
 	pins := s3.ObjectFile("/wharf/pins/wharf-0")

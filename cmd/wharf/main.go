@@ -172,7 +172,7 @@ func (c *fileConfig) server(reg *prometheus.Registry, log *slog.Logger) (cfg ser
 	}
 	ac := c.accessConfig(log, reg)
 	cfg = server.Config{
-		Cache: cache.Config{Upstreams: ups, Pins: c.Pins, MaxSize: c.Storage.MaxBytes(), HighWater: c.Storage.HighWatermark,
+		Cache: cache.Config{Upstreams: ups, PinPatterns: c.Pins, MaxSize: c.Storage.MaxBytes(), HighWater: c.Storage.HighWatermark,
 			LowWater: c.Storage.LowWatermark, Redirect: c.Storage.Redirect, StallTimeout: c.stallTimeout()},
 		Upstreams: routes, Status: status,
 		Jobs:  replicate.Config{Targets: targets, JobImages: c.Prefetch.JobImages, JobTransfers: c.Prefetch.JobTransfers},
