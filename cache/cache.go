@@ -121,6 +121,7 @@ type Cache struct {
 	private             bool // some upstream is Private
 	peers               Peers
 	evicting            atomic.Bool
+	pinsDirty           atomic.Bool // a job pinned or unpinned: publish the pins now
 
 	mu          sync.Mutex
 	fills       map[digest.Digest]*fill

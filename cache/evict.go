@@ -173,9 +173,15 @@ func (c *Cache) CachedTags(pattern string) ([]storage.TagRef, error) {
 // pins, so that gc, which sees no replica's index, spares it.
 const pinsEvery = 5 * time.Minute
 
-// publishPins writes this replica's pinned digests to the remote tier.
+// PinsChanged tells the cache that a job pinned or unpinned something:
+// the remote tier hears of it within a second, not at the next pinsEvery.
+func (c *Cache) PinsChanged() { c.pinsDirty.Store(true) }
+
+// publishPins writes this replica's pinned digests to the remote tier:
+// those of the config's patterns and those of every job's pins, so that gc
+// spares them.
 func (c *Cache) publishPins() {
-	if c.store.Bucket() == nil || len(c.pinPatterns) == 0 {
+	if c.store.Bucket() == nil {
 		return
 	}
 	pinned, err := c.pinnedDigests()

@@ -57,7 +57,7 @@ func (c *Cache) sweep() {
 		case <-c.stop:
 			return
 		case now := <-tick.C:
-			if now.Sub(published) >= pinsEvery {
+			if now.Sub(published) >= pinsEvery || c.pinsDirty.Swap(false) {
 				published = now
 				c.publishPins()
 			}

@@ -1,9 +1,11 @@
-// Package cluster lets replicas of Wharf fetch each blob from upstream once
-// for the whole fleet: every digest has one owner among the peers
-// (rendezvous hashing), and a replica that misses a blob asks the owner,
-// which fills it once and streams it to every replica asking. Peer
-// requests are signed with a shared secret. This package knows peers, ownership and
-// the peer request; it knows nothing of caches or HTTP routes.
+// Package cluster makes replicas of Wharf one fleet: every piece of state
+// (a blob's digest, a tag, a replication rule) has one owner among the
+// live peers (rendezvous hashing), and a replica asks the owner instead
+// of upstream, so the fleet fetches each thing once and gives one answer.
+// It knows the peers (static or from a headless Service's DNS), which of
+// them answer (a signed ping every second, which also measures their
+// clocks), ownership, and the signed peer request; it knows nothing of
+// caches, jobs or HTTP routes.
 package cluster
 
 import (
@@ -14,7 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -25,10 +27,16 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-// BlobPath is the peer route a replica serves blobs to its peers on.
-const BlobPath = "/internal/v1/blobs/"
+// The peer routes: a replica serves these to its peers only.
+const (
+	// BlobPath serves a blob the replica owns: BlobPath<digest>?upstream=&repo=.
+	BlobPath = "/internal/v1/blobs/"
+	// PingPath answers the probes: Pong, 200 when ready, 503 when not.
+	PingPath = "/internal/v1/ping"
+)
 
 // Config describes this replica's place in the fleet: the cluster: block
 // of the configuration file (Check reads the secret), and what tests set.
@@ -42,8 +50,17 @@ type Config struct {
 	Secret  string        `yaml:"-"`
 	Refresh time.Duration `yaml:"-"`
 	Client  *http.Client  `yaml:"-"` // nil: a client with sane timeouts
-	// resolve looks DNS up; tests replace it.
+	// ProbeEvery is how often each peer is pinged (0: every second;
+	// negative: never, every peer is taken as live).
+	ProbeEvery time.Duration `yaml:"-"`
+	// ProbeTimeout bounds a probe's round trip (0: 2s): a peer that
+	// takes longer, twice in a row, is down.
+	ProbeTimeout time.Duration         `yaml:"-"`
+	Registerer   prometheus.Registerer `yaml:"-"` // per-peer metrics; nil: none
+	Logger       *slog.Logger          `yaml:"-"` // nil: slog.Default()
+	// resolve looks DNS up, now reads the clock; tests replace them.
 	resolve func(ctx context.Context, host string) ([]string, error)
+	now     func() time.Time
 }
 
 // Cluster is one replica's view of the fleet. Safe for concurrent use.
@@ -54,11 +71,16 @@ type Cluster struct {
 
 	mu    sync.Mutex
 	peers []string
+	state map[string]*peerState // every peer but this one, by base URL
+	ready bool                  // this replica's own readiness, told by SetReady
 
 	stop chan struct{}
 	done chan struct{}
 
-	now func() time.Time // the clock signatures are checked against; tests move it
+	now     func() time.Time // the clock signatures are checked against; tests move it
+	log     *slog.Logger
+	metrics *metrics
+	refused refusals // peer requests this replica refused
 }
 
 // peerSignatureLife is how long a signed peer request stands, either way
@@ -71,19 +93,32 @@ const peerSignatureLife = 5 * time.Minute
 // "Wharf-Peer t=<unix seconds>,sig=<hex HMAC-SHA256>".
 const peerScheme = "Wharf-Peer "
 
+// Headers a signature covers besides the method, path, query and Range:
+// whom a forwarded API request is for (see Do) and the digest of its body.
+const (
+	IdentityHeader   = "Wharf-Identity"
+	BodyDigestHeader = "Wharf-Body-Digest"
+)
+
 // signature is the HMAC of a peer request: the peer it is for, its
-// method, path and query, Range, and when it was signed.
-func (c *Cluster) signature(host, method, uri, rng string, t int64) []byte {
+// method, path and query, Range, when it was signed and, when it has
+// them, the identity it acts for and its body's digest.
+func (c *Cluster) signature(host string, r *http.Request, uri string, t int64) []byte {
 	m := hmac.New(sha256.New, []byte(c.cfg.Secret))
-	fmt.Fprintf(m, "%s\n%s\n%s\n%s\n%d", strings.ToLower(host), method, uri, rng, t)
+	fmt.Fprintf(m, "%s\n%s\n%s\n%s\n%d", strings.ToLower(host), r.Method, uri, r.Header.Get("Range"), t)
+	for _, h := range []string{IdentityHeader, BodyDigestHeader} {
+		if v := r.Header.Get(h); v != "" {
+			fmt.Fprintf(m, "\n%s: %s", h, v)
+		}
+	}
 	return m.Sum(nil)
 }
 
-// sign sets req's Authorization: the peers talk plain HTTP, so the
+// sign sets req's Authorization: the peers may talk plain HTTP, so the
 // secret itself never goes on the wire.
 func (c *Cluster) sign(req *http.Request) {
 	t := c.now().Unix()
-	sig := c.signature(req.URL.Host, req.Method, req.URL.RequestURI(), req.Header.Get("Range"), t)
+	sig := c.signature(req.URL.Host, req, req.URL.RequestURI(), t)
 	req.Header.Set("Authorization", peerScheme+"t="+strconv.FormatInt(t, 10)+",sig="+hex.EncodeToString(sig))
 }
 
@@ -110,21 +145,41 @@ func New(cfg Config) (*Cluster, error) {
 	if err != nil || self.Host == "" {
 		return nil, fmt.Errorf("cluster: advertise %q: want this replica's base URL, like http://10.0.0.5:5000", cfg.Advertise)
 	}
-	c := &Cluster{cfg: cfg, client: cfg.Client, self: self.Host, stop: make(chan struct{}), done: make(chan struct{}), now: time.Now}
+	if cfg.ProbeEvery == 0 {
+		cfg.ProbeEvery = time.Second
+	}
+	if cfg.now == nil {
+		cfg.now = time.Now
+	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = 2 * time.Second
+	}
+	c := &Cluster{cfg: cfg, client: cfg.Client, self: self.Host, stop: make(chan struct{}), done: make(chan struct{}), now: cfg.now,
+		state: map[string]*peerState{}, ready: true, log: cfg.Logger}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
 	if c.client == nil {
 		c.client = &http.Client{Transport: &http.Transport{
-			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-			ResponseHeaderTimeout: time.Minute, // the owner may be waiting for upstream
+			DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			// The owner may be waiting for upstream's own answer, which
+			// upstream's response_header_timeout bounds; an owner that
+			// stops answering altogether is found by the probes within
+			// seconds, and its requests are cancelled then.
+			ResponseHeaderTimeout: 40 * time.Second,
 			MaxIdleConnsPerHost:   32,
 		}}
 	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	c.metrics = m
 	c.setPeers(cfg.Peers)
 	if cfg.DNS != "" {
 		c.refresh()
-		go c.watch()
-	} else {
-		close(c.done)
 	}
+	go c.watch()
 	return c, nil
 }
 
@@ -138,16 +193,30 @@ func (c *Cluster) Close() {
 	<-c.done
 }
 
+// watch resolves the peers (DNS only) and probes them until Close.
 func (c *Cluster) watch() {
 	defer close(c.done)
-	t := time.NewTicker(c.cfg.Refresh)
-	defer t.Stop()
+	var probe <-chan time.Time
+	if c.cfg.ProbeEvery > 0 {
+		pt := time.NewTicker(c.cfg.ProbeEvery)
+		defer pt.Stop()
+		probe = pt.C
+		c.probeAll()
+	}
+	var refresh <-chan time.Time
+	if c.cfg.DNS != "" {
+		rt := time.NewTicker(c.cfg.Refresh)
+		defer rt.Stop()
+		refresh = rt.C
+	}
 	for {
 		select {
 		case <-c.stop:
 			return
-		case <-t.C:
+		case <-refresh:
 			c.refresh()
+		case <-probe:
+			c.probeAll()
 		}
 	}
 }
@@ -172,29 +241,53 @@ func (c *Cluster) refresh() {
 	c.setPeers(append(peers, c.cfg.Advertise))
 }
 
+// setPeers takes a new peer list: peers new to it are taken as live until
+// a probe says otherwise, peers gone from it are forgotten.
 func (c *Cluster) setPeers(peers []string) {
 	peers = slices.Clone(peers)
 	slices.Sort(peers)
 	peers = slices.Compact(peers)
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.peers = peers
-	c.mu.Unlock()
+	for _, p := range peers {
+		if _, ok := c.state[p]; !ok && p != c.cfg.Advertise {
+			c.state[p] = newPeerState()
+		}
+	}
+	for p, st := range c.state {
+		if !slices.Contains(peers, p) {
+			st.markDown()
+			delete(c.state, p)
+			c.metrics.forget(p)
+		}
+	}
 }
 
-// Peers is the current peer list.
+// Peers is the current peer list, this replica included, live or not.
 func (c *Cluster) Peers() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Clone(c.peers)
 }
 
+// Self is this replica's base URL, as its peers know it.
+func (c *Cluster) Self() string { return c.cfg.Advertise }
+
 // Owner is the peer that fetches dgst for the fleet, and whether it is
-// this replica: the peer scoring highest for the digest (rendezvous
-// hashing), so a peer joining or leaving moves only its own share.
+// this replica.
 func (c *Cluster) Owner(dgst digest.Digest) (peer string, self bool) {
+	return c.OwnerOf(dgst.String())
+}
+
+// OwnerOf is the live peer that owns key (a digest, a tag, a rule's
+// name) for the fleet, and whether it is this replica: the peer scoring
+// highest for the key (rendezvous hashing), so a peer joining or leaving
+// moves only its own share.
+func (c *Cluster) OwnerOf(key string) (peer string, self bool) {
 	best, bestScore := "", uint64(0)
-	for _, p := range c.Peers() {
-		h := sha256.Sum256([]byte(p + "\x00" + dgst.String()))
+	for _, p := range c.Live() {
+		h := sha256.Sum256([]byte(p + "\x00" + key))
 		if s := binary.BigEndian.Uint64(h[:8]); best == "" || s > bestScore {
 			best, bestScore = p, s
 		}
@@ -203,69 +296,6 @@ func (c *Cluster) Owner(dgst digest.Digest) (peer string, self bool) {
 		return c.cfg.Advertise, true
 	}
 	return best, best == c.cfg.Advertise
-}
-
-// Blob asks peer for blob dgst of repo on upstream up, from offset on: the
-// peer fills it once (from the bucket or upstream) and streams it. size is
-// what the reader yields, -1 if unknown.
-func (c *Cluster) Blob(ctx context.Context, peer, up, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, int64, error) {
-	q := url.Values{"upstream": {up}, "repo": {repo}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, peer+BlobPath+dgst.String()+"?"+q.Encode(), nil)
-	if err != nil {
-		return nil, 0, err
-	}
-	if offset > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
-	}
-	c.sign(req)
-	resp, err := c.client.Do(req)
-	if err != nil {
-		return nil, 0, fmt.Errorf("peer %s: %w", peer, err)
-	}
-	want := http.StatusOK
-	if offset > 0 {
-		want = http.StatusPartialContent
-	}
-	if resp.StatusCode != want {
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-		resp.Body.Close()
-		return nil, 0, &PeerError{Peer: peer, Status: resp.StatusCode}
-	}
-	return resp.Body, resp.ContentLength, nil
-}
-
-// PeerError is a peer's refusal of a blob request.
-type PeerError struct {
-	Peer   string
-	Status int
-}
-
-func (e *PeerError) Error() string { return fmt.Sprintf("peer %s answered %d", e.Peer, e.Status) }
-
-// StatusCode is the peer's HTTP status.
-func (e *PeerError) StatusCode() int { return e.Status }
-
-// Authorized reports whether r was signed with the fleet's secret, as it
-// is (for this replica by its advertise URL, whatever Host r names; its
-// method, path and query, Range), within peerSignatureLife of now: a
-// request read off the wire opens nothing else, nor the same blob on
-// another replica.
-func (c *Cluster) Authorized(r *http.Request) bool {
-	v, ok := strings.CutPrefix(r.Header.Get("Authorization"), peerScheme)
-	if !ok {
-		return false
-	}
-	ts, sig, ok := strings.Cut(v, ",sig=")
-	ts, ok2 := strings.CutPrefix(ts, "t=")
-	t, err := strconv.ParseInt(ts, 10, 64)
-	got, herr := hex.DecodeString(sig)
-	if !ok || !ok2 || err != nil || herr != nil {
-		return false
-	}
-	if age := c.now().Sub(time.Unix(t, 0)); age > peerSignatureLife || age < -peerSignatureLife {
-		return false
-	}
-	return hmac.Equal(got, c.signature(c.self, r.Method, r.URL.RequestURI(), r.Header.Get("Range"), t))
 }
 
 // Canonical is a peer's base URL written as DNS answers make it. On an

@@ -20,14 +20,14 @@ func TestOwnersAreSharedAndStable(t *testing.T) {
 	peers := []string{"http://a:5000", "http://b:5000", "http://c:5000"}
 	views := map[string]*Cluster{}
 	for _, p := range peers {
-		c, err := New(Config{Peers: peers, Advertise: p, Secret: "0123456789abcdef"})
+		c, err := New(Config{Peers: peers, Advertise: p, Secret: "0123456789abcdef", ProbeEvery: -1})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(c.Close)
 		views[p] = c
 	}
-	less, err := New(Config{Peers: peers[:2], Advertise: peers[0], Secret: "0123456789abcdef"})
+	less, err := New(Config{Peers: peers[:2], Advertise: peers[0], Secret: "0123456789abcdef", ProbeEvery: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestOwnersAreSharedAndStable(t *testing.T) {
 // replica; a failed lookup keeps the last good list.
 func TestPeersFromDNS(t *testing.T) {
 	answers := [][]string{{"10.0.0.2", "10.0.0.1"}, nil}
-	c, err := New(Config{DNS: "wharf-headless:5000", Advertise: "http://10.0.0.1:5000", Secret: "0123456789abcdef",
+	c, err := New(Config{DNS: "wharf-headless:5000", Advertise: "http://10.0.0.1:5000", Secret: "0123456789abcdef", ProbeEvery: -1,
 		resolve: func(context.Context, string) ([]string, error) {
 			a := answers[0]
 			if len(answers) > 1 {
@@ -92,12 +92,12 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 		t.Fatal("a cluster without a secret")
 	}
 	const secret = "0123456789abcdef"
-	c, err := New(Config{Peers: []string{"http://a"}, Advertise: "http://a", Secret: secret})
+	c, err := New(Config{Peers: []string{"http://a"}, Advertise: "http://a", Secret: secret, ProbeEvery: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	other, err := New(Config{Peers: []string{"http://a"}, Advertise: "http://a", Secret: "another-fleet-secret"})
+	other, err := New(Config{Peers: []string{"http://a"}, Advertise: "http://a", Secret: "another-fleet-secret", ProbeEvery: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 		t.Fatalf("the secret crossed the wire:\n%s", dump)
 	}
 	// The replica it was for, which knows itself by its advertise URL.
-	c, err = New(Config{Peers: []string{srv.URL}, Advertise: srv.URL, Secret: secret})
+	c, err = New(Config{Peers: []string{srv.URL}, Advertise: srv.URL, Secret: secret, ProbeEvery: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 	// Sent to another replica with the Host of the one it was signed for:
 	// a replica checks the signature against its own name, never the
 	// request's.
-	b, err := New(Config{Peers: []string{srv.URL, "http://10.0.0.9:5000"}, Advertise: "http://10.0.0.9:5000", Secret: secret})
+	b, err := New(Config{Peers: []string{srv.URL, "http://10.0.0.9:5000"}, Advertise: "http://10.0.0.9:5000", Secret: secret, ProbeEvery: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 // On an IPv6 cluster "http://${POD_IP}:5000" comes out with the address
 // bare; it is the same replica as DNS's bracketed answer, not another.
 func TestIPv6PodAddress(t *testing.T) {
-	c, err := New(Config{DNS: "wharf-headless:5000", Advertise: "http://fd00::1:5000", Secret: "0123456789abcdef",
+	c, err := New(Config{DNS: "wharf-headless:5000", Advertise: "http://fd00::1:5000", Secret: "0123456789abcdef", ProbeEvery: -1,
 		resolve: func(context.Context, string) ([]string, error) { return []string{"fd00::2", "fd00::1"}, nil }})
 	if err != nil {
 		t.Fatal(err)

@@ -1,10 +1,10 @@
 package proxy_test
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,31 +15,10 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cluster"
 	"github.com/wharf-registry/wharf/storage/s3test"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
-
-// fleetPeers is a replica's cluster, set once every replica listens.
-type fleetPeers struct {
-	mu sync.Mutex
-	c  *cluster.Cluster
-}
-
-func (f *fleetPeers) get() *cluster.Cluster {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.c
-}
-
-func (f *fleetPeers) Owner(d digest.Digest) (string, bool) { return f.get().Owner(d) }
-
-func (f *fleetPeers) Blob(ctx context.Context, peer, up, repo string, d digest.Digest, off int64) (io.ReadCloser, int64, error) {
-	return f.get().Blob(ctx, peer, up, repo, d, off)
-}
-
-func (f *fleetPeers) Authorized(r *http.Request) bool { return f.get().Authorized(r) }
 
 // newFleet starts n replicas sharing bucket and knowing each other, and
 // the peers gone besides; stall is their StallTimeout (0: the default).
@@ -55,26 +34,31 @@ func newFleet(t *testing.T, n int, up *upstreamtest.Registry, bucket *s3test.Ser
 // fleetWith is newFleet with a secret for each replica.
 func fleetWith(t *testing.T, up *upstreamtest.Registry, bucket *s3test.Server, secrets []string, stall time.Duration, gone ...string) []*env {
 	t.Helper()
-	var envs []*env
-	var peers []*fleetPeers
-	for range secrets {
-		p := &fleetPeers{}
-		peers = append(peers, p)
-		envs = append(envs, bucketReplica(t, up, bucket.Params(), cache.Config{Peers: p, StallTimeout: stall}))
-	}
+	return fleetOf(t, len(secrets), gone, func(i int, o *envOpts) *env {
+		o.fleet.Secret = secrets[i]
+		o.cfg.StallTimeout = stall
+		return bucketReplicaOpts(t, up, bucket.Params(), *o)
+	})
+}
+
+// fleetOf starts n replicas that know each other (and the peers gone):
+// each gets its listener and cluster config in o, which replica builds
+// it with. Their probes run every 50ms.
+func fleetOf(t *testing.T, n int, gone []string, replica func(i int, o *envOpts) *env) []*env {
+	t.Helper()
+	var lns []net.Listener
 	urls := slices.Clone(gone)
-	for _, e := range envs {
-		urls = append(urls, e.URL)
-	}
-	for i, e := range envs {
-		c, err := cluster.New(cluster.Config{Peers: urls, Advertise: e.URL, Secret: secrets[i]})
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(c.Close)
-		peers[i].mu.Lock()
-		peers[i].c = c
-		peers[i].mu.Unlock()
+		lns = append(lns, ln)
+		urls = append(urls, "http://"+ln.Addr().String())
+	}
+	envs := make([]*env, n)
+	for i := range n {
+		envs[i] = replica(i, &envOpts{ln: lns[i], fleet: &cluster.Config{Peers: urls, Secret: "fleet-secret-0123456789", ProbeEvery: 50 * time.Millisecond, ProbeTimeout: 500 * time.Millisecond}})
 	}
 	return envs
 }
@@ -170,13 +154,25 @@ func TestFleetWithAnOwnerGone(t *testing.T) {
 }
 
 // Replicas whose secrets differ (or whose clocks are minutes apart) refuse
-// each other: each fills from upstream itself, every client gets its
-// bytes, and the refusals are counted apart from owners out of reach.
+// each other: their probes find it out, each then fills from upstream
+// itself without asking the other, every client gets its bytes, and
+// /healthz and the metrics say why.
 func TestFleetWithDifferentSecrets(t *testing.T) {
 	bucket := s3test.Start(t)
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1", 94, 6, 10_000, amd64)
 	fleet := fleetWith(t, up, bucket, []string{"fleet-secret-0123456789", "another-secret-0123456789"}, 0)
+	for _, e := range fleet {
+		settle(func() int { return len(e.fleet.Live()) }, 1)
+		r := e.do(t, http.MethodGet, "/healthz")
+		if r.status != http.StatusOK || !strings.Contains(string(r.body), "refuses this replica's signed requests") {
+			t.Fatalf("healthz: %d %s", r.status, r.body)
+		}
+		if n := metric(t, e, "wharf_peer_up"); n != 0 {
+			t.Fatalf("wharf_peer_up %v", n)
+		}
+	}
+	up.Reset()
 	for _, e := range fleet {
 		pull(t, e, "app", img, "")
 	}
@@ -186,9 +182,11 @@ func TestFleetWithDifferentSecrets(t *testing.T) {
 		owner += metric(t, e, "wharf_peer_fills_total", "result", "owner")
 		unreachable += metric(t, e, "wharf_peer_fills_total", "result", "unreachable")
 	}
-	if refused == 0 || owner != 0 || unreachable != 0 {
-		t.Fatalf("peer fills: %v refused, %v from the owner, %v unreachable; want refusals only", refused, owner, unreachable)
+	if refused+owner+unreachable != 0 {
+		t.Fatalf("peer fills: %v refused, %v from the owner, %v unreachable; want none asked", refused, owner, unreachable)
 	}
+	// The second replica's blobs come from the bucket the first filled.
+	wantCounts(t, up, map[string]int{"HEAD manifest": 2, "GET manifest": 2, "GET blob": len(img.Blobs())})
 }
 
 // An owner whose stream stalls (frozen, or cut off without a reset) is
@@ -221,7 +219,7 @@ func TestFleetWithAStalledOwner(t *testing.T) {
 	})
 	fleet := newFleet(t, 2, up, bucket, secret, time.Second) // the owner's own upstream gives up at 3 s
 	defer close(release)
-	c, err := cluster.New(cluster.Config{Peers: []string{fleet[0].URL, fleet[1].URL}, Advertise: fleet[0].URL, Secret: secret})
+	c, err := cluster.New(cluster.Config{Peers: []string{fleet[0].URL, fleet[1].URL}, Advertise: fleet[0].URL, Secret: secret, ProbeEvery: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,5 +242,82 @@ func TestFleetWithAStalledOwner(t *testing.T) {
 	}
 	if p, u := metric(t, replica, "wharf_filled_bytes_total", "source", "peer"), metric(t, replica, "wharf_filled_bytes_total", "source", "upstream"); p != float64(half) || u != float64(len(l.Data)-half) {
 		t.Errorf("the replica's bytes from the owner, upstream: %v, %v; want %d, %d", p, u, half, len(l.Data)-half)
+	}
+}
+
+// A peer that hangs (a SIGSTOPped process: connections accepted, nothing
+// answered) costs the others a few seconds, once: the probes find it
+// down, the request waiting on it is cancelled, its blobs are filled from
+// upstream, and it is asked nothing more. /healthz and wharf_peer_up say
+// so.
+func TestFleetWithAHungPeer(t *testing.T) {
+	bucket := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 95, 12, 10_000, amd64)
+	release := make(chan struct{})
+	var asked atomic.Int32
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, cluster.BlobPath) {
+			asked.Add(1)
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hung.Close()
+	defer close(release)
+	fleet := newFleet(t, 2, up, bucket, "fleet-secret-0123456789", 0, hung.URL)
+	e := fleet[0]
+	client := &http.Client{Timeout: 30 * time.Second} // the old peer client waited 60 s per blob
+	for _, b := range append([]upstreamtest.Blob{img.Manifest}, img.Blobs()...) {
+		kind := "blobs"
+		if b.Digest == img.Manifest.Digest {
+			kind = "manifests"
+		}
+		resp, err := client.Get(e.URL + "/v2/app/" + kind + "/" + b.Digest.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || digest.FromBytes(got) != b.Digest {
+			t.Fatalf("%s: %d, %v", b.Digest, resp.StatusCode, err)
+		}
+	}
+	if n := asked.Load(); n > 1 {
+		t.Fatalf("the hung peer was asked for %d blobs, want at most the one in flight when it was found out", n)
+	}
+	if n := metric(t, e, "wharf_peer_up", "peer", hung.URL); n != 0 {
+		t.Fatalf("wharf_peer_up of the hung peer: %v", n)
+	}
+	if r := e.do(t, http.MethodGet, "/healthz"); r.status != http.StatusOK || !strings.Contains(string(r.body), "peer "+hung.URL+" does not answer") {
+		t.Fatalf("healthz: %d %s", r.status, r.body)
+	}
+}
+
+// Readiness and liveness are two probes: a replica that is stopping
+// fails the first (the Service and its peers stop sending it work) and
+// passes the second (nobody restarts it while it finishes).
+func TestReadinessAndLiveness(t *testing.T) {
+	bucket := s3test.Start(t)
+	up := upstreamtest.New(t)
+	fleet := newFleet(t, 2, up, bucket, "fleet-secret-0123456789", 0)
+	a, b := fleet[0], fleet[1]
+	settle(func() int { return 2 - len(a.fleet.Live()) }, 0)
+	if r := a.do(t, http.MethodGet, "/healthz"); r.status != http.StatusOK || string(r.body) != "ok\n" {
+		t.Fatalf("healthz: %d %q", r.status, r.body)
+	}
+	b.srv.Drain()
+	for path, want := range map[string]int{"/healthz": http.StatusServiceUnavailable, "/livez": http.StatusOK} {
+		if r := b.do(t, http.MethodGet, path); r.status != want {
+			t.Errorf("%s of a stopping replica: %d %q, want %d", path, r.status, r.body, want)
+		}
+	}
+	if n := settle(func() int { return len(a.fleet.Live()) }, 1); n != 1 {
+		t.Fatalf("a stopping replica is still live for its peer: %v", a.fleet.Live())
+	}
+	if r := a.do(t, http.MethodGet, "/healthz"); r.status != http.StatusOK || string(r.body) != "ok\n" {
+		t.Fatalf("a peer stopping is no trouble: %d %q", r.status, r.body)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cluster"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/route"
 	"github.com/wharf-registry/wharf/server"
@@ -57,6 +59,7 @@ type env struct {
 	rules *replicate.Rules
 	srv   *server.Server
 	reg   *prometheus.Registry
+	fleet *cluster.Cluster // nil: not in one
 	// apiAuth is sent as Authorization on /api/ requests that set none.
 	apiAuth string
 }
@@ -95,6 +98,29 @@ func newEnvAccess(t testing.TB, ac auth.Config, specs ...spec) *env {
 
 func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Config, jcfg replicate.Config, token string, ac *auth.Config, rules []replicate.Rule, specs ...spec) *env {
 	t.Helper()
+	return newEnvOpts(t, root, envOpts{sopts: sopts, cfg: cfg, jcfg: jcfg, token: token, ac: ac, rules: rules}, specs...)
+}
+
+// envOpts is everything a test Wharf can be given.
+type envOpts struct {
+	sopts storage.Options
+	cfg   cache.Config
+	jcfg  replicate.Config
+	token string
+	ac    *auth.Config
+	rules []replicate.Rule
+	ln    net.Listener    // where it listens; nil: a new loopback port
+	fleet *cluster.Config // its place in a fleet (Advertise is filled in); nil: none
+}
+
+func newEnvOpts(t testing.TB, root string, o envOpts, specs ...spec) *env {
+	t.Helper()
+	sopts, cfg, jcfg, token, ac, rules := o.sopts, o.cfg, o.jcfg, o.token, o.ac, o.rules
+	ts := httptest.NewUnstartedServer(nil)
+	if o.ln != nil {
+		ts.Listener.Close()
+		ts.Listener = o.ln
+	}
 	store, err := storage.Open(root, sopts)
 	if err != nil {
 		t.Fatal(err)
@@ -120,8 +146,15 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 		scfg.Status = append(scfg.Status, func() any { return c.Health() })
 	}
 	scfg.Cache = cfg
-	if a, ok := cfg.Peers.(interface{ Authorized(*http.Request) bool }); ok {
-		scfg.PeerAuth = a.Authorized // a fleet: see cluster_test.go
+	if o.fleet != nil { // see cluster_test.go
+		fc := *o.fleet
+		fc.Advertise, fc.Registerer, fc.Logger = "http://"+ts.Listener.Addr().String(), reg, log
+		fleet, err := cluster.New(fc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(fleet.Close)
+		scfg.Fleet = fleet
 	}
 	srv, err := server.New(store, scfg)
 	if err != nil {
@@ -130,7 +163,9 @@ func newEnvFull(t testing.TB, root string, sopts storage.Options, cfg cache.Conf
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{Server: httptest.NewServer(srv.Handler), store: store, cache: srv.Cache, jobs: srv.Jobs, rules: srv.Rules, srv: srv, reg: reg}
+	ts.Config.Handler = srv.Handler
+	ts.Start()
+	e := &env{Server: ts, store: store, cache: srv.Cache, jobs: srv.Jobs, rules: srv.Rules, srv: srv, reg: reg, fleet: scfg.Fleet}
 	t.Cleanup(e.close)
 	return e
 }

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
+	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
@@ -10,17 +12,13 @@ import (
 	"github.com/wharf-registry/wharf/httpx"
 )
 
-// PeerAuth admits another replica of the fleet (its request is signed with
-// the fleet's secret: see package cluster).
-type PeerAuth func(*http.Request) bool
-
 // peerBlob serves a blob to another replica, which asks this one because
 // it owns the digest: the blob is filled here once, from the bucket or
 // upstream, and streamed to every replica asking, Range included. The
 // upstream and repository come with the request; a replica's answer for
 // a repository proves what upstream's would.
 func (p *proxy) peerBlob(w http.ResponseWriter, r *http.Request) error {
-	if p.peerAuth == nil || !p.peerAuth(r) {
+	if !p.fleet.Authorized(r) {
 		return httpx.OCIError(http.StatusUnauthorized, errcode.ErrorCodeUnauthorized, "peer requests must be signed with the fleet's secret")
 	}
 	dgst, err := parseDigest(mux.Vars(r)["digest"])
@@ -35,4 +33,34 @@ func (p *proxy) peerBlob(w http.ResponseWriter, r *http.Request) error {
 		return httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeUnknown, "invalid repository name")
 	}
 	return p.serveBlob(w, r, up, repo, dgst)
+}
+
+// healthz is the readiness probe: 503 while this replica is starting or
+// stopping. Trouble it works around (a bucket that does not answer, peers
+// down or refusing it, clocks apart) is still 200, one line each after
+// "degraded": a replica that serves what it holds and passes misses
+// through must not be restarted or taken out, and the lines are for the
+// operator who asks.
+func (p *proxy) healthz(ready func() bool) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Cache-Control", "no-store")
+		if ready != nil && !ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, err := io.WriteString(w, "not ready: starting or stopping\n")
+			return err
+		}
+		var problems []string
+		if why := p.cache.Degraded(r.Context()); why != "" {
+			problems = append(problems, why)
+		}
+		if p.fleet != nil {
+			problems = append(problems, p.fleet.Problems()...)
+		}
+		if len(problems) == 0 {
+			_, err := io.WriteString(w, "ok\n")
+			return err
+		}
+		_, err := io.WriteString(w, "degraded:\n- "+strings.Join(problems, "\n- ")+"\n")
+		return err
+	}
 }

@@ -6,6 +6,7 @@ package proxy
 
 import (
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -32,19 +33,23 @@ type Config struct {
 	Registry *prometheus.Registry // served on /metrics; nil: none
 	// Metrics count every request, the API's too (required).
 	Metrics *httpx.Metrics
-	// PeerAuth admits the fleet's other replicas to the peer blob route
-	// (cluster.BlobPath); nil: no fleet, no route.
-	PeerAuth PeerAuth
+	// Fleet is this replica's cluster: it admits the other replicas to
+	// the peer routes and says what troubles the fleet. nil: no fleet, no
+	// peer routes.
+	Fleet *cluster.Cluster
+	// Ready reports whether this replica takes work (it has started and
+	// is not stopping); /healthz answers 503 otherwise. nil: always.
+	Ready func() bool
 }
 
 type proxy struct {
-	cache    *cache.Cache
-	router   *route.Router
-	log      *slog.Logger
-	http     *httpx.Metrics
-	metrics  *metrics
-	auth     *auth.Auth
-	peerAuth PeerAuth
+	cache   *cache.Cache
+	router  *route.Router
+	log     *slog.Logger
+	http    *httpx.Metrics
+	metrics *metrics
+	auth    *auth.Auth
+	fleet   *cluster.Cluster
 }
 
 // New returns the HTTP handler for the registry API, the peer route,
@@ -53,7 +58,7 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	if cfg.Router == nil || cfg.Auth == nil || cfg.Metrics == nil {
 		return nil, errors.New("proxy: Router, Auth and Metrics are required")
 	}
-	p := &proxy{cache: c, router: cfg.Router, log: cfg.Logger, http: cfg.Metrics, auth: cfg.Auth, peerAuth: cfg.PeerAuth}
+	p := &proxy{cache: c, router: cfg.Router, log: cfg.Logger, http: cfg.Metrics, auth: cfg.Auth, fleet: cfg.Fleet}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -88,17 +93,13 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	if cfg.API != nil {
 		r.PathPrefix("/api/").Handler(cfg.API)
 	}
-	if cfg.PeerAuth != nil {
+	if cfg.Fleet != nil {
 		r.Handle(cluster.BlobPath+"{digest}", p.wrap("peer-blob", p.peerBlob)).Methods(http.MethodGet)
+		r.Handle(cluster.PingPath, http.HandlerFunc(cfg.Fleet.ServePing)).Methods(http.MethodGet)
 	}
-	r.Handle("/healthz", p.wrap("healthz", func(w http.ResponseWriter, r *http.Request) error {
-		// Degraded is still 200: a replica that serves what it holds and
-		// passes misses through must not be restarted or taken out.
-		msg := "ok\n"
-		if why := p.cache.Degraded(r.Context()); why != "" {
-			msg = "degraded: " + why + "\n"
-		}
-		_, err := w.Write([]byte(msg))
+	r.Handle("/healthz", p.wrap("healthz", p.healthz(cfg.Ready)))
+	r.Handle("/livez", p.wrap("livez", func(w http.ResponseWriter, r *http.Request) error {
+		_, err := io.WriteString(w, "ok\n")
 		return err
 	}))
 	if cfg.Registry != nil {

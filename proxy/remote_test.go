@@ -107,7 +107,7 @@ func TestWharfsSharingABucket(t *testing.T) {
 		t.Fatalf("bucket lookups that failed: %v, want 4", n)
 	}
 	sources(fourth, blobBytes, 0, blobBytes+manifestBytes)
-	if r := fourth.do(t, http.MethodGet, "/healthz"); r.status != http.StatusOK || !strings.HasPrefix(string(r.body), "degraded: ") ||
+	if r := fourth.do(t, http.MethodGet, "/healthz"); r.status != http.StatusOK || !strings.HasPrefix(string(r.body), "degraded:\n- the shared bucket does not answer") ||
 		strings.Contains(string(r.body), strings.TrimPrefix(s3.URL, "http://")) {
 		t.Fatalf("healthz with the bucket down: %d %q", r.status, r.body)
 	}
@@ -441,12 +441,18 @@ func (b blocked) Read([]byte) (int, error) {
 // with up as its default upstream.
 func bucketReplica(t *testing.T, up *upstreamtest.Registry, params map[string]any, cfg cache.Config) *env {
 	t.Helper()
+	return bucketReplicaOpts(t, up, params, envOpts{cfg: cfg})
+}
+
+// bucketReplicaOpts is bucketReplica with every option.
+func bucketReplicaOpts(t *testing.T, up *upstreamtest.Registry, params map[string]any, o envOpts) *env {
+	t.Helper()
 	r, err := storage.OpenBucket(t.Context(), "s3", params)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newEnvFull(t, t.TempDir(), storage.Options{Bucket: r}, cfg, replicate.Config{}, "", nil, nil,
-		spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
+	o.sopts.Bucket = r
+	return newEnvOpts(t, t.TempDir(), o, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 }
 
 // filled waits until e has no fill running: a fill uploads to the bucket,

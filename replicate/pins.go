@@ -37,5 +37,8 @@ func (c *Jobs) Unpin(up, repo, ref string) error {
 	if errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("%w: %s/%s %s", ErrNotPinned, up, repo, ref)
 	}
+	if err == nil {
+		c.cache.PinsChanged()
+	}
 	return err
 }

@@ -52,6 +52,7 @@ func (c *Jobs) promote(ctx context.Context, r *run, img *Image) error {
 		if err := c.store.AddPin(pin); err != nil {
 			return err
 		}
+		c.cache.PinsChanged()
 	}
 	p := &plan{seen: map[digest.Digest]bool{}, referred: map[digest.Digest]bool{}}
 	if err := c.walk(ctx, r, img, p, desc, body, 0); err != nil {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,7 @@ import (
 	"github.com/wharf-registry/wharf/api"
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cluster"
 	"github.com/wharf-registry/wharf/httpx"
 	"github.com/wharf-registry/wharf/proxy"
 	"github.com/wharf-registry/wharf/replicate"
@@ -37,9 +39,9 @@ type Config struct {
 	// loopback clients only.
 	Auth     *auth.Config
 	APIToken string // only read when Auth is nil
-	// PeerAuth admits the fleet's other replicas to the peer route; nil:
-	// no fleet.
-	PeerAuth proxy.PeerAuth
+	// Fleet is this replica's cluster (the cache's peers, the peer routes,
+	// the API's reach to the other replicas); nil: no fleet.
+	Fleet    *cluster.Cluster
 	Registry *prometheus.Registry // metrics are registered here and served on /metrics
 	Logger   *slog.Logger         // nil: slog.Default()
 }
@@ -51,6 +53,8 @@ type Server struct {
 	Jobs    *replicate.Jobs
 	Rules   *replicate.Rules
 	Auth    *auth.Auth
+	fleet   *cluster.Cluster
+	ready   atomic.Bool // started and not stopping
 }
 
 // New builds a Wharf over store: nothing runs until Start but the cache's
@@ -65,11 +69,15 @@ func New(store *storage.Store, cfg Config) (*Server, error) {
 		reg = cfg.Registry
 	}
 	cfg.Cache.Registerer, cfg.Cache.Logger = reg, log
+	if cfg.Fleet != nil {
+		cfg.Cache.Peers = cfg.Fleet
+		cfg.Fleet.SetReady(false) // until Start
+	}
 	c, err := cache.New(store, cfg.Cache)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Cache: c}
+	s := &Server{Cache: c, fleet: cfg.Fleet}
 	fail := func(err error) (*Server, error) {
 		s.Close(context.Background())
 		return nil, err
@@ -103,7 +111,7 @@ func New(store *storage.Store, cfg Config) (*Server, error) {
 		return fail(err)
 	}
 	if s.Handler, err = proxy.New(c, proxy.Config{Router: router, Auth: s.Auth, API: apiHandler, Logger: log,
-		Registry: cfg.Registry, Metrics: hm, PeerAuth: cfg.PeerAuth}); err != nil {
+		Registry: cfg.Registry, Metrics: hm, Fleet: cfg.Fleet, Ready: s.ready.Load}); err != nil {
 		return fail(err)
 	}
 	return s, nil
@@ -115,13 +123,28 @@ func New(store *storage.Store, cfg Config) (*Server, error) {
 func (s *Server) Start() error {
 	err := s.Jobs.Resume()
 	s.Rules.Start()
+	s.setReady(true)
 	return err
 }
+
+// setReady tells the probes, this replica's and its peers', whether it
+// takes work.
+func (s *Server) setReady(ready bool) {
+	s.ready.Store(ready)
+	if s.fleet != nil {
+		s.fleet.SetReady(ready)
+	}
+}
+
+// Drain says this replica is stopping: /healthz answers 503 and its
+// peers take it off every owner list, while the requests in flight finish.
+func (s *Server) Drain() { s.setReady(false) }
 
 // Close stops the rules (no new runs) and the jobs (where they are, to be
 // resumed at the next start), then lets the fills in progress finish until
 // ctx ends. The store may be closed after it.
 func (s *Server) Close(ctx context.Context) {
+	s.setReady(false)
 	if s.Rules != nil {
 		s.Rules.Close()
 	}

@@ -195,54 +195,6 @@ func (s *Store) SweepJobImages() error {
 	return err
 }
 
-// Pin is a manifest reference (tag or digest) of one upstream repository
-// and the digest it resolved to when pinned: that content eviction spares,
-// even if the tag moves on.
-type Pin struct {
-	Upstream, Repo, Ref string
-	Digest              digest.Digest
-}
-
-// AddPin pins p until RemovePin.
-func (s *Store) AddPin(p Pin) error {
-	return s.db.Update(func(txn *badger.Txn) error {
-		return txn.Set(key(prefixPin, p.Upstream, p.Repo, p.Ref), []byte(p.Digest))
-	})
-}
-
-// RemovePin unpins p; it reports ErrNotFound if p was not pinned.
-func (s *Store) RemovePin(p Pin) error {
-	k := key(prefixPin, p.Upstream, p.Repo, p.Ref)
-	return s.db.Update(func(txn *badger.Txn) error {
-		if _, err := txn.Get(k); errors.Is(err, badger.ErrKeyNotFound) {
-			return ErrNotFound
-		}
-		return txn.Delete(k)
-	})
-}
-
-// Pins lists every pin, ordered by upstream, repository and reference.
-func (s *Store) Pins() ([]Pin, error) {
-	var pins []Pin
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefixPin)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			parts := splitKey(it.Item().Key()[len(prefixPin):])
-			if len(parts) != 3 {
-				continue
-			}
-			p := Pin{Upstream: parts[0], Repo: parts[1], Ref: parts[2]}
-			if err := it.Item().Value(func(b []byte) error { p.Digest = digest.Digest(b); return nil }); err != nil {
-				return err
-			}
-			pins = append(pins, p)
-		}
-		return nil
-	})
-	return pins, err
-}
-
 // PushedTo returns a repository of push target target last seen holding
 // dgst, so a later push elsewhere on that target can mount it instead of
 // uploading it; "" if none is known.

@@ -12,7 +12,8 @@ const module = "github.com/wharf-registry/wharf/"
 
 // TestImportGraph keeps imports pointing one way: cmd → server → proxy
 // (/v2) and api (/api/v1), which share httpx and never import each other;
-// api → replicate → cache → storage; upstream wired in by cmd only; auth
+// api → replicate → cache → storage; cluster (the fleet) a leaf that
+// server wires in; upstream wired in by cmd only; auth
 // (who may do what) and route (patterns) beside them; oci, the protocol's
 // shared facts, imports nothing of ours and sits below all.
 func TestImportGraph(t *testing.T) {
@@ -29,7 +30,7 @@ func TestImportGraph(t *testing.T) {
 		"httpx":                 {"auth", "cache", "oci"},
 		"proxy":                 {"httpx", "cache", "auth", "route", "cluster", "oci"},
 		"api":                   {"httpx", "cache", "auth", "replicate", "route", "oci"},
-		"server":                {"proxy", "api", "httpx", "cache", "auth", "replicate", "route", "storage"},
+		"server":                {"proxy", "api", "httpx", "cache", "auth", "replicate", "route", "storage", "cluster"},
 		"cluster":               {},
 	}
 	for pkg, ok := range allowed {

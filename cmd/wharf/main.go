@@ -181,11 +181,13 @@ func (c *fileConfig) server(reg *prometheus.Registry, log *slog.Logger) (cfg ser
 	if c.Cluster == nil {
 		return cfg, close, nil
 	}
-	fleet, err := cluster.New(*c.Cluster)
+	cc := *c.Cluster
+	cc.Registerer, cc.Logger = reg, log
+	fleet, err := cluster.New(cc)
 	if err != nil {
 		return cfg, close, err
 	}
-	cfg.Cache.Peers, cfg.PeerAuth = fleet, fleet.Authorized
+	cfg.Fleet = fleet
 	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "wharf_cluster_peers",
 		Help: "Replicas this one knows in its cluster, itself included.",
@@ -248,6 +250,7 @@ func (c *fileConfig) listenAndServe(ctx context.Context, srv *server.Server, log
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "grace", c.Server.ShutdownTimeout)
+	srv.Drain() // readiness fails, and the peers stop sending work here
 	sctx, cancel := context.WithTimeout(context.Background(), c.Server.ShutdownTimeout)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
