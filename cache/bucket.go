@@ -45,10 +45,14 @@ func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst di
 		return rc, size, fromUpstream, err
 	}
 	if c.peers != nil {
-		upstream = c.throughOwner(u, repo, dgst, upstream)
+		upstream = c.throughOwner(ctx, u, repo, dgst, upstream)
 	}
 	r := c.store.Bucket()
 	if r == nil {
+		return upstream, nil, nil
+	}
+	if r.Down() {
+		c.metrics.remote.WithLabelValues("unavailable").Inc()
 		return upstream, nil, nil
 	}
 	size, sources, err := c.bucketLookup(ctx, r, dgst)
@@ -86,15 +90,20 @@ func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst di
 }
 
 // bucketLookup asks the bucket for blob dgst's size and sources, within
-// bucketLookupTimeout for the two.
+// bucketLookupTimeout for the two; a bucket that does not answer in time
+// is down (see storage.Bucket.Down) until it answers again.
 func (c *Cache) bucketLookup(ctx context.Context, r *storage.Bucket, dgst digest.Digest) (int64, []string, error) {
-	ctx, cancel := context.WithTimeout(ctx, bucketLookupTimeout)
+	lctx, cancel := context.WithTimeout(ctx, bucketLookupTimeout)
 	defer cancel()
-	size, err := r.Stat(ctx, dgst)
-	if err != nil {
-		return 0, nil, err
+	size, err := r.Stat(lctx, dgst)
+	var sources []string
+	if err == nil {
+		sources, err = r.Sources(lctx, dgst)
 	}
-	sources, err := r.Sources(ctx, dgst)
+	if err != nil && lctx.Err() != nil && ctx.Err() == nil {
+		err = fmt.Errorf("the bucket gave no answer within %v: %w", bucketLookupTimeout, err)
+		r.Failed(err)
+	}
 	return size, sources, err
 }
 
@@ -116,13 +125,16 @@ const bucketLookupTimeout = 2 * time.Second
 
 // bucketOpen is r.Open with the lookup's bound on the wait for the answer,
 // not on reading the body that follows.
-func (c *Cache) bucketOpen(ctx context.Context, r *storage.Bucket, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
-	ctx, cancel := context.WithCancel(ctx)
+func (c *Cache) bucketOpen(parent context.Context, r *storage.Bucket, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	ctx, cancel := context.WithCancel(parent)
 	t := time.AfterFunc(bucketLookupTimeout, cancel)
 	rc, err := r.Open(ctx, dgst, offset)
-	if !t.Stop() && err == nil {
-		rc.Close()
+	if !t.Stop() && parent.Err() == nil {
+		if err == nil {
+			rc.Close()
+		}
 		err = fmt.Errorf("blob %s in the remote tier: no answer within %v", dgst, bucketLookupTimeout)
+		r.Failed(err)
 	}
 	if err != nil {
 		cancel()
@@ -145,10 +157,15 @@ func (c cancelOnClose) Close() error {
 
 // Degraded says why the cache serves less than it should, or "": the
 // remote tier not answering (cached content is still served, misses go
-// upstream, nothing new reaches the fleet's tier).
+// upstream, what is filled is kept here and uploaded once it answers).
 func (c *Cache) Degraded(ctx context.Context) string {
-	if r := c.store.Bucket(); r != nil && r.Healthy(ctx) != nil {
-		return "the shared bucket does not answer: cached content is served, misses go upstream"
+	r := c.store.Bucket()
+	if r == nil {
+		return ""
+	}
+	if r.Healthy(ctx) != nil {
+		return fmt.Sprintf("the shared bucket does not answer: cached content is served, misses go upstream and are kept here; %d blobs wait to be uploaded",
+			c.store.Uploads().Pending)
 	}
 	return ""
 }

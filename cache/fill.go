@@ -117,6 +117,9 @@ func (c *Cache) beginFill(ctx context.Context, u Upstream, repo string, dgst dig
 	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1, want: want, idle: time.Now(),
 		waiting: c.metrics.waiting, passthrough: c.metrics.passthrough, src: u.Source, up: u.Name, repo: repo, eager: eager}
 	fctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
+	if forPeer(ctx) {
+		fctx = ForPeer(fctx)
+	}
 	f.cancel = cancel
 	c.fills[dgst] = f
 	c.metrics.fills.Inc()
@@ -129,14 +132,16 @@ func (c *Cache) beginFill(ctx context.Context, u Upstream, repo string, dgst dig
 }
 
 // Close lets the fills in progress finish until ctx ends, then cancels the
-// rest, and returns once none is running: after it the store may be
-// closed. Stop the jobs that read through the cache first.
+// rest, and returns once none is running (and, if time is left, once the
+// bucket has every upload): after it the store may be closed. Stop the
+// jobs that read through the cache first.
 func (c *Cache) Close(ctx context.Context) {
 	c.stopOnce.Do(func() { close(c.stop) })
 	done := make(chan struct{})
 	go func() { c.running.Wait(); close(done) }()
 	select {
 	case <-done:
+		c.store.DrainUploads(ctx)
 		return
 	case <-ctx.Done():
 	}

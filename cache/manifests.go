@@ -305,9 +305,7 @@ func (c *Cache) putManifest(u Upstream, dgst digest.Digest, mediaType string, bo
 			}
 		}
 		if !slices.Contains(bi.Sources, u.Name) {
-			ctx, cancel := context.WithTimeout(context.Background(), bucketLookupTimeout)
-			defer cancel()
-			return c.store.AddSource(ctx, dgst, u.Name)
+			return c.store.AddSource(dgst, u.Name)
 		}
 		return nil
 	}

@@ -116,7 +116,7 @@ func (c *Cache) prove(ctx context.Context, u Upstream, repo string, dgst digest.
 			return nil, err
 		}
 		c.unstored("index", c.store.AddMembers(u.Name, repo, dgst), "repository", repo, "digest", dgst)
-		if err := c.store.AddSource(ctx, dgst, u.Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		if err := c.store.AddSource(dgst, u.Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			c.unstored("index", err, "repository", repo, "digest", dgst)
 		}
 		return nil, nil

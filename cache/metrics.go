@@ -149,7 +149,21 @@ func storeGauges(store *storage.Store, remembered func() int) []prometheus.Colle
 		Name: "wharf_negative_entries",
 		Help: "Upstream refusals (404, 401, 403) remembered for negative_ttl; bounded at 10,000.",
 	}, func() float64 { return float64(remembered()) })
-	return []prometheus.Collector{negatives, size, count, free, short, readOnly}
+	uploads := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wharf_bucket_uploads_pending",
+			Help: "Blobs stored here that the shared bucket still needs: their uploads wait for it to answer.",
+		}, func() float64 { return float64(store.Uploads().Pending) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "wharf_bucket_uploads_total",
+			Help: "Blobs the shared bucket got from this replica (or was found to have already).",
+		}, func() float64 { return float64(store.Uploads().Done) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "wharf_bucket_upload_failures_total",
+			Help: "Uploads to the shared bucket that failed; each is tried again, with a pause growing to a minute.",
+		}, func() float64 { return float64(store.Uploads().Failures) }),
+	}
+	return append([]prometheus.Collector{negatives, size, count, free, short, readOnly}, uploads...)
 }
 
 func (m *metrics) result(up, kind string, hit bool) {

@@ -18,15 +18,25 @@ type Peers interface {
 	Blob(ctx context.Context, peer, up, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, int64, error)
 }
 
+type forPeerKey struct{}
+
+// ForPeer marks ctx as a peer's request, made because this replica owns
+// what it asks for in that peer's view: what it misses is fetched here,
+// never asked of yet another owner (views of the fleet differ for a
+// probe's time, and a chain of owners could be a loop).
+func ForPeer(ctx context.Context) context.Context { return context.WithValue(ctx, forPeerKey{}, true) }
+
+func forPeer(ctx context.Context) bool { v, _ := ctx.Value(forPeerKey{}).(bool); return v }
+
 // throughOwner fetches dgst through its owner when that is another
 // replica: the owner fills it once for every replica asking. An owner
 // that cannot be reached or refuses is passed by, and so is one whose
 // stream breaks or stalls: the fill goes on from upstream itself, from
 // the byte it had reached, slower but never an error. The owner's answer, like upstream's,
 // shows that repo holds the blob; the bytes are verified here all the same.
-func (c *Cache) throughOwner(u Upstream, repo string, dgst digest.Digest, upstream blobOpener) blobOpener {
+func (c *Cache) throughOwner(ctx context.Context, u Upstream, repo string, dgst digest.Digest, upstream blobOpener) blobOpener {
 	peer, self := c.peers.Owner(dgst)
-	if self {
+	if self || forPeer(ctx) {
 		return upstream
 	}
 	viaPeer := true // the first read only: an owner whose stream broke or stalled is not asked again

@@ -13,7 +13,7 @@ import (
 // blob, as for any other answer.
 func (c *Cache) RedirectURL(ctx context.Context, up, repo string, dgst digest.Digest) (string, error) {
 	r := c.store.Bucket()
-	if !c.redirect || r == nil {
+	if !c.redirect || r == nil || r.Down() {
 		return "", nil
 	}
 	u, err := c.upstream(up)

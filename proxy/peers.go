@@ -9,6 +9,7 @@ import (
 	"github.com/distribution/reference"
 	"github.com/gorilla/mux"
 
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/httpx"
 )
 
@@ -32,7 +33,7 @@ func (p *proxy) peerBlob(w http.ResponseWriter, r *http.Request) error {
 	if _, err := reference.WithName(repo); err != nil {
 		return httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeUnknown, "invalid repository name")
 	}
-	return p.serveBlob(w, r, up, repo, dgst)
+	return p.serveBlob(w, r.WithContext(cache.ForPeer(r.Context())), up, repo, dgst)
 }
 
 // healthz is the readiness probe: 503 while this replica is starting or

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
@@ -92,24 +93,107 @@ func TestWharfsSharingABucket(t *testing.T) {
 	}
 
 	// The bucket gone: a replica serves what it holds with no request
-	// anywhere; a fresh one serves from upstream, and stores nothing it
-	// could not put in the bucket; /healthz says so, still 200
-	// (no restart, no removal from the Service), naming no endpoint.
+	// anywhere; a fresh one serves from upstream and keeps what it
+	// filled, its uploads queued; /healthz says so, still 200 (no
+	// restart, no removal from the Service), naming no endpoint.
 	s3.Stop()
 	up.Reset()
 	pull(t, first, "app", img, "") // what a replica holds is served as ever
 	wantCounts(t, up, map[string]int{})
 	fourth := replica()
 	pull(t, fourth, "app", img, "")
-	filled(t, fourth)
+	fillsDone(t, fourth)
 	wantCounts(t, up, map[string]int{"HEAD manifest": 1, "GET manifest": 1, "GET blob": 4})
 	if n := metric(t, fourth, "wharf_remote_lookups_total"); n != 4 {
-		t.Fatalf("bucket lookups that failed: %v, want 4", n)
+		t.Fatalf("bucket lookups that failed or were passed by: %v, want 4", n)
 	}
 	sources(fourth, blobBytes, 0, blobBytes+manifestBytes)
+	for _, b := range append(img.Blobs(), img.Manifest) {
+		if _, err := fourth.store.Blob(b.Digest); err != nil {
+			t.Fatalf("%s not kept with the bucket gone: %v", b.Digest, err)
+		}
+	}
+	if n := fourth.store.Uploads().Pending; n != 5 {
+		t.Fatalf("%d uploads queued, want 5", n)
+	}
 	if r := fourth.do(t, http.MethodGet, "/healthz"); r.status != http.StatusOK || !strings.HasPrefix(string(r.body), "degraded:\n- the shared bucket does not answer") ||
-		strings.Contains(string(r.body), strings.TrimPrefix(s3.URL, "http://")) {
+		!strings.Contains(string(r.body), "5 blobs wait to be uploaded") || strings.Contains(string(r.body), strings.TrimPrefix(s3.URL, "http://")) {
 		t.Fatalf("healthz with the bucket down: %d %q", r.status, r.body)
+	}
+	up.Reset()
+	pull(t, fourth, "app", img, "")
+	wantCounts(t, up, map[string]int{})
+}
+
+// A bucket that hangs (SIGSTOP: connections accepted, never answered)
+// costs cold pulls nothing beyond their upstream time: their clients are
+// answered before any upload, the bucket is passed by once it failed to
+// answer a lookup, and what is filled is kept. Once it answers again the
+// queued uploads reach it, and after gc deleted blobs that replicas
+// still serve, those serving them upload them again.
+func TestHungBucket(t *testing.T) {
+	s3 := s3test.Start(t)
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1", 86, 3, 200_000, amd64)
+	e := bucketReplicaOpts(t, up, s3.Params(), envOpts{sopts: storage.Options{UploadRetry: 20 * time.Millisecond, UseEvery: 50 * time.Millisecond}})
+	inBucket := func() int {
+		n := 0
+		for _, b := range append(img.Blobs(), img.Manifest) {
+			key := "/docker/registry/v2/blobs/sha256/" + b.Digest.Encoded()[:2] + "/" + b.Digest.Encoded() + "/data"
+			if got, err := os.ReadFile(s3.ObjectFile(key)); err == nil && bytes.Equal(got, b.Data) {
+				n++
+			}
+		}
+		return n
+	}
+
+	s3.Pause()
+	client := &http.Client{Timeout: 30 * time.Second} // an upload before the answer waited 15 minutes
+	for _, b := range append([]upstreamtest.Blob{img.Manifest}, img.Blobs()...) {
+		kind := "blobs"
+		if b.Digest == img.Manifest.Digest {
+			kind = "manifests"
+		}
+		resp, err := client.Get(e.URL + "/v2/app/" + kind + "/" + b.Digest.String())
+		if err != nil {
+			s3.Resume()
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || digest.FromBytes(got) != b.Digest {
+			s3.Resume()
+			t.Fatalf("%s with the bucket hung: %d, %v", b.Digest, resp.StatusCode, err)
+		}
+	}
+	fillsDone(t, e)
+	for _, b := range append(img.Blobs(), img.Manifest) {
+		if _, err := e.store.Blob(b.Digest); err != nil {
+			s3.Resume()
+			t.Fatalf("%s not kept with the bucket hung: %v", b.Digest, err)
+		}
+	}
+	s3.Resume()
+	filled(t, e)
+	if n := inBucket(); n != 5 {
+		t.Fatalf("%d of 5 blobs in the bucket after it came back", n)
+	}
+
+	r, err := storage.OpenBucket(t.Context(), "s3", s3.Params())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.GC(t.Context(), storage.GCPolicy{}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if n := inBucket(); n != 0 {
+		t.Fatalf("gc left %d blobs", n)
+	}
+	up.Reset()
+	pull(t, e, "app", img, "")                            // served here, from the local tier
+	wantCounts(t, up, map[string]int{"HEAD manifest": 1}) // the tag, pulled by digest before
+	if n := settle(func() int { return 5 - inBucket() }, 0); n != 0 {
+		t.Fatalf("%d blobs served here never returned to the bucket", n)
 	}
 }
 
@@ -444,6 +528,14 @@ func bucketReplica(t *testing.T, up *upstreamtest.Registry, params map[string]an
 	return bucketReplicaOpts(t, up, params, envOpts{cfg: cfg})
 }
 
+// fillsDone waits until e has no fill running.
+func fillsDone(t *testing.T, e *env) {
+	t.Helper()
+	if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
+		t.Fatalf("%d fills still running", n)
+	}
+}
+
 // bucketReplicaOpts is bucketReplica with every option.
 func bucketReplicaOpts(t *testing.T, up *upstreamtest.Registry, params map[string]any, o envOpts) *env {
 	t.Helper()
@@ -455,11 +547,13 @@ func bucketReplicaOpts(t *testing.T, up *upstreamtest.Registry, params map[strin
 	return newEnvOpts(t, t.TempDir(), o, spec{name: "docker.io", reg: up, def: true, ttl: time.Hour})
 }
 
-// filled waits until e has no fill running: a fill uploads to the bucket,
-// stores and indexes after its client has every byte.
+// filled waits until e has no fill running and nothing left to upload: a
+// fill stores and indexes after its client has every byte, and the
+// bucket gets it after that.
 func filled(t *testing.T, e *env) {
 	t.Helper()
-	if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
-		t.Fatalf("%d fills still running", n)
+	fillsDone(t, e)
+	if n := settle(func() int { return int(e.store.Uploads().Pending) }, 0); n != 0 {
+		t.Fatalf("%d blobs still to upload", n)
 	}
 }

@@ -1,12 +1,10 @@
 package storage
 
 import (
-	"context"
 	_ "crypto/sha512" // SHA-512 for go-digest: sha512 digests are stored too
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -130,10 +128,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 func (w *Writer) Size() int64 { return w.n }
 
 // Commit verifies digest and size (size < 0 skips the size check), makes the
-// bytes durable, uploads them to the remote tier if there is one (a blob
-// is indexed only once the fleet's durable tier has it), moves them into
-// place, then records the blob in the index. On any failure the temporary
-// file is removed.
+// bytes durable, moves them into place, records the blob in the index
+// and, with a bucket, queues its upload there (see uploads.go): nobody
+// waits for the bucket. On any failure the temporary file is removed.
 func (w *Writer) Commit(size int64) error {
 	if w.f == nil {
 		return errors.New("blob writer already closed")
@@ -145,19 +142,6 @@ func (w *Writer) Commit(size int64) error {
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("sync blob: %w", err)
 	}
-	if r := w.s.bucket; r != nil && !w.inRemote {
-		// Sources first: the bucket never holds a blob of this Wharf's
-		// without them, which would read as a blob of unknown origin.
-		ctx, cancel := context.WithTimeout(context.Background(), remoteUploadTimeout)
-		err := r.AddSources(ctx, w.dgst, w.sources...)
-		if err == nil {
-			err = r.Upload(ctx, w.dgst, w.n, io.NewSectionReader(w.f, 0, w.n))
-		}
-		cancel()
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrRemote, err)
-		}
-	}
 	p, _ := w.s.blobPath(w.dgst)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err
@@ -167,7 +151,16 @@ func (w *Writer) Commit(size int64) error {
 	}
 	w.f.Close()
 	w.f = nil
-	return w.s.recordBlob(w.dgst, w.n, w.mediaType, w.sources)
+	if err := w.s.recordBlob(w.dgst, w.n, w.mediaType, w.sources); err != nil {
+		return err
+	}
+	if !w.inRemote {
+		// Stored here whatever becomes of it: the queue outlives a
+		// restart, and a record it lacks is made up for when the blob is
+		// next told to the bucket as used.
+		w.s.queueUpload(w.dgst)
+	}
+	return nil
 }
 
 // Verify reports whether the bytes written so far are the blob: they hash

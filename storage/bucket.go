@@ -19,9 +19,9 @@ import (
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
 )
 
-// ErrRemote marks a failure of the remote tier (an upload that did not
-// complete): the blob was verified, but the fleet's durable tier does not
-// hold it, so it is not indexed here either.
+// ErrRemote marks a failure of the remote tier where the caller must know
+// (a pin not saved): blobs never fail with it, their uploads wait in a
+// queue.
 var ErrRemote = errors.New("remote tier")
 
 // remoteUploadTimeout bounds one upload: a bucket that stops answering
@@ -82,7 +82,28 @@ func (r *Bucket) Healthy(ctx context.Context) error {
 	return err
 }
 
-// OpenRemote creates driver ("s3", or any name distribution's factory
+// Down reports whether the bucket failed its last call within healthAge:
+// lookups pass it by meanwhile, so that a bucket that hangs costs the
+// misses nothing. Once the verdict is older, one probe (see Healthy) runs
+// in the background and the bucket stays down until it answers.
+func (r *Bucket) Down() bool {
+	r.mu.Lock()
+	err, fresh := r.lastErr, time.Since(r.lastAt) < healthAge
+	r.mu.Unlock()
+	if err == nil {
+		return false
+	}
+	if !fresh {
+		go r.Healthy(context.Background())
+	}
+	return true
+}
+
+// Failed records a call the caller gave up waiting for: the bucket is
+// down until it answers again.
+func (r *Bucket) Failed(err error) { r.note(err) }
+
+// OpenBucket creates driver ("s3", or any name distribution's factory
 // knows) with its parameters (for s3: bucket, region, regionendpoint,
 // accesskey, secretkey, forcepathstyle, rootdirectory, ...).
 //

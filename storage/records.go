@@ -2,7 +2,6 @@ package storage
 
 import (
 	"cmp"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -100,14 +99,13 @@ func (s *Store) SetMediaType(dgst digest.Digest, mt string) error {
 }
 
 // AddSource records that source's own bytes verified as blob dgst, here
-// and, with a remote tier, in the bucket for the other replicas.
-func (s *Store) AddSource(ctx context.Context, dgst digest.Digest, source string) error {
-	if s.bucket != nil {
-		if err := s.bucket.AddSources(ctx, dgst, source); err != nil {
-			return err
-		}
+// and, with a remote tier, soon in the bucket for the other replicas (the
+// upload queue gives it the blob's sources, and the blob if it lacks it).
+func (s *Store) AddSource(dgst digest.Digest, source string) error {
+	if err := s.updateBlob(dgst, func(bi *BlobInfo) { bi.Sources = union(bi.Sources, []string{source}) }); err != nil {
+		return err
 	}
-	return s.updateBlob(dgst, func(bi *BlobInfo) { bi.Sources = union(bi.Sources, []string{source}) })
+	return s.queueUpload(dgst)
 }
 
 // union is a's names and those of b it lacks, in order.

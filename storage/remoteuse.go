@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -101,10 +102,10 @@ func (u *remoteUse) note(dgst digest.Digest, at time.Time) {
 
 // take returns the pending uses when a flush is due at now (or forced),
 // and nil otherwise.
-func (u *remoteUse) take(now time.Time, force bool) map[digest.Digest]time.Time {
+func (u *remoteUse) take(now time.Time, every time.Duration, force bool) map[digest.Digest]time.Time {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if len(u.pending) == 0 || (!force && now.Sub(u.last) < remoteUseEvery) {
+	if len(u.pending) == 0 || (!force && now.Sub(u.last) < every) {
 		return nil
 	}
 	p := u.pending
@@ -113,13 +114,16 @@ func (u *remoteUse) take(now time.Time, force bool) map[digest.Digest]time.Time 
 }
 
 // flushRemoteUse writes the pending uses to the bucket as markers (see
-// Remote.Touch), when due or forced (at Close). A marker that cannot be
-// written is dropped: a use is a hint for gc, never a correctness matter.
+// Remote.Touch), when due or forced (at Close), and queues for upload
+// the blobs served that the bucket lacks (gc deleted them, or their
+// upload was lost): a fleet's bucket holds what its replicas serve. A
+// marker that cannot be written is dropped: a use is a hint for gc,
+// never a correctness matter.
 func (s *Store) flushRemoteUse(force bool) {
 	if s.bucket == nil {
 		return
 	}
-	uses := s.use.take(time.Now(), force)
+	uses := s.use.take(time.Now(), s.useEvery, force)
 	if uses == nil {
 		return
 	}
@@ -129,6 +133,11 @@ func (s *Store) flushRemoteUse(force bool) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.bucket.Touch(ctx, d, at)
+		if s.bucket.Touch(ctx, d, at) != nil {
+			continue
+		}
+		if _, err := s.bucket.Stat(ctx, d); errors.Is(err, ErrNotFound) && !force {
+			s.queueUpload(d)
+		}
 	}
 }

@@ -18,17 +18,19 @@ import (
 // Store is the content-addressed blob store plus its Badger index. It is safe
 // for concurrent use.
 type Store struct {
-	root    string
-	bucket  *Bucket   // nil: the root is the only tier
-	replica string    // this store's name in the remote tier
-	use     remoteUse // blobs served, to tell the remote tier
-	db      *db
-	sp      *space
-	lock    *os.File // flock of <root>/wharf.lock: one store per root
-	stop    chan struct{}
-	done    chan struct{}
-	size    atomic.Int64
-	blobs   atomic.Int64
+	root     string
+	bucket   *Bucket   // nil: the root is the only tier
+	replica  string    // this store's name in the remote tier
+	use      remoteUse // blobs served, to tell the remote tier
+	useEvery time.Duration
+	up       uploads // blobs the bucket still needs
+	db       *db
+	sp       *space
+	lock     *os.File // flock of <root>/wharf.lock: one store per root
+	stop     chan struct{}
+	done     chan struct{}
+	size     atomic.Int64
+	blobs    atomic.Int64
 
 	// In-memory read caches, written through: a warm manifest request
 	// touches neither Badger nor the disk.
@@ -61,10 +63,16 @@ type Options struct {
 	// Statfs reports the free and total bytes of the filesystem under
 	// root; nil: statfs(2). Tests fill a disk with it.
 	Statfs func() (avail, total uint64, err error)
-	// Bucket is the shared tier or nil: every blob committed
-	// here is uploaded to it first, so the root is a fill buffer and a hot
-	// cache in front of it.
+	// Bucket is the shared tier or nil: every blob committed here is
+	// uploaded to it soon after (see uploads.go), so the root is a fill
+	// buffer and a hot cache in front of it.
 	Bucket *Bucket
+	// UploadRetry is the first pause before uploads to a bucket that
+	// failed are tried again (0: a second); it doubles up to a minute.
+	UploadRetry time.Duration
+	// UseEvery is how often the blobs served are told to the bucket (gc's
+	// last use), and those it lost queued for upload again (0: 5 minutes).
+	UseEvery time.Duration
 	// Replica names this store in the remote tier (its pin list); default
 	// the host name, a pod's name in Kubernetes.
 	Replica string
@@ -76,14 +84,15 @@ type Options struct {
 // the store serves what it holds until there is room again.
 func Open(root string, opts Options) (*Store, error) {
 	s := &Store{
-		root:    root,
-		bucket:  opts.Bucket,
-		replica: opts.Replica,
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
-		small:   newLRU[digest.Digest](smallBlobCache, func(b smallBlob) int { return len(b.data) }),
-		tags:    newLRU[string](tagCache, func(TagInfo) int { return 1 }),
-		members: newLRU[string](memberCache, func(struct{}) int { return 1 }),
+		root:     root,
+		bucket:   opts.Bucket,
+		replica:  opts.Replica,
+		useEvery: cmp.Or(opts.UseEvery, remoteUseEvery),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+		small:    newLRU[digest.Digest](smallBlobCache, func(b smallBlob) int { return len(b.data) }),
+		tags:     newLRU[string](tagCache, func(TagInfo) int { return 1 }),
+		members:  newLRU[string](memberCache, func(struct{}) int { return 1 }),
 	}
 	if err := os.MkdirAll(filepath.Join(root, "index"), 0o755); err != nil {
 		return nil, fmt.Errorf("create store: %w", err)
@@ -116,6 +125,7 @@ func Open(root string, opts Options) (*Store, error) {
 	// The ballast now, before any fill: 64 MiB written and synced while
 	// the first pulls run would slow them.
 	s.sp.keepBallast()
+	s.startUploads(cmp.Or(opts.UploadRetry, time.Second))
 	go s.watch()
 	return s, nil
 }
@@ -183,6 +193,7 @@ func (s *Store) watch() {
 func (s *Store) Close() error {
 	close(s.stop)
 	<-s.done
+	s.up.wg.Wait()
 	s.flushRemoteUse(true)
 	ferr := s.flushAccess()
 	if errors.Is(ferr, ErrNoSpace) {

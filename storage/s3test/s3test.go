@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -105,3 +106,10 @@ func (s *Server) Stop() {
 		s.cmd.Wait()
 	}
 }
+
+// Pause freezes the store (SIGSTOP): connections are accepted by the
+// kernel and never answered, as with a hung server. Resume thaws it.
+func (s *Server) Pause() { s.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume thaws a paused store; the requests it held are answered then.
+func (s *Server) Resume() { s.cmd.Process.Signal(syscall.SIGCONT) }
