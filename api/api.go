@@ -2,7 +2,10 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -38,9 +41,22 @@ var (
 // handler checks) and admits only the given methods.
 func (a *api) route(name, right string, h func(http.ResponseWriter, *http.Request) error, methods ...string) http.Handler {
 	return httpx.Wrap(a.log, a.metrics, name, errcode.ErrorCodeNameUnknown, func(w http.ResponseWriter, r *http.Request) error {
-		r, err := httpx.Authenticate(a.auth, r)
+		r, peer, err := a.fromPeer(r)
 		if err != nil {
 			return err
+		}
+		if !peer {
+			if r, err = httpx.Authenticate(a.auth, r); err != nil {
+				return err
+			}
+			// Loopback callers without credentials are refused whatever a
+			// browser could send on a web page's behalf; a forwarded
+			// request was checked where it came in.
+			if httpx.Identity(r.Context()).Loopback {
+				if err := notFromBrowser(r); err != nil {
+					return err
+				}
+			}
 		}
 		if right != "" {
 			if err := a.mayAPI(r, right); err != nil {
@@ -66,7 +82,7 @@ func (a *api) mayJob(r *http.Request, job replicate.Job) error {
 	}
 	id := httpx.Identity(r.Context())
 	if a.auth.MayAPI(id, right) {
-		return a.mayAPI(r, right) // the browser checks for loopback callers
+		return nil
 	}
 	if id.User != "" && job.Owner == id.User {
 		return a.mayAPI(r, auth.RightPrefetch)
@@ -111,7 +127,12 @@ func (a *api) listJobs(w http.ResponseWriter, r *http.Request) error {
 		user := httpx.Identity(r.Context()).User
 		jobs = slices.DeleteFunc(jobs, func(j replicate.Job) bool { return j.Owner != user })
 	}
-	return httpx.WriteJSON(w, r, JobList{Jobs: each(jobs, jobOf)})
+	parts, missing := gather[JobList](a, r)
+	lists := [][]Job{each(jobs, jobOf)}
+	for _, p := range parts {
+		lists = append(lists, p.Jobs)
+	}
+	return httpx.WriteJSON(w, r, JobList{Jobs: mergeJobs(lists...), Unreachable: missing})
 }
 
 // jobImages pages through a job's images: ?state=failed (repeatable, or
@@ -119,6 +140,10 @@ func (a *api) listJobs(w http.ResponseWriter, r *http.Request) error {
 // the last image of the previous page), with a Link to the next page.
 func (a *api) jobImages(w http.ResponseWriter, r *http.Request) error {
 	id := mux.Vars(r)["id"]
+	return a.onJob(w, r, id, func() error { return a.jobImagesHere(w, r, id) })
+}
+
+func (a *api) jobImagesHere(w http.ResponseWriter, r *http.Request, id string) error {
 	if err := a.checkJob(r, id); err != nil {
 		return err
 	}
@@ -167,6 +192,10 @@ func (a *api) jobImages(w http.ResponseWriter, r *http.Request) error {
 
 func (a *api) job(w http.ResponseWriter, r *http.Request) error {
 	id := mux.Vars(r)["id"]
+	return a.onJob(w, r, id, func() error { return a.jobHere(w, r, id) })
+}
+
+func (a *api) jobHere(w http.ResponseWriter, r *http.Request, id string) error {
 	if err := a.checkJob(r, id); err != nil {
 		return err
 	}
@@ -226,7 +255,51 @@ func (a *api) replication(w http.ResponseWriter, r *http.Request) error {
 	if a.rules != nil {
 		rules = a.rules.Status()
 	}
-	return httpx.WriteJSON(w, r, RuleList{Rules: each(rules, ruleOf)})
+	list := RuleList{Rules: each(rules, ruleOf)}
+	if a.fleet != nil && !peerCall(r) {
+		list.Unreachable = a.ownersStatus(r, list.Rules)
+	}
+	return httpx.WriteJSON(w, r, list)
+}
+
+// ownersStatus puts each rule's status as its owner has it in rules, and
+// names the owners that did not answer.
+func (a *api) ownersStatus(r *http.Request, rules []Rule) (unreachable []string) {
+	byPeer := map[string][]int{}
+	for i := range rules {
+		peer, self := a.fleet.OwnerOf(RuleKey(rules[i].Name))
+		rules[i].Replica = peer
+		if !self {
+			byPeer[peer] = append(byPeer[peer], i)
+		}
+	}
+	for peer, idx := range byPeer {
+		var theirs RuleList
+		resp, err := a.forward(r, peer, nil)
+		if err == nil {
+			if resp.StatusCode == http.StatusOK {
+				err = json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&theirs)
+			} else {
+				err = fmt.Errorf("answered %d", resp.StatusCode)
+			}
+			resp.Body.Close()
+		}
+		if err != nil {
+			a.log.Warn("a rule's owner did not give its status", "peer", peer, "error", err)
+			unreachable = append(unreachable, peer)
+			continue
+		}
+		for _, i := range idx {
+			for _, t := range theirs.Rules {
+				if t.Name == rules[i].Name {
+					t.Replica = peer
+					rules[i] = t
+				}
+			}
+		}
+	}
+	slices.Sort(unreachable)
+	return unreachable
 }
 
 // replicate runs a rule now: 202 with its job, or 200 with "nothing new".
@@ -239,6 +312,15 @@ func (a *api) replicate(w http.ResponseWriter, r *http.Request) error {
 		if s.Name == name && !a.auth.MayPushTo(httpx.Identity(r.Context()), s.Target) {
 			return httpx.OCIError(http.StatusForbidden, errcode.ErrorCodeDenied, "running rule "+strconv.Quote(name)+" pushes to "+s.Target+
 				", where this caller may not push (auth.rules[].push)")
+		}
+	}
+	if a.fleet != nil && !peerCall(r) {
+		if peer, self := a.fleet.OwnerOf(RuleKey(name)); !self {
+			resp, err := a.forward(r, peer, nil)
+			if err != nil {
+				return retryLater(fmt.Sprintf("rule %q runs on %s, which does not answer now", name, peer))
+			}
+			return relay(w, resp)
 		}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Minute)

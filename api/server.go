@@ -33,6 +33,9 @@ type Config struct {
 	Status  []func() any
 	Logger  *slog.Logger
 	Metrics *httpx.Metrics
+	// Fleet is the other replicas, which answer for their jobs and rules
+	// (see fleet.go); nil: none.
+	Fleet Fleet
 }
 
 type api struct {
@@ -44,6 +47,7 @@ type api struct {
 	status  []func() any
 	log     *slog.Logger
 	metrics *httpx.Metrics
+	fleet   Fleet
 }
 
 // New returns the handler of every /api/v1 route.
@@ -52,9 +56,12 @@ func New(cfg Config) (http.Handler, error) {
 		return nil, errors.New("api: Jobs, Auth, Router and Metrics are required")
 	}
 	a := &api{cache: cfg.Cache, jobs: cfg.Jobs, rules: cfg.Rules, auth: cfg.Auth, router: cfg.Router,
-		status: cfg.Status, log: cfg.Logger, metrics: cfg.Metrics}
+		status: cfg.Status, log: cfg.Logger, metrics: cfg.Metrics, fleet: cfg.Fleet}
 	if a.log == nil {
 		a.log = slog.Default()
+	}
+	if a.fleet != nil && a.rules != nil {
+		a.rules.SetOwners(ruleOwners{a})
 	}
 	r := mux.NewRouter().SkipClean(true)
 	r.NotFoundHandler = httpx.Wrap(a.log, a.metrics, "unknown", errcode.ErrorCodeNameUnknown, func(w http.ResponseWriter, r *http.Request) error {
@@ -70,6 +77,7 @@ func New(cfg Config) (http.Handler, error) {
 	r.Handle("/api/v1/pins", a.route("pins", auth.RightPins, a.pins, http.MethodGet, http.MethodDelete))
 	r.Handle("/api/v1/replication", a.route("replication", auth.RightJobs, a.replication, http.MethodGet))
 	r.Handle("/api/v1/replication/{rule}/run", a.route("replication-run", auth.RightPrefetch, a.replicate, http.MethodPost))
+	r.Handle("/api/v1/replication/{rule}/pending", a.route("replication-pending", "", a.pending, http.MethodPost)) // peers only
 	return r, nil
 }
 

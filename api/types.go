@@ -135,6 +135,9 @@ type SkippedChild struct {
 // JobList answers GET /api/v1/jobs.
 type JobList struct {
 	Jobs []Job `json:"jobs"`
+	// Unreachable names the replicas that did not answer: their jobs are
+	// missing from the list.
+	Unreachable []string `json:"unreachable,omitempty"`
 }
 
 // ImagePage answers GET /api/v1/jobs/{id}/images, with a Link header to
@@ -166,7 +169,8 @@ type Rule struct {
 	Pending    int        `json:"pending"`
 	LagSeconds float64    `json:"lag_seconds"` // since the oldest pending tag was seen
 	Runs       int        `json:"runs"`
-	Failures   int        `json:"failures"` // runs that could not start, and images that failed
+	Failures   int        `json:"failures"`          // runs that could not start, and images that failed
+	Replica    string     `json:"replica,omitempty"` // in a fleet, the replica that runs it
 }
 
 // Run is one run of a rule: its job, if it had anything to do.
@@ -182,6 +186,9 @@ type Run struct {
 // RuleList answers GET /api/v1/replication.
 type RuleList struct {
 	Rules []Rule `json:"rules"`
+	// Unreachable names the replicas that own rules and did not answer:
+	// those rules' status is this replica's, not their owner's.
+	Unreachable []string `json:"unreachable,omitempty"`
 }
 
 // RuleRun answers POST /api/v1/replication/{rule}/run: 202 with the job

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/wharf-registry/wharf/oci"
@@ -31,6 +32,9 @@ func (c *Cache) ManifestHead(ctx context.Context, up, repo, ref string) (ocispec
 		if ti, err := c.store.Tag(u.Name, repo, ref); err == nil && c.trusted(u, repo, ref, ti) {
 			c.metrics.result(u.Name, "manifest", true)
 			return c.tagDesc(ti), nil
+		}
+		if desc, _, err, asked := c.viaTagOwner(ctx, u, repo, ref, true); asked {
+			return desc, err
 		}
 		desc, _, err := c.shared(ctx, "ht", u, repo, ref, func(ctx context.Context) (ocispec.Descriptor, []byte, error) {
 			desc, err := c.resolveTagHead(ctx, u, repo, ref)
@@ -130,4 +134,29 @@ func (c *Cache) resolveTagHead(ctx context.Context, u Upstream, repo, tag string
 	c.admit(u, repo, head.Digest)
 	c.putTag(u.Name, repo, tag, ti)
 	return c.tagDesc(ti), nil
+}
+
+// Resolve asks upstream now, whatever tag_ttl says, which digest tag of
+// repo resolves to, and records the answer: a job about to push a tag
+// checks that it does not push an older digest than the source holds. ""
+// with no error when upstream's answer names no digest.
+func (c *Cache) Resolve(ctx context.Context, up, repo, tag string) (digest.Digest, error) {
+	u, err := c.upstream(up)
+	if err != nil {
+		return "", err
+	}
+	head, err := c.revalidate(ctx, u, repo, tag)
+	if err != nil {
+		return "", err
+	}
+	if !describes(head) {
+		if head.Digest.Validate() != nil {
+			return "", nil
+		}
+		return head.Digest, nil
+	}
+	c.found(u, repo)
+	c.admit(u, repo, head.Digest)
+	c.putTag(u.Name, repo, tag, storage.TagInfo{Digest: head.Digest, MediaType: head.MediaType, Size: head.Size, Checked: c.now()})
+	return head.Digest, nil
 }

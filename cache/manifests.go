@@ -94,6 +94,9 @@ func (c *Cache) manifestByTag(ctx context.Context, u Upstream, repo, tag string)
 			return desc, body, nil
 		}
 	}
+	if desc, body, err, asked := c.viaTagOwner(ctx, u, repo, tag, false); asked {
+		return desc, body, err
+	}
 	return c.shared(ctx, "t", u, repo, tag, func(ctx context.Context) (ocispec.Descriptor, []byte, error) {
 		return c.resolveTag(ctx, u, repo, tag)
 	})
@@ -263,14 +266,24 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 		}
 	}
 	c.metrics.fetched.WithLabelValues(u.Name).Add(float64(len(body)))
+	if want == "" {
+		tags = append(tags, ref)
+	}
+	return c.keepManifest(u, repo, ref, body, desc.MediaType, got, c.now(), tags...)
+}
+
+// keepManifest indexes and stores a manifest of repo that hashed to got
+// (u served it, or the tag's owner that had it from u), and points tags at
+// it, as checked at checked.
+func (c *Cache) keepManifest(u Upstream, repo, ref string, body []byte, contentType string, got digest.Digest, checked time.Time, tags ...string) (ocispec.Descriptor, []byte, error) {
 	c.found(u, repo)
 	raw := decodeManifest(body)
-	mt := mediaTypeOf(raw, desc.MediaType)
+	mt := mediaTypeOf(raw, contentType)
 	refs := raw.only(mt)
 	if mt == "" {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: manifest %s of %s has no media type", ErrBadUpstream, ref, repo)
 	}
-	desc = ocispec.Descriptor{MediaType: mt, Digest: got, Size: int64(len(body))}
+	desc := ocispec.Descriptor{MediaType: mt, Digest: got, Size: int64(len(body))}
 	// Membership first: once the manifest is visible in the store, a
 	// by-digest request for it must not have to ask upstream again. The
 	// bytes verified: whatever the store cannot keep, the client still
@@ -285,11 +298,8 @@ func (c *Cache) fetchManifest(ctx context.Context, u Upstream, repo, ref string,
 		c.unstored("manifest", err, "repository", repo, "digest", got)
 		return desc, body, nil // a tag must not point at a manifest the store lacks
 	}
-	if want == "" {
-		tags = append(tags, ref)
-	}
 	for _, tag := range tags {
-		ti := storage.TagInfo{Digest: got, MediaType: mt, Size: desc.Size, Checked: c.now()}
+		ti := storage.TagInfo{Digest: got, MediaType: mt, Size: desc.Size, Checked: checked}
 		c.putTag(u.Name, repo, tag, ti)
 	}
 	return desc, body, nil

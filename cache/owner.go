@@ -16,6 +16,12 @@ type Peers interface {
 	Owner(dgst digest.Digest) (peer string, self bool)
 	// Blob asks peer for blob dgst of repo on upstream up from offset on.
 	Blob(ctx context.Context, peer, up, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, int64, error)
+	// TagOwner is the replica that resolves tag for the fleet, and
+	// whether it is this one.
+	TagOwner(up, repo, tag string) (peer string, self bool)
+	// Tag asks peer what tag resolves to (with head, without the
+	// manifest): its answer, read by askTagOwner.
+	Tag(ctx context.Context, peer, up, repo, tag string, head bool) (*http.Response, error)
 }
 
 type forPeerKey struct{}

@@ -29,7 +29,7 @@ func (c *Cluster) Blob(ctx context.Context, peer, up, repo string, dgst digest.D
 	if offset > 0 {
 		hdr = http.Header{"Range": {"bytes=" + strconv.FormatInt(offset, 10) + "-"}}
 	}
-	resp, err := c.Do(ctx, peer, http.MethodGet, BlobPath+dgst.String()+"?"+q.Encode(), hdr, nil)
+	resp, err := c.do(ctx, blobHeaderTimeout, peer, http.MethodGet, BlobPath+dgst.String()+"?"+q.Encode(), hdr, nil)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -45,18 +45,45 @@ func (c *Cluster) Blob(ctx context.Context, peer, up, repo string, dgst digest.D
 	return resp.Body, resp.ContentLength, nil
 }
 
+// Tag asks peer, the tag's owner, what tag of repo on upstream up
+// resolves to (with head, without the manifest): the answer as the peer
+// gave it, for the cache to read (see proxy's peerTag).
+func (c *Cluster) Tag(ctx context.Context, peer, up, repo, tag string, head bool) (*http.Response, error) {
+	method := http.MethodGet
+	if head {
+		method = http.MethodHead
+	}
+	q := url.Values{"upstream": {up}, "repo": {repo}, "tag": {tag}}
+	return c.do(ctx, blobHeaderTimeout, peer, method, TagPath+"?"+q.Encode(), nil, nil)
+}
+
 // Do sends peer a request signed for it: uri is a path with its query,
 // hdr may carry Range and IdentityHeader (both signed), and a body's
 // digest is signed too (see ReadBody). The request is cancelled when the
 // probes find the peer gone; its body's Close releases it. A peer that
 // cannot be reached counts against it as a failed probe would.
 func (c *Cluster) Do(ctx context.Context, peer, method, uri string, hdr http.Header, body []byte) (*http.Response, error) {
+	return c.do(ctx, 0, peer, method, uri, hdr, body)
+}
+
+// blobHeaderTimeout bounds the wait for a blob's owner to start its
+// answer: the owner may be waiting for upstream's, which upstream's
+// response_header_timeout bounds.
+const blobHeaderTimeout = 40 * time.Second
+
+// do is Do, given up when no answer begins within headerTimeout (0: no
+// bound but the peer's liveness and ctx).
+func (c *Cluster) do(ctx context.Context, headerTimeout time.Duration, peer, method, uri string, hdr http.Header, body []byte) (*http.Response, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	stop := func() bool { return true }
 	if down := c.peerDown(peer); down != nil {
 		stop = context.AfterFunc(down, cancel)
 	}
 	release := func() { stop(); cancel() }
+	if headerTimeout > 0 {
+		t := time.AfterFunc(headerTimeout, cancel)
+		defer t.Stop()
+	}
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)

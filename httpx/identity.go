@@ -38,6 +38,12 @@ func Authenticate(a *auth.Auth, r *http.Request) (*http.Request, error) {
 	return r.WithContext(context.WithValue(r.Context(), identityKey{}, id)), nil
 }
 
+// WithIdentity is r as sent by id: a request another replica
+// authenticated and forwarded.
+func WithIdentity(r *http.Request, id auth.Identity) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
+}
+
 // Unauthorized is a 401 with the challenge every registry client answers.
 func Unauthorized(a *auth.Auth, msg string) error {
 	return &Error{Status: http.StatusUnauthorized, Err: errcode.ErrorCodeUnauthorized.WithMessage(msg),

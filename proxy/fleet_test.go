@@ -1,10 +1,15 @@
 package proxy_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/wharf-registry/wharf/api"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/storage/s3test"
@@ -38,7 +43,7 @@ func newFleetPromotion(t *testing.T, n int, rules ...replicate.Rule) *fleetPromo
 			t.Fatal(err)
 		}
 		o.sopts.Bucket = r
-		return newEnvOpts(t, t.TempDir(), *o, spec{name: srcHost, reg: f.src, def: true, ttl: time.Hour})
+		return newEnvOpts(t, t.TempDir(), *o, spec{name: srcHost, reg: f.src, def: true, ttl: time.Hour, negTTL: time.Hour})
 	})
 	for _, e := range f.replicas {
 		settle(func() int { return n - len(e.fleet.Live()) }, 0)
@@ -86,4 +91,206 @@ func TestFleetPinsAreShared(t *testing.T) {
 		}
 	}
 	wantError(t, a.do(t, http.MethodDelete, "/api/v1/pins?image=proj/app:1.0"), http.StatusNotFound, "PIN_UNKNOWN")
+}
+
+// A job taken by one replica answers on every other: its report (waited
+// for), its pages of images, cancel, and the list of jobs, which every
+// replica merges from all. A job whose replica is down is 503 with
+// Retry-After on the others, never 404.
+func TestFleetJobsFromAnyReplica(t *testing.T) {
+	f := newFleetPromotion(t, 3)
+	a, b, c := f.replicas[0], f.replicas[1], f.replicas[2]
+	var refs []string
+	for i := range 5 {
+		f.src.PushImage(t, "proj/app", fmt.Sprint("v", i), uint64(40+i), 1, 10<<10, amd64)
+		refs = append(refs, fmt.Sprintf("%q", "proj/app:v"+fmt.Sprint(i)))
+	}
+	id := a.submit(t, "application/json", "", `{"images": [`+strings.Join(refs, ",")+`]}`)
+	job := b.wait(t, id) // waits on a, through b
+	if job.State != replicate.StateDone || len(job.Images) != 5 {
+		t.Fatalf("job through another replica: %s, %d images", job.State, len(job.Images))
+	}
+	if got := c.images(t, id, "", 2); len(got) != 5 || got[4].Index != 4 {
+		t.Fatalf("pages of images through a third replica: %d images", len(got))
+	}
+	wantError(t, b.do(t, http.MethodGet, "/api/v1/jobs/0000000000000000nope"), http.StatusNotFound, "JOB_UNKNOWN")
+
+	// One job on each replica: every replica lists all three.
+	ids := []string{id, b.submit(t, "application/json", "", `{"images": ["proj/app:v0"]}`), c.submit(t, "application/json", "", `{"images": ["proj/app:v1"]}`)}
+	for _, e := range f.replicas {
+		for _, id := range ids[1:] {
+			e.wait(t, id)
+		}
+	}
+	for _, e := range f.replicas {
+		r := e.do(t, http.MethodGet, "/api/v1/jobs")
+		var list struct {
+			Jobs []replicate.Job
+		}
+		if r.status != http.StatusOK || json.Unmarshal(r.body, &list) != nil || len(list.Jobs) != 3 {
+			t.Fatalf("jobs on %s: %d %s", e.URL, r.status, r.body)
+		}
+		for i, j := range list.Jobs {
+			if j.ID != ids[i] {
+				t.Fatalf("jobs on %s, oldest first: %s is %d, want %s", e.URL, j.ID, i, ids[i])
+			}
+		}
+	}
+
+	// Cancel through another replica.
+	f.src.PushImage(t, "proj/slow", "1", 50, 1, 10<<10, amd64)
+	reached := make(chan struct{})
+	var once sync.Once
+	f.src.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			once.Do(func() { close(reached) })
+			<-r.Context().Done()
+			return true
+		}
+		return false
+	})
+	id = a.submit(t, "application/json", "", `{"images": ["proj/slow:1"]}`)
+	<-reached
+	r := c.do(t, http.MethodDelete, "/api/v1/jobs/"+id)
+	var cancelled replicate.Job
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &cancelled) != nil || cancelled.State != replicate.StateCancelled {
+		t.Fatalf("DELETE through another replica: %d %s", r.status, r.body)
+	}
+	f.src.SetHook(nil)
+
+	// a stops: its jobs are somewhere the others cannot reach now.
+	a.close()
+	settle(func() int { return len(b.fleet.Live()) }, 2)
+	r = b.do(t, http.MethodGet, "/api/v1/jobs/"+id)
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || !strings.Contains(string(r.body), `"code":"UNAVAILABLE"`) {
+		t.Fatalf("a job whose replica is down: %d %s %q", r.status, r.body, r.header.Get("Retry-After"))
+	}
+	r = b.do(t, http.MethodGet, "/api/v1/jobs")
+	if !strings.Contains(string(r.body), `"unreachable":["`+a.URL+`"]`) {
+		t.Fatalf("the list with a replica down: %d %s", r.status, r.body)
+	}
+}
+
+// A rule configured on every replica runs on one, its owner: one job and
+// one manifest PUT per new tag however many replicas see it pulled and
+// however many ticks pass; its status is the owner's from any replica;
+// when the owner stops, another takes the rule and nothing is pushed
+// twice.
+func TestFleetRuleRunsOnce(t *testing.T) {
+	rule := replicate.Rule{Name: "to-b", Sources: []string{"harbor-a.example.com/proj/*"}, Target: "harbor-b", OnPull: true, Schedule: "@every 1s"}
+	f := newFleetPromotion(t, 3, rule)
+	img := f.src.PushImage(t, "proj/app", "1.0", 61, 1, 10<<10, amd64)
+	for _, e := range f.replicas {
+		e.get(t, "/v2/proj/app/manifests/1.0", img.Manifest.Data, img.Manifest.Digest.String())
+	}
+	puts := func(tag string) int {
+		n := 0
+		for _, r := range f.dst.Requests() {
+			if r.Method == http.MethodPut && strings.HasSuffix(r.Path, "/manifests/"+tag) {
+				n++
+			}
+		}
+		return n
+	}
+	ownerURL, _ := f.replicas[0].fleet.OwnerOf(api.RuleKey("to-b"))
+	var owner *env
+	var others []*env
+	for _, e := range f.replicas {
+		if e.fleet.Self() == ownerURL {
+			owner = e
+		} else {
+			others = append(others, e)
+		}
+	}
+	runs := func(e *env) int { return e.srv.Rules.Status()[0].Runs }
+	settle(func() int { return 1 - puts("1.0") }, 0)
+	after := runs(owner)
+	settle(func() int { return after + 3 - runs(owner) }, 0) // three more ticks
+	if puts("1.0") != 1 || runs(owner) < after+3 {
+		t.Fatalf("%d manifest PUTs of 1.0 (want 1) over %d runs of the owner", puts("1.0"), runs(owner))
+	}
+	for _, e := range others {
+		if n := runs(e); n != 0 {
+			t.Fatalf("a replica that does not own the rule ran it %d times", n)
+		}
+	}
+	var jobs []replicate.Job
+	for _, e := range f.replicas {
+		r := e.do(t, http.MethodGet, "/api/v1/jobs")
+		var list struct{ Jobs []replicate.Job }
+		if r.status != http.StatusOK || json.Unmarshal(r.body, &list) != nil {
+			t.Fatalf("jobs: %d %s", r.status, r.body)
+		}
+		if jobs != nil && len(list.Jobs) != len(jobs) {
+			t.Fatalf("replicas list %d and %d jobs", len(jobs), len(list.Jobs))
+		}
+		jobs = list.Jobs
+		r = e.do(t, http.MethodGet, "/api/v1/replication")
+		var status api.RuleList
+		if r.status != http.StatusOK || json.Unmarshal(r.body, &status) != nil || len(status.Rules) != 1 ||
+			status.Rules[0].Replica != ownerURL || status.Rules[0].Runs < after+3 {
+			t.Fatalf("the rule's status on %s: %d %s", e.URL, r.status, r.body)
+		}
+	}
+	if len(jobs) != 1 || jobs[0].Rule != "to-b" || jobs[0].Images != 1 {
+		t.Fatalf("jobs of the fleet: %+v, want one of the rule's, of one image", jobs)
+	}
+
+	// The owner stops: another replica takes the rule, pushes the new tag
+	// once and 1.0 not again.
+	owner.close()
+	for _, e := range others {
+		settle(func() int { return len(e.fleet.Live()) }, 2)
+	}
+	img2 := f.src.PushImage(t, "proj/app", "1.1", 62, 1, 10<<10, amd64)
+	deadline := time.Now().Add(20 * time.Second)
+	for puts("1.1") == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond) // polling the new owner's schedule, bounded
+	}
+	settle(func() int { return 1 - puts("1.1") }, 0)
+	if puts("1.1") != 1 || puts("1.0") != 1 {
+		t.Fatalf("after the owner stopped: %d PUTs of 1.1, %d of 1.0; want one each", puts("1.1"), puts("1.0"))
+	}
+	others[0].get(t, "/v2/proj/app/manifests/1.1", img2.Manifest.Data, img2.Manifest.Digest.String())
+}
+
+// A tag is resolved by its owner for the fleet: one upstream request for
+// a new tag however many replicas are asked, every replica serves its
+// digest, and a tag upstream does not have is one answer everywhere.
+func TestFleetTagsAgree(t *testing.T) {
+	f := newFleetPromotion(t, 3)
+	img := f.src.PushImage(t, "proj/app", "1.0", 71, 1, 10<<10, amd64)
+	manifestCalls := func(path string) int {
+		n := 0
+		for _, r := range f.src.Requests() {
+			if r.Kind() == "manifest" && r.Method != http.MethodPut && strings.HasSuffix(r.Path, path) {
+				n++
+			}
+		}
+		return n
+	}
+	for _, e := range f.replicas {
+		if r := e.do(t, http.MethodHead, "/v2/proj/app/manifests/1.0"); r.status != http.StatusOK || r.header.Get("Docker-Content-Digest") != img.Manifest.Digest.String() {
+			t.Fatalf("HEAD on %s: %d %s", e.URL, r.status, r.header.Get("Docker-Content-Digest"))
+		}
+	}
+	for _, e := range f.replicas {
+		e.get(t, "/v2/proj/app/manifests/1.0", img.Manifest.Data, img.Manifest.Digest.String())
+	}
+	if n, m := manifestCalls("/proj/app/manifests/1.0"), manifestCalls("/proj/app/manifests/"+img.Manifest.Digest.String()); n != 1 || m != 1 {
+		t.Fatalf("upstream requests from three replicas: %d for the tag, %d for its manifest by digest; want the owner's HEAD, then its GET", n, m)
+	}
+
+	for _, e := range f.replicas {
+		wantError(t, e.do(t, http.MethodGet, "/v2/proj/app/manifests/2.0"), http.StatusNotFound, "MANIFEST_UNKNOWN")
+	}
+	// Pushed since: every replica still answers as the owner remembers,
+	// until its negative_ttl has passed; none has an answer of its own.
+	f.src.PushManifest(t, "proj/app", "2.0", img.MediaType, img.Manifest)
+	for _, e := range f.replicas {
+		wantError(t, e.do(t, http.MethodGet, "/v2/proj/app/manifests/2.0"), http.StatusNotFound, "MANIFEST_UNKNOWN")
+	}
+	if n := manifestCalls("/proj/app/manifests/2.0"); n != 1 {
+		t.Fatalf("%d upstream requests for a missing tag from three replicas, want 1", n)
+	}
 }

@@ -1,13 +1,17 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
 	"github.com/gorilla/mux"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/httpx"
@@ -64,4 +68,62 @@ func (p *proxy) healthz(ready func() bool) func(http.ResponseWriter, *http.Reque
 		_, err := io.WriteString(w, "degraded:\n- "+strings.Join(problems, "\n- ")+"\n")
 		return err
 	}
+}
+
+// peerTag answers another replica about a tag this one owns: resolved
+// here as for a client of its own (from what it holds while fresh, else
+// upstream, once however many replicas ask), with the manifest for a GET
+// and, in cache.TagAgeHeader, how long ago upstream was asked. Errors are
+// 404, 403 and 400 for what upstream said, 503 for the rest (the asking
+// replica then resolves the tag itself); 401 is only ever the signature's.
+func (p *proxy) peerTag(w http.ResponseWriter, r *http.Request) error {
+	if !p.fleet.Authorized(r) {
+		return httpx.OCIError(http.StatusUnauthorized, errcode.ErrorCodeUnauthorized, "peer requests must be signed with the fleet's secret")
+	}
+	q := r.URL.Query()
+	up, repo, tag := q.Get("upstream"), q.Get("repo"), q.Get("tag")
+	if !p.cache.HasUpstream(up) {
+		return httpx.OCIError(http.StatusNotFound, errcode.ErrorCodeUnknown, "no such upstream")
+	}
+	if _, err := reference.WithName(repo); err != nil {
+		return httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeUnknown, "invalid repository name")
+	}
+	if !tagRE.MatchString(tag) {
+		return httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeTagInvalid, "invalid tag")
+	}
+	ctx := cache.ForPeer(r.Context())
+	var desc ocispec.Descriptor
+	var body []byte
+	var err error
+	if r.Method == http.MethodHead {
+		desc, err = p.cache.ManifestHead(ctx, up, repo, tag)
+	} else {
+		desc, body, err = p.cache.Manifest(ctx, up, repo, tag)
+	}
+	if err != nil {
+		he := httpx.ToHTTP(err, errcode.ErrorCodeManifestUnknown)
+		switch {
+		case errors.Is(err, cache.ErrNotFound) || errors.Is(err, cache.ErrUnknown):
+			he.Status = http.StatusNotFound
+		case errors.Is(err, cache.ErrDenied):
+			he.Status = http.StatusForbidden
+		case errors.Is(err, cache.ErrRejected):
+			he.Status = http.StatusBadRequest
+		default:
+			he.Status = http.StatusServiceUnavailable
+		}
+		return he
+	}
+	if checked, ok := p.cache.TagChecked(up, repo, tag); ok {
+		w.Header().Set(cache.TagAgeHeader, strconv.FormatInt(max(0, time.Since(checked).Milliseconds()), 10))
+	}
+	setManifestHeaders(w, desc)
+	w.Header().Set("Content-Length", strconv.FormatInt(desc.Size, 10))
+	if r.Method == http.MethodHead {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	_, err = w.Write(body)
+	return err
 }

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -40,9 +42,62 @@ type manifestNode struct {
 }
 
 // promote makes sure img is cached whole and, with a push target, copies
-// it there: blobs first, then child manifests, then the tagged root.
+// it there: blobs first, then child manifests, then the tagged root. A
+// source tag that moved while the image was copied is copied again as it
+// is now (a few times at most): a target never gets an older digest than
+// the source's tag resolves to when its root is pushed.
 func (c *Jobs) promote(ctx context.Context, r *run, img *Image) error {
-	desc, body, err := c.manifest(ctx, img, img.Reference)
+	ref := img.Reference
+	for attempt := 1; ; attempt++ {
+		err := c.promoteOnce(ctx, r, img, ref)
+		var moved *tagMoved
+		if !errors.As(err, &moved) {
+			return err
+		}
+		if attempt == maxTagMoves {
+			return fmt.Errorf("%s moved on the source %d times while this job copied it; the next run takes it", img.Source, attempt)
+		}
+		c.log.Info("a source tag moved while a job copied it; copying what it resolves to now", "job", r.job.ID, "image", img.Source, "was", moved.was, "now", moved.now)
+		ref = moved.now.String()
+	}
+}
+
+// maxTagMoves bounds the copies of one image whose source tag keeps moving.
+const maxTagMoves = 3
+
+// tagMoved says the source's tag resolves to another digest than the one
+// a job copied.
+type tagMoved struct{ was, now digest.Digest }
+
+func (e *tagMoved) Error() string {
+	return "the source tag moved from " + e.was.String() + " to " + e.now.String()
+}
+
+// sourceTag is the source tag a rule's job pushes img's root under: a
+// rule keeps a target's tag in step with the source's, so the tag must not
+// go back to what it was when the run began. "" for other jobs, which push
+// what they were asked for as it resolved when they began.
+func sourceTag(r *run, img *Image) string {
+	if r.job.Rule == "" {
+		return ""
+	}
+	if _, isDigest, _ := parseDigestRef(img.Reference); !isDigest {
+		return img.Reference
+	}
+	return img.Tag
+}
+
+func parseDigestRef(ref string) (digest.Digest, bool, error) {
+	if !strings.Contains(ref, ":") {
+		return "", false, nil
+	}
+	d, err := digest.Parse(ref)
+	return d, true, err
+}
+
+// promoteOnce is promote of the source's ref.
+func (c *Jobs) promoteOnce(ctx context.Context, r *run, img *Image, ref string) error {
+	desc, body, err := c.manifest(ctx, img, ref)
 	if err != nil {
 		return err
 	}
@@ -162,10 +217,18 @@ func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []ma
 	}
 	for i, n := range nodes {
 		ref := n.desc.Digest.String()
+		push := c.pushManifest
 		if i == len(nodes)-1 {
 			ref = cmp.Or(img.Tag, img.Reference)
+			push = func(ctx context.Context, t Target, repo, ref string, n manifestNode) error {
+				return c.pushRoot(ctx, r, t, img, ref, n)
+			}
 		}
-		if err := c.pushManifest(ctx, t, img.TargetRepo, ref, n); err != nil {
+		if err := push(ctx, t, img.TargetRepo, ref, n); err != nil {
+			var moved *tagMoved
+			if errors.As(err, &moved) {
+				return err
+			}
 			err = fmt.Errorf("push manifest %s: %w", targetRef(img.TargetRepo, ref), explain(err, r.job.PushTo, img.TargetRepo, ref))
 			var skipped int
 			r.change(img, func(img *Image) { skipped = len(img.NotCopied) })
@@ -176,6 +239,38 @@ func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []ma
 		}
 	}
 	return nil
+}
+
+// pushRoot puts an image's root under its tag on the target, once the
+// source's tag is seen to resolve to what the job copied: asked of the
+// source now, whatever tag_ttl says, while no other job of this replica
+// pushes the same target tag (a rule's jobs all run on its owner). A tag
+// that moved is a *tagMoved, and nothing is pushed. A source that cannot
+// be asked does not stop the push: what the job copied is the newest
+// known.
+func (c *Jobs) pushRoot(ctx context.Context, r *run, t Target, img *Image, ref string, n manifestNode) error {
+	tag := sourceTag(r, img)
+	if tag == "" {
+		return c.pushManifest(ctx, t, img.TargetRepo, ref, n)
+	}
+	mu := &c.tagLocks[tagLock(r.job.PushTo+"\x00"+img.TargetRepo+":"+ref)]
+	mu.Lock()
+	defer mu.Unlock()
+	now, err := c.cache.Resolve(ctx, img.Upstream, img.Repository, tag)
+	switch {
+	case err != nil:
+		c.log.Warn("could not ask the source what a tag resolves to before pushing it; pushing what the job copied", "job", r.job.ID, "image", img.Source, "error", err)
+	case now != "" && now != img.Digest:
+		return &tagMoved{was: img.Digest, now: now}
+	}
+	return c.pushManifest(ctx, t, img.TargetRepo, ref, n)
+}
+
+// tagLock spreads target tags over Jobs.tagLocks.
+func tagLock(key string) int {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	return int(h.Sum32() % 64)
 }
 
 // Retrying transient failures: attempts in all, and the first back-off,

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 func push(tag, to string) JobSpec {
@@ -97,5 +98,40 @@ func TestPromoteRetriesAndExplains(t *testing.T) {
 	job, images := runJob(t, jobs, push("1.0", "denied/app"))
 	if job.State != StateFailed || !strings.Contains(images[0].Error, "may not push to denied/app") || dst.count("PushManifest") != 2 {
 		t.Fatalf("a refusal: %s %q, %d manifest pushes", job.State, images[0].Error, dst.count("PushManifest"))
+	}
+}
+
+// A rule's job that carries an older digest than the source's tag now
+// resolves to (a stale on_pull batch, a run that raced a push) copies
+// what the tag resolves to: the target's tag never goes back.
+func TestPromoteNeverPushesAnOlderDigest(t *testing.T) {
+	src, dst := newMemRegistry(), newMemRegistry()
+	old := src.image("proj/app", "1.0", 1, 2)
+	jobs := jobsOver(t, src, dst)
+	job, images := runJob(t, jobs, push("1.0", "copy/app"))
+	if job.State != StateDone || images[0].Digest != old.Digest {
+		t.Fatalf("first push: %s %+v", job.State, images[0])
+	}
+	cur := src.image("proj/app", "1.0", 2, 2) // the tag moves on the source
+	dst.image("copy/app", "", 2, 2)           // (the newer blobs need no copy)
+	dst.tag("copy/app", "1.0", cur.Digest, ocispec.MediaTypeImageManifest)
+	puts := dst.count("PushManifest")
+
+	stale := JobSpec{PushTo: "b", Rule: "r", Images: []ImageRef{{Source: "src/proj/app:1.0", Upstream: "src", Repo: "proj/app",
+		Ref: old.Digest.String(), Tag: "1.0", TargetRepo: "copy/app"}}}
+	job, images = runJob(t, jobs, stale)
+	if d, _, _, _ := dst.resolve("copy/app", "1.0"); job.State != StateDone || images[0].Digest != cur.Digest || d != cur.Digest {
+		t.Fatalf("stale job: %s, image %s, target's tag %s; want %s everywhere", job.State, images[0].Digest, d, cur.Digest)
+	}
+	if n := dst.count("PushManifest"); n != puts {
+		t.Fatalf("the stale job pushed %d manifests; the target had them all", n-puts)
+	}
+
+	// Asked for by hand, a job pushes what it was asked for.
+	byHand := stale
+	byHand.Rule = ""
+	job, images = runJob(t, jobs, byHand)
+	if d, _, _, _ := dst.resolve("copy/app", "1.0"); job.State != StateDone || images[0].Digest != old.Digest || d != old.Digest {
+		t.Fatalf("by hand: %s, image %s, target's tag %s; want %s", job.State, images[0].Digest, d, old.Digest)
 	}
 }

@@ -66,6 +66,8 @@ type Jobs struct {
 
 	reg prometheus.Registerer // for the rules' metrics; nil: none
 
+	tagLocks [64]sync.Mutex // one root manifest PUT per target tag at once (see pushRoot)
+
 	mu          sync.Mutex
 	jobs        map[string]*run // queued or running
 	closing     atomic.Bool     // Close has begun: jobs stop, to be resumed

@@ -72,12 +72,33 @@ const onPullBatch = 3 * time.Second
 // ErrNoRule says no rule has the name asked for.
 var ErrNoRule = errors.New("no such replication rule")
 
+// Owners decides which replica of a fleet runs each rule: only that one
+// runs its schedule and its on_pull jobs, so a rule makes one job per tick
+// and pushes each tag once, whichever replica saw the pull.
+type Owners interface {
+	// RuleOwner is the replica that runs rule name, and whether it is this
+	// one.
+	RuleOwner(name string) (peer string, self bool)
+	// HandPending gives on_pull tags of rule to peer, its owner.
+	HandPending(ctx context.Context, peer, rule string, tags []Pending) error
+}
+
+// Pending is an on_pull tag on its way to its rule's owner.
+type Pending struct {
+	Upstream   string        `json:"upstream"`
+	Repository string        `json:"repository"`
+	Tag        string        `json:"tag"`
+	Digest     digest.Digest `json:"digest"`
+	Since      time.Time     `json:"since"`
+}
+
 // Rules runs the replication rules over a job runner.
 type Rules struct {
-	jobs  *Jobs
-	rules []*rule
-	batch time.Duration
-	stop  chan struct{}
+	jobs   *Jobs
+	rules  []*rule
+	batch  time.Duration
+	stop   chan struct{}
+	owners Owners // nil: this replica runs every rule
 
 	mu     sync.Mutex // guards closed and every wg.Add
 	closed bool
@@ -162,6 +183,21 @@ func NewRules(jobs *Jobs, rules []Rule, batch time.Duration) (*Rules, error) {
 	return rs, nil
 }
 
+// SetOwners makes the rules a fleet's: call it before Start.
+func (rs *Rules) SetOwners(o Owners) { rs.owners = o }
+
+// owner is the replica that runs r, "" when it is this one.
+func (rs *Rules) owner(r *rule) string {
+	if rs.owners == nil {
+		return ""
+	}
+	peer, self := rs.owners.RuleOwner(r.Name)
+	if self {
+		return ""
+	}
+	return peer
+}
+
 // Start subscribes on_pull rules to the cache's tag events and starts the
 // schedules. Close stops them.
 func (rs *Rules) Start() {
@@ -199,6 +235,9 @@ func (rs *Rules) schedule(r *rule) {
 			return
 		case <-t.C:
 		}
+		if rs.owner(r) != "" {
+			continue // another replica runs it
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		if _, err := rs.scan(ctx, r, "schedule"); err != nil {
 			rs.jobs.log.Warn("replication run failed", "rule", r.Name, "error", err)
@@ -216,25 +255,55 @@ func (r *rule) matches(up, repo, tag string) bool {
 // onTag queues a new or moved tag for the on_pull rules it falls under.
 func (rs *Rules) onTag(ev cache.TagEvent) {
 	for _, r := range rs.rules {
-		if !r.OnPull || !r.matches(ev.Upstream, ev.Repo, ev.Tag) || rs.jobs.store.Replicated(r.Name, ev.Upstream, ev.Repo, ev.Tag) == ev.Digest {
+		if r.OnPull && r.matches(ev.Upstream, ev.Repo, ev.Tag) {
+			rs.queue(r, pendingTag{up: ev.Upstream, repo: ev.Repo, tag: ev.Tag, dgst: ev.Digest, since: rs.jobs.now()})
+		}
+	}
+}
+
+// AddPending takes on_pull tags another replica saw for rule name, which
+// this one owns: they join its batch, once each however many replicas saw
+// them.
+func (rs *Rules) AddPending(name string, tags []Pending) error {
+	for _, r := range rs.rules {
+		if r.Name != name {
 			continue
 		}
-		k := ev.Upstream + "/" + ev.Repo + ":" + ev.Tag
-		if rs.pushing(r, k, ev.Digest) {
-			continue
+		if !r.OnPull {
+			return fmt.Errorf("replication rule %s has no on_pull trigger", name)
 		}
-		r.mu.Lock()
-		since := rs.jobs.now()
-		if p, ok := r.pending[k]; ok {
-			since = p.since
+		for _, t := range tags {
+			if t.Digest.Validate() != nil || !r.matches(t.Upstream, t.Repository, t.Tag) {
+				return fmt.Errorf("replication rule %s does not take %s/%s:%s@%s", name, t.Upstream, t.Repository, t.Tag, t.Digest)
+			}
 		}
-		r.pending[k] = pendingTag{up: ev.Upstream, repo: ev.Repo, tag: ev.Tag, dgst: ev.Digest, since: since}
-		arm := !r.armed
-		r.armed = true
-		r.mu.Unlock()
-		if arm && rs.goAdd() {
-			go rs.flushLater(r)
+		for _, t := range tags {
+			rs.queue(r, pendingTag{up: t.Upstream, repo: t.Repository, tag: t.Tag, dgst: t.Digest, since: t.Since})
 		}
+		return nil
+	}
+	return fmt.Errorf("%w %q", ErrNoRule, name)
+}
+
+// queue adds p to r's batch unless r pushed it already or is pushing it.
+func (rs *Rules) queue(r *rule, p pendingTag) {
+	if rs.jobs.store.Replicated(r.Name, p.up, p.repo, p.tag) == p.dgst {
+		return
+	}
+	k := p.up + "/" + p.repo + ":" + p.tag
+	if rs.pushing(r, k, p.dgst) {
+		return
+	}
+	r.mu.Lock()
+	if old, ok := r.pending[k]; ok && old.since.Before(p.since) {
+		p.since = old.since
+	}
+	r.pending[k] = p
+	arm := !r.armed
+	r.armed = true
+	r.mu.Unlock()
+	if arm && rs.goAdd() {
+		go rs.flushLater(r)
 	}
 }
 
@@ -274,18 +343,48 @@ func (rs *Rules) flushLater(r *rule) {
 	}
 	r.pending = map[string]pendingTag{}
 	r.mu.Unlock()
+	if peer := rs.owner(r); peer != "" {
+		if err := rs.hand(peer, r, batch); err != nil {
+			rs.keep(r, batch, true)
+			rs.jobs.log.Warn("the owner of a replication rule did not take its pending tags; they stay pending here", "rule", r.Name, "owner", peer, "tags", len(batch), "error", err)
+		}
+		return
+	}
 	if _, err := rs.submit(r, "on_pull", batch); err != nil {
 		// Nothing is dropped: the tags stay pending (the status shows them
 		// and their lag) for the next pull, schedule or manual run.
-		r.mu.Lock()
-		for _, p := range batch {
-			k := p.up + "/" + p.repo + ":" + p.tag
-			if _, newer := r.pending[k]; !newer {
-				r.pending[k] = p
-			}
-		}
-		r.mu.Unlock()
+		rs.keep(r, batch, false)
 		rs.jobs.log.Warn("replication run failed; its tags stay pending", "rule", r.Name, "tags", len(batch), "error", err)
+	}
+}
+
+// hand gives batch to r's owner.
+func (rs *Rules) hand(peer string, r *rule, batch []pendingTag) error {
+	tags := make([]Pending, len(batch))
+	for i, p := range batch {
+		tags[i] = Pending{Upstream: p.up, Repository: p.repo, Tag: p.tag, Digest: p.dgst, Since: p.since}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return rs.owners.HandPending(ctx, peer, r.Name, tags)
+}
+
+// keep puts batch back in r's pending tags (those not seen again since),
+// and with again tries them once more after the batch window: an owner
+// that did not answer is soon replaced, by this replica or another.
+func (rs *Rules) keep(r *rule, batch []pendingTag, again bool) {
+	r.mu.Lock()
+	for _, p := range batch {
+		k := p.up + "/" + p.repo + ":" + p.tag
+		if _, newer := r.pending[k]; !newer {
+			r.pending[k] = p
+		}
+	}
+	arm := again && !r.armed
+	r.armed = r.armed || arm
+	r.mu.Unlock()
+	if arm && rs.goAdd() {
+		go rs.flushLater(r)
 	}
 }
 

@@ -105,8 +105,12 @@ func New(store *storage.Store, cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
-	apiHandler, err := api.New(api.Config{Cache: c, Jobs: s.Jobs, Rules: s.Rules, Auth: s.Auth, Router: router,
-		Status: cfg.Status, Logger: log, Metrics: hm})
+	acfg := api.Config{Cache: c, Jobs: s.Jobs, Rules: s.Rules, Auth: s.Auth, Router: router,
+		Status: cfg.Status, Logger: log, Metrics: hm}
+	if cfg.Fleet != nil {
+		acfg.Fleet = cfg.Fleet
+	}
+	apiHandler, err := api.New(acfg)
 	if err != nil {
 		return fail(err)
 	}

@@ -29,7 +29,7 @@ func TestImportGraph(t *testing.T) {
 		"replicate":             {"cache", "storage", "route"},
 		"httpx":                 {"auth", "cache", "oci"},
 		"proxy":                 {"httpx", "cache", "auth", "route", "cluster", "oci"},
-		"api":                   {"httpx", "cache", "auth", "replicate", "route", "oci"},
+		"api":                   {"httpx", "cache", "auth", "replicate", "route", "oci", "cluster"},
 		"server":                {"proxy", "api", "httpx", "cache", "auth", "replicate", "route", "storage", "cluster"},
 		"cluster":               {},
 	}

@@ -1,0 +1,132 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/oci"
+	"github.com/wharf-registry/wharf/storage"
+)
+
+// One answer per tag in a fleet: a tag that is unknown here or past its
+// tag_ttl is asked of its owner (rendezvous on the tag), which resolves it
+// as a single replica would and answers with the manifest and how long ago
+// it asked upstream. This replica keeps that answer as checked then, so
+// every replica's copy expires when the owner's does, and the fleet makes
+// one upstream check per tag per tag_ttl, one manifest fetch per new
+// manifest, and serves one digest. What the owner says does not exist is
+// not remembered here: the owner remembers it, and a tag pushed later is
+// found by asking it again. An owner that cannot answer (down, refusing
+// this replica, its upstream unavailable) is passed by: this replica
+// resolves the tag itself, as it would alone.
+
+// TagAgeHeader carries, in a tag owner's answer, the milliseconds since
+// the owner last asked upstream what the tag resolves to.
+const TagAgeHeader = "Wharf-Tag-Age"
+
+// errOwnerUnavailable is an answer of the tag's owner that the tag is
+// better resolved here.
+var errOwnerUnavailable = errors.New("the tag's owner did not answer")
+
+// viaTagOwner resolves tag through its owner when that is another
+// replica; asked is false when it is not, or it did not answer.
+func (c *Cache) viaTagOwner(ctx context.Context, u Upstream, repo, tag string, head bool) (desc ocispec.Descriptor, body []byte, err error, asked bool) {
+	if c.peers == nil || forPeer(ctx) {
+		return desc, nil, nil, false
+	}
+	peer, self := c.peers.TagOwner(u.Name, repo, tag)
+	if self {
+		return desc, nil, nil, false
+	}
+	type result struct {
+		desc ocispec.Descriptor
+		body []byte
+	}
+	kind := "pt"
+	if head {
+		kind = "ph"
+	}
+	v, err := c.flight(ctx, kind+"\x00"+manifestKey(u.Name, repo, tag), 0, func(ctx context.Context) (any, error) {
+		desc, body, err := c.askTagOwner(ctx, peer, u, repo, tag, head)
+		return result{desc, body}, err
+	})
+	if errors.Is(err, errOwnerUnavailable) {
+		c.metrics.peer.WithLabelValues("unreachable").Inc()
+		c.log.Warn("a tag's owner did not answer; resolving it here", "peer", peer, "upstream", u.Name, "repository", repo, "tag", tag, "error", err)
+		return desc, nil, nil, false
+	}
+	res, _ := v.(result)
+	return res.desc, res.body, err, true
+}
+
+// askTagOwner asks peer for tag and keeps its answer.
+func (c *Cache) askTagOwner(ctx context.Context, peer string, u Upstream, repo, tag string, head bool) (ocispec.Descriptor, []byte, error) {
+	resp, err := c.peers.Tag(ctx, peer, u.Name, repo, tag, head)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %w", errOwnerUnavailable, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s", ErrNotFound, peerMessage(resp))
+	case http.StatusForbidden:
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s", ErrDenied, peerMessage(resp))
+	case http.StatusBadRequest:
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s", ErrRejected, peerMessage(resp))
+	default: // 401 (the secret or the clock), 5xx, 429
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s answered %d: %s", errOwnerUnavailable, peer, resp.StatusCode, peerMessage(resp))
+	}
+	dgst, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil {
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s answered without a digest", errOwnerUnavailable, peer)
+	}
+	ms, err := strconv.ParseInt(resp.Header.Get(TagAgeHeader), 10, 64)
+	if err != nil || ms < 0 {
+		ms = 0
+	}
+	checked := c.now().Add(-time.Duration(ms) * time.Millisecond)
+	c.metrics.peer.WithLabelValues("tag").Inc()
+	if head {
+		desc := ocispec.Descriptor{MediaType: resp.Header.Get("Content-Type"), Digest: dgst, Size: resp.ContentLength}
+		if !describes(desc) {
+			return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s described %s:%s too little", errOwnerUnavailable, peer, repo, tag)
+		}
+		c.found(u, repo)
+		c.admit(u, repo, dgst)
+		c.putTag(u.Name, repo, tag, storage.TagInfo{Digest: dgst, MediaType: desc.MediaType, Size: desc.Size, Checked: checked})
+		return c.tagDesc(storage.TagInfo{Digest: dgst, MediaType: desc.MediaType, Size: desc.Size}), nil, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, oci.MaxManifestSize+1))
+	if err != nil || len(body) > oci.MaxManifestSize || dgst.Algorithm().FromBytes(body) != dgst {
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s sent a manifest for %s:%s that is not %s", errOwnerUnavailable, peer, repo, tag, dgst)
+	}
+	return c.keepManifest(u, repo, tag, body, resp.Header.Get("Content-Type"), dgst, checked, tag)
+}
+
+// peerMessage is the message of a peer's OCI error answer.
+func peerMessage(resp *http.Response) string {
+	var e struct {
+		Errors []struct{ Message string }
+	}
+	if json.NewDecoder(io.LimitReader(resp.Body, 16<<10)).Decode(&e) != nil || len(e.Errors) == 0 {
+		return http.StatusText(resp.StatusCode)
+	}
+	return e.Errors[0].Message
+}
+
+// TagChecked is when this replica last asked upstream (or had the owner
+// ask) what tag resolves to; ok is false for a tag it does not know.
+func (c *Cache) TagChecked(up, repo, tag string) (checked time.Time, ok bool) {
+	ti, err := c.store.Tag(up, repo, tag)
+	return ti.Checked, err == nil
+}
