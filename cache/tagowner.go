@@ -70,6 +70,7 @@ func (c *Cache) viaTagOwner(ctx context.Context, u Upstream, repo, tag string, h
 
 // askTagOwner asks peer for tag and keeps its answer.
 func (c *Cache) askTagOwner(ctx context.Context, peer string, u Upstream, repo, tag string, head bool) (ocispec.Descriptor, []byte, error) {
+	sent := c.now()
 	resp, err := c.peers.Tag(ctx, peer, u.Name, repo, tag, head)
 	if err != nil {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %w", errOwnerUnavailable, err)
@@ -94,7 +95,10 @@ func (c *Cache) askTagOwner(ctx context.Context, peer string, u Upstream, repo, 
 	if err != nil || ms < 0 {
 		ms = 0
 	}
-	checked := c.now().Add(-time.Duration(ms) * time.Millisecond)
+	// As checked when the request left at the latest: this copy expires
+	// no later than the owner's, never serving a digest the owner has
+	// moved on from.
+	checked := sent.Add(-time.Duration(ms) * time.Millisecond)
 	c.metrics.peer.WithLabelValues("tag").Inc()
 	if head {
 		desc := ocispec.Descriptor{MediaType: resp.Header.Get("Content-Type"), Digest: dgst, Size: resp.ContentLength}
@@ -124,9 +128,13 @@ func peerMessage(resp *http.Response) string {
 	return e.Errors[0].Message
 }
 
-// TagChecked is when this replica last asked upstream (or had the owner
-// ask) what tag resolves to; ok is false for a tag it does not know.
-func (c *Cache) TagChecked(up, repo, tag string) (checked time.Time, ok bool) {
+// TagAge is how long ago this replica last asked upstream (or had the
+// owner ask) what tag resolves to, rounded up to the millisecond (what
+// TagAgeHeader carries); ok is false for a tag it does not know.
+func (c *Cache) TagAge(up, repo, tag string) (ms int64, ok bool) {
 	ti, err := c.store.Tag(up, repo, tag)
-	return ti.Checked, err == nil
+	if err != nil {
+		return 0, false
+	}
+	return max(0, (c.now().Sub(ti.Checked) + time.Millisecond - 1).Milliseconds()), true
 }

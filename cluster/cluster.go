@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -34,6 +35,9 @@ import (
 const (
 	// BlobPath serves a blob the replica owns: BlobPath<digest>?upstream=&repo=.
 	BlobPath = "/internal/v1/blobs/"
+	// TagPath answers what a tag resolves to, for the replica that owns
+	// it: TagPath?upstream=&repo=&tag=, GET for the manifest too.
+	TagPath = "/internal/v1/tag"
 	// PingPath answers the probes: Pong, 200 when ready, 503 when not.
 	PingPath = "/internal/v1/ping"
 )
@@ -50,6 +54,9 @@ type Config struct {
 	Secret  string        `yaml:"-"`
 	Refresh time.Duration `yaml:"-"`
 	Client  *http.Client  `yaml:"-"` // nil: a client with sane timeouts
+	// TLS is the peer client's TLS (peers on https://): nil for the
+	// system's roots.
+	TLS *tls.Config `yaml:"-"`
 	// ProbeEvery is how often each peer is pinged (0: every second;
 	// negative: never, every peer is taken as live).
 	ProbeEvery time.Duration `yaml:"-"`
@@ -160,14 +167,15 @@ func New(cfg Config) (*Cluster, error) {
 		c.log = slog.Default()
 	}
 	if c.client == nil {
+		// No response header timeout: a blob request sets its own (see
+		// Blob), and an API call may wait minutes for a job. A peer that
+		// stops answering altogether is found by the probes within
+		// seconds, and its requests are cancelled then.
 		c.client = &http.Client{Transport: &http.Transport{
-			DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-			// The owner may be waiting for upstream's own answer, which
-			// upstream's response_header_timeout bounds; an owner that
-			// stops answering altogether is found by the probes within
-			// seconds, and its requests are cancelled then.
-			ResponseHeaderTimeout: 40 * time.Second,
-			MaxIdleConnsPerHost:   32,
+			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			TLSClientConfig:     cfg.TLS,
+			TLSHandshakeTimeout: 2 * time.Second,
+			MaxIdleConnsPerHost: 32,
 		}}
 	}
 	m, err := newMetrics(cfg.Registerer)
@@ -234,9 +242,10 @@ func (c *Cluster) refresh() {
 	if err != nil || len(addrs) == 0 {
 		return
 	}
+	scheme, _, _ := strings.Cut(c.cfg.Advertise, "://") // the fleet's: every replica is reached as this one is
 	var peers []string
 	for _, a := range addrs {
-		peers = append(peers, "http://"+net.JoinHostPort(a, port))
+		peers = append(peers, scheme+"://"+net.JoinHostPort(a, port))
 	}
 	c.setPeers(append(peers, c.cfg.Advertise))
 }
@@ -278,6 +287,12 @@ func (c *Cluster) Self() string { return c.cfg.Advertise }
 // this replica.
 func (c *Cluster) Owner(dgst digest.Digest) (peer string, self bool) {
 	return c.OwnerOf(dgst.String())
+}
+
+// TagOwner is the replica that resolves tag of up/repo for the fleet:
+// one upstream check per tag per tag_ttl, and one answer everywhere.
+func (c *Cluster) TagOwner(up, repo, tag string) (peer string, self bool) {
+	return c.OwnerOf("tag\x00" + up + "/" + repo + ":" + tag)
 }
 
 // OwnerOf is the live peer that owns key (a digest, a tag, a rule's

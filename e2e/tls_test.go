@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,6 +61,16 @@ func newCA(t *testing.T) *testCA {
 // issue writes a certificate and key for 127.0.0.1 and localhost (a
 // server's) or for name (a client's) to dir, with serial.
 func (ca *testCA) issue(t *testing.T, dir, name string, serial int64, client bool) (certFile, keyFile string) {
+	usage := x509.ExtKeyUsageServerAuth
+	if client {
+		usage = x509.ExtKeyUsageClientAuth
+	}
+	return ca.issueFor(t, dir, name, serial, usage)
+}
+
+// issueFor is issue with the usages given: with ServerAuth among them, for
+// 127.0.0.1 and localhost.
+func (ca *testCA) issueFor(t *testing.T, dir, name string, serial int64, usages ...x509.ExtKeyUsage) (certFile, keyFile string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -67,10 +78,8 @@ func (ca *testCA) issue(t *testing.T, dir, name string, serial int64, client boo
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	if client {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	} else {
+		ExtKeyUsage: usages}
+	if slices.Contains(usages, x509.ExtKeyUsageServerAuth) {
 		tmpl.IPAddresses, tmpl.DNSNames = []net.IP{net.ParseIP("127.0.0.1")}, []string{"localhost"}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
@@ -114,8 +113,8 @@ func (p *proxy) peerTag(w http.ResponseWriter, r *http.Request) error {
 		}
 		return he
 	}
-	if checked, ok := p.cache.TagChecked(up, repo, tag); ok {
-		w.Header().Set(cache.TagAgeHeader, strconv.FormatInt(max(0, time.Since(checked).Milliseconds()), 10))
+	if ms, ok := p.cache.TagAge(up, repo, tag); ok {
+		w.Header().Set(cache.TagAgeHeader, strconv.FormatInt(ms, 10))
 	}
 	setManifestHeaders(w, desc)
 	w.Header().Set("Content-Length", strconv.FormatInt(desc.Size, 10))

@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cluster"
+	"github.com/wharf-registry/wharf/httpx"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream"
@@ -41,6 +44,10 @@ type fileConfig struct {
 		// MaxConnectionsPerAddress bounds one remote address's share of
 		// max_connections (0: none).
 		MaxConnectionsPerAddress int `yaml:"max_connections_per_address"`
+		// TrustedProxies are the load balancers whose X-Forwarded-For
+		// names the client, for the login limiter and the logs.
+		TrustedProxies []string `yaml:"trusted_proxies"`
+		proxies        []netip.Prefix
 	} `yaml:"server"`
 	Upstreams []upstreamConfig `yaml:"upstreams"`
 	Targets   []targetConfig   `yaml:"targets"`
@@ -53,7 +60,20 @@ type fileConfig struct {
 	Auth        *auth.Config           `yaml:"auth"`
 	TLS         tlsConfig              `yaml:"tls"`
 	Replication []replicate.RuleConfig `yaml:"replication"`
-	Cluster     *cluster.Config        `yaml:"cluster"`
+	Cluster     *clusterConfig         `yaml:"cluster"`
+}
+
+// clusterConfig is the cluster: block: the fleet, and where its peers
+// talk to each other.
+type clusterConfig struct {
+	cluster.Config `yaml:",inline"`
+	// Listen serves peer requests on an address of their own, and only
+	// there: a NetworkPolicy can then keep the peer port to the fleet's
+	// pods. "": peers use the client listener.
+	Listen string `yaml:"listen"`
+	// TLS on Listen, mutual: every replica presents a certificate that
+	// client_ca_file signed, and accepts only such peers.
+	TLS tlsConfig `yaml:"tls"`
 }
 
 // registryConfig is what upstreams and targets share: a registry, and how to
@@ -193,6 +213,10 @@ func (c *fileConfig) validate() error {
 		"server.max_connections_per_address": int64(c.Server.MaxConnectionsPerAddress)}); err != nil {
 		return err
 	}
+	var err error
+	if c.Server.proxies, err = httpx.ParseProxies(c.Server.TrustedProxies); err != nil {
+		return err
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -275,6 +299,9 @@ func (c *fileConfig) validatePrefetch() error {
 		if err := c.Cluster.Check(); err != nil {
 			return err
 		}
+		if err := c.Cluster.checkListen(); err != nil {
+			return err
+		}
 	}
 	if f := c.API.TokenFile; f != "" {
 		b, err := os.ReadFile(f)
@@ -355,4 +382,33 @@ func (c *fileConfig) stallTimeout() time.Duration {
 		stall = max(stall, u.IdleTimeout)
 	}
 	return stall + 10*time.Second
+}
+
+// checkListen checks the peer listener against the URLs peers are reached
+// by: https:// exactly when it has TLS, which takes all three files.
+func (c *clusterConfig) checkListen() error {
+	t := c.TLS
+	if t.CertFile == "" && t.KeyFile == "" && t.ClientCAFile == "" {
+		if strings.HasPrefix(c.Advertise, "https://") && c.Listen != "" {
+			return errors.New("cluster.advertise is https:// but cluster.listen has no cluster.tls")
+		}
+		return nil
+	}
+	switch {
+	case c.Listen == "":
+		return errors.New("cluster.tls needs cluster.listen: peers talk TLS on a port of their own")
+	case t.CertFile == "" || t.KeyFile == "" || t.ClientCAFile == "":
+		return errors.New("cluster.tls needs cert_file, key_file and client_ca_file: every replica proves itself to the others with a certificate client_ca_file signed")
+	case !strings.HasPrefix(c.Advertise, "https://"):
+		return fmt.Errorf("cluster.advertise %s: with cluster.tls, peers are reached by https://", c.Advertise)
+	}
+	for _, p := range c.Peers {
+		if !strings.HasPrefix(p, "https://") {
+			return fmt.Errorf("cluster.peers: %s: with cluster.tls, peers are reached by https://", p)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("cluster.listen %q: want host:port, like :5001", c.Listen)
+	}
+	return nil
 }

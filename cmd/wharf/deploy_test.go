@@ -22,6 +22,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8syaml "sigs.k8s.io/yaml"
@@ -193,7 +194,7 @@ func TestKubernetesManifests(t *testing.T) {
 		all.WriteString("\n---\n")
 	}
 	kinds := checkManifests(t, all.String(), "s3")
-	want := map[string]int{"ConfigMap": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "CronJob": 1}
+	want := map[string]int{"ConfigMap": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "CronJob": 1, "NetworkPolicy": 1}
 	if !maps.Equal(kinds, want) {
 		t.Errorf("objects %v, want %v", kinds, want)
 	}
@@ -233,7 +234,7 @@ func TestHelmChart(t *testing.T) {
 	})
 	t.Run("example", func(t *testing.T) {
 		kinds := checkManifests(t, render(t, "-f", chart+"/ci/s3-cluster-values.yaml"), "s3")
-		want := map[string]int{"ConfigMap": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "CronJob": 1}
+		want := map[string]int{"ConfigMap": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "CronJob": 1, "NetworkPolicy": 1}
 		if !maps.Equal(kinds, want) {
 			t.Errorf("objects %v, want %v", kinds, want)
 		}
@@ -247,7 +248,6 @@ func TestHelmChart(t *testing.T) {
 		{"no bucket", []string{"storage.driver=s3"}, "storage.s3.bucket is required"},
 		{"no peer secret", []string{"storage.driver=s3", "storage.s3.bucket=b", "replicas=3"}, "cluster.existingSecret is required"},
 		{"unknown driver", []string{"storage.driver=gcs"}, "storage.driver must be filesystem or s3"},
-		{"tls between peers", []string{"storage.driver=s3", "storage.s3.bucket=b", "replicas=2", "cluster.existingSecret=p", "tls.secretName=t"}, "terminate TLS in front"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			args := []string{"template", "wharf", chart, "--kube-version", "1.31.0"}
@@ -292,6 +292,8 @@ func checkManifests(t *testing.T, all, driver string) map[string]int {
 			obj = &policyv1.PodDisruptionBudget{}
 		case "CronJob":
 			obj = &batchv1.CronJob{}
+		case "NetworkPolicy":
+			obj = &networkingv1.NetworkPolicy{}
 		default:
 			t.Fatalf("unexpected kind %q", meta.Kind)
 		}
@@ -303,6 +305,13 @@ func checkManifests(t *testing.T, all, driver string) map[string]int {
 			config = o.Data["wharf.yml"]
 		case *appsv1.StatefulSet:
 			pods = append(pods, o.Spec.Template.Spec)
+			if driver == "s3" && (len(o.Spec.Template.Spec.TopologySpreadConstraints) == 0 || o.Spec.Template.Spec.Affinity == nil) {
+				t.Errorf("a fleet's StatefulSet without anti-affinity and a topology spread: one node could take every replica")
+			}
+		case *corev1.Service:
+			if o.Spec.ClusterIP == "None" && o.Spec.PublishNotReadyAddresses {
+				t.Errorf("headless Service %s publishes replicas that are not ready: they would own blobs, tags and rules", o.Name)
+			}
 		case *batchv1.CronJob:
 			pods = append(pods, o.Spec.JobTemplate.Spec.Template.Spec)
 		}
@@ -327,7 +336,7 @@ func checkManifests(t *testing.T, all, driver string) map[string]int {
 	if err != nil {
 		t.Fatalf("wharf.yml does not load: %v\n%s", err, config)
 	}
-	if cfg.Storage.Driver != driver || (cfg.Cluster != nil && cfg.Cluster.Advertise != "http://10.0.0.7:5000") {
+	if cfg.Storage.Driver != driver || (cfg.Cluster != nil && (!strings.HasSuffix(cfg.Cluster.Advertise, "://10.0.0.7:5001") || cfg.Cluster.Listen != ":5001")) {
 		t.Errorf("wharf.yml: driver %q (want %q), cluster %+v", cfg.Storage.Driver, driver, cfg.Cluster)
 	}
 
@@ -359,8 +368,8 @@ func checkManifests(t *testing.T, all, driver string) map[string]int {
 				}
 			}
 			if c.Args[0] == "serve" && (c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" ||
-				c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz") {
-				t.Errorf("container %s: readiness and liveness on /healthz", c.Name)
+				c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/livez") {
+				t.Errorf("container %s: readiness on /healthz and liveness on /livez", c.Name)
 			}
 			mounts := map[string]bool{}
 			for _, m := range c.VolumeMounts {

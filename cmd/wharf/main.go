@@ -23,6 +23,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cluster"
+	"github.com/wharf-registry/wharf/httpx"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/route"
 	"github.com/wharf-registry/wharf/server"
@@ -181,8 +182,16 @@ func (c *fileConfig) server(reg *prometheus.Registry, log *slog.Logger) (cfg ser
 	if c.Cluster == nil {
 		return cfg, close, nil
 	}
-	cc := *c.Cluster
+	cc := c.Cluster.Config
 	cc.Registerer, cc.Logger = reg, log
+	if c.Cluster.TLS.CertFile != "" {
+		src, err := newCertSource(c.Cluster.TLS.CertFile, c.Cluster.TLS.KeyFile, c.Cluster.TLS.ClientCAFile)
+		if err != nil {
+			return cfg, close, fmt.Errorf("cluster.%w", err)
+		}
+		src.log = log
+		cc.TLS = src.peerClientTLS()
+	}
 	fleet, err := cluster.New(cc)
 	if err != nil {
 		return cfg, close, err
@@ -199,6 +208,30 @@ func (c *fileConfig) server(reg *prometheus.Registry, log *slog.Logger) (cfg ser
 	return cfg, fleet.Close, nil
 }
 
+// servePeers serves the fleet's requests on cluster.listen; stop closes
+// the listener once the client listener has drained.
+func (c *fileConfig) servePeers(h http.Handler, log *slog.Logger) (stop func(), err error) {
+	tlsConf, err := c.Cluster.TLS.serverTLS(log)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.%w", err)
+	}
+	ln, err := net.Listen("tcp", c.Cluster.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.listen: %w", err)
+	}
+	ps := &http.Server{Handler: onlyPeers(h), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn), TLSConfig: tlsConf}
+	go func() {
+		if tlsConf != nil {
+			ps.ServeTLS(ln, "", "")
+			return
+		}
+		ps.Serve(ln)
+	}()
+	log.Info("peers listening", "addr", ln.Addr().String(), "tls", tlsConf != nil)
+	return func() { ps.Close() }, nil
+}
+
 // listenAndServe serves srv on the configured listener (and the debug
 // one) until ctx ends, then shuts down: responses finish within the grace
 // period, then the rules, the jobs and the fills stop.
@@ -212,13 +245,21 @@ func (c *fileConfig) listenAndServe(ctx context.Context, srv *server.Server, log
 		return err
 	}
 	hs := &http.Server{
-		Handler:           srv.Handler,
+		Handler:           httpx.TrustProxies(c.Server.proxies, srv.Handler),
 		ConnState:         ln.ConnState,
 		ReadHeaderTimeout: c.Server.ReadHeaderTimeout,
 		IdleTimeout:       c.Server.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         tlsConf, // HTTP/2 is offered over TLS
+	}
+	if c.Cluster != nil && c.Cluster.Listen != "" {
+		stop, err := c.servePeers(srv.Handler, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		hs.Handler = noPeers(hs.Handler)
 	}
 	if c.DebugListen != "" {
 		dln, err := net.Listen("tcp", c.DebugListen)

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -111,4 +112,37 @@ func (t tlsConfig) serverTLS(log *slog.Logger) (*tls.Config, error) {
 	}
 	src.log = log
 	return &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: src.base.NextProtos, GetConfigForClient: src.configForClient}, nil
+}
+
+// peerClientTLS is how a replica calls its peers: it presents its own
+// certificate (reloaded as the server's is) and accepts a peer whose
+// certificate the fleet's CA signed, whatever address it is reached by:
+// pods are reached by IP, which certificates seldom name.
+func (s *certSource) peerClientTLS() *tls.Config {
+	current := func() *tls.Config {
+		c, _ := s.configForClient(nil)
+		return c
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &current().Certificates[0], nil
+		},
+		InsecureSkipVerify: true, // the chain is checked below, the name is not
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("the peer presented no certificate")
+			}
+			inter := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				inter.AddCert(c)
+			}
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: current().ClientCAs, Intermediates: inter,
+				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+			if err != nil {
+				return fmt.Errorf("the peer's certificate is not the fleet's (cluster.tls.client_ca_file): %w", err)
+			}
+			return nil
+		},
+	}
 }

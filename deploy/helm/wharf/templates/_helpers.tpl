@@ -50,7 +50,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not $v.cluster.existingSecret -}}
 {{- fail "cluster.existingSecret is required with storage.driver s3 and more than one replica" -}}
 {{- end -}}
-{{- $_ := set $cfg "cluster" (dict "dns" (printf "%s-headless:5000" (include "wharf.fullname" .)) "advertise" "http://${POD_IP}:5000" "secret_file" "/run/secrets/wharf-peer/secret") -}}
+{{- $cluster := dict "dns" (printf "%s-headless:5001" (include "wharf.fullname" .)) "advertise" "http://${POD_IP}:5001" "listen" ":5001" "secret_file" "/run/secrets/wharf-peer/secret" -}}
+{{- if $v.cluster.peerTLSSecret -}}
+{{- $_ := set $cluster "advertise" "https://${POD_IP}:5001" -}}
+{{- $_ := set $cluster "tls" (dict "cert_file" "/run/secrets/wharf-peer-tls/tls.crt" "key_file" "/run/secrets/wharf-peer-tls/tls.key" "client_ca_file" "/run/secrets/wharf-peer-tls/ca.crt") -}}
+{{- end -}}
+{{- $_ := set $cfg "cluster" $cluster -}}
 {{- end -}}
 {{- if or $v.auth.htpasswdSecret $v.auth.anonymous $v.auth.rules -}}
 {{- $auth := dict -}}
@@ -87,6 +92,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if include "wharf.clustered" . }}
 - name: peer
   secret: {secretName: {{ .Values.cluster.existingSecret }}, defaultMode: 0400}
+{{- with .Values.cluster.peerTLSSecret }}
+- name: peer-tls
+  secret: {secretName: {{ . }}, defaultMode: 0400}
+{{- end }}
 {{- end }}
 {{- with .Values.auth.htpasswdSecret }}
 - name: htpasswd
@@ -106,6 +115,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - {name: config, mountPath: /etc/wharf, readOnly: true}
 {{- if include "wharf.clustered" . }}
 - {name: peer, mountPath: /run/secrets/wharf-peer, readOnly: true}
+{{- if .Values.cluster.peerTLSSecret }}
+- {name: peer-tls, mountPath: /run/secrets/wharf-peer-tls, readOnly: true}
+{{- end }}
 {{- end }}
 {{- if .Values.auth.htpasswdSecret }}
 - {name: htpasswd, mountPath: /run/secrets/wharf-htpasswd, readOnly: true}
