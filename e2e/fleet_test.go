@@ -167,7 +167,7 @@ func TestFleetBehindABalancer(t *testing.T) {
 	}
 
 	// 7. A job's replica is killed mid-job: the job is 503 (not 404)
-	// until it is back, then it finishes.
+	// until another replica takes it over and finishes it.
 	src.PushImage(t, "proj/slow", "1", 93, 1, 8<<10, amd64)
 	reached := holdPut(dst, "/v2/proj/slow/manifests/1")
 	out, stderr, err = wharf(t, "prefetch", "--server", server, "--token-file", f.token, "--push-to", "harbor-b", "harbor-a.example.com/proj/slow:1")
@@ -198,17 +198,39 @@ func TestFleetBehindABalancer(t *testing.T) {
 			t.Fatalf("a job whose replica is down, asked of another: %d %s", resp.StatusCode, body)
 		}
 	}
-	f.restart(t, runner)
-	// The others take a probe or two to see it back: until then they
-	// answer 503 with Retry-After, as a client is told to wait for.
+	// Another replica takes the job over from the bucket and finishes it.
 	var resumed replicate.Job
-	waitFor(t, "the job finishes after its replica's restart", func() bool {
-		status := f.api(t, lb, http.MethodGet, "/api/v1/jobs/"+id+"?wait=10s", &resumed)
+	waitFor(t, "another replica finishes the job", func() bool {
+		status := f.api(t, lb, http.MethodGet, "/api/v1/jobs/"+id+"?wait=5s", &resumed)
 		if status != http.StatusOK && status != http.StatusServiceUnavailable {
-			t.Fatalf("the job after its replica's restart: %d", status)
+			t.Fatalf("the job while its replica is down: %d", status)
 		}
 		return status == http.StatusOK && resumed.State == replicate.StateDone
 	})
+	// The replica comes back, finds its job taken over and drops its
+	// copy: the fleet lists the job once, done.
+	f.restart(t, runner)
+	waitFor(t, "the fleet sees the replica back", func() bool {
+		var list struct {
+			Jobs        []replicate.Job
+			Unreachable []string
+		}
+		return f.api(t, lb, http.MethodGet, "/api/v1/jobs", &list) == http.StatusOK && len(list.Unreachable) == 0
+	})
+	var list struct{ Jobs []replicate.Job }
+	f.api(t, lb, http.MethodGet, "/api/v1/jobs", &list)
+	n := 0
+	for _, j := range list.Jobs {
+		if j.ID == id {
+			n++
+			if j.State != replicate.StateDone {
+				t.Fatalf("the taken-over job after its replica came back: %s", j.State)
+			}
+		}
+	}
+	if n != 1 {
+		t.Fatalf("the fleet lists the job %d times", n)
+	}
 
 	// 8. The bucket stops (SIGSTOP): a cold pull through the balancer is
 	// answered as fast as upstream answers; once the bucket is back,

@@ -3,12 +3,14 @@ package proxy_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/wharf-registry/wharf/api"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
@@ -292,5 +294,56 @@ func TestFleetTagsAgree(t *testing.T) {
 	}
 	if n := manifestCalls("/proj/app/manifests/2.0"); n != 1 {
 		t.Fatalf("%d upstream requests for a missing tag from three replicas, want 1", n)
+	}
+}
+
+// A job whose replica stops mid-job is taken over by another (its spec is
+// in the bucket): asked through any replica it is 503 with Retry-After
+// until then, never 404, and then it finishes and the target holds the
+// image.
+func TestFleetJobOutlivesItsReplica(t *testing.T) {
+	f := newFleetPromotion(t, 3)
+	a, b, c := f.replicas[0], f.replicas[1], f.replicas[2]
+	img := f.src.PushImage(t, "proj/slow", "1", 81, 1, 10<<10, amd64)
+	reached, release := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	var once sync.Once
+	f.dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/manifests/1") {
+			io.Copy(io.Discard, r.Body) // else the server never sees the client go
+			once.Do(func() { close(reached) })
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+			return true
+		}
+		return false
+	})
+	id := a.submit(t, "application/json", "", `{"images": ["proj/slow:1"], "push_to": "harbor-b"}`)
+	<-reached
+	a.close() // its job stays "running" in its index, to be resumed there
+	f.dst.SetHook(nil)
+
+	deadline := time.Now().Add(30 * time.Second)
+	var r response
+	for {
+		r = b.do(t, http.MethodGet, "/api/v1/jobs/"+id+"?wait=5s")
+		if r.status == http.StatusOK && strings.Contains(string(r.body), `"state":"done"`) {
+			break
+		}
+		if r.status != http.StatusOK && (r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "") {
+			t.Fatalf("a job whose replica stopped: %d %s", r.status, r.body)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no replica took the job over within 30s: %d %s", r.status, r.body)
+		}
+		time.Sleep(50 * time.Millisecond) // polling another replica's adoption, bounded
+	}
+	if job := c.wait(t, id); job.State != replicate.StateDone || len(job.Images) != 1 || job.Images[0].Digest != img.Manifest.Digest {
+		t.Fatalf("the job through the third replica: %s %+v", job.State, job.Images)
+	}
+	if resp, body := f.dst.Get(t, http.MethodGet, "/v2/proj/slow/manifests/1"); resp.StatusCode != http.StatusOK || digest.FromBytes(body) != img.Manifest.Digest {
+		t.Fatalf("the target's proj/slow:1: %d", resp.StatusCode)
 	}
 }

@@ -45,8 +45,13 @@ func (c *Jobs) Resume() error {
 	return errors.Join(errs...)
 }
 
-// resume reads a job's images back and starts it again.
+// resume reads a job's images back and starts it again, unless another
+// replica took it over meanwhile.
 func (c *Jobs) resume(job Job) error {
+	if by, claimed := c.claimedElsewhere(job.ID); claimed {
+		c.log.Info("prefetch job taken over by another replica while this one was down; dropping this one's copy", "job", job.ID, "replica", by)
+		return c.store.DeleteJob(job.ID)
+	}
 	var images []*Image
 	var bad error
 	err := c.store.JobImages(job.ID, -1, func(i int, doc []byte) bool {

@@ -66,6 +66,9 @@ type Jobs struct {
 
 	reg prometheus.Registerer // for the rules' metrics; nil: none
 
+	fleet                Fleet         // nil: jobs stay with this replica (see adopt.go)
+	stopAdopt, adoptDone chan struct{} // with a fleet
+
 	tagLocks [64]sync.Mutex // one root manifest PUT per target tag at once (see pushRoot)
 
 	mu          sync.Mutex
@@ -101,6 +104,10 @@ func New(c *cache.Cache, store *storage.Store, cfg Config) (*Jobs, error) {
 // Resume picks it up at the next start, and waits for them to stop.
 func (c *Jobs) Close() {
 	c.closing.Store(true)
+	if c.stopAdopt != nil {
+		close(c.stopAdopt)
+		<-c.adoptDone
+	}
 	c.mu.Lock()
 	for _, r := range c.jobs {
 		r.cancel()

@@ -53,6 +53,9 @@ func (c *Jobs) runJob(ctx context.Context, r *run) {
 	defer c.jobsRunning.Done()
 	defer close(r.done)
 	defer r.cancel()
+	if ctx.Err() == nil {
+		c.share(r, false) // this replica's, for the fleet to take over if it goes down
+	}
 	select {
 	case c.jobSlots <- struct{}{}:
 		defer func() { <-c.jobSlots }()
@@ -124,6 +127,7 @@ func (c *Jobs) settle(r *run) {
 		c.log.Error("prefetch job's end not saved; it is resumed at the next start", "job", r.job.ID, "error", err)
 	} else {
 		c.forget(r)
+		c.share(r, true)
 	}
 	snap := r.snapshot()
 	c.log.Info("prefetch job finished", "job", snap.ID, "state", snap.State, "images", snap.Images,

@@ -86,6 +86,9 @@ func New(store *storage.Store, cfg Config) (*Server, error) {
 	if s.Jobs, err = replicate.New(c, store, cfg.Jobs); err != nil {
 		return fail(err)
 	}
+	if cfg.Fleet != nil {
+		s.Jobs.SetFleet(cfg.Fleet, 0) // with a bucket, a job outlives its replica
+	}
 	if s.Rules, err = replicate.NewRules(s.Jobs, cfg.Rules, cfg.RuleBatch); err != nil {
 		return fail(err)
 	}
