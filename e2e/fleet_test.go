@@ -96,6 +96,36 @@ func TestFleetBehindABalancer(t *testing.T) {
 		t.Fatalf("the pages through the balancer hold %d images, want 50", len(seen))
 	}
 
+	// Cancelled through the balancer, whichever replica runs it.
+	src.PushImage(t, "proj/held", "1", 95, 1, 8<<10, amd64)
+	held := make(chan struct{})
+	var heldOnce sync.Once
+	src.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v2/proj/held/blobs/") {
+			heldOnce.Do(func() { close(held) })
+			<-r.Context().Done()
+			return true
+		}
+		return false
+	})
+	out, stderr, err = wharf(t, "prefetch", "--server", server, "--token-file", f.token, "harbor-a.example.com/proj/held:1")
+	if err != nil {
+		t.Fatalf("prefetch: %v %s", err, stderr)
+	}
+	heldID := strings.TrimSpace(out)
+	<-held
+	out, stderr, err = wharf(t, "jobs", "--server", server, "--token-file", f.token, "--cancel", "--output", "json", heldID)
+	var cancelled struct{ Job replicate.Job }
+	if err != nil || json.Unmarshal([]byte(out), &cancelled) != nil || cancelled.Job.State != replicate.StateCancelled || cancelled.Job.ID != heldID {
+		t.Fatalf("wharf jobs --cancel through the balancer: %v %s %s", err, out, stderr)
+	}
+	src.SetHook(nil)
+	for range 3 {
+		if out, _, err := wharf(t, "jobs", "--server", server, "--token-file", f.token); err != nil || !strings.Contains(out, job.ID) || !strings.Contains(out, heldID) {
+			t.Fatalf("wharf jobs through the balancer: %v\n%s", err, out)
+		}
+	}
+
 	// 3. Pins: set through one replica, listed and unpinned through any.
 	if _, stderr, err := wharf(t, "prefetch", "--server", server, "--token-file", f.token, "--pin", "--wait", refs[0]); err != nil {
 		t.Fatalf("prefetch --pin: %v %s", err, stderr)
