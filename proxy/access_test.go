@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/httpx"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
@@ -363,4 +365,40 @@ func TestLoopbackAPIRefusesBrowsers(t *testing.T) {
 		}
 	}
 	p.wait(t, p.submit(t, "application/json", "", job, "Origin", "http://127.0.0.1:5000", "Sec-Fetch-Site", "same-origin"))
+}
+
+// Behind a trusted balancer the limiter counts the client its
+// X-Forwarded-For names: a client guessing ci's password is refused, and
+// another client behind the same balancer logs in as ci at once (counted
+// by the balancer's address, it would wait its turn too).
+func TestTrustedProxyCountsTheClient(t *testing.T) {
+	t.Parallel()
+	a := newAccess(t, 0, "docker.io/*")
+	proxies, err := httpx.ParseProxies([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := httptest.NewServer(httpx.TrustProxies(proxies, a.env.Server.Config.Handler))
+	t.Cleanup(lb.Close)
+	get := func(from, authz string) int {
+		req, _ := http.NewRequest(http.MethodGet, lb.URL+"/v2/", nil)
+		req.Header.Set("X-Forwarded-For", from)
+		req.Header.Set("Authorization", authz)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	status := 0
+	for i := 0; i < 12 && status != http.StatusTooManyRequests; i++ {
+		status = get("203.0.113.1", basic("ci", fmt.Sprint("guess", i)))
+	}
+	if status != http.StatusTooManyRequests {
+		t.Fatalf("the guessing client: %d, want 429 within a dozen guesses", status)
+	}
+	if s := get("203.0.113.2", basic("ci", "ci-pw")); s != http.StatusOK {
+		t.Fatalf("ci from another client behind the balancer: %d", s)
+	}
 }
