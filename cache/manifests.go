@@ -72,6 +72,9 @@ func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, d
 				return desc, body, nil // stored by a flight that ended just before this one began
 			}
 			c.metrics.result(u.Name, "manifest", false)
+			if desc, body, err, asked := c.viaDigestOwner(ctx, u, repo, dgst); asked {
+				return desc, body, err
+			}
 			return c.fetchManifest(ctx, u, repo, dgst.String(), dgst)
 		})
 	}

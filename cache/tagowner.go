@@ -68,8 +68,31 @@ func (c *Cache) viaTagOwner(ctx context.Context, u Upstream, repo, tag string, h
 	return res.desc, res.body, err, true
 }
 
-// askTagOwner asks peer for tag and keeps its answer.
-func (c *Cache) askTagOwner(ctx context.Context, peer string, u Upstream, repo, tag string, head bool) (ocispec.Descriptor, []byte, error) {
+// viaDigestOwner fetches manifest dgst through its owner (the blob's, see
+// throughOwner) when that is another replica, so that the fleet fetches
+// each new manifest (an index's children) from upstream once; asked is
+// false when it is not, or it did not answer.
+func (c *Cache) viaDigestOwner(ctx context.Context, u Upstream, repo string, dgst digest.Digest) (desc ocispec.Descriptor, body []byte, err error, asked bool) {
+	if c.peers == nil || forPeer(ctx) {
+		return desc, nil, nil, false
+	}
+	peer, self := c.peers.Owner(dgst)
+	if self {
+		return desc, nil, nil, false
+	}
+	desc, body, err = c.askTagOwner(ctx, peer, u, repo, dgst.String(), false)
+	if errors.Is(err, errOwnerUnavailable) {
+		c.metrics.peer.WithLabelValues("unreachable").Inc()
+		c.log.Warn("a manifest's owner did not answer; fetching it here", "peer", peer, "upstream", u.Name, "repository", repo, "digest", dgst, "error", err)
+		return desc, nil, nil, false
+	}
+	return desc, body, err, true
+}
+
+// askTagOwner asks peer for ref (a tag, or a manifest's digest) and keeps
+// its answer.
+func (c *Cache) askTagOwner(ctx context.Context, peer string, u Upstream, repo, ref string, head bool) (ocispec.Descriptor, []byte, error) {
+	tag := ref
 	sent := c.now()
 	resp, err := c.peers.Tag(ctx, peer, u.Name, repo, tag, head)
 	if err != nil {
@@ -91,6 +114,12 @@ func (c *Cache) askTagOwner(ctx context.Context, peer string, u Upstream, repo, 
 	if err != nil {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s answered without a digest", errOwnerUnavailable, peer)
 	}
+	var tags []string
+	if want, isDigest, _ := parseRef(ref); !isDigest {
+		tags = []string{tag}
+	} else if dgst != want {
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s answered %s for %s", errOwnerUnavailable, peer, dgst, want)
+	}
 	ms, err := strconv.ParseInt(resp.Header.Get(TagAgeHeader), 10, 64)
 	if err != nil || ms < 0 {
 		ms = 0
@@ -100,7 +129,7 @@ func (c *Cache) askTagOwner(ctx context.Context, peer string, u Upstream, repo, 
 	// moved on from.
 	checked := sent.Add(-time.Duration(ms) * time.Millisecond)
 	c.metrics.peer.WithLabelValues("tag").Inc()
-	if head {
+	if head && tags != nil {
 		desc := ocispec.Descriptor{MediaType: resp.Header.Get("Content-Type"), Digest: dgst, Size: resp.ContentLength}
 		if !describes(desc) {
 			return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s described %s:%s too little", errOwnerUnavailable, peer, repo, tag)
@@ -114,7 +143,7 @@ func (c *Cache) askTagOwner(ctx context.Context, peer string, u Upstream, repo, 
 	if err != nil || len(body) > oci.MaxManifestSize || dgst.Algorithm().FromBytes(body) != dgst {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s sent a manifest for %s:%s that is not %s", errOwnerUnavailable, peer, repo, tag, dgst)
 	}
-	return c.keepManifest(u, repo, tag, body, resp.Header.Get("Content-Type"), dgst, checked, tag)
+	return c.keepManifest(u, repo, ref, body, resp.Header.Get("Content-Type"), dgst, checked, tags...)
 }
 
 // peerMessage is the message of a peer's OCI error answer.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wharf-registry/wharf/api"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
@@ -258,7 +259,8 @@ func TestFleetRuleRunsOnce(t *testing.T) {
 
 // A tag is resolved by its owner for the fleet: one upstream request for
 // a new tag however many replicas are asked, every replica serves its
-// digest, and a tag upstream does not have is one answer everywhere.
+// digest, an index's children are fetched once (through each digest's
+// owner), and a tag upstream does not have is one answer everywhere.
 func TestFleetTagsAgree(t *testing.T) {
 	f := newFleetPromotion(t, 3)
 	img := f.src.PushImage(t, "proj/app", "1.0", 71, 1, 10<<10, amd64)
@@ -289,6 +291,29 @@ func TestFleetTagsAgree(t *testing.T) {
 	// Pushed since: every replica still answers as the owner remembers,
 	// until its negative_ttl has passed; none has an answer of its own.
 	f.src.PushManifest(t, "proj/app", "2.0", img.MediaType, img.Manifest)
+	// An index and its children, each asked of every replica: upstream
+	// serves each manifest once.
+	x := f.src.PushImage(t, "proj/multi", "", 72, 1, 4<<10, amd64)
+	y := f.src.PushImage(t, "proj/multi", "", 73, 1, 4<<10, ocispec.Platform{OS: "linux", Architecture: "arm64"})
+	idx := f.src.PushIndex(t, "proj/multi", "v1", x, y)
+	for _, e := range f.replicas {
+		e.get(t, "/v2/proj/multi/manifests/v1", idx.Manifest.Data, idx.Manifest.Digest.String())
+		for _, child := range []upstreamtest.Image{x, y} {
+			e.get(t, "/v2/proj/multi/manifests/"+child.Manifest.Digest.String(), child.Manifest.Data, child.Manifest.Digest.String())
+		}
+	}
+	for ref, d := range map[string]digest.Digest{"v1": idx.Manifest.Digest, x.Manifest.Digest.String(): x.Manifest.Digest, y.Manifest.Digest.String(): y.Manifest.Digest} {
+		n := 0
+		for _, r := range f.src.Requests() {
+			if r.Kind() == "manifest" && r.Method == http.MethodGet && (r.Path == "/v2/proj/multi/manifests/"+ref || r.Path == "/v2/proj/multi/manifests/"+d.String()) {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("manifest %s was fetched from upstream %d times by three replicas, want once", ref, n)
+		}
+	}
+
 	for _, e := range f.replicas {
 		wantError(t, e.do(t, http.MethodGet, "/v2/proj/app/manifests/2.0"), http.StatusNotFound, "MANIFEST_UNKNOWN")
 	}

@@ -87,13 +87,13 @@ func (p *proxy) peerTag(w http.ResponseWriter, r *http.Request) error {
 	if _, err := reference.WithName(repo); err != nil {
 		return httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeUnknown, "invalid repository name")
 	}
-	if !tagRE.MatchString(tag) {
-		return httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeTagInvalid, "invalid tag")
+	tag, err := parseReference(tag) // a tag, or a manifest's digest (see cache.viaDigestOwner)
+	if err != nil {
+		return err
 	}
 	ctx := cache.ForPeer(r.Context())
 	var desc ocispec.Descriptor
 	var body []byte
-	var err error
 	if r.Method == http.MethodHead {
 		desc, err = p.cache.ManifestHead(ctx, up, repo, tag)
 	} else {
