@@ -54,7 +54,7 @@ type RuleStatus struct {
 
 // RunInfo is one run of a rule: its job, if it had anything to do.
 type RunInfo struct {
-	Trigger string    `json:"trigger"` // on_pull, schedule, manual
+	Trigger string    `json:"trigger"` // on_pull, schedule, manual, takeover (a fleet replica taking the rule over)
 	At      time.Time `json:"at"`
 	Job     string    `json:"job,omitempty"`
 	State   string    `json:"state"` // the job's, or "nothing new", or "failed to start"
@@ -205,6 +205,42 @@ func (rs *Rules) Start() {
 	for _, r := range rs.rules {
 		if r.sched != nil && rs.goAdd() {
 			go rs.schedule(r)
+		}
+	}
+	if rs.owners != nil && rs.goAdd() {
+		go rs.watchOwners()
+	}
+}
+
+// ownersEvery is how often a fleet's replica looks at which rules it owns.
+const ownersEvery = 2 * time.Second
+
+// watchOwners catches up on the on_pull rules without a schedule that
+// this replica comes to own (at start, or when their owner goes): the
+// tags the last owner held pending died with it, so a run lists what is
+// new upstream, as a schedule would. What the target already holds costs
+// a HEAD.
+func (rs *Rules) watchOwners() {
+	defer rs.wg.Done()
+	owned := map[string]bool{}
+	t := time.NewTicker(ownersEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-rs.stop:
+			return
+		case <-t.C:
+		}
+		for _, r := range rs.rules {
+			mine := rs.owner(r) == ""
+			if mine && !owned[r.Name] && r.OnPull && r.sched == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+				if _, err := rs.scan(ctx, r, "takeover"); err != nil {
+					rs.jobs.log.Warn("replication run on taking a rule over failed", "rule", r.Name, "error", err)
+				}
+				cancel()
+			}
+			owned[r.Name] = mine
 		}
 	}
 }
