@@ -110,6 +110,16 @@ const (
 // signature is the HMAC of a peer request: the peer it is for, its
 // method, path and query, Range, when it was signed and, when it has
 // them, the identity it acts for and its body's digest.
+// Seal is the fleet's MAC of what one replica leaves in the bucket for
+// another (a job's spec): whoever can write to the bucket but does not
+// hold the fleet's secret cannot make a replica act on a document.
+func (c *Cluster) Seal(kind string, doc []byte) string {
+	m := hmac.New(sha256.New, []byte(c.cfg.Secret))
+	m.Write([]byte("wharf-seal\x00" + kind + "\x00"))
+	m.Write(doc)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
 func (c *Cluster) signature(host string, r *http.Request, uri string, t int64) []byte {
 	m := hmac.New(sha256.New, []byte(c.cfg.Secret))
 	fmt.Fprintf(m, "%s\n%s\n%s\n%s\n%d", strings.ToLower(host), r.Method, uri, r.Header.Get("Range"), t)

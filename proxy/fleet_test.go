@@ -1,6 +1,9 @@
 package proxy_test
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -347,6 +350,31 @@ func TestFleetJobOutlivesItsReplica(t *testing.T) {
 	})
 	id := a.submit(t, "application/json", "", `{"images": ["proj/slow:1"], "push_to": "harbor-b"}`)
 	<-reached
+	// A spec someone with write access to the bucket but not the fleet's
+	// secret made from the real one: never run. Its id falls to the same
+	// replica as the real job's once a is gone, so the pass that takes the
+	// real job over sees it too.
+	doc, err := b.store.JobSpec(id)
+	if err != nil {
+		t.Fatalf("the job's spec is not in the bucket: %v", err)
+	}
+	owner := func(key string) string {
+		best, score := "", uint64(0)
+		for _, p := range []string{b.fleet.Self(), c.fleet.Self()} {
+			h := sha256.Sum256([]byte(p + "\x00job\x00" + key))
+			if s := binary.BigEndian.Uint64(h[:8]); best == "" || s > score {
+				best, score = p, s
+			}
+		}
+		return best
+	}
+	forged := ""
+	for i := 0; forged == "" || owner(forged) != owner(id); i++ {
+		forged = fmt.Sprintf("%s%04d", id[:len(id)-4], i)
+	}
+	if err := b.store.PutJobSpec(forged, bytes.ReplaceAll(doc, []byte(id), []byte(forged))); err != nil {
+		t.Fatal(err)
+	}
 	a.close() // its job stays "running" in its index, to be resumed there
 	f.dst.SetHook(nil)
 
@@ -370,5 +398,8 @@ func TestFleetJobOutlivesItsReplica(t *testing.T) {
 	}
 	if resp, body := f.dst.Get(t, http.MethodGet, "/v2/proj/slow/manifests/1"); resp.StatusCode != http.StatusOK || digest.FromBytes(body) != img.Manifest.Digest {
 		t.Fatalf("the target's proj/slow:1: %d", resp.StatusCode)
+	}
+	if r := b.do(t, http.MethodGet, "/api/v1/jobs/"+forged); r.status != http.StatusServiceUnavailable {
+		t.Fatalf("a forged job spec in the bucket was run: %d %s", r.status, r.body)
 	}
 }

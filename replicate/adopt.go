@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"crypto/hmac"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -24,10 +25,14 @@ type Fleet interface {
 	Self() string
 	Live() []string
 	OwnerOf(key string) (peer string, self bool)
+	// Seal authenticates what replicas leave each other in the bucket.
+	Seal(kind string, doc []byte) string
 }
 
-// sharedJob is a job's spec in the bucket.
+// sharedJob is a job's spec in the bucket, sealed with the fleet's
+// secret: a spec anyone else wrote is never run.
 type sharedJob struct {
+	Seal    string  `json:"seal,omitempty"` // Fleet.Seal of the spec without it
 	Replica string  `json:"replica"`
 	Ended   bool    `json:"ended,omitempty"`
 	Job     Job     `json:"job"`
@@ -45,6 +50,7 @@ func (c *Jobs) SetFleet(f Fleet, every time.Duration) {
 		return
 	}
 	c.fleet = f
+	c.rejected = map[string]bool{}
 	c.stopAdopt = make(chan struct{})
 	c.adoptDone = make(chan struct{})
 	if every <= 0 {
@@ -84,6 +90,10 @@ func (c *Jobs) share(r *run, ended bool) {
 	}
 	doc, err := json.Marshal(s)
 	if err == nil {
+		s.Seal = c.fleet.Seal("job", doc)
+		doc, err = json.Marshal(s)
+	}
+	if err == nil {
 		err = c.store.PutJobSpec(s.Job.ID, doc)
 	}
 	if err != nil {
@@ -91,14 +101,26 @@ func (c *Jobs) share(r *run, ended bool) {
 	}
 }
 
-// spec reads job id's spec from the bucket.
+// errUnsealed is a job spec the fleet did not write.
+var errUnsealed = errors.New("its seal is not the fleet's (another cluster.secret_file, or written by someone else): ignored")
+
+// spec reads job id's spec from the bucket, if the fleet sealed it.
 func (c *Jobs) spec(id string) (sharedJob, error) {
 	var s sharedJob
 	doc, err := c.store.JobSpec(id)
 	if err == nil {
 		err = json.Unmarshal(doc, &s)
 	}
-	return s, err
+	if err != nil {
+		return s, err
+	}
+	seal := s.Seal
+	s.Seal = ""
+	unsealed, err := json.Marshal(s)
+	if err != nil || !hmac.Equal([]byte(seal), []byte(c.fleet.Seal("job", unsealed))) || s.Job.ID != id {
+		return sharedJob{}, errUnsealed
+	}
+	return s, nil
 }
 
 // claimedElsewhere reports whether another replica took job id over while
@@ -132,12 +154,19 @@ func (c *Jobs) adoptOrphans() {
 		if _, err := c.Job(id); err == nil {
 			continue // this replica's, or known here
 		}
+		if c.rejected[id] {
+			continue
+		}
 		s, err := c.spec(id)
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
 			continue
 		case err != nil:
-			c.log.Warn("a job's spec in the bucket is unreadable", "job", id, "error", err)
+			if len(c.rejected) > 10_000 {
+				clear(c.rejected)
+			}
+			c.rejected[id] = true // said once
+			c.log.Warn("a job's spec in the bucket is not taken over", "job", id, "error", err)
 			continue
 		case s.Ended:
 			if time.Since(written) > endedSpecLife {

@@ -66,8 +66,9 @@ type Jobs struct {
 
 	reg prometheus.Registerer // for the rules' metrics; nil: none
 
-	fleet                Fleet         // nil: jobs stay with this replica (see adopt.go)
-	stopAdopt, adoptDone chan struct{} // with a fleet
+	fleet                Fleet           // nil: jobs stay with this replica (see adopt.go)
+	stopAdopt, adoptDone chan struct{}   // with a fleet
+	rejected             map[string]bool // specs adoptLoop refused, said once; its own
 
 	tagLocks [64]sync.Mutex // one root manifest PUT per target tag at once (see pushRoot)
 
