@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -22,6 +23,12 @@ type Peers interface {
 	// Tag asks peer what tag resolves to (with head, without the
 	// manifest): its answer, read by askTagOwner.
 	Tag(ctx context.Context, peer, up, repo, tag string, head bool) (*http.Response, error)
+	// TagsOwner is the replica that lists a repository's tags upstream
+	// for the fleet, and whether it is this one.
+	TagsOwner(up, repo string) (peer string, self bool)
+	// Tags asks peer for repo's tag list no older than maxAge: its answer,
+	// read by askTagsOwner.
+	Tags(ctx context.Context, peer, up, repo string, maxAge time.Duration) (*http.Response, error)
 }
 
 type forPeerKey struct{}

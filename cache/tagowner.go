@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -99,16 +100,8 @@ func (c *Cache) askTagOwner(ctx context.Context, peer string, u Upstream, repo, 
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %w", errOwnerUnavailable, err)
 	}
 	defer resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusOK:
-	case http.StatusNotFound:
-		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s", ErrNotFound, peerMessage(resp))
-	case http.StatusForbidden:
-		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s", ErrDenied, peerMessage(resp))
-	case http.StatusBadRequest:
-		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s", ErrRejected, peerMessage(resp))
-	default: // 401 (the secret or the clock), 5xx, 429
-		return ocispec.Descriptor{}, nil, fmt.Errorf("%w: %s answered %d: %s", errOwnerUnavailable, peer, resp.StatusCode, peerMessage(resp))
+	if err := peerStatus(peer, resp); err != nil {
+		return ocispec.Descriptor{}, nil, err
 	}
 	dgst, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
 	if err != nil {
@@ -166,4 +159,85 @@ func (c *Cache) TagAge(up, repo, tag string) (ms int64, ok bool) {
 		return 0, false
 	}
 	return max(0, (c.now().Sub(ti.Checked) + time.Millisecond - 1).Milliseconds()), true
+}
+
+// viaTagsOwner lists repo's tags through the replica that owns the list
+// when that is another, so the fleet lists each repository upstream once
+// per tag_ttl and every replica answers the same list; asked is false
+// when it is not, or it did not answer. Its "does not exist" is not
+// remembered here.
+func (c *Cache) viaTagsOwner(ctx context.Context, u Upstream, repo string, maxAge time.Duration) (tags []string, err error, asked bool) {
+	if c.peers == nil || forPeer(ctx) {
+		return nil, nil, false
+	}
+	peer, self := c.peers.TagsOwner(u.Name, repo)
+	if self {
+		return nil, nil, false
+	}
+	tags, err = c.askTagsOwner(ctx, peer, u, repo, maxAge)
+	if errors.Is(err, errOwnerUnavailable) {
+		c.metrics.peer.WithLabelValues("unreachable").Inc()
+		c.log.Warn("a tag list's owner did not answer; listing it here", "peer", peer, "upstream", u.Name, "repository", repo, "error", err)
+		return nil, nil, false
+	}
+	return tags, err, true
+}
+
+// askTagsOwner asks peer for repo's tag list and keeps it.
+func (c *Cache) askTagsOwner(ctx context.Context, peer string, u Upstream, repo string, maxAge time.Duration) ([]string, error) {
+	sent := c.now()
+	resp, err := c.peers.Tags(ctx, peer, u.Name, repo, maxAge)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errOwnerUnavailable, err)
+	}
+	defer resp.Body.Close()
+	if err := peerStatus(peer, resp); err != nil {
+		return nil, err
+	}
+	var list struct {
+		Tags []string `json:"tags"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxTagList)).Decode(&list); err != nil {
+		return nil, fmt.Errorf("%w: %s sent an unreadable tag list: %w", errOwnerUnavailable, peer, err)
+	}
+	ms, err := strconv.ParseInt(resp.Header.Get(TagAgeHeader), 10, 64)
+	if err != nil || ms < 0 {
+		ms = 0
+	}
+	tags := slices.Compact(slices.Sorted(slices.Values(list.Tags)))
+	c.metrics.peer.WithLabelValues("tags").Inc()
+	c.unstored("index", c.store.PutTagList(u.Name, repo, tags, sent.Add(-time.Duration(ms)*time.Millisecond)), "repository", repo)
+	return tags, nil
+}
+
+// maxTagList bounds a tag list a peer sends.
+const maxTagList = 64 << 20
+
+// peerStatus is the error of a tag or tag list owner's answer: what
+// upstream said (not found, denied, refused) as such, anything else as
+// errOwnerUnavailable.
+func peerStatus(peer string, resp *http.Response) error {
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return nil
+	case http.StatusNotFound:
+		return fmt.Errorf("%w: %s", ErrNotFound, peerMessage(resp))
+	case http.StatusForbidden:
+		return fmt.Errorf("%w: %s", ErrDenied, peerMessage(resp))
+	case http.StatusBadRequest:
+		return fmt.Errorf("%w: %s", ErrRejected, peerMessage(resp))
+	default: // 401 (the secret or the clock), 5xx, 429
+		return fmt.Errorf("%w: %s answered %d: %s", errOwnerUnavailable, peer, resp.StatusCode, peerMessage(resp))
+	}
+}
+
+// TagListAge is how long ago this replica's tag list of repo was fetched
+// (by it or the list's owner), rounded up to the millisecond; ok is false
+// without one.
+func (c *Cache) TagListAge(up, repo string) (ms int64, ok bool) {
+	_, checked, err := c.store.TagList(up, repo)
+	if err != nil {
+		return 0, false
+	}
+	return max(0, (c.now().Sub(checked) + time.Millisecond - 1).Milliseconds()), true
 }

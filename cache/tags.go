@@ -39,6 +39,9 @@ func (c *Cache) TagsWithin(ctx context.Context, up, repo string, maxAge time.Dur
 		if tags, checked, err := c.store.TagList(u.Name, repo); err == nil && c.now().Sub(checked) < maxAge {
 			return tags, nil
 		}
+		if tags, err, asked := c.viaTagsOwner(ctx, u, repo, maxAge); asked {
+			return tags, err
+		}
 		tags, err := u.Source.Tags(ctx, repo)
 		if err = classify(err); err != nil {
 			c.remember(u, repo, key, err)

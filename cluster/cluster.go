@@ -38,6 +38,9 @@ const (
 	// TagPath answers what a tag resolves to, for the replica that owns
 	// it: TagPath?upstream=&repo=&tag=, GET for the manifest too.
 	TagPath = "/internal/v1/tag"
+	// TagsPath answers a repository's tag list, for the replica that
+	// owns it: TagsPath?upstream=&repo=&max_age_ms=.
+	TagsPath = "/internal/v1/tags"
 	// PingPath answers the probes: Pong, 200 when ready, 503 when not.
 	PingPath = "/internal/v1/ping"
 )
@@ -303,6 +306,12 @@ func (c *Cluster) Owner(dgst digest.Digest) (peer string, self bool) {
 // one upstream check per tag per tag_ttl, and one answer everywhere.
 func (c *Cluster) TagOwner(up, repo, tag string) (peer string, self bool) {
 	return c.OwnerOf("tag\x00" + up + "/" + repo + ":" + tag)
+}
+
+// TagsOwner is the replica that lists the tags of up/repo upstream for
+// the fleet.
+func (c *Cluster) TagsOwner(up, repo string) (peer string, self bool) {
+	return c.OwnerOf("tags\x00" + up + "/" + repo)
 }
 
 // OwnerOf is the live peer that owns key (a digest, a tag, a rule's

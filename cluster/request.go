@@ -57,6 +57,14 @@ func (c *Cluster) Tag(ctx context.Context, peer, up, repo, tag string, head bool
 	return c.do(ctx, blobHeaderTimeout, peer, method, TagPath+"?"+q.Encode(), nil, nil)
 }
 
+// Tags asks peer, the repository's owner, for the tags of repo on
+// upstream up, in a list no older than maxAge: the answer as the peer gave
+// it (see proxy's peerTags).
+func (c *Cluster) Tags(ctx context.Context, peer, up, repo string, maxAge time.Duration) (*http.Response, error) {
+	q := url.Values{"upstream": {up}, "repo": {repo}, "max_age_ms": {strconv.FormatInt(maxAge.Milliseconds(), 10)}}
+	return c.do(ctx, blobHeaderTimeout, peer, http.MethodGet, TagsPath+"?"+q.Encode(), nil, nil)
+}
+
 // Do sends peer a request signed for it: uri is a path with its query,
 // hdr may carry Range and IdentityHeader (both signed), and a body's
 // digest is signed too (see ReadBody). The request is cancelled when the

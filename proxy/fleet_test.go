@@ -288,6 +288,20 @@ func TestFleetTagsAgree(t *testing.T) {
 		t.Fatalf("upstream requests from three replicas: %d for the tag, %d for its manifest by digest; want the owner's HEAD, then its GET", n, m)
 	}
 
+	// The tag list: listed upstream once for the fleet, the same on
+	// every replica (a tag pushed since shows nowhere until tag_ttl).
+	for i, e := range f.replicas {
+		if i == 1 {
+			f.src.PushManifest(t, "proj/app", "1.1", img.MediaType, img.Manifest)
+		}
+		if r := e.do(t, http.MethodGet, "/v2/proj/app/tags/list"); r.status != http.StatusOK || string(r.body) != `{"name":"proj/app","tags":["1.0"]}` {
+			t.Fatalf("tags on %s: %d %s", e.URL, r.status, r.body)
+		}
+	}
+	if n := f.src.Count(http.MethodGet, "tags"); n != 1 {
+		t.Fatalf("the fleet listed the tags upstream %d times, want once", n)
+	}
+
 	for _, e := range f.replicas {
 		wantError(t, e.do(t, http.MethodGet, "/v2/proj/app/manifests/2.0"), http.StatusNotFound, "MANIFEST_UNKNOWN")
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
@@ -100,18 +101,7 @@ func (p *proxy) peerTag(w http.ResponseWriter, r *http.Request) error {
 		desc, body, err = p.cache.Manifest(ctx, up, repo, tag)
 	}
 	if err != nil {
-		he := httpx.ToHTTP(err, errcode.ErrorCodeManifestUnknown)
-		switch {
-		case errors.Is(err, cache.ErrNotFound) || errors.Is(err, cache.ErrUnknown):
-			he.Status = http.StatusNotFound
-		case errors.Is(err, cache.ErrDenied):
-			he.Status = http.StatusForbidden
-		case errors.Is(err, cache.ErrRejected):
-			he.Status = http.StatusBadRequest
-		default:
-			he.Status = http.StatusServiceUnavailable
-		}
-		return he
+		return peerError(err, errcode.ErrorCodeManifestUnknown)
 	}
 	if ms, ok := p.cache.TagAge(up, repo, tag); ok {
 		w.Header().Set(cache.TagAgeHeader, strconv.FormatInt(ms, 10))
@@ -125,4 +115,51 @@ func (p *proxy) peerTag(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	_, err = w.Write(body)
 	return err
+}
+
+// peerTags answers another replica with the tag list of a repository this
+// one owns, no older than max_age_ms (as a scheduled replication run
+// asks), and in cache.TagAgeHeader how old it is. Errors as peerTag's.
+func (p *proxy) peerTags(w http.ResponseWriter, r *http.Request) error {
+	if !p.fleet.Authorized(r) {
+		return httpx.OCIError(http.StatusUnauthorized, errcode.ErrorCodeUnauthorized, "peer requests must be signed with the fleet's secret")
+	}
+	q := r.URL.Query()
+	up, repo := q.Get("upstream"), q.Get("repo")
+	if !p.cache.HasUpstream(up) {
+		return httpx.OCIError(http.StatusNotFound, errcode.ErrorCodeUnknown, "no such upstream")
+	}
+	if _, err := reference.WithName(repo); err != nil {
+		return httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeUnknown, "invalid repository name")
+	}
+	ms, err := strconv.ParseInt(q.Get("max_age_ms"), 10, 64)
+	if err != nil {
+		return httpx.OCIError(http.StatusBadRequest, errcode.ErrorCodeUnknown, "max_age_ms must be milliseconds")
+	}
+	tags, err := p.cache.TagsWithin(cache.ForPeer(r.Context()), up, repo, time.Duration(ms)*time.Millisecond)
+	if err != nil {
+		return peerError(err, errcode.ErrorCodeNameUnknown)
+	}
+	if age, ok := p.cache.TagListAge(up, repo); ok {
+		w.Header().Set(cache.TagAgeHeader, strconv.FormatInt(age, 10))
+	}
+	return httpx.WriteJSON(w, r, map[string]any{"tags": tags})
+}
+
+// peerError is what a peer is told of err: 404, 403 and 400 for what
+// upstream said, 503 for the rest, so that the peer resolves the rest
+// itself; 401 is only ever the signature's.
+func peerError(err error, notFound errcode.ErrorCode) error {
+	he := httpx.ToHTTP(err, notFound)
+	switch {
+	case errors.Is(err, cache.ErrNotFound) || errors.Is(err, cache.ErrUnknown):
+		he.Status = http.StatusNotFound
+	case errors.Is(err, cache.ErrDenied):
+		he.Status = http.StatusForbidden
+	case errors.Is(err, cache.ErrRejected):
+		he.Status = http.StatusBadRequest
+	default:
+		he.Status = http.StatusServiceUnavailable
+	}
+	return he
 }
