@@ -6,10 +6,14 @@ package cache
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -229,6 +233,63 @@ func (c *Cache) unstored(what string, err error, attrs ...any) {
 
 // Repositories lists what the store holds, for the catalog.
 func (c *Cache) Repositories() ([]storage.Repository, error) { return c.store.Repositories() }
+
+// FleetRepositories is Repositories of every live replica of a fleet
+// (each lists those it holds), ordered and once each: the catalog and a
+// rule's runs see the same repositories whichever replica answers. A
+// replica that does not answer within its bound is left out, and named.
+func (c *Cache) FleetRepositories(ctx context.Context) (repos []storage.Repository, missing []string, err error) {
+	if repos, err = c.store.Repositories(); err != nil || c.peers == nil || forPeer(ctx) {
+		return repos, nil, err
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, p := range c.peers.Others() {
+		wg.Go(func() {
+			theirs, err := c.peerRepositories(ctx, p)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				c.log.Warn("a replica's repositories are missing from a list", "peer", p, "error", err)
+				missing = append(missing, p)
+				return
+			}
+			repos = append(repos, theirs...)
+		})
+	}
+	wg.Wait()
+	slices.SortFunc(repos, func(a, b storage.Repository) int {
+		return cmp.Or(strings.Compare(a.Upstream, b.Upstream), strings.Compare(a.Name, b.Name))
+	})
+	slices.Sort(missing)
+	return slices.Compact(repos), missing, nil
+}
+
+// peerRepositoriesTimeout bounds a replica's answer to FleetRepositories.
+const peerRepositoriesTimeout = 10 * time.Second
+
+func (c *Cache) peerRepositories(ctx context.Context, peer string) ([]storage.Repository, error) {
+	ctx, cancel := context.WithTimeout(ctx, peerRepositoriesTimeout)
+	defer cancel()
+	resp, err := c.peers.Repositories(ctx, peer)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s answered %d", peer, resp.StatusCode)
+	}
+	var list []storage.Repository
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&list); err != nil {
+		return nil, err
+	}
+	for _, r := range list {
+		if !c.HasUpstream(r.Upstream) {
+			return nil, fmt.Errorf("%s listed upstream %q, which is not configured here", peer, r.Upstream)
+		}
+	}
+	return list, nil
+}
 
 // TagEvent says a tag was first cached, or was seen to point somewhere
 // new: what replication's on_pull rules act on.

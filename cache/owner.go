@@ -29,6 +29,10 @@ type Peers interface {
 	// Tags asks peer for repo's tag list no older than maxAge: its answer,
 	// read by askTagsOwner.
 	Tags(ctx context.Context, peer, up, repo string, maxAge time.Duration) (*http.Response, error)
+	// Others is the live replicas but this one.
+	Others() []string
+	// Repositories asks peer for the repositories it holds: its answer.
+	Repositories(ctx context.Context, peer string) (*http.Response, error)
 }
 
 type forPeerKey struct{}

@@ -41,6 +41,8 @@ const (
 	// TagsPath answers a repository's tag list, for the replica that
 	// owns it: TagsPath?upstream=&repo=&max_age_ms=.
 	TagsPath = "/internal/v1/tags"
+	// ReposPath lists the repositories a replica holds.
+	ReposPath = "/internal/v1/repositories"
 	// PingPath answers the probes: Pong, 200 when ready, 503 when not.
 	PingPath = "/internal/v1/ping"
 )

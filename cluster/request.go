@@ -65,6 +65,12 @@ func (c *Cluster) Tags(ctx context.Context, peer, up, repo string, maxAge time.D
 	return c.do(ctx, blobHeaderTimeout, peer, http.MethodGet, TagsPath+"?"+q.Encode(), nil, nil)
 }
 
+// Repositories asks peer for the repositories it holds: its answer, a
+// JSON list (see proxy's peerRepositories).
+func (c *Cluster) Repositories(ctx context.Context, peer string) (*http.Response, error) {
+	return c.do(ctx, blobHeaderTimeout, peer, http.MethodGet, ReposPath, nil, nil)
+}
+
 // Do sends peer a request signed for it: uri is a path with its query,
 // hdr may carry Range and IdentityHeader (both signed), and a body's
 // digest is signed too (see ReadBody). The request is cancelled when the

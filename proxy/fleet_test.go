@@ -417,3 +417,20 @@ func TestFleetJobOutlivesItsReplica(t *testing.T) {
 		t.Fatalf("a forged job spec in the bucket was run: %d %s", r.status, r.body)
 	}
 }
+
+// The catalog is the fleet's: every replica lists what any holds.
+func TestFleetCatalog(t *testing.T) {
+	f := newFleetPromotion(t, 3)
+	one := f.src.PushImage(t, "proj/one", "1", 85, 1, 4<<10, amd64)
+	two := f.src.PushImage(t, "proj/two", "1", 86, 1, 4<<10, amd64)
+	three := f.src.PushImage(t, "proj/three", "1", 87, 1, 4<<10, amd64)
+	for i, img := range []upstreamtest.Image{one, two, three} {
+		f.replicas[i].get(t, "/v2/"+img.Repo+"/manifests/1", img.Manifest.Data, img.Manifest.Digest.String())
+	}
+	want := `{"repositories":["proj/one","proj/three","proj/two"]}`
+	for _, e := range f.replicas {
+		if r := e.do(t, http.MethodGet, "/v2/_catalog"); r.status != http.StatusOK || string(r.body) != want {
+			t.Fatalf("catalog on %s: %d %s, want %s", e.URL, r.status, r.body, want)
+		}
+	}
+}

@@ -35,8 +35,8 @@ func (p *proxy) tags(w http.ResponseWriter, r *http.Request) error {
 
 // catalog lists the repositories Wharf holds that the caller may pull, as
 // names a client can pull: plain for the default upstream, prefixed with
-// the upstream otherwise. Like GET /v2/, it asks an anonymous caller who
-// may pull nothing to log in.
+// the upstream otherwise; in a fleet, those every live replica holds. Like
+// GET /v2/, it asks an anonymous caller who may pull nothing to log in.
 func (p *proxy) catalog(w http.ResponseWriter, r *http.Request) error {
 	if p.auth.MustLogIn(httpx.Identity(r.Context())) {
 		return httpx.Unauthorized(p.auth, "authentication required")
@@ -46,7 +46,7 @@ func (p *proxy) catalog(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	last := r.URL.Query().Get("last")
-	repos, err := p.cache.Repositories()
+	repos, _, err := p.cache.FleetRepositories(r.Context())
 	if err != nil {
 		return err
 	}

@@ -163,3 +163,16 @@ func peerError(err error, notFound errcode.ErrorCode) error {
 	}
 	return he
 }
+
+// peerRepositories lists the repositories this replica holds, for another
+// building the fleet's catalog (cache.FleetRepositories).
+func (p *proxy) peerRepositories(w http.ResponseWriter, r *http.Request) error {
+	if !p.fleet.Authorized(r) {
+		return httpx.OCIError(http.StatusUnauthorized, errcode.ErrorCodeUnauthorized, "peer requests must be signed with the fleet's secret")
+	}
+	repos, err := p.cache.Repositories()
+	if err != nil {
+		return err
+	}
+	return httpx.WriteJSON(w, r, repos)
+}

@@ -97,6 +97,7 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 		r.Handle(cluster.BlobPath+"{digest}", p.wrap("peer-blob", p.peerBlob)).Methods(http.MethodGet)
 		r.Handle(cluster.TagPath, p.wrap("peer-tag", p.peerTag)).Methods(http.MethodGet, http.MethodHead)
 		r.Handle(cluster.TagsPath, p.wrap("peer-tags", p.peerTags)).Methods(http.MethodGet)
+		r.Handle(cluster.ReposPath, p.wrap("peer-repositories", p.peerRepositories)).Methods(http.MethodGet)
 		r.Handle(cluster.PingPath, http.HandlerFunc(cfg.Fleet.ServePing)).Methods(http.MethodGet)
 	}
 	r.Handle("/healthz", p.wrap("healthz", p.healthz(cfg.Ready)))

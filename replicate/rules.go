@@ -443,9 +443,12 @@ func (rs *Rules) scan(ctx context.Context, r *rule, trigger string) (*Job, error
 	defer r.runMu.Unlock()
 	c := rs.jobs.cache
 	repos := map[[2]string]bool{}
-	known, err := c.Repositories()
+	known, missing, err := c.FleetRepositories(ctx) // the fleet's: the last owner's too
 	if err != nil {
 		return nil, err
+	}
+	if len(missing) > 0 {
+		rs.jobs.log.Warn("replication run without the repositories of replicas that did not answer", "rule", r.Name, "replicas", missing)
 	}
 	for _, k := range known {
 		if slices.ContainsFunc(r.Sources, func(p string) bool { return route.Match(p, k.Upstream+"/"+k.Name) }) {
