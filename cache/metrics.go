@@ -96,7 +96,7 @@ func newMetrics(reg prometheus.Registerer, store *storage.Store, remembered func
 		}, []string{"result"}),
 		peer: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_peer_fills_total",
-			Help: "Fills of blobs another replica owns: owner (streamed from it), unreachable (it could not be asked; filled from upstream), refused (it refused this replica's signature: secrets differ or clocks are apart; filled from upstream).",
+			Help: "What another replica owns, asked of it: owner (a blob streamed from it), tag (a tag or manifest it resolved), tags (a tag list it listed), unreachable (it could not be asked; upstream was), refused (it refused this replica's signature: secrets differ or clocks are apart; upstream was asked).",
 		}, []string{"result"}),
 		proofs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wharf_upstream_proofs_total",
