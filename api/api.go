@@ -32,6 +32,9 @@ var (
 	errPinUnknown = errcode.Register("wharf", errcode.ErrorDescriptor{
 		Value: "PIN_UNKNOWN", Message: "no such pin", HTTPStatusCode: http.StatusNotFound,
 	})
+	errNothingToRetry = errcode.Register("wharf", errcode.ErrorDescriptor{
+		Value: "NOTHING_TO_RETRY", Message: "the job has not ended, or has no failed images", HTTPStatusCode: http.StatusConflict,
+	})
 	errRuleUnknown = errcode.Register("wharf", errcode.ErrorDescriptor{
 		Value: "RULE_UNKNOWN", Message: "no such replication rule", HTTPStatusCode: http.StatusNotFound,
 	})
@@ -73,11 +76,11 @@ func (a *api) route(name, right string, h func(http.ResponseWriter, *http.Reques
 	})
 }
 
-// mayJob lets the jobs right see any job, the admin right cancel any, and
-// the prefetch right see and cancel the caller's own.
+// mayJob lets the jobs right see any job, the admin right cancel or retry
+// any, and the prefetch right see, cancel and retry the caller's own.
 func (a *api) mayJob(r *http.Request, job replicate.Job) error {
 	right := auth.RightJobs
-	if r.Method == http.MethodDelete {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		right = auth.RightAdmin
 	}
 	id := httpx.Identity(r.Context())
@@ -222,6 +225,33 @@ func (a *api) jobHere(w http.ResponseWriter, r *http.Request, id string) error {
 		return err
 	}
 	return httpx.WriteJSON(w, r, jobOf(job))
+}
+
+// retryJob starts a job of a finished job's failed images: 202 with it.
+func (a *api) retryJob(w http.ResponseWriter, r *http.Request) error {
+	id := mux.Vars(r)["id"]
+	return a.onJob(w, r, id, func() error {
+		if err := a.checkJob(r, id); err != nil {
+			return err
+		}
+		old, err := a.jobs.Job(id)
+		if err != nil {
+			return err
+		}
+		caller := httpx.Identity(r.Context())
+		if old.PushTo != "" && !a.auth.MayPushTo(caller, old.PushTo) {
+			return httpx.OCIError(http.StatusForbidden, errcode.ErrorCodeDenied, "job "+id+" pushes to "+old.PushTo+", where this caller may not push")
+		}
+		job, err := a.jobs.Retry(id, caller.User)
+		switch {
+		case errors.Is(err, replicate.ErrNothingToRetry):
+			return httpx.OCIError(http.StatusConflict, errNothingToRetry, err.Error())
+		case err != nil:
+			return httpx.ToHTTP(err, errJobUnknown)
+		}
+		w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
+		return httpx.WriteJSONStatus(w, r, http.StatusAccepted, jobOf(job))
+	})
 }
 
 // pins lists what prefetch jobs pinned; DELETE ?image=REF unpins one.

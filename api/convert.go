@@ -7,7 +7,7 @@ import "github.com/wharf-registry/wharf/replicate"
 
 func jobOf(j replicate.Job) Job {
 	return Job{ID: j.ID, State: State(j.State), Error: j.Error, Platforms: j.Platforms, PushTo: j.PushTo, Pin: j.Pin,
-		SkipReferrers: j.SkipReferrers, FilterIndex: j.FilterIndex, Rule: j.Rule, Owner: j.Owner, Cancel: j.Cancel,
+		SkipReferrers: j.SkipReferrers, FilterIndex: j.FilterIndex, Rule: j.Rule, RetryOf: j.RetryOf, Owner: j.Owner, Cancel: j.Cancel,
 		Created: j.Created, Started: j.Started, Finished: j.Finished, Images: j.Images,
 		Queued: j.Queued, Running: j.Running, Done: j.Done, Failed: j.Failed, Cancelled: j.Cancelled,
 		BytesTotal: j.BytesTotal, BytesDone: j.BytesDone, BytesFetched: j.BytesFetched, BytesPushed: j.BytesPushed}

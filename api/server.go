@@ -74,6 +74,7 @@ func New(cfg Config) (http.Handler, error) {
 	r.Handle("/api/v1/jobs", a.route("jobs", "", a.listJobs, http.MethodGet))
 	r.Handle("/api/v1/jobs/{id}", a.route("job", "", a.job, http.MethodGet, http.MethodDelete))
 	r.Handle("/api/v1/jobs/{id}/images", a.route("job-images", "", a.jobImages, http.MethodGet))
+	r.Handle("/api/v1/jobs/{id}/retry", a.route("job-retry", "", a.retryJob, http.MethodPost))
 	r.Handle("/api/v1/pins", a.route("pins", auth.RightPins, a.pins, http.MethodGet, http.MethodDelete))
 	r.Handle("/api/v1/replication", a.route("replication", auth.RightJobs, a.replication, http.MethodGet))
 	r.Handle("/api/v1/replication/{rule}/run", a.route("replication-run", auth.RightPrefetch, a.replicate, http.MethodPost))

@@ -73,8 +73,9 @@ type Job struct {
 	Pin           bool       `json:"pin,omitempty"`
 	SkipReferrers bool       `json:"skip_referrers,omitempty"`
 	FilterIndex   bool       `json:"filter_index,omitempty"`
-	Rule          string     `json:"rule,omitempty"`  // the replication rule whose run this is
-	Owner         string     `json:"owner,omitempty"` // who submitted it
+	Rule          string     `json:"rule,omitempty"`     // the replication rule whose run this is
+	RetryOf       string     `json:"retry_of,omitempty"` // the job whose failed images this one runs again
+	Owner         string     `json:"owner,omitempty"`    // who submitted it
 	Cancel        bool       `json:"cancel_requested,omitempty"`
 	Created       time.Time  `json:"created"`
 	Started       *time.Time `json:"started,omitempty"`

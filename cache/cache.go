@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -211,6 +212,10 @@ func New(store *storage.Store, cfg Config) (*Cache, error) {
 
 // HasUpstream reports whether name is a configured upstream.
 func (c *Cache) HasUpstream(name string) bool { _, ok := c.upstreams[name]; return ok }
+
+// UpstreamNames lists the upstreams configured, sorted: what an error
+// about a name that matches none shows.
+func (c *Cache) UpstreamNames() []string { return slices.Sorted(maps.Keys(c.upstreams)) }
 
 func (c *Cache) upstream(name string) (Upstream, error) {
 	u, ok := c.upstreams[name]

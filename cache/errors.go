@@ -74,11 +74,15 @@ func classify(err error) error {
 // Transient reports whether err is worth trying again: a registry (or the
 // cache on its behalf) that did not answer, timed out, limited the rate or
 // failed on its side. "Not found", "denied", a refusal, bad content, a
-// cancelled caller and a local failure (no registry's answer) are final.
+// cancelled caller, a local failure (no registry's answer) and an answer
+// that says it is permanent (a redirect target's refusal) are final.
 func Transient(err error) bool {
 	var sc StatusCoder
+	var p interface{ Permanent() bool }
 	switch {
 	case errors.Is(err, context.Canceled):
+		return false
+	case errors.As(err, &p) && p.Permanent():
 		return false
 	case errors.Is(err, ErrUnavailable):
 		return true

@@ -1,7 +1,9 @@
 package proxy_test
 
 import (
+	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -11,9 +13,15 @@ import (
 
 // What a Harbor target refuses is spelled out per image, and the other
 // images of the job go on: an immutable tag (412), a project that does not
-// exist, an account without push rights, a spent quota.
+// exist, an account without push rights (403, or a token without the push
+// scope), refused credentials, a redirect to another host (which gets no
+// credentials), a spent quota.
 func TestHarborRefusalsAreSpelledOut(t *testing.T) {
 	t.Parallel()
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	t.Cleanup(elsewhere.Close)
 	harbor := func(status int, code, msg string) func(http.ResponseWriter) {
 		return func(w http.ResponseWriter) {
 			w.Header().Set("Content-Type", "application/json")
@@ -39,6 +47,21 @@ func TestHarborRefusalsAreSpelledOut(t *testing.T) {
 			return r.Method == "POST" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads")
 		},
 			harbor(403, "DENIED", "requested access to the resource is denied"), "may not push to proj-b/app: give it push rights on project proj-b"},
+		{"wrong password", func(r *http.Request) bool {
+			return r.Method == "POST" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads")
+		},
+			harbor(401, "UNAUTHORIZED", "unauthorized: authentication required"), "Wharf's credentials for target harbor-b are refused"},
+		{"a token without push", func(r *http.Request) bool {
+			return r.Method == "POST" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads")
+		},
+			harbor(401, "UNAUTHORIZED", "unauthorized to access repository: proj-b/app, action: push: unauthorized to access repository: proj-b/app, action: push"), "may not push to proj-b/app: give it push rights"},
+		{"a redirect to another host", func(r *http.Request) bool {
+			return r.Method == "POST" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads")
+		},
+			func(w http.ResponseWriter) {
+				w.Header().Set("Location", elsewhere.URL+"/v2/proj-b/app/blobs/uploads/")
+				w.WriteHeader(http.StatusTemporaryRedirect)
+			}, "target harbor-b redirected the request to another host, which refused it"},
 		{"quota", func(r *http.Request) bool {
 			return r.Method == "PUT" && strings.Contains(r.URL.Path, "/proj-b/app/blobs/uploads")
 		},
@@ -98,4 +121,37 @@ func TestPrefetchFromCache(t *testing.T) {
 	}
 	r := p.send(t, "POST", "/api/v1/prefetch", "application/json", `{"from_cache": ["quay.io/*"]}`)
 	wantError(t, r, 400, "INVALID")
+}
+
+// A finished job's failed images run again, exactly those, as a new job
+// that names the old one; a job with nothing failed has nothing to retry.
+func TestRetryFailedImages(t *testing.T) {
+	t.Parallel()
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
+	p.seed(t)
+	p.dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/proj-b/tool/manifests/2.0") {
+			w.WriteHeader(http.StatusForbidden)
+			return true
+		}
+		return false
+	})
+	id := p.submit(t, "application/json", "", promoteAll)
+	if job := p.wait(t, id); job.State != replicate.StatePartial || job.Failed != 1 {
+		t.Fatalf("first run: %s, %d failed", job.State, job.Failed)
+	}
+	p.dst.SetHook(nil) // the right is granted
+	r := p.send(t, http.MethodPost, "/api/v1/jobs/"+id+"/retry", "application/json", "{}")
+	var again replicate.Job
+	if r.status != http.StatusAccepted || json.Unmarshal(r.body, &again) != nil || again.RetryOf != id || again.Images != 1 ||
+		r.header.Get("Location") != "/api/v1/jobs/"+again.ID {
+		t.Fatalf("retry: %d %s", r.status, r.body)
+	}
+	job := p.wait(t, again.ID)
+	if job.State != replicate.StateDone || len(job.Images) != 1 || job.Images[0].Source != "harbor-a.example.com/proj/tool:2.0" {
+		t.Fatalf("the retry: %s %+v", job.State, job.Images)
+	}
+	onTarget(t, p.dst, "proj-b/tool", "2.0", p.tool.Manifest)
+	wantError(t, p.send(t, http.MethodPost, "/api/v1/jobs/"+again.ID+"/retry", "application/json", "{}"), http.StatusConflict, "NOTHING_TO_RETRY")
+	wantError(t, p.send(t, http.MethodPost, "/api/v1/jobs/0000000000000000nope/retry", "application/json", "{}"), http.StatusNotFound, "JOB_UNKNOWN")
 }

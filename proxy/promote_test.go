@@ -274,7 +274,7 @@ func TestPrefetchSendsOnlyMissingBlobs(t *testing.T) {
 // failing tag never appears on the target.
 func TestPrefetchPartialWhenTargetFailsOneManifest(t *testing.T) {
 	t.Parallel()
-	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{RetryFor: map[string]time.Duration{"harbor-b": 300 * time.Millisecond}}, "", 0)
 	p.seed(t)
 	p.dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method == http.MethodPut && r.URL.Path == "/v2/proj-b/tool/manifests/2.0" {
@@ -294,8 +294,9 @@ func TestPrefetchPartialWhenTargetFailsOneManifest(t *testing.T) {
 		if failed != (img.State == replicate.StateFailed) || (!failed && img.State != replicate.StateDone) {
 			t.Errorf("%s: %s (%s)", img.Source, img.State, img.Error)
 		}
-		if failed && (!strings.Contains(img.Error, "500") || !strings.Contains(img.Error, "disk on fire") || !strings.Contains(img.Error, "proj-b/tool:2.0")) {
-			t.Errorf("reason %q lacks the status, message or reference", img.Error)
+		if failed && (!strings.Contains(img.Error, "500") || !strings.Contains(img.Error, "disk on fire") || !strings.Contains(img.Error, "proj-b/tool:2.0") ||
+			!strings.Contains(img.Error, "target harbor-b was unavailable for 300ms (its retry_for)")) {
+			t.Errorf("reason %q lacks the status, message, reference or retry_for", img.Error)
 		}
 	}
 	puts := 0
@@ -304,8 +305,8 @@ func TestPrefetchPartialWhenTargetFailsOneManifest(t *testing.T) {
 			puts++
 		}
 	}
-	if puts != 4 {
-		t.Errorf("failing manifest PUT %d times, want 4 (3 retries)", puts)
+	if puts < 5 {
+		t.Errorf("failing manifest PUT %d times, want more than the 4 of a source's retries: its retry_for", puts)
 	}
 	p.dst.SetHook(nil)
 	if resp, _ := p.dst.Get(t, http.MethodGet, "/v2/proj-b/tool/manifests/2.0"); resp.StatusCode != http.StatusNotFound {

@@ -147,7 +147,7 @@ func (bc *blobCopy) warm(ctx context.Context) error {
 func (bc *blobCopy) push(ctx context.Context) (outcome pushOutcome, err error) {
 	target, repo := bc.r.job.PushTo, bc.img.TargetRepo
 	t := bc.c.targets[target]
-	err = bc.c.retry(ctx, func() error {
+	err = bc.c.retryTarget(ctx, target, func() error {
 		bc.progress.Store(0)
 		_, err := t.StatBlob(ctx, repo, bc.desc.Digest)
 		if err == nil {

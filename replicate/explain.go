@@ -28,13 +28,22 @@ func explain(err error, target, repo, ref string) error {
 		text += " " + strings.ToLower(strings.Join(oc.OCICodes(), " "))
 	}
 	project, _, _ := strings.Cut(repo, "/")
+	var redirected interface{ Permanent() bool }
 	var why string
 	switch {
+	case errors.As(err, &redirected) && redirected.Permanent():
+		why = fmt.Sprintf("target %s redirected the request to another host, which refused it: Wharf sends the target's credentials to its own host only; set targets[].url to the host that serves pushes", target)
 	case s == http.StatusPreconditionFailed || strings.Contains(text, "immutable"):
 		why = fmt.Sprintf("tag %s is immutable on %s (a tag immutability rule): it cannot be overwritten; push under a new tag or change the rule", ref, target)
 	case strings.Contains(text, "quota") || strings.Contains(text, "upper limit"):
 		why = fmt.Sprintf("the storage quota of project %s on %s is spent: raise it or free space there", project, target)
-	case s == http.StatusUnauthorized || s == http.StatusForbidden:
+	case s == http.StatusUnauthorized && (strings.Contains(text, "insufficient_scope") || strings.Contains(text, "action: push") || strings.Contains(text, "denied")):
+		// A token without the push scope, as distribution and Harbor
+		// answer an account that may pull but not push.
+		why = fmt.Sprintf("the account Wharf pushes to %s with may not push to %s: give it push rights on project %s (for a Harbor robot account, the push permission on that project's repositories)", target, repo, project)
+	case s == http.StatusUnauthorized:
+		why = fmt.Sprintf("Wharf's credentials for target %s are refused: check targets[].username and its password (or password_file) for %s", target, target)
+	case s == http.StatusForbidden:
 		why = fmt.Sprintf("the account Wharf pushes to %s with may not push to %s: give it push rights on project %s (for a Harbor robot account, the push permission on that project's repositories)", target, repo, project)
 	case s == http.StatusNotFound && (strings.Contains(text, "project") || strings.Contains(text, "name_unknown") || strings.Contains(text, "not found")):
 		why = fmt.Sprintf("project %s does not exist on %s: create it first (Harbor does not create projects on push)", project, target)

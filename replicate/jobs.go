@@ -5,8 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -53,6 +56,7 @@ type JobSpec struct {
 	PushTo    string     // a configured target, or ""
 	Pin       bool       // pin each image against eviction
 	Owner     string     // the user who asked, "" for the token or loopback
+	RetryOf   string     // the job whose failed images these are
 	// SkipReferrers leaves signatures, attestations and SBOMs behind;
 	// by default they travel with their image.
 	SkipReferrers bool
@@ -81,6 +85,7 @@ type Job struct {
 	// FilterIndex: indexes are pushed listing only the copied platforms (index: filter).
 	FilterIndex bool       `json:"filter_index,omitempty"`
 	Rule        string     `json:"rule,omitempty"`             // the replication rule whose run this is
+	RetryOf     string     `json:"retry_of,omitempty"`         // the job whose failed images this one runs again
 	Owner       string     `json:"owner,omitempty"`            // who submitted it: users see and cancel their own
 	Cancel      bool       `json:"cancel_requested,omitempty"` // kept so that a restart finishes the cancel
 	Created     time.Time  `json:"created"`
@@ -170,6 +175,9 @@ type SkippedChild struct {
 // HasTarget reports whether jobs may push to a target of that name.
 func (c *Jobs) HasTarget(name string) bool { _, ok := c.targets[name]; return ok }
 
+// targetNames lists the targets configured, sorted.
+func (c *Jobs) targetNames() []string { return slices.Sorted(maps.Keys(c.targets)) }
+
 // Submit accepts a job, stores it whole and starts it. It fails for a job
 // that names something not configured (the proxy has checked everything
 // else) and, with ErrJobNotSaved, when the index cannot take it: then
@@ -198,6 +206,7 @@ func (c *Jobs) Submit(spec JobSpec) (Job, error) {
 		SkipReferrers: spec.SkipReferrers,
 		FilterIndex:   spec.FilterIndex,
 		Rule:          spec.Rule,
+		RetryOf:       spec.RetryOf,
 		Created:       now,
 		Images:        len(spec.Images),
 	}
@@ -272,4 +281,42 @@ func (c *Jobs) Cancel(ctx context.Context, id string) (Job, error) {
 	case <-ctx.Done():
 	}
 	return r.snapshot(), nil
+}
+
+// ErrNothingToRetry says a job has no failed images to run again, or has
+// not ended.
+var ErrNothingToRetry = errors.New("nothing to retry")
+
+// Retry starts a job of the failed images of job id, which has ended, with
+// its options: a push target back from an outage, a right granted, a
+// project created. owner is who asks.
+func (c *Jobs) Retry(id, owner string) (Job, error) {
+	job, err := c.Job(id)
+	if err != nil {
+		return Job{}, err
+	}
+	if job.Finished == nil {
+		return Job{}, fmt.Errorf("%w: job %s has not ended", ErrNothingToRetry, id)
+	}
+	spec := JobSpec{PushTo: job.PushTo, Platforms: parsePlatforms(job.Platforms), Pin: job.Pin, Owner: owner,
+		SkipReferrers: job.SkipReferrers, FilterIndex: job.FilterIndex, Rule: job.Rule, RetryOf: id}
+	var bad error
+	err = c.store.JobImages(id, -1, func(_ int, doc []byte) bool {
+		var img Image
+		if bad = json.Unmarshal(doc, &img); bad != nil {
+			return false
+		}
+		if img.State == StateFailed {
+			spec.Images = append(spec.Images, ImageRef{Source: img.Source, Upstream: img.Upstream, Repo: img.Repository,
+				Ref: img.Reference, Tag: img.Tag, TargetRepo: img.TargetRepo})
+		}
+		return true
+	})
+	if err = cmp.Or(err, bad); err != nil {
+		return Job{}, err
+	}
+	if len(spec.Images) == 0 {
+		return Job{}, fmt.Errorf("%w: job %s has no failed images", ErrNothingToRetry, id)
+	}
+	return c.Submit(spec)
 }

@@ -211,7 +211,7 @@ func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []ma
 	if r.job.PushTo == "" {
 		return nil
 	}
-	t := c.targets[r.job.PushTo]
+	t := r.job.PushTo
 	if r.job.FilterIndex {
 		nodes = filterIndexes(r, img, nodes)
 	}
@@ -220,7 +220,7 @@ func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []ma
 		push := c.pushManifest
 		if i == len(nodes)-1 {
 			ref = cmp.Or(img.Tag, img.Reference)
-			push = func(ctx context.Context, t Target, repo, ref string, n manifestNode) error {
+			push = func(ctx context.Context, t string, repo, ref string, n manifestNode) error {
 				return c.pushRoot(ctx, r, t, img, ref, n)
 			}
 		}
@@ -248,7 +248,7 @@ func (c *Jobs) pushManifests(ctx context.Context, r *run, img *Image, nodes []ma
 // that moved is a *tagMoved, and nothing is pushed. A source that cannot
 // be asked does not stop the push: what the job copied is the newest
 // known.
-func (c *Jobs) pushRoot(ctx context.Context, r *run, t Target, img *Image, ref string, n manifestNode) error {
+func (c *Jobs) pushRoot(ctx context.Context, r *run, t string, img *Image, ref string, n manifestNode) error {
 	tag := sourceTag(r, img)
 	if tag == "" {
 		return c.pushManifest(ctx, t, img.TargetRepo, ref, n)
@@ -279,6 +279,52 @@ const (
 	retryAttempts = 4
 	maxRetryWait  = 30 * time.Second
 )
+
+// defaultRetryFor is how long a push rides out a target that is
+// unavailable, unless its retry_for says otherwise.
+const defaultRetryFor = 10 * time.Minute
+
+// retryTarget is retry for a call to push target target: a target that is
+// unavailable (refused, timed out, 5xx, 429, its circuit open) is asked
+// again, the pause doubling up to 30 s (or what it asks for, its circuit's
+// wait included), until it answers or has been unavailable for its
+// retry_for: an outage of minutes, a restart, a breaker that opened, fail
+// no image. What the target refuses for good fails at once.
+func (c *Jobs) retryTarget(ctx context.Context, target string, fn func() error) error {
+	limit, ok := c.retryFor[target]
+	if !ok {
+		limit = defaultRetryFor
+	}
+	start, wait := time.Now(), c.retryBackoff // the wall clock: an outage is real time
+	var last error                            // the target's last answer: an open circuit is none
+	for {
+		err := fn()
+		if err == nil || !cache.Transient(err) || ctx.Err() != nil {
+			return err
+		}
+		var co interface{ CircuitOpen() bool }
+		if last == nil || !errors.As(err, &co) || !co.CircuitOpen() {
+			last = err
+		}
+		left := limit - time.Since(start)
+		if left <= 0 {
+			return fmt.Errorf("target %s was unavailable for %s (its retry_for): %w", target, limit, last)
+		}
+		d := wait
+		var ra cache.RetryAfterer
+		if errors.As(err, &ra) && ra.RetryAfter() > 0 {
+			d = min(ra.RetryAfter(), maxRetryWait)
+		}
+		t := time.NewTimer(min(d, left))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		wait = min(wait*2, maxRetryWait)
+	}
+}
 
 // retry runs fn until it succeeds, fails for good, or runs out of attempts.
 func (c *Jobs) retry(ctx context.Context, fn func() error) error {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -133,5 +134,47 @@ func TestPromoteNeverPushesAnOlderDigest(t *testing.T) {
 	job, images = runJob(t, jobs, byHand)
 	if d, _, _, _ := dst.resolve("copy/app", "1.0"); job.State != StateDone || images[0].Digest != old.Digest || d != old.Digest {
 		t.Fatalf("by hand: %s, image %s, target's tag %s; want %s", job.State, images[0].Digest, d, old.Digest)
+	}
+}
+
+// A target that is unavailable for longer than a few retries (an outage,
+// a restart, an open circuit) fails no image while its retry_for lasts;
+// past it, the image fails saying so.
+func TestPushesRideOutATargetOutage(t *testing.T) {
+	src, dst := newMemRegistry(), newMemRegistry()
+	src.image("proj/app", "1.0", 5, 2)
+	jobs := jobsOver(t, src, dst)
+	dst.failNext["PushBlob"], dst.failNext["PushManifest"], dst.failNext["StatBlob"] = 9, 9, 9
+	job, images := runJob(t, jobs, push("1.0", "copy/app"))
+	if job.State != StateDone || dst.count("PushManifest") != 10 {
+		t.Fatalf("after 9 failures of each call: %s %q, %d manifest pushes", job.State, images[0].Error, dst.count("PushManifest"))
+	}
+
+	jobs.retryFor = map[string]time.Duration{"b": 20 * time.Millisecond}
+	dst.failFinal["PushManifest"] = http.StatusServiceUnavailable
+	job, images = runJob(t, jobs, push("1.0", "other/app"))
+	if job.State != StateFailed || !strings.Contains(images[0].Error, "target b was unavailable for") {
+		t.Fatalf("past retry_for: %s %q", job.State, images[0].Error)
+	}
+}
+
+// A rule that names no configured upstream or target is refused, with
+// what is configured.
+func TestRuleNamesWhatIsConfigured(t *testing.T) {
+	jobs := jobsOver(t, newMemRegistry(), newMemRegistry())
+	for _, c := range []struct {
+		rule Rule
+		want string
+	}{
+		{Rule{Name: "r", Sources: []string{"127.0.0.1:15201/proj/app"}, Target: "b"}, `source "127.0.0.1:15201/proj/app" names no configured upstream (a source is <upstream>/<repository>, the upstream by its name; upstreams: src)`},
+		{Rule{Name: "r", Sources: []string{"src/proj/*", "harbor-a/*"}, Target: "b"}, `source "harbor-a/*" names no configured upstream`},
+		{Rule{Name: "r", Sources: []string{"src/proj/app"}, Target: "harbor-b"}, `no target "harbor-b" is configured (targets: b)`},
+	} {
+		if _, err := NewRules(jobs, []Rule{c.rule}, 0); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want it to say %s", c.rule, err, c.want)
+		}
+	}
+	if _, err := NewRules(jobs, []Rule{{Name: "r", Sources: []string{"*/proj/app", "src/proj/*"}, Target: "b"}}, 0); err != nil {
+		t.Errorf("a rule over what is configured: %v", err)
 	}
 }

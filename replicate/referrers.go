@@ -198,7 +198,7 @@ func (c *Jobs) pushReferrers(ctx context.Context, r *run, img *Image, refs []ref
 				refsTo = append(refsTo, f.tag)
 			}
 			for _, ref := range refsTo {
-				if err := c.pushManifest(ctx, t, img.TargetRepo, ref, n); err != nil {
+				if err := c.pushManifest(ctx, r.job.PushTo, img.TargetRepo, ref, n); err != nil {
 					return fmt.Errorf("push referrer %s: %w", targetRef(img.TargetRepo, ref), explain(err, r.job.PushTo, img.TargetRepo, ref))
 				}
 			}
@@ -208,7 +208,7 @@ func (c *Jobs) pushReferrers(ctx context.Context, r *run, img *Image, refs []ref
 		}
 		api, asked := hasAPI[f.subject]
 		if !asked {
-			err := c.retry(ctx, func() error {
+			err := c.retryTarget(ctx, r.job.PushTo, func() error {
 				_, _, err := t.Referrers(ctx, img.TargetRepo, f.subject, "")
 				api = err == nil
 				if s := cache.Status(err); err != nil && (s == 0 || s == http.StatusTooManyRequests || s >= 500) {
@@ -222,7 +222,7 @@ func (c *Jobs) pushReferrers(ctx context.Context, r *run, img *Image, refs []ref
 			hasAPI[f.subject] = api
 		}
 		if !api {
-			if err := c.indexReferrer(ctx, t, img.TargetRepo, f); err != nil {
+			if err := c.indexReferrer(ctx, r.job.PushTo, img.TargetRepo, f); err != nil {
 				return fmt.Errorf("referrers tag %s: %w", targetRef(img.TargetRepo, schemaTag(f.subject)), explain(err, r.job.PushTo, img.TargetRepo, schemaTag(f.subject)))
 			}
 		}
@@ -231,9 +231,10 @@ func (c *Jobs) pushReferrers(ctx context.Context, r *run, img *Image, refs []ref
 	return nil
 }
 
-// pushManifest puts n under ref on the target unless it is there already.
-func (c *Jobs) pushManifest(ctx context.Context, t Target, repo, ref string, n manifestNode) error {
-	return c.retry(ctx, func() error {
+// pushManifest puts n under ref on target unless it is there already.
+func (c *Jobs) pushManifest(ctx context.Context, target, repo, ref string, n manifestNode) error {
+	t := c.targets[target]
+	return c.retryTarget(ctx, target, func() error {
 		if have, _, err := t.Manifest(ctx, repo, ref, true); err == nil && have.Digest == n.desc.Digest {
 			return nil
 		}
@@ -243,9 +244,9 @@ func (c *Jobs) pushManifest(ctx context.Context, t Target, repo, ref string, n m
 
 // indexReferrer adds f to the tag schema's index of its subject on a target
 // without a referrers API, as OCI 1.1 clients do.
-func (c *Jobs) indexReferrer(ctx context.Context, t Target, repo string, f referrer) error {
-	tag := schemaTag(f.subject)
-	return c.retry(ctx, func() error {
+func (c *Jobs) indexReferrer(ctx context.Context, target, repo string, f referrer) error {
+	t, tag := c.targets[target], schemaTag(f.subject)
+	return c.retryTarget(ctx, target, func() error {
 		idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
 		idx.SchemaVersion = 2
 		_, rc, err := t.Manifest(ctx, repo, tag, false)

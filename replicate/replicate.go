@@ -33,11 +33,15 @@ type Config struct {
 	// older ones are forgotten as new ones are submitted.
 	KeepJobs int `yaml:"-"`
 	// RetryBackoff is the first wait before a job retries a transient
-	// failure (default 1s), doubled for each of up to 3 retries.
-	RetryBackoff time.Duration         `yaml:"-"`
-	Registerer   prometheus.Registerer `yaml:"-"` // nil: metrics are not registered
-	Logger       *slog.Logger          `yaml:"-"` // nil: slog.Default()
-	Now          func() time.Time      `yaml:"-"` // nil: time.Now
+	// failure (default 1s), doubled for each of up to 3 retries (pushes:
+	// doubled up to 30 s, for the target's RetryFor).
+	RetryBackoff time.Duration `yaml:"-"`
+	// RetryFor is, per target, how long its pushes ride out its being
+	// unavailable before an image fails (default 10 minutes).
+	RetryFor   map[string]time.Duration `yaml:"-"`
+	Registerer prometheus.Registerer    `yaml:"-"` // nil: metrics are not registered
+	Logger     *slog.Logger             `yaml:"-"` // nil: slog.Default()
+	Now        func() time.Time         `yaml:"-"` // nil: time.Now
 }
 
 // Check validates the settings the configuration file's prefetch: block
@@ -58,6 +62,7 @@ type Jobs struct {
 	now     func() time.Time
 
 	targets      map[string]Target
+	retryFor     map[string]time.Duration
 	jobSlots     chan struct{} // jobs running at once
 	jobImages    int
 	transfers    chan struct{} // blob copies of all jobs at once
@@ -92,6 +97,7 @@ func New(c *cache.Cache, store *storage.Store, cfg Config) (*Jobs, error) {
 		cache: c, store: store, metrics: m, now: now, reg: cfg.Registerer,
 		log:          cmp.Or(cfg.Logger, slog.Default()),
 		targets:      cfg.Targets,
+		retryFor:     cfg.RetryFor,
 		jobs:         map[string]*run{},
 		jobSlots:     make(chan struct{}, 2),
 		jobImages:    cmp.Or(cfg.JobImages, 4),

@@ -155,14 +155,18 @@ func NewRules(jobs *Jobs, rules []Rule, batch time.Duration) (*Rules, error) {
 		case seen[r.Name]:
 			return nil, fmt.Errorf("replication rule %s is configured twice", r.Name)
 		case !jobs.HasTarget(r.Target):
-			return nil, fmt.Errorf("replication rule %s: no target %q is configured", r.Name, r.Target)
+			return nil, fmt.Errorf("replication rule %s: no target %q is configured (targets: %s)", r.Name, r.Target, listOrNone(jobs.targetNames()))
 		case len(r.Sources) == 0:
 			return nil, fmt.Errorf("replication rule %s: sources is empty", r.Name)
 		}
 		seen[r.Name] = true
+		ups := jobs.cache.UpstreamNames()
 		for _, s := range r.Sources {
 			if err := route.Check(s); err != nil {
 				return nil, fmt.Errorf("replication rule %s: sources: %w", r.Name, err)
+			}
+			if !slices.ContainsFunc(ups, func(u string) bool { return route.MayMatchUpstream(s, u) }) {
+				return nil, fmt.Errorf("replication rule %s: source %q names no configured upstream (a source is <upstream>/<repository>, the upstream by its name; upstreams: %s)", r.Name, s, listOrNone(ups))
 			}
 		}
 		st := &rule{Rule: r, pending: map[string]pendingTag{}, inflight: map[string]inflight{}}
@@ -196,6 +200,13 @@ func (rs *Rules) owner(r *rule) string {
 		return ""
 	}
 	return peer
+}
+
+func listOrNone(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
 }
 
 // Start subscribes on_pull rules to the cache's tag events and starts the

@@ -27,6 +27,9 @@ type Error struct {
 	Detail string   // first OCI error message, or the transport error
 	Retry  time.Duration
 	Err    error // transport error, when Status is 0
+	// RedirectedTo is the host a request was redirected to when that
+	// host's refusal (4xx) is the answer: Wharf sent it no credentials.
+	RedirectedTo string
 }
 
 // Error names the request and what went wrong, with no credentials or
@@ -88,6 +91,15 @@ func (e *Error) OCICodes() []string { return e.Codes }
 // Error, which names the request and is for logs.
 func (e *Error) OCIMessage() string { return e.Detail }
 
+// CircuitOpen reports a request that was not sent because the upstream's
+// circuit is open: it says nothing new about the upstream.
+func (e *Error) CircuitOpen() bool { return errors.Is(e.Err, ErrCircuitOpen) }
+
+// Permanent reports an answer that asking again will not change, whatever
+// its status says: a host the registry redirected to refused the request,
+// which carried no credentials there.
+func (e *Error) Permanent() bool { return e.RedirectedTo != "" }
+
 // RetryAfter is the delay upstream asked for with Retry-After, if any.
 func (e *Error) RetryAfter() time.Duration { return e.Retry }
 
@@ -105,6 +117,7 @@ func newError(resp *http.Response, host string) *Error {
 	if resp.Request.URL.Host != host && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
 		e.Status, e.Detail = http.StatusBadGateway, fmt.Sprintf("the redirect target answered %d", resp.StatusCode)
+		e.RedirectedTo = resp.Request.URL.Hostname()
 		return e
 	}
 	var doc struct {

@@ -180,20 +180,22 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 func defaultServer() string { return cmp.Or(os.Getenv("WHARF_SERVER"), "http://127.0.0.1:5000") }
 
 // jobsCmd lists jobs, shows one (with --failed, only its failed images),
-// or cancels one.
+// cancels one, or runs a finished one's failed images again (--retry:
+// prints the new job's ID).
 func jobsCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("jobs", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cf := addClientFlags(fs)
 	cancel := fs.Bool("cancel", false, "cancel the job ID")
 	failed := fs.Bool("failed", false, "list only the job's failed images")
+	retry := fs.Bool("retry", false, "run the failed images of the ended job ID again, as a new job; print its ID")
 	output := fs.String("output", "text", "text or json")
 	ids, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(ids) > 1 || ((*cancel || *failed) && len(ids) == 0) {
-		return errors.New("usage: wharf jobs [--cancel | --failed] [ID]")
+	if len(ids) > 1 || ((*cancel || *failed || *retry) && len(ids) == 0) {
+		return errors.New("usage: wharf jobs [--cancel | --failed | --retry] [ID]")
 	}
 	c, err := cf.client()
 	if err != nil {
@@ -213,6 +215,18 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "%-24s  %-9s  %-6d  %-6d  %-6d  %-9s  %-10s  %s\n", j.ID, j.State, j.Images, j.Done, j.Failed,
 				humanize.IBytes(uint64(j.BytesTotal)), cmp.Or(j.PushTo, "-"), j.Created.Local().Format(time.DateTime))
 		}
+		return nil
+	}
+	if *retry {
+		var job api.Job
+		if err := c.call(ctx, http.MethodPost, "/api/v1/jobs/"+url.PathEscape(ids[0])+"/retry", "application/json", []byte("{}"), &job); err != nil {
+			return err
+		}
+		if *output == "json" {
+			return writeJob(stdout, job)
+		}
+		fmt.Fprintln(stdout, job.ID)
+		fmt.Fprintf(stderr, "job %s runs the %d failed images of job %s again\n", job.ID, job.Images, ids[0])
 		return nil
 	}
 	method := http.MethodGet

@@ -131,6 +131,9 @@ type targetConfig struct {
 	registryConfig `yaml:",inline"`
 	ChunkSize      string `yaml:"chunk_size"`
 	chunkBytes     int64
+	// RetryFor is how long pushes ride out this target being unavailable
+	// before an image fails (default 10m).
+	RetryFor *time.Duration `yaml:"retry_for"`
 }
 
 type upstreamConfig struct {
@@ -282,6 +285,9 @@ func (c *fileConfig) validatePrefetch() error {
 				return fmt.Errorf("target %s: chunk_size %q: want a size of at least 1MiB, like 64MiB", t.Name, t.ChunkSize)
 			}
 			t.chunkBytes = int64(n)
+		}
+		if t.RetryFor != nil && *t.RetryFor < 0 {
+			return fmt.Errorf("target %s: retry_for must not be negative", t.Name)
 		}
 	}
 	if err := c.Prefetch.Check(); err != nil {

@@ -41,8 +41,8 @@ const usage = `usage:
   wharf prefetch [--server URL] [--token-file F | --user NAME] [--ca-file F] [--push-to TARGET] [--referrers=false] [--index filter] [--platform OS/ARCH]...
                  [--rename FROM=TO]... [--pin] [--wait] [--output json] (-f FILE | REF... | --from-cache PATTERN...)
                                                      warm the cache and copy images to a target
-  wharf jobs [--server URL] [--token-file F | --user NAME] [--ca-file F] [--cancel] [--output json] [ID]
-                                                     list prefetch jobs, show or cancel one
+  wharf jobs [--server URL] [--token-file F | --user NAME] [--ca-file F] [--cancel | --failed | --retry] [--output json] [ID]
+                                                     list prefetch jobs, show, cancel or retry one
   wharf pins [--server URL] [--token-file F | --user NAME] [--ca-file F] [--unpin REF]
                                                      list what jobs pinned against eviction, or unpin
   wharf replicate [--server URL] [--token-file F | --user NAME] [--ca-file F] [RULE --now [--wait]]
@@ -176,7 +176,7 @@ func (c *fileConfig) server(reg *prometheus.Registry, log *slog.Logger) (cfg ser
 		Cache: cache.Config{Upstreams: ups, PinPatterns: c.Pins, MaxSize: c.Storage.MaxBytes(), HighWater: c.Storage.HighWatermark,
 			LowWater: c.Storage.LowWatermark, Redirect: c.Storage.Redirect, StallTimeout: c.stallTimeout()},
 		Upstreams: routes, Status: status,
-		Jobs:  replicate.Config{Targets: targets, JobImages: c.Prefetch.JobImages, JobTransfers: c.Prefetch.JobTransfers},
+		Jobs:  replicate.Config{Targets: targets, JobImages: c.Prefetch.JobImages, JobTransfers: c.Prefetch.JobTransfers, RetryFor: c.retryFor()},
 		Rules: rules, Auth: &ac, Registry: reg, Logger: log,
 	}
 	if c.Cluster == nil {
@@ -230,6 +230,17 @@ func (c *fileConfig) servePeers(h http.Handler, log *slog.Logger) (stop func(), 
 	}()
 	log.Info("peers listening", "addr", ln.Addr().String(), "tls", tlsConf != nil)
 	return func() { ps.Close() }, nil
+}
+
+// retryFor is each target's retry_for, where it is set.
+func (c *fileConfig) retryFor() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for _, t := range c.Targets {
+		if t.RetryFor != nil {
+			out[t.Name] = *t.RetryFor
+		}
+	}
+	return out
 }
 
 // listenAndServe serves srv on the configured listener (and the debug
