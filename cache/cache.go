@@ -296,11 +296,14 @@ func (c *Cache) peerRepositories(ctx context.Context, peer string) ([]storage.Re
 	return list, nil
 }
 
-// TagEvent says a tag was first cached, or was seen to point somewhere
-// new: what replication's on_pull rules act on.
+// TagEvent says a tag was first cached, was seen to point somewhere new,
+// or was looked at again: what replication's on_pull rules act on.
 type TagEvent struct {
 	Upstream, Repo, Tag string
 	Digest              digest.Digest
+	// Same: the tag was looked at again (revalidated) and had not moved;
+	// what refers to it may have changed (a signature added).
+	Same bool
 }
 
 // Subscribe has fn called, synchronously and so briefly, for every
@@ -316,7 +319,5 @@ func (c *Cache) putTag(up, repo, tag string, ti storage.TagInfo) {
 	}
 	prev, err := c.store.Tag(up, repo, tag)
 	c.unstored("index", c.store.PutTag(up, repo, tag, ti), "repository", repo, "tag", tag)
-	if err != nil || prev.Digest != ti.Digest {
-		(*fn)(TagEvent{Upstream: up, Repo: repo, Tag: tag, Digest: ti.Digest})
-	}
+	(*fn)(TagEvent{Upstream: up, Repo: repo, Tag: tag, Digest: ti.Digest, Same: err == nil && prev.Digest == ti.Digest})
 }

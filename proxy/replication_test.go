@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/route"
@@ -194,4 +195,52 @@ func authorizedPuts(reg *upstreamtest.Registry) int {
 		}
 	}
 	return n
+}
+
+// Referrers are replicated state: a cosign signature and an SBOM added to
+// an image after a rule pushed it reach the target when the image is next
+// revalidated (on_pull), and another added later with the rule's next run
+// (a schedule's or by hand), which has nothing new after that.
+func TestSignaturesAddedLaterAreReplicated(t *testing.T) {
+	t.Parallel()
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
+	rule := replicate.Rule{Name: "app-to-b", Sources: []string{"harbor-a.example.com/proj/app"}, Target: "harbor-b",
+		Rename: []replicate.Rename{{From: "harbor-a.example.com/proj/", To: "proj-b/"}}, OnPull: true}
+	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{Now: clk.now}, replicate.Config{}, "", 0, rule)
+	p.seed(t)
+	p.get(t, "/v2/proj/app/manifests/1.0", p.app.Manifest.Data, p.app.Manifest.Digest.String())
+	if job := waitRuleJobs(t, p, "app-to-b", 1); job.State != replicate.StateDone {
+		t.Fatalf("first push: %s", job.State)
+	}
+	onTarget(t, dst, "proj-b/app", "1.0", p.app.Manifest)
+
+	subject := ocispec.Descriptor{MediaType: p.app.MediaType, Digest: p.app.Manifest.Digest, Size: int64(len(p.app.Manifest.Data))}
+	sigTag := "sha256-" + p.app.Manifest.Digest.Encoded() + ".sig"
+	sig, _ := src.PushArtifact(t, "proj/app", sigTag, "application/vnd.dev.cosign.simplesigning.v1+json", nil, []byte("cosign"))
+	sbom, sbomDesc := src.PushArtifact(t, "proj/app", "", "application/spdx+json", &subject, []byte(`{"spdxVersion":"SPDX-2.3"}`))
+	src.PushReferrersTag(t, "proj/app", p.app.Manifest.Digest, sbomDesc) // the source has no referrers API
+	clk.add(2 * time.Hour)                                               // past tag_ttl: the next pull revalidates 1.0, unmoved
+	p.get(t, "/v2/proj/app/manifests/1.0", p.app.Manifest.Data, p.app.Manifest.Digest.String())
+	if job := waitRuleJobs(t, p, "app-to-b", 2); job.State != replicate.StateDone || job.Images != 1 {
+		t.Fatalf("the push of the new referrers: %+v", job)
+	}
+	onTarget(t, dst, "proj-b/app", sigTag, sig)
+	onTarget(t, dst, "proj-b/app", sbom.Digest.String(), sbom)
+
+	att, _ := src.PushArtifact(t, "proj/app", "sha256-"+p.app.Manifest.Digest.Encoded()+".att", "application/vnd.dsse.envelope.v1+json", nil, []byte("attested"))
+	clk.add(2 * time.Hour)
+	r := p.send(t, http.MethodPost, "/api/v1/replication/app-to-b/run", "application/json", "{}")
+	var run struct{ Job replicate.Job }
+	if r.status != http.StatusAccepted || json.Unmarshal(r.body, &run) != nil || run.Job.Images != 1 {
+		t.Fatalf("a run after an attestation was added: %d %s", r.status, r.body)
+	}
+	if job := p.wait(t, run.Job.ID); job.State != replicate.StateDone {
+		t.Fatalf("its job: %s", job.State)
+	}
+	onTarget(t, dst, "proj-b/app", "sha256-"+p.app.Manifest.Digest.Encoded()+".att", att)
+	r = p.send(t, http.MethodPost, "/api/v1/replication/app-to-b/run", "application/json", "{}")
+	if r.status != http.StatusOK || !strings.Contains(string(r.body), `"nothing new"`) {
+		t.Fatalf("the next run: %d %s", r.status, r.body)
+	}
 }

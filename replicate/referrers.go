@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -80,6 +81,23 @@ func (c *Jobs) addReferrers(ctx context.Context, r *run, img *Image, p *plan, su
 		}
 	}
 	return nil
+}
+
+// referrerPrint sums up what refers to manifest dgst of up/repo now (its
+// referrers and cosign's tags): "" for nothing, else a digest of their
+// digests. A rule records it with each tag it pushes, and pushes the tag
+// again (its new signatures, attestations, SBOMs) when it changes.
+func (c *Jobs) referrerPrint(ctx context.Context, up, repo string, dgst digest.Digest) (string, error) {
+	found, err := c.findReferrers(ctx, &Image{Upstream: up, Repository: repo}, dgst)
+	if err != nil || len(found) == 0 {
+		return "", err
+	}
+	ds := make([]string, len(found))
+	for i, f := range found {
+		ds[i] = f.entry.Digest.String()
+	}
+	slices.Sort(ds)
+	return digest.FromString(strings.Join(slices.Compact(ds), ",")).Encoded()[:32], nil
 }
 
 // findReferrers lists what refers to dgst in img's source repository:

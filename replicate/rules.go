@@ -90,6 +90,9 @@ type Pending struct {
 	Tag        string        `json:"tag"`
 	Digest     digest.Digest `json:"digest"`
 	Since      time.Time     `json:"since"`
+	// Referrers is the print of what refers to it now, when the tag had
+	// not moved but that had changed (see Jobs.referrerPrint).
+	Referrers *string `json:"referrers,omitempty"`
 }
 
 // Rules runs the replication rules over a job runner.
@@ -98,7 +101,8 @@ type Rules struct {
 	rules  []*rule
 	batch  time.Duration
 	stop   chan struct{}
-	owners Owners // nil: this replica runs every rule
+	owners Owners             // nil: this replica runs every rule
+	checks chan referrerCheck // pushed tags looked at again, for new referrers
 
 	mu     sync.Mutex // guards closed and every wg.Add
 	closed bool
@@ -141,12 +145,13 @@ type pendingTag struct {
 	up, repo, tag string
 	dgst          digest.Digest
 	since         time.Time
+	referrers     *string // the print of its referrers now, when looked at (see Jobs.referrerPrint)
 }
 
 // NewRules checks rules against the jobs' targets. batch is the on_pull
 // window (0: 3s).
 func NewRules(jobs *Jobs, rules []Rule, batch time.Duration) (*Rules, error) {
-	rs := &Rules{jobs: jobs, batch: cmp.Or(batch, onPullBatch), stop: make(chan struct{})}
+	rs := &Rules{jobs: jobs, batch: cmp.Or(batch, onPullBatch), stop: make(chan struct{}), checks: make(chan referrerCheck, 1024)}
 	seen := map[string]bool{}
 	for _, r := range rules {
 		switch {
@@ -221,6 +226,9 @@ func (rs *Rules) Start() {
 	if rs.owners != nil && rs.goAdd() {
 		go rs.watchOwners()
 	}
+	if rs.goAdd() {
+		go rs.checkReferrers()
+	}
 }
 
 // ownersEvery is how often a fleet's replica looks at which rules it owns.
@@ -293,17 +301,75 @@ func (rs *Rules) schedule(r *rule) {
 	}
 }
 
-// matches reports whether a tag of up/repo falls under r.
+// matches reports whether a tag of up/repo falls under r. The tags that
+// only carry what refers to an image (cosign's sha256-<hex>.sig, .att,
+// .sbom and the referrers tag schema's sha256-<hex>) never do: they go
+// with their image, as its referrers.
 func (r *rule) matches(up, repo, tag string) bool {
 	name := up + "/" + repo
-	return slices.ContainsFunc(r.Sources, func(p string) bool { return route.Match(p, name) }) && (r.Tags == nil || r.Tags(tag))
+	return !referrerTag(tag) && slices.ContainsFunc(r.Sources, func(p string) bool { return route.Match(p, name) }) && (r.Tags == nil || r.Tags(tag))
 }
 
-// onTag queues a new or moved tag for the on_pull rules it falls under.
+// referrerTag reports a tag of the referrers tag schema or of cosign.
+func referrerTag(tag string) bool {
+	for _, suffix := range append([]string{""}, cosignSuffixes...) {
+		if hex, ok := strings.CutPrefix(strings.TrimSuffix(tag, suffix), "sha256-"); ok && len(tag) == len("sha256-")+64+len(suffix) && strings.HasSuffix(tag, suffix) {
+			if _, err := digest.Parse("sha256:" + hex); err == nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// onTag queues a new or moved tag for the on_pull rules it falls under;
+// one looked at again that a rule pushed already is checked (in the
+// background: this runs in a pull's path) for referrers added since.
 func (rs *Rules) onTag(ev cache.TagEvent) {
 	for _, r := range rs.rules {
-		if r.OnPull && r.matches(ev.Upstream, ev.Repo, ev.Tag) {
-			rs.queue(r, pendingTag{up: ev.Upstream, repo: ev.Repo, tag: ev.Tag, dgst: ev.Digest, since: rs.jobs.now()})
+		if !r.OnPull || !r.matches(ev.Upstream, ev.Repo, ev.Tag) {
+			continue
+		}
+		p := pendingTag{up: ev.Upstream, repo: ev.Repo, tag: ev.Tag, dgst: ev.Digest, since: rs.jobs.now()}
+		if !ev.Same {
+			rs.queue(r, p)
+			continue
+		}
+		if d, _ := rs.jobs.store.Replicated(r.Name, p.up, p.repo, p.tag); d != p.dgst || r.SkipReferrers {
+			continue // not pushed yet (a pending batch takes it), or its referrers stay behind
+		}
+		select {
+		case rs.checks <- referrerCheck{r, p}:
+		default: // a burst of revalidations: the schedule, or the next one, looks
+		}
+	}
+}
+
+// referrerCheck is a pushed tag to look at for new referrers.
+type referrerCheck struct {
+	r *rule
+	p pendingTag
+}
+
+// checkReferrers queues the tags whose referrers changed since their
+// rule pushed them: a signature, an attestation or an SBOM added after
+// the image.
+func (rs *Rules) checkReferrers() {
+	defer rs.wg.Done()
+	for {
+		select {
+		case <-rs.stop:
+			return
+		case c := <-rs.checks:
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			now, err := rs.jobs.referrerPrint(ctx, c.p.up, c.p.repo, c.p.dgst)
+			cancel()
+			if err != nil {
+				rs.jobs.log.Warn("referrers of a replicated tag not looked at", "rule", c.r.Name, "tag", c.p.up+"/"+c.p.repo+":"+c.p.tag, "error", err)
+				continue
+			}
+			c.p.referrers = &now
+			rs.queue(c.r, c.p)
 		}
 	}
 }
@@ -325,16 +391,17 @@ func (rs *Rules) AddPending(name string, tags []Pending) error {
 			}
 		}
 		for _, t := range tags {
-			rs.queue(r, pendingTag{up: t.Upstream, repo: t.Repository, tag: t.Tag, dgst: t.Digest, since: t.Since})
+			rs.queue(r, pendingTag{up: t.Upstream, repo: t.Repository, tag: t.Tag, dgst: t.Digest, since: t.Since, referrers: t.Referrers})
 		}
 		return nil
 	}
 	return fmt.Errorf("%w %q", ErrNoRule, name)
 }
 
-// queue adds p to r's batch unless r pushed it already or is pushing it.
+// queue adds p to r's batch unless r pushed it already (with the
+// referrers it has now, when p.referrers is set) or is pushing it.
 func (rs *Rules) queue(r *rule, p pendingTag) {
-	if rs.jobs.store.Replicated(r.Name, p.up, p.repo, p.tag) == p.dgst {
+	if d, refs := rs.jobs.store.Replicated(r.Name, p.up, p.repo, p.tag); d == p.dgst && (p.referrers == nil || *p.referrers == refs) {
 		return
 	}
 	k := p.up + "/" + p.repo + ":" + p.tag
@@ -409,7 +476,7 @@ func (rs *Rules) flushLater(r *rule) {
 func (rs *Rules) hand(peer string, r *rule, batch []pendingTag) error {
 	tags := make([]Pending, len(batch))
 	for i, p := range batch {
-		tags[i] = Pending{Upstream: p.up, Repository: p.repo, Tag: p.tag, Digest: p.dgst, Since: p.since}
+		tags[i] = Pending{Upstream: p.up, Repository: p.repo, Tag: p.tag, Digest: p.dgst, Since: p.since, Referrers: p.referrers}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -489,9 +556,25 @@ func (rs *Rules) scan(ctx context.Context, r *rule, trigger string) (*Job, error
 				continue
 			}
 			key := k[0] + "/" + k[1] + ":" + tag
-			if rs.jobs.store.Replicated(r.Name, k[0], k[1], tag) != desc.Digest && !rs.pushing(r, key, desc.Digest) {
-				batch = append(batch, pendingTag{up: k[0], repo: k[1], tag: tag, dgst: desc.Digest})
+			if rs.pushing(r, key, desc.Digest) {
+				continue
 			}
+			if d, refs := rs.jobs.store.Replicated(r.Name, k[0], k[1], tag); d == desc.Digest {
+				// On the target already: again only if it was signed (or
+				// attested) since.
+				if r.SkipReferrers {
+					continue
+				}
+				now, err := rs.jobs.referrerPrint(ctx, k[0], k[1], desc.Digest)
+				if err != nil {
+					problems = append(problems, fmt.Errorf("%s/%s:%s: referrers: %w", k[0], k[1], tag, err))
+					continue
+				}
+				if now == refs {
+					continue
+				}
+			}
+			batch = append(batch, pendingTag{up: k[0], repo: k[1], tag: tag, dgst: desc.Digest})
 		}
 	}
 	// What this run takes is no longer pending for on_pull.

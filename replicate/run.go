@@ -187,8 +187,16 @@ func (c *Jobs) copyImage(ctx context.Context, r *run, img *Image) {
 	state := r.state(img)
 	c.metrics.images.WithLabelValues(string(state)).Inc()
 	if state == StateDone && r.job.Rule != "" && img.Tag != "" {
-		// What the rule pushed: the next run leaves it be until it moves.
-		if err := c.store.SetReplicated(r.job.Rule, img.Upstream, img.Repository, img.Tag, img.Digest); err != nil {
+		// What the rule pushed: the next run leaves it be until it moves
+		// or is signed again.
+		var refs string
+		if !r.job.SkipReferrers {
+			var err error
+			if refs, err = c.referrerPrint(ctx, img.Upstream, img.Repository, img.Digest); err != nil {
+				refs = "unknown" // the next run looks again
+			}
+		}
+		if err := c.store.SetReplicated(r.job.Rule, img.Upstream, img.Repository, img.Tag, img.Digest, refs); err != nil {
 			c.log.Warn("replicated tag not recorded; the next run pushes it again", "rule", r.job.Rule, "image", img.Source, "error", err)
 		}
 	}

@@ -219,27 +219,37 @@ func (s *Store) SetPushedTo(target string, dgst digest.Digest, repo string) erro
 }
 
 // Replicated is the digest replication rule last pushed for a tag, "" if
-// none: what tells a new or moved tag from one already on the target.
-func (s *Store) Replicated(rule, up, repo, tag string) digest.Digest {
-	var d digest.Digest
+// none, and a print of the referrers (signatures, attestations, SBOMs) it
+// pushed with it: what tells a new or moved tag, or one signed since, from
+// one already on the target.
+func (s *Store) Replicated(rule, up, repo, tag string) (dgst digest.Digest, referrers string) {
 	_ = s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(key(prefixReplicated, rule, up, repo, tag))
 		if err != nil {
 			return err
 		}
-		return item.Value(func(b []byte) error { d = digest.Digest(b); return nil })
+		return item.Value(func(b []byte) error {
+			d, r, _ := strings.Cut(string(b), " ")
+			dgst, referrers = digest.Digest(d), r
+			return nil
+		})
 	})
-	return d
+	return dgst, referrers
 }
 
-// SetReplicated records that rule pushed dgst for a tag.
-func (s *Store) SetReplicated(rule, up, repo, tag string, dgst digest.Digest) error {
+// SetReplicated records that rule pushed dgst for a tag, with the
+// referrers whose print is referrers.
+func (s *Store) SetReplicated(rule, up, repo, tag string, dgst digest.Digest, referrers string) error {
 	for _, part := range []string{rule, up, repo, tag} {
 		if strings.ContainsRune(part, 0) {
 			return errors.New("storage: name holds NUL")
 		}
 	}
+	v := string(dgst)
+	if referrers != "" {
+		v += " " + referrers
+	}
 	return s.db.Update(func(txn *badger.Txn) error {
-		return txn.Set(key(prefixReplicated, rule, up, repo, tag), []byte(dgst))
+		return txn.Set(key(prefixReplicated, rule, up, repo, tag), []byte(v))
 	})
 }
