@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/wharf-registry/wharf/cache"
 )
 
 func push(tag, to string) JobSpec {
@@ -176,5 +177,41 @@ func TestRuleNamesWhatIsConfigured(t *testing.T) {
 	}
 	if _, err := NewRules(jobs, []Rule{{Name: "r", Sources: []string{"*/proj/app", "src/proj/*"}, Target: "b"}}, 0); err != nil {
 		t.Errorf("a rule over what is configured: %v", err)
+	}
+}
+
+// An on_pull tag seen but not yet run when Wharf stops (kill -9 included:
+// it is saved as it is queued) is run by the next start.
+func TestPendingTagsSurviveARestart(t *testing.T) {
+	src, dst := newMemRegistry(), newMemRegistry()
+	img := src.image("proj/app", "1.0", 6, 1)
+	jobs := jobsOver(t, src, dst)
+	rule := Rule{Name: "r", Sources: []string{"src/proj/*"}, Target: "b", OnPull: true}
+	first, err := NewRules(jobs, []Rule{rule}, time.Hour) // its batch never flushes
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Start()
+	first.onTag(cache.TagEvent{Upstream: "src", Repo: "proj/app", Tag: "1.0", Digest: img.Digest})
+	if s := first.Status(); s[0].Pending != 1 {
+		t.Fatalf("pending before the stop: %d", s[0].Pending)
+	}
+	first.Close()
+
+	again, err := NewRules(jobs, []Rule{rule}, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again.Start()
+	defer again.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if d, _, _, ok := dst.resolve("proj/app", "1.0"); ok && d == img.Digest {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the pending tag was not run after the restart")
+		}
+		time.Sleep(5 * time.Millisecond) // polling the rule's batch, bounded
 	}
 }

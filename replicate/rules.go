@@ -3,6 +3,7 @@ package replicate
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -219,6 +220,11 @@ func listOrNone(names []string) string {
 func (rs *Rules) Start() {
 	rs.jobs.cache.Subscribe(rs.onTag)
 	for _, r := range rs.rules {
+		if r.OnPull {
+			rs.restore(r)
+		}
+	}
+	for _, r := range rs.rules {
 		if r.sched != nil && rs.goAdd() {
 			go rs.schedule(r)
 		}
@@ -264,8 +270,8 @@ func (rs *Rules) watchOwners() {
 	}
 }
 
-// Close stops the schedules and the batching; pending on_pull tags are
-// left (they come again with the next pull that moves them).
+// Close stops the schedules and the batching; pending on_pull tags stay
+// saved, for the next start.
 func (rs *Rules) Close() {
 	rs.mu.Lock()
 	if !rs.closed {
@@ -416,8 +422,52 @@ func (rs *Rules) queue(r *rule, p pendingTag) {
 	arm := !r.armed
 	r.armed = true
 	r.mu.Unlock()
+	rs.persist(r, p)
 	if arm && rs.goAdd() {
 		go rs.flushLater(r)
+	}
+}
+
+// persist keeps p in the index while it is pending: a crash loses no
+// on_pull tag (see restore).
+func (rs *Rules) persist(r *rule, p pendingTag) {
+	doc, err := json.Marshal(Pending{Upstream: p.up, Repository: p.repo, Tag: p.tag, Digest: p.dgst, Since: p.since, Referrers: p.referrers})
+	if err == nil {
+		err = rs.jobs.store.PutRulePending(r.Name, p.up+"/"+p.repo+":"+p.tag, doc)
+	}
+	if err != nil {
+		rs.jobs.log.Warn("a pending on_pull tag is not saved: a crash before its run loses it", "rule", r.Name, "tag", p.up+"/"+p.repo+":"+p.tag, "error", err)
+	}
+}
+
+// taken forgets the saved pending tags of batch that a job (or the rule's
+// owner) took, unless they were queued again since.
+func (rs *Rules) taken(r *rule, batch []pendingTag) {
+	for _, p := range batch {
+		k := p.up + "/" + p.repo + ":" + p.tag
+		r.mu.Lock()
+		_, again := r.pending[k]
+		r.mu.Unlock()
+		if !again {
+			rs.jobs.store.DeleteRulePending(r.Name, k)
+		}
+	}
+}
+
+// restore takes back the pending on_pull tags a crash or a stop left.
+func (rs *Rules) restore(r *rule) {
+	saved, err := rs.jobs.store.RulePending(r.Name)
+	if err != nil {
+		rs.jobs.log.Warn("saved pending on_pull tags not read", "rule", r.Name, "error", err)
+		return
+	}
+	for k, doc := range saved {
+		rs.jobs.store.DeleteRulePending(r.Name, k) // queue saves it again if it is still to push
+		var t Pending
+		if json.Unmarshal(doc, &t) != nil || t.Digest.Validate() != nil || !r.matches(t.Upstream, t.Repository, t.Tag) {
+			continue // a rule changed since, or a record that cannot be read
+		}
+		rs.queue(r, pendingTag{up: t.Upstream, repo: t.Repository, tag: t.Tag, dgst: t.Digest, since: t.Since, referrers: t.Referrers})
 	}
 }
 
@@ -461,7 +511,9 @@ func (rs *Rules) flushLater(r *rule) {
 		if err := rs.hand(peer, r, batch); err != nil {
 			rs.keep(r, batch, true)
 			rs.jobs.log.Warn("the owner of a replication rule did not take its pending tags; they stay pending here", "rule", r.Name, "owner", peer, "tags", len(batch), "error", err)
+			return
 		}
+		rs.taken(r, batch)
 		return
 	}
 	if _, err := rs.submit(r, "on_pull", batch); err != nil {
@@ -469,7 +521,9 @@ func (rs *Rules) flushLater(r *rule) {
 		// and their lag) for the next pull, schedule or manual run.
 		rs.keep(r, batch, false)
 		rs.jobs.log.Warn("replication run failed; its tags stay pending", "rule", r.Name, "tags", len(batch), "error", err)
+		return
 	}
+	rs.taken(r, batch)
 }
 
 // hand gives batch to r's owner.
@@ -584,6 +638,9 @@ func (rs *Rules) scan(ctx context.Context, r *rule, trigger string) (*Job, error
 	}
 	r.mu.Unlock()
 	job, err := rs.submit(r, trigger, batch)
+	if err == nil {
+		rs.taken(r, batch)
+	}
 	if err == nil && len(problems) > 0 {
 		err = errors.Join(problems...)
 	}

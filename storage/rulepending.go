@@ -1,0 +1,46 @@
+package storage
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// A replication rule's on_pull tags, from the moment a pull sees them
+// until a job of the rule takes them: kept in the index so that a crash
+// (kill -9) loses none; the next start runs them.
+
+const prefixRulePending = "o\x00" // o <rule> <up/repo:tag> → pending tag (JSON)
+
+// PutRulePending keeps tag (its key, "<up>/<repo>:<tag>") pending for rule.
+func (s *Store) PutRulePending(rule, tag string, doc []byte) error {
+	if strings.ContainsRune(rule, 0) || strings.ContainsRune(tag, 0) {
+		return errors.New("storage: name holds NUL")
+	}
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Set(key(prefixRulePending, rule, tag), doc) })
+}
+
+// DeleteRulePending forgets tag: a job took it, or another replica did.
+func (s *Store) DeleteRulePending(rule, tag string) error {
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(key(prefixRulePending, rule, tag)) })
+}
+
+// RulePending lists rule's pending tags, by key.
+func (s *Store) RulePending(rule string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		p := key(prefixRulePending, rule, "")
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: p})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			out[string(it.Item().Key()[len(p):])] = v
+		}
+		return nil
+	})
+	return out, err
+}
