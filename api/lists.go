@@ -3,10 +3,13 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/wharf-registry/wharf/httpx"
 	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/route"
 )
 
 // lister lets replicate expand one request's lists with the caller's
@@ -26,6 +29,14 @@ func (l lister) Tags(ctx context.Context, name string) ([]string, error) {
 		return nil, replicate.Refused{Err: err}
 	}
 	return l.a.cache.Tags(ctx, ref.Upstream, ref.Repo)
+}
+
+func (l lister) Registry(key string) (string, bool, error) {
+	up, ok := l.a.router.Registry(key)
+	if !ok {
+		return "", false, fmt.Errorf("%w for %s: a registry key is an upstream's name, alias or url host (%s)", route.ErrUnknown, key, strings.Join(l.a.router.Names(), ", "))
+	}
+	return up, l.a.router.TLSVerify(up), nil
 }
 
 func (l lister) CachedTags(pattern string) ([]string, error) {

@@ -142,7 +142,7 @@ func newEnvOpts(t testing.TB, root string, o envOpts, specs ...spec) *env {
 		}
 		cfg.Upstreams = append(cfg.Upstreams, cache.Upstream{Name: s.name, Source: c, TagTTL: s.ttl, NegativeTTL: s.negTTL, RevalidateTimeout: s.stale,
 			MaxFills: s.maxFills, FillGrace: s.fillGrace, WaitTimeout: s.wait, EagerFill: s.eager, Private: s.user != "" || s.password != ""})
-		scfg.Upstreams = append(scfg.Upstreams, route.Upstream{Name: s.name, Aliases: s.aliases, Default: s.def})
+		scfg.Upstreams = append(scfg.Upstreams, route.Upstream{Name: s.name, Aliases: s.aliases, Default: s.def, Hosts: []string{strings.TrimPrefix(u, "http://")}})
 		scfg.Status = append(scfg.Status, func() any { return c.Health() })
 	}
 	scfg.Cache = cfg

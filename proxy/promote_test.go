@@ -340,6 +340,10 @@ func TestPrefetchRejectsBadInput(t *testing.T) {
 			"rename": [{"from": "harbor-a.example.com/proj/tool", "to": "proj/app"}]}`, []string{"images[1] INVALID"}},
 		{"bad semver", "application/yaml", "harbor-a.example.com:\n  images-by-semver:\n    proj/app: 'one point oh'\n", []string{"harbor-a.example.com/proj/app INVALID"}},
 		{"bad regex", "application/yaml", "harbor-a.example.com:\n  images-by-tag-regex:\n    proj/app: '(('\n", []string{"harbor-a.example.com/proj/app INVALID"}},
+		{"sync credentials", "application/yaml", "harbor-a.example.com:\n  credentials: {username: a, password: b}\n  images:\n    proj/app: ['1.0']\n", []string{"harbor-a.example.com INVALID"}},
+		{"sync tls-verify against the upstream", "application/yaml", "harbor-a.example.com:\n  tls-verify: true\n  images:\n    proj/app: ['1.0']\n", []string{"harbor-a.example.com INVALID"}},
+		{"sync unknown registry", "application/yaml", "127.0.0.9:1:\n  images:\n    proj/app: ['1.0']\n", []string{"127.0.0.9:1 INVALID"}},
+		{"sync unknown key", "application/yaml", "harbor-a.example.com:\n  tls-verify: false\n  image:\n    proj/app: ['1.0']\n", []string{" INVALID"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := p.send(t, http.MethodPost, "/api/v1/prefetch", tc.contentType, tc.body)
@@ -875,4 +879,23 @@ func TestJobFailsWhenItsStateCannotBeSaved(t *testing.T) {
 	r = p.send(t, http.MethodPost, "/api/v1/prefetch", "application/json", `{"images": ["proj/app:1.0"]}`)
 	wantError(t, r, http.StatusServiceUnavailable, "UNAVAILABLE")
 	free.Store(1 << 40)
+}
+
+// A sync file as skopeo writes it, keyed by the registry's host with
+// tls-verify as the upstream is reached, runs unchanged; one with a key
+// skopeo does not know says which, on which line.
+func TestSkopeoSyncFileRunsUnchanged(t *testing.T) {
+	t.Parallel()
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
+	p.seed(t)
+	host := strings.TrimPrefix(p.src.URL, "http://")
+	sync := func(yml string) string { b, _ := json.Marshal(map[string]string{"sync": yml}); return string(b) }
+	job := p.wait(t, p.submit(t, "application/json", "", sync(host+":\n  tls-verify: false\n  images:\n    proj/app: ['1.0']\n")))
+	if job.State != replicate.StateDone || len(job.Images) != 1 || job.Images[0].Upstream != srcHost || job.Images[0].Repository != "proj/app" {
+		t.Fatalf("a skopeo sync file keyed by host: %s %+v", job.State, job.Images)
+	}
+	r := p.send(t, http.MethodPost, "/api/v1/prefetch", "application/json", sync(host+":\n  tls-verify: false\n  images:\n    proj/app: ['1.0']\n  image:\n    proj/tool: ['2.0']\n"))
+	if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), `line 5: unknown key \"image\" (a registry takes images,`) {
+		t.Fatalf("an unknown key: %d %s", r.status, r.body)
+	}
 }

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 
+	"regexp"
+
 	"gopkg.in/yaml.v3"
 
 	"github.com/wharf-registry/wharf/route"
@@ -40,6 +42,9 @@ type ListProblem struct {
 type Lister interface {
 	Tags(ctx context.Context, name string) ([]string, error)
 	CachedTags(pattern string) ([]string, error)
+	// Registry names the upstream a sync file's registry key (a host, a
+	// name or an alias) means, and whether Wharf verifies its TLS.
+	Registry(key string) (upstream string, tlsVerify bool, err error)
 }
 
 // Refused wraps a Lister's error that answers the whole request (the
@@ -63,8 +68,11 @@ func TextList(body []byte) []string {
 	return refs
 }
 
-// syncRegistry is one registry of a skopeo sync YAML file. Credentials and
-// TLS settings are skopeo's business; Wharf uses its own upstream config.
+// syncRegistry is one registry of a skopeo sync YAML file, keyed by the
+// registry's host (as skopeo writes it), or by an upstream's name or
+// alias. Wharf reaches it as the upstream is configured: tls-verify is
+// taken when it says the same, and refused otherwise; credentials and
+// cert-dir are refused, with where their like is configured.
 type syncRegistry struct {
 	Images           map[string][]string `yaml:"images"`
 	ImagesByTagRegex map[string]string   `yaml:"images-by-tag-regex"`
@@ -87,7 +95,7 @@ func SyncList(ctx context.Context, body []byte, l Lister) ([]string, []ListProbl
 	dec := yaml.NewDecoder(bytes.NewReader(body))
 	dec.KnownFields(true)
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		return nil, nil, fmt.Errorf("%w: %w", ErrSyncYAML, err)
+		return nil, nil, fmt.Errorf("%w: %s", ErrSyncYAML, syncYAMLError(err))
 	}
 	var refs []string
 	var ps []ListProblem
@@ -101,16 +109,67 @@ func SyncList(ctx context.Context, body []byte, l Lister) ([]string, []ListProbl
 	return refs, ps, nil
 }
 
-func syncRegistryRefs(ctx context.Context, host string, reg syncRegistry, l Lister) (refs []string, ps []ListProblem, err error) {
-	join := func(repo, ref string) string {
-		if strings.HasPrefix(ref, "sha256:") || strings.HasPrefix(ref, "sha512:") {
-			return host + "/" + repo + "@" + ref
+// syncYAMLError says what is wrong with a sync file in its own terms, not
+// Go's.
+func syncYAMLError(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg = strings.TrimPrefix(msg, "unmarshal errors:\n  ")
+	msg = unknownKeyRE.ReplaceAllString(msg, `unknown key "$1" (a registry takes images, images-by-tag-regex, images-by-semver, tls-verify, credentials, cert-dir)`)
+	msg = intoTypeRE.ReplaceAllStringFunc(msg, func(m string) string {
+		switch {
+		case strings.Contains(m, "map[string]replicate.syncRegistry"):
+			return "want registries, each a map of images, images-by-tag-regex or images-by-semver"
+		case strings.Contains(m, "[]string"):
+			return "want a list of tags or digests"
+		case strings.Contains(m, "map[string][]string"):
+			return "want repositories, each with a list of tags (empty: every tag)"
+		case strings.Contains(m, "map[string]string"):
+			return "want repositories, each with an expression"
 		}
-		return host + "/" + repo + ":" + ref
+		return "a value of the wrong kind"
+	})
+	return strings.ReplaceAll(msg, "\n  ", "; ")
+}
+
+var (
+	unknownKeyRE = regexp.MustCompile(`field (\S+) not found in type replicate\.syncRegistry`)
+	intoTypeRE   = regexp.MustCompile("cannot unmarshal !!\\w+ `[^`]*` into \\S+")
+)
+
+func syncRegistryRefs(ctx context.Context, host string, reg syncRegistry, l Lister) (refs []string, ps []ListProblem, err error) {
+	up, verify, err := l.Registry(host)
+	if err != nil {
+		return nil, []ListProblem{{Item: host, Msg: err.Error()}}, nil
+	}
+	for _, c := range []struct {
+		key, instead string
+		set          bool
+	}{{"credentials", "upstreams[].username and password", reg.Credentials != nil}, {"cert-dir", "upstreams[].ca_file, cert_file and key_file", reg.CertDir != nil}} {
+		if c.set {
+			ps = append(ps, ListProblem{Item: host, Msg: fmt.Sprintf("%s: Wharf reaches %s as upstream %s is configured (%s); remove %s from the sync file", c.key, host, up, c.instead, c.key)})
+		}
+	}
+	if reg.TLSVerify != nil {
+		v, ok := reg.TLSVerify.(bool)
+		switch {
+		case !ok:
+			ps = append(ps, ListProblem{Item: host, Input: fmt.Sprint(reg.TLSVerify), Msg: "tls-verify: want true or false"})
+		case v != verify:
+			ps = append(ps, ListProblem{Item: host, Msg: fmt.Sprintf("tls-verify: %t, but Wharf reaches %s as upstream %s with TLS verification %s (upstreams[].url and insecure); make them agree, or remove tls-verify", v, host, up, map[bool]string{true: "on", false: "off"}[verify])})
+		}
+	}
+	if len(ps) > 0 {
+		return nil, ps, nil
+	}
+	join := func(repo, ref string) string { // named by the upstream's name: a pull routes by names only
+		if strings.HasPrefix(ref, "sha256:") || strings.HasPrefix(ref, "sha512:") {
+			return up + "/" + repo + "@" + ref
+		}
+		return up + "/" + repo + ":" + ref
 	}
 	// tags lists repo's tags, or notes the problem (nil, nil).
 	tags := func(repo string) ([]string, error) {
-		all, err := l.Tags(ctx, host+"/"+repo)
+		all, err := l.Tags(ctx, up+"/"+repo)
 		var refused Refused
 		if errors.As(err, &refused) {
 			return nil, err

@@ -3,6 +3,8 @@ package route
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -11,6 +13,13 @@ type Upstream struct {
 	Name    string   // the key: ?ns=, OCI-Namespace, the path prefix, references
 	Aliases []string // other names meaning the same upstream
 	Default bool     // serves names that name no upstream
+	// Hosts are the registry's own host[:port] (its URL's): what a skopeo
+	// sync file keys it by (see Registry), unless a name or an alias of
+	// any upstream is the same.
+	Hosts []string
+	// TLSVerify: the registry is reached over TLS, its certificate
+	// verified (not plain http, not insecure).
+	TLSVerify bool
 }
 
 // ErrUnknown says a name routes to no configured upstream.
@@ -21,14 +30,17 @@ var ErrUnknown = errors.New("no upstream is configured")
 type Router struct {
 	keys      map[string]string // lowercased name or alias → upstream name
 	fallback  string
-	dockerHub map[string]bool // upstreams whose one-part names get library/
+	dockerHub map[string]bool   // upstreams whose one-part names get library/
+	verify    map[string]bool   // upstreams reached over verified TLS
+	hosts     map[string]string // lowercased url host → upstream name, for sync files
 }
 
 // NewRouter checks that no name means two upstreams and at most one is
 // the default.
 func NewRouter(ups []Upstream) (*Router, error) {
-	r := &Router{keys: map[string]string{}, dockerHub: map[string]bool{}}
+	r := &Router{keys: map[string]string{}, dockerHub: map[string]bool{}, verify: map[string]bool{}, hosts: map[string]string{}}
 	for _, u := range ups {
+		r.verify[u.Name] = u.TLSVerify
 		for _, k := range append([]string{u.Name}, u.Aliases...) {
 			k = strings.ToLower(k)
 			if prev, dup := r.keys[k]; dup {
@@ -46,8 +58,33 @@ func NewRouter(ups []Upstream) (*Router, error) {
 			r.fallback = u.Name
 		}
 	}
+	for _, u := range ups {
+		for _, h := range u.Hosts {
+			if h = strings.ToLower(h); h != "" && r.keys[h] == "" && r.hosts[h] == "" {
+				r.hosts[h] = u.Name
+			}
+		}
+	}
 	return r, nil
 }
+
+// Registry is the upstream a registry key of a skopeo sync file means: a
+// name or an alias, or the host of an upstream's url (as skopeo writes
+// it). Pulls are routed by names and aliases only (see Resolve).
+func (r *Router) Registry(key string) (string, bool) {
+	k := strings.ToLower(key)
+	if up, ok := r.keys[k]; ok {
+		return up, true
+	}
+	up, ok := r.hosts[k]
+	return up, ok
+}
+
+// Names lists the upstreams, sorted.
+func (r *Router) Names() []string { return slices.Sorted(maps.Keys(r.verify)) }
+
+// TLSVerify reports whether upstream is reached over verified TLS.
+func (r *Router) TLSVerify(upstream string) bool { return r.verify[upstream] }
 
 // Default is the default upstream's name, "" if none.
 func (r *Router) Default() string { return r.fallback }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	_ "net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -326,7 +327,12 @@ func remotes(cfg *fileConfig, um *upstream.Metrics, log *slog.Logger) (ups []cac
 			NegativeTTL: *u.NegativeTTL, RevalidateTimeout: u.Revalidate,
 			MaxFills: u.maxFills(), FillGrace: u.FillGrace, WaitTimeout: u.WaitTimeout, EagerFill: u.EagerFill == nil || *u.EagerFill,
 			Private: u.private()})
-		routes = append(routes, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default})
+		var hosts []string
+		if pu, err := url.Parse(u.URL); err == nil && pu.Host != "" {
+			hosts = []string{pu.Host} // as skopeo sync files key a registry
+		}
+		routes = append(routes, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default, Hosts: hosts,
+			TLSVerify: strings.HasPrefix(u.URL, "https://") && !u.Insecure})
 		status = append(status, func() any { return client.Health() })
 	}
 	targets = map[string]replicate.Target{}
