@@ -210,10 +210,10 @@ func jobsCmd(args []string, stdout, stderr io.Writer) error {
 		if *output == "json" {
 			return writeJob(stdout, list)
 		}
-		fmt.Fprintf(stdout, "%-24s  %-9s  %-6s  %-6s  %-6s  %-9s  %-10s  %s\n", "ID", "STATE", "IMAGES", "DONE", "FAILED", "SIZE", "PUSH TO", "CREATED")
+		fmt.Fprintf(stdout, "%-24s  %-9s  %-6s  %-6s  %-6s  %-9s  %-10s  %-12s  %s\n", "ID", "STATE", "IMAGES", "DONE", "FAILED", "SIZE", "PUSH TO", "RULE", "CREATED")
 		for _, j := range list.Jobs {
-			fmt.Fprintf(stdout, "%-24s  %-9s  %-6d  %-6d  %-6d  %-9s  %-10s  %s\n", j.ID, j.State, j.Images, j.Done, j.Failed,
-				humanize.IBytes(uint64(j.BytesTotal)), cmp.Or(j.PushTo, "-"), j.Created.Local().Format(time.DateTime))
+			fmt.Fprintf(stdout, "%-24s  %-9s  %-6d  %-6d  %-6d  %-9s  %-10s  %-12s  %s\n", j.ID, j.State, j.Images, j.Done, j.Failed,
+				humanize.IBytes(uint64(j.BytesTotal)), cmp.Or(j.PushTo, "-"), cmp.Or(j.Rule, "-"), j.Created.Local().Format(time.DateTime))
 		}
 		return nil
 	}

@@ -250,7 +250,11 @@ func imageLine(img api.Image) string {
 	if img.Target != "" {
 		s += " -> " + img.Target
 	}
-	if img.Digest != "" {
+	switch {
+	case img.FilteredDigest != "":
+		// The index the target holds, not the source's it was made from.
+		s += " " + img.FilteredDigest.String() + " (filtered from " + img.Digest.String() + ")"
+	case img.Digest != "":
 		s += " " + img.Digest.String()
 	}
 	s += fmt.Sprintf(" (%s fetched, %s cached", humanize.IBytes(uint64(img.BytesFetched)), humanize.IBytes(uint64(img.BytesCached)))

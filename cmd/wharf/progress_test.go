@@ -11,9 +11,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wharf-registry/wharf/api"
 	"github.com/wharf-registry/wharf/server"
 	"github.com/wharf-registry/wharf/storage"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
@@ -77,5 +79,14 @@ func TestPrefetchProgressOnATerminal(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Fatalf("terminal output lacks %q:\n%q", want, out)
 		}
+	}
+}
+
+// An image pushed as a filtered index shows the digest the target holds.
+func TestImageLineShowsTheTargetsDigest(t *testing.T) {
+	src, filtered := digest.FromString("source index"), digest.FromString("filtered index")
+	line := imageLine(api.Image{State: api.StateDone, Source: "a/proj/multi:v1", Target: "proj-b/multi:v1", Digest: src, FilteredDigest: filtered})
+	if !strings.Contains(line, "proj-b/multi:v1 "+filtered.String()+" (filtered from "+src.String()+")") {
+		t.Fatalf("%s", line)
 	}
 }
