@@ -28,26 +28,29 @@ type Config struct {
 	Rules  *replicate.Rules // nil: none
 	Auth   *auth.Auth       // required
 	Router *route.Router    // how references name an upstream, as pulls do
-	// Status reports each upstream's and target's health for
-	// GET /api/v1/upstreams, JSON-encoded.
-	Status  []func() any
-	Logger  *slog.Logger
-	Metrics *httpx.Metrics
+	// Status reports each upstream's health for GET /api/v1/upstreams,
+	// and TargetStatus each push target's for GET /api/v1/targets,
+	// JSON-encoded.
+	Status       []func() any
+	TargetStatus []func() any
+	Logger       *slog.Logger
+	Metrics      *httpx.Metrics
 	// Fleet is the other replicas, which answer for their jobs and rules
 	// (see fleet.go); nil: none.
 	Fleet Fleet
 }
 
 type api struct {
-	cache   *cache.Cache
-	jobs    *replicate.Jobs
-	rules   *replicate.Rules
-	auth    *auth.Auth
-	router  *route.Router
-	status  []func() any
-	log     *slog.Logger
-	metrics *httpx.Metrics
-	fleet   Fleet
+	cache        *cache.Cache
+	jobs         *replicate.Jobs
+	rules        *replicate.Rules
+	auth         *auth.Auth
+	router       *route.Router
+	status       []func() any
+	targetStatus []func() any
+	log          *slog.Logger
+	metrics      *httpx.Metrics
+	fleet        Fleet
 }
 
 // New returns the handler of every /api/v1 route.
@@ -56,7 +59,7 @@ func New(cfg Config) (http.Handler, error) {
 		return nil, errors.New("api: Jobs, Auth, Router and Metrics are required")
 	}
 	a := &api{cache: cfg.Cache, jobs: cfg.Jobs, rules: cfg.Rules, auth: cfg.Auth, router: cfg.Router,
-		status: cfg.Status, log: cfg.Logger, metrics: cfg.Metrics, fleet: cfg.Fleet}
+		status: cfg.Status, targetStatus: cfg.TargetStatus, log: cfg.Logger, metrics: cfg.Metrics, fleet: cfg.Fleet}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -70,6 +73,7 @@ func New(cfg Config) (http.Handler, error) {
 	// The rights: the one named here to enter; job routes also check
 	// whose job it is.
 	r.Handle("/api/v1/upstreams", a.route("status", auth.RightAdmin, a.upstreams, http.MethodGet))
+	r.Handle("/api/v1/targets", a.route("targets", auth.RightAdmin, a.targets, http.MethodGet))
 	r.Handle("/api/v1/prefetch", a.route("prefetch", auth.RightPrefetch, a.prefetch, http.MethodPost))
 	r.Handle("/api/v1/jobs", a.route("jobs", "", a.listJobs, http.MethodGet))
 	r.Handle("/api/v1/jobs/{id}", a.route("job", "", a.job, http.MethodGet, http.MethodDelete))
@@ -90,4 +94,14 @@ func (a *api) upstreams(w http.ResponseWriter, r *http.Request) error {
 		list = append(list, s())
 	}
 	return httpx.WriteJSON(w, r, UpstreamList{Upstreams: list})
+}
+
+// targets reports each push target's health: its circuit, last error and
+// rate-limit headroom, as this replica sees them.
+func (a *api) targets(w http.ResponseWriter, r *http.Request) error {
+	list := make([]any, 0, len(a.targetStatus))
+	for _, s := range a.targetStatus {
+		list = append(list, s())
+	}
+	return httpx.WriteJSON(w, r, TargetList{Targets: list})
 }

@@ -207,3 +207,9 @@ type RuleRun struct {
 type UpstreamList struct {
 	Upstreams []any `json:"upstreams"`
 }
+
+// TargetList is GET /api/v1/targets: each push target's health, as
+// UpstreamList's entries.
+type TargetList struct {
+	Targets []any `json:"targets"`
+}

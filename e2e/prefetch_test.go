@@ -142,6 +142,12 @@ func TestPrefetchPromotesWithCLI(t *testing.T) {
 	if err != nil || !strings.Contains(out, job.ID) || strings.Count(out, "\n") != 4 {
 		t.Fatalf("wharf jobs: %v\n%s", err, out)
 	}
+
+	// The push target's health, as a target.
+	out, _, err = wharf(t, "targets", "--server", server, "--token-file", token)
+	if err != nil || !strings.Contains(out, "harbor-b              closed     0         -") {
+		t.Fatalf("wharf targets: %v\n%s", err, out)
+	}
 }
 
 // kill -9 in the middle of a job: the restarted Wharf resumes it by itself,

@@ -30,10 +30,12 @@ import (
 type Config struct {
 	Cache     cache.Config
 	Upstreams []route.Upstream // how requests and references name the upstreams
-	Status    []func() any     // each upstream's and target's health, for the API
-	Jobs      replicate.Config
-	Rules     []replicate.Rule
-	RuleBatch time.Duration // how long on_pull waits for more tags; 0: replicate's default
+	Status    []func() any     // each upstream's health, for the API
+	// TargetStatus is each push target's health, for the API.
+	TargetStatus []func() any
+	Jobs         replicate.Config
+	Rules        []replicate.Rule
+	RuleBatch    time.Duration // how long on_pull waits for more tags; 0: replicate's default
 	// Auth decides who may pull what and use the API. nil: anyone may
 	// pull anything, and the API takes APIToken or, without one, answers
 	// loopback clients only.
@@ -109,7 +111,7 @@ func New(store *storage.Store, cfg Config) (*Server, error) {
 		return fail(err)
 	}
 	acfg := api.Config{Cache: c, Jobs: s.Jobs, Rules: s.Rules, Auth: s.Auth, Router: router,
-		Status: cfg.Status, Logger: log, Metrics: hm}
+		Status: cfg.Status, TargetStatus: cfg.TargetStatus, Logger: log, Metrics: hm}
 	if cfg.Fleet != nil {
 		acfg.Fleet = cfg.Fleet
 	}

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"errors"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -39,9 +40,15 @@ type breaker struct {
 	lastError string
 	limit     int // RateLimit-Limit, -1 unknown
 	remaining int // RateLimit-Remaining, -1 unknown
+
+	// log hears the circuit open and close, as what, of whom.
+	log        *slog.Logger
+	kind, name string
 }
 
-func newBreaker() *breaker { return &breaker{now: time.Now, limit: -1, remaining: -1} }
+func newBreaker() *breaker {
+	return &breaker{now: time.Now, limit: -1, remaining: -1, log: slog.New(slog.DiscardHandler)}
+}
 
 // allow reports how long the caller must wait (0: go ahead). After the
 // open period exactly one caller goes ahead as the probe.
@@ -109,12 +116,16 @@ func (b *breaker) record(repo string, resp *http.Response, err error) {
 			b.trip(min(max(2*b.open, openFirst), openMax))
 		}
 	default:
+		if !b.openUntil.IsZero() {
+			b.log.Info("circuit closed: answering again", b.kind, b.name)
+		}
 		b.failures, b.open, b.openUntil = 0, 0, time.Time{}
 		clear(b.failing)
 	}
 }
 
 func (b *breaker) trip(d time.Duration) {
+	b.log.Warn("circuit open: not calling it for a while", b.kind, b.name, "for", d, "failures", b.failures, "last_error", b.lastError)
 	b.open = d
 	b.openUntil = b.now().Add(d)
 	clear(b.failing)

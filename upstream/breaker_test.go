@@ -1,9 +1,12 @@
 package upstream
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -94,5 +97,25 @@ func TestBreakerCountsABrokenRepositoryOnce(t *testing.T) {
 	}
 	if w := b.allow(); w != 0 {
 		t.Fatalf("a repository failing again after a success opened the circuit: %v", w)
+	}
+}
+
+// A circuit opening and closing is logged, naming the target.
+func TestBreakerLogsItsChanges(t *testing.T) {
+	var buf bytes.Buffer
+	now := time.Unix(0, 0)
+	b := newBreaker()
+	b.now, b.log, b.kind, b.name = func() time.Time { return now }, slog.New(slog.NewTextHandler(&buf, nil)), "target", "harbor-b"
+	for range tripAfter {
+		b.allow()
+		b.record("r", nil, errors.New("connection refused"))
+	}
+	now = now.Add(openFirst)
+	b.allow()
+	b.record("r", &http.Response{StatusCode: 200, Header: http.Header{}}, nil)
+	logs := buf.String()
+	if !strings.Contains(logs, `level=WARN msg="circuit open: not calling it for a while" target=harbor-b for=5s failures=5 last_error="connection refused"`) ||
+		!strings.Contains(logs, `level=INFO msg="circuit closed: answering again" target=harbor-b`) || strings.Count(logs, "\n") != 2 {
+		t.Fatalf("logs:\n%s", logs)
 	}
 }

@@ -133,8 +133,13 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
+	b := newBreaker()
+	b.log, b.kind, b.name = cmp.Or(cfg.Logger, slog.Default()), "upstream", cfg.Name
+	if cfg.Push {
+		b.kind = "target"
+	}
 	return &Client{name: cfg.Name, base: u, urls: v2.NewURLBuilder(u, false), hc: hc, metrics: m, wait: cfg.WaitTimeout,
-		slots: semaphore.NewWeighted(int64(cfg.MaxConcurrent)), breaker: newBreaker(), chunkSize: cfg.ChunkSize, push: cfg.Push}, nil
+		slots: semaphore.NewWeighted(int64(cfg.MaxConcurrent)), breaker: b, chunkSize: cfg.ChunkSize, push: cfg.Push}, nil
 }
 
 // Manifest resolves ref (a tag or digest) in repo. With head set only the

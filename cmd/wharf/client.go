@@ -326,3 +326,41 @@ func pinsCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	return nil
 }
+
+// targetsCmd shows each push target's health as the server sees it.
+func targetsCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("targets", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cf := addClientFlags(fs)
+	output := fs.String("output", "text", "text or json")
+	rest, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return errors.New("usage: wharf targets [--output json]")
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	var list struct {
+		Targets []struct {
+			Name                string `json:"name"`
+			State               string `json:"state"`
+			ConsecutiveFailures int    `json:"consecutiveFailures"`
+			LastError           string `json:"lastError"`
+		} `json:"targets"`
+	}
+	if err := c.call(context.Background(), http.MethodGet, "/api/v1/targets", "", nil, &list); err != nil {
+		return err
+	}
+	if *output == "json" {
+		return writeJob(stdout, list)
+	}
+	fmt.Fprintf(stdout, "%-20s  %-9s  %-8s  %s\n", "TARGET", "CIRCUIT", "FAILURES", "LAST ERROR")
+	for _, t := range list.Targets {
+		fmt.Fprintf(stdout, "%-20s  %-9s  %-8d  %s\n", t.Name, t.State, t.ConsecutiveFailures, cmp.Or(t.LastError, "-"))
+	}
+	return nil
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	_ "net/http/pprof"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -46,6 +48,8 @@ const usage = `usage:
                                                      list prefetch jobs, show, cancel or retry one
   wharf pins [--server URL] [--token-file F | --user NAME] [--ca-file F] [--unpin REF]
                                                      list what jobs pinned against eviction, or unpin
+  wharf targets [--server URL] [--token-file F | --user NAME] [--ca-file F] [--output json]
+                                                     each push target's health: circuit, failures, last error
   wharf replicate [--server URL] [--token-file F | --user NAME] [--ca-file F] [RULE --now [--wait]]
                                                      show the replication rules, or run one now
   wharf version                                      print the version
@@ -94,6 +98,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return jobsCmd(args[1:], stdout, stderr)
 	case "pins":
 		return pinsCmd(args[1:], stdout, stderr)
+	case "targets":
+		return targetsCmd(args[1:], stdout, stderr)
 	case "replicate":
 		return replicateCmd(args[1:], stdout, stderr, isTerminal(stderr))
 	case "help", "-h", "--help":
@@ -176,7 +182,7 @@ func (c *fileConfig) server(reg *prometheus.Registry, log *slog.Logger) (cfg ser
 	cfg = server.Config{
 		Cache: cache.Config{Upstreams: ups, PinPatterns: c.Pins, MaxSize: c.Storage.MaxBytes(), HighWater: c.Storage.HighWatermark,
 			LowWater: c.Storage.LowWatermark, Redirect: c.Storage.Redirect, StallTimeout: c.stallTimeout()},
-		Upstreams: routes, Status: status,
+		Upstreams: routes, Status: status, TargetStatus: targetStatus(targets),
 		Jobs:  replicate.Config{Targets: targets, JobImages: c.Prefetch.JobImages, JobTransfers: c.Prefetch.JobTransfers, RetryFor: c.retryFor()},
 		Rules: rules, Auth: &ac, Registry: reg, Logger: log,
 	}
@@ -231,6 +237,17 @@ func (c *fileConfig) servePeers(h http.Handler, log *slog.Logger) (stop func(), 
 	}()
 	log.Info("peers listening", "addr", ln.Addr().String(), "tls", tlsConf != nil)
 	return func() { ps.Close() }, nil
+}
+
+// targetStatus reports each target's health, in name order.
+func targetStatus(targets map[string]replicate.Target) []func() any {
+	var out []func() any
+	for _, name := range slices.Sorted(maps.Keys(targets)) {
+		if h, ok := targets[name].(interface{ Health() upstream.Health }); ok {
+			out = append(out, func() any { return h.Health() })
+		}
+	}
+	return out
 }
 
 // retryFor is each target's retry_for, where it is set.
