@@ -36,6 +36,9 @@ func ruleOf(s replicate.RuleStatus) Rule {
 	if l := s.LastRun; l != nil {
 		r.LastRun = &Run{Trigger: l.Trigger, At: l.At, Job: l.Job, State: l.State, Images: l.Images, Error: l.Error}
 	}
+	for _, l := range s.LastRuns {
+		r.LastRuns = append(r.LastRuns, Run{Trigger: l.Trigger, At: l.At, Job: l.Job, State: l.State, Images: l.Images, Error: l.Error})
+	}
 	return r
 }
 

@@ -166,6 +166,7 @@ type Rule struct {
 	Target     string     `json:"target"`
 	Triggers   []string   `json:"triggers"`
 	LastRun    *Run       `json:"last_run,omitempty"`
+	LastRuns   []Run      `json:"last_runs,omitempty"` // each trigger's last run, by trigger
 	NextRun    *time.Time `json:"next_run,omitempty"`
 	Pending    int        `json:"pending"`
 	LagSeconds float64    `json:"lag_seconds"` // since the oldest pending tag was seen
@@ -176,7 +177,7 @@ type Rule struct {
 
 // Run is one run of a rule: its job, if it had anything to do.
 type Run struct {
-	Trigger string    `json:"trigger"` // on_pull, schedule, manual
+	Trigger string    `json:"trigger"` // on_pull, schedule, manual, takeover
 	At      time.Time `json:"at"`
 	Job     string    `json:"job,omitempty"`
 	State   string    `json:"state"` // the job's, or "nothing new", or "failed to start"

@@ -215,3 +215,36 @@ func TestPendingTagsSurviveARestart(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // polling the rule's batch, bounded
 	}
 }
+
+// Each trigger's last run is shown apart (a run of one hides no other's)
+// and survives a restart.
+func TestRuleRunsByTriggerSurviveARestart(t *testing.T) {
+	src, dst := newMemRegistry(), newMemRegistry()
+	img := src.image("proj/app", "1.0", 7, 1)
+	jobs := jobsOver(t, src, dst)
+	rule := Rule{Name: "r", Sources: []string{"src/proj/app"}, Target: "b", OnPull: true}
+	first, err := NewRules(jobs, []Rule{rule}, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Start()
+	first.onTag(cache.TagEvent{Upstream: "src", Repo: "proj/app", Tag: "1.0", Digest: img.Digest})
+	deadline := time.Now().Add(10 * time.Second)
+	for first.Status()[0].Runs == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polling the batch, bounded
+	}
+	if _, err := first.Run(t.Context(), "r"); err != nil { // nothing new by hand
+		t.Fatal(err)
+	}
+	first.Close()
+
+	again, err := NewRules(jobs, []Rule{rule}, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := again.Status()[0]
+	if len(s.LastRuns) != 2 || s.LastRuns[0].Trigger != "manual" || s.LastRuns[0].State != "nothing new" ||
+		s.LastRuns[1].Trigger != "on_pull" || s.LastRuns[1].Images != 1 || s.LastRuns[1].Job == "" || s.LastRun == nil || s.LastRun.Trigger != "manual" {
+		t.Fatalf("after a restart: %+v", s)
+	}
+}

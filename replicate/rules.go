@@ -46,6 +46,7 @@ type RuleStatus struct {
 	Target     string     `json:"target"`
 	Triggers   []string   `json:"triggers"`
 	LastRun    *RunInfo   `json:"last_run,omitempty"`
+	LastRuns   []RunInfo  `json:"last_runs,omitempty"` // each trigger's last, by trigger
 	NextRun    *time.Time `json:"next_run,omitempty"`
 	Pending    int        `json:"pending"`
 	LagSeconds float64    `json:"lag_seconds"` // since the oldest pending tag was seen
@@ -131,6 +132,7 @@ type rule struct {
 	inflight map[string]inflight   // tags of this rule's jobs, until those end
 	armed    bool                  // a flush is due
 	last     *RunInfo
+	lasts    map[string]RunInfo // the last run of each trigger
 	next     time.Time
 	runs     int
 	failures int
@@ -175,7 +177,22 @@ func NewRules(jobs *Jobs, rules []Rule, batch time.Duration) (*Rules, error) {
 				return nil, fmt.Errorf("replication rule %s: source %q names no configured upstream (a source is <upstream>/<repository>, the upstream by its name; upstreams: %s)", r.Name, s, listOrNone(ups))
 			}
 		}
-		st := &rule{Rule: r, pending: map[string]pendingTag{}, inflight: map[string]inflight{}}
+		st := &rule{Rule: r, pending: map[string]pendingTag{}, inflight: map[string]inflight{}, lasts: map[string]RunInfo{}}
+		saved, err := jobs.store.RuleRuns(r.Name)
+		if err != nil {
+			return nil, fmt.Errorf("replication rule %s: its last runs: %w", r.Name, err)
+		}
+		for trigger, doc := range saved {
+			var run RunInfo
+			if json.Unmarshal(doc, &run) != nil || run.Trigger != trigger {
+				continue
+			}
+			st.lasts[trigger] = run
+			if st.last == nil || run.At.After(st.last.At) {
+				last := run
+				st.last = &last
+			}
+		}
 		if r.Schedule != "" {
 			sched, err := cron.ParseStandard(r.Schedule)
 			if err != nil {
@@ -653,10 +670,16 @@ func (rs *Rules) submit(r *rule, trigger string, batch []pendingTag) (*Job, erro
 	defer func() {
 		r.mu.Lock()
 		r.last, r.runs = run, r.runs+1
+		r.lasts[run.Trigger] = *run
 		if run.Error != "" {
 			r.failures++
 		}
 		r.mu.Unlock()
+		if doc, err := json.Marshal(run); err == nil {
+			if err := rs.jobs.store.PutRuleRun(r.Name, run.Trigger, doc); err != nil {
+				rs.jobs.log.Warn("a rule's run not recorded", "rule", r.Name, "trigger", run.Trigger, "error", err)
+			}
+		}
 	}()
 	if len(batch) == 0 {
 		return nil, nil

@@ -1,6 +1,9 @@
 package replicate
 
 import (
+	"maps"
+	"slices"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -28,11 +31,19 @@ func (rs *Rules) Status() []RuleStatus {
 			last := *r.last
 			s.LastRun = &last
 		}
+		for _, t := range slices.Sorted(maps.Keys(r.lasts)) {
+			s.LastRuns = append(s.LastRuns, r.lasts[t])
+		}
 		r.mu.Unlock()
 		if s.LastRun != nil && s.LastRun.Job != "" {
 			if job, err := rs.jobs.Job(s.LastRun.Job); err == nil {
 				s.LastRun.State = string(job.State)
 				s.Failures += job.Failed
+			}
+		}
+		for i, l := range s.LastRuns {
+			if job, err := rs.jobs.Job(l.Job); l.Job != "" && err == nil {
+				s.LastRuns[i].State = string(job.State)
 			}
 		}
 		out = append(out, s)

@@ -44,3 +44,34 @@ func (s *Store) RulePending(rule string) (map[string][]byte, error) {
 	})
 	return out, err
 }
+
+// A rule's last run per trigger, kept across restarts: what wharf
+// replicate shows.
+const prefixRuleRun = "z\x00" // z <rule> <trigger> → run (JSON)
+
+// PutRuleRun records rule's last run by trigger.
+func (s *Store) PutRuleRun(rule, trigger string, doc []byte) error {
+	if strings.ContainsRune(rule, 0) || strings.ContainsRune(trigger, 0) {
+		return errors.New("storage: name holds NUL")
+	}
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Set(key(prefixRuleRun, rule, trigger), doc) })
+}
+
+// RuleRuns lists rule's last runs, by trigger.
+func (s *Store) RuleRuns(rule string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		p := key(prefixRuleRun, rule, "")
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: p})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			out[string(it.Item().Key()[len(p):])] = v
+		}
+		return nil
+	})
+	return out, err
+}

@@ -60,6 +60,13 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 				last = r.LastRun.At.Format("2006-01-02 15:04:05") + " " + r.LastRun.Trigger + " " + r.LastRun.State
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%.0fs\t%d\n", r.Name, r.Target, strings.Join(r.Triggers, ","), last, r.Pending, r.LagSeconds, r.Failures)
+			for _, l := range r.LastRuns { // each trigger's own: a later run of one hides no other's
+				what := l.State
+				if l.Job != "" {
+					what += fmt.Sprintf(", %d images, job %s", l.Images, l.Job)
+				}
+				fmt.Fprintf(tw, "\t\t  %s\t%s %s\t\t\t\n", l.Trigger, l.At.Format("2006-01-02 15:04:05"), what)
+			}
 		}
 		return tw.Flush()
 	}
