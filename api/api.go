@@ -355,6 +355,23 @@ func (a *api) replicate(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Minute)
 	defer cancel()
+	if r.URL.Query().Get("dry_run") == "true" {
+		plan, problems, err := a.rules.DryRun(ctx, name)
+		if errors.Is(err, replicate.ErrNoRule) {
+			return httpx.OCIError(http.StatusNotFound, errRuleUnknown, "no replication rule "+strconv.Quote(name))
+		}
+		if err != nil {
+			return err
+		}
+		body := RuleRun{Rule: name, State: "dry run", WouldPush: []Planned{}}
+		for _, p := range plan {
+			body.WouldPush = append(body.WouldPush, Planned(p))
+		}
+		if problems != nil && a.seesAll(r) {
+			body.Problems = problems.Error()
+		}
+		return httpx.WriteJSON(w, r, body)
+	}
 	job, err := a.rules.Run(ctx, name)
 	switch {
 	case errors.Is(err, replicate.ErrNoRule):

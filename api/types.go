@@ -201,10 +201,23 @@ type RuleRun struct {
 	Job      *Job   `json:"job,omitempty"`
 	State    string `json:"state,omitempty"`
 	Problems string `json:"problems,omitempty"`
+	// WouldPush is, for ?dry_run=true, what a run would push and why
+	// (new, moved, referrers), pushing nothing.
+	WouldPush []Planned `json:"would_push,omitempty"`
 }
 
-// UpstreamList answers GET /api/v1/upstreams: each upstream's and
-// target's health as its client reports it.
+// Planned is a tag a run of a rule would push: why is new (never pushed),
+// moved (pushed as another digest) or referrers (signed, attested or given
+// an SBOM since).
+type Planned struct {
+	Source string        `json:"source"`
+	Target string        `json:"target"`
+	Digest digest.Digest `json:"digest"`
+	Why    string        `json:"why"`
+}
+
+// UpstreamList answers GET /api/v1/upstreams: each upstream's health as
+// its client reports it.
 type UpstreamList struct {
 	Upstreams []any `json:"upstreams"`
 }

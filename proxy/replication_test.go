@@ -230,7 +230,17 @@ func TestSignaturesAddedLaterAreReplicated(t *testing.T) {
 
 	att, _ := src.PushArtifact(t, "proj/app", "sha256-"+p.app.Manifest.Digest.Encoded()+".att", "application/vnd.dsse.envelope.v1+json", nil, []byte("attested"))
 	clk.add(2 * time.Hour)
-	r := p.send(t, http.MethodPost, "/api/v1/replication/app-to-b/run", "application/json", "{}")
+	// A dry run says what a run would push, and why, pushing nothing.
+	r := p.send(t, http.MethodPost, "/api/v1/replication/app-to-b/run?dry_run=true", "application/json", "{}")
+	want := `{"rule":"app-to-b","state":"dry run","would_push":[{"source":"harbor-a.example.com/proj/app:1.0","target":"harbor-b/proj-b/app:1.0","digest":"` +
+		p.app.Manifest.Digest.String() + `","why":"referrers"}]}`
+	if r.status != http.StatusOK || strings.TrimSpace(string(r.body)) != want {
+		t.Fatalf("dry run: %d %s, want %s", r.status, r.body, want)
+	}
+	if resp, _ := dst.Get(t, http.MethodGet, "/v2/proj-b/app/manifests/sha256-"+p.app.Manifest.Digest.Encoded()+".att"); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("a dry run pushed: %d", resp.StatusCode)
+	}
+	r = p.send(t, http.MethodPost, "/api/v1/replication/app-to-b/run", "application/json", "{}")
 	var run struct{ Job replicate.Job }
 	if r.status != http.StatusAccepted || json.Unmarshal(r.body, &run) != nil || run.Job.Images != 1 {
 		t.Fatalf("a run after an attestation was added: %d %s", r.status, r.body)

@@ -149,6 +149,7 @@ type pendingTag struct {
 	dgst          digest.Digest
 	since         time.Time
 	referrers     *string // the print of its referrers now, when looked at (see Jobs.referrerPrint)
+	why           string  // a run's reason to push it: new, moved, referrers
 }
 
 // NewRules checks rules against the jobs' targets. batch is the on_pull
@@ -584,17 +585,69 @@ func (rs *Rules) Run(ctx context.Context, name string) (*Job, error) {
 	return nil, fmt.Errorf("%w %q", ErrNoRule, name)
 }
 
-// scan lists the tags of every repository r covers (those Wharf knows of,
-// and sources naming one repository), resolves those its filter takes, and
-// submits a job of the new and moved ones.
+// scan submits a job of what plan finds.
 func (rs *Rules) scan(ctx context.Context, r *rule, trigger string) (*Job, error) {
 	r.runMu.Lock()
 	defer r.runMu.Unlock()
+	batch, problems, err := rs.plan(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	// What this run takes is no longer pending for on_pull.
+	r.mu.Lock()
+	for _, p := range batch {
+		delete(r.pending, p.up+"/"+p.repo+":"+p.tag)
+	}
+	r.mu.Unlock()
+	job, err := rs.submit(r, trigger, batch)
+	if err == nil {
+		rs.taken(r, batch)
+	}
+	if err == nil && len(problems) > 0 {
+		err = errors.Join(problems...)
+	}
+	return job, err
+}
+
+// Planned is a tag a run of a rule would push, and why: new (never
+// pushed), moved (pushed as another digest) or referrers (signed,
+// attested or given an SBOM since).
+type Planned struct {
+	Source string        `json:"source"`
+	Target string        `json:"target"`
+	Digest digest.Digest `json:"digest"`
+	Why    string        `json:"why"`
+}
+
+// DryRun is what a run of rule name by hand would push now, pushing
+// nothing; problems are the repositories and tags it could not look at.
+func (rs *Rules) DryRun(ctx context.Context, name string) (plan []Planned, problems error, err error) {
+	for _, r := range rs.rules {
+		if r.Name != name {
+			continue
+		}
+		batch, ps, err := rs.plan(ctx, r)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, p := range batch {
+			plan = append(plan, Planned{Source: p.up + "/" + p.repo + ":" + p.tag, Target: r.Target + "/" + TargetRepo(r.Rename, p.up, p.repo, "") + ":" + p.tag,
+				Digest: p.dgst, Why: p.why})
+		}
+		return plan, errors.Join(ps...), nil
+	}
+	return nil, nil, fmt.Errorf("%w %q", ErrNoRule, name)
+}
+
+// plan lists the tags of every repository r covers (those the fleet knows
+// of, and sources naming one repository), resolves those its filter
+// takes, and returns the new, moved and newly signed ones.
+func (rs *Rules) plan(ctx context.Context, r *rule) (batch []pendingTag, problems []error, err error) {
 	c := rs.jobs.cache
 	repos := map[[2]string]bool{}
 	known, missing, err := c.FleetRepositories(ctx) // the fleet's: the last owner's too
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(missing) > 0 {
 		rs.jobs.log.Warn("replication run without the repositories of replicas that did not answer", "rule", r.Name, "replicas", missing)
@@ -609,8 +662,6 @@ func (rs *Rules) scan(ctx context.Context, r *rule, trigger string) (*Job, error
 			repos[[2]string{up, repo}] = true
 		}
 	}
-	var batch []pendingTag
-	var problems []error
 	for _, k := range slices.SortedFunc(maps.Keys(repos), func(a, b [2]string) int { return cmp.Or(strings.Compare(a[0], b[0]), strings.Compare(a[1], b[1])) }) {
 		tags, err := c.TagsWithin(ctx, k[0], k[1], 0)
 		if err != nil {
@@ -630,6 +681,7 @@ func (rs *Rules) scan(ctx context.Context, r *rule, trigger string) (*Job, error
 			if rs.pushing(r, key, desc.Digest) {
 				continue
 			}
+			why := "new"
 			if d, refs := rs.jobs.store.Replicated(r.Name, k[0], k[1], tag); d == desc.Digest {
 				// On the target already: again only if it was signed (or
 				// attested) since.
@@ -644,24 +696,14 @@ func (rs *Rules) scan(ctx context.Context, r *rule, trigger string) (*Job, error
 				if now == refs {
 					continue
 				}
+				why = "referrers"
+			} else if d != "" {
+				why = "moved"
 			}
-			batch = append(batch, pendingTag{up: k[0], repo: k[1], tag: tag, dgst: desc.Digest})
+			batch = append(batch, pendingTag{up: k[0], repo: k[1], tag: tag, dgst: desc.Digest, why: why})
 		}
 	}
-	// What this run takes is no longer pending for on_pull.
-	r.mu.Lock()
-	for _, p := range batch {
-		delete(r.pending, p.up+"/"+p.repo+":"+p.tag)
-	}
-	r.mu.Unlock()
-	job, err := rs.submit(r, trigger, batch)
-	if err == nil {
-		rs.taken(r, batch)
-	}
-	if err == nil && len(problems) > 0 {
-		err = errors.Join(problems...)
-	}
-	return job, err
+	return batch, problems, nil
 }
 
 // submit starts a job of batch for r and records the run.

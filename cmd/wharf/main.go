@@ -50,7 +50,7 @@ const usage = `usage:
                                                      list what jobs pinned against eviction, or unpin
   wharf targets [--server URL] [--token-file F | --user NAME] [--ca-file F] [--output json]
                                                      each push target's health: circuit, failures, last error
-  wharf replicate [--server URL] [--token-file F | --user NAME] [--ca-file F] [RULE --now [--wait]]
+  wharf replicate [--server URL] [--token-file F | --user NAME] [--ca-file F] [RULE --now [--wait] | RULE --dry-run]
                                                      show the replication rules, or run one now
   wharf version                                      print the version
 `

@@ -35,12 +35,13 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	cf := addClientFlags(fs)
 	now := fs.Bool("now", false, "run the rule now: push what is new or moved upstream")
 	wait := fs.Bool("wait", false, "with --now, follow the run's job to its end")
+	dry := fs.Bool("dry-run", false, "list what a run of RULE would push now (images, and images signed since), pushing nothing")
 	rest, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(rest) > 1 || (len(rest) == 1) != *now || (*wait && !*now) {
-		return errors.New("usage: wharf replicate [RULE --now [--wait]]")
+	if len(rest) > 1 || (len(rest) == 1) != (*now || *dry) || (*wait && !*now) || (*now && *dry) {
+		return errors.New("usage: wharf replicate [RULE --now [--wait] | RULE --dry-run]")
 	}
 	c, err := cf.client()
 	if err != nil {
@@ -71,6 +72,21 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 		return tw.Flush()
 	}
 	var out api.RuleRun
+	if *dry {
+		if err := c.call(ctx, http.MethodPost, "/api/v1/replication/"+url.PathEscape(rest[0])+"/run?dry_run=true", "application/json", []byte("{}"), &out); err != nil {
+			return err
+		}
+		for _, p := range out.WouldPush {
+			fmt.Fprintf(stdout, "%-9s %s -> %s %s\n", p.Why, p.Source, p.Target, p.Digest)
+		}
+		if out.Problems != "" {
+			fmt.Fprintln(stderr, "some repositories were not listed:", out.Problems)
+		}
+		if len(out.WouldPush) == 0 {
+			fmt.Fprintln(stderr, "nothing new to replicate")
+		}
+		return nil
+	}
 	if err := c.call(ctx, http.MethodPost, "/api/v1/replication/"+url.PathEscape(rest[0])+"/run", "application/json", []byte("{}"), &out); err != nil {
 		return err
 	}
