@@ -7,6 +7,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type Metrics struct {
 	duration  *prometheus.HistogramVec
 	up        *prometheus.GaugeVec // upstream
+	targetUp  *prometheus.GaugeVec // target
 	limit     *prometheus.GaugeVec // upstream
 	remaining *prometheus.GaugeVec // upstream
 }
@@ -24,6 +25,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "wharf_upstream_up",
 		Help: "1 while Wharf calls the upstream, 0 while its circuit is open after failures or a 429.",
 	}, []string{"upstream"})
+	m.targetUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "wharf_target_up",
+		Help: "1 while jobs push to the target, 0 while its circuit is open after failures or a 429 (pushes wait for it, up to its retry_for).",
+	}, []string{"target"})
 	m.limit = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "wharf_upstream_ratelimit_limit",
 		Help: "The upstream's last RateLimit-Limit header (Docker Hub pulls per window).",
@@ -33,15 +38,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "The upstream's last RateLimit-Remaining header.",
 	}, []string{"upstream"})
 	if reg != nil {
-		reg.MustRegister(m.duration, m.up, m.limit, m.remaining)
+		reg.MustRegister(m.duration, m.up, m.targetUp, m.limit, m.remaining)
 	}
 	return m
 }
 
-func (m *Metrics) observe(h Health) {
+// observe reports h, a push target's when target is set.
+func (m *Metrics) observe(h Health, target bool) {
 	up := 1.0
 	if h.State == "open" {
 		up = 0
+	}
+	if target {
+		m.targetUp.WithLabelValues(h.Name).Set(up)
+		return
 	}
 	m.up.WithLabelValues(h.Name).Set(up)
 	if h.RateLimitLimit >= 0 {

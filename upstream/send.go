@@ -75,7 +75,7 @@ func (c *Client) send(req *http.Request, repo string) (*http.Response, error) {
 	c.metrics.duration.WithLabelValues(c.name, oci.MethodLabel(method), status).Observe(time.Since(start).Seconds())
 	if ctx.Err() == nil {
 		c.breaker.record(repo, resp, err)
-		c.metrics.observe(c.Health())
+		c.metrics.observe(c.Health(), c.push)
 	} else {
 		c.breaker.release() // a caller giving up says nothing about upstream
 	}
