@@ -8,10 +8,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
@@ -186,5 +191,61 @@ func TestTargetOutageAndRetry(t *testing.T) {
 	}
 	if resp, _ := dst.Get(t, http.MethodGet, "/v2/proj/denied/manifests/1.0"); resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != more.Manifest.Digest.String() {
 		t.Fatalf("proj/denied on the target after the retry: %d", resp.StatusCode)
+	}
+}
+
+// Against the wharf binary: a cosign signature and an SBOM added after a
+// rule replicated an image reach the target with the next scheduled run;
+// an attestation added later, once the image is pulled again; and a sync
+// file written for skopeo (keyed by the registry's host, tls-verify as
+// Wharf reaches it) runs unchanged.
+func TestSignaturesAddedLaterAndASkopeoSyncFile(t *testing.T) {
+	t.Parallel()
+	src := upstreamtest.New(t)
+	app := src.PushImage(t, "proj/app", "1.0", 140, 1, 16<<10, amd64)
+	dst := upstreamtest.New(t, upstreamtest.WithBasicAuth("robot$push", "s3cret"))
+	cfg, token := promoteConfig(t, src, dst)
+	cfg = strings.Replace(cfg, "    insecure: true\n", "    insecure: true\n    tag_ttl: 1s\n", 1) + `replication:
+  - name: app-to-b
+    sources: [harbor-a.example.com/proj/app]
+    target: harbor-b
+    on_pull: true
+    schedule: '@every 1s'
+`
+	w := startWharf(t, cfg)
+	server := "http://" + w.addr
+	onTarget := func(what, ref string, want digest.Digest) {
+		t.Helper()
+		waitFor(t, what+" on the target", func() bool {
+			resp, _ := dst.Get(t, http.MethodGet, "/v2/proj/app/manifests/"+ref)
+			return resp.StatusCode == http.StatusOK && resp.Header.Get("Docker-Content-Digest") == want.String()
+		})
+	}
+	onTarget("the image", "1.0", app.Manifest.Digest)
+
+	subject := ocispec.Descriptor{MediaType: app.MediaType, Digest: app.Manifest.Digest, Size: int64(len(app.Manifest.Data))}
+	sig, _ := src.PushArtifact(t, "proj/app", "sha256-"+app.Manifest.Digest.Encoded()+".sig", "application/vnd.dev.cosign.simplesigning.v1+json", nil, []byte("cosign"))
+	sbom, sbomDesc := src.PushArtifact(t, "proj/app", "", "application/spdx+json", &subject, []byte(`{"spdxVersion":"SPDX-2.3"}`))
+	src.PushReferrersTag(t, "proj/app", app.Manifest.Digest, sbomDesc)
+	onTarget("the signature added later", "sha256-"+app.Manifest.Digest.Encoded()+".sig", sig.Digest)
+	onTarget("the SBOM added later", sbom.Digest.String(), sbom.Digest)
+
+	att, _ := src.PushArtifact(t, "proj/app", "sha256-"+app.Manifest.Digest.Encoded()+".att", "application/vnd.dsse.envelope.v1+json", nil, []byte("attested"))
+	resp, err := http.Get(server + "/v2/proj/app/manifests/1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	onTarget("the attestation added later", "sha256-"+app.Manifest.Digest.Encoded()+".att", att.Digest)
+
+	// A sync file as skopeo writes it.
+	synced := src.PushImage(t, "proj/sync", "2.0", 141, 1, 16<<10, amd64)
+	file := filepath.Join(t.TempDir(), "sync.yml")
+	os.WriteFile(file, []byte(src.Host()+":\n  tls-verify: false\n  images:\n    proj/sync:\n      - \"2.0\"\n"), 0o644)
+	if _, stderr, err := wharf(t, "prefetch", "--server", server, "--token-file", token, "--push-to", "harbor-b", "--wait", "-f", file); err != nil {
+		t.Fatalf("wharf prefetch -f a skopeo sync file: %v\n%s", err, stderr)
+	}
+	if resp, _ := dst.Get(t, http.MethodGet, "/v2/proj/sync/manifests/2.0"); resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != synced.Manifest.Digest.String() {
+		t.Fatalf("the synced image on the target: %d", resp.StatusCode)
 	}
 }
