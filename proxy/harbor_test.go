@@ -1,14 +1,20 @@
 package proxy_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/replicate"
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
 // What a Harbor target refuses is spelled out per image, and the other
@@ -154,4 +160,60 @@ func TestRetryFailedImages(t *testing.T) {
 	onTarget(t, p.dst, "proj-b/tool", "2.0", p.tool.Manifest)
 	wantError(t, p.send(t, http.MethodPost, "/api/v1/jobs/"+again.ID+"/retry", "application/json", "{}"), http.StatusConflict, "NOTHING_TO_RETRY")
 	wantError(t, p.send(t, http.MethodPost, "/api/v1/jobs/0000000000000000nope/retry", "application/json", "{}"), http.StatusNotFound, "JOB_UNKNOWN")
+}
+
+// logBuffer is a log destination tests read while Wharf writes.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+func (b *logBuffer) String() string { b.mu.Lock(); defer b.mu.Unlock(); return b.buf.String() }
+
+// At start each rule's target is asked, pushing nothing, whether Wharf may
+// push where the rule pushes; a refusal is logged with what to do, and
+// Wharf serves all the same.
+func TestTargetsAreCheckedAtStart(t *testing.T) {
+	t.Parallel()
+	src, dst := upstreamtest.New(t), upstreamtest.New(t, upstreamtest.WithBasicAuth("robot", "s3cret"))
+	dst.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/v2/denied-b/") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}`)
+			return true
+		}
+		return false
+	})
+	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	ok := replicate.Rule{Name: "to-b", Sources: []string{"harbor-a.example.com/proj/*"}, Target: "harbor-b",
+		Rename: []replicate.Rename{{From: "harbor-a.example.com/proj/", To: "proj-b/"}}, OnPull: true}
+	denied := replicate.Rule{Name: "to-denied", Sources: []string{"harbor-a.example.com/proj/app"}, Target: "harbor-b",
+		Rename: []replicate.Rename{{From: "harbor-a.example.com/proj/", To: "denied-b/"}}, OnPull: true}
+	p := newPromotionOn(t, src, dst, t.TempDir(), cache.Config{Logger: log}, replicate.Config{}, "", 0, ok, denied)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "to-denied") || !strings.Contains(logs.String(), "rule=to-b") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no target check logged:\n%s", logs)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the log, bounded
+	}
+	out := logs.String()
+	if !strings.Contains(out, `msg="a replication rule's target takes pushes" rule=to-b target=harbor-b repository=proj-b/wharf-check`) ||
+		!strings.Contains(out, `rule=to-denied target=harbor-b repository=denied-b/app error="the account Wharf pushes to harbor-b with may not push to denied-b/app`) {
+		t.Fatalf("target checks:\n%s", out)
+	}
+	for _, r := range dst.Requests() {
+		if r.Method == http.MethodPut || r.Method == http.MethodPatch {
+			t.Fatalf("the check pushed: %s %s", r.Method, r.Path)
+		}
+	}
+	p.seed(t)
+	p.get(t, "/v2/proj/app/manifests/1.0", p.app.Manifest.Data, p.app.Manifest.Digest.String()) // serving all the same
 }

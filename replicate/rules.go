@@ -253,6 +253,55 @@ func (rs *Rules) Start() {
 	if rs.goAdd() {
 		go rs.checkReferrers()
 	}
+	if rs.goAdd() {
+		go rs.checkTargets()
+	}
+}
+
+// checkTargets asks each rule's target, once at start, whether Wharf may
+// push where the rule pushes (reachable, credentials accepted, push scope
+// obtainable), pushing nothing, and logs what to do about a refusal; the
+// rule runs all the same, and its pushes wait out a target that is down.
+func (rs *Rules) checkTargets() {
+	defer rs.wg.Done()
+	for _, r := range rs.rules {
+		t, ok := rs.jobs.targets[r.Target].(interface {
+			CheckPush(ctx context.Context, repo string) error
+		})
+		if !ok {
+			continue
+		}
+		repo := checkRepo(r.Rule)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := t.CheckPush(ctx, repo)
+		cancel()
+		select {
+		case <-rs.stop:
+			return
+		default:
+		}
+		if err != nil {
+			rs.jobs.log.Warn("a replication rule's target does not take pushes; its runs will fail until this is fixed", "rule", r.Name, "target", r.Target,
+				"repository", repo, "error", explain(err, r.Target, repo, ""))
+			continue
+		}
+		rs.jobs.log.Info("a replication rule's target takes pushes", "rule", r.Name, "target", r.Target, "repository", repo)
+	}
+}
+
+// checkRepo is a repository r pushes to, for checkTargets: its first
+// source's, renamed, with the part a pattern leaves open as wharf-check
+// (registries grant push rights by project, the first part).
+func checkRepo(r Rule) string {
+	src := r.Sources[0]
+	if i := strings.IndexAny(src, "*?["); i >= 0 {
+		src = src[:strings.LastIndexByte(src[:i], '/')+1] + "wharf-check"
+	}
+	up, repo, _ := strings.Cut(src, "/")
+	if repo == "" || strings.ContainsAny(up, "*?[") {
+		return "wharf-check/wharf-check"
+	}
+	return TargetRepo(r.Rename, up, repo, "")
 }
 
 // ownersEvery is how often a fleet's replica looks at which rules it owns.

@@ -230,3 +230,33 @@ func checkDigest(resp *http.Response, want digest.Digest) error {
 	}
 	return nil
 }
+
+// CheckPush asks whether Wharf may push to repo, pushing nothing: it opens
+// an upload session (what a push does first, with the push scope) and
+// cancels it. An error says why not, as a push would fail.
+func (c *Client) CheckPush(ctx context.Context, repo string) error {
+	named, err := reference.WithName(repo)
+	if err != nil {
+		return err
+	}
+	raw, err := c.urls.BuildBlobUploadURL(named, url.Values{})
+	if err != nil {
+		return err
+	}
+	start, err := url.Parse(raw)
+	if err != nil {
+		return err
+	}
+	ctx = c.pushContext(ctx, repo, "")
+	resp, err := c.request(ctx, repo, http.MethodPost, start, nil, 0, nil)
+	if err != nil {
+		return err
+	}
+	drain(resp.Body)
+	if loc, err := location(resp); err == nil {
+		if resp, err := c.request(ctx, repo, http.MethodDelete, loc, nil, 0, nil); err == nil {
+			drain(resp.Body)
+		}
+	}
+	return nil
+}
