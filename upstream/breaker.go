@@ -156,6 +156,10 @@ type Health struct {
 	LastError           string    `json:"lastError,omitempty"`
 	RateLimitLimit      int       `json:"rateLimitLimit"`     // -1: upstream sent none
 	RateLimitRemaining  int       `json:"rateLimitRemaining"` // -1: upstream sent none
+	// A push target's pushes since start: blobs uploaded or mounted,
+	// manifests put.
+	BlobsPushed     int64 `json:"blobsPushed,omitempty"`
+	ManifestsPushed int64 `json:"manifestsPushed,omitempty"`
 }
 
 // Health reports the upstream's circuit and rate-limit state.
@@ -164,7 +168,8 @@ func (c *Client) Health() Health {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h := Health{Name: c.name, URL: c.base.String(), State: "closed", ConsecutiveFailures: b.failures,
-		LastError: b.lastError, RateLimitLimit: b.limit, RateLimitRemaining: b.remaining}
+		LastError: b.lastError, RateLimitLimit: b.limit, RateLimitRemaining: b.remaining,
+		BlobsPushed: c.blobsPushed.Load(), ManifestsPushed: c.manifestsPushed.Load()}
 	if !b.openUntil.IsZero() {
 		h.State, h.OpenUntil = "open", b.openUntil
 		if !b.now().Before(b.openUntil) {

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	v2 "github.com/distribution/distribution/v3/registry/api/v2"
@@ -77,6 +78,10 @@ type Client struct {
 
 	chunkSize int64
 	push      bool // a push target: see Config.Push
+
+	// What a push target took since start: blobs uploaded or mounted,
+	// and manifests put.
+	blobsPushed, manifestsPushed atomic.Int64
 }
 
 // New builds a client for cfg. It dials nothing until first use.

@@ -71,6 +71,7 @@ func (c *Client) PushBlob(ctx context.Context, repo string, desc ocispec.Descrip
 	}
 	drain(resp.Body)
 	if resp.StatusCode == http.StatusCreated {
+		c.blobsPushed.Add(1)
 		return true, nil
 	}
 	loc, err := location(resp)
@@ -78,8 +79,8 @@ func (c *Client) PushBlob(ctx context.Context, repo string, desc ocispec.Descrip
 		return false, err
 	}
 	if desc.Size <= c.chunkSize {
-		rc, err := open(0)
-		if err != nil {
+		var rc io.ReadCloser
+		if rc, err = open(0); err != nil {
 			return false, err
 		}
 		defer rc.Close()
@@ -88,9 +89,14 @@ func (c *Client) PushBlob(ctx context.Context, repo string, desc ocispec.Descrip
 			return false, err
 		}
 		drain(resp.Body)
-		return false, checkDigest(resp, desc.Digest)
+		err = checkDigest(resp, desc.Digest)
+	} else {
+		err = c.uploadChunks(ctx, repo, loc, desc, open)
 	}
-	return false, c.uploadChunks(ctx, repo, loc, desc, open)
+	if err == nil {
+		c.blobsPushed.Add(1)
+	}
+	return false, err
 }
 
 var octetStream = http.Header{"Content-Type": {"application/octet-stream"}}
@@ -184,7 +190,11 @@ func (c *Client) PushManifest(ctx context.Context, repo, ref, mediaType string, 
 		return err
 	}
 	drain(resp.Body)
-	return checkDigest(resp, digest.FromBytes(body))
+	if err := checkDigest(resp, digest.FromBytes(body)); err != nil {
+		return err
+	}
+	c.manifestsPushed.Add(1)
+	return nil
 }
 
 // request sends one push request to repo with an optional body of size bytes.

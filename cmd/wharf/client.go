@@ -327,7 +327,8 @@ func pinsCmd(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// targetsCmd shows each push target's health as the server sees it.
+// targetsCmd shows each push target's health as the server sees it, and
+// what it took since the server started.
 func targetsCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("targets", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -350,6 +351,8 @@ func targetsCmd(args []string, stdout, stderr io.Writer) error {
 			State               string `json:"state"`
 			ConsecutiveFailures int    `json:"consecutiveFailures"`
 			LastError           string `json:"lastError"`
+			BlobsPushed         int64  `json:"blobsPushed"`
+			ManifestsPushed     int64  `json:"manifestsPushed"`
 		} `json:"targets"`
 	}
 	if err := c.call(context.Background(), http.MethodGet, "/api/v1/targets", "", nil, &list); err != nil {
@@ -358,9 +361,9 @@ func targetsCmd(args []string, stdout, stderr io.Writer) error {
 	if *output == "json" {
 		return writeJob(stdout, list)
 	}
-	fmt.Fprintf(stdout, "%-20s  %-9s  %-8s  %s\n", "TARGET", "CIRCUIT", "FAILURES", "LAST ERROR")
+	fmt.Fprintf(stdout, "%-20s  %-9s  %-8s  %-12s  %-9s  %s\n", "TARGET", "CIRCUIT", "FAILURES", "BLOBS PUSHED", "MANIFESTS", "LAST ERROR")
 	for _, t := range list.Targets {
-		fmt.Fprintf(stdout, "%-20s  %-9s  %-8d  %s\n", t.Name, t.State, t.ConsecutiveFailures, cmp.Or(t.LastError, "-"))
+		fmt.Fprintf(stdout, "%-20s  %-9s  %-8d  %-12d  %-9d  %s\n", t.Name, t.State, t.ConsecutiveFailures, t.BlobsPushed, t.ManifestsPushed, cmp.Or(t.LastError, "-"))
 	}
 	return nil
 }
