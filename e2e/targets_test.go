@@ -248,4 +248,10 @@ func TestSignaturesAddedLaterAndASkopeoSyncFile(t *testing.T) {
 	if resp, _ := dst.Get(t, http.MethodGet, "/v2/proj/sync/manifests/2.0"); resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != synced.Manifest.Digest.String() {
 		t.Fatalf("the synced image on the target: %d", resp.StatusCode)
 	}
+	// A mistake in it is named by file, line and key.
+	os.WriteFile(file, []byte(src.Host()+":\n  tls-verify: false\n  images:\n    proj/sync: [\"2.0\"]\n  image:\n    proj/app: [\"1.0\"]\n"), 0o644)
+	if _, stderr, err := wharf(t, "prefetch", "--server", server, "--token-file", token, "--push-to", "harbor-b", "-f", file); err == nil ||
+		!strings.Contains(stderr, file+": ") || !strings.Contains(stderr, `line 5: unknown key \"image\"`) && !strings.Contains(stderr, `line 5: unknown key "image"`) {
+		t.Fatalf("a sync file with a mistake: %v\n%s", err, stderr)
+	}
 }

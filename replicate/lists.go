@@ -95,7 +95,7 @@ func SyncList(ctx context.Context, body []byte, l Lister) ([]string, []ListProbl
 	dec := yaml.NewDecoder(bytes.NewReader(body))
 	dec.KnownFields(true)
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		return nil, nil, fmt.Errorf("%w: %s", ErrSyncYAML, syncYAMLError(err))
+		return nil, nil, fmt.Errorf("%w: %s", ErrSyncYAML, syncYAMLError(err, body))
 	}
 	var refs []string
 	var ps []ListProblem
@@ -110,9 +110,17 @@ func SyncList(ctx context.Context, body []byte, l Lister) ([]string, []ListProbl
 }
 
 // syncYAMLError says what is wrong with a sync file in its own terms, not
-// Go's.
-func syncYAMLError(err error) string {
+// Go's, and on the line where it is.
+func syncYAMLError(err error, body []byte) string {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	if m := syntaxRE.FindStringSubmatch(msg); m != nil {
+		// The parser names the line where the enclosing block began (a
+		// bad indent on line 4 is "line 1"); the line is the first one
+		// the file does not parse up to.
+		if n := firstBadLine(body); n > 0 {
+			msg = fmt.Sprintf("line %d: %s", n, m[2])
+		}
+	}
 	msg = strings.TrimPrefix(msg, "unmarshal errors:\n  ")
 	msg = unknownKeyRE.ReplaceAllString(msg, `unknown key "$1" (a registry takes images, images-by-tag-regex, images-by-semver, tls-verify, credentials, cert-dir)`)
 	msg = intoTypeRE.ReplaceAllStringFunc(msg, func(m string) string {
@@ -131,7 +139,24 @@ func syncYAMLError(err error) string {
 	return strings.ReplaceAll(msg, "\n  ", "; ")
 }
 
+// firstBadLine is the first line of body that the lines before it and it
+// do not parse as YAML, 0 if none does (or body is too long to look).
+func firstBadLine(body []byte) int {
+	lines := bytes.SplitAfter(body, []byte("\n"))
+	if len(lines) > 2000 {
+		return 0
+	}
+	for k := 1; k <= len(lines); k++ {
+		var v any
+		if yaml.Unmarshal(bytes.Join(lines[:k], nil), &v) != nil {
+			return k
+		}
+	}
+	return 0
+}
+
 var (
+	syntaxRE     = regexp.MustCompile(`^line (\d+): (.*)$`)
 	unknownKeyRE = regexp.MustCompile(`field (\S+) not found in type replicate\.syncRegistry`)
 	intoTypeRE   = regexp.MustCompile("cannot unmarshal !!\\w+ `[^`]*` into \\S+")
 )

@@ -408,9 +408,14 @@ func (rs *Rules) onTag(ev cache.TagEvent) {
 			rs.queue(r, p)
 			continue
 		}
-		if d, _ := rs.jobs.store.Replicated(r.Name, p.up, p.repo, p.tag); d != p.dgst || r.SkipReferrers {
-			continue // not pushed yet (a pending batch takes it), or its referrers stay behind
+		if r.SkipReferrers {
+			continue // its referrers stay behind
 		}
+		if d, _ := rs.jobs.store.Replicated(r.Name, p.up, p.repo, p.tag); d != p.dgst && rs.owner(r) == "" {
+			continue // not pushed yet: a pending batch takes it
+		}
+		// Pushed here, or by the rule's owner elsewhere in the fleet,
+		// which compares the print with its own record.
 		select {
 		case rs.checks <- referrerCheck{r, p}:
 		default: // a burst of revalidations: the schedule, or the next one, looks

@@ -67,6 +67,9 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	ctx := context.Background()
 	var job api.Job
 	if err := c.call(ctx, http.MethodPost, path, contentType, body, &job); err != nil {
+		if *file != "" && *file != "-" && strings.Contains(err.Error(), "YAML body") {
+			return fmt.Errorf("%s: %w", *file, err) // the line is the file's
+		}
 		return err
 	}
 	if !*wait {
