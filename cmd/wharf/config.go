@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -172,7 +173,66 @@ const (
 	defaultNegativeTTL = 15 * time.Second
 )
 
-var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type`)
+var (
+	unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type`)
+	notDuration  = regexp.MustCompile("line (\\d+): cannot unmarshal !!\\w+ `([^`]*)` into time.Duration")
+)
+
+// nearestKey is the configuration key closest to an unknown one, within
+// two edits, "" if none is: a typo's likely meaning.
+func nearestKey(unknown string) string {
+	best, bestD := "", 3
+	for _, k := range configKeyNames(reflect.TypeFor[fileConfig](), map[reflect.Type]bool{}) {
+		if d := editDistance(unknown, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	return best
+}
+
+// configKeyNames lists the YAML keys t and the types under it take.
+func configKeyNames(t reflect.Type, seen map[reflect.Type]bool) []string {
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Map {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || seen[t] {
+		return nil
+	}
+	seen[t] = true
+	var out []string
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" {
+			continue
+		}
+		if name != "" {
+			out = append(out, name)
+		}
+		out = append(out, configKeyNames(f.Type, seen)...)
+	}
+	return out
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
 
 // loadConfig reads, decodes (rejecting unknown keys) and validates path,
 // resolving secrets from files and the environment.
@@ -195,7 +255,13 @@ func loadConfig(path string) (*fileConfig, error) {
 			return nil, fmt.Errorf("%s: the file is empty", path)
 		}
 		if m := unknownField.FindStringSubmatch(err.Error()); m != nil {
+			if near := nearestKey(m[2]); near != "" {
+				return nil, fmt.Errorf("%s line %s: unknown key %q: did you mean %q?", path, m[1], m[2], near)
+			}
 			return nil, fmt.Errorf("%s line %s: unknown key %q", path, m[1], m[2])
+		}
+		if m := notDuration.FindStringSubmatch(err.Error()); m != nil {
+			return nil, fmt.Errorf("%s line %s: %q is not a duration: write it with its unit, like 30s, 5m or 1h", path, m[1], m[2])
 		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

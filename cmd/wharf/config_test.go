@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"flag"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -44,7 +47,8 @@ func TestConfigErrors(t *testing.T) {
 	cases := []struct{ body, want string }{
 		{"", "the file is empty"},
 		{"listen: :1\nlisten_addr: x\n", `line 2: unknown key "listen_addr"`},
-		{base + "    tag_tll: 1m\n", `line 5: unknown key "tag_tll"`},
+		{base + "    tag_tll: 1m\n", `line 5: unknown key "tag_tll": did you mean "tag_ttl"?`},
+		{base + "    tag_ttl: 30\n", `line 5: "30" is not a duration: write it with its unit, like 30s, 5m or 1h`},
 		{"storage: {root: /x}\n", "at least one upstream"},
 		{"upstreams: [{name: a, url: https://a}]\n", "storage.root must be set"},
 		{base + "    tag_ttl: -1s\n", "tag_ttl must not be negative"},
@@ -250,5 +254,18 @@ func TestPrefetchRequestOptions(t *testing.T) {
 	}
 	if err != nil || json.Unmarshal(body, &req) != nil || len(req.FromCache) != 1 || req.Referrers == nil || *req.Referrers || req.Index != "filter" || q.Encode() != "" {
 		t.Fatalf("%s %v %v", body, q, err)
+	}
+}
+
+// -h and --help show a command's flags and are no error: main exits 0.
+func TestHelpIsNoError(t *testing.T) {
+	for _, c := range []string{"serve", "check", "gc", "prefetch", "jobs", "pins", "targets", "replicate"} {
+		for _, h := range []string{"-h", "--help"} {
+			var out, errs bytes.Buffer
+			err := run([]string{c, h}, &out, &errs)
+			if !errors.Is(err, flag.ErrHelp) || !strings.Contains(errs.String(), "Usage of "+c) {
+				t.Errorf("wharf %s %s: %v\n%s", c, h, err, errs.String())
+			}
+		}
 	}
 }

@@ -56,7 +56,10 @@ const usage = `usage:
 `
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	err := run(os.Args[1:], os.Stdout, os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp): // -h or --help: the flags were shown, as asked
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "wharf:", err)
 		os.Exit(1)
 	}
