@@ -28,17 +28,22 @@ func (s *Store) DeleteRulePending(rule, tag string) error {
 
 // RulePending lists rule's pending tags, by key.
 func (s *Store) RulePending(rule string) (map[string][]byte, error) {
+	return s.under(key(prefixRulePending, rule, ""))
+}
+
+// under reads every record whose key starts with prefix, by the rest of
+// its key.
+func (s *Store) under(prefix []byte) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	err := s.db.View(func(txn *badger.Txn) error {
-		p := key(prefixRulePending, rule, "")
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: p})
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: prefix})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			v, err := it.Item().ValueCopy(nil)
 			if err != nil {
 				return err
 			}
-			out[string(it.Item().Key()[len(p):])] = v
+			out[string(it.Item().Key()[len(prefix):])] = v
 		}
 		return nil
 	})
@@ -59,19 +64,5 @@ func (s *Store) PutRuleRun(rule, trigger string, doc []byte) error {
 
 // RuleRuns lists rule's last runs, by trigger.
 func (s *Store) RuleRuns(rule string) (map[string][]byte, error) {
-	out := map[string][]byte{}
-	err := s.db.View(func(txn *badger.Txn) error {
-		p := key(prefixRuleRun, rule, "")
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: p})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			v, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			out[string(it.Item().Key()[len(p):])] = v
-		}
-		return nil
-	})
-	return out, err
+	return s.under(key(prefixRuleRun, rule, ""))
 }
