@@ -108,7 +108,7 @@ func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst dige
 	if err := c.recall(u, repo, blobKey(u.Name, repo, dgst.String())); err != nil {
 		return nil, err
 	}
-	c.metrics.result(u.Name, "blob", false)
+	c.result(ctx, u.Name, "blob", false)
 	f, started, err := c.startFill(ctx, u, repo, dgst)
 	if err != nil {
 		return nil, err
@@ -164,6 +164,11 @@ func (c *Cache) openBlob(ctx context.Context, u Upstream, repo string, dgst dige
 	if err != nil {
 		return nil, err
 	}
+	if started {
+		noteFrom(ctx, u.Name, f.from)
+	} else {
+		note(ctx, u.Name, ResultJoined)
+	}
 	return &Blob{Descriptor: ocispec.Descriptor{MediaType: f.mediaType, Digest: dgst, Size: f.size}, ReadSeekCloser: r, done: c.beginRead(dgst)}, nil
 }
 
@@ -180,7 +185,7 @@ func (c *Cache) openStored(ctx context.Context, u Upstream, repo string, dgst di
 		file.Close()
 		return nil, err
 	}
-	c.metrics.result(u.Name, "blob", true)
+	c.result(ctx, u.Name, "blob", true)
 	c.store.Touch(dgst)
 	c.eagerUsed(nil, ocispec.Descriptor{Digest: dgst})
 	return &Blob{Descriptor: ocispec.Descriptor{MediaType: bi.MediaType, Digest: dgst, Size: size}, ReadSeekCloser: file, done: c.beginRead(dgst)}, nil

@@ -126,7 +126,7 @@ func (c *Cache) firstBytes(ctx context.Context, f *fill, w *storage.Writer, src 
 		}
 		f.limit = f.want // no length given: the manifest's bounds what is read
 	}
-	f.size, f.mediaType = size, blobMediaType
+	f.size, f.mediaType, f.from = size, blobMediaType, from
 	f.file = file
 	close(f.ready)
 	return rc, from, nil

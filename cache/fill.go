@@ -48,6 +48,7 @@ type fill struct {
 	size      int64 // -1 if upstream did not say
 	limit     int64 // the most the fill reads: size, or want; -1: no bound
 	mediaType string
+	from      string   // where the first bytes came from: fromUpstream, fromBucket, fromPeer
 	file      *os.File // read side of the temporary file, shared via ReadAt
 
 	mu       sync.Mutex

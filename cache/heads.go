@@ -29,8 +29,8 @@ func (c *Cache) ManifestHead(ctx context.Context, up, repo, ref string) (ocispec
 		return ocispec.Descriptor{}, err
 	}
 	if !isDigest {
-		if ti, err := c.store.Tag(u.Name, repo, ref); err == nil && c.trusted(u, repo, ref, ti) {
-			c.metrics.result(u.Name, "manifest", true)
+		if ti, err := c.store.Tag(u.Name, repo, ref); err == nil && c.trusted(ctx, u, repo, ref, ti) {
+			c.result(ctx, u.Name, "manifest", true)
 			return c.tagDesc(ti), nil
 		}
 		if desc, _, err, asked := c.viaTagOwner(ctx, u, repo, ref, true); asked {
@@ -47,14 +47,14 @@ func (c *Cache) ManifestHead(ctx context.Context, up, repo, ref string) (ocispec
 		if err := c.holds(ctx, u, repo, dgst, true); err != nil {
 			return ocispec.Descriptor{}, err
 		}
-		c.metrics.result(u.Name, "manifest", true)
+		c.result(ctx, u.Name, "manifest", true)
 		return desc, nil
 	}
 	if !errors.Is(err, storage.ErrNotFound) {
 		return ocispec.Descriptor{}, err
 	}
 	desc, _, err = c.shared(ctx, "hd", u, repo, ref, func(ctx context.Context) (ocispec.Descriptor, []byte, error) {
-		c.metrics.result(u.Name, "manifest", false)
+		c.result(ctx, u.Name, "manifest", false)
 		head, _, err := u.Source.Manifest(ctx, repo, ref, true)
 		if err != nil {
 			return ocispec.Descriptor{}, nil, classify(err)
@@ -104,7 +104,7 @@ func (c *Cache) resolveTagHead(ctx context.Context, u Upstream, repo, tag string
 	}
 	known := terr == nil
 	if known && c.fresh(u, ti) {
-		c.metrics.result(u.Name, "manifest", true)
+		c.result(ctx, u.Name, "manifest", true)
 		return c.tagDesc(ti), nil
 	}
 	var head ocispec.Descriptor
@@ -117,18 +117,18 @@ func (c *Cache) resolveTagHead(ctx context.Context, u Upstream, repo, tag string
 	}
 	switch {
 	case errors.Is(err, ErrUnavailable) && known:
-		c.metrics.result(u.Name, "manifest", true)
-		c.metrics.stale.WithLabelValues(u.Name).Inc()
+		c.result(ctx, u.Name, "manifest", true)
+		c.stale(ctx, u.Name)
 		c.retries.failed(manifestKey(u.Name, repo, tag), c.now())
 		return c.tagDesc(ti), nil
 	case err != nil:
 		return ocispec.Descriptor{}, err
 	case !describes(head):
-		c.metrics.result(u.Name, "manifest", false)
+		c.result(ctx, u.Name, "manifest", false)
 		desc, _, err := c.fetchManifest(ctx, u, repo, tag, "")
 		return desc, err
 	}
-	c.metrics.result(u.Name, "manifest", known && head.Digest == ti.Digest)
+	c.result(ctx, u.Name, "manifest", known && head.Digest == ti.Digest)
 	c.found(u, repo)
 	ti = storage.TagInfo{Digest: head.Digest, MediaType: head.MediaType, Size: head.Size, Checked: c.now()}
 	c.admit(u, repo, head.Digest)

@@ -71,7 +71,7 @@ func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, d
 			if desc, body, err := c.manifestFor(u, dgst); err == nil {
 				return desc, body, nil // stored by a flight that ended just before this one began
 			}
-			c.metrics.result(u.Name, "manifest", false)
+			c.result(ctx, u.Name, "manifest", false)
 			if desc, body, err, asked := c.viaDigestOwner(ctx, u, repo, dgst); asked {
 				return desc, body, err
 			}
@@ -84,16 +84,16 @@ func (c *Cache) manifestByDigest(ctx context.Context, u Upstream, repo string, d
 	if err := c.holds(ctx, u, repo, dgst, true); err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	c.metrics.result(u.Name, "manifest", true)
+	c.result(ctx, u.Name, "manifest", true)
 	return desc, body, nil
 }
 
 func (c *Cache) manifestByTag(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, []byte, error) {
 	ti, err := c.store.Tag(u.Name, repo, tag)
-	if err == nil && c.trusted(u, repo, tag, ti) {
+	if err == nil && c.trusted(ctx, u, repo, tag, ti) {
 		desc, body, err := c.manifestFor(u, ti.Digest)
 		if err == nil {
-			c.metrics.result(u.Name, "manifest", true)
+			c.result(ctx, u.Name, "manifest", true)
 			return desc, body, nil
 		}
 	}
@@ -139,7 +139,7 @@ func (c *Cache) shared(ctx context.Context, kind string, u Upstream, repo, ref s
 func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (ocispec.Descriptor, []byte, error) {
 	ti, err := c.store.Tag(u.Name, repo, tag)
 	if errors.Is(err, storage.ErrNotFound) {
-		c.metrics.result(u.Name, "manifest", false)
+		c.result(ctx, u.Name, "manifest", false)
 		return c.fetchManifest(ctx, u, repo, tag, "")
 	}
 	if err != nil {
@@ -154,18 +154,18 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 		// Resolved by a flight that ended just before this one began, or
 		// by a HEAD that did not fetch the manifest.
 		if stored {
-			c.metrics.result(u.Name, "manifest", true)
+			c.result(ctx, u.Name, "manifest", true)
 			return desc, body, nil
 		}
-		c.metrics.result(u.Name, "manifest", false)
+		c.result(ctx, u.Name, "manifest", false)
 		return c.fetchManifest(ctx, u, repo, ti.Digest.String(), ti.Digest, tag)
 	}
 	head, err := c.revalidate(ctx, u, repo, tag)
 	switch {
 	case errors.Is(err, ErrUnavailable) && stored:
 		// Serve what we have rather than fail a rollout on a flaky upstream.
-		c.metrics.result(u.Name, "manifest", true)
-		c.metrics.stale.WithLabelValues(u.Name).Inc()
+		c.result(ctx, u.Name, "manifest", true)
+		c.stale(ctx, u.Name)
 		c.retries.failed(manifestKey(u.Name, repo, tag), c.now())
 		return desc, body, nil
 	case err != nil:
@@ -173,10 +173,10 @@ func (c *Cache) resolveTag(ctx context.Context, u Upstream, repo, tag string) (o
 	case head.Digest == ti.Digest && stored:
 		ti.Checked = c.now()
 		c.putTag(u.Name, repo, tag, ti)
-		c.metrics.result(u.Name, "manifest", true)
+		c.result(ctx, u.Name, "manifest", true)
 		return desc, body, nil
 	}
-	c.metrics.result(u.Name, "manifest", false)
+	c.result(ctx, u.Name, "manifest", false)
 	if head.Digest.Validate() == nil {
 		return c.fetchManifest(ctx, u, repo, head.Digest.String(), head.Digest, tag)
 	}
@@ -198,12 +198,12 @@ func (c *Cache) revalidate(ctx context.Context, u Upstream, repo, tag string) (o
 // trusted reports whether tag's cached resolution is served without
 // asking upstream: it is fresh, or it is stale and upstream was found
 // unavailable within its back-off (counted as a stale answer).
-func (c *Cache) trusted(u Upstream, repo, tag string, ti storage.TagInfo) bool {
+func (c *Cache) trusted(ctx context.Context, u Upstream, repo, tag string, ti storage.TagInfo) bool {
 	if c.fresh(u, ti) {
 		return true
 	}
 	if c.retries.waiting(manifestKey(u.Name, repo, tag), c.now()) {
-		c.metrics.stale.WithLabelValues(u.Name).Inc()
+		c.stale(ctx, u.Name)
 		return true
 	}
 	return false

@@ -58,6 +58,7 @@ func (r *fillReader) startDirect() error {
 	}
 	r.direct = &direct{rc: rc, hash: h, size: size, at: r.off}
 	f.passthrough.Inc()
+	note(r.ctx, f.up, ResultPassthrough)
 	return nil
 }
 

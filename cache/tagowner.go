@@ -122,6 +122,7 @@ func (c *Cache) askTagOwner(ctx context.Context, peer string, u Upstream, repo, 
 	// moved on from.
 	checked := sent.Add(-time.Duration(ms) * time.Millisecond)
 	c.metrics.peer.WithLabelValues("tag").Inc()
+	note(ctx, u.Name, ResultPeer)
 	if head && tags != nil {
 		desc := ocispec.Descriptor{MediaType: resp.Header.Get("Content-Type"), Digest: dgst, Size: resp.ContentLength}
 		if !describes(desc) {

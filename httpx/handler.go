@@ -12,6 +12,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/oci"
 )
 
@@ -183,6 +184,8 @@ type Sender interface {
 func Wrap(log *slog.Logger, m *Metrics, route string, notFound errcode.ErrorCode, h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		ctx, report := cache.WithReport(r.Context())
+		r = r.WithContext(ctx)
 		rec := &Recorder{ResponseWriter: w}
 		rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 		var err error
@@ -197,6 +200,9 @@ func Wrap(log *slog.Logger, m *Metrics, route string, notFound errcode.ErrorCode
 			level := slog.LevelInfo
 			attrs := []any{"method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"), "route", route,
 				"status", status, "bytes", rec.bytes, "duration", time.Since(start), "remote", r.RemoteAddr}
+			if result, up := report.Result(); result != "" {
+				attrs = append(attrs, "cache", result, "upstream", up)
+			}
 			if err != nil {
 				attrs = append(attrs, "error", err.Error())
 				if status >= 500 || aborted {

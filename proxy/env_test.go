@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/wharf-registry/wharf/audit"
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cluster"
@@ -111,6 +112,7 @@ type envOpts struct {
 	rules []replicate.Rule
 	ln    net.Listener    // where it listens; nil: a new loopback port
 	fleet *cluster.Config // its place in a fleet (Advertise is filled in); nil: none
+	audit *audit.Log      // nil: none
 }
 
 func newEnvOpts(t testing.TB, root string, o envOpts, specs ...spec) *env {
@@ -128,7 +130,7 @@ func newEnvOpts(t testing.TB, root string, o envOpts, specs ...spec) *env {
 	reg := prometheus.NewRegistry()
 	um := upstream.NewMetrics(reg)
 	log := cmp.Or(cfg.Logger, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	scfg := server.Config{Jobs: jcfg, Rules: rules, RuleBatch: 50 * time.Millisecond, Auth: ac, APIToken: token, Registry: reg, Logger: log}
+	scfg := server.Config{Jobs: jcfg, Rules: rules, RuleBatch: 50 * time.Millisecond, Auth: ac, APIToken: token, Registry: reg, Logger: log, Audit: cmp.Or(o.audit, o.jcfg.Audit)}
 	for _, s := range specs {
 		u := s.url
 		if u == "" {

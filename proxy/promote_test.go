@@ -17,6 +17,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/wharf-registry/wharf/audit"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/storage"
@@ -169,11 +170,26 @@ func totals(job report) sums {
 // repositories is mounted). The same job again moves nothing.
 func TestPrefetchPushesExactTags(t *testing.T) {
 	t.Parallel()
-	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
+	var trail lines
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{Audit: audit.New(&trail)}, "", 0)
 	p.seed(t)
-	job := p.wait(t, p.submit(t, "application/json", "", promoteAll))
+	id := p.submit(t, "application/json", "", promoteAll)
+	job := p.wait(t, id)
 	if job.State != replicate.StateDone {
 		t.Fatalf("job %s, want done: %+v", job.State, job.Images)
+	}
+	var pushes []string
+	for _, a := range trail.objects(t) {
+		if a["action"] == "push" {
+			pushes = append(pushes, fmt.Sprint(a["target"], " ", a["repository"], ":", a["reference"], "@", a["digest"], " ", a["result"], " ", a["job"] == id))
+		}
+	}
+	if want := []string{
+		"harbor-b proj-b/app:1.0@" + p.app.Manifest.Digest.String() + " pushed true",
+		"harbor-b proj-b/multi:v1@" + p.multi.Manifest.Digest.String() + " pushed true",
+		"harbor-b proj-b/tool:2.0@" + p.tool.Manifest.Digest.String() + " pushed true",
+	}; !sameLines(pushes, want) {
+		t.Fatalf("audit of the pushes:\n%q\nwant\n%q", pushes, want)
 	}
 	want := []struct {
 		target string

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/wharf-registry/wharf/audit"
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cluster"
@@ -40,6 +42,8 @@ type Config struct {
 	// Ready reports whether this replica takes work (it has started and
 	// is not stopping); /healthz answers 503 otherwise. nil: always.
 	Ready func() bool
+	// Audit records every manifest and blob GET; nil: none.
+	Audit *audit.Log
 }
 
 type proxy struct {
@@ -50,6 +54,7 @@ type proxy struct {
 	metrics *metrics
 	auth    *auth.Auth
 	fleet   *cluster.Cluster
+	audit   *audit.Log
 }
 
 // New returns the HTTP handler for the registry API, the peer route,
@@ -58,7 +63,7 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	if cfg.Router == nil || cfg.Auth == nil || cfg.Metrics == nil {
 		return nil, errors.New("proxy: Router, Auth and Metrics are required")
 	}
-	p := &proxy{cache: c, router: cfg.Router, log: cfg.Logger, http: cfg.Metrics, auth: cfg.Auth, fleet: cfg.Fleet}
+	p := &proxy{cache: c, router: cfg.Router, log: cfg.Logger, http: cfg.Metrics, auth: cfg.Auth, fleet: cfg.Fleet, audit: cfg.Audit}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -159,8 +164,43 @@ func (p *proxy) read(route string, h func(http.ResponseWriter, *http.Request) er
 		if err != nil {
 			return err
 		}
-		return h(w, r)
+		err = h(w, r)
+		if p.audit != nil && r.Method == http.MethodGet && (route == "manifest" || route == "blob") {
+			p.auditPull(w, r, route, err)
+		}
+		return err
 	})
+}
+
+// auditPull records a manifest or blob GET: who, what, and the answer
+// (refusals too: they are what a security team looks for).
+func (p *proxy) auditPull(w http.ResponseWriter, r *http.Request, kind string, err error) {
+	id := httpx.Identity(r.Context())
+	addr := r.RemoteAddr
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	rec := audit.Record{Action: audit.Pull, User: id.User, Address: addr, Repository: mux.Vars(r)["name"], Kind: kind,
+		Digest: w.Header().Get("Docker-Content-Digest")}
+	if id.Token {
+		rec.User = "api-token"
+	}
+	if kind == "manifest" {
+		rec.Reference = mux.Vars(r)["reference"]
+	} else {
+		rec.Reference = mux.Vars(r)["digest"]
+	}
+	rec.Result, rec.Upstream = cache.ReportOf(r.Context()).Result()
+	if rw, ok := w.(*httpx.Recorder); ok {
+		rec.Status = rw.Status()
+	}
+	if err != nil {
+		rec.Status, rec.Error = httpx.ToHTTP(err, errcode.ErrorCodeNameUnknown).Status, err.Error()
+		if rec.Result == "" {
+			rec.Result = "refused"
+		}
+	}
+	p.audit.Write(rec)
 }
 
 func unsupported(w http.ResponseWriter, r *http.Request) error {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wharf-registry/wharf/audit"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/storage"
 )
@@ -38,10 +39,12 @@ type Config struct {
 	RetryBackoff time.Duration `yaml:"-"`
 	// RetryFor is, per target, how long its pushes ride out its being
 	// unavailable before an image fails (default 10 minutes).
-	RetryFor   map[string]time.Duration `yaml:"-"`
-	Registerer prometheus.Registerer    `yaml:"-"` // nil: metrics are not registered
-	Logger     *slog.Logger             `yaml:"-"` // nil: slog.Default()
-	Now        func() time.Time         `yaml:"-"` // nil: time.Now
+	RetryFor map[string]time.Duration `yaml:"-"`
+	// Audit records every image a job pushes; nil: none.
+	Audit      *audit.Log            `yaml:"-"`
+	Registerer prometheus.Registerer `yaml:"-"` // nil: metrics are not registered
+	Logger     *slog.Logger          `yaml:"-"` // nil: slog.Default()
+	Now        func() time.Time      `yaml:"-"` // nil: time.Now
 }
 
 // Check validates the settings the configuration file's prefetch: block
@@ -59,6 +62,7 @@ type Jobs struct {
 	store   *storage.Store
 	metrics *metrics
 	log     *slog.Logger
+	audit   *audit.Log
 	now     func() time.Time
 
 	targets      map[string]Target
@@ -96,6 +100,7 @@ func New(c *cache.Cache, store *storage.Store, cfg Config) (*Jobs, error) {
 	return &Jobs{
 		cache: c, store: store, metrics: m, now: now, reg: cfg.Registerer,
 		log:          cmp.Or(cfg.Logger, slog.Default()),
+		audit:        cfg.Audit,
 		targets:      cfg.Targets,
 		retryFor:     cfg.RetryFor,
 		jobs:         map[string]*run{},

@@ -7,6 +7,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/wharf-registry/wharf/audit"
 )
 
 // Running jobs: each job is a goroutine that copies its images a few at a
@@ -186,6 +188,7 @@ func (c *Jobs) copyImage(ctx context.Context, r *run, img *Image) {
 	})
 	state := r.state(img)
 	c.metrics.images.WithLabelValues(string(state)).Inc()
+	c.auditPush(r, img, state)
 	if state == StateDone && r.job.Rule != "" && img.Tag != "" {
 		// What the rule pushed: the next run leaves it be until it moves
 		// or is signed again.
@@ -279,4 +282,24 @@ func (r *run) sawOnTarget(repo string, dgst digest.Digest) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.onTarget[repo+"@"+dgst.String()] = true
+}
+
+// auditPush records an image a job put on its target, or failed to.
+func (c *Jobs) auditPush(r *run, img *Image, state State) {
+	if c.audit == nil || r.job.PushTo == "" || state == StateQueued {
+		return
+	}
+	r.mu.Lock()
+	snap := *img
+	r.mu.Unlock()
+	rec := audit.Record{Action: audit.Push, Upstream: snap.Upstream, Target: r.job.PushTo, Repository: cmp.Or(snap.TargetRepo, snap.Repository),
+		Reference: cmp.Or(snap.Tag, snap.Reference), Digest: string(cmp.Or(snap.FilteredDigest, snap.Digest)), Kind: "image",
+		Result: "pushed", Job: r.job.ID, Rule: r.job.Rule, Error: snap.Error}
+	switch state {
+	case StateFailed:
+		rec.Result = "failed"
+	case StateCancelled:
+		rec.Result = "cancelled"
+	}
+	c.audit.Write(rec)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wharf-registry/wharf/api"
+	"github.com/wharf-registry/wharf/audit"
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cluster"
@@ -43,7 +44,9 @@ type Config struct {
 	APIToken string // only read when Auth is nil
 	// Fleet is this replica's cluster (the cache's peers, the peer routes,
 	// the API's reach to the other replicas); nil: no fleet.
-	Fleet    *cluster.Cluster
+	Fleet *cluster.Cluster
+	// Audit records every pull and every image a job pushes; nil: none.
+	Audit    *audit.Log
 	Registry *prometheus.Registry // metrics are registered here and served on /metrics
 	Logger   *slog.Logger         // nil: slog.Default()
 }
@@ -84,7 +87,7 @@ func New(store *storage.Store, cfg Config) (*Server, error) {
 		s.Close(context.Background())
 		return nil, err
 	}
-	cfg.Jobs.Registerer, cfg.Jobs.Logger, cfg.Jobs.Now = reg, log, cfg.Cache.Now
+	cfg.Jobs.Registerer, cfg.Jobs.Logger, cfg.Jobs.Now, cfg.Jobs.Audit = reg, log, cfg.Cache.Now, cfg.Audit
 	if s.Jobs, err = replicate.New(c, store, cfg.Jobs); err != nil {
 		return fail(err)
 	}
@@ -120,7 +123,7 @@ func New(store *storage.Store, cfg Config) (*Server, error) {
 		return fail(err)
 	}
 	if s.Handler, err = proxy.New(c, proxy.Config{Router: router, Auth: s.Auth, API: apiHandler, Logger: log,
-		Registry: cfg.Registry, Metrics: hm, Fleet: cfg.Fleet, Ready: s.ready.Load}); err != nil {
+		Registry: cfg.Registry, Metrics: hm, Fleet: cfg.Fleet, Ready: s.ready.Load, Audit: cfg.Audit}); err != nil {
 		return fail(err)
 	}
 	return s, nil

@@ -20,6 +20,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
 
+	"github.com/wharf-registry/wharf/audit"
 	"github.com/wharf-registry/wharf/auth"
 	"github.com/wharf-registry/wharf/cluster"
 	"github.com/wharf-registry/wharf/httpx"
@@ -34,6 +35,8 @@ type fileConfig struct {
 	Listen      string         `yaml:"listen"`
 	DebugListen string         `yaml:"debug_listen"`
 	LogLevel    string         `yaml:"log_level"`
+	LogFormat   string         `yaml:"log_format"`
+	Audit       audit.Config   `yaml:"audit"`
 	Storage     storage.Config `yaml:"storage"`
 	Pins        []string       `yaml:"pins"`
 	Server      struct {
@@ -241,7 +244,7 @@ func loadConfig(path string) (*fileConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := &fileConfig{Listen: ":5000", LogLevel: "info"}
+	cfg := &fileConfig{Listen: ":5000", LogLevel: "info", LogFormat: "logfmt"}
 	cfg.Storage.MinFree = "5%"
 	cfg.Server.ReadHeaderTimeout = 10 * time.Second
 	cfg.Server.IdleTimeout = 2 * time.Minute
@@ -290,6 +293,14 @@ func (c *fileConfig) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "logfmt", "json":
+	default:
+		return fmt.Errorf("log_format %q: want logfmt or json", c.LogFormat)
+	}
+	if c.Audit.MaxSizeMB < 0 || c.Audit.MaxBackups < 0 {
+		return errors.New("audit.max_size_mb and audit.max_backups must not be negative")
 	}
 	if len(c.Upstreams) == 0 {
 		return errors.New("at least one upstream is needed")
@@ -483,4 +494,15 @@ func (c *clusterConfig) checkListen() error {
 		return fmt.Errorf("cluster.listen %q: want host:port, like :5001", c.Listen)
 	}
 	return nil
+}
+
+// logger is the log the configuration asks for, written to out.
+func (c *fileConfig) logger(out io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.LogLevel)) // checked by validate
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(out, opts))
+	}
+	return slog.New(slog.NewTextHandler(out, opts))
 }

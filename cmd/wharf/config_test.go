@@ -58,6 +58,8 @@ func TestConfigErrors(t *testing.T) {
 		{base + "    password: ${WHARF_TEST_UNSET_VAR}\n", "WHARF_TEST_UNSET_VAR is not set"},
 		{base + "    password: x\n    password_file: " + secret + "\n", "not both"},
 		{base + "log_level: loud\n", "log_level"},
+		{base + "log_format: xml\n", `log_format "xml": want logfmt or json`},
+		{base + "audit: {file: /tmp/a, max_size_mb: -1}\n", "audit.max_size_mb and audit.max_backups must not be negative"},
 		{base + "server: {trusted_proxies: [10.0.0.0/40]}\n", "server.trusted_proxies: \"10.0.0.0/40\""},
 		{"storage: {root: /x, max_size: lots}\nupstreams: [{name: a, url: https://a}]\n", "storage.max_size"},
 		{"storage: {root: /x, high_watermark: 0.5, low_watermark: 0.7}\nupstreams: [{name: a, url: https://a}]\n", "watermarks"},

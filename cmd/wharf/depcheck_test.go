@@ -15,10 +15,12 @@ const module = "github.com/wharf-registry/wharf/"
 // api → replicate → cache → storage; cluster (the fleet) a leaf that
 // server wires in; upstream wired in by cmd only; auth
 // (who may do what) and route (patterns) beside them; oci, the protocol's
-// shared facts, imports nothing of ours and sits below all.
+// shared facts, and audit, the audit trail, import nothing of ours and
+// sit below all.
 func TestImportGraph(t *testing.T) {
 	allowed := map[string][]string{
 		"oci":                   {},
+		"audit":                 {},
 		"storage":               {},
 		"storage/s3test":        {"upstream/upstreamtest"},
 		"upstream":              {"oci"},
@@ -26,11 +28,11 @@ func TestImportGraph(t *testing.T) {
 		"route":                 {},
 		"auth":                  {"route"},
 		"cache":                 {"storage", "route", "oci"},
-		"replicate":             {"cache", "storage", "route"},
+		"replicate":             {"cache", "storage", "route", "audit"},
 		"httpx":                 {"auth", "cache", "oci"},
-		"proxy":                 {"httpx", "cache", "auth", "route", "cluster", "oci"},
+		"proxy":                 {"httpx", "cache", "auth", "route", "cluster", "oci", "audit"},
 		"api":                   {"httpx", "cache", "auth", "replicate", "route", "oci", "cluster"},
-		"server":                {"proxy", "api", "httpx", "cache", "auth", "replicate", "route", "storage", "cluster"},
+		"server":                {"proxy", "api", "httpx", "cache", "auth", "replicate", "route", "storage", "cluster", "audit"},
 		"cluster":               {},
 	}
 	for pkg, ok := range allowed {

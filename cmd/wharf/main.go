@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/wharf-registry/wharf/audit"
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cluster"
 	"github.com/wharf-registry/wharf/httpx"
@@ -133,11 +134,12 @@ func versionString() string {
 // serve wires the packages together and runs until ctx ends, then shuts
 // down gracefully: stop accepting, let responses finish, close the index.
 func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		return err
+	log := cfg.logger(logOut)
+	auditLog, err := audit.Open(cfg.Audit)
+	if err != nil {
+		return fmt.Errorf("audit.file: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+	defer auditLog.Close()
 	sopts, err := cfg.Storage.Options()
 	if err != nil {
 		return err
@@ -160,6 +162,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
+	scfg.Audit = auditLog
 	defer closeFleet()
 	srv, err := server.New(store, scfg)
 	if err != nil {

@@ -1,0 +1,179 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/wharf-registry/wharf/audit"
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
+)
+
+// lines is a buffer many goroutines write whole lines to.
+type lines struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// objects decodes every JSON line written so far.
+func (l *lines) objects(t *testing.T) []map[string]any {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(l.buf.Bytes()))
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("not a JSON line: %q: %v", sc.Text(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// Every registry request's log line says how the cache answered it and
+// from which upstream, and the audit log has a line for every manifest and
+// blob GET: miss, hit, a fill joined by a second client, a stale answer
+// while upstream fails, and a refusal.
+func TestRequestLogsAndAuditSayHowTheCacheAnswered(t *testing.T) {
+	up := upstreamtest.New(t)
+	img := up.PushImage(t, "library/app", "1.0", 91, 1, 64<<10, amd64)
+	layer := img.Layers[0]
+	var logs, trail lines
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
+	e := newEnvOpts(t, t.TempDir(), envOpts{cfg: cache.Config{Logger: log}, audit: audit.New(&trail)},
+		spec{name: "docker.io", reg: up, def: true, ttl: 0})
+
+	manifest := "/v2/library/app/manifests/1.0"
+	blob := "/v2/library/app/blobs/" + layer.Digest.String()
+	e.get(t, manifest, img.Manifest.Data, img.Manifest.Digest.String()) // miss
+	e.get(t, manifest, img.Manifest.Data, img.Manifest.Digest.String()) // hit: upstream's HEAD confirms it
+
+	// The layer's upstream GET sends half the blob and waits: the first
+	// client has its headers (it started the fill), a second one gets its
+	// own from the same fill (joined), then the rest flows to both.
+	release := make(chan struct{})
+	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || r.URL.Path != blob {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(layer.Data)))
+		w.Header().Set("Docker-Content-Digest", layer.Digest.String())
+		w.WriteHeader(http.StatusOK)
+		w.Write(layer.Data[:len(layer.Data)/2])
+		w.(http.Flusher).Flush()
+		<-release
+		w.Write(layer.Data[len(layer.Data)/2:])
+		return true
+	})
+	first, second := e.open(t, blob), e.open(t, blob)
+	close(release)
+	for _, resp := range []*http.Response{first, second} {
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || !bytes.Equal(b, layer.Data) {
+			t.Fatalf("blob through the fill: %v, %d bytes", err, len(b))
+		}
+	}
+	up.SetHook(nil)
+	if n := settle(func() int { return int(metric(t, e, "wharf_fills_in_flight")) }, 0); n != 0 {
+		t.Fatalf("%d fills still in flight", n)
+	}
+	e.get(t, blob, layer.Data, layer.Digest.String()) // hit
+
+	// Upstream fails: the manifest is served as cached, unconfirmed.
+	up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	})
+	e.get(t, manifest, img.Manifest.Data, img.Manifest.Digest.String())
+	up.SetHook(nil)
+	if r := e.do(t, http.MethodGet, "/v2/library/nothing/manifests/1.0"); r.status != http.StatusNotFound {
+		t.Fatalf("unknown repository: %d", r.status)
+	}
+
+	var got []string
+	for _, l := range logs.objects(t) {
+		if l["msg"] == "request" && l["route"] != "base" {
+			got = append(got, l["route"].(string)+" "+str(l["cache"])+" "+str(l["upstream"])+" "+strconv.Itoa(int(l["status"].(float64))))
+		}
+	}
+	want := []string{
+		"manifest miss docker.io 200", "manifest hit docker.io 200",
+		"blob miss docker.io 200", "blob joined docker.io 200", // either order: sorted below
+		"blob hit docker.io 200", "manifest stale docker.io 200", "manifest miss docker.io 404",
+	}
+	if !sameLines(got, want) {
+		t.Fatalf("request log lines:\n%q\nwant\n%q", got, want)
+	}
+
+	got = got[:0]
+	for _, a := range trail.objects(t) {
+		got = append(got, str(a["action"])+" "+str(a["kind"])+" "+str(a["repository"])+" "+str(a["reference"])+" "+str(a["digest"])+" "+
+			str(a["result"])+" "+str(a["upstream"])+" "+strconv.Itoa(int(a["status"].(float64)))+" "+str(a["address"]))
+	}
+	m, l := img.Manifest.Digest.String(), layer.Digest.String()
+	want = []string{
+		"pull manifest library/app 1.0 " + m + " miss docker.io 200 127.0.0.1",
+		"pull manifest library/app 1.0 " + m + " hit docker.io 200 127.0.0.1",
+		"pull blob library/app " + l + " " + l + " miss docker.io 200 127.0.0.1",
+		"pull blob library/app " + l + " " + l + " joined docker.io 200 127.0.0.1",
+		"pull blob library/app " + l + " " + l + " hit docker.io 200 127.0.0.1",
+		"pull manifest library/app 1.0 " + m + " stale docker.io 200 127.0.0.1",
+		"pull manifest library/nothing 1.0  miss docker.io 404 127.0.0.1",
+	}
+	if !sameLines(got, want) {
+		t.Fatalf("audit lines:\n%q\nwant\n%q", got, want)
+	}
+}
+
+func str(v any) string { s, _ := v.(string); return s }
+
+// sameLines compares as multisets: concurrent requests log in either order.
+func sameLines(got, want []string) bool {
+	count := map[string]int{}
+	for _, g := range got {
+		count[g]++
+	}
+	for _, w := range want {
+		count[w]--
+	}
+	for _, n := range count {
+		if n != 0 {
+			return false
+		}
+	}
+	return len(got) == len(want)
+}
+
+// open sends a GET and returns the response once its headers are in, the
+// body unread.
+func (e *env) open(t *testing.T, path string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, e.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d", path, resp.StatusCode)
+	}
+	return resp
+}
