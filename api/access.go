@@ -80,3 +80,25 @@ func notFromBrowser(r *http.Request) error {
 	}
 	return nil
 }
+
+// notCrossSite refuses a change (anything but GET and HEAD) another site's
+// page asked a browser to make: a browser that logged in to the status
+// page sends its Basic credentials with any request to this origin, and
+// a form's POST needs no preflight.
+func notCrossSite(r *http.Request) error {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return nil
+	}
+	deny := func(why string) error {
+		return httpx.OCIError(http.StatusForbidden, errcode.ErrorCodeDenied, "refused: "+why+"; the API takes changes from its own status page and from clients that are not browsers")
+	}
+	if s := r.Header.Get("Sec-Fetch-Site"); s == "cross-site" || s == "same-site" {
+		return deny("a request from another site")
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		if u, err := url.Parse(o); err != nil || !strings.EqualFold(u.Host, r.Host) {
+			return deny("a request from another origin")
+		}
+	}
+	return nil
+}

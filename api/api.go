@@ -60,6 +60,9 @@ func (a *api) route(name, right string, h func(http.ResponseWriter, *http.Reques
 					return err
 				}
 			}
+			if err := notCrossSite(r); err != nil {
+				return err
+			}
 		}
 		if right != "" {
 			if err := a.mayAPI(r, right); err != nil {
@@ -130,12 +133,44 @@ func (a *api) listJobs(w http.ResponseWriter, r *http.Request) error {
 		user := httpx.Identity(r.Context()).User
 		jobs = slices.DeleteFunc(jobs, func(j replicate.Job) bool { return j.Owner != user })
 	}
+	n, err := httpx.PageParams(r)
+	if err != nil {
+		return err
+	}
+	if peerCall(r) {
+		n = -1 // the caller pages the fleet's list
+	}
 	parts, missing := gather[JobList](a, r)
 	lists := [][]Job{each(jobs, jobOf)}
 	for _, p := range parts {
 		lists = append(lists, p.Jobs)
 	}
-	return httpx.WriteJSON(w, r, JobList{Jobs: mergeJobs(lists...), Unreachable: missing})
+	merged := mergeJobs(lists...)
+	if n >= 0 {
+		var more bool
+		if merged, more = newestFirst(merged, n, r.URL.Query().Get("last")); more {
+			next := url.Values{"n": {strconv.Itoa(n)}, "last": {merged[len(merged)-1].ID}}
+			w.Header().Set("Link", "</api/v1/jobs?"+next.Encode()+`>; rel="next"`)
+		}
+	}
+	return httpx.WriteJSON(w, r, JobList{Jobs: merged, Unreachable: missing})
+}
+
+// newestFirst is a page of jobs (oldest first), newest first: at most n,
+// after the job last; more says whether older ones follow. A status page
+// shows the latest jobs of thousands without sending them all.
+func newestFirst(jobs []Job, n int, last string) (page []Job, more bool) {
+	jobs = slices.Clone(jobs)
+	slices.Reverse(jobs)
+	if last != "" {
+		if i := slices.IndexFunc(jobs, func(j Job) bool { return j.ID == last }); i >= 0 {
+			jobs = jobs[i+1:]
+		}
+	}
+	if len(jobs) > n {
+		return jobs[:n], true
+	}
+	return jobs, false
 }
 
 // jobImages pages through a job's images: ?state=failed (repeatable, or

@@ -38,6 +38,8 @@ type Config struct {
 	// Fleet is the other replicas, which answer for their jobs and rules
 	// (see fleet.go); nil: none.
 	Fleet Fleet
+	// Version is shown on the status page.
+	Version string
 }
 
 type api struct {
@@ -48,6 +50,7 @@ type api struct {
 	router       *route.Router
 	status       []func() any
 	targetStatus []func() any
+	version      string
 	log          *slog.Logger
 	metrics      *httpx.Metrics
 	fleet        Fleet
@@ -59,7 +62,7 @@ func New(cfg Config) (http.Handler, error) {
 		return nil, errors.New("api: Jobs, Auth, Router and Metrics are required")
 	}
 	a := &api{cache: cfg.Cache, jobs: cfg.Jobs, rules: cfg.Rules, auth: cfg.Auth, router: cfg.Router,
-		status: cfg.Status, targetStatus: cfg.TargetStatus, log: cfg.Logger, metrics: cfg.Metrics, fleet: cfg.Fleet}
+		status: cfg.Status, targetStatus: cfg.TargetStatus, log: cfg.Logger, metrics: cfg.Metrics, fleet: cfg.Fleet, version: cfg.Version}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -74,6 +77,10 @@ func New(cfg Config) (http.Handler, error) {
 	// whose job it is.
 	r.Handle("/api/v1/upstreams", a.route("status", auth.RightAdmin, a.upstreams, http.MethodGet))
 	r.Handle("/api/v1/targets", a.route("targets", auth.RightAdmin, a.targets, http.MethodGet))
+	r.Handle("/api/v1/cache", a.route("cache", "", a.cacheStatus, http.MethodGet))
+	r.Handle("/api/v1/me", a.route("me", "", a.me, http.MethodGet))
+	r.PathPrefix("/ui/").Handler(a.route("ui", "", a.ui, http.MethodGet))
+	r.Handle("/ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	r.Handle("/api/v1/prefetch", a.route("prefetch", auth.RightPrefetch, a.prefetch, http.MethodPost))
 	r.Handle("/api/v1/jobs", a.route("jobs", "", a.listJobs, http.MethodGet))
 	r.Handle("/api/v1/jobs/{id}", a.route("job", "", a.job, http.MethodGet, http.MethodDelete))

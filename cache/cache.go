@@ -121,6 +121,7 @@ type Cache struct {
 
 	maxSize             int64
 	highWater, lowWater float64
+	usage               usage // the last hour's hits and misses, and who was served what
 	pinPatterns         []string
 	redirect            bool
 	private             bool // some upstream is Private

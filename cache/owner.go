@@ -45,6 +45,10 @@ func ForPeer(ctx context.Context) context.Context { return context.WithValue(ctx
 
 func forPeer(ctx context.Context) bool { v, _ := ctx.Value(forPeerKey{}).(bool); return v }
 
+// IsForPeer reports whether ctx is a peer's request (ForPeer): what it is
+// sent is counted where the client asked, not here.
+func IsForPeer(ctx context.Context) bool { return forPeer(ctx) }
+
 // throughOwner fetches dgst through its owner when that is another
 // replica: the owner fills it once for every replica asking. An owner
 // that cannot be reached or refuses is passed by, and so is one whose

@@ -79,6 +79,7 @@ func noteFrom(ctx context.Context, up, from string) {
 // for ctx's request.
 func (c *Cache) result(ctx context.Context, up, kind string, hit bool) {
 	c.metrics.result(up, kind, hit)
+	c.usage.count(c.now(), hit)
 	if hit {
 		if r, _ := ctx.Value(reportKey{}).(*Report); r != nil {
 			if res, _ := r.Result(); res == ResultStale {

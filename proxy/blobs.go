@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/httpx"
 )
 
@@ -79,6 +80,9 @@ func (p *proxy) serveBlob(w http.ResponseWriter, r *http.Request, up, repo strin
 		http.ServeContent(cw, r, "", time.Time{}, content)
 	}
 	p.metrics.served.WithLabelValues(up, "blob").Add(float64(cw.Bytes()))
+	if !cache.IsForPeer(r.Context()) {
+		p.cache.Served(up, repo, cw.Bytes(), false)
+	}
 	if content.err != nil && cw.Status() != 0 {
 		// The blob failed to verify or the fill broke mid-stream: cut the
 		// connection so the client sees a broken transfer, never a clean one.

@@ -48,6 +48,7 @@ func (p *proxy) manifest(w http.ResponseWriter, r *http.Request) error {
 	cw := &httpx.Recorder{ResponseWriter: w, RangeErrors: true, BodySize: int64(len(body))}
 	http.ServeContent(cw, r, "", time.Time{}, bytes.NewReader(body))
 	p.metrics.served.WithLabelValues(t.upstream, "manifest").Add(float64(cw.Bytes()))
+	p.cache.Served(t.upstream, t.repo, cw.Bytes(), true)
 	return nil
 }
 

@@ -97,6 +97,7 @@ func New(c *cache.Cache, cfg Config) (http.Handler, error) {
 	r.Handle("/v2/_catalog", p.read("catalog", p.catalog))
 	if cfg.API != nil {
 		r.PathPrefix("/api/").Handler(cfg.API)
+		r.PathPrefix("/ui").Handler(cfg.API) // the status page
 	}
 	if cfg.Fleet != nil {
 		r.Handle(cluster.BlobPath+"{digest}", p.wrap("peer-blob", p.peerBlob)).Methods(http.MethodGet)

@@ -49,6 +49,7 @@ type Config struct {
 	Audit    *audit.Log
 	Registry *prometheus.Registry // metrics are registered here and served on /metrics
 	Logger   *slog.Logger         // nil: slog.Default()
+	Version  string               // shown on the status page
 }
 
 // Server is one Wharf over a store.
@@ -114,7 +115,7 @@ func New(store *storage.Store, cfg Config) (*Server, error) {
 		return fail(err)
 	}
 	acfg := api.Config{Cache: c, Jobs: s.Jobs, Rules: s.Rules, Auth: s.Auth, Router: router,
-		Status: cfg.Status, TargetStatus: cfg.TargetStatus, Logger: log, Metrics: hm}
+		Status: cfg.Status, TargetStatus: cfg.TargetStatus, Logger: log, Metrics: hm, Version: cfg.Version}
 	if cfg.Fleet != nil {
 		acfg.Fleet = cfg.Fleet
 	}

@@ -162,7 +162,7 @@ func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	scfg.Audit = auditLog
+	scfg.Audit, scfg.Version = auditLog, versionString()
 	defer closeFleet()
 	srv, err := server.New(store, scfg)
 	if err != nil {
