@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -14,16 +12,16 @@ import (
 // report disagreements and, with --repair, fix them. It opens the index
 // exclusively, so it refuses to run beside a live server.
 func check(args []string, stdout, stderr io.Writer, isTerminal bool) error {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newCommand("check", stdout, stderr)
 	path := fs.String("config", "", "configuration file (YAML)")
 	repair := fs.Bool("repair", false, "fix what is found: index orphans that verify, remove corrupt files and dangling records")
 	sample := fs.Int("sample", 1, "verify the digest of 1 in N blobs (1: all; 0: none)")
-	if err := fs.Parse(args); err != nil {
+	rest, err := fs.parse(args)
+	if err != nil {
 		return err
 	}
-	if *path == "" || fs.NArg() > 0 {
-		return errors.New("usage: wharf check --config FILE [--repair] [--sample N]")
+	if *path == "" || len(rest) > 0 {
+		return usagef("check", "usage: wharf check --config FILE [--repair] [--sample N]")
 	}
 	if *sample < 0 {
 		return fmt.Errorf("--sample %d: want 0 (verify none), 1 (all) or N (one in N)", *sample)

@@ -161,41 +161,24 @@ func apiError(status int, raw []byte) error {
 	return fmt.Errorf("server answered %d:\n  %s", status, strings.Join(lines, "\n  "))
 }
 
-// parseInterleaved parses flags wherever they stand among the arguments, so
-// `wharf prefetch REF --wait` works as well as `--wait REF`.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var rest []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return rest, nil
-		}
-		rest = append(rest, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
-
 func defaultServer() string { return cmp.Or(os.Getenv("WHARF_SERVER"), "http://127.0.0.1:5000") }
 
 // jobsCmd lists jobs, shows one (with --failed, only its failed images),
 // cancels one, or runs a finished one's failed images again (--retry:
 // prints the new job's ID).
 func jobsCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("jobs", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addClientFlags(fs)
+	fs := newCommand("jobs", stdout, stderr)
+	cf := addClientFlags(fs.FlagSet)
 	cancel := fs.Bool("cancel", false, "cancel the job ID")
 	failed := fs.Bool("failed", false, "list only the job's failed images")
 	retry := fs.Bool("retry", false, "run the failed images of the ended job ID again, as a new job; print its ID")
 	output := fs.String("output", "text", "text or json")
-	ids, err := parseInterleaved(fs, args)
+	ids, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
 	if len(ids) > 1 || ((*cancel || *failed || *retry) && len(ids) == 0) {
-		return errors.New("usage: wharf jobs [--cancel | --failed | --retry] [ID]")
+		return usagef("jobs", "usage: wharf jobs [--cancel | --failed | --retry] [ID]")
 	}
 	c, err := cf.client()
 	if err != nil {
@@ -298,16 +281,16 @@ func (c *apiClient) eachImage(ctx context.Context, id string, state api.State, f
 
 // pinsCmd lists what prefetch jobs pinned, or unpins one reference.
 func pinsCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("pins", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addClientFlags(fs)
+	fs := newCommand("pins", stdout, stderr)
+	cf := addClientFlags(fs.FlagSet)
 	unpin := fs.String("unpin", "", "unpin this image reference, as the job named it")
-	rest, err := parseInterleaved(fs, args)
+	output := fs.String("output", "text", "text or json (the API's fields)")
+	rest, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
 	if len(rest) > 0 {
-		return errors.New("usage: wharf pins [--unpin REF]")
+		return usagef("pins", "usage: wharf pins [--unpin REF]")
 	}
 	c, err := cf.client()
 	if err != nil {
@@ -321,6 +304,9 @@ func pinsCmd(args []string, stdout, stderr io.Writer) error {
 	if err := c.call(ctx, http.MethodGet, "/api/v1/pins", "", nil, &list); err != nil {
 		return err
 	}
+	if *output == "json" {
+		return writeJob(stdout, list)
+	}
 	for _, p := range list.Pins {
 		fmt.Fprintf(stdout, "%s/%s %s %s\n", p.Upstream, p.Repository, p.Reference, p.Digest)
 	}
@@ -330,16 +316,15 @@ func pinsCmd(args []string, stdout, stderr io.Writer) error {
 // targetsCmd shows each push target's health as the server sees it, and
 // what it took since the server started.
 func targetsCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("targets", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addClientFlags(fs)
+	fs := newCommand("targets", stdout, stderr)
+	cf := addClientFlags(fs.FlagSet)
 	output := fs.String("output", "text", "text or json")
-	rest, err := parseInterleaved(fs, args)
+	rest, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
 	if len(rest) > 0 {
-		return errors.New("usage: wharf targets [--output json]")
+		return usagef("targets", "usage: wharf targets [--output json]")
 	}
 	c, err := cf.client()
 	if err != nil {

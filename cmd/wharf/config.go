@@ -269,6 +269,9 @@ func loadConfig(path string) (*fileConfig, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := cfg.validate(); err != nil {
+		if line := keyLine(raw, err.Error()); line > 0 {
+			return nil, fmt.Errorf("%s line %d: %w", path, line, err)
+		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return cfg, nil

@@ -3,11 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
-	"flag"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -261,13 +260,63 @@ func TestPrefetchRequestOptions(t *testing.T) {
 
 // -h and --help show a command's flags and are no error: main exits 0.
 func TestHelpIsNoError(t *testing.T) {
-	for _, c := range []string{"serve", "check", "gc", "prefetch", "jobs", "pins", "targets", "replicate"} {
+	for _, c := range []string{"serve", "config", "check", "gc", "prefetch", "jobs", "pins", "targets", "replicate"} {
 		for _, h := range []string{"-h", "--help"} {
 			var out, errs bytes.Buffer
 			err := run([]string{c, h}, &out, &errs)
-			if !errors.Is(err, flag.ErrHelp) || !strings.Contains(errs.String(), "Usage of "+c) {
-				t.Errorf("wharf %s %s: %v\n%s", c, h, err, errs.String())
+			help := out.String()
+			if exitCode(err) != 0 || !strings.HasPrefix(help, "usage: wharf "+c+" ") || !strings.Contains(help, "\nexamples:\n  wharf "+c) ||
+				!strings.Contains(help, "exit status: 0 done, 1 failed, 2 the command line is wrong") {
+				t.Errorf("wharf %s %s: exit %d\n%s", c, h, exitCode(err), help)
 			}
+			// One spelling: --name, as the top-level usage and the docs write it.
+			if m := regexp.MustCompile(`(?m)^  -[a-z][a-z-]+`).FindString(help); m != "" {
+				t.Errorf("wharf %s %s spells a flag %q", c, h, m)
+			}
+		}
+	}
+	// A command line that does not parse exits 2, with the reason.
+	for _, args := range [][]string{{"prefetch", "--no-such-flag"}, {"jobs", "--cancel"}, {"nonsense"}, {}, {"config", "--config", "x.yml"}} {
+		var out, errs bytes.Buffer
+		if err := run(args, &out, &errs); exitCode(err) != 2 {
+			t.Errorf("wharf %v: exit %d (%v), want 2", args, exitCode(err), err)
+		}
+	}
+}
+
+// wharf config check validates a file as serve would, saying where a
+// problem is; wharf config print shows every default and hides secrets.
+func TestConfigCheckAndPrint(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yml")
+	os.WriteFile(good, []byte("storage: {root: /tmp/x}\nupstreams:\n  - name: a.io\n    url: https://a.io\n    username: robot\n    password: s3cret\n"), 0o600)
+	var out, errs bytes.Buffer
+	if err := run([]string{"config", "check", "--config", good}, &out, &errs); err != nil || out.String() != good+": ok (1 upstreams, 0 targets, 0 replication rules)\n" {
+		t.Fatalf("check: %v %q", err, out.String())
+	}
+	out.Reset()
+	if err := run([]string{"config", "print", "--config", good}, &out, &errs); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"listen: :5000", "log_format: logfmt", "read_header_timeout: 10s", "password: (hidden)", "min_free: 5%"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("config print lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "s3cret") {
+		t.Fatalf("config print shows the password:\n%s", out.String())
+	}
+	for body, want := range map[string]string{
+		"storage: {root: /tmp/x}\nupstreams:\n  - name: a.io\n    url: https://a.io\n    tag_ttl: -1s\n":                            "bad.yml line 5: upstream a.io: tag_ttl must not be negative",
+		"storage:\n  root: /tmp/x\n  max_size: lots\nupstreams: [{name: a, url: https://a}]\n":                                      `bad.yml line 3: storage.max_size "lots": want a size like 50GiB`,
+		"log_format: xml\nstorage: {root: /tmp/x}\nupstreams: [{name: a, url: https://a}]\n":                                        `bad.yml line 1: log_format "xml": want logfmt or json`,
+		"storage: {root: /tmp/x}\nupstreams: [{name: a, url: https://a}]\ntargets:\n  - {name: b, url: https://b, chunk_size: 1}\n": `bad.yml line 4: target b: chunk_size "1": want a size of at least 1MiB, like 64MiB`,
+	} {
+		bad := filepath.Join(dir, "bad.yml")
+		os.WriteFile(bad, []byte(body), 0o600)
+		err := run([]string{"config", "check", "--config", bad}, &out, &errs)
+		if exitCode(err) != 1 || err == nil || !strings.HasSuffix(err.Error(), want) && !strings.Contains(err.Error(), want[len("bad.yml"):]) {
+			t.Errorf("config check of\n%s: %v, want %q", body, err, want)
 		}
 	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -27,18 +26,18 @@ const safeMinAge = 45 * time.Minute
 // keep running: one that still indexes a deleted blob fetches it again on
 // the next pull.
 func gcCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("gc", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newCommand("gc", stdout, stderr)
 	path := fs.String("config", "", "configuration file (YAML) with storage.driver: s3")
 	keep := fs.String("keep", "", "size to bring the bucket's blobs down to, like 500GiB")
 	dry := fs.Bool("dry-run", false, "only say what would be deleted")
 	pinsAge := fs.Duration("pins-age", time.Hour, "pin lists older than this (a replica gone) spare nothing")
 	minAge := fs.Duration("min-age", time.Hour, "blobs used or uploaded more recently than this stay, whatever --keep says")
-	if err := fs.Parse(args); err != nil {
+	rest, err := fs.parse(args)
+	if err != nil {
 		return err
 	}
-	if *path == "" || *keep == "" || fs.NArg() > 0 {
-		return errors.New("usage: wharf gc --config FILE --keep SIZE [--dry-run] [--pins-age 1h] [--min-age 1h]")
+	if *path == "" || *keep == "" || len(rest) > 0 {
+		return usagef("gc", "usage: wharf gc --config FILE --keep SIZE [--dry-run] [--pins-age 1h] [--min-age 1h]")
 	}
 	if *minAge < 0 || *pinsAge < 0 {
 		return errors.New("--min-age and --pins-age are durations of 0 or more, like 1h")

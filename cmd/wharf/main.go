@@ -38,52 +38,56 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = ""
 
-const usage = `usage:
+const usage = `usage: wharf COMMAND [flags]
+
   wharf serve --config FILE                          run the mirror
+  wharf config (check | print) --config FILE         check a configuration file; print it with every default
   wharf check --config FILE [--repair] [--sample N]  verify the store and its index
   wharf gc --config FILE --keep SIZE [--dry-run]     bound the shared bucket (storage.driver: s3)
-  wharf prefetch [--server URL] [--token-file F | --user NAME] [--ca-file F] [--push-to TARGET] [--referrers=false] [--index filter] [--platform OS/ARCH]...
+  wharf prefetch [client flags] [--push-to TARGET] [--referrers=false] [--index filter] [--platform OS/ARCH]...
                  [--rename FROM=TO]... [--pin] [--wait] [--output json] (-f FILE | REF... | --from-cache PATTERN...)
                                                      warm the cache and copy images to a target
-  wharf jobs [--server URL] [--token-file F | --user NAME] [--ca-file F] [--cancel | --failed | --retry] [--output json] [ID]
+  wharf jobs [client flags] [--cancel | --failed | --retry] [--output json] [ID]
                                                      list prefetch jobs, show, cancel or retry one
-  wharf pins [--server URL] [--token-file F | --user NAME] [--ca-file F] [--unpin REF]
+  wharf pins [client flags] [--unpin REF] [--output json]
                                                      list what jobs pinned against eviction, or unpin
-  wharf targets [--server URL] [--token-file F | --user NAME] [--ca-file F] [--output json]
-                                                     each push target's health: circuit, failures, last error
-  wharf replicate [--server URL] [--token-file F | --user NAME] [--ca-file F] [RULE --now [--wait] | RULE --dry-run]
+  wharf targets [client flags] [--output json]       each push target's health: circuit, failures, last error
+  wharf replicate [client flags] [--output json] [RULE --now [--wait] | RULE --dry-run]
                                                      show the replication rules, or run one now
   wharf version                                      print the version
+
+client flags: --server URL ($WHARF_SERVER, default http://127.0.0.1:5000),
+  --token-file F or --user NAME (password in $WHARF_PASSWORD), --ca-file F.
+wharf COMMAND --help shows a command's flags and examples.
+Exit status: 0 done, 1 failed (an error, or a job that did not finish), 2 the command line is wrong.
 `
 
 func main() {
 	err := run(os.Args[1:], os.Stdout, os.Stderr)
-	switch {
-	case errors.Is(err, flag.ErrHelp): // -h or --help: the flags were shown, as asked
-	case err != nil:
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "wharf:", err)
-		os.Exit(1)
 	}
+	os.Exit(exitCode(err))
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return errors.New("no command given")
+		return usageError{"no command given"}
 	}
 	switch args[0] {
 	case "version":
 		fmt.Fprintln(stdout, "wharf", versionString())
 		return nil
 	case "serve":
-		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-		fs.SetOutput(stderr)
+		fs := newCommand("serve", stdout, stderr)
 		path := fs.String("config", "", "configuration file (YAML)")
-		if err := fs.Parse(args[1:]); err != nil {
+		rest, err := fs.parse(args[1:])
+		if err != nil {
 			return err
 		}
-		if *path == "" || fs.NArg() > 0 {
-			return errors.New("usage: wharf serve --config FILE")
+		if *path == "" || len(rest) > 0 {
+			return usagef("serve", "usage: wharf serve --config FILE")
 		}
 		cfg, err := loadConfig(*path)
 		if err != nil {
@@ -94,6 +98,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, cfg, stderr)
 	case "check":
 		return check(args[1:], stdout, stderr, isTerminal(stderr))
+	case "config":
+		return configCmd(args[1:], stdout, stderr)
 	case "gc":
 		return gcCmd(args[1:], stdout, stderr)
 	case "prefetch":
@@ -111,7 +117,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("unknown command %q", args[0])
+	return usageError{fmt.Sprintf("unknown command %q", args[0])}
 }
 
 // isTerminal reports whether w is this process's stderr and a terminal:

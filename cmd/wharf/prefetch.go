@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,9 +23,8 @@ import (
 
 // prefetchCmd submits a job and, with --wait, follows it to the end.
 func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
-	fs := flag.NewFlagSet("prefetch", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addClientFlags(fs)
+	fs := newCommand("prefetch", stdout, stderr)
+	cf := addClientFlags(fs.FlagSet)
 	pushTo := fs.String("push-to", "", "push target, as named in the server's config")
 	file := fs.String("f", "", "list of images: text (one per line), skopeo sync YAML (.yml/.yaml) or JSON (.json); - for stdin")
 	wait := fs.Bool("wait", false, "follow the job until it ends; exit 1 unless every image is done")
@@ -39,12 +37,12 @@ func prefetchCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	index := fs.String("index", "verbatim", "with --platform: verbatim (copy indexes as they are) or filter (push indexes listing only those platforms)")
 	var fromCache listFlag
 	fs.Var(&fromCache, "from-cache", "copy every cached tag matching this pattern on <upstream>/<repo>[:<tag>], as pins use (repeatable)")
-	refs, err := parseInterleaved(fs, args)
+	refs, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
 	if *file != "" && len(refs) > 0 || *file == "" && len(refs) == 0 && len(fromCache) == 0 {
-		return errors.New("usage: wharf prefetch [flags] (-f FILE | REF... | --from-cache PATTERN)")
+		return usagef("prefetch", "usage: wharf prefetch [flags] (-f FILE | REF... | --from-cache PATTERN)")
 	}
 	if *output != "text" && *output != "json" {
 		return fmt.Errorf("--output %q: want text or json", *output)

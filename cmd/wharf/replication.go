@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -30,18 +28,18 @@ func (c *fileConfig) rules() ([]replicate.Rule, error) {
 
 // replicateCmd lists the rules, or runs one now.
 func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
-	fs := flag.NewFlagSet("replicate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addClientFlags(fs)
+	fs := newCommand("replicate", stdout, stderr)
+	cf := addClientFlags(fs.FlagSet)
 	now := fs.Bool("now", false, "run the rule now: push what is new or moved upstream")
 	wait := fs.Bool("wait", false, "with --now, follow the run's job to its end")
 	dry := fs.Bool("dry-run", false, "list what a run of RULE would push now (images, and images signed since), pushing nothing")
-	rest, err := parseInterleaved(fs, args)
+	output := fs.String("output", "text", "text or json (the API's fields)")
+	rest, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
 	if len(rest) > 1 || (len(rest) == 1) != (*now || *dry) || (*wait && !*now) || (*now && *dry) {
-		return errors.New("usage: wharf replicate [RULE --now [--wait] | RULE --dry-run]")
+		return usagef("replicate", "usage: wharf replicate [RULE --now [--wait] | RULE --dry-run]")
 	}
 	c, err := cf.client()
 	if err != nil {
@@ -52,6 +50,9 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 		var list api.RuleList
 		if err := c.call(ctx, http.MethodGet, "/api/v1/replication", "", nil, &list); err != nil {
 			return err
+		}
+		if *output == "json" {
+			return writeJob(stdout, list)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "RULE\tTARGET\tTRIGGERS\tLAST RUN\tPENDING\tLAG\tFAILURES")
@@ -76,6 +77,9 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 		if err := c.call(ctx, http.MethodPost, "/api/v1/replication/"+url.PathEscape(rest[0])+"/run?dry_run=true", "application/json", []byte("{}"), &out); err != nil {
 			return err
 		}
+		if *output == "json" {
+			return writeJob(stdout, out)
+		}
 		for _, p := range out.WouldPush {
 			fmt.Fprintf(stdout, "%-9s %s -> %s %s\n", p.Why, p.Source, p.Target, p.Digest)
 		}
@@ -90,6 +94,9 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 	if err := c.call(ctx, http.MethodPost, "/api/v1/replication/"+url.PathEscape(rest[0])+"/run", "application/json", []byte("{}"), &out); err != nil {
 		return err
 	}
+	if *output == "json" && !*wait {
+		return writeJob(stdout, out)
+	}
 	if out.Problems != "" {
 		fmt.Fprintln(stderr, "some repositories were not listed:", out.Problems)
 	}
@@ -97,13 +104,20 @@ func replicateCmd(args []string, stdout, stderr io.Writer, tty bool) error {
 		fmt.Fprintln(stderr, "nothing new to replicate")
 		return nil
 	}
-	fmt.Fprintln(stdout, out.Job.ID)
+	if *output != "json" {
+		fmt.Fprintln(stdout, out.Job.ID)
+	}
 	if !*wait {
 		return nil
 	}
 	job, err := follow(ctx, c, *out.Job, stderr, tty)
 	if err != nil {
 		return err
+	}
+	if *output == "json" {
+		if err := writeJob(stdout, job); err != nil {
+			return err
+		}
 	}
 	if job.State != api.StateDone {
 		return fmt.Errorf("job %s ended %s", job.ID, job.State)
