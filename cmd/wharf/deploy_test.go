@@ -239,6 +239,28 @@ func TestHelmChart(t *testing.T) {
 			t.Errorf("objects %v, want %v", kinds, want)
 		}
 	})
+	// For nodes: a NodePort, the Prometheus Operator's ServiceMonitor, and
+	// the API token and htpasswd from existing Secrets by key.
+	t.Run("nodes, monitoring, secrets", func(t *testing.T) {
+		out := render(t, "--set", "service.type=NodePort", "--set", "service.nodePort=30555", "--set", "metrics.serviceMonitor.enabled=true",
+			"--set", "api.tokenSecret=ci-token", "--set", "api.tokenKey=value", "--set", "auth.htpasswdSecret=users", "--set", "auth.htpasswdKey=users.htpasswd",
+			"--set", "auth.rules[0].users[0]=ops", "--set", "auth.rules[0].api[0]=admin")
+		kinds := checkManifests(t, out, "filesystem")
+		want := map[string]int{"ConfigMap": 1, "Service": 2, "StatefulSet": 1, "ServiceMonitor": 1}
+		if !maps.Equal(kinds, want) {
+			t.Errorf("objects %v, want %v", kinds, want)
+		}
+		for _, s := range []string{"nodePort: 30555", "token_file: /run/secrets/wharf-api/value", "htpasswd: /run/secrets/wharf-htpasswd/users.htpasswd",
+			"secretName: ci-token", "secretName: users", `prometheus.io/scrape: "true"`, "wharf.dev/service: headless"} {
+			if !strings.Contains(out, s) {
+				t.Errorf("rendered chart lacks %q", s)
+			}
+		}
+		notes, err := run("install", "--dry-run=client", "wharf", chart, "--set", "service.type=NodePort", "--set", "service.nodePort=30555")
+		if err != nil || !strings.Contains(notes, `[host."http://127.0.0.1:30555"]`) || strings.Contains(notes, `[host."http://wharf.`) || !strings.Contains(notes, "/ui/") {
+			t.Errorf("NOTES for nodes (%v):\n%s", err, notes)
+		}
+	})
 	for _, c := range []struct {
 		name string
 		set  []string
@@ -294,6 +316,8 @@ func checkManifests(t *testing.T, all, driver string) map[string]int {
 			obj = &batchv1.CronJob{}
 		case "NetworkPolicy":
 			obj = &networkingv1.NetworkPolicy{}
+		case "ServiceMonitor": // a CRD: its fields are checked where it is rendered
+			obj = &map[string]any{}
 		default:
 			t.Fatalf("unexpected kind %q", meta.Kind)
 		}

@@ -59,10 +59,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- if or $v.auth.htpasswdSecret $v.auth.anonymous $v.auth.rules -}}
 {{- $auth := dict -}}
-{{- with $v.auth.htpasswdSecret }}{{ $_ := set $auth "htpasswd" "/run/secrets/wharf-htpasswd/htpasswd" }}{{ end -}}
+{{- with $v.auth.htpasswdSecret }}{{ $_ := set $auth "htpasswd" (printf "/run/secrets/wharf-htpasswd/%s" $v.auth.htpasswdKey) }}{{ end -}}
 {{- with $v.auth.anonymous }}{{ $_ := set $auth "anonymous" . }}{{ end -}}
 {{- with $v.auth.rules }}{{ $_ := set $auth "rules" . }}{{ end -}}
 {{- $_ := set $cfg "auth" $auth -}}
+{{- end -}}
+{{- with $v.api.tokenSecret -}}
+{{- $_ := set $cfg "api" (dict "token_file" (printf "/run/secrets/wharf-api/%s" $v.api.tokenKey)) -}}
 {{- end -}}
 {{- with $v.tls.secretName -}}
 {{- $_ := set $cfg "tls" (dict "cert_file" "/run/secrets/wharf-tls/tls.crt" "key_file" "/run/secrets/wharf-tls/tls.key") -}}
@@ -101,6 +104,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - name: htpasswd
   secret: {secretName: {{ . }}, defaultMode: 0400}
 {{- end }}
+{{- with .Values.api.tokenSecret }}
+- name: api-token
+  secret: {secretName: {{ . }}, defaultMode: 0400}
+{{- end }}
 {{- with .Values.tls.secretName }}
 - name: tls
   secret: {secretName: {{ . }}, defaultMode: 0400}
@@ -121,6 +128,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 {{- if .Values.auth.htpasswdSecret }}
 - {name: htpasswd, mountPath: /run/secrets/wharf-htpasswd, readOnly: true}
+{{- end }}
+{{- if .Values.api.tokenSecret }}
+- {name: api-token, mountPath: /run/secrets/wharf-api, readOnly: true}
 {{- end }}
 {{- if .Values.tls.secretName }}
 - {name: tls, mountPath: /run/secrets/wharf-tls, readOnly: true}
