@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wharf-registry/wharf/storage"
 )
@@ -93,6 +95,8 @@ func (c *Cache) blobSource(ctx context.Context, u Upstream, repo string, dgst di
 // bucketLookupTimeout for the two; a bucket that does not answer in time
 // is down (see storage.Bucket.Down) until it answers again.
 func (c *Cache) bucketLookup(ctx context.Context, r *storage.Bucket, dgst digest.Digest) (int64, []string, error) {
+	ctx, span := tracer.Start(ctx, "bucket stat", trace.WithAttributes(attribute.String("wharf.digest", dgst.String())))
+	defer span.End()
 	lctx, cancel := context.WithTimeout(ctx, bucketLookupTimeout)
 	defer cancel()
 	size, err := r.Stat(lctx, dgst)
@@ -126,6 +130,8 @@ const bucketLookupTimeout = 2 * time.Second
 // bucketOpen is r.Open with the lookup's bound on the wait for the answer,
 // not on reading the body that follows.
 func (c *Cache) bucketOpen(parent context.Context, r *storage.Bucket, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	_, span := tracer.Start(parent, "bucket read", trace.WithAttributes(attribute.String("wharf.digest", dgst.String()), attribute.Int64("wharf.offset", offset)))
+	defer span.End()
 	ctx, cancel := context.WithCancel(parent)
 	t := time.AfterFunc(bucketLookupTimeout, cancel)
 	rc, err := r.Open(ctx, dgst, offset)

@@ -9,6 +9,9 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // fillBuffer is the most one read from upstream takes. A read returns what
@@ -117,7 +120,9 @@ func (c *Cache) beginFill(ctx context.Context, u Upstream, repo string, dgst dig
 	}
 	f = &fill{dgst: dgst, ready: make(chan struct{}), wake: make(chan struct{}), refs: 1, size: -1, want: want, idle: time.Now(),
 		waiting: c.metrics.waiting, passthrough: c.metrics.passthrough, src: u.Source, up: u.Name, repo: repo, eager: eager}
-	fctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
+	// The fill outlives the request that started it, but belongs to its
+	// trace.
+	fctx, cancel := context.WithTimeout(trace.ContextWithSpanContext(context.Background(), trace.SpanContextFromContext(ctx)), c.fillTimeout)
 	if forPeer(ctx) {
 		fctx = ForPeer(fctx)
 	}
@@ -159,7 +164,15 @@ func (c *Cache) Close(ctx context.Context) {
 func (c *Cache) runFill(ctx context.Context, f *fill, u Upstream, repo string) {
 	defer c.running.Done()
 	defer f.cancel()
+	ctx, span := tracer.Start(ctx, "fill", trace.WithAttributes(attribute.String("wharf.upstream", u.Name),
+		attribute.String("wharf.repository", repo), attribute.String("wharf.digest", f.dgst.String()), attribute.Bool("wharf.eager", f.eager)))
 	err := c.copyBlob(ctx, f, u, repo)
+	span.SetAttributes(attribute.String("wharf.source", f.from))
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
 	if !f.eager {
 		// An eager fill's refusal is not remembered: the client's own
 		// request, if it comes, asks again.

@@ -36,11 +36,15 @@ func rawGet(t *testing.T, addr, path string) (net.Conn, *bufio.Reader) {
 
 // A client that stops reading is dropped once a write has waited
 // write_timeout; a slow client that keeps reading is served in full
-// however long it takes.
+// however long it takes. The margins are wide, so that a busy machine
+// (the client's goroutine not scheduled for a while) changes nothing: the
+// slow client pauses a twentieth of the timeout between reads and takes
+// three timeouts in all; the stalled one stalls three timeouts.
 func TestWriteDeadlineMovesWithProgress(t *testing.T) {
 	up := upstreamtest.New(t, upstreamtest.WithFilesystem(t.TempDir()))
 	img := up.PushImage(t, "library/app", "1", 68, 1, 16<<20, amd64)
-	cfg := mirrorConfig(t.TempDir(), up.URL) + "server:\n  write_timeout: 500ms\n"
+	const timeout = 2 * time.Second
+	cfg := mirrorConfig(t.TempDir(), up.URL) + fmt.Sprintf("server:\n  write_timeout: %s\n", timeout)
 	w := startWharf(t, cfg)
 	path := "/v2/library/app/blobs/" + img.Layers[0].Digest.String()
 	size := len(img.Layers[0].Data)
@@ -51,8 +55,8 @@ func TestWriteDeadlineMovesWithProgress(t *testing.T) {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 
-	// Slow but moving: 4 MiB/s, the whole blob in about 4 s, eight times
-	// the write timeout.
+	// Slow but moving: 256 KiB every tenth of a second, the whole blob in
+	// more than three write timeouts.
 	c, br := rawGet(t, w.addr, path)
 	start, got := time.Now(), 0
 	buf := make([]byte, 256<<10)
@@ -62,14 +66,18 @@ func TestWriteDeadlineMovesWithProgress(t *testing.T) {
 		if err != nil {
 			t.Fatalf("slow client cut after %d of %d bytes in %v: %v", got, size, time.Since(start), err)
 		}
-		time.Sleep(60 * time.Millisecond) // the client's pace, not synchronisation
+		time.Sleep(timeout / 20) // the client's pace, not synchronisation
 	}
 	c.Close()
 
-	// Stalled: reads a little, then nothing for four write timeouts.
+	if elapsed := time.Since(start); elapsed < 2*timeout {
+		t.Fatalf("the slow client took %v, not long enough to show the deadline moving", elapsed)
+	}
+
+	// Stalled: reads a little, then nothing for three write timeouts.
 	c, br = rawGet(t, w.addr, path)
 	br.Read(buf[:1])
-	time.Sleep(2 * time.Second) // the client's stall
+	time.Sleep(3 * timeout) // the client's stall
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	n, err := io.Copy(io.Discard, br)
 	if n+1 >= int64(size) {

@@ -11,6 +11,11 @@ import (
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/oci"
@@ -178,13 +183,20 @@ type Sender interface {
 	SendTo(dst io.ReaderFrom, n int64) (sent int64, ok bool, err error)
 }
 
+// tracer makes each request's server span: a no-op unless the process
+// installed a tracer provider (OTEL_* environment, see cmd/wharf).
+var tracer = otel.Tracer("github.com/wharf-registry/wharf/httpx")
+
 // Wrap is the one place a handler's error becomes an OCI error response
 // (notFound: the code of "does not exist upstream" on this route), and
 // where every request is logged once and counted, by route.
 func Wrap(log *slog.Logger, m *Metrics, route string, notFound errcode.ErrorCode, h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		ctx, report := cache.WithReport(r.Context())
+		ctx := otel.GetTextMapPropagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		ctx, span := tracer.Start(ctx, r.Method+" "+route, trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path), attribute.String("http.route", route)))
+		ctx, report := cache.WithReport(ctx)
 		r = r.WithContext(ctx)
 		rec := &Recorder{ResponseWriter: w}
 		rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
@@ -202,7 +214,13 @@ func Wrap(log *slog.Logger, m *Metrics, route string, notFound errcode.ErrorCode
 				"status", status, "bytes", rec.bytes, "duration", time.Since(start), "remote", r.RemoteAddr}
 			if result, up := report.Result(); result != "" {
 				attrs = append(attrs, "cache", result, "upstream", up)
+				span.SetAttributes(attribute.String("wharf.cache", result), attribute.String("wharf.upstream", up))
 			}
+			span.SetAttributes(attribute.Int("http.response.status_code", status), attribute.Int64("wharf.bytes", rec.bytes))
+			if status >= 500 || aborted {
+				span.SetStatus(codes.Error, http.StatusText(status))
+			}
+			span.End()
 			if err != nil {
 				attrs = append(attrs, "error", err.Error())
 				if status >= 500 || aborted {

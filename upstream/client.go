@@ -128,7 +128,7 @@ func New(cfg Config, m *Metrics) (*Client, error) {
 		g.realms = append(g.realms, origin(ru))
 	}
 	hc := &auth.Client{
-		Client: &http.Client{Transport: newChallenges(g), CheckRedirect: checkRedirect},
+		Client: &http.Client{Transport: traced{newChallenges(g), cfg.Name}, CheckRedirect: checkRedirect},
 		Header: http.Header{"User-Agent": {cmp.Or(cfg.UserAgent, "wharf")}},
 		Cache:  newTokenCache(),
 	}

@@ -141,6 +141,15 @@ func versionString() string {
 // down gracefully: stop accepting, let responses finish, close the index.
 func serve(ctx context.Context, cfg *fileConfig, logOut io.Writer) error {
 	log := cfg.logger(logOut)
+	stopTracing, err := startTracing(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		stopTracing(sctx)
+	}()
 	auditLog, err := audit.Open(cfg.Audit)
 	if err != nil {
 		return fmt.Errorf("audit.file: %w", err)
