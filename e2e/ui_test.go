@@ -271,19 +271,7 @@ replication:
 
 	// A job over a slow link: the open page shows it part-way, then done,
 	// without being reloaded.
-	req, _ := http.NewRequest(http.MethodPost, base+"/api/v1/prefetch", strings.NewReader(`{"images": ["slow.example/library/big:1.0"]}`))
-	req.SetBasicAuth("admin", "admin-pw")
-	req.Header.Set("Content-Type", "application/json")
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var job struct{ ID string }
-	json.NewDecoder(resp.Body).Decode(&job)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted || job.ID == "" {
-		t.Fatalf("prefetch: %d", resp.StatusCode)
-	}
+	job := struct{ ID string }{submit(t, base, `{"images": ["slow.example/library/big:1.0"]}`)}
 	var seen []string // each distinct state of the job's row, in order
 	waitFor(t, "the job done on the page", func() bool {
 		var row string
@@ -299,6 +287,45 @@ replication:
 	if !slices.Contains(seen, "running part") {
 		t.Fatalf("the page never showed the job part-way: %q", seen)
 	}
+
+	// The page's own buttons: cancel a running job, retry a failed one's
+	// images. (The API refuses cross-site changes; these are same-origin.)
+	slow.PushImage(t, "library/big2", "1.0", 73, 2, 512<<10, amd64)
+	running := submit(t, base, `{"images": ["slow.example/library/big2:1.0"]}`)
+	failed := submit(t, base, `{"images": ["slow.example/library/missing:1.0"]}`)
+	click := func(act, id string) {
+		t.Helper()
+		waitFor(t, act+" button of job "+id, func() bool {
+			var ok bool
+			admin.eval(t, fmt.Sprintf(`(() => { const b = document.querySelector('button[data-act=%q][data-job=%q]'); if (b) b.click(); return !!b; })()`, act, id), &ok)
+			return ok
+		})
+	}
+	click("cancel", running)
+	waitFor(t, "the job cancelled", func() bool {
+		var j struct{ State string }
+		getJSON(t, base, "admin", "/api/v1/jobs/"+running, &j)
+		return j.State == "cancelled"
+	})
+	waitFor(t, "the job failed", func() bool {
+		var j struct{ State string }
+		getJSON(t, base, "admin", "/api/v1/jobs/"+failed, &j)
+		return j.State == "failed"
+	})
+	click("retry", failed)
+	waitFor(t, "a retry of the failed job", func() bool {
+		var list struct {
+			Jobs []struct {
+				RetryOf string `json:"retry_of"`
+			}
+		}
+		getJSON(t, base, "admin", "/api/v1/jobs", &list)
+		return slices.ContainsFunc(list.Jobs, func(j struct {
+			RetryOf string `json:"retry_of"`
+		}) bool {
+			return j.RetryOf == failed
+		})
+	})
 	admin.noErrors(t)
 
 	// The viewer: no API rights, pull rights on one repository.
@@ -319,7 +346,7 @@ replication:
 
 	// Another site's page cannot make the browser act: a form's POST with
 	// the viewer's (or anyone's) cached credentials is refused.
-	req, _ = http.NewRequest(http.MethodPost, base+"/api/v1/jobs/"+job.ID+"/retry", nil)
+	req, _ := http.NewRequest(http.MethodPost, base+"/api/v1/jobs/"+job.ID+"/retry", nil)
 	req.SetBasicAuth("admin", "admin-pw")
 	req.Header.Set("Origin", "https://evil.example")
 	req.Header.Set("Sec-Fetch-Site", "cross-site")
@@ -334,3 +361,22 @@ replication:
 }
 
 const ocispecManifest = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+
+// submit starts a prefetch job as admin and returns its ID.
+func submit(t *testing.T, base, body string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, base+"/api/v1/prefetch", strings.NewReader(body))
+	req.SetBasicAuth("admin", "admin-pw")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var job struct{ ID string }
+	json.NewDecoder(resp.Body).Decode(&job)
+	if resp.StatusCode != http.StatusAccepted || job.ID == "" {
+		t.Fatalf("prefetch %s: %d", body, resp.StatusCode)
+	}
+	return job.ID
+}
