@@ -7,12 +7,15 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/wharf-registry/wharf/audit"
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/replicate"
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
@@ -176,4 +179,72 @@ func (e *env) open(t *testing.T, path string) *http.Response {
 		t.Fatalf("GET %s: %d", path, resp.StatusCode)
 	}
 	return resp
+}
+
+// The cache figures stay a page however many repositories were served:
+// the top lists are cut server-side, and the repositories counted are
+// bounded so that random names cannot grow memory.
+func TestCacheFiguresArePaged(t *testing.T) {
+	up := upstreamtest.New(t)
+	e := newEnvAPI(t, t.TempDir(), cache.Config{}, "tok", spec{name: "docker.io", reg: up, def: true})
+	const repos = 100_000
+	for i := range repos + 10 {
+		e.cache.Served("docker.io", "r/"+strconv.Itoa(i), int64(i), i%7 == 0)
+	}
+	r := e.do(t, http.MethodGet, "/api/v1/cache?top=5", "Authorization", "Bearer tok")
+	if r.status != http.StatusOK || len(r.body) > 4096 {
+		t.Fatalf("GET /api/v1/cache: %d, %d bytes", r.status, len(r.body))
+	}
+	var st struct {
+		TopByBytes []struct {
+			Repository string
+			Bytes      int64
+		} `json:"top_by_bytes"`
+		TopByPulls []struct{ Repository string } `json:"top_by_pulls"`
+	}
+	if err := json.Unmarshal(r.body, &st); err != nil {
+		t.Fatal(err)
+	}
+	// The 100,000th and later names were not counted: the largest counted is r/99999.
+	if len(st.TopByBytes) != 5 || len(st.TopByPulls) != 5 || st.TopByBytes[0].Repository != "r/99999" || st.TopByBytes[0].Bytes != 99999 {
+		t.Fatalf("top lists: %+v %+v", st.TopByBytes, st.TopByPulls)
+	}
+	if r := e.do(t, http.MethodGet, "/api/v1/cache?top=1000", "Authorization", "Bearer tok"); r.status != http.StatusBadRequest {
+		t.Fatalf("top=1000: %d", r.status)
+	}
+}
+
+// GET /api/v1/jobs?n= pages newest first, following Link: what the status
+// page shows of thousands of jobs without sending them all.
+func TestJobListPagesNewestFirst(t *testing.T) {
+	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{}, "", 0)
+	p.seed(t)
+	var ids []string
+	for range 3 {
+		id := p.submit(t, "application/json", "", `{"images": ["harbor-a.example.com/proj/app:1.0"]}`)
+		p.wait(t, id)
+		ids = append(ids, id)
+	}
+	var got []string
+	path := "/api/v1/jobs?n=2"
+	for pages := 0; path != ""; pages++ {
+		if pages > 3 {
+			t.Fatal("more pages than jobs")
+		}
+		r := p.do(t, http.MethodGet, path)
+		var list struct{ Jobs []struct{ ID string } }
+		if r.status != http.StatusOK || json.Unmarshal(r.body, &list) != nil {
+			t.Fatalf("GET %s: %d %s", path, r.status, r.body)
+		}
+		for _, j := range list.Jobs {
+			got = append(got, j.ID)
+		}
+		path = ""
+		if link := r.header.Get("Link"); link != "" {
+			path = link[strings.Index(link, "<")+1 : strings.Index(link, ">")]
+		}
+	}
+	if want := []string{ids[2], ids[1], ids[0]}; !slices.Equal(got, want) {
+		t.Fatalf("pages: %v, want %v", got, want)
+	}
 }

@@ -330,6 +330,13 @@ func targetsCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *output == "json" {
+		var raw json.RawMessage // every field the API gives, as it names them
+		if err := c.call(context.Background(), http.MethodGet, "/api/v1/targets", "", nil, &raw); err != nil {
+			return err
+		}
+		return writeJob(stdout, raw)
+	}
 	var list struct {
 		Targets []struct {
 			Name                string `json:"name"`
@@ -342,9 +349,6 @@ func targetsCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	if err := c.call(context.Background(), http.MethodGet, "/api/v1/targets", "", nil, &list); err != nil {
 		return err
-	}
-	if *output == "json" {
-		return writeJob(stdout, list)
 	}
 	fmt.Fprintf(stdout, "%-20s  %-9s  %-8s  %-12s  %-9s  %s\n", "TARGET", "CIRCUIT", "FAILURES", "BLOBS PUSHED", "MANIFESTS", "LAST ERROR")
 	for _, t := range list.Targets {
