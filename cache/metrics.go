@@ -163,7 +163,25 @@ func storeGauges(store *storage.Store, remembered func() int) []prometheus.Colle
 			Help: "Uploads to the shared bucket that failed; each is tried again, with a pause growing to a minute.",
 		}, func() float64 { return float64(store.Uploads().Failures) }),
 	}
-	return append([]prometheus.Collector{negatives, size, count, free, short, readOnly}, uploads...)
+	index := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wharf_index_lsm_bytes",
+			Help: "Bytes of the index's tree (Badger's tables): its small records, kept to their live size by Badger's compactions.",
+		}, func() float64 { return float64(store.IndexStats().LSMBytes) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wharf_index_value_log_bytes",
+			Help: "Bytes of the index's value log (records of 64 KiB and more), which the index's collection bounds.",
+		}, func() float64 { return float64(store.IndexStats().LogBytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "wharf_index_gc_reclaimed_bytes_total",
+			Help: "Value-log bytes the index's collection (every 10 minutes) freed.",
+		}, func() float64 { return float64(store.IndexStats().GCReclaimedBytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "wharf_index_gc_rewrites_total",
+			Help: "Value-log files the index's collection rewrote.",
+		}, func() float64 { return float64(store.IndexStats().GCRewrites) }),
+	}
+	return append(append([]prometheus.Collector{negatives, size, count, free, short, readOnly}, uploads...), index...)
 }
 
 func (m *metrics) result(up, kind string, hit bool) {

@@ -18,10 +18,10 @@ import (
 
 // Badger's memtables: the most its flushes (at close, say) write at once
 // is numMemtables × memTableSize.
-const (
-	memTableSize = 4 << 20
-	numMemtables = 2
-)
+const numMemtables = 2
+
+// memTableSize is one memtable's size (a variable for the tests' churn).
+var memTableSize int64 = 4 << 20
 
 // db is the Badger index behind a lock that lets it be reopened: read-only
 // when the store opens on a full filesystem, read-write again once there
@@ -33,7 +33,16 @@ type db struct {
 	mu       sync.RWMutex
 	bdb      *badger.DB
 	readOnly bool
+	// writes is held shared by every write and exclusively by the
+	// value log's collection, one file at a time (see collect): Badger
+	// reads the memtable's version unsynchronised when a collection
+	// starts, which a concurrent write races. Reads go on meanwhile.
+	writes sync.RWMutex
 }
+
+// valueLogFileSize is the size of one value-log file: the unit the index's
+// collection rewrites (a variable for the tests' churn).
+var valueLogFileSize int64 = 64 << 20
 
 func badgerOptions(dir string, readOnly bool) badger.Options {
 	return badger.DefaultOptions(dir).
@@ -44,7 +53,7 @@ func badgerOptions(dir string, readOnly bool) badger.Options {
 		WithBlockCacheSize(8 << 20).
 		WithIndexCacheSize(4 << 20).
 		WithValueThreshold(64 << 10).
-		WithValueLogFileSize(64 << 20).
+		WithValueLogFileSize(valueLogFileSize).
 		WithNumCompactors(2)
 }
 
@@ -245,6 +254,8 @@ func (d *db) Update(fn func(*badger.Txn) error) error {
 	if err := d.writable(); err != nil {
 		return err
 	}
+	d.writes.RLock()
+	defer d.writes.RUnlock()
 	return d.bdb.Update(fn)
 }
 
@@ -258,6 +269,8 @@ func (d *db) updateFreeing(fn func(*badger.Txn) error) error {
 	if d.readOnly {
 		return ErrNoSpace
 	}
+	d.writes.RLock()
+	defer d.writes.RUnlock()
 	return d.bdb.Update(fn)
 }
 
@@ -269,6 +282,8 @@ func (d *db) batch(fn func(*badger.WriteBatch) error) error {
 	if err := d.writable(); err != nil {
 		return err
 	}
+	d.writes.RLock()
+	defer d.writes.RUnlock()
 	wb := d.bdb.NewWriteBatch()
 	defer wb.Cancel()
 	if err := fn(wb); err != nil {

@@ -18,6 +18,7 @@ import (
 // Store is the content-addressed blob store plus its Badger index. It is safe
 // for concurrent use.
 type Store struct {
+	gc       indexGC // the index's value-log collections
 	root     string
 	bucket   *Bucket   // nil: the root is the only tier
 	replica  string    // this store's name in the remote tier
@@ -167,7 +168,7 @@ func (s *Store) cleanTmp() error {
 // watchEvery is how often the store looks at its filesystem's free space
 // when nothing writes: to put the ballast back and to reopen an index
 // opened read-only.
-const watchEvery = time.Second
+var watchEvery = time.Second // a variable for the tests
 
 // watch keeps the ballast and reopens a read-only index once there is
 // room, until Close.
@@ -183,6 +184,7 @@ func (s *Store) watch() {
 			s.sp.keepBallast()
 			s.db.reopen()
 			s.flushRemoteUse(false)
+			s.maybeCollect(time.Now())
 		}
 	}
 }
