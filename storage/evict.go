@@ -42,25 +42,28 @@ func (s *Store) flushAccess() error {
 	if len(seen) == 0 {
 		return nil
 	}
-	err := s.db.Update(func(txn *badger.Txn) error {
-		for dgst, at := range seen {
-			item, err := txn.Get(blobKey(dgst))
-			if err != nil {
-				continue // evicted meanwhile
-			}
-			var bi BlobInfo
-			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
-				return err
-			}
-			if at.After(bi.Accessed) {
-				bi.Accessed = at
-				if err := setJSON(txn, blobKey(dgst), bi); err != nil {
-					return err
-				}
+	// In transactions of accessChunk: one for them all outgrows what the
+	// index takes in one, and a busy minute touches many thousands.
+	var err error
+	batch := make(map[digest.Digest]time.Time, min(len(seen), accessChunk))
+	flush := func() {
+		if err == nil && len(batch) > 0 {
+			err = s.db.Update(func(txn *badger.Txn) error { return writeAccess(txn, batch) })
+		}
+		if err == nil {
+			for d := range batch {
+				delete(seen, d) // written: what is left is kept below
 			}
 		}
-		return nil
-	})
+		clear(batch)
+	}
+	for dgst, at := range seen {
+		batch[dgst] = at
+		if len(batch) == accessChunk {
+			flush()
+		}
+	}
+	flush()
 	if err != nil {
 		// Not written (a full disk): keep them for the next flush, and for
 		// Evict to order by.
@@ -155,4 +158,28 @@ func (s *Store) AllTags() ([]TagRef, error) {
 		return nil
 	})
 	return refs, err
+}
+
+// accessChunk is how many access times one transaction writes.
+const accessChunk = 1000
+
+// writeAccess records later access times in txn.
+func writeAccess(txn *badger.Txn, seen map[digest.Digest]time.Time) error {
+	for dgst, at := range seen {
+		item, err := txn.Get(blobKey(dgst))
+		if err != nil {
+			continue // evicted meanwhile
+		}
+		var bi BlobInfo
+		if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
+			return err
+		}
+		if at.After(bi.Accessed) {
+			bi.Accessed = at
+			if err := setJSON(txn, blobKey(dgst), bi); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

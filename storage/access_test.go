@@ -1,0 +1,41 @@
+package storage
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Access times of many blobs served between two flushes (a busy minute,
+// or the last one before a stop) are all written: one transaction for
+// them all was too big for the index, and every one was lost.
+func TestAccessTimesOfManyBlobsAreFlushed(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 20_000
+	dgsts := make([]digest.Digest, n)
+	for i := range dgsts {
+		dgsts[i] = digest.FromString(fmt.Sprint(i))
+		if err := s.recordBlob(dgsts[i], 100, "", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := time.Now()
+	for _, d := range dgsts {
+		s.Touch(d)
+	}
+	if err := s.flushAccess(); err != nil {
+		t.Fatalf("flush of %d access times: %v", n, err)
+	}
+	for _, i := range []int{0, n / 2, n - 1} {
+		bi, err := s.Blob(dgsts[i])
+		if err != nil || bi.Accessed.Before(before.Add(-time.Second)) {
+			t.Fatalf("blob %d: accessed %v (%v), want about %v", i, bi.Accessed, err, before)
+		}
+	}
+}
