@@ -39,3 +39,17 @@ func TestAccessTimesOfManyBlobsAreFlushed(t *testing.T) {
 		}
 	}
 }
+
+// The start-up count reads a record's size without decoding it, and
+// falls back to decoding for a record written some other way.
+func TestRecordSize(t *testing.T) {
+	for v, want := range map[string]int64{
+		`{"size":1234,"mediaType":"x","accessed":"2026-01-01T00:00:00Z"}`: 1234,
+		`{"size":0}`: 0,
+		`{"accessed":"2026-01-01T00:00:00Z","size":77}`: 77,
+	} {
+		if got, err := recordSize([]byte(v)); err != nil || got != want {
+			t.Errorf("%s: %d, %v; want %d", v, got, err, want)
+		}
+	}
+}

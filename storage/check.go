@@ -213,40 +213,50 @@ func (s *Store) verifyFile(dgst digest.Digest, size int64) error {
 }
 
 // removeBlob deletes a blob's file and record, keeping the totals right.
-func (s *Store) removeBlob(dgst digest.Digest) error {
-	p, err := s.blobPath(dgst)
-	if err != nil {
-		return err
+func (s *Store) removeBlob(dgst digest.Digest) error { return s.removeBlobs([]digest.Digest{dgst}) }
+
+// removeBlobs removes blobs' files and, in one transaction, their records.
+func (s *Store) removeBlobs(dgsts []digest.Digest) error {
+	for _, dgst := range dgsts {
+		p, err := s.blobPath(dgst)
+		if err != nil {
+			return err
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		os.Remove(filepath.Dir(p)) // the <hex> directory, if now empty
+		s.small.remove(dgst)
 	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	os.Remove(filepath.Dir(p)) // the <hex> directory, if now empty
-	s.small.remove(dgst)
-	// Read and delete the record in one transaction, so that of two
+	// Read and delete the records in one transaction, so that of two
 	// removals of one blob only the one that deleted it changes the totals.
-	var bi BlobInfo
-	deleted := false
-	err = retryConflict(func() error {
-		deleted = false
+	var size, count int64
+	err := retryConflict(func() error {
+		size, count = 0, 0
 		return s.db.updateFreeing(func(txn *badger.Txn) error {
-			item, err := txn.Get(blobKey(dgst))
-			if errors.Is(err, badger.ErrKeyNotFound) {
-				return nil
+			for _, dgst := range dgsts {
+				item, err := txn.Get(blobKey(dgst))
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				var n int64
+				if err := item.Value(func(v []byte) error { n, err = recordSize(v); return err }); err != nil {
+					return err
+				}
+				if err := txn.Delete(blobKey(dgst)); err != nil {
+					return err
+				}
+				size, count = size+n, count+1
 			}
-			if err != nil {
-				return err
-			}
-			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &bi) }); err != nil {
-				return err
-			}
-			deleted = true
-			return txn.Delete(blobKey(dgst))
+			return nil
 		})
 	})
-	if err == nil && deleted {
-		s.size.Add(-bi.Size)
-		s.blobs.Add(-1)
+	if err == nil {
+		s.size.Add(-size)
+		s.blobs.Add(-count)
 	}
 	return err
 }

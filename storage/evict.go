@@ -115,22 +115,43 @@ func (s *Store) Evict(target int64, keep func(digest.Digest) bool) ([]Evicted, t
 		return nil, time.Time{}, err
 	}
 	slices.SortFunc(all, func(a, b Evicted) int { return a.Accessed.Compare(b.Accessed) })
-	var gone []Evicted
+	// Plan the removals, then make them evictBatch at a time: a file
+	// each, and one index transaction for the batch (one per blob held
+	// eviction to a couple of thousand blobs a second). keep is asked
+	// again just before each batch: a blob a client started reading
+	// meanwhile stays.
+	var plan []Evicted
 	oldest := time.Time{}
+	projected := s.size.Load()
 	for _, e := range all {
-		if s.size.Load() <= target || keep(e.Digest) {
+		if projected <= target || keep(e.Digest) {
 			if oldest.IsZero() || e.Accessed.Before(oldest) {
 				oldest = e.Accessed
 			}
 			continue
 		}
-		if err := s.removeBlob(e.Digest); err != nil {
+		plan = append(plan, e)
+		projected -= e.Size
+	}
+	var gone []Evicted
+	for len(plan) > 0 {
+		batch := plan[:min(evictBatch, len(plan))]
+		plan = plan[len(batch):]
+		batch = slices.DeleteFunc(slices.Clone(batch), func(e Evicted) bool { return keep(e.Digest) })
+		dgsts := make([]digest.Digest, len(batch))
+		for i, e := range batch {
+			dgsts[i] = e.Digest
+		}
+		if err := s.removeBlobs(dgsts); err != nil {
 			return gone, oldest, err
 		}
-		gone = append(gone, e)
+		gone = append(gone, batch...)
 	}
 	return gone, oldest, nil
 }
+
+// evictBatch is how many blobs one eviction transaction removes.
+const evictBatch = 256
 
 // TagRef is one tag record, for walking pins.
 type TagRef struct {

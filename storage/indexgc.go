@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -88,7 +89,8 @@ func (s *Store) maybeCollect(now time.Time) {
 	}
 }
 
-// indexFiles sums the sizes of the index's tables and value-log files.
+// indexFiles sums the disk the index's tables and value-log files take
+// (Badger creates a value-log file at twice its size, sparse).
 func indexFiles(dir string) (lsm, vlog int64) {
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
@@ -98,10 +100,18 @@ func indexFiles(dir string) (lsm, vlog int64) {
 		}
 		switch {
 		case strings.HasSuffix(e.Name(), ".vlog"):
-			vlog += fi.Size()
+			vlog += onDisk(fi)
 		case strings.HasSuffix(e.Name(), ".sst"):
-			lsm += fi.Size()
+			lsm += onDisk(fi)
 		}
 	}
 	return lsm, vlog
+}
+
+// onDisk is the disk a file takes: its allocated blocks, not its length.
+func onDisk(fi os.FileInfo) int64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
 }

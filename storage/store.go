@@ -44,8 +44,8 @@ type Store struct {
 // Cache bounds: bytes of small blobs, and entries of tags and memberships.
 const (
 	smallBlobCache = 16 << 20 // bytes
-	tagCache       = 20_000   // entries, ~200 bytes each
-	memberCache    = 100_000  // entries, ~150 bytes each
+	tagCache       = 200_000  // entries, ~200 bytes each
+	memberCache    = 400_000  // entries, ~150 bytes each
 )
 
 type smallBlob struct {

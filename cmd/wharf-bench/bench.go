@@ -152,7 +152,7 @@ func (b *bench) run() (rows []row, err error) {
 	units := map[string]string{"wharf CPU-s per cold GiB": "CPU-s", "wharf CPU-s per warm GiB": "CPU-s", "manifest by tag": "req/s", "manifest by tag, authenticated": "req/s", "manifest by tag: authenticated / anonymous": "×", "manifest by digest": "req/s", "manifest by tag p99": "ms",
 		"manifest by digest p99": "ms", "8 concurrent: upstream bytes / image": "×", "peak RSS": "MiB", "promote: peak RSS": "MiB",
 		"promote one image of 64 MiB layers: peak RSS": "MiB", "promote one 512 MiB layer: peak RSS": "MiB"}
-	order := []string{"cold pull, 4 × 64 MiB", "warm pull, 4 × 64 MiB", "wharf CPU-s per cold GiB", "wharf CPU-s per warm GiB", "8 concurrent cold pulls", "8 concurrent: upstream bytes / image",
+	order := []string{"cold pull, 4 × 64 MiB", "warm pull, 4 × 64 MiB", "cold pull, 4 × 64 MiB, draining client", "warm pull, 4 × 64 MiB, draining client", "wharf CPU-s per cold GiB", "wharf CPU-s per warm GiB", "8 concurrent cold pulls", "8 concurrent: upstream bytes / image",
 		"50 images × 3 × 1 MiB, cold", "50 images × 3 × 1 MiB, warm", "manifest by tag", "manifest by tag p99",
 		"manifest by tag, authenticated", "manifest by tag: authenticated / anonymous",
 		"manifest by digest", "manifest by digest p99", "peak RSS"}
@@ -279,6 +279,25 @@ func (b *bench) bigImage(name string, start starter, up *upstreamtest.Registry, 
 	}
 	set("cold pull, 4 × 64 MiB", name, cold)
 	set("warm pull, 4 × 64 MiB", name, warm)
+	// The same with a client that neither hashes nor writes: the transfer
+	// alone, cold through another fresh target.
+	drainOnly.Store(true)
+	defer drainOnly.Store(false)
+	if warm, err = timed(func() error { return pull(t.url, big.Repo, big.Tag) }); err != nil {
+		return 0, err
+	}
+	set("warm pull, 4 × 64 MiB, draining client", name, warm)
+	t2, err := start()
+	if err != nil {
+		return 0, err
+	}
+	cold, err = timed(func() error { return pull(t2.url, big.Repo, big.Tag) })
+	t2.stop()
+	if err != nil {
+		return 0, err
+	}
+	set("cold pull, 4 × 64 MiB, draining client", name, cold)
+	drainOnly.Store(false)
 	for _, c := range []struct{ name, ref string }{{"manifest by tag", idx.Tag}, {"manifest by digest", idx.Manifest.Digest.String()}} {
 		rps, p99, err := load(t.url+"/v2/"+idx.Repo+"/manifests/"+c.ref, b.workers, b.duration)
 		if err != nil {

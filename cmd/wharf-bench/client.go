@@ -1,7 +1,11 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/json"
+	"os"
+	"sync/atomic"
+
 	"fmt"
 	"io"
 	"net/http"
@@ -9,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -29,7 +35,12 @@ func getWith(c *http.Client, url string, want int64) error {
 		return err
 	}
 	defer resp.Body.Close()
-	n, err := drain(resp.Body)
+	var n int64
+	if dgst := blobDigest(url); dgst != "" && !drainOnly.Load() {
+		n, err = store(resp.Body, dgst)
+	} else {
+		n, err = drain(resp.Body) // a manifest read for a request rate, or the draining client
+	}
 	if err != nil {
 		return fmt.Errorf("GET %s: %w after %d bytes", url, err, n)
 	}
@@ -37,6 +48,61 @@ func getWith(c *http.Client, url string, want int64) error {
 		return fmt.Errorf("GET %s: %d, %d bytes, want %d", url, resp.StatusCode, n, want)
 	}
 	return nil
+}
+
+// The bench's client pulls as real clients do: containerd, crane and
+// skopeo hash every blob as it arrives and write it to a file, and a
+// ratio against a client that does neither charges the mirror for work
+// every real client does. drainOnly switches to a client that only reads
+// (the "draining client" rows), to show the transfer alone.
+var (
+	drainOnly atomic.Bool
+	storeDir  = os.TempDir() // where the client writes what it pulls; main sets its own
+)
+
+// blobDigest is the digest a blob URL names, "" for a manifest's.
+func blobDigest(url string) digest.Digest {
+	if i := strings.LastIndex(url, "/blobs/"); i >= 0 {
+		return digest.Digest(url[i+len("/blobs/"):])
+	}
+	return ""
+}
+
+// store reads r into a new file under storeDir in containerd's 1 MiB
+// steps, hashing as it goes, checks the digest, and removes the file: what a client's content store does, but keeping
+// nothing.
+func store(r io.Reader, want digest.Digest) (int64, error) {
+	f, err := os.CreateTemp(storeDir, "ingest-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	h := sha256.New()
+	buf := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(buf)
+	var n int64
+	for {
+		k, rerr := io.ReadFull(r, *buf)
+		n += int64(k)
+		h.Write((*buf)[:k])
+		if _, err := f.Write((*buf)[:k]); err != nil {
+			return n, err
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
+	if err := f.Close(); err != nil {
+		return n, err
+	}
+	if want.Algorithm() == digest.SHA256 && digest.NewDigest(digest.SHA256, h) != want {
+		return n, fmt.Errorf("blob %s: the bytes hash to %s", want, digest.NewDigest(digest.SHA256, h))
+	}
+	return n, nil
 }
 
 // readBuffers are the client's read buffers. containerd reads a blob 1 MiB

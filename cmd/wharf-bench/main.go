@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 func main() {
@@ -25,7 +27,12 @@ func main() {
 	pprof := flag.String("pprof", "", "write a CPU profile of the Wharf under test over each cold 4 × 64 MiB pull into this directory (cold-loopback.pprof, and cold-0s.pprof and cold-20ms.pprof through the token flow), and over the 50 small images (cold-small-0s.pprof, cold-small-20ms.pprof)")
 	wanOnly := flag.Bool("wan-only", false, "measure only the cold scenarios at -upstream-rtt")
 	showRequests := flag.Bool("show-requests", false, "print the upstream requests each target made for the cold 4 × 64 MiB pull at -upstream-rtt")
+	scale := flag.String("scale", "", "instead, measure how costs grow with the store: N blobs per run, comma-separated (e.g. 10000,100000,1000000); exits 1 if the largest misses a target")
+	churn := flag.Float64("churn", 10, "with -scale: tag updates per blob in the churn pass")
 	flag.Parse()
+	if *scale != "" {
+		os.Exit(scaleMain(*wharf, *scale, *churn, *duration, *workers, *jsonOut))
+	}
 	if *wanOnly && *rtt <= 0 {
 		fmt.Fprintln(os.Stderr, "wharf-bench: -wan-only needs -upstream-rtt")
 		os.Exit(2)
@@ -85,4 +92,39 @@ func ratio(a, b float64) string {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// scaleMain runs -scale and returns the exit status.
+func scaleMain(wharf, list string, churn float64, duration time.Duration, workers int, jsonOut string) int {
+	var ns []int
+	for f := range strings.SplitSeq(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 100 {
+			fmt.Fprintf(os.Stderr, "wharf-bench: -scale %q: want numbers of blobs of 100 or more, like 10000,100000\n", list)
+			return 2
+		}
+		ns = append(ns, n)
+	}
+	s := &scaleBench{bench: &bench{wharfBin: wharf, duration: duration, workers: workers}, churn: churn}
+	defer s.cleanup()
+	rows, missed, err := s.runScale(ns)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "wharf-bench:", err)
+		return 1
+	}
+	printScale(os.Stdout, ns, rows)
+	if jsonOut != "" {
+		out, _ := json.MarshalIndent(map[string]any{"n": ns, "rows": rows}, "", "  ")
+		if err := os.WriteFile(jsonOut, out, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "wharf-bench:", err)
+			return 1
+		}
+	}
+	for _, m := range missed {
+		fmt.Fprintln(os.Stderr, "target missed at N =", ns[len(ns)-1], "-", m)
+	}
+	if len(missed) > 0 {
+		return 1
+	}
+	return 0
 }

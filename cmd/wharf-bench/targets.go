@@ -35,6 +35,7 @@ type target struct {
 	// directory, else "".
 	debug string
 	root  string // a Wharf's storage root, else ""
+	pid   int    // a Wharf's process, else 0
 }
 
 // stored waits until a Wharf target holds blobs in its store: a fill
@@ -209,6 +210,7 @@ func (b *bench) startWharfConfig(dir, cfg, debug string) (*target, error) {
 			})
 		},
 		rss:   func() float64 { return peakRSS(cmd.Process.Pid) },
+		pid:   cmd.Process.Pid,
 		cpu:   func() float64 { return cpuSeconds(cmd.Process.Pid) },
 		debug: debug,
 	}

@@ -1,0 +1,571 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/wharf-registry/wharf/storage"
+)
+
+// How Wharf's costs grow with its store: `wharf-bench -scale 10000,...`
+// builds, per N, a store of N real blobs in distribution's layout (a
+// third of them image manifests, each naming a config and a layer of
+// its own), N/10 repositories holding them (a tenth of the repositories
+// with many tags), N tags and a few hundred job records, then measures
+// the real binary on it. The largest N is held to the targets below
+// against the smallest.
+
+// scaleRow is one measure at every N.
+type scaleRow struct {
+	Measure string    `json:"measure"`
+	Unit    string    `json:"unit"`
+	Values  []float64 `json:"values"` // one per N, in order
+}
+
+// scaleTarget is what the largest N must reach: a bound on the value, or
+// on its ratio to the smallest N's.
+type scaleTarget struct {
+	measure string
+	max     float64 // the value must be at most this (0: no bound)
+	min     float64 // at least this (0: no bound)
+	ratio   float64 // value / smallest N's must be at least (throughput) or at most (latency, size) this; 0: none
+	lower   bool    // the ratio is a floor, not a ceiling
+}
+
+// scaleTargets are issue 26's, at 1M blobs on a 2-core machine.
+var scaleTargets = []scaleTarget{
+	{measure: "start-up to first answer", max: 3},
+	{measure: "RSS idle", max: 256},
+	{measure: "manifest by tag", ratio: 0.85, lower: true},
+	{measure: "manifest by tag p99", ratio: 2},
+	{measure: "blob by digest", ratio: 0.85, lower: true},
+	{measure: "blob by digest p99", ratio: 2},
+	{measure: "eviction", min: 5000},
+	{measure: "pulls' p99 during eviction", ratio: 2},
+	{measure: "wharf check, no verification", min: 20000},
+	{measure: "index after churn / live", max: 2},
+}
+
+type scaleBench struct {
+	*bench
+	churn float64 // tag updates per blob in the churn pass (10: ten million at a million blobs)
+}
+
+// runScale measures every N and returns the rows; missed lists the
+// targets the largest N misses.
+func (s *scaleBench) runScale(ns []int) (rows []scaleRow, missed []string, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	vals := map[string][]float64{}
+	units := map[string]string{}
+	var order []string
+	for _, n := range ns {
+		fmt.Fprintf(os.Stderr, "scale %d: building the store...\n", n)
+		got, err := s.one(n)
+		if err != nil {
+			return nil, nil, fmt.Errorf("N=%d: %w", n, err)
+		}
+		for _, m := range got {
+			if _, ok := units[m.name]; !ok {
+				order = append(order, m.name)
+				units[m.name] = m.unit
+			}
+			vals[m.name] = append(vals[m.name], m.v)
+		}
+	}
+	for _, name := range order {
+		rows = append(rows, scaleRow{Measure: name, Unit: units[name], Values: vals[name]})
+	}
+	if len(ns) < 2 {
+		return rows, nil, nil
+	}
+	for _, t := range scaleTargets {
+		v := vals[t.measure]
+		if len(v) != len(ns) {
+			continue
+		}
+		last, first := v[len(v)-1], v[0]
+		switch {
+		case t.max > 0 && last > t.max:
+			missed = append(missed, fmt.Sprintf("%s: %.4g, target at most %g", t.measure, last, t.max))
+		case t.min > 0 && last < t.min:
+			missed = append(missed, fmt.Sprintf("%s: %.4g, target at least %g", t.measure, last, t.min))
+		case t.ratio > 0 && t.lower && first > 0 && last/first < t.ratio:
+			missed = append(missed, fmt.Sprintf("%s: %.2f× the smallest store's, target at least %g×", t.measure, last/first, t.ratio))
+		case t.ratio > 0 && !t.lower && first > 0 && last/first > t.ratio:
+			missed = append(missed, fmt.Sprintf("%s: %.2f× the smallest store's, target at most %g×", t.measure, last/first, t.ratio))
+		}
+	}
+	return rows, missed, nil
+}
+
+type measure struct {
+	name, unit string
+	v          float64
+}
+
+// synthetic is the store's content, as the clients will ask for it.
+type synthetic struct {
+	tags  [][3]string // repository, tag, manifest digest
+	blobs [][2]string // repository, blob digest
+	bytes int64       // of every blob
+}
+
+// one builds a store of n blobs and measures it.
+func (s *scaleBench) one(n int) ([]measure, error) {
+	dir := s.TempDir()
+	root := filepath.Join(dir, "store")
+	var out []measure
+	add := func(name, unit string, v float64) {
+		out = append(out, measure{name, unit, v})
+		fmt.Fprintf(os.Stderr, "  %-40s %12.4g %s\n", name, v, unit)
+	}
+	syn, err := buildStore(root, n)
+	if err != nil {
+		return nil, err
+	}
+	cfg := func(extra string) string {
+		return fmt.Sprintf(`listen: "127.0.0.1:0"
+storage:
+  root: %s
+%supstreams:
+  - name: docker.io
+    url: http://127.0.0.1:9
+    default: true
+    insecure: true
+    tag_ttl: 10000h
+`, root, extra)
+	}
+	cfgPath := filepath.Join(dir, "check.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg("")), 0o644); err != nil {
+		return nil, err
+	}
+	check := func(args ...string) (float64, error) {
+		return timed(func() error {
+			cmd := exec.Command(s.wharfBin, append([]string{"check", "--config", cfgPath}, args...)...)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("wharf check %v: %v\n%s", args, err, out)
+			}
+			return nil
+		})
+	}
+	// The blobs were written as files only: --repair indexes them, as it
+	// does a store whose index was lost.
+	d, err := check("--repair", "--sample", "0")
+	if err != nil {
+		return nil, err
+	}
+	add("wharf check --repair (indexing)", "blobs/s", float64(n)/d)
+	if d, err = check("--sample", "0"); err != nil {
+		return nil, err
+	}
+	add("wharf check, no verification", "blobs/s", float64(n)/d)
+	if d, err = check("--sample", "1"); err != nil {
+		return nil, err
+	}
+	add("wharf check, verifying", "blobs/s", float64(n)/d)
+	add("wharf check, verifying (bytes)", "MiB/s", float64(syn.bytes)/(1<<20)/d)
+	lsm, vlog := indexSize(filepath.Join(root, "index"))
+	records := float64(n + len(syn.tags) + n/10) // blobs, tags, repositories (and their memberships, counted in the bytes)
+	add("index on disk per record", "B", float64(lsm+vlog)/records)
+
+	// Start-up, RSS and request rates on the whole store.
+	start := time.Now()
+	t, err := s.startWharfConfig(dir, cfg(""), "")
+	if err != nil {
+		return nil, err
+	}
+	rng := rand.New(rand.NewPCG(uint64(n), 1))
+	tagURL := func() string {
+		tg := syn.tags[rng.IntN(len(syn.tags))]
+		return t.url + "/v2/" + tg[0] + "/manifests/" + tg[1]
+	}
+	if err := waitOK(tagURL(), 30*time.Second); err != nil {
+		t.stop()
+		return nil, err
+	}
+	add("start-up to first answer", "s", time.Since(start).Seconds())
+	time.Sleep(time.Second) // idle: what it holds with nothing to do
+	add("RSS idle", "MiB", currentRSS(t.pid))
+	var mu sync.Mutex
+	next := func(kind string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		if kind == "tag" {
+			return tagURL()
+		}
+		b := syn.blobs[rng.IntN(len(syn.blobs))]
+		return t.url + "/v2/" + b[0] + "/blobs/" + b[1]
+	}
+	for _, kind := range []string{"tag", "blob"} {
+		// Steady state, not a cold start: a first run warms what the
+		// store keeps in memory, the second is measured.
+		if _, _, err := loadMany(func() string { return next(kind) }, s.workers, s.duration); err != nil {
+			t.stop()
+			return nil, err
+		}
+		rps, p99, err := loadMany(func() string { return next(kind) }, s.workers, s.duration)
+		if err != nil {
+			t.stop()
+			return nil, err
+		}
+		name := map[string]string{"tag": "manifest by tag", "blob": "blob by digest"}[kind]
+		add(name, "req/s", rps)
+		add(name+" p99", "ms", p99)
+	}
+	add("RSS under load (peak)", "MiB", t.rss())
+	// The hot set: the tags pulled during eviction below, used last, as
+	// what a mirror serves while it evicts is what it served lately.
+	hot := syn.tags[:min(len(syn.tags), 1000)]
+	hotURL := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		tg := hot[rng.IntN(len(hot))]
+		return t.url + "/v2/" + tg[0] + "/manifests/" + tg[1]
+	}
+	for _, tg := range hot {
+		if err := get(t.url+"/v2/"+tg[0]+"/manifests/"+tg[1], -1); err != nil {
+			t.stop()
+			return nil, err
+		}
+	}
+	t.stop() // access times are written at the stop
+
+	// Eviction of a tenth of the store, with pulls running meanwhile.
+	size := syn.bytes
+	maxSize := int64(float64(size) / 0.95 * 0.999)
+	evictCfg := fmt.Sprintf("  max_size: %dB\n  high_watermark: 0.95\n  low_watermark: 0.85\n", maxSize)
+	if t, err = s.startWharfConfig(dir, cfg(evictCfg), ""); err != nil {
+		return nil, err
+	}
+	before := metricValue(t.url, "wharf_store_blobs")
+	done := make(chan struct{})
+	var rps, p99 float64
+	var lerr error
+	go func() {
+		defer close(done)
+		rps, p99, lerr = loadMany(hotURL, s.workers, s.duration)
+	}()
+	// Eviction starts at the cache's first sweep after start: timed from
+	// the first blob gone to the tenth of the store gone.
+	want := before - float64(n)/10*0.95
+	deadline := time.Now().Add(10 * time.Minute)
+	for metricValue(t.url, "wharf_store_blobs") >= before && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polling another process
+	}
+	evStart, first := time.Now(), metricValue(t.url, "wharf_store_blobs")
+	for metricValue(t.url, "wharf_store_blobs") > want && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polling another process
+	}
+	evicted := first - metricValue(t.url, "wharf_store_blobs")
+	evSecs := time.Since(evStart).Seconds()
+	<-done
+	t.stop()
+	if lerr != nil {
+		return nil, lerr
+	}
+	add("eviction", "blobs/s", evicted/evSecs)
+	add("pulls' p99 during eviction", "ms", p99)
+	add("pulls during eviction", "req/s", rps)
+
+	// Churn: months of tag updates and blob insert/evict cycles, then the
+	// index's own collection; the index must come back near its live size.
+	live, after, err := churn(root, syn, int(float64(n)*s.churn), n/10)
+	if err != nil {
+		return nil, err
+	}
+	add("index before churn", "MiB", float64(live)/(1<<20))
+	add("index after churn", "MiB", float64(after)/(1<<20))
+	add("index after churn / live", "×", float64(after)/float64(live))
+	return out, nil
+}
+
+// buildStore writes n blobs as files in distribution's layout and the
+// index records a Wharf that pulled them would have: tags, memberships,
+// job records. The blob records themselves are left to wharf check
+// --repair, as after a lost index.
+func buildStore(root string, n int) (*synthetic, error) {
+	st, err := storage.Open(root, storage.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	images := max(n/3, 1)
+	repos := max(n/10, 1)
+	syn := &synthetic{}
+	rng := rand.New(rand.NewPCG(uint64(n), 2))
+	write := func(data []byte) (digest.Digest, error) {
+		d := digest.FromBytes(data)
+		p := filepath.Join(root, "docker/registry/v2/blobs/sha256", d.Encoded()[:2], d.Encoded(), "data")
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return "", err
+		}
+		syn.bytes += int64(len(data))
+		return d, os.WriteFile(p, data, 0o644)
+	}
+	members := map[int][]digest.Digest{}
+	for i := range images {
+		repo := i % repos
+		cfg := make([]byte, 200+rng.IntN(600))
+		layer := make([]byte, 256+rng.IntN(1024))
+		for _, b := range [][]byte{cfg, layer} {
+			for j := range b {
+				b[j] = byte(rng.Uint32())
+			}
+		}
+		c, err := write(cfg)
+		if err != nil {
+			return nil, err
+		}
+		l, err := write(layer)
+		if err != nil {
+			return nil, err
+		}
+		m, _ := json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
+			Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: c, Size: int64(len(cfg))},
+			Layers: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: l, Size: int64(len(layer))}}})
+		md, err := write(m)
+		if err != nil {
+			return nil, err
+		}
+		members[repo] = append(members[repo], md, c, l)
+		name := fmt.Sprintf("scale/r%06d", repo)
+		syn.blobs = append(syn.blobs, [2]string{name, c.String()}, [2]string{name, l.String()})
+	}
+	for repo, ds := range members {
+		if err := st.AddMembers("docker.io", fmt.Sprintf("scale/r%06d", repo), ds...); err != nil {
+			return nil, err
+		}
+	}
+	// n tags: half on a tenth of the repositories (the busy ones), half
+	// spread over the rest, each naming one of its repository's images.
+	now := time.Now()
+	busy := max(repos/10, 1)
+	for i := range n {
+		repo := i % busy
+		if i%2 == 1 && repos > busy {
+			repo = busy + i%(repos-busy)
+		}
+		own := members[repo] // manifest, config, layer of each of its images
+		if len(own) == 0 {
+			continue
+		}
+		md := own[3*rng.IntN(len(own)/3)]
+		name, tag := fmt.Sprintf("scale/r%06d", repo), fmt.Sprintf("v%d", i)
+		ti := storage.TagInfo{Digest: md, MediaType: ocispec.MediaTypeImageManifest, Checked: now}
+		if err := st.PutTag("docker.io", name, tag, ti); err != nil {
+			return nil, err
+		}
+		syn.tags = append(syn.tags, [3]string{name, tag, md.String()})
+	}
+	// Job records: two hundred finished jobs of 20 images each.
+	for j := range 200 {
+		job, _ := json.Marshal(map[string]any{"id": fmt.Sprintf("scale-%04d", j), "state": "done", "created": now, "images": 20})
+		imgs := map[int][]byte{}
+		for i := range 20 {
+			imgs[i], _ = json.Marshal(map[string]any{"index": i, "source": "docker.io/" + syn.tags[(j*20+i)%len(syn.tags)][0], "state": "done"})
+		}
+		if err := st.PutJob(fmt.Sprintf("scale-%04d", j), job, imgs); err != nil {
+			return nil, err
+		}
+	}
+	return syn, nil
+}
+
+// churn opens the store and updates tags (each a new digest) and inserts
+// and evicts blobs' records, as months of a busy mirror would, then lets
+// the index collect itself and reports its size before and after.
+func churn(root string, syn *synthetic, updates, cycles int) (live, after int64, err error) {
+	st, err := storage.Open(root, storage.Options{})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer st.Close()
+	lsm, vlog := indexSize(filepath.Join(root, "index"))
+	live = lsm + vlog
+	now := time.Now()
+	for i := range updates {
+		tg := syn.tags[i%len(syn.tags)]
+		ti := storage.TagInfo{Digest: digest.FromString(strconv.Itoa(i)), MediaType: ocispec.MediaTypeImageManifest, Checked: now}
+		if err := st.PutTag("docker.io", tg[0], tg[1], ti); err != nil {
+			return 0, 0, err
+		}
+	}
+	// Jobs come and go (the index keeps the last 200): each cycle writes
+	// a job of 20 images and deletes one.
+	for i := range cycles {
+		id := fmt.Sprintf("churn-%07d", i)
+		imgs := map[int][]byte{}
+		for k := range 20 {
+			imgs[k] = []byte(fmt.Sprintf(`{"index":%d,"source":"docker.io/%s","state":"done"}`, k, syn.tags[(i+k)%len(syn.tags)][0]))
+		}
+		if err := st.PutJob(id, []byte(`{"id":"`+id+`","state":"done"}`), imgs); err != nil {
+			return 0, 0, err
+		}
+		if err := st.DeleteJob(id); err != nil {
+			return 0, 0, err
+		}
+	}
+	// Put back what the tags were: the live set is what it was.
+	for _, tg := range syn.tags {
+		ti := storage.TagInfo{Digest: digest.Digest(tg[2]), MediaType: ocispec.MediaTypeImageManifest, Checked: now}
+		if err := st.PutTag("docker.io", tg[0], tg[1], ti); err != nil {
+			return 0, 0, err
+		}
+	}
+	st.CollectIndex()
+	lsm, vlog = indexSize(filepath.Join(root, "index"))
+	return live, lsm + vlog, nil
+}
+
+// indexSize is the bytes of the index's tables and value log.
+func indexSize(dir string) (lsm, vlog int64) {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			continue
+		}
+		used := fi.Size()
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			used = st.Blocks * 512 // a value-log file is created sparse, at twice its size
+		}
+		switch filepath.Ext(e.Name()) {
+		case ".sst":
+			lsm += used
+		case ".vlog":
+			vlog += used
+		}
+	}
+	return lsm, vlog
+}
+
+// waitOK polls url until it answers 200.
+func waitOK(url string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: no 200 within %v (%v)", url, within, err)
+		}
+		time.Sleep(5 * time.Millisecond) // polling another process
+	}
+}
+
+// loadMany is load over the URLs next gives, one per request.
+func loadMany(next func() string, workers int, d time.Duration) (rps, p99 float64, err error) {
+	deadline := time.Now().Add(d)
+	lat := make([][]time.Duration, workers)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range workers {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				t := time.Now()
+				if err := get(next(), -1); err != nil {
+					errs[w] = err
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t))
+			}
+		})
+	}
+	wg.Wait()
+	for _, e := range errs {
+		if e != nil {
+			return 0, 0, e
+		}
+	}
+	all := slices.Concat(lat...)
+	if len(all) == 0 {
+		return 0, 0, fmt.Errorf("no requests completed")
+	}
+	slices.Sort(all)
+	return float64(len(all)) / time.Since(start).Seconds(), float64(all[len(all)*99/100]) / 1e6, nil
+}
+
+// metricValue reads one unlabelled metric from a Wharf's /metrics.
+func metricValue(base, name string) float64 {
+	resp, err := client.Get(base + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return -1
+}
+
+// currentRSS is a process's resident memory now, in MiB.
+func currentRSS(pid int) float64 {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for _, line := range bytes.Split(status, []byte("\n")) {
+		if f := strings.Fields(string(line)); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return -1
+}
+
+func printScale(w io.Writer, ns []int, rows []scaleRow) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprint(tw, "measure\tunit\t")
+	for _, n := range ns {
+		fmt.Fprintf(tw, "N=%d\t", n)
+	}
+	if len(ns) > 1 {
+		fmt.Fprint(tw, "largest / smallest\t")
+	}
+	fmt.Fprintln(tw)
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t", r.Measure, r.Unit)
+		for _, v := range r.Values {
+			fmt.Fprintf(tw, "%.4g\t", v)
+		}
+		if len(r.Values) > 1 && r.Values[0] != 0 {
+			fmt.Fprintf(tw, "%.2f×\t", r.Values[len(r.Values)-1]/r.Values[0])
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+}
