@@ -59,6 +59,8 @@ var scaleTargets = []scaleTarget{
 	{measure: "manifest by tag p99", ratio: 2},
 	{measure: "blob by digest", ratio: 0.85, lower: true},
 	{measure: "blob by digest p99", ratio: 2},
+	{measure: "manifest by tag, Zipf", ratio: 0.85, lower: true},
+	{measure: "blob by digest, Zipf", ratio: 0.85, lower: true},
 	{measure: "eviction", min: 5000},
 	{measure: "pulls' p99 during eviction", ratio: 2},
 	{measure: "wharf check, no verification", min: 20000},
@@ -85,7 +87,7 @@ func (s *scaleBench) runScale(ns []int) (rows []scaleRow, missed []string, err e
 		fmt.Fprintf(os.Stderr, "scale %d: building the store...\n", n)
 		got, err := s.one(n)
 		if err != nil {
-			return nil, nil, fmt.Errorf("N=%d: %w", n, err)
+			return nil, nil, fmt.Errorf("a store of %d blobs: %w", n, err)
 		}
 		for _, m := range got {
 			if _, ok := units[m.name]; !ok {
@@ -210,16 +212,28 @@ storage:
 	time.Sleep(time.Second) // idle: what it holds with nothing to do
 	add("RSS idle", "MiB", currentRSS(t.pid))
 	var mu sync.Mutex
+	// Uniform: every tag and blob as likely as any, the worst case for
+	// the store's caches. Zipf (s = 1.1): a few images pulled often and a
+	// long tail, as a mirror's pulls are.
+	zipfTags := rand.NewZipf(rand.New(rand.NewPCG(uint64(n), 3)), 1.1, 1, uint64(len(syn.tags)-1))
+	zipfBlobs := rand.NewZipf(rand.New(rand.NewPCG(uint64(n), 4)), 1.1, 1, uint64(len(syn.blobs)-1))
 	next := func(kind string) string {
 		mu.Lock()
 		defer mu.Unlock()
-		if kind == "tag" {
+		switch kind {
+		case "tag":
 			return tagURL()
+		case "tag zipf":
+			tg := syn.tags[zipfTags.Uint64()]
+			return t.url + "/v2/" + tg[0] + "/manifests/" + tg[1]
+		case "blob zipf":
+			b := syn.blobs[zipfBlobs.Uint64()]
+			return t.url + "/v2/" + b[0] + "/blobs/" + b[1]
 		}
 		b := syn.blobs[rng.IntN(len(syn.blobs))]
 		return t.url + "/v2/" + b[0] + "/blobs/" + b[1]
 	}
-	for _, kind := range []string{"tag", "blob"} {
+	for _, kind := range []string{"tag", "blob", "tag zipf", "blob zipf"} {
 		// Steady state, not a cold start: a first run warms what the
 		// store keeps in memory, the second is measured.
 		if _, _, err := loadMany(func() string { return next(kind) }, s.workers, s.duration); err != nil {
@@ -231,7 +245,8 @@ storage:
 			t.stop()
 			return nil, err
 		}
-		name := map[string]string{"tag": "manifest by tag", "blob": "blob by digest"}[kind]
+		name := map[string]string{"tag": "manifest by tag", "blob": "blob by digest",
+			"tag zipf": "manifest by tag, Zipf", "blob zipf": "blob by digest, Zipf"}[kind]
 		add(name, "req/s", rps)
 		add(name+" p99", "ms", p99)
 	}

@@ -37,3 +37,35 @@ func TestBenchAtTinySizes(t *testing.T) {
 		}
 	}
 }
+
+// The scale bench at its smallest size, 10,000 blobs: every measure is
+// taken and positive, so that make bench-scale cannot rot.
+func TestScaleBenchAt10k(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "wharf")
+	if out, err := exec.Command("go", "build", "-o", bin, "../wharf").CombinedOutput(); err != nil {
+		t.Fatalf("build wharf: %v\n%s", err, out)
+	}
+	s := &scaleBench{bench: &bench{wharfBin: bin, duration: 300 * time.Millisecond, workers: 2}, churn: 1}
+	defer s.cleanup()
+	rows, missed, err := s.runScale([]int{10_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(missed) != 0 {
+		t.Fatalf("one size is held to no target: %v", missed)
+	}
+	got := map[string]float64{}
+	for _, r := range rows {
+		got[r.Measure] = r.Values[0]
+	}
+	for _, tg := range scaleTargets {
+		if v, ok := got[tg.measure]; !ok || v <= 0 {
+			t.Errorf("%s: %v (measured: %v)", tg.measure, v, ok)
+		}
+	}
+	for _, m := range []string{"index on disk per record", "RSS idle", "wharf check --repair (indexing)", "wharf check, verifying"} {
+		if got[m] <= 0 {
+			t.Errorf("%s: %v", m, got[m])
+		}
+	}
+}
