@@ -50,8 +50,8 @@ func badgerOptions(dir string, readOnly bool) badger.Options {
 		WithReadOnly(readOnly).
 		WithMemTableSize(memTableSize).
 		WithNumMemtables(numMemtables).
-		WithBlockCacheSize(64 << 20).
-		WithIndexCacheSize(32 << 20).
+		WithBlockCacheSize(32 << 20).
+		WithIndexCacheSize(16 << 20).
 		WithValueThreshold(64 << 10).
 		WithValueLogFileSize(valueLogFileSize).
 		WithNumCompactors(2)

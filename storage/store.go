@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -123,6 +124,9 @@ func Open(root string, opts Options) (*Store, error) {
 		s.lock.Close()
 		return nil, err
 	}
+	// The count read every blob record once: give back the memory it
+	// passed through now, not minutes later, so a large store idles small.
+	debug.FreeOSMemory()
 	// The ballast now, before any fill: 64 MiB written and synced while
 	// the first pulls run would slow them.
 	s.sp.keepBallast()
