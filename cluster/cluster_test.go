@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -170,11 +171,19 @@ func TestPeerRequestsAreSigned(t *testing.T) {
 	if b.Authorized(replay(http.MethodGet, uri, "")) {
 		t.Fatal("a request signed for one replica was admitted by another under its Host")
 	}
-	c.now = func() time.Time { return time.Now().Add(peerSignatureLife + time.Second) }
+	// Relative to the time the signature names (whole seconds), not to
+	// the test's clock: a slow machine may take seconds to get here.
+	v := strings.TrimPrefix(seen.Header.Get("Authorization"), "Wharf-Peer t=")
+	unix, err := strconv.ParseInt(v[:strings.Index(v, ",")], 10, 64)
+	if err != nil {
+		t.Fatalf("Authorization %q", seen.Header.Get("Authorization"))
+	}
+	signed := time.Unix(unix, 0)
+	c.now = func() time.Time { return signed.Add(peerSignatureLife + 2*time.Second) }
 	if c.Authorized(replay(http.MethodGet, uri, "")) {
 		t.Fatal("the captured request was admitted after its signature's life")
 	}
-	c.now = func() time.Time { return time.Now().Add(-peerSignatureLife - time.Second) }
+	c.now = func() time.Time { return signed.Add(-peerSignatureLife - 2*time.Second) }
 	if c.Authorized(replay(http.MethodGet, uri, "")) {
 		t.Fatal("a request signed in the future beyond the clock skew allowed was admitted")
 	}
