@@ -11,9 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 )
 
 // Problem is one inconsistency between the blob files and the index.
@@ -170,29 +172,56 @@ func (s *Store) blobFiles() (map[digest.Digest]int64, error) {
 	files := map[digest.Digest]int64{}
 	for _, alg := range algorithms {
 		root := filepath.Join(s.root, "docker", "registry", "v2", "blobs", string(alg))
-		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-			if errors.Is(err, fs.ErrNotExist) && p == root {
-				return filepath.SkipDir
-			}
-			if err != nil || d.IsDir() || d.Name() != "data" {
-				return err
-			}
-			dgst := digest.NewDigestFromEncoded(alg, filepath.Base(filepath.Dir(p)))
-			if dgst.Validate() != nil {
-				return nil
-			}
-			fi, err := d.Info()
-			if err != nil {
-				return err
-			}
-			files[dgst] = fi.Size()
-			return nil
-		})
+		prefixes, err := os.ReadDir(root)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
 		if err != nil {
+			return nil, err
+		}
+		// The <xx> directories a few at a time: a walk is mostly waiting
+		// on directory reads and stats, which overlap.
+		var mu sync.Mutex
+		var g errgroup.Group
+		g.SetLimit(4)
+		for _, pre := range prefixes {
+			if !pre.IsDir() {
+				continue
+			}
+			g.Go(func() error {
+				found, err := walkPrefix(filepath.Join(root, pre.Name()), alg)
+				mu.Lock()
+				maps.Copy(files, found)
+				mu.Unlock()
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
 			return nil, err
 		}
 	}
 	return files, nil
+}
+
+// walkPrefix lists the blobs of one <xx> directory: <hex>/data files.
+func walkPrefix(dir string, alg digest.Algorithm) (map[digest.Digest]int64, error) {
+	found := map[digest.Digest]int64{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() != "data" {
+			return err
+		}
+		dgst := digest.NewDigestFromEncoded(alg, filepath.Base(filepath.Dir(p)))
+		if dgst.Validate() != nil {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		found[dgst] = fi.Size()
+		return nil
+	})
+	return found, err
 }
 
 func (s *Store) verifyFile(dgst digest.Digest, size int64) error {
