@@ -74,7 +74,7 @@ func (a *api) cacheStatus(w http.ResponseWriter, r *http.Request) error {
 		}
 		top = n
 	}
-	u := a.cache.Usage(r.Context())
+	u := a.cache.Usage()
 	repos := slices.DeleteFunc(u.Repositories, func(ru cache.RepoUse) bool { return !all && !a.auth.MayPull(id, ru.Upstream, ru.Repository) })
 	mine := ReplicaCache{SizeBytes: u.SizeBytes, MaxSizeBytes: u.MaxSizeBytes, Blobs: u.Blobs, FillsInFlight: u.FillsInFlight}
 	if a.fleet != nil {

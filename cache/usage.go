@@ -2,7 +2,6 @@ package cache
 
 import (
 	"cmp"
-	"context"
 	"slices"
 	"sync"
 	"time"
@@ -92,7 +91,7 @@ func (c *Cache) Served(up, repo string, bytes int64, pull bool) {
 // Usage reports the store's size, the fills running, the last hour's
 // hits and misses and every repository's use; the caller picks the top
 // of the list it may see (TopRepositories).
-func (c *Cache) Usage(_ context.Context) Usage {
+func (c *Cache) Usage() Usage {
 	bytes, blobs := c.store.Size()
 	c.mu.Lock()
 	fills := len(c.fills)

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/wharf-registry/wharf/audit"
@@ -19,25 +18,11 @@ import (
 	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
-// lines is a buffer many goroutines write whole lines to.
-type lines struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// objects decodes every JSON line written so far.
-func (l *lines) objects(t *testing.T) []map[string]any {
+// jsonLines decodes every JSON line written to b so far.
+func jsonLines(t *testing.T, b *logBuffer) []map[string]any {
 	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(l.buf.Bytes()))
+	sc := bufio.NewScanner(strings.NewReader(b.String()))
 	for sc.Scan() {
 		var m map[string]any
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
@@ -56,7 +41,7 @@ func TestRequestLogsAndAuditSayHowTheCacheAnswered(t *testing.T) {
 	up := upstreamtest.New(t)
 	img := up.PushImage(t, "library/app", "1.0", 91, 1, 64<<10, amd64)
 	layer := img.Layers[0]
-	var logs, trail lines
+	var logs, trail logBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	e := newEnvOpts(t, t.TempDir(), envOpts{cfg: cache.Config{Logger: log}, audit: audit.New(&trail)},
 		spec{name: "docker.io", reg: up, def: true, ttl: 0})
@@ -110,7 +95,7 @@ func TestRequestLogsAndAuditSayHowTheCacheAnswered(t *testing.T) {
 	}
 
 	var got []string
-	for _, l := range logs.objects(t) {
+	for _, l := range jsonLines(t, &logs) {
 		if l["msg"] == "request" && l["route"] != "base" {
 			got = append(got, l["route"].(string)+" "+str(l["cache"])+" "+str(l["upstream"])+" "+strconv.Itoa(int(l["status"].(float64))))
 		}
@@ -125,7 +110,7 @@ func TestRequestLogsAndAuditSayHowTheCacheAnswered(t *testing.T) {
 	}
 
 	got = got[:0]
-	for _, a := range trail.objects(t) {
+	for _, a := range jsonLines(t, &trail) {
 		got = append(got, str(a["action"])+" "+str(a["kind"])+" "+str(a["repository"])+" "+str(a["reference"])+" "+str(a["digest"])+" "+
 			str(a["result"])+" "+str(a["upstream"])+" "+strconv.Itoa(int(a["status"].(float64)))+" "+str(a["address"]))
 	}

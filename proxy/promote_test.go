@@ -170,7 +170,7 @@ func totals(job report) sums {
 // repositories is mounted). The same job again moves nothing.
 func TestPrefetchPushesExactTags(t *testing.T) {
 	t.Parallel()
-	var trail lines
+	var trail logBuffer
 	p := newPromotion(t, t.TempDir(), cache.Config{}, replicate.Config{Audit: audit.New(&trail)}, "", 0)
 	p.seed(t)
 	id := p.submit(t, "application/json", "", promoteAll)
@@ -179,7 +179,7 @@ func TestPrefetchPushesExactTags(t *testing.T) {
 		t.Fatalf("job %s, want done: %+v", job.State, job.Images)
 	}
 	var pushes []string
-	for _, a := range trail.objects(t) {
+	for _, a := range jsonLines(t, &trail) {
 		if a["action"] == "push" {
 			pushes = append(pushes, fmt.Sprint(a["target"], " ", a["repository"], ":", a["reference"], "@", a["digest"], " ", a["result"], " ", a["job"] == id))
 		}

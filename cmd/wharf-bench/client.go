@@ -4,12 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"os"
+	"slices"
 	"sync/atomic"
 
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -221,6 +221,13 @@ func load(url string, workers int, d time.Duration) (rps, p99 float64, err error
 	if err := get(url, -1); err != nil {
 		return 0, 0, err
 	}
+	return loadMany(func() string { return url }, workers, d)
+}
+
+// loadMany GETs the URLs next gives, one per request, from workers
+// clients for d, and returns requests per second and the 99th percentile
+// latency in milliseconds.
+func loadMany(next func() string, workers int, d time.Duration) (rps, p99 float64, err error) {
 	deadline := time.Now().Add(d)
 	lat := make([][]time.Duration, workers)
 	errs := make([]error, workers)
@@ -230,7 +237,7 @@ func load(url string, workers int, d time.Duration) (rps, p99 float64, err error
 		wg.Go(func() {
 			for time.Now().Before(deadline) {
 				t := time.Now()
-				if err := get(url, -1); err != nil {
+				if err := get(next(), -1); err != nil {
 					errs[w] = err
 					return
 				}
@@ -240,15 +247,15 @@ func load(url string, workers int, d time.Duration) (rps, p99 float64, err error
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	all := slices.Concat(lat...)
 	for _, e := range errs {
 		if e != nil {
 			return 0, 0, e
 		}
 	}
-	slices.Sort(all)
+	all := slices.Concat(lat...)
 	if len(all) == 0 {
-		return 0, 0, fmt.Errorf("no requests completed against %s", strings.SplitN(url, "/v2/", 2)[0])
+		return 0, 0, fmt.Errorf("no requests completed")
 	}
+	slices.Sort(all)
 	return float64(len(all)) / elapsed.Seconds(), float64(all[len(all)*99/100]) / 1e6, nil
 }

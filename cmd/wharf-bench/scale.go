@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -496,39 +495,6 @@ func waitOK(url string, within time.Duration) error {
 		}
 		time.Sleep(5 * time.Millisecond) // polling another process
 	}
-}
-
-// loadMany is load over the URLs next gives, one per request.
-func loadMany(next func() string, workers int, d time.Duration) (rps, p99 float64, err error) {
-	deadline := time.Now().Add(d)
-	lat := make([][]time.Duration, workers)
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for w := range workers {
-		wg.Go(func() {
-			for time.Now().Before(deadline) {
-				t := time.Now()
-				if err := get(next(), -1); err != nil {
-					errs[w] = err
-					return
-				}
-				lat[w] = append(lat[w], time.Since(t))
-			}
-		})
-	}
-	wg.Wait()
-	for _, e := range errs {
-		if e != nil {
-			return 0, 0, e
-		}
-	}
-	all := slices.Concat(lat...)
-	if len(all) == 0 {
-		return 0, 0, fmt.Errorf("no requests completed")
-	}
-	slices.Sort(all)
-	return float64(len(all)) / time.Since(start).Seconds(), float64(all[len(all)*99/100]) / 1e6, nil
 }
 
 // metricValue reads one unlabelled metric from a Wharf's /metrics.
