@@ -259,35 +259,32 @@ func (s *Store) removeBlobs(dgsts []digest.Digest) error {
 	}
 	// Read and delete the records in one transaction, so that of two
 	// removals of one blob only the one that deleted it changes the totals.
-	var size, count int64
-	err := retryConflict(func() error {
-		size, count = 0, 0
-		return s.db.updateFreeing(func(txn *badger.Txn) error {
-			for _, dgst := range dgsts {
-				item, err := txn.Get(blobKey(dgst))
-				if errors.Is(err, badger.ErrKeyNotFound) {
-					continue
+	return s.tally(func() (size, count int64, err error) {
+		err = retryConflict(func() error {
+			size, count = 0, 0
+			return s.db.updateFreeing(func(txn *badger.Txn) error {
+				for _, dgst := range dgsts {
+					item, err := txn.Get(blobKey(dgst))
+					if errors.Is(err, badger.ErrKeyNotFound) {
+						continue
+					}
+					if err != nil {
+						return err
+					}
+					var n int64
+					if err := item.Value(func(v []byte) error { n, err = recordSize(v); return err }); err != nil {
+						return err
+					}
+					if err := txn.Delete(blobKey(dgst)); err != nil {
+						return err
+					}
+					size, count = size+n, count+1
 				}
-				if err != nil {
-					return err
-				}
-				var n int64
-				if err := item.Value(func(v []byte) error { n, err = recordSize(v); return err }); err != nil {
-					return err
-				}
-				if err := txn.Delete(blobKey(dgst)); err != nil {
-					return err
-				}
-				size, count = size+n, count+1
-			}
-			return nil
+				return nil
+			})
 		})
+		return -size, -count, err
 	})
-	if err == nil {
-		s.size.Add(-size)
-		s.blobs.Add(-count)
-	}
-	return err
 }
 
 // Adopt indexes a blob file that is on disk but missing from the index (a

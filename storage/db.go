@@ -259,6 +259,13 @@ func (d *db) Update(fn func(*badger.Txn) error) error {
 	return d.bdb.Update(fn)
 }
 
+// sync makes the index's writes so far outlive a crash.
+func (d *db) sync() error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.bdb.Sync()
+}
+
 // updateFreeing runs a transaction that deletes what the caller has just
 // freed on disk (a blob's file): its few bytes of log must not wait for
 // room, or nothing could be evicted from a full disk. Only a read-only

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -45,25 +47,26 @@ func (s *Store) Blob(dgst digest.Digest) (BlobInfo, error) {
 // sources (the new ones are added) and, if mediaType is "", its type.
 func (s *Store) recordBlob(dgst digest.Digest, size int64, mediaType string, sources []string) error {
 	key := blobKey(dgst)
-	fresh := false
 	s.small.remove(dgst)
-	err := retryConflict(func() error { // the retry of a conflict sees the other's record
-		return s.db.Update(func(txn *badger.Txn) error {
-			bi := BlobInfo{Size: size, MediaType: mediaType, Accessed: time.Now(), Sources: sources}
-			old, err := readBlob(txn, dgst)
-			fresh = errors.Is(err, badger.ErrKeyNotFound)
-			if err == nil {
-				bi.MediaType = cmp.Or(mediaType, old.MediaType)
-				bi.Sources = union(old.Sources, sources)
-			}
-			return setJSON(txn, key, bi)
+	return s.tally(func() (int64, int64, error) {
+		fresh := false
+		err := retryConflict(func() error { // the retry of a conflict sees the other's record
+			return s.db.Update(func(txn *badger.Txn) error {
+				bi := BlobInfo{Size: size, MediaType: mediaType, Accessed: time.Now(), Sources: sources}
+				old, err := readBlob(txn, dgst)
+				fresh = errors.Is(err, badger.ErrKeyNotFound)
+				if err == nil {
+					bi.MediaType = cmp.Or(mediaType, old.MediaType)
+					bi.Sources = union(old.Sources, sources)
+				}
+				return setJSON(txn, key, bi)
+			})
 		})
+		if !fresh {
+			return 0, 0, err
+		}
+		return size, 1, err
 	})
-	if err == nil && fresh {
-		s.size.Add(size)
-		s.blobs.Add(1)
-	}
-	return err
 }
 
 // updateBlob rewrites dgst's record with fn; ErrNotFound if it has none.
@@ -134,7 +137,14 @@ func retryConflict(update func() error) error {
 	return err
 }
 
+// blobCounts is how many times a store counted its blob records, for the
+// tests of totals.go.
+var blobCounts atomic.Int64
+
+// countBlobs sets the totals from every blob record: a start after a
+// crash, or the first of an older store.
 func (s *Store) countBlobs() error {
+	blobCounts.Add(1)
 	// Only the sizes, read without decoding each record whole: at a
 	// million blobs, decoding them all was most of the start-up.
 	err := s.db.View(func(txn *badger.Txn) error {
@@ -155,6 +165,9 @@ func (s *Store) countBlobs() error {
 	if err != nil {
 		return fmt.Errorf("read index: %w", err)
 	}
+	// The count read every blob record once: give back the memory it
+	// passed through now, not minutes later, so a large store idles small.
+	debug.FreeOSMemory()
 	return nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -31,8 +30,9 @@ type Store struct {
 	lock     *os.File // flock of <root>/wharf.lock: one store per root
 	stop     chan struct{}
 	done     chan struct{}
-	size     atomic.Int64
+	size     atomic.Int64 // bytes of the blobs recorded (see totals.go)
 	blobs    atomic.Int64
+	tallies  tallies
 
 	// In-memory read caches, written through: a warm manifest request
 	// touches neither Badger nor the disk.
@@ -119,14 +119,11 @@ func Open(root string, opts Options) (*Store, error) {
 		s.lock.Close()
 		return nil, err
 	}
-	if err := s.countBlobs(); err != nil {
+	if err := s.loadTotals(); err != nil {
 		s.db.close()
 		s.lock.Close()
 		return nil, err
 	}
-	// The count read every blob record once: give back the memory it
-	// passed through now, not minutes later, so a large store idles small.
-	debug.FreeOSMemory()
 	// The ballast now, before any fill: 64 MiB written and synced while
 	// the first pulls run would slow them.
 	s.sp.keepBallast()
@@ -205,9 +202,13 @@ func (s *Store) Close() error {
 	if errors.Is(ferr, ErrNoSpace) {
 		ferr = nil // access times are a hint; losing them loses nothing
 	}
+	terr := s.sealTotals()
+	if errors.Is(terr, ErrNoSpace) {
+		terr = nil // the next start counts
+	}
 	err := s.db.close()
 	s.lock.Close()
-	return errors.Join(err, ferr)
+	return errors.Join(err, ferr, terr)
 }
 
 // Full reports whether the store takes nothing new now: its filesystem is

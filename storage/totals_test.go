@@ -1,0 +1,71 @@
+package storage
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// A store stopped cleanly starts without reading its blob records; one
+// that crashed counts them, and never trusts totals from before the crash.
+func TestTotalsOutliveACleanStopOnly(t *testing.T) {
+	root := t.TempDir()
+	commit := func(s *Store, data string) {
+		t.Helper()
+		w, err := s.Create(digest.FromString(data), "application/octet-stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte(data))
+		if err := w.Commit(int64(len(data))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Open(root, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		commit(s, fmt.Sprintf("blob %d", i)) // 6 bytes each
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.recordBlob(digest.FromString("late"), 4, "", nil); err != errClosed {
+		t.Fatalf("a record after Close: %v, want %v", err, errClosed)
+	}
+
+	counted := blobCounts.Load()
+	s, err = Open(root, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, n := s.Size(); b != 18 || n != 3 {
+		t.Fatalf("after a clean stop: %d bytes, %d blobs; want 18, 3", b, n)
+	}
+	if got := blobCounts.Load() - counted; got != 0 {
+		t.Fatalf("a start after a clean stop counted the blob records %d times", got)
+	}
+	commit(s, "blob 3")
+	if err := s.removeBlob(digest.FromString("blob 0")); err != nil {
+		t.Fatal(err)
+	}
+	commit(s, "a blob of 16 B.")
+	// A crash: the index is closed (what a crash loses of it, its
+	// write-ahead log gives back), the totals are not recorded.
+	close(s.stop)
+	<-s.done
+	if err := s.db.close(); err != nil {
+		t.Fatal(err)
+	}
+	s.lock.Close()
+
+	s = open(t, root)
+	if b, n := s.Size(); b != 33 || n != 4 {
+		t.Fatalf("after a crash: %d bytes, %d blobs; want 33, 4", b, n)
+	}
+	if got := blobCounts.Load() - counted; got != 1 {
+		t.Fatalf("a start after a crash counted the blob records %d times, want 1", got)
+	}
+}
