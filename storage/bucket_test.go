@@ -136,15 +136,22 @@ func TestRemoteGC(t *testing.T) {
 	}
 	now := time.Now()
 	ds := uploadBlobs(t, r, 5)
-	// Uses: 0 oldest ... 4 newest, then 0 used again last of all; 1 pinned.
-	for i, d := range ds {
-		if err := r.Touch(t.Context(), d, now.Add(time.Duration(i)*time.Hour)); err != nil {
+	// A use recorded at a time to come: the marker says it, and the
+	// bucket saw it written then (gc orders by the listing's times).
+	touch := func(d digest.Digest, at time.Time) {
+		t.Helper()
+		if err := r.Touch(t.Context(), d, at); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(s3.ObjectFile(accessKey(d)), at, at); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := r.Touch(t.Context(), ds[0], now.Add(10*time.Hour)); err != nil {
-		t.Fatal(err)
+	// Uses: 0 oldest ... 4 newest, then 0 used again last of all; 1 pinned.
+	for i, d := range ds {
+		touch(d, now.Add(time.Duration(i)*time.Hour))
 	}
+	touch(ds[0], now.Add(10*time.Hour))
 	if err := r.PutPins(t.Context(), "wharf-0", []digest.Digest{ds[1]}); err != nil {
 		t.Fatal(err)
 	}
@@ -336,5 +343,45 @@ func TestMarkUsedWritesOnceForMany(t *testing.T) {
 	}
 	if _, ok, err := r.marker(t.Context(), d); !ok || err != nil {
 		t.Fatalf("the marker: %v, %v", ok, err)
+	}
+}
+
+// gc lists the bucket; it reads the marker of a blob it is about to
+// delete and no other: at a million blobs a read of every marker was a
+// million requests before the first deletion.
+func TestGCReadsOnlyTheMarkersOfWhatItDeletes(t *testing.T) {
+	var reads atomic.Int32
+	s3 := s3test.Start(t)
+	r, err := OpenBucket(t.Context(), "s3", behind(t, s3, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, accessPrefix+"/") {
+			reads.Add(1)
+		}
+		return false
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := uploadBlobs(t, r, 20)
+	now := time.Now()
+	for i, d := range ds {
+		if err := r.Touch(t.Context(), d, now); err != nil {
+			t.Fatal(err)
+		}
+		at := now.Add(time.Duration(i) * time.Minute) // 0 used first
+		if err := os.Chtimes(s3.ObjectFile(accessKey(d)), at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	later := now.Add(time.Hour)
+	dry, err := r.GC(t.Context(), GCPolicy{Keep: 17000, Dry: true}, later)
+	if err != nil || len(dry.Deleted) != 3 || reads.Load() != 0 {
+		t.Fatalf("dry run: %d to delete, %d markers read, %v; want 3 and none read", len(dry.Deleted), reads.Load(), err)
+	}
+	res, err := r.GC(t.Context(), GCPolicy{Keep: 17000}, later)
+	if err != nil || len(res.Deleted) != 3 || reads.Load() != 3 {
+		t.Fatalf("gc: %d deleted, %d markers read, %v; want 3 of each", len(res.Deleted), reads.Load(), err)
+	}
+	if got := []digest.Digest{res.Deleted[0].Digest, res.Deleted[1].Digest, res.Deleted[2].Digest}; !slices.Equal(got, ds[:3]) {
+		t.Fatalf("gc deleted %v, want the three used first", got)
 	}
 }

@@ -93,7 +93,7 @@ func (r *Bucket) PutPins(ctx context.Context, replica string, dgsts []digest.Dig
 type RemoteBlob struct {
 	Digest digest.Digest
 	Size   int64
-	Used   time.Time // the last use any replica recorded, else the upload
+	Used   time.Time // when a replica last recorded a use, else the upload
 }
 
 // GCPolicy is what a collection may delete.
@@ -219,9 +219,11 @@ func (r *Bucket) blobs(ctx context.Context) ([]RemoteBlob, error) {
 		if !ok {
 			return nil
 		}
-		// One that cannot be read now is read again before its blob
+		// The order is by when the marker was written, which is at or
+		// after the use it records: a listing, and no read of each of a
+		// million markers. The marker itself is read before its blob
 		// would be deleted.
-		if t, ok, _ := r.marker(ctx, out[i].Digest); ok && t.After(out[i].Used) {
+		if t := fi.ModTime(); t.After(out[i].Used) {
 			out[i].Used = t
 		}
 		return nil
