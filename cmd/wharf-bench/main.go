@@ -24,14 +24,14 @@ func main() {
 	workers := flag.Int("workers", 16, "concurrent clients in request-rate runs")
 	rate := flag.Int64("upstream-mibps", 0, "cap the upstream's total send rate in MiB/s, as a remote registry's link would (0: loopback speed)")
 	rtt := flag.Duration("upstream-rtt", 0, "also measure the cold scenarios with the upstream answering each request this late, behind Docker Hub's token flow and blob redirects (e.g. 20ms)")
-	pprof := flag.String("pprof", "", "write a CPU profile of the Wharf under test over each cold 4 × 64 MiB pull into this directory (cold-loopback.pprof, and cold-0s.pprof and cold-20ms.pprof through the token flow), and over the 50 small images (cold-small-0s.pprof, cold-small-20ms.pprof)")
+	pprof := flag.String("pprof", "", "write a CPU profile of the Wharf under test over each cold 4 × 64 MiB pull into this directory (cold-loopback.pprof, and cold-0s.pprof and cold-20ms.pprof through the token flow), and over the 50 small images (cold-small-0s.pprof, cold-small-20ms.pprof); with -scale, over each measured request-rate run and the eviction (scale-N-KIND.pprof)")
 	wanOnly := flag.Bool("wan-only", false, "measure only the cold scenarios at -upstream-rtt")
 	showRequests := flag.Bool("show-requests", false, "print the upstream requests each target made for the cold 4 × 64 MiB pull at -upstream-rtt")
 	scale := flag.String("scale", "", "instead, measure how costs grow with the store: N blobs per run, comma-separated (e.g. 10000,100000,1000000); exits 1 if the largest misses a target")
 	churn := flag.Float64("churn", 10, "with -scale: tag updates per blob in the churn pass")
 	flag.Parse()
 	if *scale != "" {
-		os.Exit(scaleMain(*wharf, *scale, *churn, *duration, *workers, *jsonOut))
+		os.Exit(scaleMain(*wharf, *scale, *churn, *duration, *workers, *jsonOut, *pprof))
 	}
 	if *wanOnly && *rtt <= 0 {
 		fmt.Fprintln(os.Stderr, "wharf-bench: -wan-only needs -upstream-rtt")
@@ -95,7 +95,7 @@ func ratio(a, b float64) string {
 }
 
 // scaleMain runs -scale and returns the exit status.
-func scaleMain(wharf, list string, churn float64, duration time.Duration, workers int, jsonOut string) int {
+func scaleMain(wharf, list string, churn float64, duration time.Duration, workers int, jsonOut, pprof string) int {
 	var ns []int
 	for f := range strings.SplitSeq(list, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -105,7 +105,7 @@ func scaleMain(wharf, list string, churn float64, duration time.Duration, worker
 		}
 		ns = append(ns, n)
 	}
-	s := &scaleBench{bench: &bench{wharfBin: wharf, duration: duration, workers: workers}, churn: churn}
+	s := &scaleBench{bench: &bench{wharfBin: wharf, duration: duration, workers: workers, profileDir: pprof}, churn: churn}
 	defer s.cleanup()
 	rows, missed, err := s.runScale(ns)
 	if err != nil {

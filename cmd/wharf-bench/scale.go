@@ -3,7 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -14,15 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
-
-	"github.com/opencontainers/go-digest"
-	"github.com/opencontainers/image-spec/specs-go"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-
-	"github.com/wharf-registry/wharf/storage"
 )
 
 // How Wharf's costs grow with its store: `wharf-bench -scale 10000,...`
@@ -148,8 +141,15 @@ func (s *scaleBench) one(n int) ([]measure, error) {
 	if err != nil {
 		return nil, err
 	}
+	debug := ""
+	if s.profileDir != "" {
+		if debug, err = freeAddr(); err != nil {
+			return nil, err
+		}
+	}
 	cfg := func(extra string) string {
 		return fmt.Sprintf(`listen: "127.0.0.1:0"
+debug_listen: %q
 storage:
   root: %s
 %supstreams:
@@ -158,7 +158,7 @@ storage:
     default: true
     insecure: true
     tag_ttl: 10000h
-`, root, extra)
+`, debug, root, extra)
 	}
 	cfgPath := filepath.Join(dir, "check.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg("")), 0o644); err != nil {
@@ -192,10 +192,17 @@ storage:
 	lsm, vlog := indexSize(filepath.Join(root, "index"))
 	records := float64(n + len(syn.tags) + n/10) // blobs, tags, repositories (and their memberships, counted in the bytes)
 	add("index on disk per record", "B", float64(lsm+vlog)/records)
+	if gc, ok, err := s.measureGC(dir, root); err != nil {
+		return nil, err
+	} else if ok {
+		add("wharf gc --dry-run over the bucket", "s", gc.secs)
+		add("wharf gc: bucket objects listed", "objects/s", float64(gc.objects)/gc.secs)
+		add("wharf gc: peak RSS", "MiB", gc.rssMiB)
+	}
 
 	// Start-up, RSS and request rates on the whole store.
 	start := time.Now()
-	t, err := s.startWharfConfig(dir, cfg(""), "")
+	t, err := s.startWharfConfig(dir, cfg(""), debug)
 	if err != nil {
 		return nil, err
 	}
@@ -240,8 +247,11 @@ storage:
 			t.stop()
 			return nil, err
 		}
-		rps, p99, err := loadMany(func() string { return next(kind) }, s.workers, s.duration)
-		if err != nil {
+		var rps, p99 float64
+		perr := s.profiled(t, fmt.Sprintf("scale-%d-%s", n, strings.ReplaceAll(kind, " ", "-")), func() {
+			rps, p99, err = loadMany(func() string { return next(kind) }, s.workers, s.duration)
+		})
+		if err = errors.Join(err, perr); err != nil {
 			t.stop()
 			return nil, err
 		}
@@ -272,7 +282,7 @@ storage:
 	size := syn.bytes
 	maxSize := int64(float64(size) / 0.95 * 0.999)
 	evictCfg := fmt.Sprintf("  max_size: %dB\n  high_watermark: 0.95\n  low_watermark: 0.85\n", maxSize)
-	if t, err = s.startWharfConfig(dir, cfg(evictCfg), ""); err != nil {
+	if t, err = s.startWharfConfig(dir, cfg(evictCfg), debug); err != nil {
 		return nil, err
 	}
 	before := float64(syn.count) // not read from the Wharf: it may have begun evicting already
@@ -281,7 +291,11 @@ storage:
 	var lerr error
 	go func() {
 		defer close(done)
-		rps, p99, lerr = loadMany(hotURL, s.workers, s.duration)
+		var err error
+		perr := s.profiled(t, fmt.Sprintf("scale-%d-eviction", n), func() {
+			rps, p99, err = loadMany(hotURL, s.workers, s.duration)
+		})
+		lerr = errors.Join(err, perr)
 	}()
 	// Eviction starts at the cache's first sweep after start: timed from
 	// the first blob gone to the tenth of the store gone.
@@ -307,175 +321,17 @@ storage:
 
 	// Churn: months of tag updates and blob insert/evict cycles, then the
 	// index's own collection; the index must come back near its live size.
-	live, after, err := churn(root, syn, int(float64(n)*s.churn), n/10)
+	updates := int(float64(n) * s.churn)
+	start = time.Now()
+	live, after, err := churn(root, syn, updates, n/10, n)
 	if err != nil {
 		return nil, err
 	}
 	add("index before churn", "MiB", float64(live)/(1<<20))
 	add("index after churn", "MiB", float64(after)/(1<<20))
 	add("index after churn / live", "×", float64(after)/float64(live))
+	add("churn: tag updates, jobs, blob cycles", "s", time.Since(start).Seconds())
 	return out, nil
-}
-
-// buildStore writes n blobs as files in distribution's layout and the
-// index records a Wharf that pulled them would have: tags, memberships,
-// job records. The blob records themselves are left to wharf check
-// --repair, as after a lost index.
-func buildStore(root string, n int) (*synthetic, error) {
-	st, err := storage.Open(root, storage.Options{})
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	images := max(n/3, 1)
-	repos := max(n/10, 1)
-	syn := &synthetic{}
-	rng := rand.New(rand.NewPCG(uint64(n), 2))
-	write := func(data []byte) (digest.Digest, error) {
-		d := digest.FromBytes(data)
-		p := filepath.Join(root, "docker/registry/v2/blobs/sha256", d.Encoded()[:2], d.Encoded(), "data")
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return "", err
-		}
-		syn.bytes += int64(len(data))
-		syn.count++
-		return d, os.WriteFile(p, data, 0o644)
-	}
-	members := map[int][]digest.Digest{}
-	for i := range images {
-		repo := i % repos
-		cfg := make([]byte, 200+rng.IntN(600))
-		layer := make([]byte, 256+rng.IntN(1024))
-		for _, b := range [][]byte{cfg, layer} {
-			for j := range b {
-				b[j] = byte(rng.Uint32())
-			}
-		}
-		c, err := write(cfg)
-		if err != nil {
-			return nil, err
-		}
-		l, err := write(layer)
-		if err != nil {
-			return nil, err
-		}
-		m, _ := json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
-			Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: c, Size: int64(len(cfg))},
-			Layers: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: l, Size: int64(len(layer))}}})
-		md, err := write(m)
-		if err != nil {
-			return nil, err
-		}
-		members[repo] = append(members[repo], md, c, l)
-		name := fmt.Sprintf("scale/r%06d", repo)
-		syn.blobs = append(syn.blobs, [2]string{name, c.String()}, [2]string{name, l.String()})
-	}
-	for repo, ds := range members {
-		if err := st.AddMembers("docker.io", fmt.Sprintf("scale/r%06d", repo), ds...); err != nil {
-			return nil, err
-		}
-	}
-	// n tags: half on a tenth of the repositories (the busy ones), half
-	// spread over the rest, each naming one of its repository's images.
-	now := time.Now()
-	busy := max(repos/10, 1)
-	for i := range n {
-		repo := i % busy
-		if i%2 == 1 && repos > busy {
-			repo = busy + i%(repos-busy)
-		}
-		own := members[repo] // manifest, config, layer of each of its images
-		if len(own) == 0 {
-			continue
-		}
-		md := own[3*rng.IntN(len(own)/3)]
-		name, tag := fmt.Sprintf("scale/r%06d", repo), fmt.Sprintf("v%d", i)
-		ti := storage.TagInfo{Digest: md, MediaType: ocispec.MediaTypeImageManifest, Checked: now}
-		if err := st.PutTag("docker.io", name, tag, ti); err != nil {
-			return nil, err
-		}
-		syn.tags = append(syn.tags, [3]string{name, tag, md.String()})
-	}
-	// Job records: two hundred finished jobs of 20 images each.
-	for j := range 200 {
-		job, _ := json.Marshal(map[string]any{"id": fmt.Sprintf("scale-%04d", j), "state": "done", "created": now, "images": 20})
-		imgs := map[int][]byte{}
-		for i := range 20 {
-			imgs[i], _ = json.Marshal(map[string]any{"index": i, "source": "docker.io/" + syn.tags[(j*20+i)%len(syn.tags)][0], "state": "done"})
-		}
-		if err := st.PutJob(fmt.Sprintf("scale-%04d", j), job, imgs); err != nil {
-			return nil, err
-		}
-	}
-	return syn, nil
-}
-
-// churn opens the store and updates tags (each a new digest) and inserts
-// and evicts blobs' records, as months of a busy mirror would, then lets
-// the index collect itself and reports its size before and after.
-func churn(root string, syn *synthetic, updates, cycles int) (live, after int64, err error) {
-	st, err := storage.Open(root, storage.Options{})
-	if err != nil {
-		return 0, 0, err
-	}
-	defer st.Close()
-	lsm, vlog := indexSize(filepath.Join(root, "index"))
-	live = lsm + vlog
-	now := time.Now()
-	for i := range updates {
-		tg := syn.tags[i%len(syn.tags)]
-		ti := storage.TagInfo{Digest: digest.FromString(strconv.Itoa(i)), MediaType: ocispec.MediaTypeImageManifest, Checked: now}
-		if err := st.PutTag("docker.io", tg[0], tg[1], ti); err != nil {
-			return 0, 0, err
-		}
-	}
-	// Jobs come and go (the index keeps the last 200): each cycle writes
-	// a job of 20 images and deletes one.
-	for i := range cycles {
-		id := fmt.Sprintf("churn-%07d", i)
-		imgs := map[int][]byte{}
-		for k := range 20 {
-			imgs[k] = []byte(fmt.Sprintf(`{"index":%d,"source":"docker.io/%s","state":"done"}`, k, syn.tags[(i+k)%len(syn.tags)][0]))
-		}
-		if err := st.PutJob(id, []byte(`{"id":"`+id+`","state":"done"}`), imgs); err != nil {
-			return 0, 0, err
-		}
-		if err := st.DeleteJob(id); err != nil {
-			return 0, 0, err
-		}
-	}
-	// Put back what the tags were: the live set is what it was.
-	for _, tg := range syn.tags {
-		ti := storage.TagInfo{Digest: digest.Digest(tg[2]), MediaType: ocispec.MediaTypeImageManifest, Checked: now}
-		if err := st.PutTag("docker.io", tg[0], tg[1], ti); err != nil {
-			return 0, 0, err
-		}
-	}
-	st.CollectIndex()
-	lsm, vlog = indexSize(filepath.Join(root, "index"))
-	return live, lsm + vlog, nil
-}
-
-// indexSize is the bytes of the index's tables and value log.
-func indexSize(dir string) (lsm, vlog int64) {
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil {
-			continue
-		}
-		used := fi.Size()
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			used = st.Blocks * 512 // a value-log file is created sparse, at twice its size
-		}
-		switch filepath.Ext(e.Name()) {
-		case ".sst":
-			lsm += used
-		case ".vlog":
-			vlog += used
-		}
-	}
-	return lsm, vlog
 }
 
 // waitOK polls url until it answers 200.
