@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"os"
 	"slices"
 	"sync/atomic"
@@ -251,6 +252,49 @@ func loadMany(next func() string, workers int, d time.Duration) (rps, p99 float6
 		if e != nil {
 			return 0, 0, e
 		}
+	}
+	all := slices.Concat(lat...)
+	if len(all) == 0 {
+		return 0, 0, fmt.Errorf("no requests completed")
+	}
+	slices.Sort(all)
+	return float64(len(all)) / elapsed.Seconds(), float64(all[len(all)*99/100]) / 1e6, nil
+}
+
+// loadPaced GETs the URLs next gives at rate requests per second in all,
+// from workers clients, until d passes or stop closes, and returns the
+// rate reached and the 99th percentile latency in milliseconds. Latency
+// counts from when each request was due, so a request held up behind a
+// slow one is charged for its wait.
+func loadPaced(next func() string, workers int, rate float64, d time.Duration, stop <-chan struct{}) (rps, p99 float64, err error) {
+	interval := time.Duration(float64(workers) / rate * float64(time.Second))
+	start := time.Now()
+	deadline := start.Add(d)
+	lat := make([][]time.Duration, workers)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			due := start.Add(time.Duration(w) * interval / time.Duration(workers))
+			for due.Before(deadline) {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Until(due)):
+				}
+				if err := get(next(), -1); err != nil {
+					errs[w] = err
+					return
+				}
+				lat[w] = append(lat[w], time.Since(due))
+				due = due.Add(interval)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err := errors.Join(errs...); err != nil {
+		return 0, 0, err
 	}
 	all := slices.Concat(lat...)
 	if len(all) == 0 {

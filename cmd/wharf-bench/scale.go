@@ -16,6 +16,8 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // How Wharf's costs grow with its store: `wharf-bench -scale 10000,...`
@@ -54,10 +56,18 @@ var scaleTargets = []scaleTarget{
 	{measure: "manifest by tag, Zipf", ratio: 0.85, lower: true},
 	{measure: "blob by digest, Zipf", ratio: 0.85, lower: true},
 	{measure: "eviction", min: 5000},
-	{measure: "pulls' p99 during eviction", ratio: 2},
+	{measure: "pulls' p99 during eviction / without", max: 2},
 	{measure: "wharf check, no verification", min: 20000},
 	{measure: "index after churn / live", max: 2},
 }
+
+// pacedRate is the pulls per second of the hot set around eviction: a
+// busy mirror's load, well under what the machine can serve, so that the
+// p99 shows what eviction costs the pulls rather than a queue.
+const pacedRate = 2000
+
+// evictionProfile is how long a CPU profile of eviction runs (-pprof).
+const evictionProfile = 10 * time.Second
 
 type scaleBench struct {
 	*bench
@@ -122,10 +132,11 @@ type measure struct {
 
 // synthetic is the store's content, as the clients will ask for it.
 type synthetic struct {
-	tags  [][3]string // repository, tag, manifest digest
-	blobs [][2]string // repository, blob digest
-	bytes int64       // of every blob
-	count int         // blobs
+	tags      [][3]string // repository, tag, manifest digest
+	blobs     [][2]string // repository, blob digest
+	manifests []digest.Digest
+	bytes     int64 // of every blob
+	count     int   // blobs
 }
 
 // one builds a store of n blobs and measures it.
@@ -180,6 +191,9 @@ storage:
 		return nil, err
 	}
 	add("wharf check --repair (indexing)", "blobs/s", float64(n)/d)
+	if err := typeManifests(root, syn.manifests); err != nil {
+		return nil, err
+	}
 	if d, err = check("--sample", "0"); err != nil {
 		return nil, err
 	}
@@ -276,47 +290,66 @@ storage:
 			return nil, err
 		}
 	}
+	// The hot set pulled at a steady rate, as a busy mirror serves it:
+	// the pulls' p99 without eviction, to hold the p99 during eviction to.
+	_, base, err := loadPaced(hotURL, s.workers, pacedRate, s.duration, nil)
 	t.stop() // access times are written at the stop
+	if err != nil {
+		return nil, err
+	}
 
-	// Eviction of a tenth of the store, with pulls running meanwhile.
+	// Eviction of a tenth of the store, with the same pulls meanwhile.
 	size := syn.bytes
 	maxSize := int64(float64(size) / 0.95 * 0.999)
 	evictCfg := fmt.Sprintf("  max_size: %dB\n  high_watermark: 0.95\n  low_watermark: 0.85\n", maxSize)
+	start = time.Now()
 	if t, err = s.startWharfConfig(dir, cfg(evictCfg), debug); err != nil {
 		return nil, err
 	}
 	before := float64(syn.count) // not read from the Wharf: it may have begun evicting already
-	done := make(chan struct{})
-	var rps, p99 float64
-	var lerr error
-	go func() {
-		defer close(done)
+	// The pulls run from the start; those of the eviction proper, from
+	// the first blob gone, are measured (the first ones warm the new
+	// process's caches).
+	pulls := func(stop chan struct{}) (wait func() (rps, p99 float64, err error)) {
+		done := make(chan struct{})
+		var rps, p99 float64
 		var err error
-		perr := s.profiled(t, fmt.Sprintf("scale-%d-eviction", n), func() {
-			rps, p99, err = loadMany(hotURL, s.workers, s.duration)
-		})
-		lerr = errors.Join(err, perr)
-	}()
-	// Eviction starts at the cache's first sweep after start: timed from
-	// the first blob gone to the tenth of the store gone.
+		go func() {
+			defer close(done)
+			rps, p99, err = loadPaced(hotURL, s.workers, pacedRate, 10*time.Minute, stop)
+		}()
+		return func() (float64, float64, error) { close(stop); <-done; return rps, p99, err }
+	}
+	warming := pulls(make(chan struct{}))
+	// Eviction starts at the cache's first sweep after start, with a
+	// walk of every blob record: timed from start to the first blob gone,
+	// and from there to the tenth of the store gone. Polled as a
+	// Prometheus would, only more often.
 	want := before - float64(n)/10*0.95
 	deadline := time.Now().Add(10 * time.Minute)
 	for metricValue(t.url, "wharf_store_blobs") >= before && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond) // polling another process
+		time.Sleep(100 * time.Millisecond) // polling another process
 	}
 	evStart, first := time.Now(), metricValue(t.url, "wharf_store_blobs")
+	add("eviction: start to the first removal", "s", evStart.Sub(start).Seconds())
+	_, _, werr := warming()
+	measured := pulls(make(chan struct{}))
+	wait := s.profile(t, fmt.Sprintf("scale-%d-eviction", n), evictionProfile)
 	for metricValue(t.url, "wharf_store_blobs") > want && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond) // polling another process
+		time.Sleep(100 * time.Millisecond) // polling another process
 	}
 	evicted := first - metricValue(t.url, "wharf_store_blobs")
 	evSecs := time.Since(evStart).Seconds()
-	<-done
+	rps, p99, lerr := measured()
+	perr := wait()
 	t.stop()
-	if lerr != nil {
-		return nil, lerr
+	if err := errors.Join(werr, lerr, perr); err != nil {
+		return nil, err
 	}
 	add("eviction", "blobs/s", evicted/evSecs)
+	add("pulls' p99 without eviction", "ms", base)
 	add("pulls' p99 during eviction", "ms", p99)
+	add("pulls' p99 during eviction / without", "×", p99/base)
 	add("pulls during eviction", "req/s", rps)
 
 	// Churn: months of tag updates and blob insert/evict cycles, then the

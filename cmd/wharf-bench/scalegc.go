@@ -70,9 +70,9 @@ upstreams:
 `, filepath.Join(dir, "gc-store"), s3.Bucket, s3.URL, s3.AccessKey, s3.SecretKey)), 0o644); err != nil {
 		return c, false, err
 	}
-	// Every blob is older than --min-age and --keep is 1 byte: the dry
+	// --min-age 0 and --keep 1 byte: the dry
 	// run lists them all, a line each, and their count last.
-	cmd := exec.Command(s.wharfBin, "gc", "--config", cfg, "--keep", "1B", "--dry-run")
+	cmd := exec.Command(s.wharfBin, "gc", "--config", cfg, "--keep", "1B", "--min-age", "0s", "--dry-run")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()

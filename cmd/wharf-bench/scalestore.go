@@ -66,6 +66,7 @@ func buildStore(root string, n int) (*synthetic, error) {
 		if err != nil {
 			return nil, err
 		}
+		syn.manifests = append(syn.manifests, md)
 		members[repo] = append(members[repo], md, c, l)
 		name := fmt.Sprintf("scale/r%06d", repo)
 		syn.blobs = append(syn.blobs, [2]string{name, c.String()}, [2]string{name, l.String()})
@@ -108,6 +109,22 @@ func buildStore(root string, n int) (*synthetic, error) {
 		}
 	}
 	return syn, nil
+}
+
+// typeManifests records each manifest's media type, as the Wharf that
+// fetched it would have: wharf check --repair indexes files without one.
+func typeManifests(root string, manifests []digest.Digest) error {
+	st, err := storage.Open(root, storage.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for _, d := range manifests {
+		if err := st.SetMediaType(d, ocispec.MediaTypeImageManifest); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // churn opens the store and updates tags (each a new digest), writes and

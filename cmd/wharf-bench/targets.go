@@ -71,13 +71,21 @@ const profileWindow = 4 * time.Second
 // (f alone without a profile directory or a Wharf). The profile starts a
 // moment before f, and is read once its window closes.
 func (b *bench) profiled(t *target, name string, f func()) error {
+	wait := b.profile(t, name, profileWindow)
+	f()
+	return wait()
+}
+
+// profile starts a CPU profile of t over window, to be written to
+// profileDir/name.pprof, and returns what waits for it (nothing happens
+// without a profile directory or a Wharf).
+func (b *bench) profile(t *target, name string, window time.Duration) (wait func() error) {
 	if b.profileDir == "" || t.debug == "" {
-		f()
-		return nil
+		return func() error { return nil }
 	}
 	done := make(chan error, 1)
 	go func() {
-		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", t.debug, int(profileWindow/time.Second))
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", t.debug, int(window/time.Second))
 		resp, err := http.Get(url)
 		if err != nil {
 			done <- err
@@ -96,12 +104,13 @@ func (b *bench) profiled(t *target, name string, f func()) error {
 		done <- err
 	}()
 	time.Sleep(200 * time.Millisecond) // the profile's request reaches Wharf: a measuring tool's margin, not a test's synchronisation
-	f()
-	if err := <-done; err != nil {
-		return fmt.Errorf("profile %s: %w", name, err)
+	return func() error {
+		if err := <-done; err != nil {
+			return fmt.Errorf("profile %s: %w", name, err)
+		}
+		fmt.Fprintf(os.Stderr, "wrote %s\n", filepath.Join(b.profileDir, name+".pprof"))
+		return nil
 	}
-	fmt.Fprintf(os.Stderr, "wrote %s\n", filepath.Join(b.profileDir, name+".pprof"))
-	return nil
 }
 
 // freeAddr is a loopback address nothing listens on now.
