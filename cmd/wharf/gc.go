@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -68,12 +69,13 @@ func gcCmd(args []string, stdout, stderr io.Writer) error {
 	if *dry {
 		verb = "would delete"
 	}
+	out := bufio.NewWriter(stdout) // a line per blob: a million of them at most
 	var freed int64
 	for _, b := range res.Deleted {
 		freed += b.Size
-		fmt.Fprintf(stdout, "%s %s %s (last used %s)\n", verb, b.Digest, humanize.IBytes(uint64(b.Size)), b.Used.UTC().Format(time.RFC3339))
+		fmt.Fprintf(out, "%s %s %s (last used %s)\n", verb, b.Digest, humanize.IBytes(uint64(b.Size)), b.Used.UTC().Format(time.RFC3339))
 	}
-	fmt.Fprintf(stdout, "%s %d blobs, %s; the bucket's blobs: %s before, %s after; %d pinned and %d recently used blobs spared\n",
+	fmt.Fprintf(out, "%s %d blobs, %s; the bucket's blobs: %s before, %s after; %d pinned and %d recently used blobs spared\n",
 		verb, len(res.Deleted), humanize.IBytes(uint64(freed)), humanize.IBytes(uint64(res.Before)), humanize.IBytes(uint64(res.After)), res.Pinned, res.Recent)
-	return nil
+	return out.Flush()
 }
