@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -50,6 +51,24 @@ func TestRecordSize(t *testing.T) {
 	} {
 		if got, err := recordSize([]byte(v)); err != nil || got != want {
 			t.Errorf("%s: %d, %v; want %d", v, got, err, want)
+		}
+	}
+}
+
+// Eviction's walk reads a record's size and last access without decoding
+// it, and decodes a record written some other way.
+func TestRecordUse(t *testing.T) {
+	at := time.Date(2026, 12, 7, 23, 50, 1, 123456789, time.UTC)
+	marshalled, _ := json.Marshal(BlobInfo{Size: 99, MediaType: `x","accessed":"2001-01-01T00:00:00Z`, Accessed: at, Sources: []string{"docker.io"}})
+	for v, want := range map[string]int64{
+		string(marshalled): 99,
+		`{"size":7,"accessed":"2026-12-07T23:50:01.123456789Z"}`:              7,
+		`{"accessed":"2026-12-07T23:50:01.123456789Z","size":8,"sources":[]}`: 8,
+		`{"size":9, "accessed": "2026-12-07T23:50:01.123456789Z"}`:            9,
+	} {
+		n, got, err := recordUse([]byte(v))
+		if err != nil || n != want || !got.Equal(at) {
+			t.Errorf("%s: %d %v %v; want %d %v", v, n, got, err, want, at)
 		}
 	}
 }

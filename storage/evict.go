@@ -107,9 +107,8 @@ func (s *Store) Evict(target int64, keep func(digest.Digest) bool) ([]Evicted, t
 	seen := maps.Clone(s.access.seen)
 	s.access.mu.Unlock()
 	var all []Evicted
-	err := s.eachBlob(func(dgst digest.Digest, bi BlobInfo) error {
-		all = append(all, Evicted{Digest: dgst, Size: bi.Size, Accessed: latest(bi.Accessed, seen[dgst])})
-		return nil
+	err := s.eachBlobUse(func(dgst digest.Digest, size int64, accessed time.Time) {
+		all = append(all, Evicted{Digest: dgst, Size: size, Accessed: latest(accessed, seen[dgst])})
 	})
 	if err != nil {
 		return nil, time.Time{}, err

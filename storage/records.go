@@ -189,6 +189,49 @@ func (s *Store) eachBlob(fn func(digest.Digest, BlobInfo) error) error {
 	})
 }
 
+// eachBlobUse calls fn with every blob record's size and last access, in
+// digest order, reading them without decoding each record whole (as
+// recordSize does): eviction's walk of a million records.
+func (s *Store) eachBlobUse(fn func(dgst digest.Digest, size int64, accessed time.Time)) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 1000, Prefix: []byte(prefixBlob)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var size int64
+			var accessed time.Time
+			if err := it.Item().Value(func(v []byte) (err error) {
+				size, accessed, err = recordUse(v)
+				return err
+			}); err != nil {
+				return err
+			}
+			fn(digest.Digest(it.Item().Key()[len(prefixBlob):]), size, accessed)
+		}
+		return nil
+	})
+}
+
+// recordUse is a blob record's size and last access, read from the fields
+// json.Marshal writes (a media type's quotes are escaped, so the first
+// `,"accessed":"` is the field's); a record written otherwise is decoded
+// whole.
+func recordUse(v []byte) (int64, time.Time, error) {
+	const field = `,"accessed":"`
+	if i := bytes.Index(v, []byte(field)); i > 0 {
+		rest := v[i+len(field):]
+		if end := bytes.IndexByte(rest, '"'); end > 0 {
+			if t, err := time.Parse(time.RFC3339Nano, string(rest[:end])); err == nil {
+				if n, err := recordSize(v); err == nil {
+					return n, t, nil
+				}
+			}
+		}
+	}
+	var bi BlobInfo
+	err := json.Unmarshal(v, &bi)
+	return bi.Size, bi.Accessed, err
+}
+
 // recordSize is the size of a blob record, read from its leading "size"
 // field (json.Marshal writes BlobInfo's fields in order) without decoding
 // the rest; a record written otherwise is decoded whole.
