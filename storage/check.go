@@ -10,8 +10,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
+	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
@@ -244,30 +246,38 @@ func (s *Store) verifyFile(dgst digest.Digest, size int64) error {
 // removeBlob deletes a blob's file and record, keeping the totals right.
 func (s *Store) removeBlob(dgst digest.Digest) error { return s.removeBlobs([]digest.Digest{dgst}) }
 
-// removers is how many blob files removeBlobs removes at once.
-const removers = 4
+// removalNice is the scheduling priority (nice) of the threads that
+// remove evicted files: eviction is background work, and the kernel's
+// share of an unlink and an rmdir is charged to the thread that asks.
+const removalNice = 10
 
 // removeBlobs removes blobs' files and, in one transaction, their records.
-// Files are removed removers at a time: an unlink and an rmdir wait on
-// the filesystem's journal far longer than they use the CPU.
 func (s *Store) removeBlobs(dgsts []digest.Digest) error {
-	var g errgroup.Group
-	g.SetLimit(removers)
-	for _, dgst := range dgsts {
+	paths := make([]string, len(dgsts))
+	for i, dgst := range dgsts {
 		p, err := s.blobPath(dgst)
 		if err != nil {
-			return errors.Join(err, g.Wait())
+			return err
 		}
-		g.Go(func() error {
+		paths[i] = p
+	}
+	removed := make(chan error, 1)
+	go func() {
+		// The thread stays locked, so it ends with this goroutine and no
+		// other goroutine ever runs at its priority.
+		runtime.LockOSThread()
+		syscall.Setpriority(syscall.PRIO_PROCESS, syscall.Gettid(), removalNice)
+		for i, p := range paths {
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
+				removed <- err
+				return
 			}
 			os.Remove(filepath.Dir(p)) // the <hex> directory, if now empty
-			s.small.remove(dgst)
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+			s.small.remove(dgsts[i])
+		}
+		removed <- nil
+	}()
+	if err := <-removed; err != nil {
 		return err
 	}
 	// Read and delete the records in one transaction, so that of two
