@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -106,6 +108,11 @@ func scaleMain(wharf, list string, churn float64, duration time.Duration, worker
 		ns = append(ns, n)
 	}
 	s := &scaleBench{bench: &bench{wharfBin: wharf, duration: duration, workers: workers, profileDir: pprof}, churn: churn}
+	if p, err := exec.LookPath(filepath.Join(filepath.Dir(wharf), "versitygw")); err == nil {
+		s.versitygw = p
+	} else if p, err := exec.LookPath("versitygw"); err == nil {
+		s.versitygw = p
+	}
 	defer s.cleanup()
 	rows, missed, err := s.runScale(ns)
 	if err != nil {

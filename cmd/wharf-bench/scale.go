@@ -71,7 +71,8 @@ const evictionProfile = 10 * time.Second
 
 type scaleBench struct {
 	*bench
-	churn float64 // tag updates per blob in the churn pass (10: ten million at a million blobs)
+	versitygw string  // the S3 server wharf gc is measured against; "": not measured
+	churn     float64 // tag updates per blob in the churn pass (10: ten million at a million blobs)
 }
 
 // runScale measures every N and returns the rows; missed lists the

@@ -22,14 +22,14 @@ type gcCost struct {
 	rssMiB  float64 // its peak
 }
 
-// measureGC fills a bucket (versitygw over a directory, beside the wharf
-// binary) with the store's blobs, hard-linked, and a use marker each, as
-// a fleet that served them all would leave it, and times a dry run of
-// `wharf gc` over it. ok is false without versitygw.
+// measureGC fills a bucket (versitygw over a directory) with the store's
+// blobs, hard-linked, and a use marker each, as a fleet that served them
+// all would leave it, and times a dry run of `wharf gc` over it. ok is
+// false without versitygw.
 func (s *scaleBench) measureGC(dir, root string) (c gcCost, ok bool, err error) {
-	bin := filepath.Join(filepath.Dir(s.wharfBin), "versitygw")
-	if _, err := os.Stat(bin); err != nil {
-		fmt.Fprintf(os.Stderr, "  (no %s: wharf gc over a bucket is not measured; make tools installs it)\n", bin)
+	bin := s.versitygw
+	if bin == "" {
+		fmt.Fprintln(os.Stderr, "  (no versitygw beside the wharf binary or in PATH: wharf gc over a bucket is not measured; make tools installs it)")
 		return c, false, nil
 	}
 	s3 := s3test.StartBinary(s.bench, bin)

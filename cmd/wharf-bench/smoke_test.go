@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/wharf-registry/wharf/upstream/upstreamtest"
 )
 
 // The benchmark, whose figures the README quotes, runs through every
@@ -45,7 +47,7 @@ func TestScaleBenchAt10k(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "../wharf").CombinedOutput(); err != nil {
 		t.Fatalf("build wharf: %v\n%s", err, out)
 	}
-	s := &scaleBench{bench: &bench{wharfBin: bin, duration: 300 * time.Millisecond, workers: 2}, churn: 1}
+	s := &scaleBench{bench: &bench{wharfBin: bin, duration: 300 * time.Millisecond, workers: 2}, churn: 1, versitygw: upstreamtest.Tool(t, "versitygw")}
 	defer s.cleanup()
 	rows, missed, err := s.runScale([]int{10_000})
 	if err != nil {
@@ -63,7 +65,7 @@ func TestScaleBenchAt10k(t *testing.T) {
 			t.Errorf("%s: %v (measured: %v)", tg.measure, v, ok)
 		}
 	}
-	for _, m := range []string{"index on disk per record", "RSS idle", "wharf check --repair (indexing)", "wharf check, verifying"} {
+	for _, m := range []string{"index on disk per record", "RSS idle", "wharf check --repair (indexing)", "wharf check, verifying", "wharf gc --dry-run over the bucket", "wharf gc: peak RSS", "eviction: start to the first removal"} {
 		if got[m] <= 0 {
 			t.Errorf("%s: %v", m, got[m])
 		}
