@@ -145,6 +145,11 @@ func (d *db) reopen() error {
 		return err
 	}
 	bdb, err := badger.Open(badgerOptions(d.dir, false))
+	if err == nil {
+		if err = forgetTotals(bdb); err != nil {
+			bdb.Close()
+		}
+	}
 	if err != nil {
 		if bdb, rerr := badger.Open(badgerOptions(d.dir, true)); rerr == nil {
 			d.bdb = bdb

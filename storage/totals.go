@@ -95,6 +95,16 @@ func (s *Store) takeTotals() (bool, error) {
 	return true, nil
 }
 
+// forgetTotals deletes, durably, the totals a clean stop left in an index
+// opened read-only and now read-write: from its first write on they would
+// be wrong.
+func forgetTotals(bdb *badger.DB) error {
+	if err := bdb.Update(func(txn *badger.Txn) error { return txn.Delete([]byte(keyTotals)) }); err != nil {
+		return err
+	}
+	return bdb.Sync()
+}
+
 // sealTotals stops every change to the totals and records them for the
 // next Open. A store that cannot write them counts at its next start.
 func (s *Store) sealTotals() error {

@@ -69,3 +69,43 @@ func TestTotalsOutliveACleanStopOnly(t *testing.T) {
 		t.Fatalf("a start after a crash counted the blob records %d times, want 1", got)
 	}
 }
+
+// A store that opened read-only kept the totals a clean stop left (it can
+// delete nothing): once it is writable they go, so that a crash after its
+// first write leaves a start that counts, not one that trusts them.
+func TestTotalsGoWhenAReadOnlyIndexBecomesWritable(t *testing.T) {
+	root := t.TempDir()
+	d := &disk{}
+	d.avail.Store(1 << 30)
+	s, err := Open(root, Options{MinFree: 64 * mib, Statfs: d.statfs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "before")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d.avail.Store(0)
+	s, err = Open(root, Options{MinFree: 64 * mib, Statfs: d.statfs})
+	if err != nil || !s.ReadOnly() {
+		t.Fatalf("open on a full filesystem: %v, read-only %v", err, s != nil && s.ReadOnly())
+	}
+	d.set(s, 1<<30)
+	if err := s.db.reopen(); err != nil || s.ReadOnly() {
+		t.Fatalf("reopen with room: %v", err)
+	}
+	put(t, s, "after the reopen")
+	// A crash.
+	close(s.stop)
+	<-s.done
+	if err := s.db.close(); err != nil {
+		t.Fatal(err)
+	}
+	s.lock.Close()
+
+	counted := blobCounts.Load()
+	s = open(t, root)
+	if _, n := s.Size(); n != 2 || blobCounts.Load() != counted+1 {
+		t.Fatalf("after a crash: %d blobs, counted %d times; want 2 blobs, counted once", n, blobCounts.Load()-counted)
+	}
+}
