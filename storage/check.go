@@ -17,6 +17,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/oci"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -56,6 +57,15 @@ func (s *Store) Check(opts CheckOptions) ([]Problem, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read index: %w", err)
+	}
+	// Manifests whose recorded type is checked against their bodies: all
+	// of them when verifying, otherwise those recorded with a type that
+	// is no manifest's (what older Wharfs took from a Content-Type).
+	typed := map[digest.Digest]string{}
+	for dgst, bi := range records {
+		if bi.MediaType != "" && bi.Size <= maxManifest && (opts.Verify || !oci.IsManifestType(bi.MediaType)) {
+			typed[dgst] = bi.MediaType
+		}
 	}
 	var problems []Problem
 	total, done := len(files)+len(records), 0
@@ -114,25 +124,18 @@ func (s *Store) Check(opts CheckOptions) ([]Problem, error) {
 	if opts.Progress != nil {
 		opts.Progress(total, total)
 	}
-	wrong, err := s.checkMediaTypes(opts.Repair)
+	wrong, err := s.checkMediaTypes(typed, opts.Repair)
 	return append(problems, wrong...), err
 }
 
-// checkMediaTypes compares the media type recorded for each manifest (a
-// blob with a type on record) with the one its body declares. Older Wharfs
-// took it from upstream's Content-Type, which may have been
+// checkMediaTypes compares the media type recorded for each manifest in
+// recorded (a blob with a type on record) with the one its body declares.
+// Older Wharfs took it from upstream's Content-Type, which may have been
 // application/json or anything else; Repair rewrites the record and the
 // tags that resolve to it.
-func (s *Store) checkMediaTypes(repair bool) ([]Problem, error) {
+func (s *Store) checkMediaTypes(recorded map[digest.Digest]string, repair bool) ([]Problem, error) {
 	var problems []Problem
 	fixed := map[digest.Digest]string{}
-	recorded := map[digest.Digest]string{} // manifests: blobs with a type on record
-	err := s.eachBlob(func(dgst digest.Digest, bi BlobInfo) error {
-		if bi.MediaType != "" && bi.Size <= maxManifest {
-			recorded[dgst] = bi.MediaType
-		}
-		return nil
-	})
 	for _, dgst := range slices.Sorted(maps.Keys(recorded)) {
 		body, _, rerr := s.ReadSmall(dgst, maxManifest)
 		var m struct {
@@ -144,6 +147,7 @@ func (s *Store) checkMediaTypes(repair bool) ([]Problem, error) {
 		problems = append(problems, Problem{dgst, "mediatype", fmt.Sprintf("recorded as %s, declares %s", recorded[dgst], m.MediaType)})
 		fixed[dgst] = m.MediaType
 	}
+	var err error
 	if err != nil || !repair {
 		return problems, err
 	}

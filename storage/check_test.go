@@ -148,3 +148,23 @@ func TestCheckRepairsManifestMediaTypes(t *testing.T) {
 		t.Fatalf("after repair: %+v", ps)
 	}
 }
+
+// Without verification, check reads only the manifests recorded with a
+// type that is no manifest's; one recorded with another manifest's type
+// is found when verifying, which reads them all.
+func TestCheckReadsManifestsByTheirRecordedType(t *testing.T) {
+	s := open(t, t.TempDir())
+	body := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}`
+	d := digest.FromString(body)
+	w, _ := s.Create(d, "application/vnd.docker.distribution.manifest.v2+json")
+	w.Write([]byte(body))
+	if err := w.Commit(int64(len(body))); err != nil {
+		t.Fatal(err)
+	}
+	if ps, err := s.Check(CheckOptions{}); err != nil || len(ps) != 0 {
+		t.Fatalf("check without verification: %v %+v", err, ps)
+	}
+	if ps, err := s.Check(CheckOptions{Verify: true}); err != nil || len(ps) != 1 || ps[0].Kind != "mediatype" || ps[0].Digest != d {
+		t.Fatalf("check, verifying: %v %+v", err, ps)
+	}
+}

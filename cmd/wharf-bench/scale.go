@@ -210,8 +210,9 @@ storage:
 	if gc, ok, err := s.measureGC(dir, root); err != nil {
 		return nil, err
 	} else if ok {
+		add("wharf gc: blobs in the bucket", "blobs", float64(gc.objects/2))
 		add("wharf gc --dry-run over the bucket", "s", gc.secs)
-		add("wharf gc: bucket objects listed", "objects/s", float64(gc.objects)/gc.secs)
+		add("wharf gc: its CPU per 1,000 blobs", "s", gc.cpu/float64(gc.objects/2)*1000)
 		add("wharf gc: peak RSS", "MiB", gc.rssMiB)
 	}
 

@@ -21,7 +21,7 @@ func TestImportGraph(t *testing.T) {
 	allowed := map[string][]string{
 		"oci":                   {},
 		"audit":                 {},
-		"storage":               {},
+		"storage":               {"oci"},
 		"storage/s3test":        {"upstream/upstreamtest"},
 		"upstream":              {"oci"},
 		"upstream/upstreamtest": {},
