@@ -10,10 +10,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sync"
-	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
@@ -250,39 +248,18 @@ func (s *Store) verifyFile(dgst digest.Digest, size int64) error {
 // removeBlob deletes a blob's file and record, keeping the totals right.
 func (s *Store) removeBlob(dgst digest.Digest) error { return s.removeBlobs([]digest.Digest{dgst}) }
 
-// removalNice is the scheduling priority (nice) of the threads that
-// remove evicted files: eviction is background work, and the kernel's
-// share of an unlink and an rmdir is charged to the thread that asks.
-const removalNice = 10
-
 // removeBlobs removes blobs' files and, in one transaction, their records.
 func (s *Store) removeBlobs(dgsts []digest.Digest) error {
-	paths := make([]string, len(dgsts))
-	for i, dgst := range dgsts {
+	for _, dgst := range dgsts {
 		p, err := s.blobPath(dgst)
 		if err != nil {
 			return err
 		}
-		paths[i] = p
-	}
-	removed := make(chan error, 1)
-	go func() {
-		// The thread stays locked, so it ends with this goroutine and no
-		// other goroutine ever runs at its priority.
-		runtime.LockOSThread()
-		syscall.Setpriority(syscall.PRIO_PROCESS, syscall.Gettid(), removalNice)
-		for i, p := range paths {
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				removed <- err
-				return
-			}
-			os.Remove(filepath.Dir(p)) // the <hex> directory, if now empty
-			s.small.remove(dgsts[i])
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
 		}
-		removed <- nil
-	}()
-	if err := <-removed; err != nil {
-		return err
+		os.Remove(filepath.Dir(p)) // the <hex> directory, if now empty
+		s.small.remove(dgst)
 	}
 	// Read and delete the records in one transaction, so that of two
 	// removals of one blob only the one that deleted it changes the totals.
