@@ -52,14 +52,7 @@ func TestTotalsOutliveACleanStopOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	commit(s, "a blob of 16 B.")
-	// A crash: the index is closed (what a crash loses of it, its
-	// write-ahead log gives back), the totals are not recorded.
-	close(s.stop)
-	<-s.done
-	if err := s.db.close(); err != nil {
-		t.Fatal(err)
-	}
-	s.lock.Close()
+	crash(t, s)
 
 	s = open(t, root)
 	if b, n := s.Size(); b != 33 || n != 4 {
@@ -95,17 +88,23 @@ func TestTotalsGoWhenAReadOnlyIndexBecomesWritable(t *testing.T) {
 		t.Fatalf("reopen with room: %v", err)
 	}
 	put(t, s, "after the reopen")
-	// A crash.
-	close(s.stop)
-	<-s.done
-	if err := s.db.close(); err != nil {
-		t.Fatal(err)
-	}
-	s.lock.Close()
+	crash(t, s)
 
 	counted := blobCounts.Load()
 	s = open(t, root)
 	if _, n := s.Size(); n != 2 || blobCounts.Load() != counted+1 {
 		t.Fatalf("after a crash: %d blobs, counted %d times; want 2 blobs, counted once", n, blobCounts.Load()-counted)
 	}
+}
+
+// crash stops s as a crash would for its index: closed (what a crash loses
+// of it, its write-ahead log gives back), the totals not recorded.
+func crash(t *testing.T, s *Store) {
+	t.Helper()
+	close(s.stop)
+	<-s.done
+	if err := s.db.close(); err != nil {
+		t.Fatal(err)
+	}
+	s.lock.Close()
 }
