@@ -190,7 +190,7 @@ func (r *Bucket) marker(ctx context.Context, dgst digest.Digest) (used time.Time
 }
 
 // blobs lists the bucket's blobs with their last recorded use, sorted by
-// digest (a million blobs take about 120 MB here).
+// digest.
 func (r *Bucket) blobs(ctx context.Context) ([]RemoteBlob, error) {
 	var out []RemoteBlob
 	err := r.walk(ctx, "/docker/registry/v2/blobs", func(fi storagedriver.FileInfo) error {
