@@ -29,13 +29,13 @@ type gcCost struct {
 const gcBucketMax = 200_000
 
 // measureGC fills a bucket (versitygw over a directory) with the store's
-// blobs (at most gcBucketMax), hard-linked, and a use marker each, as a fleet that served them
-// all would leave it, and times a dry run of `wharf gc` over it. ok is
-// false without versitygw.
+// blobs (at most gcBucketMax), hard-linked, and a use marker each, as a
+// fleet that served them all would leave it, and times a dry run of
+// `wharf gc` over it. ok is false without versitygw.
 func (s *scaleBench) measureGC(dir, root string) (c gcCost, ok bool, err error) {
 	bin := s.versitygw
 	if bin == "" {
-		fmt.Fprintln(os.Stderr, "  (no versitygw beside the wharf binary or in PATH: wharf gc over a bucket is not measured; make tools installs it)")
+		fmt.Fprintln(os.Stderr, "  (no versitygw beside the wharf binary or in PATH: wharf gc over a bucket is not measured; make test installs it in bin/)")
 		return c, false, nil
 	}
 	s3 := s3test.StartBinary(s.bench, bin)
