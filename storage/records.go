@@ -145,22 +145,11 @@ var blobCounts atomic.Int64
 // crash, or the first of an older store.
 func (s *Store) countBlobs() error {
 	blobCounts.Add(1)
-	// Only the sizes, read without decoding each record whole: at a
-	// million blobs, decoding them all was most of the start-up.
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 1000, Prefix: []byte(prefixBlob)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			if err := it.Item().Value(func(v []byte) error {
-				n, err := recordSize(v)
-				s.size.Add(n)
-				s.blobs.Add(1)
-				return err
-			}); err != nil {
-				return err
-			}
-		}
-		return nil
+	// Read without decoding each record whole: at a million blobs,
+	// decoding them all was most of the start-up.
+	err := s.eachBlobUse(func(_ digest.Digest, size int64, _ time.Time) {
+		s.size.Add(size)
+		s.blobs.Add(1)
 	})
 	if err != nil {
 		return fmt.Errorf("read index: %w", err)
@@ -191,7 +180,7 @@ func (s *Store) eachBlob(fn func(digest.Digest, BlobInfo) error) error {
 
 // eachBlobUse calls fn with every blob record's size and last access, in
 // digest order, reading them without decoding each record whole (as
-// recordSize does): eviction's walk of a million records.
+// recordSize does): eviction's walk, and the count after a crash.
 func (s *Store) eachBlobUse(fn func(dgst digest.Digest, size int64, accessed time.Time)) error {
 	return s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 1000, Prefix: []byte(prefixBlob)})
